@@ -1,0 +1,129 @@
+//! Server and client configuration.
+
+use std::time::Duration;
+
+/// How a process waits for the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitStrategy {
+    /// Spin on the shared words: the lowest latency, one busy core per
+    /// waiting process.
+    #[default]
+    BusyPoll,
+    /// Spin `spins` times, then sleep in a futex wait on a shared word until
+    /// the other side wakes it. An idle process costs no CPU; a wake-up
+    /// costs a system call on both sides (tens of microseconds across two
+    /// vCPUs, see the `pingpong/blocking` benchmark).
+    Block {
+        /// Checks of the shared word before going to sleep.
+        spins: u32,
+    },
+}
+
+impl WaitStrategy {
+    /// Blocking with a short spin phase (about a microsecond of polling).
+    pub const fn blocking() -> Self {
+        Self::Block { spins: 1024 }
+    }
+
+    pub(crate) fn is_blocking(self) -> bool {
+        matches!(self, Self::Block { .. })
+    }
+
+    pub(crate) fn spins(self) -> u32 {
+        match self {
+            Self::BusyPoll => u32::MAX,
+            Self::Block { spins } => spins,
+        }
+    }
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub(crate) max_clients: u32,
+    pub(crate) ring_depth: u32,
+    pub(crate) wait: WaitStrategy,
+    pub(crate) liveness_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_clients: 16,
+            ring_depth: 16,
+            wait: WaitStrategy::BusyPoll,
+            liveness_interval: Duration::from_millis(10),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Defaults: 16 clients, ring depth 16, busy polling, client liveness
+    /// checked every 10 ms.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Client slots in the segment (1 to 4096).
+    pub fn max_clients(mut self, n: u32) -> Self {
+        self.max_clients = n;
+        self
+    }
+
+    /// Slots per ring, which is also the most calls one client can have in
+    /// flight (a power of two, 1 to 65536).
+    pub fn ring_depth(mut self, depth: u32) -> Self {
+        self.ring_depth = depth;
+        self
+    }
+
+    /// How [`Server::wait`](crate::Server::wait) waits for requests.
+    pub fn wait(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// How often the server checks whether attached clients still live.
+    /// A killed client's slot is reclaimed within about this time.
+    pub fn liveness_interval(mut self, every: Duration) -> Self {
+        self.liveness_interval = every;
+        self
+    }
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub(crate) wait: WaitStrategy,
+    pub(crate) server_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            wait: WaitStrategy::BusyPoll,
+            server_timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Defaults: busy polling, a dead server detected within 100 ms.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How the client waits for responses.
+    pub fn wait(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Bound on the time between the server's death and the error that a
+    /// waiting call returns. It is not a call timeout: a live but slow
+    /// server is waited for.
+    pub fn server_timeout(mut self, bound: Duration) -> Self {
+        self.server_timeout = bound;
+        self
+    }
+}

@@ -1,0 +1,308 @@
+//! The slot protocol: one single-producer single-consumer ring per direction,
+//! a sequence word per slot, and the in-flight accounting that makes slot
+//! reuse safe without the consumer ever writing to the producer's memory.
+//!
+//! # Who writes which word, and when
+//!
+//! | word                      | written by | when                                   | read by  |
+//! |---------------------------|------------|----------------------------------------|----------|
+//! | `req[p % depth].payload`  | client     | call `p`, before its `seq`             | server   |
+//! | `req[p % depth].call_id`  | client     | call `p`, before its `seq`             | server   |
+//! | `req[p % depth].seq`      | client     | last, `Release`, value `p + 1`         | server (`Acquire`) |
+//! | `resp[r % depth].payload` | server     | reply `r`, before its `seq`            | client   |
+//! | `resp[r % depth].call_id` | server     | reply `r`, echoes the request's id     | client   |
+//! | `resp[r % depth].seq`     | server     | last, `Release`, value `r + 1`         | client (`Acquire`) |
+//!
+//! A slot holds message `p` exactly when its sequence word is `p + 1`; any
+//! other value (zero, an older lap, garbage) means "not yet".
+//!
+//! # Why a slot is free when its producer reuses it
+//!
+//! Nobody acknowledges consumption. Instead the client never has more than
+//! `depth` calls in flight (a free call id is needed to call), and the server
+//! never holds more than `depth` unanswered requests of one client:
+//!
+//! * Request slot: before the client publishes call `p` it holds a free id,
+//!   so at least `p - depth + 1` replies have reached it. Every reply answers
+//!   a request the server had already copied out, and the server consumes in
+//!   order, so request `p - depth` was copied before the reply the client
+//!   acquired. The client's overwrite happens after that acquire.
+//! * Response slot: the server writes reply `r` only while it holds an
+//!   unanswered request, i.e. `r < consumed`. Request `consumed - 1` was sent
+//!   when the client had received at least `consumed - depth` replies, which
+//!   is more than `r - depth`. So reply `r - depth` was already read.
+//!
+//! A client that breaks these rules (writes garbage) can only make the server
+//! read garbage requests from that client's own ring, bounded by `depth`
+//! unanswered ones; the server never waits on a client and never uses a value
+//! read from shared memory as an index.
+
+use core::ptr::{self, NonNull};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+
+/// One ring slot. `repr(C)` so both processes agree on the layout; aligned
+/// to a cache line so neighbouring slots never share one.
+#[repr(C, align(64))]
+pub(crate) struct Slot<T> {
+    seq: AtomicU64,
+    call_id: AtomicU32,
+    payload: UnsafeCell<T>,
+}
+
+// SAFETY: the payload cell is only written by the single producer while the
+// slot is free and only read by the single consumer after it acquired the
+// slot's sequence word, so sharing `&Slot<T>` across threads is sound for
+// any `T: Send`.
+unsafe impl<T: Send> Sync for Slot<T> {}
+
+impl<T> Slot<T> {
+    /// A zeroed slot, as a fresh segment holds it.
+    #[cfg(test)]
+    pub(crate) fn empty() -> Self
+    where
+        T: FromBytes,
+    {
+        Self {
+            seq: AtomicU64::new(0),
+            call_id: AtomicU32::new(0),
+            payload: UnsafeCell::new(T::new_zeroed()),
+        }
+    }
+
+    /// Forget whatever the slot held (used when a client slot is reclaimed).
+    #[cfg(not(ipc_loom))]
+    pub(crate) fn reset(&self) {
+        // Relaxed: the reset is published by the `Release` store that marks
+        // the client slot free again.
+        self.seq.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A view of `depth` consecutive slots (depth a power of two).
+pub(crate) struct RingRef<T> {
+    base: NonNull<Slot<T>>,
+    mask: u64,
+}
+
+impl<T> RingRef<T> {
+    /// # Safety
+    ///
+    /// `base` must point to `depth` initialized slots that stay valid and
+    /// are not moved for as long as this view and anything made from it
+    /// exists; `depth` must be a non-zero power of two.
+    pub(crate) unsafe fn new(base: NonNull<Slot<T>>, depth: u32) -> Self {
+        debug_assert!(depth.is_power_of_two());
+        Self {
+            base,
+            mask: u64::from(depth) - 1,
+        }
+    }
+
+    #[inline(always)]
+    fn slot(&self, pos: u64) -> &Slot<T> {
+        // SAFETY: `pos & mask < depth` and `new`'s contract keeps all `depth`
+        // slots valid for the lifetime of `self`.
+        unsafe { &*self.base.as_ptr().add((pos & self.mask) as usize) }
+    }
+}
+
+/// Producing end of one ring.
+pub(crate) struct Producer<T> {
+    ring: RingRef<T>,
+    pos: u64,
+}
+
+// SAFETY: a producer is the only writer of its ring's slots; moving it to
+// another thread moves that role with it.
+unsafe impl<T: Send> Send for Producer<T> {}
+
+impl<T: IntoBytes + Immutable + Copy> Producer<T> {
+    pub(crate) fn new(ring: RingRef<T>) -> Self {
+        Self { ring, pos: 0 }
+    }
+
+    /// Publishes `value` in the next slot.
+    ///
+    /// The caller's in-flight accounting (see the module doc) guarantees the
+    /// consumer is done with that slot.
+    #[inline(always)]
+    pub(crate) fn publish(&mut self, call_id: u32, value: &T) {
+        let slot = self.ring.slot(self.pos);
+        // SAFETY: the slot is free (module doc), so nobody reads the payload
+        // while we write it; the pointer comes from a live slot.
+        slot.payload
+            .with_mut(|p| unsafe { ptr::write_volatile(p, *value) });
+        // Relaxed: ordered before the consumer's read by the Release below.
+        slot.call_id.store(call_id, Ordering::Relaxed);
+        // Release: makes the payload and call id visible to the consumer
+        // that acquires this sequence value.
+        slot.seq.store(self.pos + 1, Ordering::Release);
+        self.pos += 1;
+    }
+}
+
+/// Consuming end of one ring.
+pub(crate) struct Consumer<T> {
+    ring: RingRef<T>,
+    pos: u64,
+}
+
+// SAFETY: a consumer is the only reader of its ring's payloads.
+unsafe impl<T: Send> Send for Consumer<T> {}
+
+impl<T: FromBytes + Copy> Consumer<T> {
+    pub(crate) fn new(ring: RingRef<T>) -> Self {
+        Self { ring, pos: 0 }
+    }
+
+    /// Whether the next message has been published.
+    #[inline(always)]
+    pub(crate) fn ready(&self) -> bool {
+        // Acquire: callers that see `true` go on to read the payload.
+        self.ring.slot(self.pos).seq.load(Ordering::Acquire) == self.pos + 1
+    }
+
+    /// Takes the next message, if published.
+    #[inline(always)]
+    pub(crate) fn try_take(&mut self) -> Option<(u32, T)> {
+        let slot = self.ring.slot(self.pos);
+        // Acquire: pairs with the producer's Release so the payload written
+        // before it is visible below.
+        if slot.seq.load(Ordering::Acquire) != self.pos + 1 {
+            return None;
+        }
+        let call_id = slot.call_id.load(Ordering::Relaxed);
+        // SAFETY: the slot holds message `pos` (its sequence word said so),
+        // the producer will not touch it again until this read is
+        // acknowledged through the other ring, and `T: FromBytes` makes any
+        // bit pattern (even one a faulty peer wrote) a valid `T`.
+        let value = slot.payload.with(|p| unsafe { ptr::read_volatile(p) });
+        self.pos += 1;
+        Some((call_id, value))
+    }
+}
+
+/// Client side of one client slot: request producer, response consumer and
+/// the table of calls in flight, indexed by call id.
+pub(crate) struct ClientCore<Req, Resp, U> {
+    req: Producer<Req>,
+    resp: Consumer<Resp>,
+    calls: Box<[Option<U>]>,
+    free: Vec<u32>,
+}
+
+/// The server broke the protocol: it answered a call id that is not in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UnknownCallId(pub(crate) u32);
+
+impl<Req, Resp, U> ClientCore<Req, Resp, U>
+where
+    Req: IntoBytes + Immutable + Copy,
+    Resp: FromBytes + Copy,
+{
+    pub(crate) fn new(req: RingRef<Req>, resp: RingRef<Resp>, depth: u32) -> Self {
+        Self {
+            req: Producer::new(req),
+            resp: Consumer::new(resp),
+            calls: (0..depth).map(|_| None).collect(),
+            // Reversed so ids are handed out 0, 1, 2, ...
+            free: (0..depth).rev().collect(),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.calls.len() - self.free.len()
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Sends a call, or hands `user` back when `depth` calls are in flight.
+    #[inline]
+    pub(crate) fn try_call(&mut self, req: &Req, user: U) -> Result<(), U> {
+        let Some(id) = self.free.pop() else {
+            return Err(user);
+        };
+        self.calls[id as usize] = Some(user);
+        self.req.publish(id, req);
+        Ok(())
+    }
+
+    /// Whether a response is waiting.
+    #[inline(always)]
+    pub(crate) fn response_ready(&self) -> bool {
+        self.resp.ready()
+    }
+
+    /// Takes the next response with the user data of its call.
+    #[inline]
+    pub(crate) fn try_complete(&mut self) -> Result<Option<(U, Resp)>, UnknownCallId> {
+        let Some((id, resp)) = self.resp.try_take() else {
+            return Ok(None);
+        };
+        let user = self
+            .calls
+            .get_mut(id as usize)
+            .and_then(Option::take)
+            .ok_or(UnknownCallId(id))?;
+        self.free.push(id);
+        Ok(Some((user, resp)))
+    }
+}
+
+/// Server side of one attached client.
+pub(crate) struct ServedClient<Req, Resp> {
+    req: Consumer<Req>,
+    resp: Producer<Resp>,
+    outstanding: u32,
+    depth: u32,
+}
+
+impl<Req, Resp> ServedClient<Req, Resp>
+where
+    Req: FromBytes + Copy,
+    Resp: IntoBytes + Immutable + Copy,
+{
+    pub(crate) fn new(req: RingRef<Req>, resp: RingRef<Resp>, depth: u32) -> Self {
+        Self {
+            req: Consumer::new(req),
+            resp: Producer::new(resp),
+            outstanding: 0,
+            depth,
+        }
+    }
+
+    /// Whether a request is waiting that may be taken now.
+    #[inline(always)]
+    pub(crate) fn has_work(&self) -> bool {
+        self.outstanding < self.depth && self.req.ready()
+    }
+
+    /// Takes the next request unless `depth` of this client's requests are
+    /// already unanswered (then the client is misbehaving or the application
+    /// is holding tokens; either way, waiting is the answer).
+    #[inline]
+    pub(crate) fn try_recv(&mut self) -> Option<(u32, Req)> {
+        if self.outstanding >= self.depth {
+            return None;
+        }
+        let taken = self.req.try_take()?;
+        self.outstanding += 1;
+        Some(taken)
+    }
+
+    /// Answers one taken request. Returns `false` (and writes nothing) when
+    /// no request is unanswered.
+    #[inline]
+    pub(crate) fn reply(&mut self, call_id: u32, resp: &Resp) -> bool {
+        if self.outstanding == 0 {
+            return false;
+        }
+        self.resp.publish(call_id, resp);
+        self.outstanding -= 1;
+        true
+    }
+}
