@@ -112,6 +112,12 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         Ok(conn)
     }
 
+    fn own_region(&self) -> (*mut u8, usize) {
+        let l = self.seg.layout;
+        let base = std::ptr::from_ref(self.seg.ctl(self.index)).cast_mut().cast::<u8>();
+        (base, l.client_region)
+    }
+
     fn error(&self, b: Broken) -> Error {
         match b {
             Broken::ServerGone(why) => Error::ServerGone {
@@ -312,6 +318,14 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// The client slot this client occupies.
     pub fn slot(&self) -> u32 {
         self.conn.index
+    }
+
+    /// The bytes of this client's own region of the segment (control block
+    /// and both rings). For fault-injection tests that scribble over it to
+    /// check that the server survives; writing through it breaks this client.
+    #[doc(hidden)]
+    pub fn own_region_for_fault_injection(&self) -> (*mut u8, usize) {
+        self.conn.own_region()
     }
 }
 
