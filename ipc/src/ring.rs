@@ -72,8 +72,7 @@ impl<T> Slot<T> {
     }
 
     /// Forget whatever the slot held (used when a client slot is reclaimed).
-    #[cfg(not(ipc_loom))]
-    pub(crate) fn reset(&self) {
+        pub(crate) fn reset(&self) {
         // Relaxed: the reset is published by the `Release` store that marks
         // the client slot free again.
         self.seq.store(0, Ordering::Relaxed);

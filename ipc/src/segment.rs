@@ -275,8 +275,7 @@ impl Segment {
     }
 
     /// Resets both rings of a client slot (server, when reclaiming it).
-    #[cfg(not(ipc_loom))]
-    pub(crate) fn reset_rings(&self, client: u32) {
+        pub(crate) fn reset_rings(&self, client: u32) {
         let l = self.layout;
         for (off, stride) in [
             (l.req_offset(client), l.req_slot),
