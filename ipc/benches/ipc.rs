@@ -65,8 +65,8 @@ fn serve_until_stop(server: &mut Server<Msg, Msg>) {
 fn ipc_client_role(args: &[String]) {
     let calls: u64 = args[1].parse().unwrap();
     let depth: usize = args[2].parse().unwrap();
-    let mut c = AsyncClient::<Msg, Msg, u64>::connect(&args[0], ClientConfig::new())
-        .expect("connect");
+    let mut c =
+        AsyncClient::<Msg, Msg, u64>::connect(&args[0], ClientConfig::new()).expect("connect");
     println!("ready");
     let mut go = String::new();
     std::io::stdin().lock().read_line(&mut go).unwrap();
@@ -91,7 +91,13 @@ fn pingpong_processes(iters: u64, blocking: bool) -> Duration {
     let (c0, c1) = core_pair();
     let helper = Helper::start(
         "ipc-server",
-        &[name.clone(), c1.to_string(), wait_arg(blocking), "1".into(), "1".into()],
+        &[
+            name.clone(),
+            c1.to_string(),
+            wait_arg(blocking),
+            "1".into(),
+            "1".into(),
+        ],
     );
     pin(c0);
     let cfg = ClientConfig::new().wait(strategy(&wait_arg(blocking)));
@@ -144,11 +150,22 @@ fn multi_client(iters: u64, clients: usize, depth: usize) -> Duration {
     let (_, c1) = core_pair();
     let server = Helper::start(
         "ipc-server",
-        &[name.clone(), c1.to_string(), "busy".into(), clients.to_string(), "4".into()],
+        &[
+            name.clone(),
+            c1.to_string(),
+            "busy".into(),
+            clients.to_string(),
+            "4".into(),
+        ],
     );
     let per = (iters / clients as u64).max(depth as u64);
     let mut cs: Vec<Helper> = (0..clients)
-        .map(|_| Helper::start("ipc-client", &[name.clone(), per.to_string(), depth.to_string()]))
+        .map(|_| {
+            Helper::start(
+                "ipc-client",
+                &[name.clone(), per.to_string(), depth.to_string()],
+            )
+        })
         .collect();
     for c in &mut cs {
         c.send("go");
@@ -205,7 +222,9 @@ fn criterion_groups(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("pingpong");
-    g.bench_function("processes", |b| b.iter_custom(|n| pingpong_processes(n, false)));
+    g.bench_function("processes", |b| {
+        b.iter_custom(|n| pingpong_processes(n, false))
+    });
     g.bench_function("threads", |b| b.iter_custom(pingpong_threads));
     g.bench_function("processes-blocking", |b| {
         b.iter_custom(|n| pingpong_processes(n, true))
@@ -219,9 +238,10 @@ fn criterion_groups(c: &mut Criterion) {
             if let Some(note) = oversubscription_note(clients) {
                 eprintln!("multi_client/{clients}x-depth{depth}: note: {note}");
             }
-            g.bench_function(BenchmarkId::new(format!("{clients}x"), format!("depth{depth}")), |b| {
-                b.iter_custom(|n| multi_client(n, clients, depth))
-            });
+            g.bench_function(
+                BenchmarkId::new(format!("{clients}x"), format!("depth{depth}")),
+                |b| b.iter_custom(|n| multi_client(n, clients, depth)),
+            );
         }
     }
     g.finish();
@@ -263,8 +283,12 @@ fn summary() {
         item("floor/threads", 200_000, support::floor_threads),
         item("floor/processes", 200_000, support::floor_processes),
         item("pingpong/threads", 200_000, pingpong_threads),
-        item("pingpong/processes", 200_000, |n| pingpong_processes(n, false)),
-        item("pingpong/processes-blocking", 2_000, |n| pingpong_processes(n, true)),
+        item("pingpong/processes", 200_000, |n| {
+            pingpong_processes(n, false)
+        }),
+        item("pingpong/processes-blocking", 2_000, |n| {
+            pingpong_processes(n, true)
+        }),
         item("peers/uds", 5_000, support::uds_round_trips),
         item("peers/iceoryx2", 20_000, iceoryx2),
     ];
@@ -290,11 +314,17 @@ fn summary() {
     for r in 0..rounds {
         let before = canary();
         for it in &mut items {
+            if std::env::var_os("IPC_BENCH_VERBOSE").is_some() {
+                eprintln!("  {} x{}", it.id, it.iters);
+            }
             let d = (it.run)(it.iters);
             it.samples.push(d.as_nanos() as f64 / it.iters as f64);
         }
         let after = canary();
-        eprintln!("summary round {}/{rounds}: canary {before:.0} ns before, {after:.0} ns after", r + 1);
+        eprintln!(
+            "summary round {}/{rounds}: canary {before:.0} ns before, {after:.0} ns after",
+            r + 1
+        );
         canaries.push(before.max(after));
     }
     // A round taken in a slow phase of the host (the floor canary at more
@@ -326,14 +356,22 @@ fn summary() {
     let kept = rounds - if all_slow { 0 } else { dropped };
     out += &format!(
         "ipc summary: median of {kept} interleaved rounds ({dropped} dropped as slow-phase{}); {}\n\n",
-        if all_slow { ", all slow: none dropped" } else { "" },
+        if all_slow {
+            ", all slow: none dropped"
+        } else {
+            ""
+        },
         support::machine()
     );
     out += "| figure | median | per call | vs floor | UDS ÷ this | iceoryx2 ÷ this | note |\n";
     out += "|---|---|---|---|---|---|---|\n";
     for it in &items {
         let ns = med(it.id);
-        let floor = if it.id.contains("threads") { floor_t } else { floor_p };
+        let floor = if it.id.contains("threads") {
+            floor_t
+        } else {
+            floor_p
+        };
         let value = if it.throughput {
             format!("{:.2} M calls/s", 1e3 / ns)
         } else {
@@ -364,7 +402,10 @@ fn summary() {
     );
     out += &format!(
         "canary (floor/threads, 20k trips) per round, ns: {:?}\n",
-        canaries.iter().map(|c| c.round() as u64).collect::<Vec<_>>()
+        canaries
+            .iter()
+            .map(|c| c.round() as u64)
+            .collect::<Vec<_>>()
     );
     println!("\n{out}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-summary");
@@ -373,6 +414,8 @@ fn summary() {
 }
 
 fn main() {
+    // Read the CPU set before anything pins the main thread.
+    let _ = support::allowed_cpus();
     if let Ok(role) = std::env::var(support::ROLE_VAR) {
         let args: Vec<String> = std::env::args().skip(1).collect();
         match role.as_str() {

@@ -4,6 +4,7 @@
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
+use crate::Error;
 use crate::config::ClientConfig;
 use crate::error::CallError;
 use crate::layout::{
@@ -13,7 +14,6 @@ use crate::message::Message;
 use crate::ring::ClientCore;
 use crate::segment::Segment;
 use crate::sys::{self, ProcessHandle};
-use crate::Error;
 
 /// Spins between two looks at the clock while waiting.
 const SPIN_BATCH: u32 = 256;
@@ -114,7 +114,9 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
 
     fn own_region(&self) -> (*mut u8, usize) {
         let l = self.seg.layout;
-        let base = std::ptr::from_ref(self.seg.ctl(self.index)).cast_mut().cast::<u8>();
+        let base = std::ptr::from_ref(self.seg.ctl(self.index))
+            .cast_mut()
+            .cast::<u8>();
         (base, l.client_region)
     }
 
@@ -212,7 +214,7 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
             self.idle_polls = 0;
         } else if self.core.in_flight() > 0 {
             self.idle_polls = self.idle_polls.wrapping_add(1);
-            if self.idle_polls % SPIN_BATCH == 0 {
+            if self.idle_polls.is_multiple_of(SPIN_BATCH) {
                 self.check_server()?;
             }
         } else {
@@ -227,14 +229,16 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         let spins = self.cfg.wait.spins();
         let mut spun = 0u32;
         loop {
-            for _ in 0..SPIN_BATCH {
+            // At least one look per batch; no more spinning than configured.
+            let batch = SPIN_BATCH.min(spins - spun).max(1);
+            for _ in 0..batch {
                 if self.core.response_ready() {
                     return Ok(());
                 }
                 std::hint::spin_loop();
             }
             self.check_server()?;
-            spun = spun.saturating_add(SPIN_BATCH);
+            spun = spun.saturating_add(batch).min(spins);
             if spun >= spins {
                 self.sleep_once();
             }

@@ -51,7 +51,9 @@ pub enum Error {
     },
     /// The segment was made by a different version of this crate or for
     /// different request/response types.
-    #[error("segment {name:?}: {what} mismatch: the segment has {found}, this process expects {expected}")]
+    #[error(
+        "segment {name:?}: {what} mismatch: the segment has {found}, this process expects {expected}"
+    )]
     Mismatch {
         /// The segment name.
         name: String,
@@ -89,7 +91,9 @@ pub enum Error {
         why: &'static str,
     },
     /// The server answered a call that was not in flight.
-    #[error("segment {name:?}: protocol violation by the server: response for call id {call_id}, which is not in flight")]
+    #[error(
+        "segment {name:?}: protocol violation by the server: response for call id {call_id}, which is not in flight"
+    )]
     Protocol {
         /// The segment name.
         name: String,

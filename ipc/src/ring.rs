@@ -59,7 +59,7 @@ unsafe impl<T: Send> Sync for Slot<T> {}
 
 impl<T> Slot<T> {
     /// A zeroed slot, as a fresh segment holds it.
-    #[cfg(test)]
+    #[cfg(all(test, ipc_loom))]
     pub(crate) fn empty() -> Self
     where
         T: FromBytes,
@@ -72,7 +72,7 @@ impl<T> Slot<T> {
     }
 
     /// Forget whatever the slot held (used when a client slot is reclaimed).
-        pub(crate) fn reset(&self) {
+    pub(crate) fn reset(&self) {
         // Relaxed: the reset is published by the `Release` store that marks
         // the client slot free again.
         self.seq.store(0, Ordering::Relaxed);

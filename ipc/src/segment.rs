@@ -46,7 +46,9 @@ pub(crate) fn validate_name(name: &str) -> Result<PathBuf, Error> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
-        return Err(bad("only ASCII letters, digits, '.', '_' and '-' are allowed"));
+        return Err(bad(
+            "only ASCII letters, digits, '.', '_' and '-' are allowed",
+        ));
     }
     Ok(Path::new(SHM_DIR).join(name))
 }
@@ -275,7 +277,7 @@ impl Segment {
     }
 
     /// Resets both rings of a client slot (server, when reclaiming it).
-        pub(crate) fn reset_rings(&self, client: u32) {
+    pub(crate) fn reset_rings(&self, client: u32) {
         let l = self.layout;
         for (off, stride) in [
             (l.req_offset(client), l.req_slot),
@@ -292,7 +294,10 @@ impl Segment {
     /// Checks a mapped segment against this process's build and message
     /// types, and adopts its geometry. Nothing beyond the header is touched
     /// before this succeeds.
-    pub(crate) fn validate<Req: Message, Resp: Message>(&mut self, name: &str) -> Result<(), Error> {
+    pub(crate) fn validate<Req: Message, Resp: Message>(
+        &mut self,
+        name: &str,
+    ) -> Result<(), Error> {
         let g = &self.header().geo.0;
         let mismatch = |what, found: u64, expected: u64| Error::Mismatch {
             name: name.to_owned(),
@@ -312,9 +317,17 @@ impl Segment {
             ("header size", r(&g.header_size), HEADER_SIZE as u64),
             ("client control block size", r(&g.ctl_size), CTL_SIZE as u64),
             ("request size", r(&g.req_size), size_of::<Req>() as u64),
-            ("request alignment", r(&g.req_align), align_of::<Req>() as u64),
+            (
+                "request alignment",
+                r(&g.req_align),
+                align_of::<Req>() as u64,
+            ),
             ("response size", r(&g.resp_size), size_of::<Resp>() as u64),
-            ("response alignment", r(&g.resp_align), align_of::<Resp>() as u64),
+            (
+                "response alignment",
+                r(&g.resp_align),
+                align_of::<Resp>() as u64,
+            ),
             (
                 "request type fingerprint",
                 g.req_fingerprint.load(Ordering::Relaxed),
@@ -325,7 +338,11 @@ impl Segment {
                 g.resp_fingerprint.load(Ordering::Relaxed),
                 fingerprint::<Resp>(),
             ),
-            ("request slot size", r(&g.req_slot), size_of::<Slot<Req>>() as u64),
+            (
+                "request slot size",
+                r(&g.req_slot),
+                size_of::<Slot<Req>>() as u64,
+            ),
         ];
         for (what, found, expected) in checks {
             if found != expected {
@@ -346,7 +363,13 @@ impl Segment {
             g.client_region.load(Ordering::Relaxed),
             g.total_size.load(Ordering::Relaxed),
         );
-        if recorded != (layout.resp_slot, layout.client_region as u64, layout.total as u64) {
+        if recorded
+            != (
+                layout.resp_slot,
+                layout.client_region as u64,
+                layout.total as u64,
+            )
+        {
             return Err(malformed(format!(
                 "recorded geometry {recorded:?} differs from the computed one"
             )));

@@ -77,9 +77,8 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
         let layout = Layout::new::<Req, Resp>(cfg.max_clients, cfg.ring_depth)?;
         let seg = Segment::create(name, layout, |h| {
             let g = &h.geo.0;
-            let set = |w: &std::sync::atomic::AtomicU32, v: usize| {
-                w.store(v as u32, Ordering::Relaxed)
-            };
+            let set =
+                |w: &std::sync::atomic::AtomicU32, v: usize| w.store(v as u32, Ordering::Relaxed);
             set(&g.version, VERSION as usize);
             set(&g.header_size, layout::HEADER_SIZE);
             set(&g.ctl_size, layout::CTL_SIZE);
@@ -234,7 +233,7 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                 return true;
             }
             spun = spun.saturating_add(1);
-            if spun % 256 == 0 && Instant::now() >= deadline {
+            if spun.is_multiple_of(256) && Instant::now() >= deadline {
                 return false;
             }
             if spun < spins {

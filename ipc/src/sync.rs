@@ -22,7 +22,7 @@ pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
 
 #[cfg(not(ipc_loom))]
 impl<T> UnsafeCell<T> {
-    #[cfg(test)]
+    #[cfg(all(test, ipc_loom))]
     pub(crate) fn new(value: T) -> Self {
         Self(core::cell::UnsafeCell::new(value))
     }

@@ -55,9 +55,8 @@ impl ProcessHandle {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel just returned this fd to us; nobody else owns it.
-        Ok(Self {
-            pidfd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Self { pidfd })
     }
 
     /// Whether the process has exited (a pidfd becomes readable then).

@@ -66,7 +66,11 @@ impl ServerThread {
     /// Stops the server; panics if its thread panicked.
     fn stop(mut self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().unwrap().join().expect("server thread panicked")
+        self.handle
+            .take()
+            .unwrap()
+            .join()
+            .expect("server thread panicked")
     }
 }
 
@@ -181,7 +185,12 @@ fn killed_server_fails_pending_async_calls_within_the_bound() {
         client.call(&[0, i, i, 0], i).unwrap();
     }
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(client.poll(|_, _| panic!("stalled server answered")).unwrap(), 0);
+    assert_eq!(
+        client
+            .poll(|_, _| panic!("stalled server answered"))
+            .unwrap(),
+        0
+    );
     server.kill();
     let t0 = Instant::now();
     let err = client.wait(|_, _| {}).unwrap_err();
@@ -258,7 +267,10 @@ fn a_client_scribbling_over_its_region_hurts_neither_server_nor_others() {
         .map(|_| Peer::spawn(&["call", &name, "--calls", &calls_s, "--depth", "8"]))
         .collect();
     let (ok, lines, err) = scribbler.finish(Duration::from_secs(60));
-    assert!(ok && lines.iter().any(|l| l == "scribbled"), "{lines:?} {err}");
+    assert!(
+        ok && lines.iter().any(|l| l == "scribbled"),
+        "{lines:?} {err}"
+    );
     for p in good {
         assert_ok(p, calls);
     }
@@ -300,7 +312,10 @@ fn mismatched_message_types_are_refused() {
         .err()
         .unwrap()
         .to_string();
-    assert!(msg.contains("response size") && msg.contains(&name), "{msg}");
+    assert!(
+        msg.contains("response size") && msg.contains(&name),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -397,7 +412,15 @@ fn segment_is_private_to_its_user() {
 fn several_client_processes_under_load_each_get_their_own_answers() {
     let name = name("load");
     // The server answers each client's requests newest first.
-    let _server = spawn_server(&["serve", &name, "--max-clients", "4", "--depth", "8", "--reverse"]);
+    let _server = spawn_server(&[
+        "serve",
+        &name,
+        "--max-clients",
+        "4",
+        "--depth",
+        "8",
+        "--reverse",
+    ]);
     let calls = 20_000u64;
     let calls_s = calls.to_string();
     let clients: Vec<Peer> = (0..4)
@@ -429,7 +452,10 @@ fn blocking_waits_work_across_processes_and_idle_server_sleeps() {
     let before = cpu_ticks();
     std::thread::sleep(Duration::from_secs(1));
     let used = cpu_ticks() - before;
-    assert!(used < 20, "idle blocking server used {used} ticks of CPU in 1 s");
+    assert!(
+        used < 20,
+        "idle blocking server used {used} ticks of CPU in 1 s"
+    );
     // And it still answers after sleeping.
     assert_eq!(client.call(&[0, 7, 7, 0]).unwrap()[2], 22);
 }

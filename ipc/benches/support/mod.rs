@@ -17,8 +17,14 @@ use memmap2::MmapMut;
 /// Environment variable that turns the bench binary into a helper process.
 pub const ROLE_VAR: &str = "IPC_BENCH_ROLE";
 
-/// The CPUs this process may run on, in order.
+/// The CPUs this process could run on when it started (read once, before
+/// any thread pinned itself), in order.
 pub fn allowed_cpus() -> Vec<usize> {
+    static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(read_affinity).clone()
+}
+
+fn read_affinity() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The main job: every layer's criterion suite with its floor and peers, then
+# the summary tables (also left in target/bench-summary/).
+# Extra arguments go to criterion, e.g. `scripts/bench.sh pingpong`.
+source "$(dirname "$0")/common.sh"
+
+rm -rf target/bench-summary
+echo "== ipc (cargo bench -p ipc)"
+cargo bench -p ipc --bench ipc -- "$@"
+
+echo
+echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), git $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+for f in target/bench-summary/*.md; do
+    [ -e "$f" ] || continue
+    echo
+    cat "$f"
+done

@@ -1,0 +1,40 @@
+# Sourced by the entry-point scripts: installs what a fresh Debian machine
+# lacks, then leaves the shell in the repository root.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# Installs the given Debian packages if any is missing (one apt-get update).
+ensure_apt() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}" >&2
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+    fi
+}
+
+# The pinned toolchain (rust-toolchain.toml) with clippy and rustfmt.
+ensure_toolchain() {
+    if ! command -v cargo >/dev/null; then
+        echo "cargo not found: install rustup (https://rustup.rs) first" >&2
+        exit 1
+    fi
+    local installed
+    installed="$(rustup component list --installed 2>/dev/null || true)"
+    for c in clippy rustfmt; do
+        grep -q "^$c" <<<"$installed" || rustup component add "$c"
+    done
+}
+
+# What building and testing every crate needs: a C toolchain for crates that
+# build C (iceoryx2's dependencies), pkg-config for -sys crates.
+ensure_apt gcc libc6-dev pkg-config
+ensure_toolchain

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every test, and the loom models.
+# Works from a clean clone on a fresh Debian machine.
+source "$(dirname "$0")/common.sh"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace
+
+echo "== loom models (ipc)"
+# A separate target dir: --cfg ipc_loom rebuilds everything.
+RUSTFLAGS="--cfg ipc_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
+    cargo test -p ipc --lib --release loom
+
+echo "all tests passed"
