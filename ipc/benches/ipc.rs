@@ -188,6 +188,24 @@ fn multi_client(iters: u64, clients: usize, depth: usize) -> Duration {
     Duration::from_nanos(((last - first) as f64 * iters as f64 / total as f64) as u64)
 }
 
+/// Cost of one empty `Server::recv` with one attached, idle client, for a
+/// segment of `max_clients` slots of ring depth `depth`: it must not grow
+/// with `max_clients × depth`.
+fn idle_poll(iters: u64, max_clients: u32, depth: u32) -> Duration {
+    let name = unique("ipc-bench-poll");
+    let cfg = ServerConfig::new()
+        .max_clients(max_clients)
+        .ring_depth(depth);
+    let mut server = Server::<Msg, Msg>::create(&name, cfg).expect("create");
+    let _client = Client::<Msg, Msg>::connect(&name, ClientConfig::new()).expect("connect");
+    assert_eq!(server.attached_clients(), 1);
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        assert!(std::hint::black_box(server.recv()).is_none());
+    }
+    t0.elapsed()
+}
+
 fn iceoryx2(iters: u64) -> Duration {
     let name = unique("ipc-bench-iox");
     let (c0, c1) = core_pair();
@@ -246,6 +264,14 @@ fn criterion_groups(c: &mut Criterion) {
     }
     g.finish();
 
+    let mut g = c.benchmark_group("server_poll");
+    for (clients, depth) in [(1, 1), (4096, 64)] {
+        g.bench_function(format!("idle-{clients}x{depth}"), |b| {
+            b.iter_custom(|n| idle_poll(n, clients, depth))
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("peers");
     g.bench_function("uds", |b| b.iter_custom(support::uds_round_trips));
     g.bench_function("iceoryx2", |b| b.iter_custom(iceoryx2));
@@ -292,6 +318,12 @@ fn summary() {
         item("peers/uds", 5_000, support::uds_round_trips),
         item("peers/iceoryx2", 20_000, iceoryx2),
     ];
+    items.push(item("server_poll/idle-1x1", 2_000_000, |n| {
+        idle_poll(n, 1, 1)
+    }));
+    items.push(item("server_poll/idle-4096x64", 2_000_000, |n| {
+        idle_poll(n, 4096, 64)
+    }));
     const MC: [(&str, usize, usize); 8] = [
         ("multi_client/1x-depth1", 1, 1),
         ("multi_client/1x-depth4", 1, 4),
