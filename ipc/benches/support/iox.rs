@@ -14,9 +14,11 @@
 //!   killed before they could drop their iceoryx2 objects); the server repeats
 //!   that cleanup explicitly when the service "already exists", so a server
 //!   that was SIGKILLed does not block a new server with the same name.
-//! * Signal handling of iceoryx2 is disabled: the busy loops never call
-//!   `Node::wait`, so an installed SIGINT/SIGTERM handler would only swallow
-//!   the signal and keep the process spinning.
+//! * iceoryx2 signal handling is disabled (defensive): its SIGINT/SIGTERM
+//!   handler only takes effect through `Node::wait`, which busy loops never
+//!   call, so a handler would swallow the signal and leave the process
+//!   spinning. (In 0.10 the handler is installed lazily, so with the default
+//!   mode SIGTERM still killed the server in tests; `Disabled` keeps it so.)
 
 use std::error::Error;
 use std::hint::spin_loop;
@@ -25,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use iceoryx2::port::client::Client;
 use iceoryx2::prelude::*;
+use iceoryx2::service::IoxIpc;
 use iceoryx2::service::builder::request_response::RequestResponseCreateError;
-use iceoryx2::service::ipc::Service as IoxIpc;
 use iceoryx2::service::port_factory::request_response::PortFactory as RrFactory;
 
 type BoxError = Box<dyn Error>;
@@ -180,7 +182,7 @@ pub fn run_server(service_name: &str) -> Result<(), Box<dyn std::error::Error>> 
 /// Waits (bounded by STOP_ACK_TIMEOUT) until this process's node is the last
 /// one attached to the service. When both processes drop their service handles
 /// at the same instant, iceoryx2 0.10 sometimes logs "The static storage was
-/// already removed" (seen in ~15% of runs); letting the server leave first
+/// already removed" (seen in roughly 10-20% of runs here); letting the server leave first
 /// avoids that teardown race.
 fn wait_for_peer_teardown(service: &RrService) {
     let until = Instant::now() + STOP_ACK_TIMEOUT;
