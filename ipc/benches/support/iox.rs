@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use iceoryx2::port::client::Client;
 use iceoryx2::prelude::*;
-use iceoryx2::service::IoxIpc;
 use iceoryx2::service::builder::request_response::RequestResponseCreateError;
+use iceoryx2::service::ipc::Service as IoxIpc;
 use iceoryx2::service::port_factory::request_response::PortFactory as RrFactory;
 
 type BoxError = Box<dyn Error>;
