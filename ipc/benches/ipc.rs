@@ -404,6 +404,14 @@ fn summary() {
         } else {
             floor_p
         };
+        if it.id.starts_with("server_poll") {
+            // Not a round trip: no ratios.
+            out += &format!(
+                "| {} | {ns:.1} ns | | | | | one empty `Server::recv`, one idle client attached |\n",
+                it.id
+            );
+            continue;
+        }
         let value = if it.throughput {
             format!("{:.2} M calls/s", 1e3 / ns)
         } else {

@@ -22,11 +22,6 @@ pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
 
 #[cfg(not(ipc_loom))]
 impl<T> UnsafeCell<T> {
-    #[cfg(all(test, ipc_loom))]
-    pub(crate) fn new(value: T) -> Self {
-        Self(core::cell::UnsafeCell::new(value))
-    }
-
     #[inline(always)]
     pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
         f(self.0.get())
