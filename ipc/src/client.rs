@@ -55,7 +55,9 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
             return Err(gone("it shut down"));
         }
         let server = ProcessHandle::open(server_pid).map_err(|_| gone("its process exited"))?;
-        if server.exited() {
+        // The pidfd alone could name an unrelated process that reused the
+        // pid of a dead server; the segment lock cannot.
+        if server.exited() || !seg.server_alive()? {
             return Err(gone("its process exited"));
         }
         let server_blocking = h.geo.0.server_blocking.load(Ordering::Relaxed) != 0;

@@ -223,6 +223,12 @@ impl Segment {
         ))
     }
 
+    /// Whether a live server holds this segment (its exclusive `flock`).
+    /// Unlike the recorded pid, this cannot be fooled by pid reuse.
+    pub(crate) fn server_alive(&self) -> Result<bool, Error> {
+        sys::exclusively_locked(&self.file).map_err(io_err("flock", &self.path))
+    }
+
     /// Whether the file now at our path is still the one we mapped.
     pub(crate) fn path_is_ours(&self) -> bool {
         let (Ok(mine), Ok(there)) = (self.file.metadata(), std::fs::metadata(&self.path)) else {

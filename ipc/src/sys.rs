@@ -100,6 +100,25 @@ pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     }
 }
 
+/// Whether some open file description holds an exclusive `flock` on `file`
+/// (a live server does, for its whole life). Probes with a shared lock that
+/// is released at once.
+pub(crate) fn exclusively_locked(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a valid fd.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if r == 0 {
+        // SAFETY: as above; drops the probe lock we just took.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return Ok(false);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(true)
+    } else {
+        Err(err)
+    }
+}
+
 /// This process's id.
 pub(crate) fn current_pid() -> u32 {
     std::process::id()
