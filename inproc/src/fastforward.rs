@@ -1,0 +1,200 @@
+//! FastForward (Giacomoni et al., PPoPP 2008): no shared indices at all.
+//! Each slot carries a `full` flag; the producer fills empty slots, the
+//! consumer empties full ones, each following its own private index.
+//!
+//! | word            | written by | when                                  |
+//! |-----------------|------------|---------------------------------------|
+//! | `slot.value`    | producer   | while `full == false`                 |
+//! | `slot.full`     | producer   | `true` after the value (`Release`)    |
+//! | `slot.full`     | consumer   | `false` after reading it (`Release`)  |
+//!
+//! *Temporal slipping*: the producer does not look at the slot it is about
+//! to fill but at one `LOOKAHEAD` slots further. If that one is empty, every
+//! slot up to it is (the consumer empties in order), so the producer may
+//! fill them all without touching the consumer's lines again. The two sides
+//! then work on different cache lines unless the queue is nearly full.
+//!
+//! Values are visible to the consumer as soon as `try_send` returns;
+//! [`publish`](crate::Sender::publish) and [`sync`](crate::Receiver::sync)
+//! are no-ops.
+
+use std::mem::MaybeUninit;
+
+use crate::error::{TryRecvError, TrySendError};
+use crate::shared::{Control, recv_deadline, ring_size, waiting_receiver, waiting_sender};
+use crate::sync::{Arc, AtomicBool, Ordering, UnsafeCell};
+use crate::{Receiver, Sender, Transport};
+
+/// The FastForward transport.
+pub struct FastForward;
+
+struct Slot<T> {
+    full: AtomicBool,
+    value: UnsafeCell<MaybeUninit<T>>,
+}
+
+struct Inner<T> {
+    slots: Box<[Slot<T>]>,
+    mask: usize,
+    lookahead: usize,
+    ctl: Control,
+}
+
+// SAFETY: a slot's value is accessed by one side at a time, as its `full`
+// flag (Acquire/Release) hands it over; T: Send lets values cross threads.
+unsafe impl<T: Send> Sync for Inner<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Send for Inner<T> {}
+
+impl<T> Drop for Inner<T> {
+    fn drop(&mut self) {
+        for s in self.slots.iter_mut() {
+            if s.full.load(Ordering::Relaxed) {
+                // SAFETY: `full` marks an initialized value nobody else can
+                // reach: both ends are gone.
+                s.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
+            }
+        }
+    }
+}
+
+/// Sending end of a FastForward queue.
+pub struct FfProducer<T> {
+    inner: Arc<Inner<T>>,
+    head: usize,
+    /// Slots before this position are known to be empty.
+    limit: usize,
+}
+
+/// Receiving end of a FastForward queue.
+pub struct FfConsumer<T> {
+    inner: Arc<Inner<T>>,
+    tail: usize,
+}
+
+impl Transport for FastForward {
+    type Producer<T: Send> = FfProducer<T>;
+    type Consumer<T: Send> = FfConsumer<T>;
+    const NAME: &'static str = "fastforward";
+
+    fn channel<T: Send>(capacity: usize) -> (FfProducer<T>, FfConsumer<T>) {
+        let size = ring_size(capacity);
+        // Two cache lines of slots ahead, but never more than half the ring.
+        let per_line = (64 / size_of::<Slot<T>>().max(1)).max(1);
+        let lookahead = (2 * per_line).min(size / 2).max(1);
+        let inner = Arc::new(Inner {
+            slots: (0..size)
+                .map(|_| Slot {
+                    full: AtomicBool::new(false),
+                    value: UnsafeCell::new(MaybeUninit::uninit()),
+                })
+                .collect(),
+            mask: size - 1,
+            lookahead,
+            ctl: Control::new(),
+        });
+        (
+            FfProducer {
+                inner: inner.clone(),
+                head: 0,
+                limit: 0,
+            },
+            FfConsumer { inner, tail: 0 },
+        )
+    }
+}
+
+impl<T: Send> FfProducer<T> {
+    /// Finds room for the next value: `true` if `head < limit` afterwards.
+    #[inline]
+    fn make_room(&mut self) -> bool {
+        let inner = &*self.inner;
+        let ahead = self.head + inner.lookahead;
+        // Acquire: the consumer's reads of every slot up to `ahead` happen
+        // before we overwrite them (it empties in order, Release each).
+        if !inner.slots[ahead & inner.mask].full.load(Ordering::Acquire) {
+            self.limit = ahead;
+            return true;
+        }
+        if !inner.slots[self.head & inner.mask].full.load(Ordering::Acquire) {
+            self.limit = self.head + 1;
+            return true;
+        }
+        false
+    }
+}
+
+impl<T: Send> Sender<T> for FfProducer<T> {
+    #[inline]
+    fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
+        if self.inner.ctl.consumer_gone() {
+            return Err(TrySendError::Disconnected(value));
+        }
+        if self.head >= self.limit && !self.make_room() {
+            return Err(TrySendError::Full(value));
+        }
+        let slot = &self.inner.slots[self.head & self.inner.mask];
+        // SAFETY: the slot is empty (make_room) so the consumer does not
+        // touch its value until we set `full`.
+        slot.value.with_mut(|p| unsafe { (*p).write(value) });
+        // Release: the value is visible to the consumer that sees `full`.
+        slot.full.store(true, Ordering::Release);
+        self.head += 1;
+        self.inner.ctl.data.notify_relaxed();
+        Ok(())
+    }
+
+    #[inline]
+    fn publish(&mut self) {}
+
+    fn capacity(&self) -> usize {
+        self.inner.slots.len()
+    }
+
+    waiting_sender!();
+}
+
+impl<T> Drop for FfProducer<T> {
+    fn drop(&mut self) {
+        self.inner.ctl.drop_producer();
+    }
+}
+
+impl<T: Send> FfConsumer<T> {
+    recv_deadline!();
+}
+
+impl<T: Send> Receiver<T> for FfConsumer<T> {
+    #[inline]
+    fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        let inner = &*self.inner;
+        let slot = &inner.slots[self.tail & inner.mask];
+        // Acquire: pairs with the producer's Release of `full`.
+        if !slot.full.load(Ordering::Acquire) {
+            if inner.ctl.producer_gone() && !slot.full.load(Ordering::Acquire) {
+                return Err(TryRecvError::Disconnected);
+            }
+            return Err(TryRecvError::Empty);
+        }
+        // SAFETY: `full` says the slot holds an initialized value that the
+        // producer will not touch until we clear the flag.
+        let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
+        // Release: our read of the value happens before the producer reuses
+        // the slot.
+        slot.full.store(false, Ordering::Release);
+        self.tail += 1;
+        inner.ctl.space.notify_relaxed();
+        Ok(value)
+    }
+
+    #[inline]
+    fn sync(&mut self) {}
+
+    waiting_receiver!();
+}
+
+impl<T> Drop for FfConsumer<T> {
+    fn drop(&mut self) {
+        self.inner.ctl.drop_consumer();
+    }
+}
