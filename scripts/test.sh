@@ -17,4 +17,8 @@ echo "== loom models (ipc)"
 RUSTFLAGS="--cfg ipc_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
     cargo test -p ipc --lib --release loom
 
+echo "== loom models (inproc)"
+RUSTFLAGS="--cfg inproc_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
+    cargo test -p inproc --lib --release loom
+
 echo "all tests passed"

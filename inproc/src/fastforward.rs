@@ -116,7 +116,10 @@ impl<T: Send> FfProducer<T> {
             self.limit = ahead;
             return true;
         }
-        if !inner.slots[self.head & inner.mask].full.load(Ordering::Acquire) {
+        if !inner.slots[self.head & inner.mask]
+            .full
+            .load(Ordering::Acquire)
+        {
             self.limit = self.head + 1;
             return true;
         }

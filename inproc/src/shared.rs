@@ -48,7 +48,12 @@ impl Signal {
 
     #[cold]
     fn wake(&self) {
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             t.unpark();
         }
     }

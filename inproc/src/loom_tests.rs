@@ -1,0 +1,111 @@
+//! `loom` models of the three transports: every interleaving of a producer
+//! and a consumer over a two-slot ring, with enough messages to wrap, and
+//! Lamport's batched publication and sync. A value read racing its write
+//! is reported by loom's cell tracking; loss, duplication or reordering
+//! fails the asserts.
+//!
+//! `RUSTFLAGS="--cfg inproc_loom" cargo test -p inproc --lib --release loom`
+
+use loom::thread;
+
+use crate::{FastForward, Lamport, Onesided, Receiver, Sender, Transport, TryRecvError};
+
+/// Producer sends `0..n` one by one; consumer checks FIFO order.
+fn fifo<T: Transport>(n: usize) {
+    loom::model(move || {
+        let (mut tx, mut rx) = T::channel::<usize>(2);
+        let producer = thread::spawn(move || {
+            for i in 0..n {
+                let mut v = i;
+                loop {
+                    match tx.try_send(v) {
+                        Ok(()) => break,
+                        Err(e) => {
+                            v = e.into_inner();
+                            tx.publish();
+                            thread::yield_now();
+                        }
+                    }
+                }
+                tx.publish();
+            }
+        });
+        let mut next = 0;
+        while next < n {
+            match rx.try_recv() {
+                Ok(v) => {
+                    assert_eq!(v, next, "out of order or duplicated");
+                    next += 1;
+                    rx.sync();
+                }
+                Err(TryRecvError::Empty) => {
+                    rx.sync();
+                    thread::yield_now();
+                }
+                Err(TryRecvError::Disconnected) => panic!("lost {} values", n - next),
+            }
+        }
+        producer.join().unwrap();
+        // Drained and the producer is gone.
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    });
+}
+
+#[test]
+fn loom_fastforward_wraps_in_order() {
+    fifo::<FastForward>(3);
+}
+
+#[test]
+fn loom_lamport_wraps_in_order() {
+    fifo::<Lamport>(3);
+}
+
+#[test]
+fn loom_onesided_wraps_in_order() {
+    fifo::<Onesided>(3);
+}
+
+#[test]
+fn loom_lamport_batch_publication() {
+    loom::model(|| {
+        let (mut tx, mut rx) = Lamport::channel::<usize>(2);
+        let producer = thread::spawn(move || {
+            // Two values, one publication.
+            let mut batch: std::collections::VecDeque<usize> = [10, 11].into();
+            while !batch.is_empty() {
+                tx.send_batch(&mut batch).unwrap();
+                thread::yield_now();
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match rx.recv_batch(2, |v| got.push(v)) {
+                Ok(0) => thread::yield_now(),
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, [10, 11]);
+        producer.join().unwrap();
+    });
+}
+
+#[test]
+fn loom_dropped_consumer_is_seen_and_values_are_dropped() {
+    loom::model(|| {
+        let (mut tx, rx) = Onesided::channel::<loom::sync::Arc<()>>(2);
+        let token = loom::sync::Arc::new(());
+        tx.try_send(token.clone()).unwrap();
+        let t = thread::spawn(move || drop(rx));
+        t.join().unwrap();
+        assert!(tx.is_disconnected());
+        match tx.try_send(token.clone()) {
+            Err(crate::TrySendError::Disconnected(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        drop(tx);
+        // The value left in the queue was dropped with it.
+        assert_eq!(loom::sync::Arc::strong_count(&token), 1);
+    });
+}
