@@ -34,6 +34,9 @@
 //! assert_eq!(consumer.join().unwrap(), 500_500);
 //! ```
 //!
+//! On top of the queues: call/reply with user data, out-of-order and
+//! deferred replies ([`rpc`]), and [`flux`], an all-to-all mesh of threads.
+//!
 //! Throughput and ping-pong figures against rtrb and crossbeam, measured in
 //! the same run: `cargo bench -p inproc` (figures in the repository README).
 
@@ -42,8 +45,10 @@
 
 mod error;
 mod fastforward;
+pub mod flux;
 mod lamport;
 mod onesided;
+pub mod rpc;
 mod shared;
 mod sync;
 mod transport;

@@ -1,0 +1,300 @@
+//! Flux: an all-to-all mesh of `n` threads built from per-pair call/reply
+//! channels ([`crate::rpc`]).
+//!
+//! Between every ordered pair of nodes `(i, j)` there is a request queue
+//! `i → j` (calls and notifications) and a response queue `j → i`. A node
+//! therefore never shares a queue end with a third thread, and every queue
+//! stays single-producer single-consumer.
+//!
+//! Sends are not published one by one: [`FluxNode::poll`] and an idle
+//! [`FluxNode::try_recv`] publish everything pending (so a busy node batches
+//! and an idle one flushes at once), and [`FluxNode::flush`] does it on
+//! demand.
+//!
+//! ```
+//! use inproc::flux::{self, FluxConfig};
+//! use inproc::Onesided;
+//!
+//! let mut nodes = flux::mesh::<Onesided, u64, u64, &str>(2, FluxConfig::default());
+//! let mut b = nodes.pop().unwrap();
+//! let mut a = nodes.pop().unwrap();
+//! let server = std::thread::spawn(move || loop {
+//!     if let Some(req) = b.try_recv() {
+//!         let x = *req.data();
+//!         if x == 0 { break; }
+//!         req.reply(x * 2).unwrap();
+//!     }
+//! });
+//! a.call(1, 21, "question").unwrap();
+//! let mut answer = None;
+//! while answer.is_none() {
+//!     a.poll(|from, user, resp| answer = Some((from, user, resp)));
+//! }
+//! assert_eq!(answer, Some((1, "question", 42)));
+//! a.notify(1, 0).unwrap();
+//! a.flush();
+//! server.join().unwrap();
+//! ```
+
+use crate::error::TryRecvError;
+use crate::rpc::{self, CallError, Caller, ReplyToken, Responder};
+use crate::{Transport, TrySendError};
+
+/// Per-peer limits.
+#[derive(Debug, Clone, Copy)]
+pub struct FluxConfig {
+    /// Request queue capacity per ordered pair (calls plus notifications).
+    pub capacity: usize,
+    /// Calls one node may have outstanding towards one peer.
+    pub max_in_flight: usize,
+}
+
+impl Default for FluxConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 256,
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// Why a Flux operation did not happen; the value comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FluxError<V> {
+    /// The peer's queue is full or the in-flight limit towards it reached.
+    #[error("peer queue full or in-flight limit reached")]
+    Full(V),
+    /// No such peer (out of range, or this node itself).
+    #[error("invalid peer")]
+    InvalidPeer(V),
+    /// The peer's node was dropped.
+    #[error("peer disconnected")]
+    Disconnected(V),
+    /// A reply to a notification (which expects none).
+    #[error("the message was a notification; it takes no reply")]
+    NotACall(V),
+}
+
+/// One thread's handle on the mesh.
+pub struct FluxNode<T: Transport, Req: Send, Resp: Send, U> {
+    id: usize,
+    callers: Vec<Option<Caller<T, Req, Resp, U>>>,
+    responders: Vec<Option<Responder<T, Req, Resp>>>,
+    cursor: usize,
+}
+
+/// Builds a mesh of `n` nodes; move node `i` to thread `i`.
+pub fn mesh<T: Transport, Req: Send, Resp: Send, U>(
+    n: usize,
+    cfg: FluxConfig,
+) -> Vec<FluxNode<T, Req, Resp, U>> {
+    let mut nodes: Vec<FluxNode<T, Req, Resp, U>> = (0..n)
+        .map(|id| FluxNode {
+            id,
+            callers: (0..n).map(|_| None).collect(),
+            responders: (0..n).map(|_| None).collect(),
+            cursor: 0,
+        })
+        .collect();
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                let (caller, responder) =
+                    rpc::pair::<T, Req, Resp, U>(cfg.capacity, cfg.max_in_flight);
+                nodes[i].callers[j] = Some(caller);
+                nodes[j].responders[i] = Some(responder);
+            }
+        }
+    }
+    nodes
+}
+
+/// A request taken by [`FluxNode::try_recv`].
+#[must_use = "a call must be answered (reply or defer) or it never completes"]
+pub struct Incoming<'a, T: Transport, Req: Send, Resp: Send, U> {
+    node: &'a mut FluxNode<T, Req, Resp, U>,
+    from: usize,
+    token: Option<ReplyToken>,
+    data: Req,
+}
+
+/// A call whose answer was deferred; give it to [`FluxNode::reply`].
+#[must_use = "an unanswered call never completes at the caller"]
+#[derive(Debug)]
+pub struct DeferredReply {
+    to: usize,
+    token: ReplyToken,
+}
+
+impl DeferredReply {
+    /// The node that made the call.
+    pub fn to(&self) -> usize {
+        self.to
+    }
+}
+
+impl<T: Transport, Req: Send, Resp: Send, U> Incoming<'_, T, Req, Resp, U> {
+    /// The sending node.
+    pub fn from(&self) -> usize {
+        self.from
+    }
+
+    /// The message.
+    pub fn data(&self) -> &Req {
+        &self.data
+    }
+
+    /// Whether the sender expects a reply (a call, not a notification).
+    pub fn is_call(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Answers the call now.
+    pub fn reply(self, resp: Resp) -> Result<(), FluxError<Resp>> {
+        match self.token {
+            None => Err(FluxError::NotACall(resp)),
+            Some(token) => self.node.reply(
+                DeferredReply {
+                    to: self.from,
+                    token,
+                },
+                resp,
+            ),
+        }
+    }
+
+    /// Keeps the message and, for a call, a handle to answer it later with
+    /// [`FluxNode::reply`].
+    pub fn defer(self) -> (Req, Option<DeferredReply>) {
+        let from = self.from;
+        (
+            self.data,
+            self.token.map(|token| DeferredReply { to: from, token }),
+        )
+    }
+}
+
+impl<T: Transport, Req: Send, Resp: Send, U> FluxNode<T, Req, Resp, U> {
+    /// This node's index.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Number of nodes in the mesh.
+    pub fn len(&self) -> usize {
+        self.callers.len()
+    }
+
+    /// Whether the mesh has no nodes (never true for a node).
+    pub fn is_empty(&self) -> bool {
+        self.callers.is_empty()
+    }
+
+    /// Calls node `to`; `user` comes back with the response in
+    /// [`poll`](Self::poll).
+    #[inline]
+    pub fn call(&mut self, to: usize, msg: Req, user: U) -> Result<(), FluxError<(Req, U)>> {
+        let Some(caller) = self.callers.get_mut(to).and_then(Option::as_mut) else {
+            return Err(FluxError::InvalidPeer((msg, user)));
+        };
+        caller.call(msg, user).map_err(|e| match e {
+            CallError::Full(m, u) => FluxError::Full((m, u)),
+            CallError::Disconnected(m, u) => FluxError::Disconnected((m, u)),
+        })
+    }
+
+    /// Sends a one-way message to node `to`.
+    #[inline]
+    pub fn notify(&mut self, to: usize, msg: Req) -> Result<(), FluxError<Req>> {
+        let Some(caller) = self.callers.get_mut(to).and_then(Option::as_mut) else {
+            return Err(FluxError::InvalidPeer(msg));
+        };
+        caller.notify(msg).map_err(|e| match e {
+            TrySendError::Full(m) => FluxError::Full(m),
+            TrySendError::Disconnected(m) => FluxError::Disconnected(m),
+        })
+    }
+
+    /// Answers a deferred call.
+    #[inline]
+    pub fn reply(&mut self, d: DeferredReply, resp: Resp) -> Result<(), FluxError<Resp>> {
+        let Some(responder) = self.responders.get_mut(d.to).and_then(Option::as_mut) else {
+            return Err(FluxError::InvalidPeer(resp));
+        };
+        responder
+            .reply(d.token, resp)
+            .map_err(|e| FluxError::Disconnected(e.0))
+    }
+
+    /// Publishes every pending call, notification and reply.
+    pub fn flush(&mut self) {
+        for c in self.callers.iter_mut().flatten() {
+            c.flush();
+        }
+        for r in self.responders.iter_mut().flatten() {
+            r.flush();
+        }
+    }
+
+    /// Publishes what is pending, then delivers every arrived response as
+    /// `f(from, user_data, response)`. Returns how many.
+    #[inline]
+    pub fn poll(&mut self, mut f: impl FnMut(usize, U, Resp)) -> usize {
+        self.flush();
+        let mut n = 0;
+        for (from, c) in self.callers.iter_mut().enumerate() {
+            if let Some(c) = c {
+                // A disconnected peer simply has nothing more to deliver.
+                n += c.poll(|u, r| f(from, u, r)).unwrap_or(0);
+            }
+        }
+        n
+    }
+
+    /// Takes the next request from any peer (round-robin). When there is
+    /// none, publishes pending replies and returns request slots to their
+    /// senders before returning `None`.
+    #[inline]
+    pub fn try_recv(&mut self) -> Option<Incoming<'_, T, Req, Resp, U>> {
+        let n = self.responders.len();
+        for k in 0..n {
+            let from = (self.cursor + k) % n;
+            let Some(r) = self.responders[from].as_mut() else {
+                continue;
+            };
+            match r.try_recv() {
+                Ok((token, data)) => {
+                    self.cursor = (from + 1) % n;
+                    return Some(Incoming {
+                        node: self,
+                        from,
+                        token,
+                        data,
+                    });
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+            }
+        }
+        for r in self.responders.iter_mut().flatten() {
+            r.sync();
+            r.flush();
+        }
+        None
+    }
+
+    /// Calls outstanding towards `to`.
+    pub fn in_flight(&self, to: usize) -> usize {
+        self.callers
+            .get(to)
+            .and_then(Option::as_ref)
+            .map_or(0, Caller::in_flight)
+    }
+
+    /// Whether node `to` has been dropped.
+    pub fn is_disconnected(&self, to: usize) -> bool {
+        self.callers
+            .get(to)
+            .and_then(Option::as_ref)
+            .is_some_and(Caller::is_disconnected)
+    }
+}

@@ -1,0 +1,186 @@
+//! Call/reply over a pair of SPSC queues.
+//!
+//! A [`Caller`] sends `(call id, request)` on one queue and receives
+//! `(call id, response)` on the other; a [`Responder`] does the opposite.
+//! The caller keeps each call's user data in a slab indexed by call id, so
+//! responses may come in any order, and a responder may keep a
+//! [`ReplyToken`] and answer later.
+//!
+//! **A reply never fails for lack of room**: a call is admitted only while
+//! fewer than `max_in_flight` calls are outstanding, and the response queue
+//! holds at least `max_in_flight` values, so every admitted call's reply
+//! has a slot waiting for it.
+
+use crate::error::{Disconnected, TryRecvError, TrySendError};
+use crate::{Receiver, Sender, Transport};
+
+/// Call id marking a one-way message (no reply expected).
+pub(crate) const NOTIFY: u32 = u32::MAX;
+
+/// Why a call was not sent; the request and user data come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallError<Req, U> {
+    /// `max_in_flight` calls are outstanding, or the request queue is full.
+    #[error("call limit or queue full")]
+    Full(Req, U),
+    /// The responder is gone.
+    #[error("responder disconnected")]
+    Disconnected(Req, U),
+}
+
+/// Identifies a request to answer with [`Responder::reply`]. Not `Clone`:
+/// each request is answered once.
+#[must_use = "an unanswered call never completes at the caller"]
+#[derive(Debug)]
+pub struct ReplyToken {
+    pub(crate) call_id: u32,
+}
+
+/// The calling end.
+pub struct Caller<T: Transport, Req: Send, Resp: Send, U> {
+    req: T::Producer<(u32, Req)>,
+    resp: T::Consumer<(u32, Resp)>,
+    calls: Box<[Option<U>]>,
+    free: Vec<u32>,
+}
+
+/// The answering end.
+pub struct Responder<T: Transport, Req: Send, Resp: Send> {
+    req: T::Consumer<(u32, Req)>,
+    resp: T::Producer<(u32, Resp)>,
+}
+
+/// Both ends of one call/reply channel.
+pub type Pair<T, Req, Resp, U> = (Caller<T, Req, Resp, U>, Responder<T, Req, Resp>);
+
+/// A connected caller/responder pair: up to `max_in_flight` calls
+/// outstanding, request queue of `capacity` (at least `max_in_flight`).
+pub fn pair<T: Transport, Req: Send, Resp: Send, U>(
+    capacity: usize,
+    max_in_flight: usize,
+) -> Pair<T, Req, Resp, U> {
+    let max_in_flight = max_in_flight.clamp(1, NOTIFY as usize);
+    let (req_tx, req_rx) = T::channel(capacity.max(max_in_flight));
+    let (resp_tx, resp_rx) = T::channel(max_in_flight);
+    (
+        Caller {
+            req: req_tx,
+            resp: resp_rx,
+            calls: (0..max_in_flight).map(|_| None).collect(),
+            free: (0..max_in_flight as u32).rev().collect(),
+        },
+        Responder {
+            req: req_rx,
+            resp: resp_tx,
+        },
+    )
+}
+
+impl<T: Transport, Req: Send, Resp: Send, U> Caller<T, Req, Resp, U> {
+    /// Sends a call. It becomes visible to the responder at the next
+    /// [`flush`](Self::flush) (immediately for transports that publish per
+    /// message).
+    #[inline]
+    pub fn call(&mut self, req: Req, user: U) -> Result<(), CallError<Req, U>> {
+        let Some(id) = self.free.pop() else {
+            return Err(CallError::Full(req, user));
+        };
+        match self.req.try_send((id, req)) {
+            Ok(()) => {
+                self.calls[id as usize] = Some(user);
+                Ok(())
+            }
+            Err(e) => {
+                self.free.push(id);
+                Err(match e {
+                    TrySendError::Full((_, r)) => CallError::Full(r, user),
+                    TrySendError::Disconnected((_, r)) => CallError::Disconnected(r, user),
+                })
+            }
+        }
+    }
+
+    /// Sends a one-way message (no reply, no call id).
+    #[inline]
+    pub fn notify(&mut self, req: Req) -> Result<(), TrySendError<Req>> {
+        self.req.try_send((NOTIFY, req)).map_err(|e| match e {
+            TrySendError::Full((_, r)) => TrySendError::Full(r),
+            TrySendError::Disconnected((_, r)) => TrySendError::Disconnected(r),
+        })
+    }
+
+    /// Publishes calls and notifications sent so far.
+    #[inline]
+    pub fn flush(&mut self) {
+        self.req.publish();
+    }
+
+    /// Delivers every arrived response with its call's user data. Returns
+    /// how many; `Err` when the responder is gone and nothing is left.
+    #[inline]
+    pub fn poll(&mut self, mut f: impl FnMut(U, Resp)) -> Result<usize, Disconnected<()>> {
+        let calls = &mut self.calls;
+        let free = &mut self.free;
+        match self.resp.recv_batch(usize::MAX, |(id, resp)| {
+            // Ids come from our own slab through the responder, which only
+            // echoes them; an unknown id would be a bug in this module.
+            if let Some(user) = calls.get_mut(id as usize).and_then(Option::take) {
+                free.push(id);
+                f(user, resp);
+            }
+        }) {
+            Ok(n) => Ok(n),
+            Err(TryRecvError::Empty) => Ok(0),
+            Err(TryRecvError::Disconnected) => Err(Disconnected(())),
+        }
+    }
+
+    /// Calls sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.calls.len() - self.free.len()
+    }
+
+    /// Whether the responder is gone.
+    pub fn is_disconnected(&self) -> bool {
+        self.req.is_disconnected()
+    }
+}
+
+impl<T: Transport, Req: Send, Resp: Send> Responder<T, Req, Resp> {
+    /// Takes the next request: `Some(token)` for a call, `None` for a
+    /// notification.
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<(Option<ReplyToken>, Req), TryRecvError> {
+        let (id, req) = self.req.try_recv()?;
+        Ok(((id != NOTIFY).then_some(ReplyToken { call_id: id }), req))
+    }
+
+    /// Returns received requests' slots to the caller.
+    #[inline]
+    pub fn sync(&mut self) {
+        self.req.sync();
+    }
+
+    /// Answers a call. Cannot fail for lack of room (module doc); fails only
+    /// if the caller is gone, handing the response back.
+    #[inline]
+    pub fn reply(&mut self, token: ReplyToken, resp: Resp) -> Result<(), Disconnected<Resp>> {
+        match self.resp.try_send((token.call_id, resp)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected((_, r))) => Err(Disconnected(r)),
+            Err(TrySendError::Full(v)) => {
+                // Unreachable by the admission rule; if it were reached,
+                // waiting is still correct (the caller frees room by polling).
+                self.resp
+                    .send(v)
+                    .map_err(|Disconnected((_, r))| Disconnected(r))
+            }
+        }
+    }
+
+    /// Publishes replies sent so far.
+    #[inline]
+    pub fn flush(&mut self) {
+        self.resp.publish();
+    }
+}
