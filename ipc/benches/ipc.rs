@@ -4,19 +4,23 @@
 //! pass that prints every figure with its ratio to the floor and the peers.
 //!
 //! `cargo bench -p ipc`. Environment knobs: `IPC_BENCH_ROUNDS` (summary
-//! rounds, default 7), `IPC_BENCH_SKIP_CRITERION=1`, `IPC_BENCH_SKIP_SUMMARY=1`.
+//! rounds, default 7), `IPC_BENCH_SKIP_CRITERION=1`, `IPC_BENCH_SKIP_SUMMARY=1`,
+//! `IPC_BENCH_VERBOSE=1` (name each summary figure as it runs).
 //!
 //! Every cross-process figure re-executes this binary as the other process
-//! (see `support::Helper`), pinned to the second core of the pair.
+//! (see `benchutil::Helper`), pinned to the second core of the pair. The
+//! floor, pinning and the interleaved summary runner are `benchutil`'s; the
+//! peers are in `support`.
 
 mod support;
 
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
+use benchutil::summary::{self, Item, Kind, Knobs};
+use benchutil::{Helper, core_pair, floor_processes, floor_threads, mono_ns, pin, unique};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use ipc::{AsyncClient, Client, ClientConfig, Server, ServerConfig, WaitStrategy};
-use support::{Helper, core_pair, median, mono_ns, pin, unique};
 
 type Msg = [u64; 2];
 const STOP: u64 = u64::MAX;
@@ -224,7 +228,7 @@ fn iox_role(args: &[String]) {
 
 /// Whether clients plus the server outnumber the cores available.
 fn oversubscription_note(clients: usize) -> Option<String> {
-    let cores = support::allowed_cpus().len();
+    let cores = benchutil::allowed_cpus().len();
     (clients + 1 > cores).then(|| {
         format!(
             "{clients} clients + 1 server on {cores} cores: clients outnumber the {} free core(s)",
@@ -235,8 +239,8 @@ fn oversubscription_note(clients: usize) -> Option<String> {
 
 fn criterion_groups(c: &mut Criterion) {
     let mut g = c.benchmark_group("floor");
-    g.bench_function("threads", |b| b.iter_custom(support::floor_threads));
-    g.bench_function("processes", |b| b.iter_custom(support::floor_processes));
+    g.bench_function("threads", |b| b.iter_custom(floor_threads));
+    g.bench_function("processes", |b| b.iter_custom(floor_processes));
     g.finish();
 
     let mut g = c.benchmark_group("pingpong");
@@ -278,158 +282,78 @@ fn criterion_groups(c: &mut Criterion) {
     g.finish();
 }
 
-/// One figure of the summary.
-struct Item {
-    id: &'static str,
-    iters: u64,
-    /// Aggregate calls per second rather than a round-trip time.
-    throughput: bool,
-    note: Option<String>,
-    run: Box<dyn Fn(u64) -> Duration>,
-    samples: Vec<f64>,
-}
-
-fn item(id: &'static str, iters: u64, run: impl Fn(u64) -> Duration + 'static) -> Item {
-    Item {
-        id,
-        iters,
-        throughput: false,
-        note: None,
-        run: Box::new(run),
-        samples: Vec::new(),
-    }
-}
-
-fn summary() {
-    let rounds: usize = std::env::var("IPC_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
+fn summary(knobs: &Knobs) {
     let mut items = vec![
-        item("floor/threads", 200_000, support::floor_threads),
-        item("floor/processes", 200_000, support::floor_processes),
-        item("pingpong/threads", 200_000, pingpong_threads),
-        item("pingpong/processes", 200_000, |n| {
+        Item::latency("floor/threads", 200_000, floor_threads),
+        Item::latency("floor/processes", 200_000, floor_processes),
+        Item::latency("pingpong/threads", 200_000, pingpong_threads),
+        Item::latency("pingpong/processes", 200_000, |n| {
             pingpong_processes(n, false)
         }),
-        item("pingpong/processes-blocking", 2_000, |n| {
+        Item::latency("pingpong/processes-blocking", 2_000, |n| {
             pingpong_processes(n, true)
         }),
-        item("peers/uds", 5_000, support::uds_round_trips),
-        item("peers/iceoryx2", 20_000, iceoryx2),
+        Item::latency("peers/uds", 5_000, support::uds_round_trips),
+        Item::latency("peers/iceoryx2", 20_000, iceoryx2),
+        Item::latency("server_poll/idle-1x1", 2_000_000, |n| idle_poll(n, 1, 1)),
+        Item::latency("server_poll/idle-4096x64", 2_000_000, |n| {
+            idle_poll(n, 4096, 64)
+        }),
     ];
-    items.push(item("server_poll/idle-1x1", 2_000_000, |n| {
-        idle_poll(n, 1, 1)
-    }));
-    items.push(item("server_poll/idle-4096x64", 2_000_000, |n| {
-        idle_poll(n, 4096, 64)
-    }));
-    const MC: [(&str, usize, usize); 8] = [
-        ("multi_client/1x-depth1", 1, 1),
-        ("multi_client/1x-depth4", 1, 4),
-        ("multi_client/2x-depth1", 2, 1),
-        ("multi_client/2x-depth4", 2, 4),
-        ("multi_client/3x-depth1", 3, 1),
-        ("multi_client/3x-depth4", 3, 4),
-        ("multi_client/4x-depth1", 4, 1),
-        ("multi_client/4x-depth4", 4, 4),
-    ];
-    for (id, clients, depth) in MC {
-        let mut it = item(id, 200_000, move |n| multi_client(n, clients, depth));
-        it.throughput = true;
-        it.note = oversubscription_note(clients);
-        items.push(it);
-    }
-
-    let canary = || support::floor_threads(20_000).as_nanos() as f64 / 20_000.0;
-    let mut canaries = Vec::new();
-    for r in 0..rounds {
-        let before = canary();
-        for it in &mut items {
-            if std::env::var_os("IPC_BENCH_VERBOSE").is_some() {
-                eprintln!("  {} x{}", it.id, it.iters);
-            }
-            let d = (it.run)(it.iters);
-            it.samples.push(d.as_nanos() as f64 / it.iters as f64);
+    for clients in 1..=4 {
+        for depth in [1, 4] {
+            items.push(
+                Item::throughput(
+                    format!("multi_client/{clients}x-depth{depth}"),
+                    200_000,
+                    move |n| multi_client(n, clients, depth),
+                )
+                .note(oversubscription_note(clients)),
+            );
         }
-        let after = canary();
-        eprintln!(
-            "summary round {}/{rounds}: canary {before:.0} ns before, {after:.0} ns after",
-            r + 1
-        );
-        canaries.push(before.max(after));
     }
-    // A round taken in a slow phase of the host (the floor canary at more
-    // than twice its best value) is dropped.
-    let best = canaries.iter().cloned().fold(f64::INFINITY, f64::min);
-    let mut keep: Vec<bool> = canaries.iter().map(|&c| c <= 2.0 * best).collect();
-    let dropped = keep.iter().filter(|&&k| !k).count();
-    let all_slow = dropped == rounds;
-    if all_slow {
-        keep = vec![true; rounds];
-    }
-    let med = |id: &str| -> f64 {
-        let it = items.iter().find(|i| i.id == id).unwrap();
-        let kept: Vec<f64> = it
-            .samples
-            .iter()
-            .zip(&keep)
-            .filter(|(_, k)| **k)
-            .map(|(s, _)| *s)
-            .collect();
-        median(&kept)
-    };
-    let floor_t = med("floor/threads");
-    let floor_p = med("floor/processes");
-    let uds = med("peers/uds");
-    let iox = med("peers/iceoryx2");
 
-    let mut out = String::new();
-    let kept = rounds - if all_slow { 0 } else { dropped };
-    out += &format!(
-        "ipc summary: median of {kept} interleaved rounds ({dropped} dropped as slow-phase{}); {}\n\n",
-        if all_slow {
-            ", all slow: none dropped"
-        } else {
-            ""
-        },
-        support::machine()
-    );
+    let m = summary::run(knobs, items, benchutil::canary_ns);
+    let floor_t = m.ns("floor/threads");
+    let floor_p = m.ns("floor/processes");
+    let uds = m.ns("peers/uds");
+    let iox = m.ns("peers/iceoryx2");
+
+    let mut out = m.preamble("ipc");
     out += "| figure | median | per call | vs floor | UDS ÷ this | iceoryx2 ÷ this | note |\n";
     out += "|---|---|---|---|---|---|---|\n";
-    for it in &items {
-        let ns = med(it.id);
-        let floor = if it.id.contains("threads") {
+    for f in &m.figures {
+        let ns = f.ns;
+        let floor = if f.id.contains("threads") {
             floor_t
         } else {
             floor_p
         };
-        if it.id.starts_with("server_poll") {
+        if f.id.starts_with("server_poll") {
             // Not a round trip: no ratios.
             out += &format!(
                 "| {} | {ns:.1} ns | | | | | one empty `Server::recv`, one idle client attached |\n",
-                it.id
+                f.id
             );
             continue;
         }
-        let value = if it.throughput {
-            format!("{:.2} M calls/s", 1e3 / ns)
-        } else {
-            format!("{ns:.0} ns")
+        let value = match f.kind {
+            Kind::Throughput => format!("{:.2} M calls/s", f.per_second() / 1e6),
+            Kind::Latency => format!("{ns:.0} ns"),
         };
         out += &format!(
             "| {} | {} | {:.0} ns | {:.2}× | {:.1}× | {:.1}× | {} |\n",
-            it.id,
+            f.id,
             value,
             ns,
             ns / floor,
             uds / ns,
             iox / ns,
-            it.note.as_deref().unwrap_or("")
+            f.note.as_deref().unwrap_or("")
         );
     }
-    let pp = med("pingpong/processes");
-    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let pp = m.ns("pingpong/processes");
+    let verdict = benchutil::verdict;
     out += &format!(
         "\ntargets: pingpong/processes within 1.5× of floor/processes: {:.2}× ({}); \
          ≥5× faster than iceoryx2: {:.1}× ({}); ≥100× faster than UDS: {:.0}× ({})\n",
@@ -441,34 +365,26 @@ fn summary() {
         verdict(uds / pp >= 100.0)
     );
     out += &format!(
-        "canary (floor/threads, 20k trips) per round, ns: {:?}\n",
-        canaries
-            .iter()
-            .map(|c| c.round() as u64)
-            .collect::<Vec<_>>()
+        "canary (floor/threads, {}k trips) per round, ns: {:?}\n",
+        benchutil::CANARY_TRIPS / 1000,
+        m.canaries_ns()
     );
-    println!("\n{out}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-summary");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join("ipc.md"), &out);
+    benchutil::write_report("ipc", &out);
 }
 
 fn main() {
-    // Read the CPU set before anything pins the main thread.
-    let _ = support::allowed_cpus();
-    if let Ok(role) = std::env::var(support::ROLE_VAR) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        match role.as_str() {
-            "floor" => support::floor_role(&args),
-            "uds" => support::uds_role(&args),
-            "iox" => iox_role(&args),
-            "ipc-server" => ipc_server_role(&args),
-            "ipc-client" => ipc_client_role(&args),
-            other => panic!("unknown bench role {other}"),
-        }
+    let helper = benchutil::as_helper(|role, args| match role {
+        "uds" => support::uds_role(args),
+        "iox" => iox_role(args),
+        "ipc-server" => ipc_server_role(args),
+        "ipc-client" => ipc_client_role(args),
+        other => panic!("unknown bench role {other}"),
+    });
+    if helper {
         return;
     }
-    if std::env::var("IPC_BENCH_SKIP_CRITERION").is_err() {
+    let knobs = Knobs::from_env("IPC_BENCH", 7);
+    if !knobs.skip_criterion {
         let mut c = Criterion::default()
             .sample_size(10)
             .warm_up_time(Duration::from_millis(500))
@@ -477,7 +393,7 @@ fn main() {
         criterion_groups(&mut c);
         c.final_summary();
     }
-    if std::env::var("IPC_BENCH_SKIP_SUMMARY").is_err() {
-        summary();
+    if !knobs.skip_summary {
+        summary(&knobs);
     }
 }

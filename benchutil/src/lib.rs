@@ -1,0 +1,59 @@
+//! The workspace's shared benchmark harness.
+//!
+//! Every layer's criterion suite (`ipc`, `inproc`, …) measures the same way,
+//! because an absolute number on a noisy two-core machine means little
+//! alone (DESIGN.md, decision 12). This crate holds what they share:
+//!
+//! * **pinning** ([`core_pair`], [`pin`]): both sides of every two-party
+//!   figure run on the same two cores, read once at start-up;
+//! * **the floor** ([`floor_threads`], [`floor_processes`]): the cache-line
+//!   round trip between those two cores, measured in the same run, which
+//!   every shared-memory round trip is reported against as a ratio;
+//! * **helper processes** ([`Helper`], [`as_helper`]): the bench binary
+//!   re-executed with a role to play the other side of a cross-process
+//!   figure;
+//! * **the interleaved summary** ([`summary::run`]): every figure measured
+//!   round by round (A B A B, not A A B B), a floor canary before and after
+//!   each round, rounds taken in a slow phase of the host dropped, and the
+//!   median of each figure returned for the bench to turn into its own
+//!   table and ratios ([`write_report`]).
+//!
+//! A bench's `main` looks like this:
+//!
+//! ```no_run
+//! use benchutil::{Item, Knobs, as_helper, canary_ns, floor_threads, summary, write_report};
+//!
+//! if as_helper(|role, _args| panic!("unknown bench role {role}")) {
+//!     return; // this process was the other side of someone's measurement
+//! }
+//! let knobs = Knobs::from_env("MY_BENCH", 7);
+//! // ... criterion groups unless knobs.skip_criterion ...
+//! let items = vec![
+//!     Item::latency("floor/threads", 200_000, floor_threads),
+//!     // Item::latency("pingpong/mine", 200_000, my_pingpong),
+//! ];
+//! let m = summary::run(&knobs, items, canary_ns);
+//! let text = format!(
+//!     "{}floor/threads: {:.0} ns\n",
+//!     m.preamble("my"),
+//!     m.ns("floor/threads")
+//! );
+//! write_report("my", &text); // target/bench-summary/my.md
+//! ```
+//!
+//! Linux only (`sched_setaffinity`, `/dev/shm`, `/proc`).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+
+mod affinity;
+mod floor;
+mod helper;
+pub mod summary;
+
+pub use affinity::{allowed_cpus, core_pair, pin, unpin};
+pub use floor::{
+    Bounce, CANARY_TRIPS, canary_ns, floor_client, floor_processes, floor_server, floor_threads,
+};
+pub use helper::{Helper, ROLE_VAR, as_helper, mono_ns, unique};
+pub use summary::{Figure, Item, Kind, Knobs, Medians, machine, median, verdict, write_report};
