@@ -7,6 +7,9 @@ source "$(dirname "$0")/common.sh"
 rm -rf target/bench-summary
 echo "== ipc (cargo bench -p ipc)"
 cargo bench -p ipc --bench ipc -- "$@"
+echo
+echo "== inproc (cargo bench -p inproc)"
+cargo bench -p inproc --bench inproc -- "$@"
 
 echo
 echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), git $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
