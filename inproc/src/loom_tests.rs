@@ -109,3 +109,55 @@ fn loom_dropped_consumer_is_seen_and_values_are_dropped() {
         assert_eq!(loom::sync::Arc::strong_count(&token), 1);
     });
 }
+
+/// A three-node mesh: node 0 calls nodes 1 and 2, which answer the one
+/// request they get; node 0 must see both answers with their user data.
+#[test]
+fn loom_flux_three_nodes() {
+    use crate::flux::{self, FluxConfig};
+    // No preemption bound: with one, loom cannot switch away from the
+    // spinning threads and the model never finishes.
+    loom::model(|| {
+        let cfg = FluxConfig {
+            capacity: 2,
+            max_in_flight: 1,
+        };
+        let mut nodes = flux::mesh::<Onesided, usize, usize, usize>(3, cfg);
+        let servers: Vec<_> = nodes
+            .drain(1..)
+            .map(|mut node| {
+                thread::spawn(move || {
+                    let me = node.id();
+                    loop {
+                        if let Some(req) = node.try_recv() {
+                            assert_eq!(req.from(), 0);
+                            let x = *req.data();
+                            req.reply(x + me).unwrap();
+                            node.flush();
+                            break;
+                        }
+                        thread::yield_now();
+                    }
+                    node
+                })
+            })
+            .collect();
+        let mut client = nodes.pop().unwrap();
+        client.call(1, 10, 1).unwrap();
+        client.call(2, 20, 2).unwrap();
+        let mut got = [false; 3];
+        while !(got[1] && got[2]) {
+            if client.poll(|from, user, resp| {
+                assert_eq!(from, user);
+                assert_eq!(resp, from * 10 + from);
+                assert!(!got[from], "duplicate response");
+                got[from] = true;
+            }) == 0
+            {
+                thread::yield_now();
+            }
+        }
+        let nodes: Vec<_> = servers.into_iter().map(|h| h.join().unwrap()).collect();
+        drop(nodes);
+    });
+}

@@ -1,0 +1,203 @@
+//! Flux and call/reply: all-to-all stress on real threads for every
+//! transport, out-of-order deferred replies, and every error.
+
+use inproc::flux::{self, FluxConfig, FluxError, FluxNode};
+use inproc::rpc::{self, CallError};
+use inproc::{FastForward, Lamport, Onesided, Transport};
+
+/// Every node calls every other node `calls` times and notifies it once;
+/// each response must carry the user data of its own call.
+fn all_to_all<T: Transport>(n: usize, calls: u64) {
+    let cfg = FluxConfig {
+        capacity: 64,
+        max_in_flight: 8,
+    };
+    let nodes = flux::mesh::<T, (usize, u64), u64, (usize, u64)>(n, cfg);
+    let handles: Vec<_> = nodes
+        .into_iter()
+        .map(|mut node| {
+            std::thread::spawn(move || {
+                let me = node.id();
+                let n = node.len();
+                let mut next = vec![0u64; n];
+                let mut done = 0u64;
+                let mut notified = 0usize;
+                let total = calls * (n as u64 - 1);
+                let mut answered_all = false;
+                let mut idle = 0u64;
+                while done < total || notified < n - 1 || !answered_all {
+                    for to in (0..n).filter(|&t| t != me) {
+                        if next[to] < calls {
+                            match node.call(to, (me, next[to]), (to, next[to])) {
+                                Ok(()) => next[to] += 1,
+                                Err(FluxError::Full(_)) => {}
+                                Err(e) => panic!("node {me}: call failed: {e}"),
+                            }
+                        }
+                        if next[to] == calls {
+                            node.notify(to, (me, u64::MAX)).unwrap();
+                            next[to] += 1;
+                        }
+                    }
+                    done += node.poll(|from, (to, seq), resp| {
+                        assert_eq!(from, to, "response from the wrong peer");
+                        assert_eq!(resp, seq * 2 + me as u64, "response to another call");
+                    }) as u64;
+                    let mut got = false;
+                    while let Some(req) = node.try_recv() {
+                        got = true;
+                        let (caller, x) = *req.data();
+                        assert_eq!(caller, req.from());
+                        if req.is_call() {
+                            req.reply(x * 2 + caller as u64).unwrap();
+                        } else {
+                            assert_eq!(x, u64::MAX);
+                            notified += 1;
+                        }
+                    }
+                    // Keep serving until every peer has sent its last call.
+                    answered_all = notified == n - 1;
+                    if !got {
+                        idle += 1;
+                        if idle.is_multiple_of(64) {
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+                // Stay reachable until the others are done too: answer
+                // late calls until they drop their nodes.
+                node
+            })
+        })
+        .collect();
+    let nodes: Vec<FluxNode<T, _, _, _>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    drop(nodes);
+}
+
+fn deferred_out_of_order<T: Transport>() {
+    let mut nodes = flux::mesh::<T, u32, u32, u32>(2, FluxConfig::default());
+    let mut b = nodes.pop().unwrap();
+    let mut a = nodes.pop().unwrap();
+    for i in 0..10 {
+        a.call(1, i, 100 + i).unwrap();
+    }
+    a.flush();
+    let mut held = Vec::new();
+    while held.len() < 10 {
+        if let Some(req) = b.try_recv() {
+            let (x, d) = req.defer();
+            held.push((x, d.unwrap()));
+        }
+    }
+    // Answer newest first.
+    while let Some((x, d)) = held.pop() {
+        assert_eq!(d.to(), 0);
+        b.reply(d, x * 3).unwrap();
+    }
+    b.flush();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        a.poll(|from, user, resp| got.push((from, user, resp)));
+    }
+    for (from, user, resp) in got {
+        assert_eq!(from, 1);
+        assert_eq!(resp, (user - 100) * 3, "user data of another call");
+    }
+    assert_eq!(a.in_flight(1), 0);
+}
+
+fn errors<T: Transport>() {
+    let cfg = FluxConfig {
+        capacity: 4,
+        max_in_flight: 2,
+    };
+    let mut nodes = flux::mesh::<T, u32, u32, &str>(3, cfg);
+    let c = nodes.pop().unwrap();
+    let mut b = nodes.pop().unwrap();
+    let mut a = nodes.pop().unwrap();
+    assert_eq!(
+        a.call(0, 1, "self"),
+        Err(FluxError::InvalidPeer((1, "self")))
+    );
+    assert_eq!(
+        a.call(9, 1, "nobody"),
+        Err(FluxError::InvalidPeer((1, "nobody")))
+    );
+    assert_eq!(a.notify(3, 5), Err(FluxError::InvalidPeer(5)));
+    // In-flight limit towards one peer.
+    a.call(1, 1, "x").unwrap();
+    a.call(1, 2, "y").unwrap();
+    assert_eq!(a.call(1, 3, "z"), Err(FluxError::Full((3, "z"))));
+    assert_eq!(a.in_flight(1), 2);
+    // Other peers are unaffected.
+    a.call(2, 4, "w").unwrap();
+    // A notification takes no reply.
+    a.notify(1, 9).unwrap();
+    a.flush();
+    let mut seen_notify = false;
+    while !seen_notify {
+        if let Some(req) = b.try_recv() {
+            if req.is_call() {
+                let x = *req.data();
+                req.reply(x).unwrap();
+            } else {
+                assert_eq!(req.reply(0), Err(FluxError::NotACall(0)));
+                seen_notify = true;
+            }
+        }
+    }
+    // A dropped peer is reported as disconnected, values handed back.
+    drop(c);
+    assert!(a.is_disconnected(2));
+    assert_eq!(a.notify(2, 7), Err(FluxError::Disconnected(7)));
+    let mut got = 0;
+    while got < 2 {
+        b.flush();
+        got += a.poll(|_, _, _| {});
+    }
+    assert_eq!(
+        a.call(2, 8, "late"),
+        Err(FluxError::Disconnected((8, "late")))
+    );
+}
+
+fn rpc_pair_reserves_reply_room<T: Transport>() {
+    // Request queue of 8, at most 3 in flight: the 4th call is refused and
+    // every admitted call's reply fits without the caller polling.
+    let (mut caller, mut responder) = rpc::pair::<T, u8, u8, u8>(8, 3);
+    for i in 0..3 {
+        caller.call(i, i).unwrap();
+    }
+    assert_eq!(caller.call(3, 3), Err(CallError::Full(3, 3)));
+    caller.flush();
+    let mut tokens = Vec::new();
+    while tokens.len() < 3 {
+        if let Ok((Some(t), x)) = responder.try_recv() {
+            tokens.push((t, x));
+        }
+    }
+    for (t, x) in tokens {
+        responder.reply(t, x + 1).unwrap();
+    }
+    responder.flush();
+    let mut sum = 0;
+    while caller.in_flight() > 0 {
+        caller.poll(|u, r| sum += u32::from(r - u)).unwrap();
+    }
+    assert_eq!(sum, 3);
+}
+
+macro_rules! flux_tests {
+    ($($m:ident: $t:ty),*) => {$(
+        mod $m {
+            use super::*;
+            #[test] fn two_nodes_all_to_all() { all_to_all::<$t>(2, 20_000) }
+            #[test] fn four_nodes_all_to_all() { all_to_all::<$t>(4, 5_000) }
+            #[test] fn deferred_replies_out_of_order_keep_user_data() { deferred_out_of_order::<$t>() }
+            #[test] fn errors_hand_values_back() { errors::<$t>() }
+            #[test] fn reply_never_fails_when_call_was_admitted() { rpc_pair_reserves_reply_room::<$t>() }
+        }
+    )*};
+}
+
+flux_tests!(fastforward: FastForward, lamport: Lamport, onesided: Onesided);
