@@ -6,7 +6,7 @@
 //! |-----------------|------------|---------------------------------------|
 //! | `slot.value`    | producer   | while `full == false`                 |
 //! | `slot.full`     | producer   | `true` after the value (`Release`)    |
-//! | `slot.full`     | consumer   | `false` after reading it (`Release`)  |
+//! | `slot.full`     | consumer   | `false` after reading it (`Release`), a cache line of slots at a time, oldest first, and whenever it finds the queue empty |
 //!
 //! *Temporal slipping*: the producer does not look at the slot it is about
 //! to fill but at one `LOOKAHEAD` slots further. If that one is empty, every
@@ -37,6 +37,9 @@ struct Inner<T> {
     slots: Box<[Slot<T>]>,
     mask: usize,
     lookahead: usize,
+    /// Slots per cache line (a power of two): the consumer clears `full`
+    /// flags a line at a time.
+    clear_batch: usize,
     ctl: Control,
 }
 
@@ -70,6 +73,8 @@ pub struct FfProducer<T> {
 pub struct FfConsumer<T> {
     inner: Arc<Inner<T>>,
     tail: usize,
+    /// Slots in `[cleared, tail)` were read but their flags not yet reset.
+    cleared: usize,
 }
 
 impl Transport for FastForward {
@@ -82,6 +87,8 @@ impl Transport for FastForward {
         // Two cache lines of slots ahead, but never more than half the ring.
         let per_line = (64 / size_of::<Slot<T>>().max(1)).max(1);
         let lookahead = (2 * per_line).min(size / 2).max(1);
+        // Largest power of two not above `per_line`, and at most half the ring.
+        let clear_batch = (1usize << per_line.ilog2()).clamp(1, size / 2);
         let inner = Arc::new(Inner {
             slots: (0..size)
                 .map(|_| Slot {
@@ -91,6 +98,7 @@ impl Transport for FastForward {
                 .collect(),
             mask: size - 1,
             lookahead,
+            clear_batch,
             ctl: Control::new(),
         });
         (
@@ -99,7 +107,11 @@ impl Transport for FastForward {
                 head: 0,
                 limit: 0,
             },
-            FfConsumer { inner, tail: 0 },
+            FfConsumer {
+                inner,
+                tail: 0,
+                cleared: 0,
+            },
         )
     }
 }
@@ -167,14 +179,41 @@ impl<T: Send> FfConsumer<T> {
     recv_deadline!();
 }
 
+impl<T> FfConsumer<T> {
+    /// Hands every read slot back to the producer, oldest first (the
+    /// producer's lookahead relies on that order).
+    #[inline]
+    fn clear_read(&mut self) {
+        if self.cleared == self.tail {
+            return;
+        }
+        let inner = &*self.inner;
+        while self.cleared < self.tail {
+            // Release: our read of the value happens before the producer
+            // reuses the slot.
+            inner.slots[self.cleared & inner.mask]
+                .full
+                .store(false, Ordering::Release);
+            self.cleared += 1;
+        }
+        inner.ctl.space.notify_relaxed();
+    }
+}
+
 impl<T: Send> Receiver<T> for FfConsumer<T> {
     #[inline]
     fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        let inner = &*self.inner;
-        let slot = &inner.slots[self.tail & inner.mask];
+        let slot = &self.inner.slots[self.tail & self.inner.mask];
         // Acquire: pairs with the producer's Release of `full`.
         if !slot.full.load(Ordering::Acquire) {
-            if inner.ctl.producer_gone() && !slot.full.load(Ordering::Acquire) {
+            // Idle: give back what we read before reporting it.
+            self.clear_read();
+            let inner = &*self.inner;
+            if inner.ctl.producer_gone()
+                && !inner.slots[self.tail & inner.mask]
+                    .full
+                    .load(Ordering::Acquire)
+            {
                 return Err(TryRecvError::Disconnected);
             }
             return Err(TryRecvError::Empty);
@@ -182,22 +221,28 @@ impl<T: Send> Receiver<T> for FfConsumer<T> {
         // SAFETY: `full` says the slot holds an initialized value that the
         // producer will not touch until we clear the flag.
         let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
-        // Release: our read of the value happens before the producer reuses
-        // the slot.
-        slot.full.store(false, Ordering::Release);
         self.tail += 1;
-        inner.ctl.space.notify_relaxed();
+        // Clearing a line's flags together, once we are past it, keeps the
+        // consumer from writing into a line the producer is still filling.
+        if self.tail & (self.inner.clear_batch - 1) == 0 {
+            self.clear_read();
+        }
         Ok(value)
     }
 
     #[inline]
-    fn sync(&mut self) {}
+    fn sync(&mut self) {
+        self.clear_read();
+    }
 
     waiting_receiver!();
 }
 
 impl<T> Drop for FfConsumer<T> {
     fn drop(&mut self) {
+        // Read values were moved out: their flags must not say `full` when
+        // the queue drops what it still holds.
+        self.clear_read();
         self.inner.ctl.drop_consumer();
     }
 }

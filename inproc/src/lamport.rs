@@ -135,7 +135,7 @@ impl<T: Send> Sender<T> for LamportProducer<T> {
             // that acquires this head.
             self.inner.head.store(self.head, Ordering::Release);
             self.published = self.head;
-            self.inner.ctl.data.notify();
+            self.inner.ctl.data.notify_relaxed();
         }
     }
 
@@ -191,7 +191,7 @@ impl<T: Send> Receiver<T> for LamportConsumer<T> {
             // producer reuses them.
             self.inner.tail.store(self.tail, Ordering::Release);
             self.synced = self.tail;
-            self.inner.ctl.space.notify();
+            self.inner.ctl.space.notify_relaxed();
         }
     }
 

@@ -37,8 +37,11 @@ impl Signal {
         self.notify_relaxed();
     }
 
-    /// Like `notify` without the fence, for per-message paths: in a narrow
-    /// race the sleeper then wakes on its own after at most `MAX_PARK`.
+    /// Like `notify` without the fence, for the data path (every send,
+    /// receive, publish and sync): a full fence there would cost more than
+    /// the message. In the narrow race the fence closes, the sleeper wakes on
+    /// its own after at most `MAX_PARK`, so a wake-up can be late but never
+    /// lost.
     #[inline(always)]
     pub(crate) fn notify_relaxed(&self) {
         if self.sleeping.load(std_atomic::Ordering::Relaxed) {
