@@ -40,6 +40,7 @@
 //! change: every latency row gets its ratio to the floor, throughput rows
 //! outside `spsc_throughput/` get no rtrb ratio.
 
+mod flux;
 mod queues;
 
 use std::hint::spin_loop;
@@ -317,16 +318,91 @@ fn floor(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------------------------------------------------------------------------
+// Flux all-to-all call/reply.
+
+/// Thread counts of the Flux figures.
+const FLUX_THREADS: [usize; 2] = [2, 4];
+
+fn flux_cases() -> Vec<(String, Run2)> {
+    let mut v: Vec<(String, Run2)> = Vec::new();
+    for n in FLUX_THREADS {
+        v.push((format!("flux/{}/{n}threads", FastForward::NAME), |n, i| {
+            flux::flux::<FastForward>(n, i)
+        }));
+        v.push((format!("flux/{}/{n}threads", Lamport::NAME), |n, i| {
+            flux::flux::<Lamport>(n, i)
+        }));
+        v.push((format!("flux/{}/{n}threads", Onesided::NAME), |n, i| {
+            flux::flux::<Onesided>(n, i)
+        }));
+        v.push((
+            format!("flux/crossbeam-mesh/{n}threads"),
+            flux::crossbeam_mesh,
+        ));
+    }
+    v
+}
+
+/// A Flux run: (threads, calls) -> time.
+type Run2 = fn(usize, u64) -> Duration;
+
+fn threads_of(id: &str) -> usize {
+    id.rsplit('/')
+        .next()
+        .and_then(|t| t.strip_suffix("threads"))
+        .and_then(|t| t.parse().ok())
+        .expect("thread count in id")
+}
+
+fn oversubscribed(n: usize) -> Option<String> {
+    let cores = benchutil::allowed_cpus().len();
+    (n > cores).then(|| format!("{n} threads on {cores} cores: threads outnumber cores"))
+}
+
+fn flux_group(c: &mut Criterion) {
+    let mut g = c.benchmark_group("flux");
+    g.throughput(Throughput::Elements(1));
+    for (id, run) in flux_cases() {
+        let n = threads_of(&id);
+        let name = id.strip_prefix("flux/").expect("flux id").to_string();
+        g.bench_function(name, |b| b.iter_custom(|iters| run(n, iters)));
+    }
+    g.finish();
+}
+
+/// Calls per Flux figure of a summary round.
+const FLUX_ITERS: u64 = 400_000;
+
+fn flux_items() -> Vec<Item<'static>> {
+    flux_cases()
+        .into_iter()
+        .map(|(id, run)| {
+            let n = threads_of(&id);
+            let mut note = format!(
+                "completed calls (call + reply) per second, window {}",
+                flux::WINDOW
+            );
+            if let Some(o) = oversubscribed(n) {
+                note = format!("{note}; {o}");
+            }
+            Item::throughput(id, FLUX_ITERS, move |iters| run(n, iters)).note(Some(note))
+        })
+        .collect()
+}
+
 fn criterion_groups(c: &mut Criterion) {
     floor(c);
     spsc_throughput(c);
     pingpong(c);
+    flux_group(c);
 }
 
 fn summary_items() -> Vec<Item<'static>> {
     let mut items = vec![Item::latency("floor/threads", 200_000, floor_threads)];
     items.extend(throughput_items());
     items.extend(pingpong_items());
+    items.extend(flux_items());
     items
 }
 
@@ -382,6 +458,19 @@ fn table(m: &Medians) -> String {
         best_ns / floor,
         benchutil::verdict(best_ns / floor <= 1.3),
     );
+    for n in FLUX_THREADS {
+        let mesh = m.ns(&format!("flux/crossbeam-mesh/{n}threads"));
+        let (best, best_ns) = TRANSPORTS
+            .iter()
+            .map(|t| (*t, m.ns(&format!("flux/{t}/{n}threads"))))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("three transports");
+        out += &format!(
+            "target: Flux call/reply on {n} threads ≥ 2× the crossbeam-channel mesh: {best} {:.2}× ({})\n",
+            mesh / best_ns,
+            benchutil::verdict(mesh / best_ns >= 2.0),
+        );
+    }
     out += &format!(
         "all queues busy-poll try_send/try_recv (spin mode), capacity {CAPACITY}, \
          producer and consumer pinned to two cores\n"
