@@ -8,8 +8,9 @@
 //!
 //! Sends are not published one by one: [`FluxNode::poll`] and an idle
 //! [`FluxNode::try_recv`] publish everything pending (so a busy node batches
-//! and an idle one flushes at once), and [`FluxNode::flush`] does it on
-//! demand.
+//! and an idle one flushes at once), [`FluxNode::flush`] does it on demand,
+//! and a node that is never idle still publishes (and returns request
+//! slots) every quarter of a queue, so it cannot hold its peers up.
 //!
 //! ```
 //! use inproc::flux::{self, FluxConfig};

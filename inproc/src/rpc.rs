@@ -42,12 +42,52 @@ pub struct Caller<T: Transport, Req: Send, Resp: Send, U> {
     resp: T::Consumer<(u32, Resp)>,
     calls: Box<[Option<U>]>,
     free: Vec<u32>,
+    pace: Pace,
 }
 
 /// The answering end.
 pub struct Responder<T: Transport, Req: Send, Resp: Send> {
     req: T::Consumer<(u32, Req)>,
     resp: T::Producer<(u32, Resp)>,
+    /// Returns request slots at least this often, so a responder that is
+    /// never idle does not starve its caller of room.
+    sync_pace: Pace,
+    /// Publishes replies at least this often, so a responder that never
+    /// flushes still answers.
+    reply_pace: Pace,
+}
+
+/// Counts operations between publications: batches them, but never more
+/// than a quarter of the queue, so a busy side cannot hold the other up.
+struct Pace {
+    since: usize,
+    every: usize,
+}
+
+impl Pace {
+    fn new(queue: usize) -> Self {
+        Self {
+            since: 0,
+            every: (queue / 4).max(1),
+        }
+    }
+
+    /// Counts one operation; `true` when it is time to publish.
+    #[inline(always)]
+    fn tick(&mut self) -> bool {
+        self.since += 1;
+        if self.since >= self.every {
+            self.since = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    #[inline(always)]
+    fn reset(&mut self) {
+        self.since = 0;
+    }
 }
 
 /// Both ends of one call/reply channel.
@@ -62,16 +102,21 @@ pub fn pair<T: Transport, Req: Send, Resp: Send, U>(
     let max_in_flight = max_in_flight.clamp(1, NOTIFY as usize);
     let (req_tx, req_rx) = T::channel(capacity.max(max_in_flight));
     let (resp_tx, resp_rx) = T::channel(max_in_flight);
+    let req_size = req_tx.capacity();
+    let resp_size = resp_tx.capacity();
     (
         Caller {
             req: req_tx,
             resp: resp_rx,
             calls: (0..max_in_flight).map(|_| None).collect(),
             free: (0..max_in_flight as u32).rev().collect(),
+            pace: Pace::new(req_size),
         },
         Responder {
             req: req_rx,
             resp: resp_tx,
+            sync_pace: Pace::new(req_size),
+            reply_pace: Pace::new(resp_size),
         },
     )
 }
@@ -88,6 +133,9 @@ impl<T: Transport, Req: Send, Resp: Send, U> Caller<T, Req, Resp, U> {
         match self.req.try_send((id, req)) {
             Ok(()) => {
                 self.calls[id as usize] = Some(user);
+                if self.pace.tick() {
+                    self.req.publish();
+                }
                 Ok(())
             }
             Err(e) => {
@@ -106,13 +154,19 @@ impl<T: Transport, Req: Send, Resp: Send, U> Caller<T, Req, Resp, U> {
         self.req.try_send((NOTIFY, req)).map_err(|e| match e {
             TrySendError::Full((_, r)) => TrySendError::Full(r),
             TrySendError::Disconnected((_, r)) => TrySendError::Disconnected(r),
-        })
+        })?;
+        if self.pace.tick() {
+            self.req.publish();
+        }
+        Ok(())
     }
 
-    /// Publishes calls and notifications sent so far.
+    /// Publishes calls and notifications sent so far. (They are also
+    /// published on their own every quarter of the queue.)
     #[inline]
     pub fn flush(&mut self) {
         self.req.publish();
+        self.pace.reset();
     }
 
     /// Delivers every arrived response with its call's user data. Returns
@@ -152,13 +206,18 @@ impl<T: Transport, Req: Send, Resp: Send> Responder<T, Req, Resp> {
     #[inline]
     pub fn try_recv(&mut self) -> Result<(Option<ReplyToken>, Req), TryRecvError> {
         let (id, req) = self.req.try_recv()?;
+        if self.sync_pace.tick() {
+            self.req.sync();
+        }
         Ok(((id != NOTIFY).then_some(ReplyToken { call_id: id }), req))
     }
 
-    /// Returns received requests' slots to the caller.
+    /// Returns received requests' slots to the caller. (They are also
+    /// returned on their own every quarter of the queue.)
     #[inline]
     pub fn sync(&mut self) {
         self.req.sync();
+        self.sync_pace.reset();
     }
 
     /// Answers a call. Cannot fail for lack of room (module doc); fails only
@@ -166,7 +225,12 @@ impl<T: Transport, Req: Send, Resp: Send> Responder<T, Req, Resp> {
     #[inline]
     pub fn reply(&mut self, token: ReplyToken, resp: Resp) -> Result<(), Disconnected<Resp>> {
         match self.resp.try_send((token.call_id, resp)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if self.reply_pace.tick() {
+                    self.resp.publish();
+                }
+                Ok(())
+            }
             Err(TrySendError::Disconnected((_, r))) => Err(Disconnected(r)),
             Err(TrySendError::Full(v)) => {
                 // Unreachable by the admission rule; if it were reached,
@@ -178,9 +242,11 @@ impl<T: Transport, Req: Send, Resp: Send> Responder<T, Req, Resp> {
         }
     }
 
-    /// Publishes replies sent so far.
+    /// Publishes replies sent so far. (They are also published on their
+    /// own every quarter of the queue.)
     #[inline]
     pub fn flush(&mut self) {
         self.resp.publish();
+        self.reply_pace.reset();
     }
 }

@@ -187,6 +187,35 @@ fn rpc_pair_reserves_reply_room<T: Transport>() {
     assert_eq!(sum, 3);
 }
 
+/// A responder that is never idle and never flushes or syncs explicitly
+/// still returns request slots and publishes replies (paced every quarter
+/// of a queue), so its caller keeps going. (Lamport stalled here when
+/// publication happened only on idle.)
+fn busy_responder_never_starves_its_caller<T: Transport>() {
+    let (mut caller, mut responder) = rpc::pair::<T, u32, u32, u32>(8, 8);
+    let (mut sent, mut done) = (0u32, 0u32);
+    let mut stalled = 0;
+    while done < 1000 {
+        let mut progress = false;
+        if sent < 1000 && caller.call(sent, sent).is_ok() {
+            sent += 1;
+            progress = true;
+        }
+        if let Ok((Some(t), x)) = responder.try_recv() {
+            responder.reply(t, x + 1).unwrap();
+            progress = true;
+        }
+        done += caller.poll(|u, r| assert_eq!(r, u + 1)).unwrap() as u32;
+        stalled = if progress { 0 } else { stalled + 1 };
+        assert!(stalled < 1000, "stalled after {done} calls");
+        if sent == 1000 && !progress {
+            // Only the last, not yet paced, replies remain.
+            responder.flush();
+            caller.flush();
+        }
+    }
+}
+
 macro_rules! flux_tests {
     ($($m:ident: $t:ty),*) => {$(
         mod $m {
@@ -196,6 +225,7 @@ macro_rules! flux_tests {
             #[test] fn deferred_replies_out_of_order_keep_user_data() { deferred_out_of_order::<$t>() }
             #[test] fn errors_hand_values_back() { errors::<$t>() }
             #[test] fn reply_never_fails_when_call_was_admitted() { rpc_pair_reserves_reply_room::<$t>() }
+            #[test] fn busy_responder_never_starves_its_caller() { super::busy_responder_never_starves_its_caller::<$t>() }
         }
     )*};
 }
