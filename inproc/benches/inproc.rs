@@ -13,9 +13,9 @@
 //! APIs:
 //!
 //! * Spin mode only: non-blocking `try_send`/`try_recv` (`push`/`pop`) in a
-//!   busy loop with a `spin_loop` hint; no thread ever parks. (Blocking
-//!   wake-ups cost some 20 µs on these VMs and would be a figure of their
-//!   own.)
+//!   busy loop with a `spin_loop` hint; no thread ever parks. Blocking
+//!   wake-ups cost far more than a spin round trip (DESIGN.md, decision
+//!   12) and would be a figure of their own.
 //! * The producer (or ping-pong client) runs on the first core of
 //!   `benchutil::core_pair`, the consumer (server) on the second; every
 //!   queue holds [`CAPACITY`] messages.

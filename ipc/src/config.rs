@@ -11,8 +11,8 @@ pub enum WaitStrategy {
     BusyPoll,
     /// Spin `spins` times, then sleep in a futex wait on a shared word until
     /// the other side wakes it. An idle process costs no CPU; a wake-up
-    /// costs a system call on both sides (tens of microseconds across two
-    /// vCPUs, see the `pingpong/blocking` benchmark).
+    /// costs a system call on both sides (the `pingpong/processes-blocking`
+    /// benchmark measures the round trip; README quotes it).
     Block {
         /// Checks of the shared word before going to sleep.
         spins: u32,
@@ -20,7 +20,7 @@ pub enum WaitStrategy {
 }
 
 impl WaitStrategy {
-    /// Blocking with a short spin phase (about a microsecond of polling).
+    /// Blocking after 1024 looks at the shared word.
     pub const fn blocking() -> Self {
         Self::Block { spins: 1024 }
     }
