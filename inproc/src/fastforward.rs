@@ -51,6 +51,8 @@ unsafe impl<T: Send> Send for Inner<T> {}
 
 impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
+        // Relaxed: `&mut self`, both ends are gone and joined with us
+        // through the Arc's reference count.
         for s in self.slots.iter_mut() {
             if s.full.load(Ordering::Relaxed) {
                 // SAFETY: `full` marks an initialized value nobody else can

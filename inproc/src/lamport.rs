@@ -44,7 +44,8 @@ unsafe impl<T: Send> Send for Inner<T> {}
 
 impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
-        // Both ends published/synced when they dropped.
+        // Both ends published/synced when they dropped; Relaxed because
+        // `&mut self` means they are gone (Arc count synchronizes).
         let (tail, head) = (
             self.tail.load(Ordering::Relaxed),
             self.head.load(Ordering::Relaxed),
@@ -200,6 +201,8 @@ impl<T: Send> Receiver<T> for LamportConsumer<T> {
 
 impl<T> Drop for LamportConsumer<T> {
     fn drop(&mut self) {
+        // Release: our reads of the slots before `tail` happen before the
+        // queue drops what lies after it.
         self.inner.tail.store(self.tail, Ordering::Release);
         self.inner.ctl.drop_consumer();
     }

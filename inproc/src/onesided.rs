@@ -47,6 +47,7 @@ unsafe impl<T: Send> Send for Inner<T> {}
 
 impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
+        // Relaxed: `&mut self`, both ends are gone (Arc count synchronizes).
         let mut pos = self.tail.load(Ordering::Relaxed);
         loop {
             let slot = &self.slots[pos & self.mask];

@@ -89,6 +89,8 @@ impl Signal {
                     *t = Some(std::thread::current());
                 }
             }
+            // Relaxed + SeqCst fence: `sleeping = true` is ordered before
+            // the re-check below (Dekker, with the fence in `notify`).
             self.sleeping.store(true, std_atomic::Ordering::Relaxed);
             std_atomic::fence(std_atomic::Ordering::SeqCst);
             if let Some(r) = attempt() {

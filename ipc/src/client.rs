@@ -42,15 +42,18 @@ enum Broken {
 
 impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
     fn connect(name: &str, cfg: ClientConfig) -> Result<Self, Error> {
-        let (mut seg, _) = Segment::open(name)?;
+        let mut seg = Segment::open(name)?;
         seg.validate::<Req, Resp>(name)?;
         let h = seg.header();
+        // Relaxed: geometry words are written once, before the magic that
+        // `validate` acquired.
         let server_pid = h.geo.0.server_pid.load(Ordering::Relaxed);
         let gone = |why| Error::ServerGone {
             name: name.to_owned(),
             pid: server_pid,
             why,
         };
+        // Acquire: pairs with the server's Release of CLOSED at shutdown.
         if h.state.0.load(Ordering::Acquire) != STATE_RUNNING {
             return Err(gone("it shut down"));
         }
@@ -60,6 +63,7 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         if server.exited() || !seg.server_alive()? {
             return Err(gone("its process exited"));
         }
+        // Relaxed: geometry, as above.
         let server_blocking = h.geo.0.server_blocking.load(Ordering::Relaxed) != 0;
         let pid = sys::current_pid();
         let max_clients = seg.layout.max_clients;
@@ -85,6 +89,8 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
                 max_clients,
             })?;
         let ctl = &seg.ctl(index).owner.0;
+        // Relaxed: these control words are ours while the slot is CLAIMED;
+        // the Release store of ATTACHED below publishes them to the server.
         let generation = ctl.generation.load(Ordering::Relaxed).wrapping_add(1);
         ctl.generation.store(generation, Ordering::Relaxed);
         ctl.blocking
@@ -154,6 +160,8 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         // `sleeping` (Dekker with the server's `sleeping = 1; fence; check`).
         fence(Ordering::SeqCst);
         if w.sleeping.load(Ordering::Relaxed) != 0 {
+            // The bump makes a server between its read of `wake` and its
+            // futex wait return at once.
             w.wake.fetch_add(1, Ordering::Release);
             sys::futex_wake_all(&w.wake);
         }
@@ -250,15 +258,22 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
     #[cold]
     fn sleep_once(&mut self) {
         let w = &self.seg.ctl(self.index).wait.0;
+        // Read before announcing sleep: a wake that bumps it after this read
+        // makes the futex wait return at once. Acquire is not needed for
+        // data (the response is re-checked through its own Acquire) but
+        // costs nothing on x86.
         let seen = w.wake.load(Ordering::Acquire);
+        // Relaxed: ordered before the re-check by the SeqCst fence below.
         w.sleeping.store(1, Ordering::Relaxed);
         // SeqCst fence: `sleeping = 1` before the re-check; pairs with the
         // server's publish + fence + load of `sleeping` in `reply`.
         fence(Ordering::SeqCst);
+        // Acquire: pairs with the server's Release of CLOSED.
         let closed = self.seg.header().state.0.load(Ordering::Acquire) != STATE_RUNNING;
         if !self.core.response_ready() && !closed {
             sys::futex_wait(&w.wake, seen, self.check_interval());
         }
+        // Relaxed: a stale `1` seen by the server costs one spare wake.
         w.sleeping.store(0, Ordering::Relaxed);
     }
 }
@@ -270,10 +285,15 @@ impl<Req, Resp, U> Drop for Conn<Req, Resp, U> {
         ctl.owner
             .store(owner_word(self.pid, SLOT_DETACHED), Ordering::Release);
         let h = self.seg.header();
+        // Release: pairs with the server's Acquire of the epoch, so it sees
+        // DETACHED when it rescans.
         h.attach_epoch.0.fetch_add(1, Ordering::Release);
         if self.server_blocking {
+            // SeqCst fence + Relaxed load: the Dekker pattern of
+            // `notify_server`.
             fence(Ordering::SeqCst);
             if h.server_wait.0.sleeping.load(Ordering::Relaxed) != 0 {
+                // Release: harmless; the futex wake is what matters.
                 h.server_wait.0.wake.fetch_add(1, Ordering::Release);
                 sys::futex_wake_all(&h.server_wait.0.wake);
             }

@@ -172,6 +172,7 @@ impl<T: FromBytes + Copy> Consumer<T> {
         if slot.seq.load(Ordering::Acquire) != self.pos + 1 {
             return None;
         }
+        // Relaxed: made visible by the Acquire of `seq` above.
         let call_id = slot.call_id.load(Ordering::Relaxed);
         // SAFETY: the slot holds message `pos` (its sequence word said so),
         // the producer will not touch it again until this read is

@@ -179,7 +179,7 @@ impl Segment {
 
     /// Maps an existing segment for a client. The caller validates the
     /// header with [`Segment::validate`] before touching anything else.
-    pub(crate) fn open(name: &str) -> Result<(Self, u64), Error> {
+    pub(crate) fn open(name: &str) -> Result<Self, Error> {
         let path = validate_name(name)?;
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
@@ -212,15 +212,12 @@ impl Segment {
             client_region: 0,
             total: len as usize,
         };
-        Ok((
-            Self {
-                file,
-                map,
-                layout,
-                path,
-            },
-            len,
-        ))
+        Ok(Self {
+            file,
+            map,
+            layout,
+            path,
+        })
     }
 
     /// Whether a live server holds this segment (its exclusive `flock`).
@@ -317,6 +314,7 @@ impl Segment {
         if magic != MAGIC {
             return Err(mismatch("magic", magic, MAGIC));
         }
+        // Relaxed: geometry is written once before the magic acquired above.
         let r = |w: &std::sync::atomic::AtomicU32| u64::from(w.load(Ordering::Relaxed));
         let checks: [(&'static str, u64, u64); 10] = [
             ("layout version", r(&g.version), u64::from(VERSION)),

@@ -76,6 +76,9 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
     pub fn create(name: &str, cfg: ServerConfig) -> Result<Self, Error> {
         let layout = Layout::new::<Req, Resp>(cfg.max_clients, cfg.ring_depth)?;
         let seg = Segment::create(name, layout, |h| {
+            // Relaxed stores throughout: nobody can map the file before it
+            // is linked under its name, and readers acquire the magic,
+            // which is stored last with Release.
             let g = &h.geo.0;
             let set =
                 |w: &std::sync::atomic::AtomicU32, v: usize| w.store(v as u32, Ordering::Relaxed);
@@ -241,7 +244,10 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                 continue;
             }
             let w = &self.seg.header().server_wait.0;
+            // Read before announcing sleep, so a wake after this read makes
+            // the futex wait return at once.
             let seen = w.wake.load(Ordering::Acquire);
+            // Relaxed: ordered before the re-check by the SeqCst fence.
             w.sleeping.store(1, Ordering::Relaxed);
             // SeqCst fence: our `sleeping = 1` is ordered before the
             // re-check below; a client orders its request before its load of
@@ -342,6 +348,8 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
     }
 
     fn attach(&mut self, i: u32, word: u64, generation: u32) {
+        // Relaxed: published by the client's Release of ATTACHED, which
+        // `rescan` acquired before calling us.
         let blocking = self.seg.ctl(i).owner.0.blocking.load(Ordering::Relaxed) != 0;
         let Ok(process) = ProcessHandle::open(owner_pid(word)) else {
             // Attached and already gone.
@@ -394,6 +402,7 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
         st.process = None;
         self.seg.reset_rings(i);
         let ctl = self.seg.ctl(i);
+        // Relaxed: published by the Release store of FREE below.
         ctl.wait.0.sleeping.store(0, Ordering::Relaxed);
         ctl.owner.0.blocking.store(0, Ordering::Relaxed);
         // Release: the ring resets above happen before a new client's
@@ -414,6 +423,7 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                 }
                 continue;
             }
+            // Acquire: as in `rescan`.
             let word = self.seg.ctl(i).owner.0.owner.load(Ordering::Acquire);
             if owner_state(word) == SLOT_CLAIMED && !sys::pid_exists(owner_pid(word)) {
                 self.reclaim(i);
