@@ -201,10 +201,25 @@ fn killed_server_fails_pending_async_calls_within_the_bound() {
         0
     );
     server.kill();
+    // A caller that only polls (never waits) learns of the death too.
     let t0 = Instant::now();
-    let err = client.wait(|_, _| {}).unwrap_err();
+    let err = loop {
+        match client.poll(|_, _| panic!("dead server answered")) {
+            Ok(0) => std::hint::spin_loop(),
+            Ok(n) => panic!("{n} responses from a stalled server"),
+            Err(e) => break e,
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "poll never noticed");
+    };
     assert!(matches!(err, Error::ServerGone { .. }), "{err}");
     assert!(t0.elapsed() < bound * 5, "took {:?}", t0.elapsed());
+    // Waiting afterwards fails at once rather than hanging.
+    let t1 = Instant::now();
+    assert!(matches!(
+        client.wait(|_, _| {}),
+        Err(Error::ServerGone { .. })
+    ));
+    assert!(t1.elapsed() < bound);
     // A new call hands its user data back with the error.
     match client.call(&[0; 4], 99) {
         Err(ipc::CallError::Failed(99, Error::ServerGone { .. })) => {}
