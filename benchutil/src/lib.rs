@@ -57,3 +57,15 @@ pub use floor::{
 };
 pub use helper::{Helper, ROLE_VAR, as_helper, mono_ns, unique};
 pub use summary::{Figure, Item, Kind, Knobs, Medians, machine, median, verdict, write_report};
+
+/// Criterion with the settings every suite of this workspace uses: short
+/// (10 samples, 0.5 s warm-up, 2 s measurement) so all layers' suites run in
+/// minutes, since the interleaved summary, not criterion, produces the
+/// reported figures. Command-line arguments (filters) still apply.
+pub fn criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2))
+        .configure_from_args()
+}

@@ -489,11 +489,7 @@ fn main() {
     }
     let knobs = Knobs::from_env("INPROC_BENCH", 7);
     if !knobs.skip_criterion {
-        let mut c = Criterion::default()
-            .sample_size(10)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2))
-            .configure_from_args();
+        let mut c = benchutil::criterion();
         criterion_groups(&mut c);
         c.final_summary();
     }
