@@ -1,0 +1,324 @@
+//! Completion queues: direct polling of the CQE ring.
+//!
+//! | word | written by | when |
+//! |---|---|---|
+//! | CQE bytes 0..63 | device | before its `op_own` |
+//! | CQE `op_own` (byte 63) | device | last, `Release` (hardware: DMA ordered before it) |
+//! | doorbell record word 0 (`ci`, be32) | software | after a poll consumed CQEs, `Release` |
+//!
+//! Software reads `op_own` with `Acquire`, checks the owner parity, then the
+//! rest; it never writes the CQE. The device may overwrite a CQE only after
+//! the doorbell record shows it consumed.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::cqe::{self, CQE_SIZE, Cqe, Kind};
+use crate::device::{Backend, Context};
+use crate::error::Error;
+use crate::mem::DmaBuf;
+use crate::qp::QpTrack;
+use crate::srq::SrqShared;
+use crate::{QpState, hw};
+
+/// Where a CQ's memory lives.
+pub(crate) struct CqMem {
+    pub(crate) buf: *mut u8,
+    pub(crate) cqe_cnt: u32,
+    pub(crate) dbrec: *mut u32,
+}
+
+pub(crate) enum CqHandle {
+    Soft { _buf: DmaBuf, _dbrec: DmaBuf },
+    Hw(hw::Cq),
+}
+
+/// What a poll needs to know about a QP that completes on this CQ.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) qpn: u32,
+    pub(crate) track: Arc<QpTrack>,
+    pub(crate) srq: Option<Arc<SrqShared>>,
+}
+
+pub(crate) struct CqShared {
+    pub(crate) ctx: Context,
+    pub(crate) cqn: u32,
+    pub(crate) mem: CqMem,
+    pub(crate) overrun: Arc<AtomicBool>,
+    routes: Mutex<Vec<Route>>,
+    routes_version: AtomicU32,
+    // Last: destroyed after the device forgot the CQ (Drop below).
+    handle: CqHandle,
+}
+
+// SAFETY: the raw pointers point into `handle`'s memory, which lives as long
+// as the CqShared; access follows the protocol in the module doc.
+unsafe impl Send for CqShared {}
+// SAFETY: as above.
+unsafe impl Sync for CqShared {}
+
+impl CqShared {
+    pub(crate) fn add_route(&self, route: Route) {
+        let mut r = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let at = r.partition_point(|x| x.qpn < route.qpn);
+        r.insert(at, route);
+        // Release: a poller that sees the new version sees the new table
+        // (it also takes the lock to copy it).
+        self.routes_version.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn remove_route(&self, qpn: u32) {
+        let mut r = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        r.retain(|x| x.qpn != qpn);
+        self.routes_version.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl CqShared {
+    pub(crate) fn hw_cq(&self) -> Option<*mut hw::ffi::ibv_cq> {
+        match &self.handle {
+            CqHandle::Hw(c) => Some(c.0),
+            CqHandle::Soft { .. } => None,
+        }
+    }
+}
+
+impl Drop for CqShared {
+    fn drop(&mut self) {
+        match (&self.ctx.inner.backend, &self.handle) {
+            (Backend::Soft(d), CqHandle::Soft { .. }) => d.destroy_cq(self.cqn),
+            (Backend::Hw(d), CqHandle::Hw(cq)) => d.destroy_cq(cq),
+            _ => {}
+        }
+    }
+}
+
+/// A completion: a decoded CQE.
+pub type Completion = Cqe;
+
+impl Cqe {
+    /// `Ok` for a successful completion, else the error syndrome.
+    pub fn status(&self) -> crate::Status {
+        match self.syndrome {
+            None => Ok(()),
+            Some(s) => Err(s),
+        }
+    }
+}
+
+/// A completion queue. Polling needs `&mut self`: one poller per CQ.
+pub struct Cq {
+    pub(crate) shared: Arc<CqShared>,
+    ci: u32,
+    log_n: u32,
+    routes: Vec<Route>,
+    routes_version: u32,
+    last: usize,
+}
+
+impl std::fmt::Debug for Cq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cq")
+            .field("cqn", &self.shared.cqn)
+            .field("entries", &self.shared.mem.cqe_cnt)
+            .field("ci", &self.ci)
+            .finish()
+    }
+}
+
+impl Cq {
+    /// A CQ of at least `entries` CQEs (rounded up to a power of two).
+    pub fn new(ctx: &Context, entries: u32) -> Result<Cq, Error> {
+        if entries == 0 || entries > 1 << 22 {
+            return Err(Error::InvalidAttr(format!(
+                "CQ of {entries} entries (1..=4194304)"
+            )));
+        }
+        let overrun = Arc::new(AtomicBool::new(false));
+        let (cqn, mem, handle) = match &ctx.inner.backend {
+            Backend::Soft(d) => {
+                let n = entries.next_power_of_two();
+                let buf = DmaBuf::zeroed(n as usize * CQE_SIZE);
+                let dbrec = DmaBuf::zeroed(64);
+                init_invalid(buf.as_ptr(), n);
+                let mem = CqMem {
+                    buf: buf.as_ptr(),
+                    cqe_cnt: n,
+                    dbrec: dbrec.as_ptr().cast(),
+                };
+                let cqn = d.create_cq(&mem, overrun.clone());
+                (
+                    cqn,
+                    mem,
+                    CqHandle::Soft {
+                        _buf: buf,
+                        _dbrec: dbrec,
+                    },
+                )
+            }
+            Backend::Hw(d) => {
+                let (cq, mem, cqn) = d.create_cq(entries)?;
+                (cqn, mem, CqHandle::Hw(cq))
+            }
+        };
+        let log_n = mem.cqe_cnt.trailing_zeros();
+        Ok(Cq {
+            shared: Arc::new(CqShared {
+                ctx: ctx.clone(),
+                cqn,
+                mem,
+                overrun,
+                routes: Mutex::new(Vec::new()),
+                routes_version: AtomicU32::new(0),
+                handle,
+            }),
+            ci: 0,
+            log_n,
+            routes: Vec::new(),
+            routes_version: 0,
+            last: 0,
+        })
+    }
+
+    /// The CQ number.
+    pub fn cqn(&self) -> u32 {
+        self.shared.cqn
+    }
+
+    /// Number of CQEs.
+    pub fn entries(&self) -> u32 {
+        self.shared.mem.cqe_cnt
+    }
+
+    /// The consumer counter (CQEs polled so far, free-running).
+    pub fn consumer_index(&self) -> u32 {
+        self.ci
+    }
+
+    fn refresh_routes(&mut self) {
+        // Acquire: pairs with add_route/remove_route's Release.
+        let v = self.shared.routes_version.load(Ordering::Acquire);
+        if v != self.routes_version {
+            let r = self.shared.routes.lock().unwrap_or_else(|e| e.into_inner());
+            self.routes.clone_from(&r);
+            self.routes_version = v;
+            self.last = 0;
+        }
+    }
+
+    #[inline]
+    fn route(&mut self, qpn: u32) -> Option<&Route> {
+        if self.routes.get(self.last).is_some_and(|r| r.qpn == qpn) {
+            return self.routes.get(self.last);
+        }
+        let i = self.routes.binary_search_by_key(&qpn, |r| r.qpn).ok()?;
+        self.last = i;
+        self.routes.get(i)
+    }
+
+    /// Polls up to `max` completions, calling `f` for each in order, and
+    /// returns how many there were. No allocation; one binary search (or a
+    /// cached hit) per CQE to retire send-queue and receive-queue space.
+    pub fn poll(&mut self, max: usize, mut f: impl FnMut(&Completion)) -> Result<usize, Error> {
+        // Relaxed: a sticky flag; the CQEs it concerns are lost either way.
+        if self.shared.overrun.load(Ordering::Relaxed) {
+            return Err(Error::CqOverrun(self.shared.cqn));
+        }
+        self.refresh_routes();
+        let mask = self.shared.mem.cqe_cnt - 1;
+        let mut n = 0;
+        while n < max {
+            let slot = (self.ci & mask) as usize * CQE_SIZE;
+            // SAFETY: slot is inside the CQ buffer (masked index).
+            let p = unsafe { self.shared.mem.buf.add(slot) };
+            // SAFETY: op_own is a byte of the buffer; the device stores it
+            // atomically (software device) or by DMA (hardware).
+            let op_own_ref = unsafe { AtomicU8::from_ptr(p.add(cqe::offset::OP_OWN)) };
+            // Acquire: the CQE body was written before op_own.
+            let op_own = op_own_ref.load(Ordering::Acquire);
+            if !cqe::is_sw_owned(op_own, self.ci, self.log_n) {
+                break;
+            }
+            let mut raw = [0u8; CQE_SIZE];
+            // SAFETY: the CQE is software-owned (checked above, Acquire), so
+            // the device does not write it until the doorbell record moves.
+            unsafe { std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), CQE_SIZE) };
+            raw[cqe::offset::OP_OWN] = op_own;
+            let c = cqe::parse(&raw);
+            self.retire(&c);
+            self.ci = self.ci.wrapping_add(1);
+            n += 1;
+            f(&c);
+        }
+        if n > 0 {
+            // SAFETY: dbrec points at the CQ's doorbell record (4-aligned u32).
+            let db = unsafe { AtomicU32::from_ptr(self.shared.mem.dbrec) };
+            // Release: the device may reuse the slots only after our reads.
+            db.store((self.ci & 0x00ff_ffff).to_be(), Ordering::Release);
+        }
+        Ok(n)
+    }
+
+    #[inline]
+    fn retire(&mut self, c: &Cqe) {
+        let Some(route) = self.route(c.qpn) else {
+            return;
+        };
+        match c.kind {
+            Kind::Send { .. } | Kind::SendError => {
+                route.track.send_completed(c.wqe_counter);
+                if c.kind == Kind::SendError {
+                    route.track.set_state(QpState::Error);
+                }
+            }
+            Kind::RecvWriteImm | Kind::RecvSend | Kind::RecvSendImm | Kind::RecvError => {
+                match &route.srq {
+                    Some(srq) => srq.consumed(),
+                    None => route.track.recv_consumed(),
+                }
+                if c.kind == Kind::RecvError {
+                    route.track.set_state(QpState::Error);
+                }
+            }
+        }
+    }
+
+    /// Polls until `f` has seen at least `want` completions or `timeout`
+    /// passes; returns how many were seen. For tests and examples.
+    pub fn poll_until(
+        &mut self,
+        want: usize,
+        timeout: std::time::Duration,
+        mut f: impl FnMut(&Completion),
+    ) -> Result<usize, Error> {
+        let start = std::time::Instant::now();
+        let mut seen = 0;
+        while seen < want {
+            let manual = match &self.shared.ctx.inner.backend {
+                Backend::Soft(d) => d.is_manual(),
+                Backend::Hw(_) => false,
+            };
+            if manual {
+                self.shared.ctx.progress()?;
+            }
+            seen += self.poll(want - seen, &mut f)?;
+            if seen < want {
+                if start.elapsed() >= timeout {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        Ok(seen)
+    }
+}
+
+/// Marks every CQE invalid with owner 1, as verbs initialises a CQ, so the
+/// first lap (which expects owner 0) sees nothing.
+fn init_invalid(buf: *mut u8, n: u32) {
+    for i in 0..n as usize {
+        // SAFETY: i < n, inside the freshly allocated buffer.
+        unsafe { *buf.add(i * CQE_SIZE + cqe::offset::OP_OWN) = (cqe::op::INVALID << 4) | 1 };
+    }
+}

@@ -1,0 +1,501 @@
+//! The control path on real hardware: open, PD, MR, CQ, SRQ, QP, state
+//! transitions, and `mlx5dv_init_obj` for the buffers and registers that our
+//! own data path (shared with the software device) then drives.
+//!
+//! UNVERIFIED ON HARDWARE: no machine this crate was developed on has an
+//! RDMA NIC. The struct layouts are checked against rdma-core's headers
+//! (`tests/hw_layout.rs`); the calls follow rdma-core's documented contract.
+
+use std::ffi::CStr;
+use std::ptr;
+use std::sync::Arc;
+
+use super::ffi::{self, Verbs};
+use crate::QpState;
+use crate::cq::{CqMem, CqShared};
+use crate::error::Error;
+use crate::mr::{Access, PdHandle, PdInner};
+use crate::qp::{ConnInfo, ConnectOpts, QpCaps, QpMem};
+use crate::srq::{SrqMem, SrqShared};
+
+/// An all-zero C struct (how C code initialises verbs attribute structs).
+fn zeroed<T: Plain>() -> T {
+    // SAFETY: Plain is implemented only for rdma-core structs of integers,
+    // raw pointers and arrays of them, for which all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// rdma-core structs that are valid when all-zero.
+trait Plain {}
+impl Plain for ffi::mlx5dv_cq {}
+impl Plain for ffi::mlx5dv_srq {}
+impl Plain for ffi::mlx5dv_qp {}
+impl Plain for ffi::ibv_qp_init_attr {}
+
+fn last_os_error(verb: &'static str) -> Error {
+    Error::Verb {
+        verb,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+fn rc_error(verb: &'static str, rc: i32) -> Error {
+    Error::Verb {
+        verb,
+        source: if rc > 0 {
+            std::io::Error::from_raw_os_error(rc)
+        } else {
+            std::io::Error::last_os_error()
+        },
+    }
+}
+
+/// An opened mlx5 device.
+pub(crate) struct Device {
+    // Field order: the context closes before the libraries unload.
+    ctx: *mut ffi::ibv_context,
+    name: String,
+    verbs: Verbs,
+}
+
+// SAFETY: verbs contexts are thread-safe (rdma-core locks internally).
+unsafe impl Send for Device {}
+// SAFETY: as above.
+unsafe impl Sync for Device {}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // SAFETY: ctx was opened by these verbs; every object created on it
+        // holds an Arc of the Context and is gone by now.
+        unsafe { (self.verbs.ibv_close_device)(self.ctx) };
+    }
+}
+
+/// Raw handles; each is destroyed through the owning [`Device`].
+pub(crate) struct Pd(*mut ffi::ibv_pd);
+/// A registered memory region.
+pub(crate) struct Mr(*mut ffi::ibv_mr);
+/// A completion queue.
+pub(crate) struct Cq(pub(crate) *mut ffi::ibv_cq);
+/// A shared receive queue.
+pub(crate) struct Srq(pub(crate) *mut ffi::ibv_srq);
+/// A queue pair.
+pub(crate) struct Qp(*mut ffi::ibv_qp);
+
+macro_rules! send_sync {
+    ($($t:ty),*) => {$(
+        // SAFETY: a verbs handle; rdma-core serialises calls on it.
+        unsafe impl Send for $t {}
+        // SAFETY: as above; no method mutates through &self without verbs' locks.
+        unsafe impl Sync for $t {}
+    )*};
+}
+send_sync!(Pd, Mr, Cq, Srq, Qp);
+
+impl Mr {
+    pub(crate) fn lkey(&self) -> u32 {
+        // SAFETY: a live ibv_mr from ibv_reg_mr.
+        unsafe { (*self.0).lkey }
+    }
+    pub(crate) fn rkey(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { (*self.0).rkey }
+    }
+}
+
+fn access_bits(a: Access) -> u32 {
+    let mut v = 0;
+    if a.contains(Access::LOCAL_WRITE) {
+        v |= ffi::IBV_ACCESS_LOCAL_WRITE;
+    }
+    if a.contains(Access::REMOTE_WRITE) {
+        v |= ffi::IBV_ACCESS_REMOTE_WRITE;
+    }
+    if a.contains(Access::REMOTE_READ) {
+        v |= ffi::IBV_ACCESS_REMOTE_READ;
+    }
+    if a.contains(Access::REMOTE_ATOMIC) {
+        v |= ffi::IBV_ACCESS_REMOTE_ATOMIC;
+    }
+    v
+}
+
+impl Device {
+    /// Opens `name`, or the first mlx5 device.
+    pub(crate) fn open(name: Option<&str>) -> Result<Arc<Device>, Error> {
+        let verbs = Verbs::load()?;
+        let mut n = 0;
+        // SAFETY: n is a valid out-pointer.
+        let list = unsafe { (verbs.ibv_get_device_list)(&mut n) };
+        if list.is_null() {
+            return Err(Error::NoDevice {
+                reason: format!(
+                    "ibv_get_device_list: {} (no RDMA support in this kernel?)",
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+        let mut found = None;
+        let mut seen = Vec::new();
+        for i in 0..n.max(0) as usize {
+            // SAFETY: list holds n device pointers.
+            let dev = unsafe { *list.add(i) };
+            // SAFETY: dev is from the list; the name is a C string it owns.
+            let dname = unsafe { CStr::from_ptr((verbs.ibv_get_device_name)(dev)) }
+                .to_string_lossy()
+                .into_owned();
+            // SAFETY: dev is from the list.
+            let mlx5 = unsafe { (verbs.mlx5dv_is_supported)(dev) };
+            if mlx5 && name.is_none_or(|w| w == dname) {
+                // SAFETY: dev is from the list (still alive until freed).
+                let ctx = unsafe { (verbs.ibv_open_device)(dev) };
+                found = Some((ctx, dname));
+                break;
+            }
+            seen.push(dname);
+        }
+        // SAFETY: list came from ibv_get_device_list; opened contexts stay
+        // valid after it is freed.
+        unsafe { (verbs.ibv_free_device_list)(list) };
+        match found {
+            Some((ctx, dname)) if !ctx.is_null() => Ok(Arc::new(Device {
+                ctx,
+                name: dname,
+                verbs,
+            })),
+            Some(_) => Err(last_os_error("ibv_open_device")),
+            None => Err(Error::NoDevice {
+                reason: match name {
+                    Some(w) => format!("no mlx5 device named {w:?} (devices: {seen:?})"),
+                    None => format!("rdma-core lists no mlx5 device (devices: {seen:?})"),
+                },
+            }),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn alloc_pd(&self) -> Result<Pd, Error> {
+        // SAFETY: a live context.
+        let pd = unsafe { (self.verbs.ibv_alloc_pd)(self.ctx) };
+        if pd.is_null() {
+            return Err(last_os_error("ibv_alloc_pd"));
+        }
+        Ok(Pd(pd))
+    }
+
+    pub(crate) fn dealloc_pd(&self, pd: &Pd) {
+        // SAFETY: pd is live and unused (its users hold Arcs of it).
+        unsafe { (self.verbs.ibv_dealloc_pd)(pd.0) };
+    }
+
+    pub(crate) fn reg_mr(&self, pd: &Pd, addr: *mut u8, len: usize, access: Access) -> Result<Mr, Error> {
+        // SAFETY: the caller (Pd::register) guarantees the memory's lifetime.
+        let mr = unsafe {
+            (self.verbs.ibv_reg_mr)(pd.0, addr.cast(), len, access_bits(access) as i32)
+        };
+        if mr.is_null() {
+            return Err(last_os_error("ibv_reg_mr"));
+        }
+        Ok(Mr(mr))
+    }
+
+    pub(crate) fn dereg_mr(&self, mr: &Mr) {
+        // SAFETY: a live MR.
+        unsafe { (self.verbs.ibv_dereg_mr)(mr.0) };
+    }
+
+    pub(crate) fn create_cq(&self, entries: u32) -> Result<(Cq, CqMem, u32), Error> {
+        // SAFETY: a live context; no channel, vector 0.
+        let cq = unsafe {
+            (self.verbs.ibv_create_cq)(self.ctx, entries as i32, ptr::null_mut(), ptr::null_mut(), 0)
+        };
+        if cq.is_null() {
+            return Err(last_os_error("ibv_create_cq"));
+        }
+        let mut out = zeroed::<ffi::mlx5dv_cq>();
+        let mut obj = ffi::mlx5dv_obj::null();
+        obj.cq.in_ = cq;
+        obj.cq.out = &mut out;
+        // SAFETY: obj points at a live CQ and a writable mlx5dv_cq.
+        let rc = unsafe { (self.verbs.mlx5dv_init_obj)(&mut obj, ffi::MLX5DV_OBJ_CQ) };
+        if rc != 0 {
+            // SAFETY: the CQ we just created.
+            unsafe { (self.verbs.ibv_destroy_cq)(cq) };
+            return Err(rc_error("mlx5dv_init_obj(CQ)", rc));
+        }
+        if out.cqe_size != 64 {
+            // SAFETY: as above.
+            unsafe { (self.verbs.ibv_destroy_cq)(cq) };
+            return Err(Error::InvalidAttr(format!(
+                "CQE size {} (this crate parses 64-byte CQEs)",
+                out.cqe_size
+            )));
+        }
+        Ok((
+            Cq(cq),
+            CqMem {
+                buf: out.buf.cast(),
+                cqe_cnt: out.cqe_cnt,
+                dbrec: out.dbrec,
+            },
+            out.cqn,
+        ))
+    }
+
+    pub(crate) fn destroy_cq(&self, cq: &Cq) {
+        // SAFETY: a live CQ whose QPs are destroyed (they hold Arcs of it).
+        unsafe { (self.verbs.ibv_destroy_cq)(cq.0) };
+    }
+
+    pub(crate) fn create_srq(&self, pd: &PdInner, depth: u32, max_sge: u32) -> Result<(Srq, SrqMem, u32), Error> {
+        let PdHandle::Hw(hpd) = &pd.handle else {
+            return Err(Error::Mismatch("PD of another backend"));
+        };
+        let mut attr = ffi::ibv_srq_init_attr {
+            srq_context: ptr::null_mut(),
+            attr: ffi::ibv_srq_attr {
+                max_wr: depth,
+                max_sge,
+                srq_limit: 0,
+            },
+        };
+        // SAFETY: a live PD and a valid attribute struct.
+        let srq = unsafe { (self.verbs.ibv_create_srq)(hpd.0, &mut attr) };
+        if srq.is_null() {
+            return Err(last_os_error("ibv_create_srq"));
+        }
+        let mut out = zeroed::<ffi::mlx5dv_srq>();
+        out.comp_mask = ffi::MLX5DV_SRQ_MASK_SRQN;
+        let mut obj = ffi::mlx5dv_obj::null();
+        obj.srq.in_ = srq;
+        obj.srq.out = &mut out;
+        // SAFETY: obj points at a live SRQ and a writable mlx5dv_srq.
+        let rc = unsafe { (self.verbs.mlx5dv_init_obj)(&mut obj, ffi::MLX5DV_OBJ_SRQ) };
+        if rc != 0 {
+            // SAFETY: the SRQ we just created.
+            unsafe { (self.verbs.ibv_destroy_srq)(srq) };
+            return Err(rc_error("mlx5dv_init_obj(SRQ)", rc));
+        }
+        // libmlx5 links the WQEs in ring order with head 0 and tail at the
+        // last WQE: the ring discipline of `Srq` relies on exactly that.
+        let wqe_cnt = out.tail + 1;
+        Ok((
+            Srq(srq),
+            SrqMem {
+                buf: out.buf.cast(),
+                wqe_cnt,
+                stride: out.stride,
+                dbrec: out.dbrec,
+            },
+            out.srqn,
+        ))
+    }
+
+    pub(crate) fn destroy_srq(&self, srq: &Srq) {
+        // SAFETY: a live SRQ whose QPs are gone.
+        unsafe { (self.verbs.ibv_destroy_srq)(srq.0) };
+    }
+
+    pub(crate) fn create_qp(
+        &self,
+        pd: &PdInner,
+        send_cq: &CqShared,
+        recv_cq: &CqShared,
+        srq: Option<&SrqShared>,
+        caps: &mut QpCaps,
+    ) -> Result<(Qp, QpMem, u32), Error> {
+        let PdHandle::Hw(hpd) = &pd.handle else {
+            return Err(Error::Mismatch("PD of another backend"));
+        };
+        let (Some(scq), Some(rcq)) = (send_cq.hw_cq(), recv_cq.hw_cq()) else {
+            return Err(Error::Mismatch("CQ of another backend"));
+        };
+        let mut attr = ffi::ibv_qp_init_attr {
+            qp_context: ptr::null_mut(),
+            send_cq: scq,
+            recv_cq: rcq,
+            srq: srq.and_then(|s| s.hw_srq()).unwrap_or(ptr::null_mut()),
+            cap: ffi::ibv_qp_cap {
+                max_send_wr: caps.max_send_wr,
+                max_recv_wr: caps.max_recv_wr,
+                max_send_sge: caps.max_send_sge,
+                max_recv_sge: caps.max_recv_sge,
+                max_inline_data: caps.max_inline,
+            },
+            qp_type: ffi::IBV_QPT_RC,
+            sq_sig_all: 0,
+        };
+        // SAFETY: a live PD and CQs, a valid attribute struct.
+        let qp = unsafe { (self.verbs.ibv_create_qp)(hpd.0, &mut attr) };
+        if qp.is_null() {
+            return Err(last_os_error("ibv_create_qp"));
+        }
+        caps.max_send_sge = attr.cap.max_send_sge;
+        caps.max_inline = attr.cap.max_inline_data;
+        let mut out = zeroed::<ffi::mlx5dv_qp>();
+        let mut obj = ffi::mlx5dv_obj::null();
+        obj.qp.in_ = qp;
+        obj.qp.out = &mut out;
+        // SAFETY: obj points at a live QP and a writable mlx5dv_qp.
+        let rc = unsafe { (self.verbs.mlx5dv_init_obj)(&mut obj, ffi::MLX5DV_OBJ_QP) };
+        if rc != 0 || out.sq.stride != 64 {
+            // SAFETY: the QP we just created.
+            unsafe { (self.verbs.ibv_destroy_qp)(qp) };
+            return Err(rc_error("mlx5dv_init_obj(QP)", rc));
+        }
+        // SAFETY: a live QP.
+        let qpn = unsafe { (*qp).qp_num };
+        Ok((
+            Qp(qp),
+            QpMem {
+                sq_buf: out.sq.buf.cast(),
+                sq_wqe_cnt: out.sq.wqe_cnt,
+                rq_buf: out.rq.buf.cast(),
+                rq_wqe_cnt: out.rq.wqe_cnt,
+                rq_stride: out.rq.stride,
+                dbrec: out.dbrec,
+                bf: Some((out.bf.reg.cast(), out.bf.size)),
+            },
+            qpn,
+        ))
+    }
+
+    pub(crate) fn destroy_qp(&self, qp: &Qp) {
+        // SAFETY: a live QP.
+        unsafe { (self.verbs.ibv_destroy_qp)(qp.0) };
+    }
+
+    pub(crate) fn query_state(&self, qp: &Qp) -> Result<QpState, Error> {
+        let mut attr = ffi::ibv_qp_attr::default();
+        let mut init = zeroed::<ffi::ibv_qp_init_attr>();
+        // SAFETY: a live QP and writable attribute structs.
+        let rc = unsafe { (self.verbs.ibv_query_qp)(qp.0, &mut attr, ffi::IBV_QP_STATE, &mut init) };
+        if rc != 0 {
+            return Err(rc_error("ibv_query_qp", rc));
+        }
+        Ok(match attr.qp_state {
+            ffi::IBV_QPS_RESET => QpState::Reset,
+            ffi::IBV_QPS_INIT => QpState::Init,
+            ffi::IBV_QPS_RTR => QpState::Rtr,
+            ffi::IBV_QPS_RTS => QpState::Rts,
+            _ => QpState::Error,
+        })
+    }
+
+    pub(crate) fn modify_qp(
+        &self,
+        qp: &Qp,
+        to: QpState,
+        remote: Option<&ConnInfo>,
+        o: &ConnectOpts,
+        local_psn: u32,
+    ) -> Result<(), Error> {
+        let mut a = ffi::ibv_qp_attr::default();
+        let mask = match to {
+            QpState::Reset => {
+                a.qp_state = ffi::IBV_QPS_RESET;
+                ffi::IBV_QP_STATE
+            }
+            QpState::Error => {
+                a.qp_state = ffi::IBV_QPS_ERR;
+                ffi::IBV_QP_STATE
+            }
+            QpState::Init => {
+                a.qp_state = ffi::IBV_QPS_INIT;
+                a.pkey_index = 0;
+                a.port_num = o.port;
+                a.qp_access_flags = access_bits(o.access);
+                ffi::IBV_QP_STATE | ffi::IBV_QP_PKEY_INDEX | ffi::IBV_QP_PORT | ffi::IBV_QP_ACCESS_FLAGS
+            }
+            QpState::Rtr => {
+                let r = remote.ok_or(Error::InvalidAttr("RTR needs the remote info".into()))?;
+                a.qp_state = ffi::IBV_QPS_RTR;
+                a.path_mtu = o.mtu as u32;
+                a.dest_qp_num = r.qpn;
+                a.rq_psn = r.psn;
+                a.max_dest_rd_atomic = o.max_rd_atomic;
+                a.min_rnr_timer = o.min_rnr_timer;
+                a.ah_attr.port_num = o.port;
+                a.ah_attr.dlid = r.lid;
+                if r.lid == 0 {
+                    // RoCE: route by GID.
+                    a.ah_attr.is_global = 1;
+                    a.ah_attr.grh.dgid.raw = r.gid;
+                    a.ah_attr.grh.sgid_index = o.gid_index;
+                    a.ah_attr.grh.hop_limit = 64;
+                }
+                ffi::IBV_QP_STATE
+                    | ffi::IBV_QP_AV
+                    | ffi::IBV_QP_PATH_MTU
+                    | ffi::IBV_QP_DEST_QPN
+                    | ffi::IBV_QP_RQ_PSN
+                    | ffi::IBV_QP_MAX_DEST_RD_ATOMIC
+                    | ffi::IBV_QP_MIN_RNR_TIMER
+            }
+            QpState::Rts => {
+                a.qp_state = ffi::IBV_QPS_RTS;
+                a.timeout = o.timeout;
+                a.retry_cnt = o.retry_cnt;
+                a.rnr_retry = o.rnr_retry;
+                a.sq_psn = local_psn;
+                a.max_rd_atomic = o.max_rd_atomic;
+                ffi::IBV_QP_STATE
+                    | ffi::IBV_QP_TIMEOUT
+                    | ffi::IBV_QP_RETRY_CNT
+                    | ffi::IBV_QP_RNR_RETRY
+                    | ffi::IBV_QP_SQ_PSN
+                    | ffi::IBV_QP_MAX_QP_RD_ATOMIC
+            }
+        };
+        // SAFETY: a live QP, a valid attribute struct and mask.
+        let rc = unsafe { (self.verbs.ibv_modify_qp)(qp.0, &mut a, mask) };
+        if rc != 0 {
+            return Err(rc_error("ibv_modify_qp", rc));
+        }
+        Ok(())
+    }
+
+    /// (LID, GID) of `port` at `gid_index`.
+    pub(crate) fn port_addr(&self, port: u8, gid_index: u8) -> Result<(u16, [u8; 16]), Error> {
+        // SAFETY: a live context opened through these verbs.
+        let attr = unsafe { self.verbs.query_port(self.ctx, port)? };
+        let mut gid = ffi::ibv_gid::default();
+        // SAFETY: a live context and a writable gid.
+        let rc = unsafe { (self.verbs.ibv_query_gid)(self.ctx, port, i32::from(gid_index), &mut gid) };
+        if rc != 0 {
+            return Err(rc_error("ibv_query_gid", rc));
+        }
+        let lid = if attr.link_layer == ffi::IBV_LINK_LAYER_ETHERNET {
+            0
+        } else {
+            attr.lid
+        };
+        Ok((lid, gid.raw))
+    }
+}
+
+/// Rings the doorbell: copies `bytes` (8 for a plain doorbell, or whole
+/// WQEBBs for BlueFlame) of the WQE at `src` to the UAR/BlueFlame register
+/// `dst`, 8 bytes at a time, bracketed by store fences so the doorbell
+/// record is visible before and the write-combining buffer flushes after.
+///
+/// # Safety
+///
+/// `dst` must be this QP's current BlueFlame half (`bytes` writable) and
+/// `src` must have `bytes` readable bytes, 8-aligned.
+pub(crate) unsafe fn ring_bf(dst: *mut u8, src: *const u8, bytes: usize) {
+    // The doorbell record store is ordered before the MMIO writes.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    for i in (0..bytes).step_by(8) {
+        // SAFETY: the caller guarantees both ranges; MMIO needs volatile.
+        unsafe {
+            let v = ptr::read(src.add(i).cast::<u64>());
+            ptr::write_volatile(dst.add(i).cast::<u64>(), v);
+        }
+    }
+    // Flush the write-combining buffer (sfence on x86).
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}

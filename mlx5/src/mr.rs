@@ -1,0 +1,294 @@
+//! Protection domains and memory regions.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use crate::device::{Backend, Context};
+use crate::error::Error;
+use crate::mem::DmaBuf;
+use crate::wqe::{Remote, Sge};
+use crate::{hw, soft};
+
+/// Access rights of a memory region (and, for the remote ones, of a QP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Access(pub u32);
+
+impl Access {
+    /// The device may write the region (receives, READ results, atomics).
+    pub const LOCAL_WRITE: Access = Access(1);
+    /// Peers may RDMA WRITE it.
+    pub const REMOTE_WRITE: Access = Access(1 << 1);
+    /// Peers may RDMA READ it.
+    pub const REMOTE_READ: Access = Access(1 << 2);
+    /// Peers may run atomics on it.
+    pub const REMOTE_ATOMIC: Access = Access(1 << 3);
+    /// Everything.
+    pub const ALL: Access = Access(0xf);
+
+    /// Whether every right in `other` is granted.
+    pub fn contains(self, other: Access) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for Access {
+    type Output = Access;
+    fn bitor(self, rhs: Access) -> Access {
+        Access(self.0 | rhs.0)
+    }
+}
+
+pub(crate) enum PdHandle {
+    Soft(u32),
+    Hw(hw::Pd),
+}
+
+pub(crate) struct PdInner {
+    pub(crate) ctx: Context,
+    pub(crate) handle: PdHandle,
+}
+
+impl PdInner {
+    pub(crate) fn soft_id(&self) -> u32 {
+        match self.handle {
+            PdHandle::Soft(id) => id,
+            PdHandle::Hw(_) => u32::MAX,
+        }
+    }
+}
+
+impl Drop for PdInner {
+    fn drop(&mut self) {
+        match (&self.ctx.inner.backend, &self.handle) {
+            (Backend::Soft(d), PdHandle::Soft(id)) => d.dealloc_pd(*id),
+            (Backend::Hw(d), PdHandle::Hw(pd)) => d.dealloc_pd(pd),
+            _ => {}
+        }
+    }
+}
+
+/// A protection domain: memory regions and QPs of one PD work together;
+/// a key of another PD fails with a protection error.
+#[derive(Clone)]
+pub struct Pd {
+    pub(crate) inner: Arc<PdInner>,
+}
+
+impl Pd {
+    /// Allocates a protection domain on `ctx`.
+    pub fn new(ctx: &Context) -> Result<Pd, Error> {
+        let handle = match &ctx.inner.backend {
+            Backend::Soft(d) => PdHandle::Soft(d.alloc_pd()),
+            Backend::Hw(d) => PdHandle::Hw(d.alloc_pd()?),
+        };
+        Ok(Pd {
+            inner: Arc::new(PdInner {
+                ctx: ctx.clone(),
+                handle,
+            }),
+        })
+    }
+
+    /// The device this PD belongs to.
+    pub fn context(&self) -> &Context {
+        &self.inner.ctx
+    }
+
+    /// Allocates `len` zeroed, page-aligned bytes and registers them.
+    pub fn alloc_mr(&self, len: usize, access: Access) -> Result<Mr, Error> {
+        let buf = DmaBuf::zeroed(len);
+        let ptr = buf.as_ptr();
+        // SAFETY: `buf` is owned by the returned Mr and outlives its
+        // registration (Mr::drop deregisters before the buffer is freed).
+        unsafe { self.register_inner(ptr, len, access, Some(buf)) }
+    }
+
+    /// Registers memory the caller owns.
+    ///
+    /// # Safety
+    ///
+    /// `[addr, addr + len)` must stay allocated until the returned `Mr` is
+    /// dropped, and the caller must not create Rust references to bytes
+    /// the device may be writing (a posted receive, READ or atomic target,
+    /// or a region peers may WRITE) until a completion says it is done.
+    pub unsafe fn register(&self, addr: *mut u8, len: usize, access: Access) -> Result<Mr, Error> {
+        // SAFETY: forwarded contract.
+        unsafe { self.register_inner(addr, len, access, None) }
+    }
+
+    unsafe fn register_inner(
+        &self,
+        addr: *mut u8,
+        len: usize,
+        access: Access,
+        buf: Option<DmaBuf>,
+    ) -> Result<Mr, Error> {
+        if len == 0 {
+            return Err(Error::InvalidAttr("memory region of 0 bytes".into()));
+        }
+        let (handle, lkey, rkey) = match (&self.inner.ctx.inner.backend, &self.inner.handle) {
+            (Backend::Soft(d), PdHandle::Soft(pd)) => {
+                let key = d.reg_mr(*pd, addr as u64, len as u64, access);
+                (MrHandle::Soft(key), key, key)
+            }
+            (Backend::Hw(d), PdHandle::Hw(pd)) => {
+                let mr = d.reg_mr(pd, addr, len, access)?;
+                let (l, r) = (mr.lkey(), mr.rkey());
+                (MrHandle::Hw(mr), l, r)
+            }
+            _ => return Err(Error::Mismatch("PD of another backend")),
+        };
+        Ok(Mr {
+            pd: self.inner.clone(),
+            handle,
+            lkey,
+            rkey,
+            addr: addr as u64,
+            len,
+            access,
+            _buf: buf,
+        })
+    }
+}
+
+enum MrHandle {
+    Soft(u32),
+    Hw(hw::Mr),
+}
+
+/// A registered memory region: local key for WQEs posted here, remote key
+/// for peers.
+pub struct Mr {
+    pd: Arc<PdInner>,
+    handle: MrHandle,
+    lkey: u32,
+    rkey: u32,
+    addr: u64,
+    len: usize,
+    access: Access,
+    // Dropped after `handle` is deregistered (Drop below runs first).
+    _buf: Option<DmaBuf>,
+}
+
+impl std::fmt::Debug for Mr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mr")
+            .field("addr", &format_args!("{:#x}", self.addr))
+            .field("len", &self.len)
+            .field("lkey", &format_args!("{:#x}", self.lkey))
+            .field("rkey", &format_args!("{:#x}", self.rkey))
+            .finish()
+    }
+}
+
+// SAFETY: Mr's raw memory is accessed only through raw-pointer copies whose
+// ordering with the device is the caller's protocol (completions).
+unsafe impl Send for Mr {}
+// SAFETY: as above; no method hands out references into the region.
+unsafe impl Sync for Mr {}
+
+impl Mr {
+    /// Local key.
+    pub fn lkey(&self) -> u32 {
+        self.lkey
+    }
+    /// Remote key.
+    pub fn rkey(&self) -> u32 {
+        self.rkey
+    }
+    /// Start address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the region is empty (never: registration refuses 0 bytes).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Access rights.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+    /// Raw pointer to the first byte.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr as *mut u8
+    }
+
+    fn check(&self, offset: usize, len: usize) {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "range {offset}+{len} outside memory region of {} bytes",
+            self.len
+        );
+    }
+
+    /// An SGE for `len` bytes at `offset`. Panics if out of range (a
+    /// programming error; the device would report a protection error).
+    pub fn sge(&self, offset: usize, len: u32) -> Sge {
+        self.check(offset, len as usize);
+        Sge {
+            addr: self.addr + offset as u64,
+            len,
+            lkey: self.lkey,
+        }
+    }
+
+    /// The remote address peers use for `offset`.
+    pub fn remote(&self, offset: usize) -> Remote {
+        self.check(offset, 0);
+        Remote {
+            addr: self.addr + offset as u64,
+            rkey: self.rkey,
+        }
+    }
+
+    /// Copies `data` into the region at `offset`. The device must not be
+    /// accessing those bytes (see [`Pd::register`]).
+    pub fn write(&self, offset: usize, data: &[u8]) {
+        self.check(offset, data.len());
+        // SAFETY: in bounds (checked); raw copy, no reference into the region.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
+        }
+    }
+
+    /// Copies bytes at `offset` into `out`. The device must not be writing
+    /// those bytes (see [`Pd::register`]).
+    pub fn read(&self, offset: usize, out: &mut [u8]) {
+        self.check(offset, out.len());
+        // SAFETY: in bounds (checked); raw copy, no reference into the region.
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
+    }
+
+    /// The 8 bytes at an 8-aligned `offset` as an atomic (memory that peers
+    /// update with RDMA atomics; the software device operates on it in host
+    /// byte order).
+    pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        self.check(offset, 8);
+        let p = self.as_ptr().wrapping_add(offset);
+        assert!((p as usize).is_multiple_of(8), "atomic at unaligned offset {offset}");
+        // SAFETY: in bounds, aligned, and the region lives as long as &self;
+        // all device accesses to these bytes are atomic as well.
+        unsafe { AtomicU64::from_ptr(p.cast()) }
+    }
+}
+
+impl Drop for Mr {
+    fn drop(&mut self) {
+        match (&self.pd.ctx.inner.backend, &self.handle) {
+            (Backend::Soft(d), MrHandle::Soft(key)) => d.dereg_mr(*key),
+            (Backend::Hw(d), MrHandle::Hw(mr)) => d.dereg_mr(mr),
+            _ => {}
+        }
+    }
+}
+
+pub(crate) fn soft_device(pd: &PdInner) -> Option<&Arc<soft::Device>> {
+    match &pd.ctx.inner.backend {
+        Backend::Soft(d) => Some(d),
+        Backend::Hw(_) => None,
+    }
+}

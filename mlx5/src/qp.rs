@@ -1,0 +1,813 @@
+//! Reliable-connected queue pairs: creation, the RC state machine, the
+//! connection info peers exchange, posting WQEs and ringing the doorbell.
+//!
+//! | word | written by | when |
+//! |---|---|---|
+//! | SQ WQEBBs | software | before the doorbell record; never while the device owns them |
+//! | doorbell record word 1 (SQ, be32 `pi & 0xffff`) | software | after the WQEs, `Release` |
+//! | doorbell (UAR/BlueFlame, or the soft device's bell) | software | after the record |
+//! | RQ WQEs, doorbell record word 0 (RQ counter) | software | WQE first, counter `Release` |
+//! | `QpTrack` (ours) | CQ poller | completed WQE index / receives consumed, `Release` |
+//!
+//! A send WQE's space returns when a completion for it, or for any later
+//! WQE of the same QP, is polled: unsignaled WQEs are retired by the next
+//! signaled one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+
+use crate::cq::{Cq, CqShared, Route};
+use crate::device::Backend;
+use crate::error::Error;
+use crate::mem::DmaBuf;
+use crate::mr::{Access, Pd, PdInner, soft_device};
+use crate::srq::{Srq, SrqShared, write_sges};
+use crate::wqe::{self, MAX_DS, Nop, SEG, Sge, SqRing, WQEBB, WqeBuild};
+use crate::{QpState, hw, soft};
+
+/// Queue sizes and limits of a QP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QpCaps {
+    /// Send WQEs of the largest size that fit at once.
+    pub max_send_wr: u32,
+    /// Receive WQEs (ignored with an SRQ).
+    pub max_recv_wr: u32,
+    /// Gather entries per send WQE.
+    pub max_send_sge: u32,
+    /// Scatter entries per receive WQE.
+    pub max_recv_sge: u32,
+    /// Inline bytes per send WQE.
+    pub max_inline: u32,
+}
+
+impl Default for QpCaps {
+    fn default() -> Self {
+        QpCaps {
+            max_send_wr: 128,
+            max_recv_wr: 128,
+            max_send_sge: 2,
+            max_recv_sge: 2,
+            max_inline: 64,
+        }
+    }
+}
+
+impl QpCaps {
+    /// Segments of the largest WQE these caps allow.
+    pub(crate) fn max_ds(&self) -> usize {
+        let sges = 2 + self.max_send_sge as usize;
+        let inline = 2 + (4 + self.max_inline as usize).div_ceil(SEG);
+        sges.max(inline).max(4)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::InvalidAttr(m));
+        if self.max_send_wr == 0 || self.max_send_wr > 1 << 14 {
+            return bad(format!("max_send_wr {} (1..=16384)", self.max_send_wr));
+        }
+        if self.max_recv_wr > 1 << 14 {
+            return bad(format!("max_recv_wr {} (0..=16384)", self.max_recv_wr));
+        }
+        if self.max_send_sge > 16 || self.max_recv_sge > 16 {
+            return bad("more than 16 SGEs".into());
+        }
+        if self.max_ds() > MAX_DS {
+            return bad(format!(
+                "max_inline {} makes WQEs over {} bytes",
+                self.max_inline,
+                MAX_DS * SEG
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a peer needs to connect to a QP, for any out-of-band exchange.
+///
+/// Encoded as 32 little-endian bytes: `magic "M5CI"`, `version u16 = 1`,
+/// `lid u16`, `qpn u32`, `psn u32`, `gid [u8; 16]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// QP number (24 bits).
+    pub qpn: u32,
+    /// First packet sequence number the QP sends (24 bits).
+    pub psn: u32,
+    /// Port LID (InfiniBand; 0 on RoCE and the software device).
+    pub lid: u16,
+    /// Port GID; for the software device, the device address.
+    pub gid: [u8; 16],
+}
+
+impl ConnInfo {
+    /// Encoded length.
+    pub const LEN: usize = 32;
+    const MAGIC: [u8; 4] = *b"M5CI";
+    const VERSION: u16 = 1;
+
+    /// The 32-byte encoding.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0..4].copy_from_slice(&Self::MAGIC);
+        b[4..6].copy_from_slice(&Self::VERSION.to_le_bytes());
+        b[6..8].copy_from_slice(&self.lid.to_le_bytes());
+        b[8..12].copy_from_slice(&self.qpn.to_le_bytes());
+        b[12..16].copy_from_slice(&self.psn.to_le_bytes());
+        b[16..32].copy_from_slice(&self.gid);
+        b
+    }
+
+    /// Decodes [`ConnInfo::encode`]'s bytes; anything else is an error.
+    pub fn decode(b: &[u8]) -> Result<ConnInfo, Error> {
+        if b.len() != Self::LEN {
+            return Err(Error::BadConnInfo("length is not 32 bytes"));
+        }
+        if b[0..4] != Self::MAGIC {
+            return Err(Error::BadConnInfo("bad magic"));
+        }
+        if u16::from_le_bytes([b[4], b[5]]) != Self::VERSION {
+            return Err(Error::BadConnInfo("unknown version"));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let (qpn, psn) = (u32_at(8), u32_at(12));
+        if qpn > 0x00ff_ffff || psn > 0x00ff_ffff {
+            return Err(Error::BadConnInfo("QPN or PSN over 24 bits"));
+        }
+        let mut gid = [0u8; 16];
+        gid.copy_from_slice(&b[16..32]);
+        Ok(ConnInfo {
+            qpn,
+            psn,
+            lid: u16::from_le_bytes([b[6], b[7]]),
+            gid,
+        })
+    }
+}
+
+/// Path MTU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mtu {
+    /// 256 bytes.
+    M256 = 1,
+    /// 512 bytes.
+    M512 = 2,
+    /// 1024 bytes.
+    M1024 = 3,
+    /// 2048 bytes.
+    M2048 = 4,
+    /// 4096 bytes.
+    M4096 = 5,
+}
+
+/// Attributes of the INIT/RTR/RTS transitions.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectOpts {
+    /// What peers may do to this QP's memory (REMOTE_* of [`Access`]).
+    pub access: Access,
+    /// Port number (hardware; 1-based).
+    pub port: u8,
+    /// GID table index (hardware, RoCE).
+    pub gid_index: u8,
+    /// Path MTU.
+    pub mtu: Mtu,
+    /// RNR NAK timer this QP asks senders to wait (IB encoding, 0..=31).
+    pub min_rnr_timer: u8,
+    /// Local ACK timeout (IB encoding: 4.096 µs × 2^timeout).
+    pub timeout: u8,
+    /// Transport retries.
+    pub retry_cnt: u8,
+    /// RNR retries (7 = forever).
+    pub rnr_retry: u8,
+    /// Outstanding READs/atomics, each direction.
+    pub max_rd_atomic: u8,
+}
+
+impl Default for ConnectOpts {
+    fn default() -> Self {
+        ConnectOpts {
+            access: Access::REMOTE_WRITE | Access::REMOTE_READ | Access::REMOTE_ATOMIC,
+            port: 1,
+            gid_index: 0,
+            mtu: Mtu::M4096,
+            min_rnr_timer: 12, // 0.64 ms
+            timeout: 14,       // ~67 ms
+            retry_cnt: 7,
+            rnr_retry: 7,
+            max_rd_atomic: 16,
+        }
+    }
+}
+
+/// State the CQ poller shares with the QP's poster (see the module doc).
+pub(crate) struct QpTrack {
+    /// Bit 16 set: bits 0..16 hold the WQE index of the latest send
+    /// completion.
+    completed: AtomicU32,
+    rq_consumed: AtomicU32,
+    state: AtomicU8,
+}
+
+const COMPLETED_VALID: u32 = 1 << 16;
+
+impl QpTrack {
+    pub(crate) fn new() -> QpTrack {
+        QpTrack {
+            completed: AtomicU32::new(0),
+            rq_consumed: AtomicU32::new(0),
+            state: AtomicU8::new(QpState::Reset as u8),
+        }
+    }
+
+    pub(crate) fn send_completed(&self, wqe_counter: u16) {
+        // Release: the poster reuses the WQEBBs only after this CQE was read.
+        self.completed
+            .store(COMPLETED_VALID | u32::from(wqe_counter), Ordering::Release);
+    }
+
+    pub(crate) fn recv_consumed(&self) {
+        // Release: as above, for receive WQEs.
+        self.rq_consumed.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn reset(&self) {
+        // Relaxed: called with the device's state lock held during RESET,
+        // when no poller may be polling completions of this QP.
+        self.completed.store(0, Ordering::Relaxed);
+        self.rq_consumed.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_state(&self, s: QpState) {
+        // Relaxed: an advisory cache of the device's state, read by posters
+        // to refuse or allow posting; no data is published through it.
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn state(&self) -> QpState {
+        // Relaxed: see set_state.
+        QpState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+}
+
+impl QpState {
+    pub(crate) fn from_u8(v: u8) -> QpState {
+        match v {
+            0 => QpState::Reset,
+            1 => QpState::Init,
+            2 => QpState::Rtr,
+            3 => QpState::Rts,
+            _ => QpState::Error,
+        }
+    }
+}
+
+/// Where a QP's queues live.
+pub(crate) struct QpMem {
+    pub(crate) sq_buf: *mut u8,
+    pub(crate) sq_wqe_cnt: u32,
+    pub(crate) rq_buf: *mut u8,
+    pub(crate) rq_wqe_cnt: u32,
+    pub(crate) rq_stride: u32,
+    /// Word 0: RQ counter; word 1: SQ counter.
+    pub(crate) dbrec: *mut u32,
+    /// BlueFlame register and its size (hardware only).
+    pub(crate) bf: Option<(*mut u8, u32)>,
+}
+
+enum QpHandle {
+    Soft {
+        _sq: DmaBuf,
+        _rq: DmaBuf,
+        _dbrec: DmaBuf,
+    },
+    Hw(hw::Qp),
+}
+
+enum Bell {
+    Soft(Arc<soft::Bell>),
+    Hw,
+}
+
+struct QpShared {
+    pd: Arc<PdInner>,
+    send_cq: Arc<CqShared>,
+    recv_cq: Arc<CqShared>,
+    srq: Option<Arc<SrqShared>>,
+    qpn: u32,
+    caps: QpCaps,
+    track: Arc<QpTrack>,
+    mem: QpMem,
+    handle: QpHandle,
+}
+
+impl Drop for QpShared {
+    fn drop(&mut self) {
+        self.send_cq.remove_route(self.qpn);
+        self.recv_cq.remove_route(self.qpn);
+        match (&self.pd.ctx.inner.backend, &self.handle) {
+            (Backend::Soft(d), QpHandle::Soft { .. }) => d.destroy_qp(self.qpn),
+            (Backend::Hw(d), QpHandle::Hw(q)) => d.destroy_qp(q),
+            _ => {}
+        }
+    }
+}
+
+/// Builder for an RC QP.
+pub struct QpBuilder<'a> {
+    pd: &'a Pd,
+    send_cq: &'a Cq,
+    recv_cq: &'a Cq,
+    srq: Option<&'a Srq>,
+    caps: QpCaps,
+}
+
+impl<'a> QpBuilder<'a> {
+    /// Receive through this SRQ instead of a private receive queue.
+    pub fn srq(mut self, srq: &'a Srq) -> Self {
+        self.srq = Some(srq);
+        self
+    }
+    /// Queue sizes and limits.
+    pub fn caps(mut self, caps: QpCaps) -> Self {
+        self.caps = caps;
+        self
+    }
+    /// Creates the QP (in RESET).
+    pub fn build(self) -> Result<Qp, Error> {
+        Qp::create(self)
+    }
+}
+
+/// Producer state of the send queue (owned by the `Qp`, never shared).
+struct SqState {
+    ring: SqRing,
+    /// WQEBBs of the WQE starting at each slot (to retire by WQE index).
+    sizes: Box<[u8]>,
+    /// WQEs written since the last doorbell, and the last one's position.
+    pending: u32,
+    last_at: u32,
+    last_wqebbs: u32,
+    bf_offset: u32,
+}
+
+/// An RC queue pair. Posting needs `&mut self` (one producer); move it to
+/// the thread that posts. It keeps its PD, CQs and SRQ alive.
+pub struct Qp {
+    shared: QpShared,
+    bell: Bell,
+    sq: SqState,
+    rq_head: u32,
+    local_psn: u32,
+}
+
+// SAFETY: the raw pointers in QpShared/QpMem point into buffers the Qp owns
+// (or rdma-core owns for the Qp's lifetime); only &mut Qp writes them.
+unsafe impl Send for Qp {}
+// SAFETY: &Qp methods only read immutable fields and atomics.
+unsafe impl Sync for Qp {}
+
+impl std::fmt::Debug for Qp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qp")
+            .field("qpn", &self.shared.qpn)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Index of a posted WQE: what its completion reports as `wqe_counter`.
+pub type WqeIndex = u16;
+
+impl Qp {
+    /// Starts building an RC QP on `pd` completing sends on `send_cq` and
+    /// receives on `recv_cq`.
+    pub fn builder<'a>(pd: &'a Pd, send_cq: &'a Cq, recv_cq: &'a Cq) -> QpBuilder<'a> {
+        QpBuilder {
+            pd,
+            send_cq,
+            recv_cq,
+            srq: None,
+            caps: QpCaps::default(),
+        }
+    }
+
+    fn create(b: QpBuilder<'_>) -> Result<Qp, Error> {
+        let QpBuilder {
+            pd,
+            send_cq,
+            recv_cq,
+            srq,
+            mut caps,
+        } = b;
+        caps.validate()?;
+        let ctx = &pd.inner.ctx;
+        if !ctx.same_device(&send_cq.shared.ctx) || !ctx.same_device(&recv_cq.shared.ctx) {
+            return Err(Error::Mismatch("CQ of another device"));
+        }
+        if let Some(s) = srq {
+            if !Arc::ptr_eq(&s.shared.pd, &pd.inner) {
+                return Err(Error::Mismatch("SRQ of another protection domain"));
+            }
+            caps.max_recv_wr = 0;
+            caps.max_recv_sge = 0;
+        }
+        let track = Arc::new(QpTrack::new());
+        let (qpn, mem, handle, bell) = match &ctx.inner.backend {
+            Backend::Soft(_) => {
+                let max_wqebbs = wqe::wqebbs(caps.max_ds()) as u32;
+                let sq_cnt = (caps.max_send_wr * max_wqebbs).next_power_of_two();
+                let rq_stride = (SEG as u32 * caps.max_recv_sge.max(1)).next_power_of_two();
+                let rq_cnt = caps.max_recv_wr.max(1).next_power_of_two();
+                let sq = DmaBuf::zeroed(sq_cnt as usize * WQEBB);
+                let rq = DmaBuf::zeroed((rq_cnt * rq_stride) as usize);
+                let dbrec = DmaBuf::zeroed(64);
+                let mem = QpMem {
+                    sq_buf: sq.as_ptr(),
+                    sq_wqe_cnt: sq_cnt,
+                    rq_buf: rq.as_ptr(),
+                    rq_wqe_cnt: if srq.is_some() { 0 } else { rq_cnt },
+                    rq_stride,
+                    dbrec: dbrec.as_ptr().cast(),
+                    bf: None,
+                };
+                let d: &Arc<soft::Device> = soft_device(&pd.inner).expect("soft backend");
+                let qpn = d.create_qp(soft::QpDesc {
+                    pd: pd.inner.soft_id(),
+                    send_cq: send_cq.shared.cqn,
+                    recv_cq: recv_cq.shared.cqn,
+                    srq: srq.map(|s| s.shared.srqn),
+                    caps,
+                    mem: &mem,
+                    track: track.clone(),
+                })?;
+                (
+                    qpn,
+                    mem,
+                    QpHandle::Soft {
+                        _sq: sq,
+                        _rq: rq,
+                        _dbrec: dbrec,
+                    },
+                    Bell::Soft(d.bell()),
+                )
+            }
+            Backend::Hw(d) => {
+                let (q, mem, qpn) = d.create_qp(
+                    &pd.inner,
+                    &send_cq.shared,
+                    &recv_cq.shared,
+                    srq.map(|s| &*s.shared),
+                    &mut caps,
+                )?;
+                (qpn, mem, QpHandle::Hw(q), Bell::Hw)
+            }
+        };
+        let shared = QpShared {
+            pd: pd.inner.clone(),
+            send_cq: send_cq.shared.clone(),
+            recv_cq: recv_cq.shared.clone(),
+            srq: srq.map(|s| s.shared.clone()),
+            qpn,
+            caps,
+            track: track.clone(),
+            mem,
+            handle,
+        };
+        let route = Route {
+            qpn,
+            track,
+            srq: shared.srq.clone(),
+        };
+        shared.send_cq.add_route(route.clone());
+        if !Arc::ptr_eq(&shared.send_cq, &shared.recv_cq) {
+            shared.recv_cq.add_route(route);
+        }
+        let sq_cnt = shared.mem.sq_wqe_cnt;
+        Ok(Qp {
+            shared,
+            bell,
+            sq: SqState {
+                ring: SqRing::new(sq_cnt),
+                sizes: vec![0u8; sq_cnt as usize].into_boxed_slice(),
+                pending: 0,
+                last_at: 0,
+                last_wqebbs: 0,
+                bf_offset: 0,
+            },
+            rq_head: 0,
+            // Any 24-bit value works; derive one from the QPN so two QPs
+            // rarely start equal (it helps when reading packet traces).
+            local_psn: qpn.wrapping_mul(0x9e37_79b9) & 0x00ff_ffff,
+        })
+    }
+
+    /// The QP number.
+    pub fn qpn(&self) -> u32 {
+        self.shared.qpn
+    }
+
+    /// The limits the QP was created with (hardware may round them up).
+    pub fn caps(&self) -> QpCaps {
+        self.shared.caps
+    }
+
+    /// The current state: what this QP last did, or what the device did to
+    /// it (an error completion, seen by the device or by a poll).
+    pub fn state(&self) -> QpState {
+        match &self.shared.pd.ctx.inner.backend {
+            Backend::Soft(_) => self.shared.track.state(),
+            Backend::Hw(d) => d
+                .query_state(&self.shared.handle_hw())
+                .unwrap_or(self.shared.track.state()),
+        }
+    }
+
+    /// What a peer needs to connect to this QP.
+    pub fn local_info(&self, opts: &ConnectOpts) -> Result<ConnInfo, Error> {
+        let (lid, gid) = match &self.shared.pd.ctx.inner.backend {
+            Backend::Soft(d) => (0, d.address()),
+            Backend::Hw(d) => d.port_addr(opts.port, opts.gid_index)?,
+        };
+        Ok(ConnInfo {
+            qpn: self.shared.qpn,
+            psn: self.local_psn,
+            lid,
+            gid,
+        })
+    }
+
+    fn modify(&mut self, to: QpState, remote: Option<&ConnInfo>, opts: &ConnectOpts) -> Result<(), Error> {
+        let from = self.state();
+        let ok = matches!(
+            (from, to),
+            (QpState::Reset, QpState::Init)
+                | (QpState::Init, QpState::Init)
+                | (QpState::Init, QpState::Rtr)
+                | (QpState::Rtr, QpState::Rts)
+                | (QpState::Rts, QpState::Rts)
+                | (_, QpState::Error)
+                | (_, QpState::Reset)
+        );
+        if !ok {
+            return Err(Error::InvalidTransition {
+                qpn: self.shared.qpn,
+                from,
+                to,
+            });
+        }
+        match &self.shared.pd.ctx.inner.backend {
+            Backend::Soft(d) => d.modify_qp(self.shared.qpn, to, remote, opts)?,
+            Backend::Hw(d) => {
+                d.modify_qp(&self.shared.handle_hw(), to, remote, opts, self.local_psn)?;
+                self.shared.track.set_state(to);
+            }
+        }
+        if to == QpState::Reset {
+            // The queues start over, as verbs does on RESET.
+            self.sq.ring = SqRing::new(self.shared.mem.sq_wqe_cnt);
+            self.sq.pending = 0;
+            self.rq_head = 0;
+        }
+        Ok(())
+    }
+
+    /// RESET → INIT: receives may be posted; `opts.access` is what peers may
+    /// do to this QP's memory.
+    pub fn to_init(&mut self, opts: &ConnectOpts) -> Result<(), Error> {
+        self.modify(QpState::Init, None, opts)
+    }
+
+    /// INIT → RTR: bind to the remote QP described by `remote`.
+    pub fn to_rtr(&mut self, remote: &ConnInfo, opts: &ConnectOpts) -> Result<(), Error> {
+        self.modify(QpState::Rtr, Some(remote), opts)
+    }
+
+    /// RTR → RTS: sends may be posted.
+    pub fn to_rts(&mut self, opts: &ConnectOpts) -> Result<(), Error> {
+        self.modify(QpState::Rts, None, opts)
+    }
+
+    /// RESET (or INIT) → INIT → RTR → RTS against `remote`.
+    pub fn connect(&mut self, remote: &ConnInfo, opts: &ConnectOpts) -> Result<(), Error> {
+        if self.state() == QpState::Reset {
+            self.to_init(opts)?;
+        }
+        self.to_rtr(remote, opts)?;
+        self.to_rts(opts)
+    }
+
+    /// Moves the QP to the error state: every outstanding and later WQE
+    /// completes with a flush error.
+    pub fn to_error(&mut self) -> Result<(), Error> {
+        self.modify(QpState::Error, None, &ConnectOpts::default())
+    }
+
+    /// Back to RESET: queues emptied, QP reusable (after draining its CQs).
+    pub fn reset(&mut self) -> Result<(), Error> {
+        self.modify(QpState::Reset, None, &ConnectOpts::default())
+    }
+
+    /// Send-queue WQEBBs free (after retiring what completions allow).
+    pub fn sq_free(&mut self) -> u32 {
+        self.retire();
+        self.sq.ring.free()
+    }
+
+    fn retire(&mut self) {
+        // Acquire: pairs with QpTrack::send_completed.
+        let c = self.shared.track.completed.load(Ordering::Acquire);
+        if c & COMPLETED_VALID == 0 {
+            return;
+        }
+        let idx = c as u16;
+        let pi = self.sq.ring.pi();
+        let back = (pi as u16).wrapping_sub(idx) as u32;
+        let ci_now = self.sq.ring.ci();
+        if back == 0 || back > pi.wrapping_sub(ci_now) {
+            return; // stale: already retired past it
+        }
+        let pos = pi.wrapping_sub(back);
+        let size = u32::from(self.sq.sizes[(pos % self.sq.ring.wqe_cnt()) as usize]).max(1);
+        let new_ci = pos.wrapping_add(size);
+        if new_ci.wrapping_sub(ci_now) <= pi.wrapping_sub(ci_now) {
+            self.sq.ring.retire(new_ci);
+        }
+    }
+
+    fn check_wqe<W: WqeBuild + ?Sized>(&self, w: &W) -> Result<usize, Error> {
+        let caps = &self.shared.caps;
+        if let Some(len) = w.inline_len()
+            && len > caps.max_inline as usize
+        {
+            return Err(Error::InlineTooLarge {
+                len,
+                max: caps.max_inline as usize,
+            });
+        }
+        let ds = w.ds();
+        if ds > caps.max_ds() {
+            return Err(Error::TooManySges {
+                count: ds.saturating_sub(2),
+                max: caps.max_send_sge as usize,
+            });
+        }
+        Ok(wqe::wqebbs(ds))
+    }
+
+    /// Writes `w` into the send queue (after a NOP that pads to the ring
+    /// end if it would not fit before it) and returns its WQE index. The
+    /// device sees it at the next [`Qp::ring_doorbell`]. Allowed in RTS, and
+    /// in ERROR (where it completes with a flush error).
+    pub fn post<W: WqeBuild + ?Sized>(&mut self, w: &W) -> Result<WqeIndex, Error> {
+        let state = self.shared.track.state();
+        if !matches!(state, QpState::Rts | QpState::Error) {
+            return Err(Error::BadState {
+                qpn: self.shared.qpn,
+                state,
+            });
+        }
+        let wqebbs = self.check_wqe(w)?;
+        let slot = match self.sq.ring.reserve(wqebbs) {
+            Ok(s) => s,
+            Err(Error::SendQueueFull { .. }) => {
+                self.retire();
+                self.sq.ring.reserve(wqebbs)?
+            }
+            Err(e) => return Err(e),
+        };
+        let qpn = self.shared.qpn;
+        if slot.pad > 0 {
+            let nop = Nop::spanning(slot.pad);
+            self.write_at(slot.pad_at, slot.pad, |out| {
+                wqe::encode(&nop, slot.pad_at as u16, qpn, out);
+            });
+            self.sq.pending += 1;
+        }
+        self.write_at(slot.at, wqebbs, |out| {
+            wqe::encode(w, slot.at as u16, qpn, out);
+        });
+        self.sq.ring.commit(slot, wqebbs);
+        self.sq.pending += 1;
+        self.sq.last_at = slot.at;
+        self.sq.last_wqebbs = wqebbs as u32;
+        Ok(slot.at as u16)
+    }
+
+    fn write_at(&mut self, pos: u32, wqebbs: usize, f: impl FnOnce(&mut [u8])) {
+        let off = self.sq.ring.offset(pos);
+        debug_assert!(off + wqebbs * WQEBB <= self.shared.mem.sq_wqe_cnt as usize * WQEBB);
+        self.sq.sizes[off / WQEBB] = wqebbs as u8;
+        // SAFETY: [off, off + wqebbs*64) lies inside the SQ buffer (the ring
+        // reserved it without wrapping) and the device does not own these
+        // WQEBBs (SqRing counted them free); &mut self excludes other
+        // writers.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(self.shared.mem.sq_buf.add(off), wqebbs * WQEBB)
+        };
+        f(out);
+    }
+
+    /// Makes every WQE posted since the last doorbell visible to the device:
+    /// updates the doorbell record, then rings the doorbell (hardware: a
+    /// BlueFlame copy when exactly one WQE that fits the BlueFlame buffer is
+    /// pending, else the 8-byte doorbell).
+    pub fn ring_doorbell(&mut self) {
+        if self.sq.pending == 0 {
+            return;
+        }
+        // SAFETY: dbrec points at the QP's doorbell record, two u32 words.
+        let db = unsafe { AtomicU32::from_ptr(self.shared.mem.dbrec.add(1)) };
+        // Release: the device reads the WQEs after it sees the counter.
+        db.store((self.sq.ring.pi() & 0xffff).to_be(), Ordering::Release);
+        match &self.bell {
+            Bell::Soft(b) => b.ring(),
+            Bell::Hw => {
+                let (reg, bf_size) = self.shared.mem.bf.expect("hardware QP has a BlueFlame register");
+                let off = self.sq.ring.offset(self.sq.last_at);
+                // SAFETY: the last WQE's bytes are in the SQ buffer.
+                let wqe_ptr = unsafe { self.shared.mem.sq_buf.add(off) };
+                let bytes = if self.sq.pending == 1 && self.sq.last_wqebbs * WQEBB as u32 <= bf_size {
+                    self.sq.last_wqebbs as usize * WQEBB
+                } else {
+                    8
+                };
+                // SAFETY: reg + bf_offset is the BlueFlame half we own for
+                // this QP; wqe_ptr has `bytes` readable bytes.
+                unsafe { hw::ring_bf(reg.add(self.sq.bf_offset as usize), wqe_ptr, bytes) };
+                self.sq.bf_offset ^= bf_size;
+            }
+        }
+        self.sq.pending = 0;
+    }
+
+    /// [`Qp::post`] then [`Qp::ring_doorbell`].
+    pub fn post_and_ring<W: WqeBuild + ?Sized>(&mut self, w: &W) -> Result<WqeIndex, Error> {
+        let i = self.post(w)?;
+        self.ring_doorbell();
+        Ok(i)
+    }
+
+    /// Receive WQEs posted and not yet consumed (as polled CQEs tell).
+    pub fn recv_outstanding(&self) -> u32 {
+        // Acquire: pairs with QpTrack::recv_consumed.
+        self.rq_head
+            .wrapping_sub(self.shared.track.rq_consumed.load(Ordering::Acquire))
+    }
+
+    /// Posts a receive WQE scattering into `sges` (empty is fine for
+    /// WRITE_IMM). Allowed from INIT on.
+    pub fn post_recv(&mut self, sges: &[Sge]) -> Result<(), Error> {
+        let m = &self.shared.mem;
+        if self.shared.srq.is_some() {
+            return Err(Error::UsesSrq(self.shared.qpn));
+        }
+        let state = self.shared.track.state();
+        if state == QpState::Reset {
+            return Err(Error::BadState {
+                qpn: self.shared.qpn,
+                state,
+            });
+        }
+        let max_sge = self.shared.caps.max_recv_sge as usize;
+        if sges.len() > max_sge {
+            return Err(Error::TooManySges {
+                count: sges.len(),
+                max: max_sge,
+            });
+        }
+        if self.recv_outstanding() >= m.rq_wqe_cnt {
+            return Err(Error::RecvQueueFull {
+                depth: m.rq_wqe_cnt as usize,
+            });
+        }
+        let slot = self.rq_head & (m.rq_wqe_cnt - 1);
+        // SAFETY: the slot is inside the RQ buffer and not owned by the
+        // device (outstanding < depth); &mut self excludes other writers.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(
+                m.rq_buf.add((slot * m.rq_stride) as usize),
+                m.rq_stride as usize,
+            )
+        };
+        write_sges(out, sges, max_sge.max(1));
+        self.rq_head = self.rq_head.wrapping_add(1);
+        // SAFETY: word 0 of the QP's doorbell record.
+        let db = unsafe { AtomicU32::from_ptr(m.dbrec) };
+        // Release: the device reads the WQE after it sees the counter.
+        db.store((self.rq_head & 0xffff).to_be(), Ordering::Release);
+        if state == QpState::Error
+            && let Bell::Soft(b) = &self.bell
+        {
+            // An ERROR QP flushes new receives; wake the device to do it.
+            b.ring();
+        }
+        Ok(())
+    }
+}
+
+impl QpShared {
+    fn handle_hw(&self) -> &hw::Qp {
+        match &self.handle {
+            QpHandle::Hw(q) => q,
+            QpHandle::Soft { .. } => unreachable!("hardware call on a software QP"),
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! The software device: a NIC made of a thread (or of the caller, in manual
+//! mode) that consumes the same send-queue WQEs, receive WQEs, doorbell
+//! records and CQE rings a ConnectX NIC would.
+//!
+//! # How a WQE travels
+//!
+//! 1. *Requester, local phase* (requester device's state locked): read the
+//!    doorbell record, copy the WQE out of the ring, decode and validate it
+//!    (opcode, `ds`, index, QPN, inline length, SGE count), validate local
+//!    keys and gather the payload into a scratch buffer.
+//! 2. *Responder phase* (target device's state locked; the requester's is
+//!    released first, so two devices never hold each other's locks): check
+//!    the target QP's state and peer, the rkey, bounds and access flags,
+//!    take a receive WQE (RQ or SRQ) when the opcode consumes one, write
+//!    target memory or read it, write the responder CQE.
+//! 3. *Requester, completion phase* (requester's state locked again):
+//!    scatter READ data or the atomic's original value, write the requester
+//!    CQE (signaled WQEs and every error), or arm an RNR retry.
+//!
+//! Phase 2 is a function of (request, payload) → response, so a device in
+//! another process can run it on the far side of a socket.
+//!
+//! # Semantics and limits
+//!
+//! RC, in order per QP. Errors as hardware reports them: bad lkey or local
+//! bounds → `LocalProt`; malformed WQE → `LocalQpOp`; bad rkey, bounds,
+//! alignment or access → `RemoteAccess` at the requester (the responder QP
+//! is unaffected); a receive WQE too small → `LocalLength` at the responder
+//! and `RemoteInvalRequest` at the requester, both QPs in error; no receive
+//! WQE → RNR NAK, retried after the responder's `min_rnr_timer`, then
+//! `RnrRetryExceeded`; a peer QP that is gone, not connected back, or not in
+//! RTR/RTS → `TransportRetryExceeded` at once (no packets are lost in one
+//! process, so waiting out the retry timer would change nothing). After an
+//! error every later WQE of the QP, and every posted receive of its RQ,
+//! completes with `WrFlush`. A CQ that fills up is overrun, as on hardware.
+//! Atomics operate on target memory in host byte order and return the
+//! original value big-endian, as ConnectX does.
+
+mod engine;
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::cq::CqMem;
+use crate::cqe::{self, CQE_SIZE, Cqe};
+use crate::device::Progress;
+use crate::error::Error;
+use crate::mr::Access;
+use crate::qp::{ConnInfo, ConnectOpts, QpCaps, QpMem, QpTrack};
+use crate::srq::SrqMem;
+use crate::{QpState, wqe};
+
+pub(crate) use engine::progress;
+
+/// The doorbell of a software device: posters ring it after updating a
+/// doorbell record; it wakes the device thread only if it sleeps.
+///
+/// Protocol (Dekker): the poster stores the record (`Release`), fences
+/// (`SeqCst`) and reads `sleeping`; the device sets `sleeping`, fences
+/// (`SeqCst`) and then scans the records under `lock`. Either the poster
+/// sees `sleeping` and notifies under `lock`, or the device's scan sees the
+/// record.
+pub(crate) struct Bell {
+    sleeping: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Bell {
+    fn new() -> Bell {
+        Bell {
+            sleeping: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Rings: wakes the device thread if it sleeps.
+    pub(crate) fn ring(&self) {
+        // SeqCst: orders the caller's doorbell-record store before the load
+        // of `sleeping` (see the protocol above).
+        fence(Ordering::SeqCst);
+        // Relaxed: the fence orders it.
+        if self.sleeping.load(Ordering::Relaxed) {
+            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.cv.notify_one();
+        }
+    }
+
+    /// Sleeps until rung or `timeout`, unless `check` finds work first.
+    fn sleep(&self, timeout: Duration, check: impl FnOnce() -> usize) {
+        let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed + SeqCst fence: see the protocol above.
+        self.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if check() == 0 {
+            let _ = self
+                .cv
+                .wait_timeout(g, timeout)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        // Relaxed: only an optimisation hint for ringers from here on.
+        self.sleeping.store(false, Ordering::Relaxed);
+    }
+}
+
+/// How long the device thread spins after the last work before sleeping.
+const SPIN: Duration = Duration::from_micros(50);
+/// The longest sleep without a doorbell (a safety net; doorbells wake it).
+const IDLE_SLEEP: Duration = Duration::from_millis(100);
+
+/// A registered memory region as the device sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MrEntry {
+    pub(crate) key: u32,
+    pub(crate) pd: u32,
+    pub(crate) addr: u64,
+    pub(crate) len: u64,
+    pub(crate) access: Access,
+}
+
+impl MrEntry {
+    fn covers(&self, addr: u64, len: u64) -> bool {
+        addr >= self.addr
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= self.addr + self.len)
+    }
+}
+
+pub(crate) struct SoftCq {
+    buf: *mut u8,
+    n: u32,
+    log_n: u32,
+    dbrec: *const u32,
+    pi: u32,
+    overrun: Arc<AtomicBool>,
+}
+
+impl SoftCq {
+    /// Writes a CQE as the NIC does: body, then `op_own` (`Release`).
+    pub(crate) fn push(&mut self, c: &Cqe) {
+        // SAFETY: dbrec points at the CQ's doorbell record (4-aligned).
+        let ci_word = unsafe { AtomicU32::from_ptr(self.dbrec.cast_mut()) };
+        // Acquire: pairs with the poller's Release; slots it consumed are free.
+        let ci = u32::from_be(ci_word.load(Ordering::Acquire)) & 0x00ff_ffff;
+        let used = self.pi.wrapping_sub(ci) & 0x00ff_ffff;
+        if used >= self.n {
+            // Relaxed: sticky flag; the poller reports it on its next poll.
+            self.overrun.store(true, Ordering::Relaxed);
+            return;
+        }
+        let owner = ((self.pi >> self.log_n) & 1) as u8;
+        let bytes = cqe::encode(c, owner);
+        let slot = (self.pi & (self.n - 1)) as usize * CQE_SIZE;
+        // SAFETY: slot is inside the CQ buffer; the poller does not read
+        // this CQE until op_own says it is software-owned.
+        unsafe {
+            let p = self.buf.add(slot);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, CQE_SIZE - 1);
+            // Release: the body above is visible before the owner flips.
+            AtomicU8::from_ptr(p.add(cqe::offset::OP_OWN))
+                .store(bytes[cqe::offset::OP_OWN], Ordering::Release);
+        }
+        self.pi = self.pi.wrapping_add(1);
+    }
+}
+
+pub(crate) struct SoftSrq {
+    pub(crate) mem: SrqMem,
+    pub(crate) max_sge: u32,
+    /// WQEs consumed so far (free-running).
+    pub(crate) ci: u32,
+    /// Index of the next WQE to consume (following `next_wqe_index`).
+    pub(crate) cur: u16,
+}
+
+/// The remote end of a connected QP.
+#[derive(Clone)]
+pub(crate) struct Peer {
+    pub(crate) dev: Weak<Shared>,
+    pub(crate) dev_id: u64,
+    pub(crate) qpn: u32,
+}
+
+pub(crate) struct Rnr {
+    pub(crate) attempts: u32,
+    pub(crate) next: Instant,
+}
+
+pub(crate) struct SoftQp {
+    pub(crate) qpn: u32,
+    pub(crate) pd: u32,
+    pub(crate) state: QpState,
+    pub(crate) track: Arc<QpTrack>,
+    pub(crate) send_cq: u32,
+    pub(crate) recv_cq: u32,
+    pub(crate) srq: Option<u32>,
+    pub(crate) caps: QpCaps,
+    pub(crate) sq_buf: *mut u8,
+    pub(crate) sq_cnt: u32,
+    /// WQEBB position the device has consumed up to (free-running).
+    pub(crate) sq_ci: u32,
+    pub(crate) rq_buf: *mut u8,
+    pub(crate) rq_cnt: u32,
+    pub(crate) rq_stride: u32,
+    pub(crate) rq_ci: u32,
+    pub(crate) dbrec: *mut u32,
+    pub(crate) access: Access,
+    pub(crate) peer: Option<Peer>,
+    pub(crate) min_rnr_timer: u8,
+    pub(crate) rnr_retry: u8,
+    pub(crate) rnr: Option<Rnr>,
+}
+
+impl SoftQp {
+    fn set_state(&mut self, s: QpState) {
+        self.state = s;
+        self.track.set_state(s);
+    }
+
+    /// The SQ producer counter (low 16 bits) from the doorbell record.
+    pub(crate) fn sq_pi(&self) -> u16 {
+        // SAFETY: word 1 of the QP's doorbell record.
+        let w = unsafe { AtomicU32::from_ptr(self.dbrec.add(1)) };
+        // Acquire: pairs with the poster's Release; WQEs are visible.
+        u32::from_be(w.load(Ordering::Acquire)) as u16
+    }
+
+    /// The RQ producer counter (low 16 bits) from the doorbell record.
+    pub(crate) fn rq_pi(&self) -> u16 {
+        // SAFETY: word 0 of the QP's doorbell record.
+        let w = unsafe { AtomicU32::from_ptr(self.dbrec) };
+        // Acquire: pairs with the poster's Release; WQEs are visible.
+        u32::from_be(w.load(Ordering::Acquire)) as u16
+    }
+}
+
+/// Everything the device knows, behind one lock.
+#[derive(Default)]
+pub(crate) struct State {
+    next_pd: u32,
+    mrs: Vec<Option<MrEntry>>,
+    mr_gen: Vec<u8>,
+    pub(crate) cqs: Vec<Option<SoftCq>>,
+    pub(crate) qps: Vec<Option<SoftQp>>,
+    pub(crate) srqs: Vec<Option<SoftSrq>>,
+}
+
+// SAFETY: the raw pointers in State point into buffers whose owners remove
+// the entries (under this lock) before freeing them.
+unsafe impl Send for State {}
+
+/// The first QPN (QPNs are 24-bit; small ones look reserved on hardware).
+const QPN_BASE: u32 = 0x100;
+
+impl State {
+    pub(crate) fn qp(&mut self, qpn: u32) -> Option<&mut SoftQp> {
+        let i = qpn.checked_sub(QPN_BASE)? as usize;
+        self.qps.get_mut(i)?.as_mut()
+    }
+
+    pub(crate) fn cq(&mut self, cqn: u32) -> Option<&mut SoftCq> {
+        self.cqs.get_mut(cqn.checked_sub(1)? as usize)?.as_mut()
+    }
+
+    pub(crate) fn srq(&mut self, srqn: u32) -> Option<&mut SoftSrq> {
+        self.srqs.get_mut(srqn.checked_sub(1)? as usize)?.as_mut()
+    }
+
+    /// The region `key` names if it belongs to `pd` and covers the range.
+    pub(crate) fn mr(&self, key: u32, pd: u32, addr: u64, len: u64) -> Option<MrEntry> {
+        let i = (key >> 8).checked_sub(1)? as usize;
+        let e = (*self.mrs.get(i)?)?;
+        (e.key == key && e.pd == pd && e.covers(addr, len)).then_some(e)
+    }
+
+    /// Writes `c` to CQ `cqn` (a destroyed CQ drops it: its QPs are gone).
+    pub(crate) fn push_cqe(&mut self, cqn: u32, c: &Cqe) {
+        if let Some(cq) = self.cq(cqn) {
+            cq.push(c);
+        }
+    }
+}
+
+fn insert<T>(v: &mut Vec<Option<T>>, t: T) -> usize {
+    match v.iter().position(Option::is_none) {
+        Some(i) => {
+            v[i] = Some(t);
+            i
+        }
+        None => {
+            v.push(Some(t));
+            v.len() - 1
+        }
+    }
+}
+
+/// What other devices (and the device thread) share.
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    manual: bool,
+    pub(crate) state: Mutex<State>,
+    pub(crate) engine: Mutex<engine::Engine>,
+    pub(crate) bell: Arc<Bell>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_manual(&self) -> bool {
+        self.manual
+    }
+}
+
+/// Software devices of this process, by id (the in-process "fabric").
+static FABRIC: Mutex<Vec<(u64, Weak<Shared>)>> = Mutex::new(Vec::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+const ADDR_MAGIC: [u8; 4] = *b"SOFT";
+
+/// A software device.
+pub(crate) struct Device {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Device {
+    pub(crate) fn open(progress: Progress) -> Arc<Device> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            id,
+            manual: progress == Progress::Manual,
+            state: Mutex::new(State::default()),
+            engine: Mutex::new(engine::Engine::default()),
+            bell: Arc::new(Bell::new()),
+            stop: AtomicBool::new(false),
+        });
+        FABRIC
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, Arc::downgrade(&shared)));
+        let thread = (progress == Progress::Background).then(|| {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("mlx5-soft{id}"))
+                .spawn(move || run(&s))
+                .expect("spawn the software device thread")
+        });
+        Arc::new(Device { shared, thread })
+    }
+
+    pub(crate) fn name(&self) -> String {
+        format!("soft{}", self.shared.id)
+    }
+
+    pub(crate) fn is_manual(&self) -> bool {
+        self.shared.manual
+    }
+
+    pub(crate) fn bell(&self) -> Arc<Bell> {
+        self.shared.bell.clone()
+    }
+
+    /// The device address carried in [`ConnInfo::gid`].
+    pub(crate) fn address(&self) -> [u8; 16] {
+        let mut g = [0u8; 16];
+        g[0..4].copy_from_slice(&ADDR_MAGIC);
+        g[4..8].copy_from_slice(&std::process::id().to_le_bytes());
+        g[8..16].copy_from_slice(&self.shared.id.to_le_bytes());
+        g
+    }
+
+    pub(crate) fn progress(&self) -> usize {
+        progress(&self.shared)
+    }
+
+    pub(crate) fn alloc_pd(&self) -> u32 {
+        let mut s = self.shared.lock();
+        s.next_pd += 1;
+        s.next_pd
+    }
+
+    pub(crate) fn dealloc_pd(&self, _pd: u32) {}
+
+    pub(crate) fn reg_mr(&self, pd: u32, addr: u64, len: u64, access: Access) -> u32 {
+        let mut s = self.shared.lock();
+        let i = insert(&mut s.mrs, MrEntry {
+            key: 0,
+            pd,
+            addr,
+            len,
+            access,
+        });
+        if s.mr_gen.len() <= i {
+            s.mr_gen.resize(i + 1, 0);
+        }
+        // Generation 1..=255 in the low byte: a stale key of a freed slot
+        // does not match its next occupant, and no key equals 0x100
+        // (MLX5_INVALID_LKEY, generation 0).
+        let g = s.mr_gen[i] % 255 + 1;
+        s.mr_gen[i] = g;
+        let key = ((i as u32 + 1) << 8) | u32::from(g);
+        if let Some(e) = s.mrs[i].as_mut() {
+            e.key = key;
+        }
+        key
+    }
+
+    pub(crate) fn dereg_mr(&self, key: u32) {
+        let mut s = self.shared.lock();
+        if let Some(i) = (key >> 8).checked_sub(1)
+            && let Some(slot) = s.mrs.get_mut(i as usize)
+            && slot.is_some_and(|e| e.key == key)
+        {
+            *slot = None;
+        }
+    }
+
+    pub(crate) fn create_cq(&self, mem: &CqMem, overrun: Arc<AtomicBool>) -> u32 {
+        let mut s = self.shared.lock();
+        let i = insert(&mut s.cqs, SoftCq {
+            buf: mem.buf,
+            n: mem.cqe_cnt,
+            log_n: mem.cqe_cnt.trailing_zeros(),
+            dbrec: mem.dbrec,
+            pi: 0,
+            overrun,
+        });
+        i as u32 + 1
+    }
+
+    pub(crate) fn destroy_cq(&self, cqn: u32) {
+        let mut s = self.shared.lock();
+        if let Some(slot) = s.cqs.get_mut(cqn as usize - 1) {
+            *slot = None;
+        }
+    }
+
+    pub(crate) fn create_srq(&self, mem: &SrqMem, max_sge: u32) -> u32 {
+        let mut s = self.shared.lock();
+        let i = insert(&mut s.srqs, SoftSrq {
+            mem: SrqMem { ..*mem },
+            max_sge,
+            ci: 0,
+            cur: 0,
+        });
+        i as u32 + 1
+    }
+
+    pub(crate) fn destroy_srq(&self, srqn: u32) {
+        let mut s = self.shared.lock();
+        if let Some(slot) = s.srqs.get_mut(srqn as usize - 1) {
+            *slot = None;
+        }
+    }
+
+    pub(crate) fn create_qp(&self, d: QpDesc<'_>) -> Result<u32, Error> {
+        let mut s = self.shared.lock();
+        if s.cq(d.send_cq).is_none() || s.cq(d.recv_cq).is_none() {
+            return Err(Error::Mismatch("CQ of another device"));
+        }
+        if let Some(srqn) = d.srq
+            && s.srq(srqn).is_none()
+        {
+            return Err(Error::Mismatch("SRQ of another device"));
+        }
+        let i = s.qps.iter().position(Option::is_none).unwrap_or(s.qps.len());
+        if i as u32 + QPN_BASE > 0x00ff_ffff {
+            return Err(Error::InvalidAttr("out of QP numbers".into()));
+        }
+        let qpn = i as u32 + QPN_BASE;
+        let qp = SoftQp {
+            qpn,
+            pd: d.pd,
+            state: QpState::Reset,
+            track: d.track,
+            send_cq: d.send_cq,
+            recv_cq: d.recv_cq,
+            srq: d.srq,
+            caps: d.caps,
+            sq_buf: d.mem.sq_buf,
+            sq_cnt: d.mem.sq_wqe_cnt,
+            sq_ci: 0,
+            rq_buf: d.mem.rq_buf,
+            rq_cnt: d.mem.rq_wqe_cnt,
+            rq_stride: d.mem.rq_stride,
+            rq_ci: 0,
+            dbrec: d.mem.dbrec,
+            access: Access::default(),
+            peer: None,
+            min_rnr_timer: 0,
+            rnr_retry: 0,
+            rnr: None,
+        };
+        qp.track.set_state(QpState::Reset);
+        if i == s.qps.len() {
+            s.qps.push(Some(qp));
+        } else {
+            s.qps[i] = Some(qp);
+        }
+        Ok(qpn)
+    }
+
+    pub(crate) fn destroy_qp(&self, qpn: u32) {
+        let mut s = self.shared.lock();
+        if let Some(slot) = qpn
+            .checked_sub(QPN_BASE)
+            .and_then(|i| s.qps.get_mut(i as usize))
+        {
+            *slot = None;
+        }
+    }
+
+    pub(crate) fn modify_qp(
+        &self,
+        qpn: u32,
+        to: QpState,
+        remote: Option<&ConnInfo>,
+        opts: &ConnectOpts,
+    ) -> Result<(), Error> {
+        let peer = match remote {
+            Some(r) => Some(resolve(r)?),
+            None => None,
+        };
+        let mut s = self.shared.lock();
+        let qp = s
+            .qp(qpn)
+            .ok_or(Error::Mismatch("QP is not on this device"))?;
+        match to {
+            QpState::Init => qp.access = opts.access,
+            QpState::Rtr => {
+                qp.peer = peer;
+                qp.min_rnr_timer = opts.min_rnr_timer.min(31);
+            }
+            QpState::Rts => qp.rnr_retry = opts.rnr_retry.min(7),
+            QpState::Error => {}
+            QpState::Reset => {
+                qp.sq_ci = 0;
+                qp.rq_ci = 0;
+                qp.peer = None;
+                qp.rnr = None;
+                // SAFETY: the two doorbell-record words; verbs zeroes them
+                // on RESET as well.
+                unsafe {
+                    AtomicU32::from_ptr(qp.dbrec).store(0, Ordering::Relaxed);
+                    AtomicU32::from_ptr(qp.dbrec.add(1)).store(0, Ordering::Relaxed);
+                }
+                qp.track.reset();
+            }
+        }
+        qp.set_state(to);
+        drop(s);
+        if to == QpState::Error {
+            // Flushing is device work: wake the thread.
+            self.shared.bell.ring();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // Release: the thread's Acquire load sees the flag and exits.
+        self.shared.stop.store(true, Ordering::Release);
+        {
+            let _g = self.shared.bell.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.bell.cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let mut f = FABRIC.lock().unwrap_or_else(|e| e.into_inner());
+        f.retain(|(id, _)| *id != self.shared.id);
+    }
+}
+
+/// Resolves a remote software-device address to the device.
+fn resolve(r: &ConnInfo) -> Result<Peer, Error> {
+    if r.gid[0..4] != ADDR_MAGIC {
+        return Err(Error::InvalidAttr(
+            "remote address is not a software device's (mixing hardware and software devices?)"
+                .into(),
+        ));
+    }
+    let pid = u32::from_le_bytes(r.gid[4..8].try_into().expect("4 bytes"));
+    let id = u64::from_le_bytes(r.gid[8..16].try_into().expect("8 bytes"));
+    if pid != std::process::id() {
+        return Err(Error::InvalidAttr(format!(
+            "remote software device soft{id} lives in process {pid}; connecting software devices \
+             across processes is not implemented yet (in-process only)"
+        )));
+    }
+    let f = FABRIC.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = f
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, w)| w.clone())
+        .ok_or_else(|| Error::InvalidAttr(format!("no software device soft{id} in this process")))?;
+    Ok(Peer {
+        dev,
+        dev_id: id,
+        qpn: r.qpn,
+    })
+}
+
+/// What create_qp needs.
+pub(crate) struct QpDesc<'a> {
+    pub(crate) pd: u32,
+    pub(crate) send_cq: u32,
+    pub(crate) recv_cq: u32,
+    pub(crate) srq: Option<u32>,
+    pub(crate) caps: QpCaps,
+    pub(crate) mem: &'a QpMem,
+    pub(crate) track: Arc<QpTrack>,
+}
+
+/// The device thread: progress while there is work, spin [`SPIN`] after
+/// the last work, then sleep until a doorbell (or the next RNR retry).
+fn run(shared: &Arc<Shared>) {
+    let mut last_work = Instant::now();
+    // Acquire: pairs with Device::drop's Release.
+    while !shared.stop.load(Ordering::Acquire) {
+        if progress(shared) > 0 {
+            last_work = Instant::now();
+            continue;
+        }
+        if last_work.elapsed() < SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        let timeout = {
+            let e = shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+            e.next_timer
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(IDLE_SLEEP)
+                .min(IDLE_SLEEP)
+        };
+        if timeout.is_zero() {
+            continue;
+        }
+        shared.bell.sleep(timeout, || progress(shared));
+        last_work = Instant::now();
+    }
+}
+
+/// IB RNR NAK timer encoding (0..=31) in microseconds.
+pub(crate) fn rnr_delay(code: u8) -> Duration {
+    const US: [u32; 32] = [
+        655_360, 10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1_280, 1_920, 2_560,
+        3_840, 5_120, 7_680, 10_240, 15_360, 20_480, 30_720, 40_960, 61_440, 81_920, 122_880,
+        163_840, 245_760, 327_680, 491_520,
+    ];
+    Duration::from_micros(u64::from(US[usize::from(code & 31)]))
+}
+
+/// WQEBBs a WQE of `ds` segments spans (at least one, also for ds = 0).
+pub(crate) fn wqebbs_of(ds: usize) -> u32 {
+    wqe::wqebbs(ds).max(1) as u32
+}

@@ -1,0 +1,224 @@
+//! Shared receive queues.
+//!
+//! An SRQ WQE is a 16-byte next segment (`next_wqe_index`) followed by
+//! `max_sge` data segments. The device follows the `next_wqe_index` links;
+//! they are initialised in ring order (as libmlx5 does) and software posts
+//! in ring order, so WQE `i` is reusable once the device consumed it: every
+//! consumption yields exactly one CQE, counted by whichever CQ polls it.
+//!
+//! | word | written by | when |
+//! |---|---|---|
+//! | WQE data segments | software | before the doorbell record |
+//! | doorbell record word 0 (be32, WQEs posted mod 2^16) | software | after the WQEs, `Release` |
+//! | `consumed` (ours, not the NIC's) | CQ pollers | per receive CQE, `Release` |
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::device::Backend;
+use crate::error::Error;
+use crate::mem::DmaBuf;
+use crate::mr::{Pd, PdInner, soft_device};
+use crate::wqe::{SEG, Sge, write_data};
+use crate::{hw, soft};
+
+/// `MLX5_INVALID_LKEY`: terminates a scatter list shorter than `max_sge`.
+pub(crate) const INVALID_LKEY: u32 = 0x100;
+
+pub(crate) struct SrqMem {
+    pub(crate) buf: *mut u8,
+    pub(crate) wqe_cnt: u32,
+    pub(crate) stride: u32,
+    pub(crate) dbrec: *mut u32,
+}
+
+enum SrqHandle {
+    Soft { _buf: DmaBuf, _dbrec: DmaBuf },
+    Hw(hw::Srq),
+}
+
+pub(crate) struct SrqShared {
+    pub(crate) pd: Arc<PdInner>,
+    pub(crate) srqn: u32,
+    pub(crate) mem: SrqMem,
+    pub(crate) max_sge: u32,
+    consumed: AtomicU32,
+    handle: SrqHandle,
+}
+
+// SAFETY: raw pointers into `handle`'s memory, alive as long as this value;
+// accesses follow the protocol in the module doc.
+unsafe impl Send for SrqShared {}
+// SAFETY: as above.
+unsafe impl Sync for SrqShared {}
+
+impl SrqShared {
+    /// One receive WQE of this SRQ was consumed (a CQE was polled).
+    pub(crate) fn consumed(&self) {
+        // Release: the poster reuses the WQE only after this CQE was read.
+        self.consumed.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl SrqShared {
+    pub(crate) fn hw_srq(&self) -> Option<*mut hw::ffi::ibv_srq> {
+        match &self.handle {
+            SrqHandle::Hw(s) => Some(s.0),
+            SrqHandle::Soft { .. } => None,
+        }
+    }
+}
+
+impl Drop for SrqShared {
+    fn drop(&mut self) {
+        match (&self.pd.ctx.inner.backend, &self.handle) {
+            (Backend::Soft(d), SrqHandle::Soft { .. }) => d.destroy_srq(self.srqn),
+            (Backend::Hw(d), SrqHandle::Hw(s)) => d.destroy_srq(s),
+            _ => {}
+        }
+    }
+}
+
+/// A shared receive queue: receive WQEs any QP attached to it may consume.
+pub struct Srq {
+    pub(crate) shared: Arc<SrqShared>,
+    posted: u32,
+}
+
+impl std::fmt::Debug for Srq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Srq")
+            .field("srqn", &self.shared.srqn)
+            .field("depth", &self.depth())
+            .finish()
+    }
+}
+
+impl Srq {
+    /// An SRQ with room for at least `depth` posted WQEs of up to
+    /// `max_sge` scatter entries each.
+    pub fn new(pd: &Pd, depth: u32, max_sge: u32) -> Result<Srq, Error> {
+        if depth == 0 || depth > 1 << 15 || max_sge == 0 || max_sge > 30 {
+            return Err(Error::InvalidAttr(format!(
+                "SRQ depth {depth} (1..=32768) / max_sge {max_sge} (1..=30)"
+            )));
+        }
+        let (srqn, mem, handle) = match &pd.inner.ctx.inner.backend {
+            Backend::Soft(_) => {
+                // One WQE stays unposted (libmlx5 keeps the tail), hence +1.
+                let wqe_cnt = (depth + 1).next_power_of_two();
+                let stride = (SEG as u32 * (1 + max_sge)).next_power_of_two();
+                let buf = DmaBuf::zeroed((wqe_cnt * stride) as usize);
+                let dbrec = DmaBuf::zeroed(64);
+                for i in 0..wqe_cnt {
+                    let next = ((i + 1) & (wqe_cnt - 1)) as u16;
+                    // SAFETY: inside the buffer; bytes 2..4 of WQE i are its
+                    // next_wqe_index.
+                    unsafe {
+                        let p = buf.as_ptr().add((i * stride) as usize + 2);
+                        std::ptr::copy_nonoverlapping(next.to_be_bytes().as_ptr(), p, 2);
+                    }
+                }
+                let mem = SrqMem {
+                    buf: buf.as_ptr(),
+                    wqe_cnt,
+                    stride,
+                    dbrec: dbrec.as_ptr().cast(),
+                };
+                let d: &Arc<soft::Device> = soft_device(&pd.inner).expect("soft backend");
+                let srqn = d.create_srq(&mem, max_sge);
+                (
+                    srqn,
+                    mem,
+                    SrqHandle::Soft {
+                        _buf: buf,
+                        _dbrec: dbrec,
+                    },
+                )
+            }
+            Backend::Hw(d) => {
+                let (s, mem, srqn) = d.create_srq(&pd.inner, depth, max_sge)?;
+                (srqn, mem, SrqHandle::Hw(s))
+            }
+        };
+        Ok(Srq {
+            shared: Arc::new(SrqShared {
+                pd: pd.inner.clone(),
+                srqn,
+                mem,
+                max_sge,
+                consumed: AtomicU32::new(0),
+                handle,
+            }),
+            posted: 0,
+        })
+    }
+
+    /// The SRQ number.
+    pub fn srqn(&self) -> u32 {
+        self.shared.srqn
+    }
+
+    /// WQEs that can be posted at once.
+    pub fn depth(&self) -> u32 {
+        self.shared.mem.wqe_cnt - 1
+    }
+
+    /// WQEs posted and not yet consumed (as far as polled CQEs tell).
+    pub fn outstanding(&self) -> u32 {
+        // Acquire: pairs with SrqShared::consumed.
+        self.posted
+            .wrapping_sub(self.shared.consumed.load(Ordering::Acquire))
+    }
+
+    /// Posts a receive WQE scattering into `sges` (may be empty: enough for
+    /// WRITE_IMM, which consumes a WQE but no buffer).
+    pub fn post_recv(&mut self, sges: &[Sge]) -> Result<(), Error> {
+        let m = &self.shared.mem;
+        if sges.len() > self.shared.max_sge as usize {
+            return Err(Error::TooManySges {
+                count: sges.len(),
+                max: self.shared.max_sge as usize,
+            });
+        }
+        if self.outstanding() >= self.depth() {
+            return Err(Error::RecvQueueFull {
+                depth: self.depth() as usize,
+            });
+        }
+        let slot = self.posted & (m.wqe_cnt - 1);
+        // SAFETY: slot < wqe_cnt; the WQE is not owned by the device (the
+        // outstanding check above), so we may write its data segments.
+        let wqe = unsafe {
+            std::slice::from_raw_parts_mut(
+                m.buf.add((slot * m.stride) as usize + SEG),
+                (m.stride as usize) - SEG,
+            )
+        };
+        write_sges(wqe, sges, self.shared.max_sge as usize);
+        self.posted = self.posted.wrapping_add(1);
+        // SAFETY: dbrec is the SRQ's 4-aligned doorbell record.
+        let db = unsafe { AtomicU32::from_ptr(m.dbrec) };
+        // Release: the device reads the WQE after it sees the counter.
+        db.store((self.posted & 0xffff).to_be(), Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Writes a receive scatter list: the SGEs, then an invalid-lkey terminator
+/// if the list is shorter than `max_sge`.
+pub(crate) fn write_sges(out: &mut [u8], sges: &[Sge], max_sge: usize) {
+    for (seg, sge) in out.chunks_exact_mut(SEG).zip(sges) {
+        write_data(seg, *sge);
+    }
+    if sges.len() < max_sge {
+        write_data(
+            &mut out[sges.len() * SEG..(sges.len() + 1) * SEG],
+            Sge {
+                addr: 0,
+                len: 0,
+                lkey: INVALID_LKEY,
+            },
+        );
+    }
+}
