@@ -97,7 +97,9 @@ impl Context {
             Selection::Hw(name) => Backend::Hw(hw::Device::open(name.as_deref())?),
             Selection::Auto => match hw::Device::open(None) {
                 Ok(d) => Backend::Hw(d),
-                Err(Error::NoDevice { .. }) => Backend::Soft(soft::Device::open(Progress::Background)),
+                Err(Error::NoDevice { .. }) => {
+                    Backend::Soft(soft::Device::open(Progress::Background))
+                }
                 Err(e) => return Err(e),
             },
         };

@@ -9,7 +9,9 @@ use crate::cqe::Syndrome;
 #[non_exhaustive]
 pub enum Error {
     /// `MLX5_DEVICE` (or an explicit selection) names something unusable.
-    #[error("invalid device selection {0:?}: expected `soft`, `soft:manual` or an mlx5 device name such as `mlx5_0`")]
+    #[error(
+        "invalid device selection {0:?}: expected `soft`, `soft:manual` or an mlx5 device name such as `mlx5_0`"
+    )]
     InvalidSelection(String),
     /// Hardware was asked for but cannot be used here.
     #[error(

@@ -41,6 +41,11 @@ impl Drop for DmaBuf {
     fn drop(&mut self) {
         let size = self.len.max(1).next_multiple_of(PAGE);
         // SAFETY: allocated in `zeroed` with this exact layout.
-        unsafe { dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(size, PAGE)) }
+        unsafe {
+            dealloc(
+                self.ptr.as_ptr(),
+                Layout::from_size_align_unchecked(size, PAGE),
+            )
+        }
     }
 }

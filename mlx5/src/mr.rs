@@ -260,7 +260,9 @@ impl Mr {
     pub fn read(&self, offset: usize, out: &mut [u8]) {
         self.check(offset, out.len());
         // SAFETY: in bounds (checked); raw copy, no reference into the region.
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len())
+        }
     }
 
     /// The 8 bytes at an 8-aligned `offset` as an atomic (memory that peers
@@ -269,7 +271,10 @@ impl Mr {
     pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         self.check(offset, 8);
         let p = self.as_ptr().wrapping_add(offset);
-        assert!((p as usize).is_multiple_of(8), "atomic at unaligned offset {offset}");
+        assert!(
+            (p as usize).is_multiple_of(8),
+            "atomic at unaligned offset {offset}"
+        );
         // SAFETY: in bounds, aligned, and the region lives as long as &self;
         // all device accesses to these bytes are atomic as well.
         unsafe { AtomicU64::from_ptr(p.cast()) }

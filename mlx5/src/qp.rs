@@ -515,7 +515,7 @@ impl Qp {
         match &self.shared.pd.ctx.inner.backend {
             Backend::Soft(_) => self.shared.track.state(),
             Backend::Hw(d) => d
-                .query_state(&self.shared.handle_hw())
+                .query_state(self.shared.handle_hw())
                 .unwrap_or(self.shared.track.state()),
         }
     }
@@ -534,7 +534,12 @@ impl Qp {
         })
     }
 
-    fn modify(&mut self, to: QpState, remote: Option<&ConnInfo>, opts: &ConnectOpts) -> Result<(), Error> {
+    fn modify(
+        &mut self,
+        to: QpState,
+        remote: Option<&ConnInfo>,
+        opts: &ConnectOpts,
+    ) -> Result<(), Error> {
         let from = self.state();
         let ok = matches!(
             (from, to),
@@ -556,7 +561,7 @@ impl Qp {
         match &self.shared.pd.ctx.inner.backend {
             Backend::Soft(d) => d.modify_qp(self.shared.qpn, to, remote, opts)?,
             Backend::Hw(d) => {
-                d.modify_qp(&self.shared.handle_hw(), to, remote, opts, self.local_psn)?;
+                d.modify_qp(self.shared.handle_hw(), to, remote, opts, self.local_psn)?;
                 self.shared.track.set_state(to);
             }
         }
@@ -642,11 +647,18 @@ impl Qp {
                 max: caps.max_inline as usize,
             });
         }
+        let sges = w.sge_count();
+        if sges > caps.max_send_sge.max(1) as usize {
+            return Err(Error::TooManySges {
+                count: sges,
+                max: caps.max_send_sge as usize,
+            });
+        }
         let ds = w.ds();
         if ds > caps.max_ds() {
-            return Err(Error::TooManySges {
-                count: ds.saturating_sub(2),
-                max: caps.max_send_sge as usize,
+            return Err(Error::WqeTooLarge {
+                wqebbs: wqe::wqebbs(ds),
+                limit: wqe::wqebbs(caps.max_ds()),
             });
         }
         Ok(wqe::wqebbs(ds))
@@ -657,6 +669,35 @@ impl Qp {
     /// device sees it at the next [`Qp::ring_doorbell`]. Allowed in RTS, and
     /// in ERROR (where it completes with a flush error).
     pub fn post<W: WqeBuild + ?Sized>(&mut self, w: &W) -> Result<WqeIndex, Error> {
+        let wqebbs = self.check_wqe(w)?;
+        let qpn = self.shared.qpn;
+        self.post_with(wqebbs, |out, index| {
+            wqe::encode(w, index, qpn, out);
+        })
+    }
+
+    /// Writes `bytes` as the next WQE exactly as given (zero-padded to whole
+    /// WQEBBs, after NOP padding at the ring end): the caller supplies the
+    /// control segment, so the device sees whatever it says. For tests of
+    /// malformed WQEs and for opcodes this crate has no builder for; the
+    /// device validates everything it reads, so nothing here is unsafe.
+    pub fn post_raw(&mut self, bytes: &[u8]) -> Result<WqeIndex, Error> {
+        let limit = wqe::wqebbs(self.shared.caps.max_ds());
+        let wqebbs = bytes.len().div_ceil(WQEBB);
+        if wqebbs == 0 || wqebbs > limit {
+            return Err(Error::WqeTooLarge { wqebbs, limit });
+        }
+        self.post_with(wqebbs, |out, _| {
+            out[..bytes.len()].copy_from_slice(bytes);
+            out[bytes.len()..].fill(0);
+        })
+    }
+
+    fn post_with(
+        &mut self,
+        wqebbs: usize,
+        write: impl FnOnce(&mut [u8], u16),
+    ) -> Result<WqeIndex, Error> {
         let state = self.shared.track.state();
         if !matches!(state, QpState::Rts | QpState::Error) {
             return Err(Error::BadState {
@@ -664,7 +705,6 @@ impl Qp {
                 state,
             });
         }
-        let wqebbs = self.check_wqe(w)?;
         let slot = match self.sq.ring.reserve(wqebbs) {
             Ok(s) => s,
             Err(Error::SendQueueFull { .. }) => {
@@ -681,9 +721,7 @@ impl Qp {
             });
             self.sq.pending += 1;
         }
-        self.write_at(slot.at, wqebbs, |out| {
-            wqe::encode(w, slot.at as u16, qpn, out);
-        });
+        self.write_at(slot.at, wqebbs, |out| write(out, slot.at as u16));
         self.sq.ring.commit(slot, wqebbs);
         self.sq.pending += 1;
         self.sq.last_at = slot.at;
@@ -720,11 +758,16 @@ impl Qp {
         match &self.bell {
             Bell::Soft(b) => b.ring(),
             Bell::Hw => {
-                let (reg, bf_size) = self.shared.mem.bf.expect("hardware QP has a BlueFlame register");
+                let (reg, bf_size) = self
+                    .shared
+                    .mem
+                    .bf
+                    .expect("hardware QP has a BlueFlame register");
                 let off = self.sq.ring.offset(self.sq.last_at);
                 // SAFETY: the last WQE's bytes are in the SQ buffer.
                 let wqe_ptr = unsafe { self.shared.mem.sq_buf.add(off) };
-                let bytes = if self.sq.pending == 1 && self.sq.last_wqebbs * WQEBB as u32 <= bf_size {
+                let bytes = if self.sq.pending == 1 && self.sq.last_wqebbs * WQEBB as u32 <= bf_size
+                {
                     self.sq.last_wqebbs as usize * WQEBB
                 } else {
                     8

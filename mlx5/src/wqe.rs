@@ -101,6 +101,14 @@ impl Payload<'_> {
         }
     }
 
+    /// Gather entries (0 for inline data).
+    pub fn sge_count(&self) -> usize {
+        match self {
+            Payload::Sges(s) => s.len(),
+            Payload::Inline(_) => 0,
+        }
+    }
+
     /// Total bytes the payload carries.
     pub fn len(&self) -> u64 {
         match self {
@@ -135,6 +143,10 @@ pub trait WqeBuild: sealed::Sealed {
     }
     /// The shared options.
     fn options(&self) -> Options;
+    /// Scatter/gather entries (checked against the QP's SGE limit).
+    fn sge_count(&self) -> usize {
+        0
+    }
     /// Inline bytes, if any (checked against the QP's inline limit).
     fn inline_len(&self) -> Option<usize> {
         None
@@ -320,6 +332,9 @@ impl WqeBuild for Write<'_> {
     fn opcode(&self) -> u8 {
         opcode::RDMA_WRITE
     }
+    fn sge_count(&self) -> usize {
+        self.payload.sge_count()
+    }
     fn ds(&self) -> usize {
         2 + self.payload.ds()
     }
@@ -377,6 +392,9 @@ impl WqeBuild for WriteImm<'_> {
     fn opcode(&self) -> u8 {
         opcode::RDMA_WRITE_IMM
     }
+    fn sge_count(&self) -> usize {
+        self.inner.sge_count()
+    }
     fn ds(&self) -> usize {
         self.inner.ds()
     }
@@ -427,6 +445,9 @@ impl sealed::Sealed for Send<'_> {}
 impl WqeBuild for Send<'_> {
     fn opcode(&self) -> u8 {
         opcode::SEND
+    }
+    fn sge_count(&self) -> usize {
+        self.payload.sge_count()
     }
     fn ds(&self) -> usize {
         1 + self.payload.ds()
@@ -483,6 +504,9 @@ impl WqeBuild for SendImm<'_> {
     fn opcode(&self) -> u8 {
         opcode::SEND_IMM
     }
+    fn sge_count(&self) -> usize {
+        self.inner.sge_count()
+    }
     fn ds(&self) -> usize {
         self.inner.ds()
     }
@@ -524,6 +548,9 @@ impl sealed::Sealed for Read<'_> {}
 impl WqeBuild for Read<'_> {
     fn opcode(&self) -> u8 {
         opcode::RDMA_READ
+    }
+    fn sge_count(&self) -> usize {
+        self.sges.len()
     }
     fn ds(&self) -> usize {
         2 + self.sges.len()

@@ -191,11 +191,16 @@ impl Device {
         unsafe { (self.verbs.ibv_dealloc_pd)(pd.0) };
     }
 
-    pub(crate) fn reg_mr(&self, pd: &Pd, addr: *mut u8, len: usize, access: Access) -> Result<Mr, Error> {
+    pub(crate) fn reg_mr(
+        &self,
+        pd: &Pd,
+        addr: *mut u8,
+        len: usize,
+        access: Access,
+    ) -> Result<Mr, Error> {
         // SAFETY: the caller (Pd::register) guarantees the memory's lifetime.
-        let mr = unsafe {
-            (self.verbs.ibv_reg_mr)(pd.0, addr.cast(), len, access_bits(access) as i32)
-        };
+        let mr =
+            unsafe { (self.verbs.ibv_reg_mr)(pd.0, addr.cast(), len, access_bits(access) as i32) };
         if mr.is_null() {
             return Err(last_os_error("ibv_reg_mr"));
         }
@@ -210,7 +215,13 @@ impl Device {
     pub(crate) fn create_cq(&self, entries: u32) -> Result<(Cq, CqMem, u32), Error> {
         // SAFETY: a live context; no channel, vector 0.
         let cq = unsafe {
-            (self.verbs.ibv_create_cq)(self.ctx, entries as i32, ptr::null_mut(), ptr::null_mut(), 0)
+            (self.verbs.ibv_create_cq)(
+                self.ctx,
+                entries as i32,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                0,
+            )
         };
         if cq.is_null() {
             return Err(last_os_error("ibv_create_cq"));
@@ -250,7 +261,12 @@ impl Device {
         unsafe { (self.verbs.ibv_destroy_cq)(cq.0) };
     }
 
-    pub(crate) fn create_srq(&self, pd: &PdInner, depth: u32, max_sge: u32) -> Result<(Srq, SrqMem, u32), Error> {
+    pub(crate) fn create_srq(
+        &self,
+        pd: &PdInner,
+        depth: u32,
+        max_sge: u32,
+    ) -> Result<(Srq, SrqMem, u32), Error> {
         let PdHandle::Hw(hpd) = &pd.handle else {
             return Err(Error::Mismatch("PD of another backend"));
         };
@@ -372,7 +388,8 @@ impl Device {
         let mut attr = ffi::ibv_qp_attr::default();
         let mut init = zeroed::<ffi::ibv_qp_init_attr>();
         // SAFETY: a live QP and writable attribute structs.
-        let rc = unsafe { (self.verbs.ibv_query_qp)(qp.0, &mut attr, ffi::IBV_QP_STATE, &mut init) };
+        let rc =
+            unsafe { (self.verbs.ibv_query_qp)(qp.0, &mut attr, ffi::IBV_QP_STATE, &mut init) };
         if rc != 0 {
             return Err(rc_error("ibv_query_qp", rc));
         }
@@ -408,7 +425,10 @@ impl Device {
                 a.pkey_index = 0;
                 a.port_num = o.port;
                 a.qp_access_flags = access_bits(o.access);
-                ffi::IBV_QP_STATE | ffi::IBV_QP_PKEY_INDEX | ffi::IBV_QP_PORT | ffi::IBV_QP_ACCESS_FLAGS
+                ffi::IBV_QP_STATE
+                    | ffi::IBV_QP_PKEY_INDEX
+                    | ffi::IBV_QP_PORT
+                    | ffi::IBV_QP_ACCESS_FLAGS
             }
             QpState::Rtr => {
                 let r = remote.ok_or(Error::InvalidAttr("RTR needs the remote info".into()))?;
@@ -464,7 +484,8 @@ impl Device {
         let attr = unsafe { self.verbs.query_port(self.ctx, port)? };
         let mut gid = ffi::ibv_gid::default();
         // SAFETY: a live context and a writable gid.
-        let rc = unsafe { (self.verbs.ibv_query_gid)(self.ctx, port, i32::from(gid_index), &mut gid) };
+        let rc =
+            unsafe { (self.verbs.ibv_query_gid)(self.ctx, port, i32::from(gid_index), &mut gid) };
         if rc != 0 {
             return Err(rc_error("ibv_query_gid", rc));
         }

@@ -141,11 +141,12 @@ fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
                     None => Response::Nak(Syndrome::TransportRetryExceeded),
                 };
                 let mut s = shared.lock();
-                let retry = complete(&mut s, qpn, &inflight, resp, eng);
-                done += 1;
-                if retry {
+                // An RNR NAK completes nothing: it is not progress (so a
+                // manual `progress_until_idle` ends while a QP waits).
+                if complete(&mut s, qpn, &inflight, resp, eng) {
                     break;
                 }
+                done += 1;
             }
         }
     }
@@ -160,16 +161,19 @@ fn fail(s: &mut State, qpn: u32, index: u16, wqebbs: u32, syndrome: Syndrome) {
     qp.rnr = None;
     qp.set_state(QpState::Error);
     let cq = qp.send_cq;
-    s.push_cqe(cq, &Cqe {
-        kind: Kind::SendError,
-        qpn,
-        wqe_counter: index,
-        byte_len: 0,
-        imm: 0,
-        srqn: 0,
-        syndrome: Some(syndrome),
-        vendor_syndrome: 0,
-    });
+    s.push_cqe(
+        cq,
+        &Cqe {
+            kind: Kind::SendError,
+            qpn,
+            wqe_counter: index,
+            byte_len: 0,
+            imm: 0,
+            srqn: 0,
+            syndrome: Some(syndrome),
+            vendor_syndrome: 0,
+        },
+    );
 }
 
 /// Flushes every posted send and receive WQE of an ERROR QP.
@@ -185,14 +189,21 @@ fn flush(s: &mut State, qpn: u32) -> usize {
             std::ptr::copy_nonoverlapping(qp.sq_buf.add(off + 4), b.as_mut_ptr(), 4);
             u32::from_be_bytes(b)
         };
-        let wqebbs = wqebbs_of((w1 & 0x3f) as usize).min(u32::from(pi.wrapping_sub(qp.sq_ci as u16)));
-        out.push((qp.send_cq, flush_cqe(Kind::SendError, qpn, qp.sq_ci as u16, 0)));
+        let wqebbs =
+            wqebbs_of((w1 & 0x3f) as usize).min(u32::from(pi.wrapping_sub(qp.sq_ci as u16)));
+        out.push((
+            qp.send_cq,
+            flush_cqe(Kind::SendError, qpn, qp.sq_ci as u16, 0),
+        ));
         qp.sq_ci = qp.sq_ci.wrapping_add(wqebbs.max(1));
     }
     if qp.srq.is_none() {
         let rpi = qp.rq_pi();
         while qp.rq_ci as u16 != rpi {
-            out.push((qp.recv_cq, flush_cqe(Kind::RecvError, qpn, qp.rq_ci as u16, 0)));
+            out.push((
+                qp.recv_cq,
+                flush_cqe(Kind::RecvError, qpn, qp.rq_ci as u16, 0),
+            ));
             qp.rq_ci = qp.rq_ci.wrapping_add(1);
         }
     }
@@ -261,12 +272,20 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
         // The first WQEBB was only partly copied above.
         // SAFETY: the first WQEBB lies inside the SQ buffer.
         unsafe {
-            std::ptr::copy_nonoverlapping(qp.sq_buf.add(off + SEG), wqe.as_mut_ptr().add(SEG), WQEBB - SEG)
+            std::ptr::copy_nonoverlapping(
+                qp.sq_buf.add(off + SEG),
+                wqe.as_mut_ptr().add(SEG),
+                WQEBB - SEG,
+            )
         };
     } else {
         // SAFETY: as above; ds * SEG <= 64.
         unsafe {
-            std::ptr::copy_nonoverlapping(qp.sq_buf.add(off + SEG), wqe.as_mut_ptr().add(SEG), ds * SEG - SEG)
+            std::ptr::copy_nonoverlapping(
+                qp.sq_buf.add(off + SEG),
+                wqe.as_mut_ptr().add(SEG),
+                ds * SEG - SEG,
+            )
         };
     }
     let wqe = &wqe[..ds * SEG];
@@ -448,7 +467,10 @@ fn take_recv(s: &mut State, qpn: u32) -> Option<RecvWqe> {
             qp.rq_ci = qp.rq_ci.wrapping_add(1);
             let max = (qp.rq_stride as usize / SEG).min(MAX_RECV_SGE);
             // SAFETY: slot < rq_cnt, inside the RQ buffer.
-            (unsafe { qp.rq_buf.add((slot * qp.rq_stride) as usize) }, max)
+            (
+                unsafe { qp.rq_buf.add((slot * qp.rq_stride) as usize) },
+                max,
+            )
         }
         Some(srqn) => {
             let srq = s.srq(srqn)?;
@@ -493,16 +515,19 @@ fn responder_error(s: &mut State, qpn: u32, recv: &RecvWqe, syndrome: Syndrome) 
     let Some(qp) = s.qp(qpn) else { return };
     qp.set_state(QpState::Error);
     let cq = qp.recv_cq;
-    s.push_cqe(cq, &Cqe {
-        kind: Kind::RecvError,
-        qpn,
-        wqe_counter: recv.index,
-        byte_len: 0,
-        imm: 0,
-        srqn: recv.srqn,
-        syndrome: Some(syndrome),
-        vendor_syndrome: 0,
-    });
+    s.push_cqe(
+        cq,
+        &Cqe {
+            kind: Kind::RecvError,
+            qpn,
+            wqe_counter: recv.index,
+            byte_len: 0,
+            imm: 0,
+            srqn: recv.srqn,
+            syndrome: Some(syndrome),
+            vendor_syndrome: 0,
+        },
+    );
 }
 
 /// Phase 2, at the responder device.
@@ -537,8 +562,7 @@ fn respond_locked(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8
     let qpn = req.dst_qpn;
     let remote_ok = |s: &State, need: Access, len: u64| {
         qp_access.contains(need)
-            && s
-                .mr(req.remote.rkey, pd, req.remote.addr, len)
+            && s.mr(req.remote.rkey, pd, req.remote.addr, len)
                 .is_some_and(|e| e.access.contains(need))
     };
     match req.opcode {
@@ -567,16 +591,19 @@ fn respond_locked(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8
                 };
             }
             if let Some(r) = recv {
-                s.push_cqe(recv_cq, &Cqe {
-                    kind: Kind::RecvWriteImm,
-                    qpn,
-                    wqe_counter: r.index,
-                    byte_len: payload.len() as u32,
-                    imm: req.imm,
-                    srqn: r.srqn,
-                    syndrome: None,
-                    vendor_syndrome: 0,
-                });
+                s.push_cqe(
+                    recv_cq,
+                    &Cqe {
+                        kind: Kind::RecvWriteImm,
+                        qpn,
+                        wqe_counter: r.index,
+                        byte_len: payload.len() as u32,
+                        imm: req.imm,
+                        srqn: r.srqn,
+                        syndrome: None,
+                        vendor_syndrome: 0,
+                    },
+                );
             }
             Response::Ack { orig: 0 }
         }
@@ -607,20 +634,23 @@ fn respond_locked(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8
                 rest = &rest[n..];
             }
             let with_imm = req.opcode == opcode::SEND_IMM;
-            s.push_cqe(recv_cq, &Cqe {
-                kind: if with_imm {
-                    Kind::RecvSendImm
-                } else {
-                    Kind::RecvSend
+            s.push_cqe(
+                recv_cq,
+                &Cqe {
+                    kind: if with_imm {
+                        Kind::RecvSendImm
+                    } else {
+                        Kind::RecvSend
+                    },
+                    qpn,
+                    wqe_counter: recv.index,
+                    byte_len: payload.len() as u32,
+                    imm: if with_imm { req.imm } else { 0 },
+                    srqn: recv.srqn,
+                    syndrome: None,
+                    vendor_syndrome: 0,
                 },
-                qpn,
-                wqe_counter: recv.index,
-                byte_len: payload.len() as u32,
-                imm: if with_imm { req.imm } else { 0 },
-                srqn: recv.srqn,
-                syndrome: None,
-                vendor_syndrome: 0,
-            });
+            );
             Response::Ack { orig: 0 }
         }
         opcode::RDMA_READ => {
@@ -652,7 +682,12 @@ fn respond_locked(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8
             // SeqCst: atomics from several devices and local CPU atomics on
             // the same word agree on one order.
             let orig = if req.opcode == opcode::ATOMIC_CS {
-                match a.compare_exchange(req.compare, req.swap_add, Ordering::SeqCst, Ordering::SeqCst) {
+                match a.compare_exchange(
+                    req.compare,
+                    req.swap_add,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
                     Ok(v) | Err(v) => v,
                 }
             } else {

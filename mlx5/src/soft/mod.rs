@@ -389,13 +389,16 @@ impl Device {
 
     pub(crate) fn reg_mr(&self, pd: u32, addr: u64, len: u64, access: Access) -> u32 {
         let mut s = self.shared.lock();
-        let i = insert(&mut s.mrs, MrEntry {
-            key: 0,
-            pd,
-            addr,
-            len,
-            access,
-        });
+        let i = insert(
+            &mut s.mrs,
+            MrEntry {
+                key: 0,
+                pd,
+                addr,
+                len,
+                access,
+            },
+        );
         if s.mr_gen.len() <= i {
             s.mr_gen.resize(i + 1, 0);
         }
@@ -423,14 +426,17 @@ impl Device {
 
     pub(crate) fn create_cq(&self, mem: &CqMem, overrun: Arc<AtomicBool>) -> u32 {
         let mut s = self.shared.lock();
-        let i = insert(&mut s.cqs, SoftCq {
-            buf: mem.buf,
-            n: mem.cqe_cnt,
-            log_n: mem.cqe_cnt.trailing_zeros(),
-            dbrec: mem.dbrec,
-            pi: 0,
-            overrun,
-        });
+        let i = insert(
+            &mut s.cqs,
+            SoftCq {
+                buf: mem.buf,
+                n: mem.cqe_cnt,
+                log_n: mem.cqe_cnt.trailing_zeros(),
+                dbrec: mem.dbrec,
+                pi: 0,
+                overrun,
+            },
+        );
         i as u32 + 1
     }
 
@@ -443,12 +449,15 @@ impl Device {
 
     pub(crate) fn create_srq(&self, mem: &SrqMem, max_sge: u32) -> u32 {
         let mut s = self.shared.lock();
-        let i = insert(&mut s.srqs, SoftSrq {
-            mem: SrqMem { ..*mem },
-            max_sge,
-            ci: 0,
-            cur: 0,
-        });
+        let i = insert(
+            &mut s.srqs,
+            SoftSrq {
+                mem: SrqMem { ..*mem },
+                max_sge,
+                ci: 0,
+                cur: 0,
+            },
+        );
         i as u32 + 1
     }
 
@@ -469,7 +478,11 @@ impl Device {
         {
             return Err(Error::Mismatch("SRQ of another device"));
         }
-        let i = s.qps.iter().position(Option::is_none).unwrap_or(s.qps.len());
+        let i = s
+            .qps
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(s.qps.len());
         if i as u32 + QPN_BASE > 0x00ff_ffff {
             return Err(Error::InvalidAttr("out of QP numbers".into()));
         }
@@ -568,7 +581,12 @@ impl Drop for Device {
         // Release: the thread's Acquire load sees the flag and exits.
         self.shared.stop.store(true, Ordering::Release);
         {
-            let _g = self.shared.bell.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = self
+                .shared
+                .bell
+                .lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.shared.bell.cv.notify_all();
         }
         if let Some(t) = self.thread.take() {
@@ -600,7 +618,9 @@ fn resolve(r: &ConnInfo) -> Result<Peer, Error> {
         .iter()
         .find(|(i, _)| *i == id)
         .map(|(_, w)| w.clone())
-        .ok_or_else(|| Error::InvalidAttr(format!("no software device soft{id} in this process")))?;
+        .ok_or_else(|| {
+            Error::InvalidAttr(format!("no software device soft{id} in this process"))
+        })?;
     Ok(Peer {
         dev,
         dev_id: id,
