@@ -40,7 +40,6 @@ mod engine;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::cq::CqMem;
@@ -305,7 +304,6 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) engine: Mutex<engine::Engine>,
     pub(crate) bell: Arc<Bell>,
-    stop: AtomicBool,
 }
 
 impl Shared {
@@ -326,32 +324,66 @@ const ADDR_MAGIC: [u8; 4] = *b"SOFT";
 /// A software device.
 pub(crate) struct Device {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+}
+
+/// The one progress thread of this process: it drives every software
+/// device opened with background progress. One thread, not one per device,
+/// because these machines have few cores and a spinning device thread per
+/// context would compete with the threads that post and poll.
+struct Progressor {
+    devices: Mutex<Vec<Weak<Shared>>>,
+    bell: Arc<Bell>,
+}
+
+static PROGRESSOR: Mutex<Option<Arc<Progressor>>> = Mutex::new(None);
+
+/// The progress thread's name (tests look for it in /proc).
+pub const PROGRESS_THREAD: &str = "mlx5-soft-progress";
+
+fn progressor() -> Arc<Progressor> {
+    let mut g = PROGRESSOR.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = &*g {
+        return p.clone();
+    }
+    let p = Arc::new(Progressor {
+        devices: Mutex::new(Vec::new()),
+        bell: Arc::new(Bell::new()),
+    });
+    let t = p.clone();
+    std::thread::Builder::new()
+        .name(PROGRESS_THREAD.into())
+        .spawn(move || run(&t))
+        .expect("spawn the software device progress thread");
+    *g = Some(p.clone());
+    p
 }
 
 impl Device {
     pub(crate) fn open(progress: Progress) -> Arc<Device> {
+        // Relaxed: a unique number, nothing else is published through it.
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let background = (progress == Progress::Background).then(progressor);
         let shared = Arc::new(Shared {
             id,
             manual: progress == Progress::Manual,
             state: Mutex::new(State::default()),
             engine: Mutex::new(engine::Engine::default()),
-            bell: Arc::new(Bell::new()),
-            stop: AtomicBool::new(false),
+            bell: background
+                .as_ref()
+                .map_or_else(|| Arc::new(Bell::new()), |p| p.bell.clone()),
         });
         FABRIC
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((id, Arc::downgrade(&shared)));
-        let thread = (progress == Progress::Background).then(|| {
-            let s = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("mlx5-soft{id}"))
-                .spawn(move || run(&s))
-                .expect("spawn the software device thread")
-        });
-        Arc::new(Device { shared, thread })
+        if let Some(p) = background {
+            p.devices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::downgrade(&shared));
+            p.bell.ring();
+        }
+        Arc::new(Device { shared })
     }
 
     pub(crate) fn name(&self) -> String {
@@ -578,22 +610,15 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        // Release: the thread's Acquire load sees the flag and exits.
-        self.shared.stop.store(true, Ordering::Release);
+        let id = self.shared.id;
+        if !self.shared.manual
+            && let Some(p) = &*PROGRESSOR.lock().unwrap_or_else(|e| e.into_inner())
         {
-            let _g = self
-                .shared
-                .bell
-                .lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.shared.bell.cv.notify_all();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let mut d = p.devices.lock().unwrap_or_else(|e| e.into_inner());
+            d.retain(|w| w.upgrade().is_some_and(|s| s.id != id));
         }
         let mut f = FABRIC.lock().unwrap_or_else(|e| e.into_inner());
-        f.retain(|(id, _)| *id != self.shared.id);
+        f.retain(|(i, _)| *i != id);
     }
 }
 
@@ -639,13 +664,23 @@ pub(crate) struct QpDesc<'a> {
     pub(crate) track: Arc<QpTrack>,
 }
 
-/// The device thread: progress while there is work, spin [`SPIN`] after
-/// the last work, then sleep until a doorbell (or the next RNR retry).
-fn run(shared: &Arc<Shared>) {
+/// The progress thread: progress every background device while there is
+/// work, spin [`SPIN`] after the last work, then sleep until a doorbell (or
+/// the next RNR retry). It lives as long as the process.
+fn run(p: &Progressor) {
     let mut last_work = Instant::now();
-    // Acquire: pairs with Device::drop's Release.
-    while !shared.stop.load(Ordering::Acquire) {
-        if progress(shared) > 0 {
+    let mut devs: Vec<Arc<Shared>> = Vec::new();
+    loop {
+        devs.clear();
+        devs.extend(
+            p.devices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter_map(Weak::upgrade),
+        );
+        let pass = |devs: &[Arc<Shared>]| devs.iter().map(progress).sum::<usize>();
+        if pass(&devs) > 0 {
             last_work = Instant::now();
             continue;
         }
@@ -653,17 +688,26 @@ fn run(shared: &Arc<Shared>) {
             std::hint::spin_loop();
             continue;
         }
-        let timeout = {
-            let e = shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-            e.next_timer
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or(IDLE_SLEEP)
-                .min(IDLE_SLEEP)
-        };
+        let now = Instant::now();
+        let timeout = devs
+            .iter()
+            .filter_map(|d| {
+                d.engine
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .next_timer
+            })
+            .map(|t| t.saturating_duration_since(now))
+            .min()
+            .unwrap_or(IDLE_SLEEP)
+            .min(IDLE_SLEEP);
         if timeout.is_zero() {
             continue;
         }
-        shared.bell.sleep(timeout, || progress(shared));
+        p.bell.sleep(timeout, || pass(&devs));
+        // Drop the strong references before sleeping again: a device must
+        // be able to go away while the thread idles.
+        devs.clear();
         last_work = Instant::now();
     }
 }
