@@ -35,6 +35,8 @@ ensure_toolchain() {
 }
 
 # What building and testing every crate needs: a C toolchain for crates that
-# build C (iceoryx2's dependencies), pkg-config for -sys crates.
-ensure_apt gcc libc6-dev pkg-config
+# build C (iceoryx2's dependencies), pkg-config for -sys crates, and
+# rdma-core's headers (mlx5's golden-byte and FFI layout tests compile C
+# programs against infiniband/mlx5dv.h; nothing links rdma-core).
+ensure_apt gcc libc6-dev pkg-config libibverbs-dev
 ensure_toolchain

@@ -12,6 +12,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
 
+echo "== mlx5 examples (software device)"
+MLX5_DEVICE=soft cargo run -q -p mlx5 --example verbs_tour >/dev/null
+MLX5_DEVICE=soft cargo run -q -p mlx5 --example pingpong -- 2000
+
 echo "== loom models (ipc)"
 # A separate target dir: --cfg ipc_loom rebuilds everything.
 RUSTFLAGS="--cfg ipc_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \

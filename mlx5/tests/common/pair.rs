@@ -81,3 +81,14 @@ pub fn pair(progress: Progress) -> (End, End) {
 pub fn srq_qp(e: &End, cq: &Cq, srq: &Srq) -> Qp {
     Qp::builder(&e.pd, cq, cq).srq(srq).build().expect("srq qp")
 }
+
+/// A connected pair on the device `MLX5_DEVICE` names (two contexts).
+pub fn pair_env(caps: QpCaps, cq_entries: u32) -> (End, End) {
+    let ca = Context::from_env().expect("open MLX5_DEVICE");
+    let cb = Context::from_env().expect("open MLX5_DEVICE");
+    let mut a = end(&ca, caps, cq_entries, 1 << 16, Access::ALL);
+    let mut b = end(&cb, caps, cq_entries, 1 << 16, Access::ALL);
+    let o = ConnectOpts::default();
+    connect(&mut a.qp, &mut b.qp, &o, &o);
+    (a, b)
+}
