@@ -227,6 +227,8 @@ impl Cq {
         }
         self.refresh_routes();
         let mask = self.shared.mem.cqe_cnt - 1;
+        // SAFETY: dbrec points at the CQ's doorbell record (4-aligned u32).
+        let db = unsafe { AtomicU32::from_ptr(self.shared.mem.dbrec) };
         let mut n = 0;
         while n < max {
             let slot = (self.ci & mask) as usize * CQE_SIZE;
@@ -246,16 +248,16 @@ impl Cq {
             unsafe { std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), CQE_SIZE) };
             raw[cqe::offset::OP_OWN] = op_own;
             let c = cqe::parse(&raw);
-            self.retire(&c);
             self.ci = self.ci.wrapping_add(1);
+            // Release: the device may reuse the slot only after our reads.
+            // Published before the send-queue space below is returned (and
+            // before `f` can post): otherwise the WQEs that space admits
+            // could complete into a CQ whose freed slots the device cannot
+            // see yet, and overrun it.
+            db.store((self.ci & 0x00ff_ffff).to_be(), Ordering::Release);
+            self.retire(&c);
             n += 1;
             f(&c);
-        }
-        if n > 0 {
-            // SAFETY: dbrec points at the CQ's doorbell record (4-aligned u32).
-            let db = unsafe { AtomicU32::from_ptr(self.shared.mem.dbrec) };
-            // Release: the device may reuse the slots only after our reads.
-            db.store((self.ci & 0x00ff_ffff).to_be(), Ordering::Release);
         }
         Ok(n)
     }

@@ -774,3 +774,61 @@ fn cq_of_another_device_is_refused() {
     ));
     let _ = TIMEOUT;
 }
+
+#[test]
+fn one_thread_posts_while_another_polls_and_retires_its_sends() {
+    let caps = QpCaps {
+        max_send_wr: 16,
+        ..QpCaps::default()
+    };
+    let (a, mut b) = pair_with(Progress::Background, caps, 64);
+    let End {
+        ctx: _ctx,
+        pd: _pd,
+        mut cq,
+        mut qp,
+        mr,
+    } = a;
+    const N: u32 = 20_000;
+    let remote = b.mr.remote(0);
+    let poster = std::thread::spawn(move || {
+        let mut i = 0u32;
+        while i < N {
+            // Every WQE signaled; space comes back only through the other
+            // thread's polls.
+            match qp.post(&Write::inline(remote, &i.to_le_bytes()).signaled()) {
+                Ok(_) => {
+                    i += 1;
+                    if i % 4 == 0 {
+                        qp.ring_doorbell();
+                    }
+                }
+                Err(Error::SendQueueFull { .. }) => {
+                    qp.ring_doorbell();
+                    std::hint::spin_loop();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        qp.ring_doorbell();
+        (qp, mr)
+    });
+    let mut seen = 0u32;
+    let mut last = None;
+    let start = std::time::Instant::now();
+    while seen < N {
+        seen += cq
+            .poll(64, |c| {
+                assert_eq!(c.status(), Ok(()));
+                if let Some(prev) = last {
+                    assert_eq!(c.wqe_counter, u16::wrapping_add(prev, 1), "in order");
+                }
+                last = Some(c.wqe_counter);
+            })
+            .unwrap() as u32;
+        assert!(start.elapsed() < TIMEOUT, "stalled at {seen}");
+    }
+    let (_qp, _mr) = poster.join().unwrap();
+    assert_eq!(read(&b, 0, 4), (N - 1).to_le_bytes());
+    assert!(b.drain().is_empty());
+}
