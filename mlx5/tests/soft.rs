@@ -799,7 +799,7 @@ fn one_thread_posts_while_another_polls_and_retires_its_sends() {
             match qp.post(&Write::inline(remote, &i.to_le_bytes()).signaled()) {
                 Ok(_) => {
                     i += 1;
-                    if i % 4 == 0 {
+                    if i.is_multiple_of(4) {
                         qp.ring_doorbell();
                     }
                 }
