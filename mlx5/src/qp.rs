@@ -567,6 +567,7 @@ impl Qp {
         }
         if to == QpState::Reset {
             // The queues start over, as verbs does on RESET.
+            self.shared.track.reset();
             self.sq.ring = SqRing::new(self.shared.mem.sq_wqe_cnt);
             self.sq.pending = 0;
             self.rq_head = 0;

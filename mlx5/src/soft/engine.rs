@@ -56,6 +56,9 @@ pub(crate) enum Response {
 
 /// The requester-side bookkeeping of a WQE in flight.
 struct Inflight {
+    /// Identifies the QP across phases (a destroyed QP's number can be
+    /// reused by a new QP while a WQE is in flight).
+    track: Arc<crate::qp::QpTrack>,
     req: Request,
     index: u16,
     wqebbs: u32,
@@ -412,8 +415,10 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
             req.len = eng.scratch.len() as u32;
         }
     }
+    let track = s.qp(qpn).expect("present").track.clone();
     Step::Remote(
         Inflight {
+            track,
             req,
             index,
             wqebbs,
@@ -702,6 +707,9 @@ fn respond_locked(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8
 /// Phase 3. Returns whether the QP must wait (RNR) before its next WQE.
 fn complete(s: &mut State, qpn: u32, f: &Inflight, resp: Response, eng: &mut Engine) -> bool {
     let Some(qp) = s.qp(qpn) else { return false };
+    if !Arc::ptr_eq(&qp.track, &f.track) {
+        return false; // destroyed meanwhile; this is another QP
+    }
     match qp.state {
         QpState::Rts => {}
         QpState::Error => {
