@@ -832,3 +832,41 @@ fn one_thread_posts_while_another_polls_and_retires_its_sends() {
     assert_eq!(read(&b, 0, 4), (N - 1).to_le_bytes());
     assert!(b.drain().is_empty());
 }
+
+#[test]
+fn destroying_a_busy_qp_is_safe_and_its_number_can_be_reused() {
+    let (a, mut b) = pair(Progress::Background);
+    let End {
+        ctx,
+        pd,
+        mut cq,
+        mut qp,
+        mr,
+    } = a;
+    let old = qp.qpn();
+    for i in 0..100u32 {
+        qp.post(&Write::inline(b.mr.remote(0), &i.to_le_bytes()))
+            .unwrap();
+        if i % 10 == 9 {
+            qp.ring_doorbell();
+        }
+    }
+    drop(qp); // while the device may be executing its WQEs
+    let mut fresh = Qp::builder(&pd, &cq, &cq).build().unwrap();
+    assert_eq!(fresh.qpn(), old, "the number is reused");
+    let mut peer = Qp::builder(&b.pd, &b.cq, &b.cq).build().unwrap();
+    let o = ConnectOpts::default();
+    connect(&mut fresh, &mut peer, &o, &o);
+    peer.post_recv(&[]).unwrap();
+    fresh
+        .post_and_ring(&WriteImm::inline(b.mr.remote(64), b"new", 5).signaled())
+        .unwrap();
+    let mut seen = Vec::new();
+    cq.poll_until(1, TIMEOUT, |c| seen.push(*c)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    cq.poll(16, |c| seen.push(*c)).unwrap();
+    assert_eq!(seen.len(), 1, "only the new QP's completion: {seen:?}");
+    assert_eq!((seen[0].status(), seen[0].wqe_counter), (Ok(()), 0));
+    assert_eq!(b.expect(1)[0].imm, 5);
+    drop((ctx, mr));
+}
