@@ -71,6 +71,7 @@ impl CqShared {
     pub(crate) fn remove_route(&self, qpn: u32) {
         let mut r = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         r.retain(|x| x.qpn != qpn);
+        // Release: as in add_route.
         self.routes_version.fetch_add(1, Ordering::Release);
     }
 }

@@ -5,9 +5,9 @@ use std::sync::atomic::AtomicU64;
 
 use crate::device::{Backend, Context};
 use crate::error::Error;
+use crate::hw;
 use crate::mem::DmaBuf;
 use crate::wqe::{Remote, Sge};
-use crate::{hw, soft};
 
 /// Access rights of a memory region (and, for the remote ones, of a QP).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -288,12 +288,5 @@ impl Drop for Mr {
             (Backend::Hw(d), MrHandle::Hw(mr)) => d.dereg_mr(mr),
             _ => {}
         }
-    }
-}
-
-pub(crate) fn soft_device(pd: &PdInner) -> Option<&Arc<soft::Device>> {
-    match &pd.ctx.inner.backend {
-        Backend::Soft(d) => Some(d),
-        Backend::Hw(_) => None,
     }
 }

@@ -20,7 +20,7 @@ use crate::cq::{Cq, CqShared, Route};
 use crate::device::Backend;
 use crate::error::Error;
 use crate::mem::DmaBuf;
-use crate::mr::{Access, Pd, PdInner, soft_device};
+use crate::mr::{Access, Pd, PdInner};
 use crate::srq::{Srq, SrqShared, write_sges};
 use crate::wqe::{self, MAX_DS, Nop, SEG, Sge, SqRing, WQEBB, WqeBuild};
 use crate::{QpState, hw, soft};
@@ -411,7 +411,7 @@ impl Qp {
         }
         let track = Arc::new(QpTrack::new());
         let (qpn, mem, handle, bell) = match &ctx.inner.backend {
-            Backend::Soft(_) => {
+            Backend::Soft(d) => {
                 let max_wqebbs = wqe::wqebbs(caps.max_ds()) as u32;
                 let sq_cnt = (caps.max_send_wr * max_wqebbs).next_power_of_two();
                 let rq_stride = (SEG as u32 * caps.max_recv_sge.max(1)).next_power_of_two();
@@ -428,7 +428,6 @@ impl Qp {
                     dbrec: dbrec.as_ptr().cast(),
                     bf: None,
                 };
-                let d: &Arc<soft::Device> = soft_device(&pd.inner).expect("soft backend");
                 let qpn = d.create_qp(soft::QpDesc {
                     pd: pd.inner.soft_id(),
                     send_cq: send_cq.shared.cqn,

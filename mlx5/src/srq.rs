@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::device::Backend;
 use crate::error::Error;
+use crate::hw;
 use crate::mem::DmaBuf;
-use crate::mr::{Pd, PdInner, soft_device};
+use crate::mr::{Pd, PdInner};
 use crate::wqe::{SEG, Sge, write_data};
-use crate::{hw, soft};
 
 /// `MLX5_INVALID_LKEY`: terminates a scatter list shorter than `max_sge`.
 pub(crate) const INVALID_LKEY: u32 = 0x100;
@@ -104,7 +104,7 @@ impl Srq {
             )));
         }
         let (srqn, mem, handle) = match &pd.inner.ctx.inner.backend {
-            Backend::Soft(_) => {
+            Backend::Soft(d) => {
                 // One WQE stays unposted (libmlx5 keeps the tail), hence +1.
                 let wqe_cnt = (depth + 1).next_power_of_two();
                 let stride = (SEG as u32 * (1 + max_sge)).next_power_of_two();
@@ -125,7 +125,6 @@ impl Srq {
                     stride,
                     dbrec: dbrec.as_ptr().cast(),
                 };
-                let d: &Arc<soft::Device> = soft_device(&pd.inner).expect("soft backend");
                 let srqn = d.create_srq(&mem, max_sge);
                 (
                     srqn,

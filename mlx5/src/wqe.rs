@@ -101,6 +101,14 @@ impl Payload<'_> {
         }
     }
 
+    /// Inline bytes (`None` for a gather list).
+    pub fn inline_len(&self) -> Option<usize> {
+        match self {
+            Payload::Inline(d) => Some(d.len()),
+            Payload::Sges(_) => None,
+        }
+    }
+
     /// Gather entries (0 for inline data).
     pub fn sge_count(&self) -> usize {
         match self {
@@ -236,19 +244,22 @@ pub fn encode<W: WqeBuild + ?Sized>(wqe: &W, index: u16, qpn: u32, out: &mut [u8
 
 macro_rules! common_setters {
     () => {
+        common_setters!(opts);
+    };
+    ($($opts:ident).+) => {
         /// Request a completion for this WQE.
         pub fn signaled(mut self) -> Self {
-            self.opts.flags |= flags::SIGNALED;
+            self.$($opts).+.flags |= flags::SIGNALED;
             self
         }
         /// Execute only after prior READs and atomics of this QP completed.
         pub fn fence(mut self) -> Self {
-            self.opts.flags |= flags::FENCE;
+            self.$($opts).+.flags |= flags::FENCE;
             self
         }
         /// Set the solicited-event bit.
         pub fn solicited(mut self) -> Self {
-            self.opts.flags |= flags::SOLICITED;
+            self.$($opts).+.flags |= flags::SOLICITED;
             self
         }
     };
@@ -342,10 +353,7 @@ impl WqeBuild for Write<'_> {
         self.opts
     }
     fn inline_len(&self) -> Option<usize> {
-        match self.payload {
-            Payload::Inline(d) => Some(d.len()),
-            Payload::Sges(_) => None,
-        }
+        self.payload.inline_len()
     }
     fn write_body(&self, out: &mut [u8]) {
         write_raddr(&mut out[..SEG], self.remote);
@@ -370,21 +378,7 @@ impl<'a> WriteImm<'a> {
     pub fn inline(remote: Remote, data: &'a [u8], imm: u32) -> Self {
         Write::inline(remote, data).imm(imm)
     }
-    /// Request a completion for this WQE.
-    pub fn signaled(mut self) -> Self {
-        self.inner = self.inner.signaled();
-        self
-    }
-    /// Execute only after prior READs and atomics of this QP completed.
-    pub fn fence(mut self) -> Self {
-        self.inner = self.inner.fence();
-        self
-    }
-    /// Set the solicited-event bit.
-    pub fn solicited(mut self) -> Self {
-        self.inner = self.inner.solicited();
-        self
-    }
+    common_setters!(inner.opts);
 }
 
 impl sealed::Sealed for WriteImm<'_> {}
@@ -456,10 +450,7 @@ impl WqeBuild for Send<'_> {
         self.opts
     }
     fn inline_len(&self) -> Option<usize> {
-        match self.payload {
-            Payload::Inline(d) => Some(d.len()),
-            Payload::Sges(_) => None,
-        }
+        self.payload.inline_len()
     }
     fn write_body(&self, out: &mut [u8]) {
         write_payload(out, &self.payload);
@@ -482,21 +473,7 @@ impl<'a> SendImm<'a> {
     pub fn inline(data: &'a [u8], imm: u32) -> Self {
         Send::inline(data).imm(imm)
     }
-    /// Request a completion for this WQE.
-    pub fn signaled(mut self) -> Self {
-        self.inner = self.inner.signaled();
-        self
-    }
-    /// Execute only after prior READs and atomics of this QP completed.
-    pub fn fence(mut self) -> Self {
-        self.inner = self.inner.fence();
-        self
-    }
-    /// Set the solicited-event bit.
-    pub fn solicited(mut self) -> Self {
-        self.inner = self.inner.solicited();
-        self
-    }
+    common_setters!(inner.opts);
 }
 
 impl sealed::Sealed for SendImm<'_> {}

@@ -357,10 +357,18 @@ impl Device {
         obj.qp.out = &mut out;
         // SAFETY: obj points at a live QP and a writable mlx5dv_qp.
         let rc = unsafe { (self.verbs.mlx5dv_init_obj)(&mut obj, ffi::MLX5DV_OBJ_QP) };
-        if rc != 0 || out.sq.stride != 64 {
+        if rc != 0 {
             // SAFETY: the QP we just created.
             unsafe { (self.verbs.ibv_destroy_qp)(qp) };
             return Err(rc_error("mlx5dv_init_obj(QP)", rc));
+        }
+        if out.sq.stride != 64 {
+            // SAFETY: as above.
+            unsafe { (self.verbs.ibv_destroy_qp)(qp) };
+            return Err(Error::InvalidAttr(format!(
+                "send-queue stride {} (this crate writes 64-byte WQEBBs)",
+                out.sq.stride
+            )));
         }
         // SAFETY: a live QP.
         let qpn = unsafe { (*qp).qp_num };
