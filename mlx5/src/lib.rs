@@ -53,10 +53,10 @@
 //!
 //! # Cost
 //!
-//! On the software device an in-process WRITE_IMM round trip is a few
-//! microseconds (`cargo run --release -p mlx5 --example pingpong` prints
-//! it); the device, not this crate's data path, dominates. Benchmarks of
-//! the raw operations are not in the repository yet.
+//! On the software device the device, not this crate's data path, dominates
+//! a round trip; `cargo run --release -p mlx5 --example pingpong` measures an
+//! in-process WRITE_IMM ping-pong (mlx5/README.md quotes a run and its
+//! machine). Criterion benches of the raw operations are not written yet.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
