@@ -1,9 +1,15 @@
 //! Opening a device: the software NIC or an mlx5 NIC through rdma-core, by
 //! an explicit [`Selection`] or the `MLX5_DEVICE` environment variable.
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use crate::cqe::Syndrome;
 use crate::error::Error;
+use crate::qp::{ConnInfo, Qp};
+pub use crate::soft::net::WireStats;
 use crate::{hw, soft};
 
 /// The environment variable tests, examples, benches and benchkv honour.
@@ -23,8 +29,13 @@ pub enum Progress {
 /// Which device to open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selection {
-    /// The software device (works anywhere).
+    /// The software device (works anywhere). It reaches devices in other
+    /// processes on this host through a unix socket.
     Soft(Progress),
+    /// The software device listening on TCP at this address (port 0: any
+    /// free port; IP 0.0.0.0: all interfaces, advertising the first
+    /// non-loopback one), for devices on other hosts.
+    SoftTcp(Progress, SocketAddrV4),
     /// An mlx5 NIC through rdma-core: by name (`mlx5_0`), or the first one.
     Hw(Option<String>),
     /// The first mlx5 NIC if rdma-core finds one, else the software device
@@ -33,10 +44,30 @@ pub enum Selection {
 }
 
 impl Selection {
-    /// Parses a selection: `soft`, `soft:manual`, `hw` (first NIC), an
-    /// rdma-core device name such as `mlx5_0`, or `auto` / empty.
+    /// Parses a selection: `soft`, `soft:manual`, either followed by
+    /// `@tcp`, `@tcp:IP` or `@tcp:IP:PORT` (listen on TCP), `hw` (first
+    /// NIC), an rdma-core device name such as `mlx5_0`, or `auto` / empty.
     pub fn parse(s: &str) -> Result<Selection, Error> {
-        match s.trim() {
+        let s = s.trim();
+        if let Some((soft, tcp)) = s.split_once('@') {
+            let bad = || Error::InvalidSelection(s.to_string());
+            let Selection::Soft(p) = Selection::parse(soft)? else {
+                return Err(bad());
+            };
+            let at = match tcp.strip_prefix("tcp") {
+                Some("") => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                Some(rest) => {
+                    let rest = rest.strip_prefix(':').ok_or_else(bad)?;
+                    match rest.parse::<SocketAddrV4>() {
+                        Ok(a) => a,
+                        Err(_) => SocketAddrV4::new(rest.parse().map_err(|_| bad())?, 0),
+                    }
+                }
+                None => return Err(bad()),
+            };
+            return Ok(Selection::SoftTcp(p, at));
+        }
+        match s {
             "" | "auto" => Ok(Selection::Auto),
             "soft" | "soft:background" => Ok(Selection::Soft(Progress::Background)),
             "soft:manual" => Ok(Selection::Soft(Progress::Manual)),
@@ -93,12 +124,13 @@ impl Context {
     /// Opens the device `sel` names.
     pub fn open(sel: Selection) -> Result<Context, Error> {
         let backend = match sel {
-            Selection::Soft(p) => Backend::Soft(soft::Device::open(p)),
+            Selection::Soft(p) => Backend::Soft(soft::Device::open(p, None)?),
+            Selection::SoftTcp(p, at) => Backend::Soft(soft::Device::open(p, Some(at))?),
             Selection::Hw(name) => Backend::Hw(hw::Device::open(name.as_deref())?),
             Selection::Auto => match hw::Device::open(None) {
                 Ok(d) => Backend::Hw(d),
                 Err(Error::NoDevice { .. }) => {
-                    Backend::Soft(soft::Device::open(Progress::Background))
+                    Backend::Soft(soft::Device::open(Progress::Background, None)?)
                 }
                 Err(e) => return Err(e),
             },
@@ -113,11 +145,14 @@ impl Context {
         Context::open(Selection::from_env()?)
     }
 
-    /// A software device with the given progress mode.
+    /// A software device with the given progress mode (reachable from
+    /// other processes on this host through a unix socket).
     pub fn soft(progress: Progress) -> Context {
+        let dev = soft::Device::open(progress, None)
+            .expect("a unix-address device binds nothing at open");
         Context {
             inner: Arc::new(CtxInner {
-                backend: Backend::Soft(soft::Device::open(progress)),
+                backend: Backend::Soft(dev),
             }),
         }
     }
@@ -159,7 +194,106 @@ impl Context {
         }
     }
 
+    /// The software device's address as peers reach it (`unix:@…` or
+    /// `tcp:IP:PORT`); `None` on hardware.
+    pub fn soft_address(&self) -> Option<String> {
+        match &self.inner.backend {
+            Backend::Soft(d) => Some(d.address_string()),
+            Backend::Hw(_) => None,
+        }
+    }
+
+    /// Counters of the software device's traffic with devices in other
+    /// processes (frames, `read`/`write` calls, bytes, links up).
+    pub fn wire_stats(&self) -> Result<WireStats, Error> {
+        match &self.inner.backend {
+            Backend::Soft(d) => Ok(d.wire_stats()),
+            Backend::Hw(_) => Err(Error::Progress(
+                "wire statistics exist only on the software device",
+            )),
+        }
+    }
+
+    /// Fault injection on the software device (an error on hardware).
+    pub fn faults(&self) -> Result<Faults, Error> {
+        match &self.inner.backend {
+            Backend::Soft(d) => Ok(Faults { dev: d.clone() }),
+            Backend::Hw(_) => Err(Error::Progress(
+                "fault injection exists only on the software device",
+            )),
+        }
+    }
+
     pub(crate) fn same_device(&self, other: &Context) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+/// Fault injection knobs of a software device ([`Context::faults`]), for
+/// tests of code that must survive a failing fabric.
+#[derive(Clone)]
+pub struct Faults {
+    dev: Arc<soft::Device>,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults").finish_non_exhaustive()
+    }
+}
+
+impl Faults {
+    /// Treats the device `peer` names (its `gid`) as gone, as if its
+    /// process died: links to it close, WQEs in flight to it and every
+    /// later one of QPs connected to it complete with
+    /// `TransportRetryExceeded` and those QPs enter ERROR; connecting to it
+    /// again is refused. Works for peers in this process too.
+    pub fn drop_peer(&self, peer: &ConnInfo) {
+        self.dev.drop_peer(peer.gid);
+    }
+
+    /// Silently discards every frame to and from the device `peer` names,
+    /// as a network partition does: QPs with requests outstanding to it
+    /// fail with `TransportRetryExceeded` once their ACK timeout
+    /// (`4.096 µs × 2^timeout × (retry_cnt + 1)` of [`crate::ConnectOpts`]) passes.
+    /// Only for a peer in another process with a link up (else an error).
+    pub fn partition_peer(&self, peer: &ConnInfo) -> Result<(), Error> {
+        if self.dev.partition_peer(peer.gid) {
+            Ok(())
+        } else {
+            Err(Error::InvalidAttr(
+                "no link to that device is up (partitions apply to peers in other processes)"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Holds every frame this device sends to other processes for `d`
+    /// before it is written (`Duration::ZERO` turns it off). Order is kept.
+    pub fn delay(&self, d: Duration) {
+        self.dev.set_delay(d);
+    }
+
+    /// The next WQE `qp` executes completes with an error CQE carrying
+    /// `syndrome`, and the QP enters ERROR (its later WQEs are flushed).
+    pub fn fail_next(&self, qp: &Qp, syndrome: Syndrome) -> Result<(), Error> {
+        self.check(qp)?;
+        self.dev
+            .qp_fault(qp.qpn(), |q| q.fail_next = Some(syndrome))
+    }
+
+    /// While `on`, `qp` answers as if it had no receive WQE posted: SENDs
+    /// and WRITE_IMMs to it get RNR NAKs (and `RnrRetryExceeded` once the
+    /// sender's `rnr_retry` runs out). Posted receives stay queued.
+    pub fn withhold_recv(&self, qp: &Qp, on: bool) -> Result<(), Error> {
+        self.check(qp)?;
+        self.dev.qp_fault(qp.qpn(), |q| q.withhold_recv = on)
+    }
+
+    fn check(&self, qp: &Qp) -> Result<(), Error> {
+        match &qp.context().inner.backend {
+            Backend::Soft(d) if Arc::ptr_eq(d, &self.dev) => Ok(()),
+            _ => Err(Error::Mismatch("QP of another device")),
+        }
     }
 }

@@ -74,7 +74,7 @@ pub mod wqe;
 
 pub use cq::{Completion, Cq};
 pub use cqe::{Kind, Syndrome};
-pub use device::{Context, ENV, Progress, Selection};
+pub use device::{Context, ENV, Faults, Progress, Selection, WireStats};
 pub use mr::{Access, Mr, Pd};
 pub use qp::{ConnInfo, ConnectOpts, Mtu, Qp, QpBuilder, QpCaps, WqeIndex};
 pub use srq::Srq;

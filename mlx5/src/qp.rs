@@ -498,6 +498,10 @@ impl Qp {
         })
     }
 
+    pub(crate) fn context(&self) -> &crate::Context {
+        &self.shared.pd.ctx
+    }
+
     /// The QP number.
     pub fn qpn(&self) -> u32 {
         self.shared.qpn
@@ -522,7 +526,7 @@ impl Qp {
     /// What a peer needs to connect to this QP.
     pub fn local_info(&self, opts: &ConnectOpts) -> Result<ConnInfo, Error> {
         let (lid, gid) = match &self.shared.pd.ctx.inner.backend {
-            Backend::Soft(d) => (0, d.address()),
+            Backend::Soft(d) => (0, d.address()?),
             Backend::Hw(d) => d.port_addr(opts.port, opts.gid_index)?,
         };
         Ok(ConnInfo {

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{Shared, State, rnr_delay, wqebbs_of};
+use super::net::{self, Link, WireStats};
+use super::{Shared, State, Target, rnr_delay, wqebbs_of};
 use crate::QpState;
 use crate::cqe::{self, Cqe, Kind, Syndrome};
 use crate::mr::Access;
@@ -24,16 +25,71 @@ pub(crate) struct Engine {
     scratch: Vec<u8>,
     resp: Vec<u8>,
     sges: Vec<Sge>,
-    /// The earliest pending RNR retry (background mode sleeps until it).
+    frames: Vec<(u8, usize, usize)>,
+    dead: Vec<u64>,
+    /// The earliest timer (RNR retry, delayed frames, answer deadline):
+    /// background mode sleeps until it.
     pub(crate) next_timer: Option<Instant>,
+    /// Sockets to devices in other processes.
+    pub(crate) links: Vec<Link>,
+    next_link: u64,
+    pub(crate) stats: WireStats,
+    pub(crate) faults: Faults,
+}
+
+/// Device-wide fault injection state.
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// Peer devices treated as gone.
+    pub(crate) dropped: Vec<[u8; 16]>,
+    /// Hold every frame sent for this long.
+    pub(crate) delay: Duration,
+}
+
+impl Engine {
+    /// Sockets the sleeping device thread must watch.
+    pub(crate) fn poll_fds(&self, fds: &mut Vec<libc::pollfd>) {
+        for l in &self.links {
+            if let Some(fd) = l.fd() {
+                let out = if l.wants_write() { libc::POLLOUT } else { 0 };
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN | out,
+                    revents: 0,
+                });
+            }
+        }
+    }
+}
+
+/// Adds a link to `peer` over `s`.
+pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], s: net::Stream) -> &mut Link {
+    eng.next_link += 1;
+    let mut l = Link::new(eng.next_link, peer, s);
+    l.delay = eng.faults.delay;
+    if eng.faults.dropped.contains(&peer) {
+        l.kill("dropped by fault injection".into());
+    }
+    eng.links.push(l);
+    eng.links.last_mut().expect("just pushed")
+}
+
+/// Adopts the connections the acceptor thread accepted.
+pub(crate) fn adopt(shared: &Shared, eng: &mut Engine) {
+    for (peer, s) in shared.take_pending() {
+        add_link(eng, peer, s);
+    }
 }
 
 /// A request as it travels from requester to responder.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Request {
     pub(crate) opcode: u8,
-    pub(crate) src_dev: u64,
+    /// The requester device's address.
+    pub(crate) src: [u8; 16],
     pub(crate) src_qpn: u32,
+    /// Request sequence number (per QP, from 0).
+    pub(crate) psn: u32,
     pub(crate) dst_qpn: u32,
     pub(crate) remote: Remote,
     /// Payload bytes (WRITE/SEND) or bytes to read (READ).
@@ -52,10 +108,13 @@ pub(crate) enum Response {
     Rnr { timer: u8 },
     /// Rejected: the requester completes with this syndrome.
     Nak(Syndrome),
+    /// Not the sequence number the responder expects (a request sent after
+    /// one that was RNR NAKed): ignored, the requester resends it.
+    OutOfSequence,
 }
 
 /// The requester-side bookkeeping of a WQE in flight.
-struct Inflight {
+pub(crate) struct Inflight {
     /// Identifies the QP across phases (a destroyed QP's number can be
     /// reused by a new QP while a WQE is in flight).
     track: Arc<crate::qp::QpTrack>,
@@ -63,11 +122,24 @@ struct Inflight {
     index: u16,
     wqebbs: u32,
     flags: u8,
+    /// Its scatter entries in the QP's `inflight_sges` (READ, atomics).
+    nsges: usize,
 }
 
+/// What the local phase decided.
 enum Step {
-    /// Completed without the responder (NOP, local error): WQEs processed.
-    Local,
+    /// A NOP: completes without the responder.
+    Nop {
+        index: u16,
+        wqebbs: u32,
+        signaled: bool,
+    },
+    /// Fails locally with this syndrome.
+    Fail {
+        index: u16,
+        wqebbs: u32,
+        syndrome: Syndrome,
+    },
     /// Needs the responder.
     Remote(Inflight, super::Peer),
 }
@@ -88,69 +160,338 @@ fn read_sge(b: &[u8]) -> Sge {
     }
 }
 
-/// One pass over every QP with work. Returns WQEs processed.
+/// One pass: receive from links, execute every QP with work, send.
+/// Returns the work done (WQEs executed, frames handled).
 pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     let mut guard = shared.engine.lock().unwrap_or_else(|e| e.into_inner());
     let eng = &mut *guard;
     eng.next_timer = None;
+    adopt(shared, eng);
+    let mut done = 0;
+    if !eng.links.is_empty() {
+        done += receive(shared, eng);
+    }
     eng.work.clear();
     {
         let s = shared.lock();
         for qp in s.qps.iter().flatten() {
-            let send = qp.sq_pi() != qp.sq_ci as u16;
-            let active = matches!(qp.state, QpState::Rts | QpState::Error);
+            let pi = qp.sq_pi();
+            let send = match qp.state {
+                QpState::Rts => pi != qp.sq_sent as u16,
+                QpState::Error => pi != qp.sq_ci as u16 || !qp.inflight.is_empty(),
+                _ => false,
+            };
             let recv_flush =
                 qp.state == QpState::Error && qp.srq.is_none() && qp.rq_pi() != qp.rq_ci as u16;
-            if (send && active) || recv_flush {
+            if send || recv_flush {
                 eng.work.push(qp.qpn);
             }
         }
     }
-    let mut done = 0;
     for i in 0..eng.work.len() {
         let qpn = eng.work[i];
         done += process_qp(shared, eng, qpn);
     }
+    if !eng.links.is_empty() {
+        send(shared, eng);
+    }
     done
+}
+
+fn min_timer(t: &mut Option<Instant>, at: Instant) {
+    *t = Some(t.map_or(at, |t| t.min(at)));
+}
+
+/// Reads every link and handles the frames: requests are executed here
+/// (the responder phase) and answered; answers complete WQEs in flight.
+fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
+    let now = Instant::now();
+    let Engine {
+        links,
+        sges,
+        frames,
+        dead,
+        stats,
+        next_timer,
+        ..
+    } = eng;
+    let mut done = 0;
+    dead.clear();
+    for link in links.iter_mut().filter(|l| l.is_up()) {
+        let got = link.fill(stats);
+        if !link.is_up() {
+            dead.push(link.id);
+            continue;
+        }
+        if link.outstanding > 0 && got == 0 {
+            let deadline = link.last_progress + link.timeout;
+            if now >= deadline {
+                link.kill(format!(
+                    "no answer from the peer for {:?} with requests outstanding",
+                    link.timeout
+                ));
+                dead.push(link.id);
+            } else {
+                min_timer(next_timer, deadline);
+            }
+            continue;
+        }
+        if got == 0 {
+            continue;
+        }
+        frames.clear();
+        let mut bad = None;
+        while let Some(f) = link.next_frame() {
+            match f {
+                Ok(f) => frames.push(f),
+                Err(e) => {
+                    bad = Some(e);
+                    break;
+                }
+            }
+        }
+        if frames.is_empty() && bad.is_none() {
+            continue;
+        }
+        let rx = std::mem::take(&mut link.rx);
+        let mut s = shared.lock();
+        for &(kind, a, b) in frames.iter() {
+            let body = &rx[a..b];
+            stats.frames_received += 1;
+            done += 1;
+            if kind == net::K_REQ {
+                let (req, epoch, payload) = match net::get_req(body, link.peer) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        bad = Some(e);
+                        break;
+                    }
+                };
+                let at = net::start_resp(&mut link.tx);
+                let r = respond_locked(&mut s, &req, payload, &mut link.tx);
+                net::finish_resp(&mut link.tx, at, &req, epoch, r);
+                stats.frames_sent += 1;
+            } else {
+                let r = match net::get_resp(body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        bad = Some(e);
+                        break;
+                    }
+                };
+                link.outstanding = link.outstanding.saturating_sub(1);
+                link.last_progress = now;
+                on_resp(&mut s, &r, sges, next_timer);
+            }
+        }
+        drop(s);
+        link.rx = rx;
+        if let Some(e) = bad {
+            link.kill(format!("protocol error from the peer: {e}"));
+            dead.push(link.id);
+        }
+    }
+    if !dead.is_empty() {
+        let mut s = shared.lock();
+        for &id in dead.iter() {
+            done += fail_link_qps(&mut s, id, sges);
+        }
+    }
+    done
+}
+
+/// An answer from a link: completes the oldest request in flight on its
+/// QP if it answers that one (anything else is stale and ignored).
+fn on_resp(s: &mut State, r: &net::Resp<'_>, sges: &mut Vec<Sge>, timer: &mut Option<Instant>) {
+    let Some(qp) = s.qp(r.qpn) else { return };
+    if qp.epoch != r.epoch || qp.inflight.front().is_none_or(|f| f.req.psn != r.psn) {
+        return;
+    }
+    let f = qp.inflight.pop_front().expect("checked");
+    sges.clear();
+    sges.extend(qp.inflight_sges.drain(..f.nsges));
+    if complete(s, r.qpn, &f, r.resp, r.data, sges, timer) {
+        // RNR: resend from this WQE after the timer; the requests sent
+        // after it are answered out of sequence and ignored.
+        let qp = s.qp(r.qpn).expect("present");
+        qp.sq_sent = qp.sq_ci;
+        qp.psn = f.req.psn;
+        qp.inflight.clear();
+        qp.inflight_sges.clear();
+    }
+}
+
+/// A link went down: the oldest request in flight of each of its QPs fails
+/// with `TransportRetryExceeded` (the QP enters ERROR; the rest is flushed).
+fn fail_link_qps(s: &mut State, link: u64, sges: &mut Vec<Sge>) -> usize {
+    let hit: Vec<u32> = s
+        .qps
+        .iter()
+        .flatten()
+        .filter(|q| {
+            matches!(q.peer.as_ref().map(|p| &p.target), Some(Target::Link(id)) if *id == link)
+                && !q.inflight.is_empty()
+        })
+        .map(|q| q.qpn)
+        .collect();
+    for &qpn in &hit {
+        let qp = s.qp(qpn).expect("listed");
+        let f = qp.inflight.pop_front().expect("listed");
+        sges.clear();
+        sges.extend(qp.inflight_sges.drain(..f.nsges));
+        if qp.state == QpState::Rts {
+            fail(s, qpn, f.index, f.wqebbs, Syndrome::TransportRetryExceeded);
+        }
+    }
+    hit.len()
+}
+
+/// A link was taken down outside a pass (fault injection).
+pub(crate) fn fail_link(s: &mut State, link: u64) {
+    fail_link_qps(s, link, &mut Vec::new());
+}
+
+/// Writes what the links have to send (one `write` per link per pass).
+fn send(shared: &Arc<Shared>, eng: &mut Engine) {
+    let now = Instant::now();
+    let Engine {
+        links,
+        sges,
+        dead,
+        stats,
+        next_timer,
+        ..
+    } = eng;
+    dead.clear();
+    for link in links.iter_mut().filter(|l| l.is_up()) {
+        if let Some(t) = link.flush(now, stats) {
+            min_timer(next_timer, t);
+        }
+        if !link.is_up() {
+            dead.push(link.id);
+        } else if link.outstanding > 0 {
+            min_timer(next_timer, link.last_progress + link.timeout);
+        }
+    }
+    if !dead.is_empty() {
+        let mut s = shared.lock();
+        for &id in dead.iter() {
+            fail_link_qps(&mut s, id, sges);
+        }
+    }
 }
 
 fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
     let mut done = 0;
     for _ in 0..BUDGET {
-        let step = {
-            let mut s = shared.lock();
-            let Some(qp) = s.qp(qpn) else { break };
-            if qp.state == QpState::Error {
-                done += flush(&mut s, qpn);
-                break;
-            }
-            if qp.state != QpState::Rts || qp.sq_pi() == qp.sq_ci as u16 {
-                break;
-            }
-            if let Some(r) = &qp.rnr
-                && !shared.is_manual()
-                && Instant::now() < r.next
-            {
-                eng.next_timer = Some(eng.next_timer.map_or(r.next, |t| t.min(r.next)));
-                break;
-            }
-            local_phase(&mut s, qpn, shared.id, eng)
-        };
-        match step {
-            Step::Local => done += 1,
-            Step::Remote(inflight, peer) => {
-                let resp = match peer.dev.upgrade() {
-                    Some(dev) => respond(&dev, &inflight.req, &eng.scratch, &mut eng.resp),
-                    None => Response::Nak(Syndrome::TransportRetryExceeded),
-                };
-                let mut s = shared.lock();
-                // An RNR NAK completes nothing: it is not progress (so a
-                // manual `progress_until_idle` ends while a QP waits).
-                if complete(&mut s, qpn, &inflight, resp, eng) {
-                    break;
+        let mut s = shared.lock();
+        let Some(qp) = s.qp(qpn) else { break };
+        if qp.state == QpState::Error {
+            done += flush(&mut s, qpn);
+            break;
+        }
+        if qp.state != QpState::Rts || qp.sq_pi() == qp.sq_sent as u16 {
+            break;
+        }
+        if let Some(r) = &qp.rnr
+            && !shared.is_manual()
+            && Instant::now() < r.next
+        {
+            min_timer(&mut eng.next_timer, r.next);
+            break;
+        }
+        let busy = !qp.inflight.is_empty();
+        let epoch = qp.epoch;
+        match local_phase(&mut s, qpn, shared.addr, eng) {
+            // Completions are in order: these wait for the requests in
+            // flight to be answered.
+            Step::Nop { .. } | Step::Fail { .. } if busy => break,
+            Step::Nop {
+                index,
+                wqebbs,
+                signaled,
+            } => {
+                let qp = s.qp(qpn).expect("present");
+                qp.sq_ci = qp.sq_ci.wrapping_add(wqebbs);
+                qp.sq_sent = qp.sq_ci;
+                qp.rnr = None;
+                if signaled {
+                    let cq = qp.send_cq;
+                    s.push_cqe(cq, &ok_cqe(qpn, index, opcode::NOP, 0));
                 }
                 done += 1;
             }
+            Step::Fail {
+                index,
+                wqebbs,
+                syndrome,
+            } => {
+                fail(&mut s, qpn, index, wqebbs, syndrome);
+                if let Some(qp) = s.qp(qpn) {
+                    qp.fail_next = None;
+                }
+                done += 1;
+            }
+            Step::Remote(mut f, peer) => match peer.target {
+                Target::Local(w) => {
+                    drop(s);
+                    eng.resp.clear();
+                    let gone = eng.faults.dropped.contains(&peer.addr);
+                    let resp = match w.upgrade() {
+                        Some(dev) if !gone => respond(&dev, &f.req, &eng.scratch, &mut eng.resp),
+                        _ => Response::Nak(Syndrome::TransportRetryExceeded),
+                    };
+                    let mut s = shared.lock();
+                    let rnr = complete(
+                        &mut s,
+                        qpn,
+                        &f,
+                        resp,
+                        &eng.resp,
+                        &eng.sges,
+                        &mut eng.next_timer,
+                    );
+                    // An RNR NAK completes nothing: it is not progress (so a
+                    // manual `progress_until_idle` ends while a QP waits).
+                    if rnr {
+                        break;
+                    }
+                    if let Some(qp) = s.qp(qpn) {
+                        qp.psn = qp.psn.wrapping_add(1);
+                    }
+                    done += 1;
+                }
+                Target::Link(id) => {
+                    let link = eng.links.iter_mut().find(|l| l.id == id && l.is_up());
+                    let Some(link) = link else {
+                        if busy {
+                            break;
+                        }
+                        fail(
+                            &mut s,
+                            qpn,
+                            f.index,
+                            f.wqebbs,
+                            Syndrome::TransportRetryExceeded,
+                        );
+                        done += 1;
+                        continue;
+                    };
+                    net::put_req(&mut link.tx, &f.req, epoch, &eng.scratch);
+                    eng.stats.frames_sent += 1;
+                    if link.outstanding == 0 {
+                        link.last_progress = Instant::now();
+                    }
+                    link.outstanding += 1;
+                    let qp = s.qp(qpn).expect("present");
+                    qp.sq_sent = qp.sq_sent.wrapping_add(f.wqebbs);
+                    qp.psn = qp.psn.wrapping_add(1);
+                    f.nsges = eng.sges.len();
+                    qp.inflight_sges.extend(eng.sges.iter().copied());
+                    qp.inflight.push_back(f);
+                    done += 1;
+                }
+            },
         }
     }
     done
@@ -161,6 +502,9 @@ fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
 fn fail(s: &mut State, qpn: u32, index: u16, wqebbs: u32, syndrome: Syndrome) {
     let Some(qp) = s.qp(qpn) else { return };
     qp.sq_ci = qp.sq_ci.wrapping_add(wqebbs);
+    if qp.inflight.is_empty() {
+        qp.sq_sent = qp.sq_ci;
+    }
     qp.rnr = None;
     qp.set_state(QpState::Error);
     let cq = qp.send_cq;
@@ -179,9 +523,12 @@ fn fail(s: &mut State, qpn: u32, index: u16, wqebbs: u32, syndrome: Syndrome) {
     );
 }
 
-/// Flushes every posted send and receive WQE of an ERROR QP.
+/// Flushes every posted send and receive WQE of an ERROR QP (those in
+/// flight to a remote device too: their answers will be ignored).
 fn flush(s: &mut State, qpn: u32) -> usize {
     let Some(qp) = s.qp(qpn) else { return 0 };
+    qp.inflight.clear();
+    qp.inflight_sges.clear();
     let mut out: Vec<(u32, Cqe)> = Vec::new();
     let pi = qp.sq_pi();
     while qp.sq_ci as u16 != pi {
@@ -210,6 +557,7 @@ fn flush(s: &mut State, qpn: u32) -> usize {
             qp.rq_ci = qp.rq_ci.wrapping_add(1);
         }
     }
+    qp.sq_sent = qp.sq_ci;
     let n = out.len();
     for (cq, c) in out {
         s.push_cqe(cq, &c);
@@ -230,10 +578,11 @@ fn flush_cqe(kind: Kind, qpn: u32, index: u16, srqn: u32) -> Cqe {
     }
 }
 
-/// Phase 1: decode, validate, gather.
-fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
+/// Phase 1: decode, validate, gather (the WQE at `sq_sent`). Changes
+/// nothing: the caller applies the step.
+fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step {
     let qp = s.qp(qpn).expect("caller checked");
-    let pos = qp.sq_ci;
+    let pos = qp.sq_sent;
     let posted = u32::from(qp.sq_pi().wrapping_sub(pos as u16));
     let mut wqe = [0u8; MAX_DS * SEG + SEG];
     let off = (pos % qp.sq_cnt) as usize * WQEBB;
@@ -255,9 +604,18 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
         || wqebbs > posted
         || wqebbs > qp.sq_cnt;
     if malformed {
-        let w = wqebbs.min(posted).max(1);
-        fail(s, qpn, pos as u16, w, Syndrome::LocalQpOp);
-        return Step::Local;
+        return Step::Fail {
+            index: pos as u16,
+            wqebbs: wqebbs.min(posted).max(1),
+            syndrome: Syndrome::LocalQpOp,
+        };
+    }
+    if let Some(syndrome) = qp.fail_next {
+        return Step::Fail {
+            index,
+            wqebbs,
+            syndrome,
+        };
     }
     // The rest of the WQE, following the ring (hardware reads across the
     // end; our own posts never need it thanks to NOP padding).
@@ -293,17 +651,22 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
     }
     let wqe = &wqe[..ds * SEG];
     let Some(peer) = qp.peer.clone() else {
-        fail(s, qpn, index, wqebbs, Syndrome::TransportRetryExceeded);
-        return Step::Local;
+        return Step::Fail {
+            index,
+            wqebbs,
+            syndrome: Syndrome::TransportRetryExceeded,
+        };
     };
+    let psn = qp.psn;
     let pd = qp.pd;
     let max_sge = qp.caps.max_send_sge as usize;
     let max_inline = qp.caps.max_inline as usize;
     let signaled = ctrl_flags & flags::SIGNALED != 0;
     let mut req = Request {
         opcode: op,
-        src_dev: dev_id,
+        src,
         src_qpn: qpn,
+        psn,
         dst_qpn: peer.qpn,
         remote: Remote { addr: 0, rkey: 0 },
         len: 0,
@@ -313,14 +676,11 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
     };
     let payload_at = match op {
         opcode::NOP => {
-            let qp = s.qp(qpn).expect("present");
-            qp.sq_ci = qp.sq_ci.wrapping_add(wqebbs);
-            qp.rnr = None;
-            if signaled {
-                let cq = qp.send_cq;
-                s.push_cqe(cq, &ok_cqe(qpn, index, op, 0));
-            }
-            return Step::Local;
+            return Step::Nop {
+                index,
+                wqebbs,
+                signaled,
+            };
         }
         opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM | opcode::RDMA_READ if ds >= 2 => {
             req.remote = Remote {
@@ -340,8 +700,11 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
             3 * SEG
         }
         _ => {
-            fail(s, qpn, index, wqebbs, Syndrome::LocalQpOp);
-            return Step::Local;
+            return Step::Fail {
+                index,
+                wqebbs,
+                syndrome: Syndrome::LocalQpOp,
+            };
         }
     };
     if !matches!(op, opcode::RDMA_WRITE_IMM | opcode::SEND_IMM) {
@@ -356,8 +719,11 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
             let mut total: u64 = 0;
             for seg in body.chunks_exact(SEG) {
                 if be32(seg, 0) & INLINE_SEG != 0 {
-                    fail(s, qpn, index, wqebbs, Syndrome::LocalQpOp);
-                    return Step::Local;
+                    return Step::Fail {
+                        index,
+                        wqebbs,
+                        syndrome: Syndrome::LocalQpOp,
+                    };
                 }
                 let sge = read_sge(seg);
                 total += u64::from(sge.len);
@@ -365,12 +731,18 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
             }
             let is_atomic = op != opcode::RDMA_READ;
             if eng.sges.len() > max_sge.max(1) || total > 1 << 31 {
-                fail(s, qpn, index, wqebbs, Syndrome::LocalQpOp);
-                return Step::Local;
+                return Step::Fail {
+                    index,
+                    wqebbs,
+                    syndrome: Syndrome::LocalQpOp,
+                };
             }
             if is_atomic && total < 8 {
-                fail(s, qpn, index, wqebbs, Syndrome::LocalLength);
-                return Step::Local;
+                return Step::Fail {
+                    index,
+                    wqebbs,
+                    syndrome: Syndrome::LocalLength,
+                };
             }
             req.len = if is_atomic { 8 } else { total as u32 };
         }
@@ -379,14 +751,20 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
             if !body.is_empty() && be32(body, 0) & INLINE_SEG != 0 {
                 let len = (be32(body, 0) & !INLINE_SEG) as usize;
                 if len > max_inline || 4 + len > body.len() {
-                    fail(s, qpn, index, wqebbs, Syndrome::LocalQpOp);
-                    return Step::Local;
+                    return Step::Fail {
+                        index,
+                        wqebbs,
+                        syndrome: Syndrome::LocalQpOp,
+                    };
                 }
                 eng.scratch.extend_from_slice(&body[4..4 + len]);
             } else {
                 if body.len() / SEG > max_sge {
-                    fail(s, qpn, index, wqebbs, Syndrome::LocalQpOp);
-                    return Step::Local;
+                    return Step::Fail {
+                        index,
+                        wqebbs,
+                        syndrome: Syndrome::LocalQpOp,
+                    };
                 }
                 for seg in body.chunks_exact(SEG) {
                     let sge = read_sge(seg);
@@ -396,8 +774,11 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
                     if s.mr(sge.lkey, pd, sge.addr, u64::from(sge.len)).is_none()
                         || eng.scratch.len() + sge.len as usize > 1 << 31
                     {
-                        fail(s, qpn, index, wqebbs, Syndrome::LocalProt);
-                        return Step::Local;
+                        return Step::Fail {
+                            index,
+                            wqebbs,
+                            syndrome: Syndrome::LocalProt,
+                        };
                     }
                     let at = eng.scratch.len();
                     eng.scratch.resize(at + sge.len as usize, 0);
@@ -423,6 +804,7 @@ fn local_phase(s: &mut State, qpn: u32, dev_id: u64, eng: &mut Engine) -> Step {
             index,
             wqebbs,
             flags: ctrl_flags,
+            nsges: 0,
         },
         peer,
     )
@@ -452,6 +834,9 @@ struct RecvWqe {
 /// Takes the next receive WQE of QP `qpn`, if one is posted.
 fn take_recv(s: &mut State, qpn: u32) -> Option<RecvWqe> {
     let qp = s.qp(qpn)?;
+    if qp.withhold_recv {
+        return None;
+    }
     let mut r = RecvWqe {
         index: 0,
         srqn: 0,
@@ -550,19 +935,39 @@ pub(crate) fn respond(dev: &Shared, req: &Request, payload: &[u8], out: &mut Vec
     r
 }
 
-fn respond_locked(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> Response {
-    let drop_it = Response::Nak(Syndrome::TransportRetryExceeded);
+/// Phase 2 with the responder's state locked: checks the QP, its peer and
+/// the sequence number, then executes. READ data is appended to `out`.
+pub(crate) fn respond_locked(
+    s: &mut State,
+    req: &Request,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Response {
     let Some(qp) = s.qp(req.dst_qpn) else {
-        return drop_it;
+        return Response::Nak(Syndrome::TransportRetryExceeded);
     };
     if !matches!(qp.state, QpState::Rtr | QpState::Rts)
         || !qp
             .peer
             .as_ref()
-            .is_some_and(|p| p.dev_id == req.src_dev && p.qpn == req.src_qpn)
+            .is_some_and(|p| p.addr == req.src && p.qpn == req.src_qpn)
     {
-        return drop_it;
+        return Response::Nak(Syndrome::TransportRetryExceeded);
     }
+    if req.psn != qp.epsn {
+        return Response::OutOfSequence;
+    }
+    let r = execute(s, req, payload, out);
+    if !matches!(r, Response::Rnr { .. })
+        && let Some(qp) = s.qp(req.dst_qpn)
+    {
+        qp.epsn = qp.epsn.wrapping_add(1);
+    }
+    r
+}
+
+fn execute(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> Response {
+    let qp = s.qp(req.dst_qpn).expect("checked by the caller");
     let (pd, qp_access, recv_cq, timer) = (qp.pd, qp.access, qp.recv_cq, qp.min_rnr_timer);
     let qpn = req.dst_qpn;
     let remote_ok = |s: &State, need: Access, len: u64| {
@@ -663,15 +1068,15 @@ fn respond_locked(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8
             if len > 0 && !remote_ok(s, Access::REMOTE_READ, len) {
                 return Response::Nak(Syndrome::RemoteAccess);
             }
-            out.clear();
-            out.resize(req.len as usize, 0);
+            let at = out.len();
+            out.resize(at + req.len as usize, 0);
             if len > 0 {
                 // SAFETY: inside a registered, remotely readable region.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         req.remote.addr as *const u8,
-                        out.as_mut_ptr(),
-                        out.len(),
+                        out.as_mut_ptr().add(at),
+                        req.len as usize,
                     )
                 };
             }
@@ -704,8 +1109,17 @@ fn respond_locked(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8
     }
 }
 
-/// Phase 3. Returns whether the QP must wait (RNR) before its next WQE.
-fn complete(s: &mut State, qpn: u32, f: &Inflight, resp: Response, eng: &mut Engine) -> bool {
+/// Phase 3. `data` is a READ's data, `sges` the WQE's scatter list.
+/// Returns whether the QP must wait (RNR) before its next WQE.
+fn complete(
+    s: &mut State,
+    qpn: u32,
+    f: &Inflight,
+    resp: Response,
+    data: &[u8],
+    sges: &[Sge],
+    next_timer: &mut Option<Instant>,
+) -> bool {
     let Some(qp) = s.qp(qpn) else { return false };
     if !Arc::ptr_eq(&qp.track, &f.track) {
         return false; // destroyed meanwhile; this is another QP
@@ -716,23 +1130,36 @@ fn complete(s: &mut State, qpn: u32, f: &Inflight, resp: Response, eng: &mut Eng
             // Moved to ERROR while in flight: the WQE is flushed.
             let cq = qp.send_cq;
             qp.sq_ci = qp.sq_ci.wrapping_add(f.wqebbs);
+            if qp.inflight.is_empty() {
+                qp.sq_sent = qp.sq_ci;
+            }
             s.push_cqe(cq, &flush_cqe(Kind::SendError, qpn, f.index, 0));
             return false;
         }
         _ => return false, // reset meanwhile: the WQE is gone
     }
     let pd = qp.pd;
+    let resp = match resp {
+        // The head of the queue out of sequence: the two ends disagree on
+        // where they are (one was reset alone); no retry fixes that.
+        Response::OutOfSequence => Response::Nak(Syndrome::TransportRetryExceeded),
+        r => r,
+    };
     match resp {
         Response::Ack { orig } => {
+            if f.req.opcode == opcode::RDMA_READ && data.len() != f.req.len as usize {
+                fail(s, qpn, f.index, f.wqebbs, Syndrome::RemoteInvalRequest);
+                return false;
+            }
             let data: &[u8] = match f.req.opcode {
-                opcode::RDMA_READ => &eng.resp,
+                opcode::RDMA_READ => data,
                 opcode::ATOMIC_CS | opcode::ATOMIC_FA => &orig.to_be_bytes(),
                 _ => &[],
             };
             if !data.is_empty() || f.req.opcode == opcode::RDMA_READ {
                 // Validate the whole scatter list first: no partial writes.
                 let mut rest = data.len();
-                for g in &eng.sges {
+                for g in sges {
                     let n = rest.min(g.len as usize);
                     let ok = n == 0
                         || s.mr(g.lkey, pd, g.addr, n as u64)
@@ -744,7 +1171,7 @@ fn complete(s: &mut State, qpn: u32, f: &Inflight, resp: Response, eng: &mut Eng
                     rest -= n;
                 }
                 let mut rest = data;
-                for g in &eng.sges {
+                for g in sges {
                     let n = rest.len().min(g.len as usize);
                     // SAFETY: validated above, under the same lock.
                     unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), g.addr as *mut u8, n) };
@@ -753,6 +1180,9 @@ fn complete(s: &mut State, qpn: u32, f: &Inflight, resp: Response, eng: &mut Eng
             }
             let qp = s.qp(qpn).expect("present");
             qp.sq_ci = qp.sq_ci.wrapping_add(f.wqebbs);
+            if qp.inflight.is_empty() {
+                qp.sq_sent = qp.sq_ci;
+            }
             qp.rnr = None;
             if f.flags & flags::SIGNALED != 0 {
                 let cq = qp.send_cq;
@@ -772,12 +1202,14 @@ fn complete(s: &mut State, qpn: u32, f: &Inflight, resp: Response, eng: &mut Eng
                 return false;
             }
             r.next = Instant::now() + rnr_delay(timer);
-            eng.next_timer = Some(eng.next_timer.map_or(r.next, |t| t.min(r.next)));
+            let next = r.next;
+            min_timer(next_timer, next);
             true
         }
         Response::Nak(syndrome) => {
             fail(s, qpn, f.index, f.wqebbs, syndrome);
             false
         }
+        Response::OutOfSequence => unreachable!("mapped above"),
     }
 }

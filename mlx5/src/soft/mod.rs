@@ -37,13 +37,17 @@
 //! original value big-endian, as ConnectX does.
 
 mod engine;
+pub(crate) mod net;
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::cq::CqMem;
-use crate::cqe::{self, CQE_SIZE, Cqe};
+use crate::cqe::{self, CQE_SIZE, Cqe, Syndrome};
 use crate::device::Progress;
 use crate::error::Error;
 use crate::mr::Access;
@@ -53,26 +57,82 @@ use crate::{QpState, wqe};
 
 pub(crate) use engine::progress;
 
+/// An eventfd: the doorbell's wire to a sleeping `poll`.
+pub(crate) struct EventFd(std::os::fd::OwnedFd);
+
+impl EventFd {
+    pub(crate) fn new() -> EventFd {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(
+            fd >= 0,
+            "eventfd failed: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is a fresh descriptor we own.
+        EventFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
+
+    pub(crate) fn signal(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer; a full counter
+        // (EAGAIN) still leaves the fd readable, which is all we need.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+
+    pub(crate) fn drain(&self) {
+        let mut b = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live buffer (non-blocking fd).
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+    }
+
+    pub(crate) fn pollfd(&self) -> libc::pollfd {
+        libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }
+    }
+}
+
+/// `ppoll` on `fds` until one is ready or `timeout` (None: forever).
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
+    let tp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: fds is a live slice of pollfd; tp is null or points at ts.
+    let _ = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            tp,
+            std::ptr::null(),
+        )
+    };
+}
+
 /// The doorbell of a software device: posters ring it after updating a
 /// doorbell record; it wakes the device thread only if it sleeps.
 ///
 /// Protocol (Dekker): the poster stores the record (`Release`), fences
 /// (`SeqCst`) and reads `sleeping`; the device sets `sleeping`, fences
-/// (`SeqCst`) and then scans the records under `lock`. Either the poster
-/// sees `sleeping` and notifies under `lock`, or the device's scan sees the
-/// record.
+/// (`SeqCst`) and then scans the records. Either the poster sees `sleeping`
+/// and signals the eventfd the device sleeps on (with its sockets), or the
+/// device's scan sees the record.
 pub(crate) struct Bell {
     sleeping: AtomicBool,
-    lock: Mutex<()>,
-    cv: Condvar,
+    efd: EventFd,
 }
 
 impl Bell {
     fn new() -> Bell {
         Bell {
             sleeping: AtomicBool::new(false),
-            lock: Mutex::new(()),
-            cv: Condvar::new(),
+            efd: EventFd::new(),
         }
     }
 
@@ -83,22 +143,20 @@ impl Bell {
         fence(Ordering::SeqCst);
         // Relaxed: the fence orders it.
         if self.sleeping.load(Ordering::Relaxed) {
-            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.cv.notify_one();
+            self.efd.signal();
         }
     }
 
-    /// Sleeps until rung or `timeout`, unless `check` finds work first.
-    fn sleep(&self, timeout: Duration, check: impl FnOnce() -> usize) {
-        let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+    /// Sleeps until rung, a socket in `fds` is ready, or `timeout`, unless
+    /// `check` finds work first.
+    fn sleep(&self, timeout: Duration, fds: &mut Vec<libc::pollfd>, check: impl FnOnce() -> usize) {
         // Relaxed + SeqCst fence: see the protocol above.
         self.sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if check() == 0 {
-            let _ = self
-                .cv
-                .wait_timeout(g, timeout)
-                .unwrap_or_else(|e| e.into_inner());
+            fds.push(self.efd.pollfd());
+            poll(fds, Some(timeout));
+            self.efd.drain();
         }
         // Relaxed: only an optimisation hint for ringers from here on.
         self.sleeping.store(false, Ordering::Relaxed);
@@ -176,11 +234,21 @@ pub(crate) struct SoftSrq {
     pub(crate) cur: u16,
 }
 
+/// How a QP reaches its peer device.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// A device in this process: the responder phase runs in line.
+    Local(Weak<Shared>),
+    /// Over the link with this id (see [`net`]).
+    Link(u64),
+}
+
 /// The remote end of a connected QP.
 #[derive(Clone)]
 pub(crate) struct Peer {
-    pub(crate) dev: Weak<Shared>,
-    pub(crate) dev_id: u64,
+    pub(crate) target: Target,
+    /// The peer device's address.
+    pub(crate) addr: [u8; 16],
     pub(crate) qpn: u32,
 }
 
@@ -212,6 +280,22 @@ pub(crate) struct SoftQp {
     pub(crate) min_rnr_timer: u8,
     pub(crate) rnr_retry: u8,
     pub(crate) rnr: Option<Rnr>,
+    /// WQEBB position sent up to (ahead of `sq_ci` while requests to a
+    /// remote device are in flight).
+    pub(crate) sq_sent: u32,
+    /// Next request sequence number this QP sends / expects to receive.
+    pub(crate) psn: u32,
+    pub(crate) epsn: u32,
+    /// Bumped on RESET: answers to an earlier incarnation are ignored.
+    pub(crate) epoch: u32,
+    /// Requests sent over a link and not yet answered, oldest first, and
+    /// the scatter lists of the READs and atomics among them.
+    pub(crate) inflight: VecDeque<engine::Inflight>,
+    pub(crate) inflight_sges: VecDeque<wqe::Sge>,
+    /// Fault injection: complete the next WQE with this syndrome.
+    pub(crate) fail_next: Option<Syndrome>,
+    /// Fault injection: act as if no receive WQE were posted (RNR).
+    pub(crate) withhold_recv: bool,
 }
 
 impl SoftQp {
@@ -300,6 +384,13 @@ fn insert<T>(v: &mut Vec<Option<T>>, t: T) -> usize {
 /// What other devices (and the device thread) share.
 pub(crate) struct Shared {
     pub(crate) id: u64,
+    /// The device address (see [`net`]).
+    pub(crate) addr: [u8; 16],
+    /// Unix-address devices bind their socket when first asked for their
+    /// address; tcp ones at open.
+    listening: Mutex<bool>,
+    /// Connections the acceptor thread handed over, not yet adopted.
+    pending: Mutex<Vec<([u8; 16], net::Stream)>>,
     manual: bool,
     pub(crate) state: Mutex<State>,
     pub(crate) engine: Mutex<engine::Engine>,
@@ -314,12 +405,25 @@ impl Shared {
     pub(crate) fn is_manual(&self) -> bool {
         self.manual
     }
+
+    /// A connection accepted for this device (the acceptor thread).
+    pub(crate) fn adopt(&self, from: [u8; 16], s: net::Stream) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((from, s));
+        self.bell.ring();
+    }
+
+    pub(crate) fn take_pending(&self) -> Vec<([u8; 16], net::Stream)> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
-/// Software devices of this process, by id (the in-process "fabric").
-static FABRIC: Mutex<Vec<(u64, Weak<Shared>)>> = Mutex::new(Vec::new());
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-const ADDR_MAGIC: [u8; 4] = *b"SOFT";
+/// Software devices of this process, by address (the in-process
+/// "fabric").
+static FABRIC: Mutex<Vec<([u8; 16], Weak<Shared>)>> = Mutex::new(Vec::new());
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
 /// A software device.
 pub(crate) struct Device {
@@ -359,12 +463,40 @@ fn progressor() -> Arc<Progressor> {
 }
 
 impl Device {
-    pub(crate) fn open(progress: Progress) -> Arc<Device> {
+    /// Opens a device; `tcp` makes it listen there (port 0: any) instead
+    /// of on a unix socket.
+    pub(crate) fn open(
+        progress: Progress,
+        tcp: Option<SocketAddrV4>,
+    ) -> Result<Arc<Device>, Error> {
         // Relaxed: a unique number, nothing else is published through it.
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let (addr, listener) = match tcp {
+            None => (
+                net::Addr::Unix {
+                    pid: std::process::id(),
+                    id,
+                },
+                None,
+            ),
+            Some(at) => {
+                let (l, port) = net::Listener::bind_tcp(at).map_err(|e| {
+                    Error::InvalidAttr(format!("software device cannot listen on tcp:{at}: {e}"))
+                })?;
+                let ip = if at.ip().is_unspecified() {
+                    advertised_ip()
+                } else {
+                    *at.ip()
+                };
+                (net::Addr::Tcp { ip, port, id }, Some(l))
+            }
+        };
         let background = (progress == Progress::Background).then(progressor);
         let shared = Arc::new(Shared {
-            id,
+            id: u64::from(id),
+            addr: addr.encode(),
+            listening: Mutex::new(false),
+            pending: Mutex::new(Vec::new()),
             manual: progress == Progress::Manual,
             state: Mutex::new(State::default()),
             engine: Mutex::new(engine::Engine::default()),
@@ -375,7 +507,11 @@ impl Device {
         FABRIC
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((id, Arc::downgrade(&shared)));
+            .push((shared.addr, Arc::downgrade(&shared)));
+        if let Some(l) = listener {
+            net::listen(l, &shared, shared.addr);
+            *shared.listening.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        }
         if let Some(p) = background {
             p.devices
                 .lock()
@@ -383,7 +519,7 @@ impl Device {
                 .push(Arc::downgrade(&shared));
             p.bell.ring();
         }
-        Arc::new(Device { shared })
+        Ok(Arc::new(Device { shared }))
     }
 
     pub(crate) fn name(&self) -> String {
@@ -398,13 +534,33 @@ impl Device {
         self.shared.bell.clone()
     }
 
-    /// The device address carried in [`ConnInfo::gid`].
-    pub(crate) fn address(&self) -> [u8; 16] {
-        let mut g = [0u8; 16];
-        g[0..4].copy_from_slice(&ADDR_MAGIC);
-        g[4..8].copy_from_slice(&std::process::id().to_le_bytes());
-        g[8..16].copy_from_slice(&self.shared.id.to_le_bytes());
-        g
+    /// The device address carried in [`ConnInfo::gid`]; a unix-address
+    /// device starts listening on its socket now.
+    pub(crate) fn address(&self) -> Result<[u8; 16], Error> {
+        let mut l = self
+            .shared
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !*l {
+            let pid = std::process::id();
+            let id = self.shared.id as u32;
+            let sock = net::Listener::bind_unix(pid, id).map_err(|e| {
+                Error::InvalidAttr(format!(
+                    "software device cannot listen on {}: {e}",
+                    net::Addr::Unix { pid, id }
+                ))
+            })?;
+            net::listen(sock, &self.shared, self.shared.addr);
+            *l = true;
+        }
+        Ok(self.shared.addr)
+    }
+
+    /// The device address, printable.
+    pub(crate) fn address_string(&self) -> String {
+        let a: [u8; 16] = self.shared.addr;
+        net::Addr::decode(&a).map_or_else(|e| e, |a| a.to_string())
     }
 
     pub(crate) fn progress(&self) -> usize {
@@ -541,6 +697,14 @@ impl Device {
             min_rnr_timer: 0,
             rnr_retry: 0,
             rnr: None,
+            sq_sent: 0,
+            psn: 0,
+            epsn: 0,
+            epoch: 0,
+            inflight: VecDeque::new(),
+            inflight_sges: VecDeque::new(),
+            fail_next: None,
+            withhold_recv: false,
         };
         qp.track.set_state(QpState::Reset);
         if i == s.qps.len() {
@@ -569,7 +733,7 @@ impl Device {
         opts: &ConnectOpts,
     ) -> Result<(), Error> {
         let peer = match remote {
-            Some(r) => Some(resolve(r)?),
+            Some(r) => Some(self.resolve(r, opts)?),
             None => None,
         };
         let mut s = self.shared.lock();
@@ -581,6 +745,7 @@ impl Device {
             QpState::Rtr => {
                 qp.peer = peer;
                 qp.min_rnr_timer = opts.min_rnr_timer.min(31);
+                qp.epsn = 0;
             }
             QpState::Rts => qp.rnr_retry = opts.rnr_retry.min(7),
             QpState::Error => {}
@@ -589,6 +754,14 @@ impl Device {
                 qp.rq_ci = 0;
                 qp.peer = None;
                 qp.rnr = None;
+                qp.sq_sent = 0;
+                qp.psn = 0;
+                qp.epsn = 0;
+                qp.epoch = qp.epoch.wrapping_add(1);
+                qp.inflight.clear();
+                qp.inflight_sges.clear();
+                qp.fail_next = None;
+                qp.withhold_recv = false;
                 // SAFETY: the two doorbell-record words; verbs zeroes them
                 // on RESET as well.
                 unsafe {
@@ -617,40 +790,171 @@ impl Drop for Device {
             let mut d = p.devices.lock().unwrap_or_else(|e| e.into_inner());
             d.retain(|w| w.upgrade().is_some_and(|s| s.id != id));
         }
+        if *self
+            .shared
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            net::unlisten(self.shared.addr);
+        }
         let mut f = FABRIC.lock().unwrap_or_else(|e| e.into_inner());
-        f.retain(|(i, _)| *i != id);
+        f.retain(|(a, _)| *a != self.shared.addr);
     }
 }
 
-/// Resolves a remote software-device address to the device.
-fn resolve(r: &ConnInfo) -> Result<Peer, Error> {
-    if r.gid[0..4] != ADDR_MAGIC {
-        return Err(Error::InvalidAttr(
-            "remote address is not a software device's (mixing hardware and software devices?)"
-                .into(),
-        ));
+impl Device {
+    /// Finds the device a connection info names: in this process, or over
+    /// a link (connecting one if none is up).
+    fn resolve(&self, r: &ConnInfo, opts: &ConnectOpts) -> Result<Peer, Error> {
+        let to = net::Addr::decode(&r.gid).map_err(Error::InvalidAttr)?;
+        let local = FABRIC
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(a, _)| *a == r.gid)
+            .map(|(_, w)| w.clone());
+        if let Some(dev) = local {
+            return Ok(Peer {
+                target: Target::Local(dev),
+                addr: r.gid,
+                qpn: r.qpn,
+            });
+        }
+        if let net::Addr::Unix { pid, id } = to
+            && pid == std::process::id()
+        {
+            return Err(Error::InvalidAttr(format!(
+                "no software device soft{id} in this process"
+            )));
+        }
+        let budget = net::ack_budget(opts.timeout, opts.retry_cnt);
+        let mut guard = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let eng = &mut *guard;
+        if eng.faults.dropped.contains(&r.gid) {
+            return Err(Error::InvalidAttr(format!(
+                "software device {to} was dropped by fault injection"
+            )));
+        }
+        engine::adopt(&self.shared, eng);
+        let id = match eng.links.iter_mut().find(|l| l.is_up() && l.peer == r.gid) {
+            Some(l) => {
+                l.timeout = l.timeout.min(budget);
+                l.id
+            }
+            None => {
+                let s = net::connect(self.shared.addr, to).map_err(Error::InvalidAttr)?;
+                let l = engine::add_link(eng, r.gid, s);
+                l.timeout = budget;
+                l.id
+            }
+        };
+        drop(guard);
+        // The device thread must watch the new socket.
+        self.shared.bell.ring();
+        Ok(Peer {
+            target: Target::Link(id),
+            addr: r.gid,
+            qpn: r.qpn,
+        })
     }
-    let pid = u32::from_le_bytes(r.gid[4..8].try_into().expect("4 bytes"));
-    let id = u64::from_le_bytes(r.gid[8..16].try_into().expect("8 bytes"));
-    if pid != std::process::id() {
-        return Err(Error::InvalidAttr(format!(
-            "remote software device soft{id} lives in process {pid}; connecting software devices \
-             across processes is not implemented yet (in-process only)"
-        )));
+}
+
+impl Device {
+    /// Fault: the peer device at `addr` is gone.
+    pub(crate) fn drop_peer(&self, addr: [u8; 16]) {
+        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        if !eng.faults.dropped.contains(&addr) {
+            eng.faults.dropped.push(addr);
+        }
+        let mut killed = Vec::new();
+        for l in eng.links.iter_mut().filter(|l| l.is_up() && l.peer == addr) {
+            l.kill("dropped by fault injection".into());
+            killed.push(l.id);
+        }
+        let mut s = self.shared.lock();
+        for id in killed {
+            engine::fail_link(&mut s, id);
+        }
+        drop(s);
+        drop(eng);
+        self.shared.bell.ring();
     }
-    let f = FABRIC.lock().unwrap_or_else(|e| e.into_inner());
-    let dev = f
-        .iter()
-        .find(|(i, _)| *i == id)
-        .map(|(_, w)| w.clone())
-        .ok_or_else(|| {
-            Error::InvalidAttr(format!("no software device soft{id} in this process"))
-        })?;
-    Ok(Peer {
-        dev,
-        dev_id: id,
-        qpn: r.qpn,
-    })
+
+    /// Fault: frames to and from `addr` vanish. False if no link is up.
+    pub(crate) fn partition_peer(&self, addr: [u8; 16]) -> bool {
+        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut any = false;
+        for l in eng.links.iter_mut().filter(|l| l.is_up() && l.peer == addr) {
+            l.blackhole = true;
+            any = true;
+        }
+        any
+    }
+
+    /// Fault: hold every frame sent for `d`.
+    pub(crate) fn set_delay(&self, d: Duration) {
+        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        eng.faults.delay = d;
+        for l in &mut eng.links {
+            l.delay = d;
+        }
+    }
+
+    /// Fault knobs of one QP.
+    pub(crate) fn qp_fault(&self, qpn: u32, f: impl FnOnce(&mut SoftQp)) -> Result<(), Error> {
+        let mut s = self.shared.lock();
+        let qp = s
+            .qp(qpn)
+            .ok_or(Error::Mismatch("QP is not on this device"))?;
+        f(qp);
+        drop(s);
+        self.shared.bell.ring();
+        Ok(())
+    }
+
+    pub(crate) fn wire_stats(&self) -> net::WireStats {
+        let eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        net::WireStats {
+            links: eng.links.iter().filter(|l| l.is_up()).count(),
+            ..eng.stats
+        }
+    }
+}
+
+/// The IPv4 address a device listening on 0.0.0.0 advertises: the first
+/// non-loopback address of an interface that is up, else 127.0.0.1.
+fn advertised_ip() -> Ipv4Addr {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Ipv4Addr::LOCALHOST;
+    }
+    let mut found = Ipv4Addr::LOCALHOST;
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: p is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_UP as u32 == 0 {
+            continue;
+        }
+        // SAFETY: ifa_addr points at a sockaddr of the family it names.
+        let fam = unsafe { (*ifa.ifa_addr).sa_family };
+        if i32::from(fam) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+        let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        if !ip.is_loopback() {
+            found = ip;
+            break;
+        }
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
 }
 
 /// What create_qp needs.
@@ -665,11 +969,14 @@ pub(crate) struct QpDesc<'a> {
 }
 
 /// The progress thread: progress every background device while there is
-/// work, spin [`SPIN`] after the last work, then sleep until a doorbell (or
-/// the next RNR retry). It lives as long as the process.
+/// work, spin [`SPIN`] after the last work, then sleep until a doorbell, a
+/// socket with data (or room, when sends are pending) or the next timer
+/// (RNR retry, delayed frames, a peer's answer deadline). It lives as long
+/// as the process.
 fn run(p: &Progressor) {
     let mut last_work = Instant::now();
     let mut devs: Vec<Arc<Shared>> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
         devs.clear();
         devs.extend(
@@ -689,22 +996,19 @@ fn run(p: &Progressor) {
             continue;
         }
         let now = Instant::now();
-        let timeout = devs
-            .iter()
-            .filter_map(|d| {
-                d.engine
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .next_timer
-            })
-            .map(|t| t.saturating_duration_since(now))
-            .min()
-            .unwrap_or(IDLE_SLEEP)
-            .min(IDLE_SLEEP);
+        fds.clear();
+        let mut timeout = IDLE_SLEEP;
+        for d in &devs {
+            let eng = d.engine.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = eng.next_timer {
+                timeout = timeout.min(t.saturating_duration_since(now));
+            }
+            eng.poll_fds(&mut fds);
+        }
         if timeout.is_zero() {
             continue;
         }
-        p.bell.sleep(timeout, || pass(&devs));
+        p.bell.sleep(timeout, &mut fds, || pass(&devs));
         // Drop the strong references before sleeping again: a device must
         // be able to go away while the thread idles.
         devs.clear();

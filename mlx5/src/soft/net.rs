@@ -1,0 +1,766 @@
+//! The wire between software devices in different processes or hosts.
+//!
+//! # Addresses
+//!
+//! A software device's address is the 16-byte GID its QPs put in
+//! [`crate::ConnInfo`]:
+//!
+//! | bytes | unix (kind 1) | tcp (kind 2) |
+//! |---|---|---|
+//! | 0..4 | `"SOFT"` | `"SOFT"` |
+//! | 4 | 1 | 2 |
+//! | 5 | 0 | 0 |
+//! | 6..8 | 0 | port, big-endian |
+//! | 8..12 | process id, LE | IPv4 address |
+//! | 12..16 | device id, LE | device id, LE |
+//!
+//! A unix address names the abstract socket `@mlx5-soft.<pid>.<id>`, bound
+//! the first time a QP of the device hands out its connection info. A tcp
+//! address is the device's listening socket (`soft@tcp...`).
+//!
+//! # Links and frames
+//!
+//! Two devices talk over one stream socket (a *link*), whichever side
+//! connected, shared by all their QPs. The connector sends `HELLO` (its
+//! address and the address it wants), the acceptor answers `WELCOME` with a
+//! status; then both sides send `REQ` and `RESP` frames. Every frame is an
+//! 8-byte header (`body length u32 LE`, `kind u8`, 3 zero bytes) and a body
+//! (all integers little-endian):
+//!
+//! * `HELLO` (1): `"M5SW"`, version u16 = 1, 0 u16, from `[16]`, to `[16]`.
+//! * `WELCOME` (2): status u8 (0 ok, 1 no such device), 7 zero bytes.
+//! * `REQ` (3): src QPN u32, dst QPN u32, PSN u32, epoch u32, opcode u8,
+//!   3 zero bytes, rkey u32, remote address u64, length u32, immediate u32,
+//!   swap/add u64, compare u64 (56 bytes), then the payload (WRITE and SEND
+//!   only; `length` bytes).
+//! * `RESP` (4): requester QPN u32, epoch u32, PSN u32, status u8 (0 ACK,
+//!   1 RNR NAK, 2 NAK, 3 out of sequence), argument u8 (RNR timer or
+//!   syndrome), 2 zero bytes, atomic original value u64, data length u32,
+//!   0 u32 (32 bytes), then the READ data.
+//!
+//! A malformed frame kills the link: its QPs complete with
+//! `TransportRetryExceeded`, as when the peer goes away.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use super::Shared;
+use super::engine::{Request, Response};
+use crate::cqe::Syndrome;
+use crate::wqe::Remote;
+
+pub(crate) const ADDR_MAGIC: [u8; 4] = *b"SOFT";
+const KIND_UNIX: u8 = 1;
+const KIND_TCP: u8 = 2;
+
+/// A software device's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Addr {
+    Unix { pid: u32, id: u32 },
+    Tcp { ip: Ipv4Addr, port: u16, id: u32 },
+}
+
+impl Addr {
+    pub(crate) fn encode(&self) -> [u8; 16] {
+        let mut g = [0u8; 16];
+        g[0..4].copy_from_slice(&ADDR_MAGIC);
+        match *self {
+            Addr::Unix { pid, id } => {
+                g[4] = KIND_UNIX;
+                g[8..12].copy_from_slice(&pid.to_le_bytes());
+                g[12..16].copy_from_slice(&id.to_le_bytes());
+            }
+            Addr::Tcp { ip, port, id } => {
+                g[4] = KIND_TCP;
+                g[6..8].copy_from_slice(&port.to_be_bytes());
+                g[8..12].copy_from_slice(&ip.octets());
+                g[12..16].copy_from_slice(&id.to_le_bytes());
+            }
+        }
+        g
+    }
+
+    pub(crate) fn decode(g: &[u8; 16]) -> Result<Addr, String> {
+        if g[0..4] != ADDR_MAGIC {
+            return Err(
+                "remote address is not a software device's (mixing hardware and software devices?)"
+                    .into(),
+            );
+        }
+        let word = |i: usize| [g[i], g[i + 1], g[i + 2], g[i + 3]];
+        let id = u32::from_le_bytes(word(12));
+        match (g[4], g[5]) {
+            (KIND_UNIX, 0) if g[6..8] == [0, 0] => Ok(Addr::Unix {
+                pid: u32::from_le_bytes(word(8)),
+                id,
+            }),
+            (KIND_TCP, 0) => Ok(Addr::Tcp {
+                ip: Ipv4Addr::from(word(8)),
+                port: u16::from_be_bytes([g[6], g[7]]),
+                id,
+            }),
+            _ => Err(format!(
+                "unknown software device address kind {} (a newer version of this crate?)",
+                g[4]
+            )),
+        }
+    }
+
+    fn unix_name(pid: u32, id: u32) -> String {
+        format!("mlx5-soft.{pid}.{id}")
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Addr::Unix { pid, id } => write!(f, "unix:@{}", Addr::unix_name(pid, id)),
+            Addr::Tcp { ip, port, id } => write!(f, "tcp:{ip}:{port} (soft{id})"),
+        }
+    }
+}
+
+/// Where a device listens.
+pub(crate) enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    pub(crate) fn bind_unix(pid: u32, id: u32) -> io::Result<Listener> {
+        let a = UnixAddr::from_abstract_name(Addr::unix_name(pid, id).as_bytes())?;
+        let l = UnixListener::bind_addr(&a)?;
+        l.set_nonblocking(true)?;
+        Ok(Listener::Unix(l))
+    }
+
+    /// Binds `at` (port 0: any) and returns the port bound.
+    pub(crate) fn bind_tcp(at: SocketAddrV4) -> io::Result<(Listener, u16)> {
+        let l = TcpListener::bind(at)?;
+        l.set_nonblocking(true)?;
+        let port = l.local_addr()?.port();
+        Ok((Listener::Tcp(l), port))
+    }
+
+    fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+/// A connected stream socket.
+pub(crate) enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    pub(crate) fn fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn set_blocking_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => {
+                s.set_nonblocking(t.is_none())?;
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+            Stream::Tcp(s) => {
+                s.set_nonblocking(t.is_none())?;
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(b),
+            Stream::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(b),
+            Stream::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(crate) const HDR: usize = 8;
+const K_HELLO: u8 = 1;
+const K_WELCOME: u8 = 2;
+pub(crate) const K_REQ: u8 = 3;
+pub(crate) const K_RESP: u8 = 4;
+const HELLO_LEN: usize = 40;
+const WELCOME_LEN: usize = 8;
+pub(crate) const REQ_LEN: usize = 56;
+pub(crate) const RESP_LEN: usize = 32;
+/// The largest body accepted: a 2 GiB payload and its fixed part.
+const MAX_BODY: usize = (1 << 31) + REQ_LEN;
+const WIRE_MAGIC: [u8; 4] = *b"M5SW";
+const WIRE_VERSION: u16 = 1;
+/// How long connecting and the handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(5);
+
+fn header(kind: u8, body: usize) -> [u8; HDR] {
+    let mut h = [0u8; HDR];
+    h[0..4].copy_from_slice(&(body as u32).to_le_bytes());
+    h[4] = kind;
+    h
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Appends a REQ frame for `req` with `payload`.
+pub(crate) fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8]) {
+    tx.extend_from_slice(&header(K_REQ, REQ_LEN + payload.len()));
+    let mut b = [0u8; REQ_LEN];
+    b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
+    b[4..8].copy_from_slice(&req.dst_qpn.to_le_bytes());
+    b[8..12].copy_from_slice(&req.psn.to_le_bytes());
+    b[12..16].copy_from_slice(&epoch.to_le_bytes());
+    b[16] = req.opcode;
+    b[20..24].copy_from_slice(&req.remote.rkey.to_le_bytes());
+    b[24..32].copy_from_slice(&req.remote.addr.to_le_bytes());
+    b[32..36].copy_from_slice(&req.len.to_le_bytes());
+    b[36..40].copy_from_slice(&req.imm.to_le_bytes());
+    b[40..48].copy_from_slice(&req.swap_add.to_le_bytes());
+    b[48..56].copy_from_slice(&req.compare.to_le_bytes());
+    tx.extend_from_slice(&b);
+    tx.extend_from_slice(payload);
+}
+
+/// Decodes a REQ body (from `src`): the request, the requester's epoch and
+/// the payload.
+pub(crate) fn get_req(body: &[u8], src: [u8; 16]) -> Result<(Request, u32, &[u8]), &'static str> {
+    if body.len() < REQ_LEN {
+        return Err("short REQ frame");
+    }
+    let req = Request {
+        opcode: body[16],
+        src,
+        src_qpn: le32(body, 0),
+        dst_qpn: le32(body, 4),
+        psn: le32(body, 8),
+        remote: Remote {
+            rkey: le32(body, 20),
+            addr: le64(body, 24),
+        },
+        len: le32(body, 32),
+        imm: le32(body, 36),
+        swap_add: le64(body, 40),
+        compare: le64(body, 48),
+    };
+    let payload = &body[REQ_LEN..];
+    let carries = matches!(
+        req.opcode,
+        crate::wqe::opcode::RDMA_WRITE
+            | crate::wqe::opcode::RDMA_WRITE_IMM
+            | crate::wqe::opcode::SEND
+            | crate::wqe::opcode::SEND_IMM
+    );
+    let want = if carries { req.len as usize } else { 0 };
+    if payload.len() != want {
+        return Err("REQ payload length disagrees with its header");
+    }
+    Ok((req, le32(body, 12), payload))
+}
+
+/// Starts a RESP frame at the end of `tx`; returns where it starts. READ
+/// data is appended after it, then [`finish_resp`] fills it in.
+pub(crate) fn start_resp(tx: &mut Vec<u8>) -> usize {
+    let at = tx.len();
+    tx.resize(at + HDR + RESP_LEN, 0);
+    at
+}
+
+pub(crate) fn finish_resp(tx: &mut [u8], at: usize, req: &Request, epoch: u32, r: Response) {
+    let data = tx.len() - at - HDR - RESP_LEN;
+    tx[at..at + HDR].copy_from_slice(&header(K_RESP, RESP_LEN + data));
+    let b = &mut tx[at + HDR..at + HDR + RESP_LEN];
+    b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
+    b[4..8].copy_from_slice(&epoch.to_le_bytes());
+    b[8..12].copy_from_slice(&req.psn.to_le_bytes());
+    let (status, arg, orig) = match r {
+        Response::Ack { orig } => (0u8, 0u8, orig),
+        Response::Rnr { timer } => (1, timer, 0),
+        Response::Nak(s) => (2, s.code(), 0),
+        Response::OutOfSequence => (3, 0, 0),
+    };
+    b[12] = status;
+    b[13] = arg;
+    b[14..16].fill(0);
+    b[16..24].copy_from_slice(&orig.to_le_bytes());
+    b[24..28].copy_from_slice(&(data as u32).to_le_bytes());
+    b[28..32].fill(0);
+}
+
+/// A decoded RESP.
+pub(crate) struct Resp<'a> {
+    pub(crate) qpn: u32,
+    pub(crate) epoch: u32,
+    pub(crate) psn: u32,
+    pub(crate) resp: Response,
+    pub(crate) data: &'a [u8],
+}
+
+pub(crate) fn get_resp(body: &[u8]) -> Result<Resp<'_>, &'static str> {
+    if body.len() < RESP_LEN {
+        return Err("short RESP frame");
+    }
+    let data = &body[RESP_LEN..];
+    if le32(body, 24) as usize != data.len() {
+        return Err("RESP data length disagrees with its header");
+    }
+    let resp = match body[12] {
+        0 => Response::Ack {
+            orig: le64(body, 16),
+        },
+        1 => Response::Rnr { timer: body[13] },
+        2 => Response::Nak(Syndrome::from_code(body[13])),
+        3 => Response::OutOfSequence,
+        _ => return Err("unknown RESP status"),
+    };
+    Ok(Resp {
+        qpn: le32(body, 0),
+        epoch: le32(body, 4),
+        psn: le32(body, 8),
+        resp,
+        data,
+    })
+}
+
+/// Counters of a device's wire traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WireStats {
+    /// Links (sockets to other devices) currently up.
+    pub links: usize,
+    /// REQ and RESP frames sent.
+    pub frames_sent: u64,
+    /// REQ and RESP frames received.
+    pub frames_received: u64,
+    /// `write` calls that sent bytes.
+    pub writes: u64,
+    /// `read` calls that returned bytes.
+    pub reads: u64,
+    /// Bytes sent and received (frames included).
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+}
+
+/// A socket to another device and its buffers.
+pub(crate) struct Link {
+    pub(crate) id: u64,
+    /// The peer device's address.
+    pub(crate) peer: [u8; 16],
+    stream: Option<Stream>,
+    pub(crate) rx: Vec<u8>,
+    /// Parsed up to / filled up to.
+    pub(crate) rx_head: usize,
+    rx_tail: usize,
+    pub(crate) tx: Vec<u8>,
+    tx_head: usize,
+    /// Bytes of `tx` that may be written (the rest waits out a delay).
+    tx_ready: usize,
+    /// Delayed bytes: (end offset in `tx`, when they may go).
+    held: VecDeque<(usize, Instant)>,
+    /// Why the link is down (it is never reused once down).
+    pub(crate) dead: Option<String>,
+    /// Requests sent and not yet answered.
+    pub(crate) outstanding: u64,
+    /// The last answer, or when `outstanding` left zero.
+    pub(crate) last_progress: Instant,
+    /// No answer for this long with requests outstanding: the peer is gone.
+    pub(crate) timeout: Duration,
+    /// Fault: discard everything sent and received.
+    pub(crate) blackhole: bool,
+    /// Fault: hold what is sent for this long.
+    pub(crate) delay: Duration,
+}
+
+/// The default time without an answer before a link is declared dead:
+/// the default QP attributes' `4.096 µs × 2^timeout × (retry_cnt + 1)`.
+pub(crate) fn ack_budget(timeout: u8, retry_cnt: u8) -> Duration {
+    let one = Duration::from_nanos(4096u64 << u32::from(timeout.min(31)));
+    one * (u32::from(retry_cnt.min(7)) + 1)
+}
+
+impl Link {
+    pub(crate) fn new(id: u64, peer: [u8; 16], stream: Stream) -> Link {
+        Link {
+            id,
+            peer,
+            stream: Some(stream),
+            rx: vec![0; 64 << 10],
+            rx_head: 0,
+            rx_tail: 0,
+            tx: Vec::with_capacity(64 << 10),
+            tx_head: 0,
+            tx_ready: 0,
+            held: VecDeque::new(),
+            dead: None,
+            outstanding: 0,
+            last_progress: Instant::now(),
+            timeout: ack_budget(14, 7),
+            blackhole: false,
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.dead.is_none()
+    }
+
+    /// Marks the link down and closes the socket.
+    pub(crate) fn kill(&mut self, reason: String) {
+        if self.dead.is_none() {
+            self.dead = Some(reason);
+        }
+        self.stream = None;
+        self.tx = Vec::new();
+        self.rx = Vec::new();
+        self.rx_head = 0;
+        self.rx_tail = 0;
+        self.tx_head = 0;
+        self.tx_ready = 0;
+        self.held.clear();
+        self.outstanding = 0;
+    }
+
+    pub(crate) fn fd(&self) -> Option<RawFd> {
+        self.stream.as_ref().map(Stream::fd)
+    }
+
+    pub(crate) fn wants_write(&self) -> bool {
+        self.tx_head < self.tx_ready
+    }
+
+    /// Reads what the socket has (without blocking). Returns bytes read;
+    /// the link is killed on EOF or error.
+    pub(crate) fn fill(&mut self, st: &mut WireStats) -> usize {
+        let mut got = 0;
+        loop {
+            let Some(s) = self.stream.as_mut() else {
+                return got;
+            };
+            if self.rx_head == self.rx_tail {
+                self.rx_head = 0;
+                self.rx_tail = 0;
+            } else if self.rx.len() - self.rx_tail < 16 << 10 && self.rx_head > 0 {
+                self.rx.copy_within(self.rx_head..self.rx_tail, 0);
+                self.rx_tail -= self.rx_head;
+                self.rx_head = 0;
+            }
+            if self.rx.len() - self.rx_tail < 16 << 10 {
+                let n = self.rx.len() * 2;
+                self.rx.resize(n, 0);
+            }
+            match s.read(&mut self.rx[self.rx_tail..]) {
+                Ok(0) => {
+                    self.kill("the peer closed the connection".into());
+                    return got;
+                }
+                Ok(n) => {
+                    st.reads += 1;
+                    st.bytes_received += n as u64;
+                    got += n;
+                    self.rx_tail += n;
+                    if self.rx_tail < self.rx.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.kill(format!("reading from the peer failed: {e}"));
+                    return got;
+                }
+            }
+        }
+        if self.blackhole {
+            self.rx_head = self.rx_tail;
+        }
+        got
+    }
+
+    /// The next complete frame in `rx`: (kind, body range). `Err` for a
+    /// malformed header.
+    pub(crate) fn next_frame(&mut self) -> Option<Result<(u8, usize, usize), &'static str>> {
+        let avail = self.rx_tail - self.rx_head;
+        if avail < HDR {
+            return None;
+        }
+        let h = &self.rx[self.rx_head..self.rx_head + HDR];
+        let len = le32(h, 0) as usize;
+        let kind = h[4];
+        if h[5..8] != [0, 0, 0] || len > MAX_BODY || !matches!(kind, K_REQ | K_RESP) {
+            return Some(Err("malformed frame header"));
+        }
+        if avail < HDR + len {
+            if self.rx.len() < HDR + len {
+                // Make room for the whole frame (the next fill reads into it).
+                self.rx.copy_within(self.rx_head..self.rx_tail, 0);
+                self.rx_tail -= self.rx_head;
+                self.rx_head = 0;
+                self.rx.resize((HDR + len).next_power_of_two(), 0);
+            }
+            return None;
+        }
+        let start = self.rx_head + HDR;
+        self.rx_head = start + len;
+        Some(Ok((kind, start, start + len)))
+    }
+
+    /// Writes what may be written now (one `write` call when the socket
+    /// takes it all). Returns the next time held bytes may go.
+    pub(crate) fn flush(&mut self, now: Instant, st: &mut WireStats) -> Option<Instant> {
+        if self.blackhole {
+            self.tx.clear();
+            self.tx_head = 0;
+            self.tx_ready = 0;
+            self.held.clear();
+            return None;
+        }
+        if self.delay.is_zero() && self.held.is_empty() {
+            self.tx_ready = self.tx.len();
+        } else {
+            let staged = self.held.back().map_or(self.tx_ready, |h| h.0);
+            if self.tx.len() > staged {
+                self.held.push_back((self.tx.len(), now + self.delay));
+            }
+            while let Some(&(end, due)) = self.held.front() {
+                if due > now {
+                    break;
+                }
+                self.tx_ready = end;
+                self.held.pop_front();
+            }
+        }
+        while self.tx_head < self.tx_ready {
+            let s = self.stream.as_mut()?;
+            match s.write(&self.tx[self.tx_head..self.tx_ready]) {
+                Ok(n) => {
+                    st.writes += 1;
+                    st.bytes_sent += n as u64;
+                    self.tx_head += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.kill(format!("writing to the peer failed: {e}"));
+                    return None;
+                }
+            }
+        }
+        if self.tx_head == self.tx.len() {
+            self.tx.clear();
+            self.tx_head = 0;
+            self.tx_ready = 0;
+        } else if self.tx_head > (1 << 20) && self.tx_head * 2 > self.tx.len() {
+            self.tx.drain(..self.tx_head);
+            self.tx_ready -= self.tx_head;
+            for h in &mut self.held {
+                h.0 -= self.tx_head;
+            }
+            self.tx_head = 0;
+        }
+        self.held.front().map(|h| h.1)
+    }
+}
+
+/// Connects to the device at `to` and performs the handshake.
+pub(crate) fn connect(from: [u8; 16], to: Addr) -> Result<Stream, String> {
+    let stream = match to {
+        Addr::Unix { pid, id } => {
+            let a = UnixAddr::from_abstract_name(Addr::unix_name(pid, id).as_bytes())
+                .map_err(|e| e.to_string())?;
+            UnixStream::connect_addr(&a).map(Stream::Unix)
+        }
+        Addr::Tcp { ip, port, .. } => {
+            TcpStream::connect_timeout(&SocketAddrV4::new(ip, port).into(), HANDSHAKE).and_then(
+                |s| {
+                    s.set_nodelay(true)?;
+                    Ok(Stream::Tcp(s))
+                },
+            )
+        }
+    }
+    .map_err(|e| format!("cannot reach software device {to}: {e} (is its process alive?)"))?;
+    let mut s = stream;
+    let fail = |e: io::Error| format!("handshake with software device {to} failed: {e}");
+    s.set_blocking_timeout(Some(HANDSHAKE)).map_err(fail)?;
+    let mut hello = [0u8; HDR + HELLO_LEN];
+    hello[..HDR].copy_from_slice(&header(K_HELLO, HELLO_LEN));
+    hello[HDR..HDR + 4].copy_from_slice(&WIRE_MAGIC);
+    hello[HDR + 4..HDR + 6].copy_from_slice(&WIRE_VERSION.to_le_bytes());
+    hello[HDR + 8..HDR + 24].copy_from_slice(&from);
+    hello[HDR + 24..HDR + 40].copy_from_slice(&to.encode());
+    s.write_all(&hello).map_err(fail)?;
+    let mut w = [0u8; HDR + WELCOME_LEN];
+    s.read_exact(&mut w).map_err(fail)?;
+    if w[..HDR] != header(K_WELCOME, WELCOME_LEN) {
+        return Err(format!(
+            "handshake with software device {to} failed: not a software device"
+        ));
+    }
+    if w[HDR] != 0 {
+        return Err(format!(
+            "no software device {to} (the address is served by another device: a stale \
+             connection info?)"
+        ));
+    }
+    s.set_blocking_timeout(None).map_err(fail)?;
+    Ok(s)
+}
+
+/// The acceptor side of the handshake: reads HELLO, answers WELCOME.
+/// Returns the connector's address.
+fn welcome(s: &mut Stream, me: [u8; 16]) -> io::Result<Option<[u8; 16]>> {
+    s.set_blocking_timeout(Some(HANDSHAKE))?;
+    let mut h = [0u8; HDR + HELLO_LEN];
+    s.read_exact(&mut h)?;
+    let b = &h[HDR..];
+    if h[..HDR] != header(K_HELLO, HELLO_LEN)
+        || b[0..4] != WIRE_MAGIC
+        || u16::from_le_bytes([b[4], b[5]]) != WIRE_VERSION
+    {
+        return Ok(None);
+    }
+    let mut from = [0u8; 16];
+    from.copy_from_slice(&b[8..24]);
+    let ok = b[24..40] == me && Addr::decode(&from).is_ok();
+    let mut w = [0u8; HDR + WELCOME_LEN];
+    w[..HDR].copy_from_slice(&header(K_WELCOME, WELCOME_LEN));
+    w[HDR] = u8::from(!ok);
+    s.write_all(&w)?;
+    if !ok {
+        return Ok(None);
+    }
+    if let Stream::Tcp(t) = s {
+        t.set_nodelay(true)?;
+    }
+    s.set_blocking_timeout(None)?;
+    Ok(Some(from))
+}
+
+/// One thread per process accepts connections for every listening device.
+struct Acceptor {
+    entries: Mutex<Vec<Entry>>,
+    wake: super::EventFd,
+}
+
+struct Entry {
+    listener: Arc<Listener>,
+    dev: Weak<Shared>,
+    addr: [u8; 16],
+}
+
+fn acceptor() -> &'static Acceptor {
+    static A: OnceLock<&'static Acceptor> = OnceLock::new();
+    A.get_or_init(|| {
+        let a: &'static Acceptor = Box::leak(Box::new(Acceptor {
+            entries: Mutex::new(Vec::new()),
+            wake: super::EventFd::new(),
+        }));
+        std::thread::Builder::new()
+            .name("mlx5-soft-accept".into())
+            .spawn(move || accept_loop(a))
+            .expect("spawn the software device acceptor thread");
+        a
+    })
+}
+
+/// Starts accepting for `dev` on `l`.
+pub(crate) fn listen(l: Listener, dev: &Arc<Shared>, addr: [u8; 16]) {
+    let a = acceptor();
+    a.entries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Entry {
+            listener: Arc::new(l),
+            dev: Arc::downgrade(dev),
+            addr,
+        });
+    a.wake.signal();
+}
+
+/// Stops accepting for the device with address `addr`.
+pub(crate) fn unlisten(addr: [u8; 16]) {
+    let a = acceptor();
+    a.entries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|e| e.addr != addr);
+    a.wake.signal();
+}
+
+fn accept_loop(a: &'static Acceptor) {
+    let mut snap: Vec<(Arc<Listener>, Weak<Shared>, [u8; 16])> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    loop {
+        snap.clear();
+        {
+            let mut e = a.entries.lock().unwrap_or_else(|e| e.into_inner());
+            e.retain(|e| e.dev.strong_count() > 0);
+            snap.extend(
+                e.iter()
+                    .map(|e| (e.listener.clone(), e.dev.clone(), e.addr)),
+            );
+        }
+        fds.clear();
+        fds.push(a.wake.pollfd());
+        fds.extend(snap.iter().map(|(l, _, _)| libc::pollfd {
+            fd: l.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        super::poll(&mut fds, None);
+        a.wake.drain();
+        for (i, (l, dev, addr)) in snap.iter().enumerate() {
+            if fds[i + 1].revents == 0 {
+                continue;
+            }
+            while let Ok(mut s) = l.accept() {
+                let Some(d) = dev.upgrade() else { break };
+                if let Ok(Some(from)) = welcome(&mut s, *addr) {
+                    d.adopt(from, s);
+                }
+            }
+        }
+    }
+}
