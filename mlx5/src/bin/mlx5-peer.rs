@@ -1,0 +1,436 @@
+//! `mlx5-peer`: the far end of an RDMA conversation in another process,
+//! driven line by line over stdin/stdout. The crate's cross-process tests
+//! and benches spawn it; it is also a quick way to poke a software device
+//! (or a NIC) by hand.
+//!
+//! ```text
+//! mlx5-peer [--device SELECTION] [--manual]
+//! ```
+//!
+//! `--device` takes an `MLX5_DEVICE` selection (default: `MLX5_DEVICE`, or
+//! `soft`); `--manual` opens the software device with manual progress and
+//! spins it from the command loop. Every command answers one line, `ok ...`
+//! or `err <reason>`:
+//!
+//! | command | answer / effect |
+//! |---|---|
+//! | `setup QPS MR_LEN SQ_DEPTH RQ_DEPTH` | `ok ADDR RKEY INFO...`: QPs on one CQ, one MR (all rights); INFO is each QP's connection info, hex |
+//! | `connect I INFO [MIN_RNR_TIMER]` | connects QP I to INFO |
+//! | `fill OFF LEN SEED` / `hash OFF LEN` | writes the test pattern / `ok FNV1A64` of the bytes |
+//! | `hex OFF LEN` / `get64 OFF` / `set64 OFF V` | bytes in hex / a u64 (host order) |
+//! | `recv I N OFF LEN` | posts N receives on QP I scattering to OFF..OFF+LEN (LEN 0: none) |
+//! | `poll N MS` | `ok KIND/QPN/INDEX/LEN/IMM/STATUS ...` for N completions within MS ms |
+//! | `withhold I 0\|1` | fault injection: QP I answers RNR while on |
+//! | `stream I N SEED MAXLEN WINDOW` | verifies N WRITE_IMMs on QP I (see `stream` below) |
+//! | `echo ADDR RKEY` | answers every WRITE_IMM with a WRITE_IMM of the same length and immediate to ADDR on the same QP, until immediate `0xffffffff`; `ok COUNT` |
+//! | `quit` | exits |
+
+use std::io::{BufRead, Write as _};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mlx5::{
+    Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Selection,
+    WriteImm,
+};
+
+/// The byte pattern tests write and check: position `i` of stream `seed`.
+fn pattern(seed: u64, i: u64) -> u8 {
+    let x = (i ^ seed.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> 56) as u8
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    if !s.len().is_multiple_of(2) {
+        return Err("odd hex length".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}
+
+struct Peer {
+    ctx: Context,
+    manual: bool,
+    pd: Pd,
+    cq: Option<Cq>,
+    qps: Vec<Qp>,
+    mr: Option<Mr>,
+}
+
+type Res = Result<String, String>;
+
+fn num<T: std::str::FromStr>(
+    it: &mut std::str::SplitWhitespace<'_>,
+    what: &str,
+) -> Result<T, String> {
+    it.next()
+        .ok_or_else(|| format!("missing {what}"))?
+        .parse()
+        .map_err(|_| format!("{what}: not a number"))
+}
+
+impl Peer {
+    fn mr(&self) -> Result<&Mr, String> {
+        self.mr.as_ref().ok_or_else(|| "no setup yet".to_string())
+    }
+
+    fn range(&self, off: usize, len: usize) -> Result<&Mr, String> {
+        let mr = self.mr()?;
+        if off.checked_add(len).is_none_or(|e| e > mr.len()) {
+            return Err(format!("range {off}+{len} outside the MR"));
+        }
+        Ok(mr)
+    }
+
+    fn qp(&mut self, i: usize) -> Result<&mut Qp, String> {
+        self.qps.get_mut(i).ok_or_else(|| format!("no QP {i}"))
+    }
+
+    fn poll(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+        mut f: impl FnMut(&mlx5::Completion),
+    ) -> Result<(), String> {
+        let cq = self.cq.as_mut().ok_or("no setup yet")?;
+        let got = cq
+            .poll_until(n, timeout, &mut f)
+            .map_err(|e| e.to_string())?;
+        if got < n {
+            return Err(format!("{got} of {n} completions within {timeout:?}"));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, line: &str) -> Res {
+        let mut it = line.split_whitespace();
+        let cmd = it.next().unwrap_or("");
+        let e = |x: mlx5::Error| x.to_string();
+        match cmd {
+            "setup" => {
+                let (n, len, sq, rq): (usize, usize, u32, u32) = (
+                    num(&mut it, "QPS")?,
+                    num(&mut it, "MR_LEN")?,
+                    num(&mut it, "SQ_DEPTH")?,
+                    num(&mut it, "RQ_DEPTH")?,
+                );
+                let cq = Cq::new(&self.ctx, ((sq + rq) * n as u32 * 2).next_power_of_two())
+                    .map_err(e)?;
+                let caps = QpCaps {
+                    max_send_wr: sq,
+                    max_recv_wr: rq,
+                    ..QpCaps::default()
+                };
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    let qp = Qp::builder(&self.pd, &cq, &cq)
+                        .caps(caps)
+                        .build()
+                        .map_err(e)?;
+                    out.push(hex(&qp
+                        .local_info(&ConnectOpts::default())
+                        .map_err(e)?
+                        .encode()));
+                    self.qps.push(qp);
+                }
+                let mr = self.pd.alloc_mr(len, Access::ALL).map_err(e)?;
+                let r = format!("{} {} {}", mr.addr(), mr.rkey(), out.join(" "));
+                self.cq = Some(cq);
+                self.mr = Some(mr);
+                Ok(r)
+            }
+            "connect" => {
+                let i: usize = num(&mut it, "I")?;
+                let info =
+                    ConnInfo::decode(&unhex(it.next().ok_or("missing INFO")?)?).map_err(e)?;
+                let mut o = ConnectOpts::default();
+                if let Some(t) = it.next() {
+                    o.min_rnr_timer = t.parse().map_err(|_| "MIN_RNR_TIMER: not a number")?;
+                }
+                self.qp(i)?.connect(&info, &o).map_err(e)?;
+                Ok(String::new())
+            }
+            "fill" => {
+                let (off, len, seed): (usize, usize, u64) = (
+                    num(&mut it, "OFF")?,
+                    num(&mut it, "LEN")?,
+                    num(&mut it, "SEED")?,
+                );
+                let mr = self.range(off, len)?;
+                let b: Vec<u8> = (0..len as u64).map(|i| pattern(seed, i)).collect();
+                mr.write(off, &b);
+                Ok(String::new())
+            }
+            "hash" | "hex" => {
+                let (off, len): (usize, usize) = (num(&mut it, "OFF")?, num(&mut it, "LEN")?);
+                let mr = self.range(off, len)?;
+                let mut b = vec![0u8; len];
+                mr.read(off, &mut b);
+                Ok(if cmd == "hash" {
+                    format!("{:016x}", fnv(&b))
+                } else {
+                    hex(&b)
+                })
+            }
+            "get64" | "set64" => {
+                let off: usize = num(&mut it, "OFF")?;
+                if !off.is_multiple_of(8) {
+                    return Err("OFF must be 8-aligned".into());
+                }
+                let a = self.range(off, 8)?.atomic_u64(off);
+                if cmd == "set64" {
+                    a.store(num(&mut it, "V")?, std::sync::atomic::Ordering::SeqCst);
+                    return Ok(String::new());
+                }
+                Ok(a.load(std::sync::atomic::Ordering::SeqCst).to_string())
+            }
+            "recv" => {
+                let (i, n, off, len): (usize, usize, usize, u32) = (
+                    num(&mut it, "I")?,
+                    num(&mut it, "N")?,
+                    num(&mut it, "OFF")?,
+                    num(&mut it, "LEN")?,
+                );
+                let sge = self.range(off, len as usize)?.sge(off, len);
+                let sges = if len == 0 { vec![] } else { vec![sge] };
+                let qp = self.qp(i)?;
+                for _ in 0..n {
+                    qp.post_recv(&sges).map_err(e)?;
+                }
+                Ok(String::new())
+            }
+            "poll" => {
+                let (n, ms): (usize, u64) = (num(&mut it, "N")?, num(&mut it, "MS")?);
+                let mut out = Vec::new();
+                self.poll(n, Duration::from_millis(ms), |c| {
+                    let status = match c.status() {
+                        Ok(()) => "ok".to_string(),
+                        Err(s) => format!("{s:?}"),
+                    };
+                    let kind = format!("{:?}", c.kind).replace(' ', "");
+                    out.push(format!(
+                        "{kind}/{}/{}/{}/{}/{status}",
+                        c.qpn, c.wqe_counter, c.byte_len, c.imm
+                    ));
+                })?;
+                Ok(out.join(" "))
+            }
+            "withhold" => {
+                let (i, on): (usize, u8) = (num(&mut it, "I")?, num(&mut it, "ON")?);
+                let f = self.ctx.faults().map_err(e)?;
+                f.withhold_recv(self.qp(i)?, on != 0).map_err(e)?;
+                Ok(String::new())
+            }
+            "stream" => {
+                let (i, n, seed, maxlen, window): (usize, u64, u64, usize, usize) = (
+                    num(&mut it, "I")?,
+                    num(&mut it, "N")?,
+                    num(&mut it, "SEED")?,
+                    num(&mut it, "MAXLEN")?,
+                    num(&mut it, "WINDOW")?,
+                );
+                self.stream(i, n, seed, maxlen, window)
+            }
+            "echo" => {
+                let (addr, rkey): (u64, u32) = (num(&mut it, "ADDR")?, num(&mut it, "RKEY")?);
+                self.echo(mlx5::Remote { addr, rkey })
+            }
+            "" => Err("empty command".into()),
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+
+    /// Message `k` of a stream: its length and its slot's offset.
+    fn stream(&mut self, i: usize, n: u64, seed: u64, maxlen: usize, window: usize) -> Res {
+        self.range(0, maxlen * window)?;
+        // WRITE_IMM needs receives without scatter entries; one per slot of
+        // the window, reposted only after its message was checked, so the
+        // sender never overwrites a slot that is not yet verified.
+        for _ in 0..window {
+            self.qp(i)?.post_recv(&[]).map_err(|e| e.to_string())?;
+        }
+        let mut buf = vec![0u8; maxlen];
+        for k in 0..n {
+            let mut c = None;
+            self.poll(1, Duration::from_secs(20), |x| c = Some(*x))?;
+            let c = c.expect("poll returned one");
+            if c.kind != Kind::RecvWriteImm
+                || c.status().is_err()
+                || u64::from(c.imm) != k % (1 << 32)
+            {
+                return Err(format!("message {k}: unexpected completion {c:?}"));
+            }
+            let len = stream_len(seed, k, maxlen);
+            if c.byte_len as usize != len {
+                return Err(format!("message {k}: {} bytes, expected {len}", c.byte_len));
+            }
+            let slot = (k % window as u64) as usize;
+            self.mr()?.read(slot * maxlen, &mut buf[..len]);
+            if let Some(j) = (0..len).find(|&j| buf[j] != pattern(seed ^ k, j as u64)) {
+                return Err(format!("message {k}: byte {j} differs"));
+            }
+            self.qp(i)?.post_recv(&[]).map_err(|e| e.to_string())?;
+        }
+        Ok(String::new())
+    }
+
+    fn echo(&mut self, to: mlx5::Remote) -> Res {
+        let mut count: u64 = 0;
+        let mut sent = vec![0u32; self.qps.len()];
+        let qpn0 = self.qps.first().ok_or("no setup yet")?.qpn();
+        let mut todo: Vec<(usize, u32, u32)> = Vec::new();
+        let mut last = Instant::now();
+        loop {
+            if self.manual {
+                self.ctx.progress().map_err(|e| e.to_string())?;
+            }
+            let cq = self.cq.as_mut().ok_or("no setup yet")?;
+            let mut stop = false;
+            cq.poll(64, |c| {
+                if c.kind == Kind::RecvWriteImm {
+                    if c.imm == u32::MAX {
+                        stop = true;
+                    } else {
+                        todo.push(((c.qpn - qpn0) as usize, c.byte_len, c.imm));
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            if !todo.is_empty() {
+                last = Instant::now();
+            }
+            let mr = self.mr.as_ref().ok_or("no setup yet")?;
+            for (i, len, imm) in todo.drain(..) {
+                let qp = self.qps.get_mut(i).ok_or("completion of an unknown QP")?;
+                qp.post_recv(&[]).map_err(|e| e.to_string())?;
+                sent[i] = sent[i].wrapping_add(1);
+                let sge = [mr.sge(0, len)];
+                let mut w = WriteImm::new(to, &sge[..], imm);
+                if sent[i].is_multiple_of(16) {
+                    w = w.signaled();
+                }
+                qp.post(&w).map_err(|e| e.to_string())?;
+                qp.ring_doorbell();
+                count += 1;
+            }
+            if stop {
+                return Ok(count.to_string());
+            }
+            if last.elapsed() > Duration::from_secs(60) {
+                return Err("echo: no message for 60 s".into());
+            }
+        }
+    }
+}
+
+fn stream_len(seed: u64, k: u64, maxlen: usize) -> usize {
+    1 + (u64::from(pattern(seed, k)) * 0x101 + k) as usize % maxlen
+}
+
+fn main() {
+    let mut sel = std::env::var(mlx5::ENV).unwrap_or_else(|_| "soft".into());
+    let mut manual = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--device" => match args.next() {
+                Some(s) => sel = s,
+                None => {
+                    eprintln!("mlx5-peer: --device needs a selection");
+                    std::process::exit(2);
+                }
+            },
+            "--manual" => manual = true,
+            other => {
+                eprintln!(
+                    "mlx5-peer: unknown argument {other:?} (usage: mlx5-peer [--device SELECTION] [--manual])"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    let sel = match Selection::parse(&sel) {
+        Ok(Selection::Soft(_)) if manual => Selection::Soft(Progress::Manual),
+        Ok(Selection::SoftTcp(_, at)) if manual => Selection::SoftTcp(Progress::Manual, at),
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mlx5-peer: {e}");
+            std::process::exit(2);
+        }
+    };
+    let ctx = match Context::open(sel) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mlx5-peer: {e}");
+            std::process::exit(1);
+        }
+    };
+    let pd = match Pd::new(&ctx) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mlx5-peer: {e}");
+            std::process::exit(1);
+        }
+    };
+    let manual = ctx.is_soft() && manual;
+    let mut peer = Peer {
+        ctx,
+        manual,
+        pd,
+        cq: None,
+        qps: Vec::new(),
+        mr: None,
+    };
+    // Commands arrive on a thread so a manual device keeps progressing
+    // while none is pending.
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = std::io::stdout().lock();
+    loop {
+        let line = if peer.manual {
+            match rx.try_recv() {
+                Ok(l) => l,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let _ = peer.ctx.progress();
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(l) => l,
+                Err(_) => return,
+            }
+        };
+        if line.trim() == "quit" {
+            return;
+        }
+        let reply = match peer.run(&line) {
+            Ok(s) if s.is_empty() => "ok".to_string(),
+            Ok(s) => format!("ok {s}"),
+            Err(e) => format!("err {e}"),
+        };
+        if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
+            return;
+        }
+    }
+}

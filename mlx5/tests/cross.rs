@@ -1,0 +1,614 @@
+//! The software device across two OS processes: this test process and an
+//! `mlx5-peer` child it spawns and drives over stdin/stdout.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pair::{End, end};
+use mlx5::{
+    Access, AtomicCas, AtomicFa, ConnInfo, ConnectOpts, Context, Kind, Progress, QpCaps, QpState,
+    Read, Remote, Selection, Send, SendImm, Syndrome, Write, WriteImm,
+};
+
+/// The test pattern (the same function as mlx5-peer's).
+fn pattern(seed: u64, i: u64) -> u8 {
+    let x = (i ^ seed.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> 56) as u8
+}
+
+fn stream_len(seed: u64, k: u64, maxlen: usize) -> usize {
+    1 + (u64::from(pattern(seed, k)) * 0x101 + k) as usize % maxlen
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// An `mlx5-peer` child process.
+struct PeerProc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    addr: u64,
+    rkey: u32,
+    infos: Vec<ConnInfo>,
+}
+
+impl PeerProc {
+    fn spawn(device: &str, qps: usize, mr_len: usize, sq: u32, rq: u32) -> PeerProc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mlx5-peer"))
+            .args(["--device", device])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn mlx5-peer");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut p = PeerProc {
+            child,
+            stdin,
+            stdout,
+            addr: 0,
+            rkey: 0,
+            infos: Vec::new(),
+        };
+        let r = p.cmd(&format!("setup {qps} {mr_len} {sq} {rq}"));
+        let mut it = r.split_whitespace();
+        p.addr = it.next().expect("addr").parse().expect("addr");
+        p.rkey = it.next().expect("rkey").parse().expect("rkey");
+        p.infos = it
+            .map(|h| ConnInfo::decode(&unhex(h)).expect("conn info"))
+            .collect();
+        assert_eq!(p.infos.len(), qps);
+        p
+    }
+
+    /// Sends a command; returns what follows `ok` (panics on `err`).
+    fn cmd(&mut self, c: &str) -> String {
+        let r = self.try_cmd(c);
+        match r.strip_prefix("ok") {
+            Some(rest) => rest.trim().to_string(),
+            None => panic!("peer: {c:?} → {r:?}"),
+        }
+    }
+
+    fn try_cmd(&mut self, c: &str) -> String {
+        writeln!(self.stdin, "{c}").expect("write to peer");
+        self.stdin.flush().expect("flush to peer");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read from peer");
+        line.trim().to_string()
+    }
+
+    fn remote(&self, off: u64) -> Remote {
+        Remote {
+            addr: self.addr + off,
+            rkey: self.rkey,
+        }
+    }
+
+    fn connect(&mut self, i: usize, to: &ConnInfo) {
+        self.cmd(&format!("connect {i} {}", hex(&to.encode())));
+    }
+}
+
+impl Drop for PeerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn caps(sq: u32, rq: u32) -> QpCaps {
+    QpCaps {
+        max_send_wr: sq,
+        max_recv_wr: rq,
+        ..QpCaps::default()
+    }
+}
+
+/// A background device here, QP 0 of a fresh peer connected to it.
+fn setup(device: &str, opts: &ConnectOpts) -> (End, PeerProc) {
+    let ctx = Context::open(Selection::parse(device).expect("selection")).expect("device");
+    let mut me = end(&ctx, caps(64, 64), 256, 1 << 20, Access::ALL);
+    let mut peer = PeerProc::spawn(device, 1, 1 << 20, 64, 64);
+    let mine = me.qp.local_info(opts).expect("info");
+    peer.connect(0, &mine);
+    me.qp.connect(&peer.infos[0], opts).expect("connect");
+    (me, peer)
+}
+
+fn ok_one(e: &mut End, opcode: u8) {
+    let c = e.expect(1);
+    assert_eq!(c[0].status(), Ok(()), "{c:?}");
+    assert_eq!(c[0].kind, Kind::Send { opcode });
+}
+
+fn every_opcode(device: &str) {
+    use mlx5::wqe::opcode;
+    let (mut me, mut peer) = setup(device, &ConnectOpts::default());
+    let data: Vec<u8> = (0..8192u64).map(|i| pattern(7, i)).collect();
+    me.mr.write(0, &data);
+
+    // WRITE from an SGE, checked by the peer.
+    me.qp
+        .post_and_ring(&Write::new(peer.remote(4096), &[me.mr.sge(0, 8192)]).signaled())
+        .unwrap();
+    ok_one(&mut me, opcode::RDMA_WRITE);
+    assert_eq!(peer.cmd("hash 4096 8192"), format!("{:016x}", fnv(&data)));
+
+    // WRITE inline.
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(100), b"inline bytes").signaled())
+        .unwrap();
+    ok_one(&mut me, opcode::RDMA_WRITE);
+    assert_eq!(peer.cmd("hex 100 12"), hex(b"inline bytes"));
+
+    // WRITE_IMM consumes a receive there.
+    peer.cmd("recv 0 1 0 0");
+    me.qp
+        .post_and_ring(&WriteImm::new(peer.remote(20000), &[me.mr.sge(10, 300)], 0xabcd).signaled())
+        .unwrap();
+    ok_one(&mut me, opcode::RDMA_WRITE_IMM);
+    let c = peer.cmd("poll 1 5000");
+    assert!(c.starts_with("RecvWriteImm/"), "{c}");
+    assert!(c.ends_with("/300/43981/ok"), "{c}");
+    assert_eq!(peer.cmd("hex 20000 300"), hex(&data[10..310]));
+
+    // SEND and SEND_IMM scatter into the peer's receive buffer.
+    peer.cmd("recv 0 2 30000 1000");
+    me.qp
+        .post_and_ring(&Send::new(&[me.mr.sge(0, 700)]).signaled())
+        .unwrap();
+    ok_one(&mut me, opcode::SEND);
+    me.qp
+        .post_and_ring(&SendImm::new(&[me.mr.sge(700, 50)], 99).signaled())
+        .unwrap();
+    ok_one(&mut me, opcode::SEND_IMM);
+    let c = peer.cmd("poll 2 5000");
+    let v: Vec<&str> = c.split(' ').collect();
+    assert!(
+        v[0].starts_with("RecvSend/") && v[0].ends_with("/700/0/ok"),
+        "{c}"
+    );
+    assert!(
+        v[1].starts_with("RecvSendImm/") && v[1].ends_with("/50/99/ok"),
+        "{c}"
+    );
+    // The second receive landed on the same offset: the SEND_IMM's bytes.
+    assert_eq!(peer.cmd("hex 30000 50"), hex(&data[700..750]));
+
+    // READ peer memory the peer filled.
+    peer.cmd("fill 50000 5000 3");
+    me.qp
+        .post_and_ring(&Read::new(peer.remote(50000), &[me.mr.sge(100_000, 5000)]).signaled())
+        .unwrap();
+    ok_one(&mut me, opcode::RDMA_READ);
+    let mut got = vec![0u8; 5000];
+    me.mr.read(100_000, &mut got);
+    let want: Vec<u8> = (0..5000u64).map(|i| pattern(3, i)).collect();
+    assert_eq!(got, want);
+
+    // Atomics on a word the peer set, then checks.
+    peer.cmd("set64 64 1000");
+    me.qp
+        .post_and_ring(
+            &AtomicCas::new(peer.remote(64), me.mr.sge(200_000, 8), 1000, 2024).signaled(),
+        )
+        .unwrap();
+    ok_one(&mut me, opcode::ATOMIC_CS);
+    let mut orig = [0u8; 8];
+    me.mr.read(200_000, &mut orig);
+    assert_eq!(u64::from_be_bytes(orig), 1000);
+    assert_eq!(peer.cmd("get64 64"), "2024");
+    // A failing compare returns the value and leaves it.
+    me.qp
+        .post_and_ring(&AtomicCas::new(peer.remote(64), me.mr.sge(200_008, 8), 1, 5).signaled())
+        .unwrap();
+    ok_one(&mut me, opcode::ATOMIC_CS);
+    me.mr.read(200_008, &mut orig);
+    assert_eq!(u64::from_be_bytes(orig), 2024);
+    assert_eq!(peer.cmd("get64 64"), "2024");
+    me.qp
+        .post_and_ring(&AtomicFa::new(peer.remote(64), me.mr.sge(200_016, 8), 76).signaled())
+        .unwrap();
+    ok_one(&mut me, opcode::ATOMIC_FA);
+    me.mr.read(200_016, &mut orig);
+    assert_eq!(u64::from_be_bytes(orig), 2024);
+    assert_eq!(peer.cmd("get64 64"), "2100");
+
+    // A bad rkey is rejected by the target device: remote access error.
+    let bad = Remote {
+        addr: peer.addr,
+        rkey: peer.rkey ^ 0x100,
+    };
+    me.qp
+        .post_and_ring(&Write::new(bad, &[me.mr.sge(0, 64)]).signaled())
+        .unwrap();
+    let c = me.expect(1);
+    assert_eq!(c[0].status(), Err(Syndrome::RemoteAccess));
+    assert_eq!(me.qp.state(), QpState::Error);
+    // Out of bounds on the peer's MR as well (on a fresh pair).
+    let (mut me, peer) = setup(device, &ConnectOpts::default());
+    me.qp
+        .post_and_ring(&Read::new(peer.remote((1 << 20) - 8), &[me.mr.sge(0, 64)]).signaled())
+        .unwrap();
+    assert_eq!(me.expect(1)[0].status(), Err(Syndrome::RemoteAccess));
+}
+
+#[test]
+fn every_opcode_across_processes_unix() {
+    every_opcode("soft");
+}
+
+#[test]
+fn every_opcode_across_processes_tcp() {
+    every_opcode("soft@tcp:127.0.0.1");
+}
+
+#[test]
+fn peer_killed_mid_stream() {
+    let o = ConnectOpts::default();
+    let (mut me, mut peer) = setup("soft", &o);
+    let mut done = 0u64;
+    let mut posted = 0u64;
+    let mut killed_at = None;
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Stream WRITEs (every fourth signaled), kill the peer after 2000.
+    while statuses.is_empty() || me.qp.state() != QpState::Error {
+        assert!(Instant::now() < deadline, "no error after the kill");
+        if posted == 2000 && killed_at.is_none() {
+            peer.child.kill().expect("SIGKILL the peer");
+            killed_at = Some(Instant::now());
+        }
+        while me.qp.sq_free() >= 4 && me.qp.state() == QpState::Rts && posted < 1_000_000 {
+            let sge = [me.mr.sge(0, 64)];
+            let w = Write::new(peer.remote(posted % 1000 * 64), &sge);
+            let w = if posted % 4 == 3 { w.signaled() } else { w };
+            if me.qp.post(&w).is_err() {
+                break;
+            }
+            posted += 1;
+            if posted == 2000 {
+                break;
+            }
+        }
+        me.qp.ring_doorbell();
+        for c in me.drain() {
+            match c.status() {
+                Ok(()) => done += 1,
+                Err(s) => statuses.push(s),
+            }
+        }
+    }
+    let since = killed_at.expect("killed").elapsed();
+    assert!(done > 0, "some WRITEs completed before the kill");
+    // One transport error, then flushes (if anything else was queued).
+    assert_eq!(
+        statuses[0],
+        Syndrome::TransportRetryExceeded,
+        "{statuses:?}"
+    );
+    assert!(statuses[1..].iter().all(|s| *s == Syndrome::WrFlush));
+    // A later WQE is flushed too.
+    assert!(
+        me.qp
+            .post_and_ring(&Write::new(peer.remote(0), &[me.mr.sge(0, 8)]).signaled())
+            .is_err()
+            || me.expect(1)[0].status() == Err(Syndrome::WrFlush)
+    );
+    eprintln!("error {since:?} after the SIGKILL, {done} signaled WRITEs completed first");
+    assert!(since < Duration::from_secs(10));
+}
+
+#[test]
+fn rnr_across_processes_retries_in_order() {
+    // The peer asks for short RNR waits (timer 1 = 10 µs).
+    let ctx = Context::soft(Progress::Background);
+    let mut me = end(&ctx, caps(64, 64), 256, 1 << 16, Access::ALL);
+    let mut peer = PeerProc::spawn("soft", 1, 1 << 16, 64, 64);
+    let o = ConnectOpts::default();
+    peer.cmd(&format!(
+        "connect 0 {} 1",
+        hex(&me.qp.local_info(&o).unwrap().encode())
+    ));
+    me.qp.connect(&peer.infos[0], &o).unwrap();
+    // Eight WRITE_IMMs pipelined into a QP with no receives.
+    for i in 0..8u32 {
+        me.qp
+            .post(&WriteImm::inline(peer.remote(u64::from(i) * 8), &i.to_le_bytes(), i).signaled())
+            .unwrap();
+    }
+    me.qp.ring_doorbell();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(me.drain().is_empty(), "nothing completes without receives");
+    // Receives arrive one at a time; every WQE completes, in order.
+    for k in 0..8 {
+        peer.cmd("recv 0 1 0 0");
+        let c = peer.cmd("poll 1 5000");
+        assert!(c.ends_with(&format!("/4/{k}/ok")), "{c}");
+    }
+    let c = me.expect(8);
+    assert!(c.iter().all(|c| c.status().is_ok()));
+    let idx: Vec<u16> = c.iter().map(|c| c.wqe_counter).collect();
+    let mut sorted = idx.clone();
+    sorted.sort();
+    assert_eq!(idx, sorted);
+
+    // With rnr_retry = 1 and receives withheld: RnrRetryExceeded.
+    let ctx = Context::soft(Progress::Background);
+    let mut me = end(&ctx, caps(64, 64), 256, 1 << 16, Access::ALL);
+    let mut peer = PeerProc::spawn("soft", 1, 1 << 16, 64, 64);
+    let o = ConnectOpts {
+        rnr_retry: 1,
+        ..ConnectOpts::default()
+    };
+    peer.cmd(&format!(
+        "connect 0 {} 1",
+        hex(&me.qp.local_info(&o).unwrap().encode())
+    ));
+    peer.cmd("recv 0 4 0 0");
+    peer.cmd("withhold 0 1");
+    me.qp.connect(&peer.infos[0], &o).unwrap();
+    me.qp
+        .post_and_ring(&WriteImm::inline(peer.remote(0), b"x", 1).signaled())
+        .unwrap();
+    assert_eq!(me.expect(1)[0].status(), Err(Syndrome::RnrRetryExceeded));
+}
+
+#[test]
+fn many_qps_share_one_link() {
+    const N: usize = 16;
+    let ctx = Context::soft(Progress::Background);
+    let pd = mlx5::Pd::new(&ctx).unwrap();
+    let mut cq = mlx5::Cq::new(&ctx, 1024).unwrap();
+    let mr = pd.alloc_mr(N * 4096, Access::ALL).unwrap();
+    let mut peer = PeerProc::spawn("soft", N, N * 4096, 16, 16);
+    let o = ConnectOpts::default();
+    let mut qps = Vec::new();
+    for i in 0..N {
+        let mut qp = mlx5::Qp::builder(&pd, &cq, &cq)
+            .caps(caps(16, 16))
+            .build()
+            .unwrap();
+        peer.connect(i, &qp.local_info(&o).unwrap());
+        qp.connect(&peer.infos[i], &o).unwrap();
+        qps.push(qp);
+    }
+    for (i, qp) in qps.iter_mut().enumerate() {
+        let b: Vec<u8> = (0..4096u64).map(|j| pattern(i as u64, j)).collect();
+        mr.write(i * 4096, &b);
+        qp.post_and_ring(
+            &Write::new(peer.remote(i as u64 * 4096), &[mr.sge(i * 4096, 4096)]).signaled(),
+        )
+        .unwrap();
+    }
+    let mut n = 0;
+    cq.poll_until(N, Duration::from_secs(10), |c| {
+        assert_eq!(c.status(), Ok(()));
+        n += 1;
+    })
+    .unwrap();
+    assert_eq!(n, N);
+    for i in 0..N {
+        let b: Vec<u8> = (0..4096u64).map(|j| pattern(i as u64, j)).collect();
+        assert_eq!(
+            peer.cmd(&format!("hash {} 4096", i * 4096)),
+            format!("{:016x}", fnv(&b))
+        );
+    }
+    let st = ctx.wire_stats().unwrap();
+    assert_eq!(st.links, 1, "{st:?}");
+    assert!(st.frames_sent >= N as u64 && st.frames_received >= N as u64);
+}
+
+#[test]
+fn long_run_wraps_queues_and_checks_every_byte() {
+    // 20 000 WRITE_IMMs of 1..=2048 bytes through a 64-WQE send queue and a
+    // 128-entry CQ (hundreds of laps each); the peer checks every byte.
+    const N: u64 = 20_000;
+    const MAXLEN: usize = 2048;
+    const WINDOW: usize = 32;
+    let seed = 0x5eed;
+    let ctx = Context::soft(Progress::Background);
+    let mut me = end(&ctx, caps(64, 16), 128, MAXLEN * 64, Access::ALL);
+    let mut peer = PeerProc::spawn("soft", 1, MAXLEN * WINDOW, 64, WINDOW as u32 * 2);
+    let o = ConnectOpts::default();
+    peer.connect(0, &me.qp.local_info(&o).unwrap());
+    me.qp.connect(&peer.infos[0], &o).unwrap();
+    writeln!(peer.stdin, "stream 0 {N} {seed} {MAXLEN} {WINDOW}").unwrap();
+    peer.stdin.flush().unwrap();
+    let mut k = 0u64;
+    let mut completed = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while completed < N {
+        if Instant::now() > deadline {
+            let mut line = String::new();
+            peer.stdout.read_line(&mut line).unwrap();
+            panic!("stalled at {completed} (sent {k}); the peer says {line:?}");
+        }
+        while k < N && k - completed < 64 && me.qp.sq_free() >= 2 {
+            let len = stream_len(seed, k, MAXLEN);
+            let src = (k % 64) as usize * MAXLEN;
+            let b: Vec<u8> = (0..len as u64).map(|j| pattern(seed ^ k, j)).collect();
+            me.mr.write(src, &b);
+            let slot = (k % WINDOW as u64) * MAXLEN as u64;
+            let sge = [me.mr.sge(src, len as u32)];
+            let w = WriteImm::new(peer.remote(slot), &sge, k as u32);
+            // Every WQE signaled: its source slot is reused 64 WQEs later.
+            me.qp.post(&w.signaled()).unwrap();
+            k += 1;
+        }
+        me.qp.ring_doorbell();
+        for c in me.drain() {
+            assert_eq!(c.status(), Ok(()), "{c:?}");
+            completed += 1;
+        }
+    }
+    let mut line = String::new();
+    peer.stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ok", "the peer's check");
+}
+
+#[test]
+fn partition_times_out_with_transport_retry_exceeded() {
+    // ACK timeout 4.096 µs × 2^12 × (1 + 1) ≈ 34 ms.
+    let o = ConnectOpts {
+        timeout: 12,
+        retry_cnt: 1,
+        ..ConnectOpts::default()
+    };
+    let (mut me, peer) = setup("soft", &o);
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(0), b"ping").signaled())
+        .unwrap();
+    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    let f = ctx_faults(&me);
+    f.partition_peer(&peer.infos[0]).unwrap();
+    let t = Instant::now();
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(0), b"lost").signaled())
+        .unwrap();
+    assert_eq!(
+        me.expect(1)[0].status(),
+        Err(Syndrome::TransportRetryExceeded)
+    );
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(30), "{waited:?}");
+    assert_eq!(me.qp.state(), QpState::Error);
+}
+
+fn ctx_faults(e: &End) -> mlx5::Faults {
+    e.ctx.faults().expect("software device")
+}
+
+#[test]
+fn delayed_delivery_still_in_order() {
+    let (mut me, mut peer) = setup("soft", &ConnectOpts::default());
+    ctx_faults(&me).delay(Duration::from_millis(40));
+    let t = Instant::now();
+    for i in 0..16u64 {
+        me.qp
+            .post(&Write::inline(peer.remote(i * 8), &i.to_le_bytes()).signaled())
+            .unwrap();
+    }
+    me.qp.ring_doorbell();
+    let c = me.expect(16);
+    assert!(t.elapsed() >= Duration::from_millis(40));
+    assert!(c.windows(2).all(|w| w[0].wqe_counter < w[1].wqe_counter));
+    let got = unhex(&peer.cmd("hex 0 128"));
+    for i in 0..16u64 {
+        assert_eq!(got[i as usize * 8..][..8], i.to_le_bytes());
+    }
+    ctx_faults(&me).delay(Duration::ZERO);
+}
+
+#[test]
+fn fail_next_forces_the_syndrome_then_flushes() {
+    let (mut me, peer) = setup("soft", &ConnectOpts::default());
+    ctx_faults(&me)
+        .fail_next(&me.qp, Syndrome::RemoteOp)
+        .unwrap();
+    for _ in 0..3 {
+        me.qp
+            .post(&Write::inline(peer.remote(0), b"x").signaled())
+            .unwrap();
+    }
+    me.qp.ring_doorbell();
+    let s: Vec<_> = me.expect(3).iter().map(|c| c.status()).collect();
+    assert_eq!(
+        s,
+        [
+            Err(Syndrome::RemoteOp),
+            Err(Syndrome::WrFlush),
+            Err(Syndrome::WrFlush)
+        ]
+    );
+}
+
+#[test]
+fn a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link() {
+    // A peer that exited: connecting to it is a clear error.
+    let ctx = Context::soft(Progress::Background);
+    let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let info = {
+        let peer = PeerProc::spawn("soft", 1, 4096, 8, 8);
+        peer.infos[0]
+    };
+    let e = me
+        .qp
+        .connect(&info, &ConnectOpts::default())
+        .expect_err("the peer is gone");
+    assert!(
+        e.to_string().contains("cannot reach software device"),
+        "{e}"
+    );
+
+    // A stranger that sends garbage to a device's socket: the device
+    // drops that connection and carries on.
+    let (mut me, peer) = setup("soft", &ConnectOpts::default());
+    let name = me.ctx.soft_address().unwrap();
+    let name = name.strip_prefix("unix:@").expect("a unix address");
+    use std::os::linux::net::SocketAddrExt;
+    let a = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect_addr(&a).unwrap();
+    s.write_all(&[0xff; 200]).unwrap();
+    let mut buf = [0u8; 64];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The acceptor closes it (a WELCOME refusal at most, then EOF).
+    let mut total = 0;
+    loop {
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            // Closing with our bytes unread resets the connection.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the device did not close the connection: {e}"),
+        }
+    }
+    assert!(total <= 16);
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(0), b"still fine").signaled())
+        .unwrap();
+    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+}
+
+#[test]
+fn manual_progress_across_processes() {
+    let ctx = Context::soft(Progress::Manual);
+    let mut me = end(&ctx, caps(16, 16), 64, 4096, Access::ALL);
+    let mut peer = PeerProc::spawn("soft", 1, 4096, 16, 16);
+    let o = ConnectOpts::default();
+    peer.connect(0, &me.qp.local_info(&o).unwrap());
+    me.qp.connect(&peer.infos[0], &o).unwrap();
+    peer.cmd("fill 0 256 11");
+    me.qp
+        .post_and_ring(&Read::new(peer.remote(0), &[me.mr.sge(0, 256)]).signaled())
+        .unwrap();
+    // expect() steps the manual device while it waits.
+    ok_one(&mut me, mlx5::wqe::opcode::RDMA_READ);
+    let mut b = [0u8; 256];
+    me.mr.read(0, &mut b);
+    assert!(
+        b.iter()
+            .enumerate()
+            .all(|(i, &x)| x == pattern(11, i as u64))
+    );
+}
