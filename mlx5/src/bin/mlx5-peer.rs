@@ -300,11 +300,10 @@ impl Peer {
             let mut stop = false;
             cq.poll(64, |c| {
                 if c.kind == Kind::RecvWriteImm {
-                    if c.imm == u32::MAX {
-                        stop = true;
-                    } else {
-                        todo.push(((c.qpn - qpn0) as usize, c.byte_len, c.imm));
-                    }
+                    // The stop message consumed a receive too: reposted
+                    // below without an answer.
+                    stop |= c.imm == u32::MAX;
+                    todo.push(((c.qpn - qpn0) as usize, c.byte_len, c.imm));
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -315,6 +314,9 @@ impl Peer {
             for (i, len, imm) in todo.drain(..) {
                 let qp = self.qps.get_mut(i).ok_or("completion of an unknown QP")?;
                 qp.post_recv(&[]).map_err(|e| e.to_string())?;
+                if imm == u32::MAX {
+                    continue;
+                }
                 sent[i] = sent[i].wrapping_add(1);
                 let sge = [mr.sge(0, len)];
                 let mut w = WriteImm::new(to, &sge[..], imm);
@@ -405,12 +407,19 @@ fn main() {
         }
     });
     let mut out = std::io::stdout().lock();
+    let mut last_work = Instant::now();
     loop {
         let line = if peer.manual {
             match rx.try_recv() {
                 Ok(l) => l,
                 Err(mpsc::TryRecvError::Empty) => {
-                    let _ = peer.ctx.progress();
+                    // Spin while traffic flows; nap when it has stopped for
+                    // a millisecond, so an idle peer leaves the CPU alone.
+                    if peer.ctx.progress().unwrap_or(0) > 0 {
+                        last_work = Instant::now();
+                    } else if last_work.elapsed() > Duration::from_millis(1) {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
                     continue;
                 }
                 Err(mpsc::TryRecvError::Disconnected) => return,

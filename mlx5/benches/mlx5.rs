@@ -1,0 +1,452 @@
+//! Raw RDMA on the software device: the baselines copyrpc is measured
+//! against. `cargo bench -p mlx5` (or `scripts/bench.sh`).
+//!
+//! * `pingpong/*-1x1`: one 8-byte WRITE_IMM each way, one QP, one in
+//!   flight: the round-trip latency.
+//! * `rate/*-QxD`: Q QPs with D WRITE_IMMs each in flight, every one echoed
+//!   back: round trips per second.
+//! * `bw/*-read`, `bw/*-write`: 1 MiB RDMA READs / WRITEs, four in flight.
+//!
+//! `inproc` figures put both ends in this process (two devices, background
+//! progress: one device thread plus this thread). `cross` figures talk to
+//! an `mlx5-peer --manual` process over a unix socket; this side's device
+//! is manual too and progressed by the measuring thread, so each process
+//! runs one busy thread (this machine may have two cores). The peer
+//! answers WRITE_IMMs itself (`echo`). `MLX5_DEVICE` is honoured where it
+//! names hardware (the cross figures then need the peer on the same NIC).
+//!
+//! Environment knobs: `MLX5_BENCH_ROUNDS` (summary rounds, default 7),
+//! `MLX5_BENCH_SKIP_CRITERION=1`, `MLX5_BENCH_SKIP_SUMMARY=1`.
+
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Write as _};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use benchutil::summary::{self, Item, Kind as FigKind, Knobs};
+use mlx5::{
+    Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Read, Remote,
+    Selection, Write, WriteImm,
+};
+
+const MIB: usize = 1 << 20;
+const BW_DEPTH: usize = 4;
+
+/// One end: device, CQ, QPs, a 2 MiB buffer.
+struct End {
+    ctx: Context,
+    _pd: Pd,
+    cq: Cq,
+    qps: Vec<Qp>,
+    mr: Mr,
+    sent: Vec<u32>,
+    qpn0: u32,
+}
+
+fn caps(depth: u32) -> QpCaps {
+    QpCaps {
+        max_send_wr: (depth * 2 + 32).max(64),
+        max_recv_wr: depth.max(BW_DEPTH as u32),
+        ..QpCaps::default()
+    }
+}
+
+fn open_end(ctx: &Context, qps: usize, depth: u32) -> End {
+    let pd = Pd::new(ctx).expect("pd");
+    let c = caps(depth);
+    let cq = Cq::new(
+        ctx,
+        ((c.max_send_wr + c.max_recv_wr) * qps as u32 * 2).next_power_of_two(),
+    )
+    .expect("cq");
+    let qps: Vec<Qp> = (0..qps)
+        .map(|_| Qp::builder(&pd, &cq, &cq).caps(c).build().expect("qp"))
+        .collect();
+    let mr = pd.alloc_mr(2 * MIB, Access::ALL).expect("mr");
+    let qpn0 = qps[0].qpn();
+    End {
+        ctx: ctx.clone(),
+        _pd: pd,
+        cq,
+        sent: vec![0; qps.len()],
+        qps,
+        mr,
+        qpn0,
+    }
+}
+
+fn infos(e: &End) -> Vec<ConnInfo> {
+    e.qps
+        .iter()
+        .map(|q| q.local_info(&ConnectOpts::default()).expect("info"))
+        .collect()
+}
+
+impl End {
+    /// Posts one 8-byte WRITE_IMM on QP `i` (every 16th signaled, so the
+    /// send queue is retired without a CQE per message).
+    fn ping(&mut self, i: usize, to: Remote, imm: u32) {
+        self.sent[i] = self.sent[i].wrapping_add(1);
+        let bytes = imm.to_le_bytes();
+        let w = WriteImm::inline(to, &bytes, imm);
+        let w = if self.sent[i].is_multiple_of(16) {
+            w.signaled()
+        } else {
+            w
+        };
+        self.qps[i].post_and_ring(&w).expect("post");
+    }
+
+    fn step(&self) {
+        if !self.ctx.is_soft() {
+            return;
+        }
+        let _ = self.ctx.progress();
+    }
+}
+
+/// The far end: the other end in this process, or an `mlx5-peer`.
+enum Far {
+    Local(End),
+    Peer(PeerProc),
+}
+
+struct PeerProc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    addr: u64,
+    rkey: u32,
+}
+
+impl PeerProc {
+    fn cmd(&mut self, c: &str) -> String {
+        writeln!(self.stdin, "{c}").expect("write to mlx5-peer");
+        self.stdin.flush().expect("flush to mlx5-peer");
+        let mut l = String::new();
+        self.stdout.read_line(&mut l).expect("read from mlx5-peer");
+        match l.trim().strip_prefix("ok") {
+            Some(r) => r.trim().to_string(),
+            None => panic!("mlx5-peer: {c:?} → {l:?}"),
+        }
+    }
+}
+
+impl Drop for PeerProc {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+    }
+}
+
+/// A connected setup of `qps` QPs that keep `depth` messages in flight.
+struct Setup {
+    near: End,
+    far: Far,
+    depth: u32,
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Setup {
+    fn inproc(qps: usize, depth: u32) -> Setup {
+        let open = || match Selection::from_env() {
+            Ok(s @ Selection::Hw(_)) => Context::open(s).expect("MLX5_DEVICE"),
+            _ => Context::soft(Progress::Background),
+        };
+        let mut a = open_end(&open(), qps, depth);
+        let mut b = open_end(&open(), qps, depth);
+        let o = ConnectOpts::default();
+        let (ia, ib) = (infos(&a), infos(&b));
+        for i in 0..qps {
+            a.qps[i].connect(&ib[i], &o).expect("connect");
+            b.qps[i].connect(&ia[i], &o).expect("connect");
+            for _ in 0..depth.max(BW_DEPTH as u32) {
+                a.qps[i].post_recv(&[]).expect("recv");
+                b.qps[i].post_recv(&[]).expect("recv");
+            }
+        }
+        Setup {
+            near: a,
+            far: Far::Local(b),
+            depth,
+        }
+    }
+
+    fn cross(qps: usize, depth: u32) -> Setup {
+        let ctx = Context::soft(Progress::Manual);
+        let mut a = open_end(&ctx, qps, depth);
+        let c = caps(depth);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mlx5-peer"))
+            .args(["--device", "soft", "--manual"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn mlx5-peer");
+        let mut p = PeerProc {
+            stdin: child.stdin.take().expect("stdin"),
+            stdout: BufReader::new(child.stdout.take().expect("stdout")),
+            child,
+            addr: 0,
+            rkey: 0,
+        };
+        let r = p.cmd(&format!(
+            "setup {qps} {} {} {}",
+            2 * MIB,
+            c.max_send_wr,
+            c.max_recv_wr
+        ));
+        let mut it = r.split_whitespace();
+        p.addr = it.next().expect("addr").parse().expect("addr");
+        p.rkey = it.next().expect("rkey").parse().expect("rkey");
+        let far: Vec<ConnInfo> = it
+            .map(|h| ConnInfo::decode(&unhex(h)).expect("info"))
+            .collect();
+        let o = ConnectOpts::default();
+        let mine = infos(&a);
+        for i in 0..qps {
+            p.cmd(&format!("connect {i} {}", hex(&mine[i].encode())));
+            a.qps[i].connect(&far[i], &o).expect("connect");
+            p.cmd(&format!("recv {i} {} 0 0", c.max_recv_wr));
+            for _ in 0..c.max_recv_wr {
+                a.qps[i].post_recv(&[]).expect("recv");
+            }
+        }
+        Setup {
+            near: a,
+            far: Far::Peer(p),
+            depth,
+        }
+    }
+
+    fn far_remote(&self) -> Remote {
+        match &self.far {
+            Far::Local(b) => b.mr.remote(0),
+            Far::Peer(p) => Remote {
+                addr: p.addr,
+                rkey: p.rkey,
+            },
+        }
+    }
+
+    /// `iters` round trips with `depth` in flight per QP.
+    fn rate(&mut self, iters: u64) -> Duration {
+        let to = self.far_remote();
+        let back = self.near.mr.remote(0);
+        if let Far::Peer(p) = &mut self.far {
+            writeln!(p.stdin, "echo {} {}", back.addr, back.rkey).expect("echo");
+            p.stdin.flush().expect("echo");
+        }
+        let nq = self.near.qps.len();
+        let t = Instant::now();
+        let mut issued = 0u64;
+        let mut done = 0u64;
+        'fill: for _ in 0..self.depth {
+            for i in 0..nq {
+                if issued == iters {
+                    break 'fill;
+                }
+                self.near.ping(i, to, issued as u32);
+                issued += 1;
+            }
+        }
+        let mut replies: Vec<(usize, u32)> = Vec::new();
+        let mut answers: Vec<usize> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while done < iters {
+            self.near.step();
+            let q0 = self.near.qpn0;
+            self.near
+                .cq
+                .poll(256, |c| {
+                    if c.kind == Kind::RecvWriteImm {
+                        answers.push((c.qpn - q0) as usize);
+                    } else {
+                        assert!(c.status().is_ok(), "{c:?}");
+                    }
+                })
+                .expect("poll");
+            for i in answers.drain(..) {
+                done += 1;
+                self.near.qps[i].post_recv(&[]).expect("recv");
+                if issued < iters {
+                    self.near.ping(i, to, issued as u32);
+                    issued += 1;
+                }
+            }
+            if let Far::Local(b) = &mut self.far {
+                let q0 = b.qpn0;
+                b.cq.poll(256, |c| {
+                    if c.kind == Kind::RecvWriteImm {
+                        replies.push(((c.qpn - q0) as usize, c.imm));
+                    }
+                })
+                .expect("poll");
+                for (i, imm) in replies.drain(..) {
+                    b.qps[i].post_recv(&[]).expect("recv");
+                    b.ping(i, back, imm);
+                }
+            }
+            assert!(Instant::now() < deadline, "rate: stalled at {done}/{iters}");
+        }
+        let el = t.elapsed();
+        if let Far::Peer(p) = &mut self.far {
+            // Stop the echo (this message is not answered).
+            self.near.ping(0, to, u32::MAX);
+            let mut l = String::new();
+            while l.is_empty() {
+                self.near.step();
+                // The peer answers once it saw the stop message.
+                p.stdout.read_line(&mut l).expect("echo result");
+            }
+            assert!(l.starts_with("ok"), "echo: {l}");
+        }
+        el
+    }
+
+    /// `iters` 1 MiB READs or WRITEs, [`BW_DEPTH`] in flight.
+    fn bw(&mut self, iters: u64, read: bool) -> Duration {
+        let to = self.far_remote();
+        let sge = [self.near.mr.sge(0, MIB as u32)];
+        let t = Instant::now();
+        let (mut issued, mut done) = (0u64, 0u64);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while done < iters {
+            while issued < iters && issued - done < BW_DEPTH as u64 {
+                let qp = &mut self.near.qps[0];
+                if read {
+                    qp.post(&Read::new(to, &sge).signaled())
+                } else {
+                    qp.post(&Write::new(to, &sge).signaled())
+                }
+                .expect("post");
+                qp.ring_doorbell();
+                issued += 1;
+            }
+            self.near.step();
+            self.near
+                .cq
+                .poll(16, |c| {
+                    assert!(c.status().is_ok(), "{c:?}");
+                    done += 1;
+                })
+                .expect("poll");
+            assert!(Instant::now() < deadline, "bw: stalled");
+        }
+        t.elapsed()
+    }
+}
+
+type Shared<T> = Rc<RefCell<T>>;
+
+struct Fig {
+    id: String,
+    kind: FigKind,
+    iters: u64,
+    run: Rc<RefCell<dyn FnMut(u64) -> Duration>>,
+}
+
+fn figures() -> Vec<Fig> {
+    let mut v = Vec::new();
+    for (place, mk) in [
+        ("inproc", Setup::inproc as fn(usize, u32) -> Setup),
+        ("cross", Setup::cross),
+    ] {
+        for (qps, depth, kind, iters) in [
+            (1usize, 1u32, FigKind::Latency, 20_000u64),
+            (1, 32, FigKind::Throughput, 100_000),
+            (8, 256, FigKind::Throughput, 200_000),
+        ] {
+            let s: Shared<Setup> = Rc::new(RefCell::new(mk(qps, depth)));
+            let name = if qps == 1 && depth == 1 {
+                format!("pingpong/{place}-1x1")
+            } else {
+                format!("rate/{place}-{qps}x{depth}")
+            };
+            v.push(Fig {
+                id: name,
+                kind,
+                iters,
+                run: Rc::new(RefCell::new(move |n| s.borrow_mut().rate(n))),
+            });
+        }
+        let s: Shared<Setup> = Rc::new(RefCell::new(mk(1, 4)));
+        for read in [true, false] {
+            let s = s.clone();
+            v.push(Fig {
+                id: format!("bw/{place}-{}", if read { "read" } else { "write" }),
+                kind: FigKind::Throughput,
+                iters: 200,
+                run: Rc::new(RefCell::new(move |n| s.borrow_mut().bw(n, read))),
+            });
+        }
+    }
+    v
+}
+
+fn main() {
+    let knobs = Knobs::from_env("MLX5_BENCH", 7);
+    let figs = figures();
+    if !knobs.skip_criterion {
+        let mut c = benchutil::criterion();
+        for f in &figs {
+            let run = f.run.clone();
+            c.bench_function(&f.id, |b| b.iter_custom(|n| (run.borrow_mut())(n)));
+        }
+        c.final_summary();
+    }
+    if knobs.skip_summary {
+        return;
+    }
+    let items: Vec<Item<'_>> = figs
+        .iter()
+        .map(|f| {
+            let run = f.run.clone();
+            Item::new(f.id.clone(), f.kind, f.iters, move |n| {
+                (run.borrow_mut())(n)
+            })
+        })
+        .collect();
+    let m = summary::run(&knobs, items, benchutil::canary_ns);
+    let mut out = m.preamble("mlx5");
+    out += "| figure | median | per operation | note |\n|---|---|---|---|\n";
+    for f in &m.figures {
+        let (value, note) = if f.id.starts_with("bw/") {
+            (
+                format!("{:.2} GB/s", f.per_second() * MIB as f64 / 1e9),
+                "1 MiB per operation, 4 in flight",
+            )
+        } else if f.kind == FigKind::Latency {
+            (
+                format!("{:.2} µs", f.ns / 1e3),
+                "round trip, 8-byte WRITE_IMM each way",
+            )
+        } else {
+            (
+                format!("{:.2} M round trips/s", f.per_second() / 1e6),
+                "8-byte WRITE_IMM each way",
+            )
+        };
+        out += &format!("| {} | {value} | {:.0} ns | {note} |\n", f.id, f.ns);
+    }
+    out += "\ninproc: two devices in this process, background progress (one device thread). \
+            cross: this process and an `mlx5-peer --manual` process over a unix socket, each \
+            progressing its device from its one measuring thread.\n";
+    out += &format!(
+        "canary (floor/threads, {}k trips) per round, ns: {:?}\n",
+        benchutil::CANARY_TRIPS / 1000,
+        m.canaries_ns()
+    );
+    benchutil::write_report("mlx5", &out);
+}
