@@ -10,6 +10,12 @@ cargo bench -p ipc --bench ipc -- "$@"
 echo
 echo "== inproc (cargo bench -p inproc)"
 cargo bench -p inproc --bench inproc -- "$@"
+echo
+echo "== mlx5 (cargo bench -p mlx5)"
+cargo bench -p mlx5 --bench mlx5 -- "$@"
+echo
+echo "== mlx5 data-path instructions (scripts/callgrind.sh)"
+"$(dirname "$0")/callgrind.sh"
 
 echo
 echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), git $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"

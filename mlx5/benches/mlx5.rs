@@ -7,8 +7,10 @@
 //!   back: round trips per second.
 //! * `bw/*-read`, `bw/*-write`: 1 MiB RDMA READs / WRITEs, four in flight.
 //!
-//! `inproc` figures put both ends in this process (two devices, background
-//! progress: one device thread plus this thread). `cross` figures talk to
+//! `inproc` figures put both ends in this process: two devices with manual
+//! progress, both stepped by the measuring thread, so the figure is the
+//! software device's own cost with no thread hand-off (the `pingpong`
+//! example measures the background-thread mode). `cross` figures talk to
 //! an `mlx5-peer --manual` process over a unix socket; this side's device
 //! is manual too and progressed by the measuring thread, so each process
 //! runs one busy thread (this machine may have two cores). The peer
@@ -163,7 +165,7 @@ impl Setup {
     fn inproc(qps: usize, depth: u32) -> Setup {
         let open = || match Selection::from_env() {
             Ok(s @ Selection::Hw(_)) => Context::open(s).expect("MLX5_DEVICE"),
-            _ => Context::soft(Progress::Background),
+            _ => Context::soft(Progress::Manual),
         };
         let mut a = open_end(&open(), qps, depth);
         let mut b = open_end(&open(), qps, depth);
@@ -286,6 +288,7 @@ impl Setup {
                 }
             }
             if let Far::Local(b) = &mut self.far {
+                b.step();
                 let q0 = b.qpn0;
                 b.cq.poll(256, |c| {
                     if c.kind == Kind::RecvWriteImm {
@@ -335,6 +338,9 @@ impl Setup {
                 issued += 1;
             }
             self.near.step();
+            if let Far::Local(b) = &self.far {
+                b.step();
+            }
             self.near
                 .cq
                 .poll(16, |c| {
@@ -440,7 +446,7 @@ fn main() {
         };
         out += &format!("| {} | {value} | {:.0} ns | {note} |\n", f.id, f.ns);
     }
-    out += "\ninproc: two devices in this process, background progress (one device thread). \
+    out += "\ninproc: two devices in this process, manual progress, one thread stepping both. \
             cross: this process and an `mlx5-peer --manual` process over a unix socket, each \
             progressing its device from its one measuring thread.\n";
     out += &format!(

@@ -391,6 +391,8 @@ pub(crate) struct Shared {
     listening: Mutex<bool>,
     /// Connections the acceptor thread handed over, not yet adopted.
     pending: Mutex<Vec<([u8; 16], net::Stream)>>,
+    /// Whether `pending` may hold something (spares the hot path a lock).
+    has_pending: AtomicBool,
     manual: bool,
     pub(crate) state: Mutex<State>,
     pub(crate) engine: Mutex<engine::Engine>,
@@ -412,10 +414,17 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((from, s));
+        // Release: the push above is visible to whoever sees the flag.
+        self.has_pending.store(true, Ordering::Release);
         self.bell.ring();
     }
 
     pub(crate) fn take_pending(&self) -> Vec<([u8; 16], net::Stream)> {
+        // Acquire: pairs with adopt's Release. Cleared before taking, so a
+        // connection pushed meanwhile sets it again.
+        if !self.has_pending.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -497,6 +506,7 @@ impl Device {
             addr: addr.encode(),
             listening: Mutex::new(false),
             pending: Mutex::new(Vec::new()),
+            has_pending: AtomicBool::new(false),
             manual: progress == Progress::Manual,
             state: Mutex::new(State::default()),
             engine: Mutex::new(engine::Engine::default()),
@@ -829,27 +839,36 @@ impl Device {
             )));
         }
         let budget = net::ack_budget(opts.timeout, opts.retry_cnt);
-        let mut guard = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-        let eng = &mut *guard;
-        if eng.faults.dropped.contains(&r.gid) {
-            return Err(Error::InvalidAttr(format!(
-                "software device {to} was dropped by fault injection"
-            )));
-        }
-        engine::adopt(&self.shared, eng);
-        let id = match eng.links.iter_mut().find(|l| l.is_up() && l.peer == r.gid) {
-            Some(l) => {
-                l.timeout = l.timeout.min(budget);
-                l.id
+        let lock = || self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let existing = {
+            let mut guard = lock();
+            let eng = &mut *guard;
+            if eng.faults.dropped.contains(&r.gid) {
+                return Err(Error::InvalidAttr(format!(
+                    "software device {to} was dropped by fault injection"
+                )));
             }
+            engine::adopt(&self.shared, eng);
+            eng.links
+                .iter_mut()
+                .find(|l| l.is_up() && l.peer == r.gid)
+                .map(|l| {
+                    l.timeout = l.timeout.min(budget);
+                    l.id
+                })
+        };
+        let id = match existing {
+            Some(id) => id,
             None => {
+                // Connect without the engine lock (the handshake may take a
+                // while); a link another QP made meanwhile is harmless.
                 let s = net::connect(self.shared.addr, to).map_err(Error::InvalidAttr)?;
-                let l = engine::add_link(eng, r.gid, s);
+                let mut guard = lock();
+                let l = engine::add_link(&mut guard, r.gid, s);
                 l.timeout = budget;
                 l.id
             }
         };
-        drop(guard);
         // The device thread must watch the new socket.
         self.shared.bell.ring();
         Ok(Peer {

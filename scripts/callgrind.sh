@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Instructions the mlx5 data path costs per posted WQE and per polled CQE,
+# counted by callgrind in the `instr` example (mlx5/examples/instr.rs):
+# only the calls of `post_batch`, `poll_batch` and `poll_recv_batch` are
+# counted, at two batch sizes, so fixed costs (the doorbell, a poll's
+# set-up) cancel: per op = (Ir(LARGE) - Ir(SMALL)) / (LARGE - SMALL).
+# The software device's own work is not counted.
+#
+#   scripts/callgrind.sh [SMALL LARGE]     (default 1000 5000)
+#
+# Leaves the table in target/bench-summary/mlx5-instr.md and prints it.
+source "$(dirname "$0")/common.sh"
+
+ensure_apt valgrind
+
+SMALL="${1:-1000}"
+LARGE="${2:-5000}"
+if [ $# -gt 2 ] || ! [[ "$SMALL" =~ ^[1-9][0-9]{0,7}$ && "$LARGE" =~ ^[1-9][0-9]{0,7}$ ]] \
+    || [ "$SMALL" -ge "$LARGE" ]; then
+    echo "usage: scripts/callgrind.sh [SMALL LARGE]  (batch sizes, 1 <= SMALL < LARGE)" >&2
+    exit 2
+fi
+
+# The workspace's release profile keeps line tables (debug = 1), which is
+# what callgrind_annotate needs, and release builds keep their symbols, which
+# is what --toggle-collect matches: no profile override, so this shares
+# target/release with everyone else's builds instead of rebuilding it.
+echo "== cargo build --release -p mlx5 --example instr" >&2
+cargo build --release -p mlx5 --example instr
+BIN="${CARGO_TARGET_DIR:-target}/release/examples/instr"
+[ -x "$BIN" ] || { echo "callgrind.sh: $BIN was not built" >&2; exit 1; }
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+VG_OPTS=(--tool=callgrind --collect-atstart=no)
+
+# ir FUNCTION N OP: instructions executed inside FUNCTION (and its callees)
+# over one run of `instr N OP`.
+ir() {
+    local fn="$1" n="$2" op="$3"
+    local out="$WORK/callgrind.out.$op.$fn.$n" log="$WORK/log.$op.$fn.$n"
+    if ! valgrind "${VG_OPTS[@]}" --toggle-collect="*$fn*" --callgrind-out-file="$out" \
+        --log-file="$log" "$BIN" "$n" "$op" >>"$log.stdout" 2>&1; then
+        echo "callgrind.sh: valgrind $BIN $n $op (toggle $fn) failed:" >&2
+        cat "$log.stdout" "$log" >&2
+        exit 1
+    fi
+    local total
+    total="$(awk '/^summary:/ {print $2; exit}' "$out")"
+    [ -n "$total" ] || total="$(awk '/^totals:/ {print $2; exit}' "$out")"
+    if ! [[ "$total" =~ ^[0-9]+$ ]]; then
+        echo "callgrind.sh: no summary/totals line in $out" >&2
+        exit 1
+    fi
+    echo "$total"
+}
+
+ROWS=()
+# row LABEL FUNCTION OP: one table row from runs at SMALL and LARGE.
+row() {
+    local label="$1" fn="$2" op="$3" small large
+    echo "== $label: $fn, instr N $op, N = $SMALL and $LARGE" >&2
+    small="$(ir "$fn" "$SMALL" "$op")"
+    large="$(ir "$fn" "$LARGE" "$op")"
+    if [ "$large" -le "$small" ] || [ "$small" -eq 0 ]; then
+        echo "callgrind.sh: $fn counted $small then $large instructions:" \
+            "--toggle-collect matched nothing, or the batch does not scale" >&2
+        exit 1
+    fi
+    local per fixed
+    per="$(awk -v a="$small" -v b="$large" -v n="$SMALL" -v m="$LARGE" \
+        'BEGIN { printf "%.1f", (b - a) / (m - n) }')"
+    fixed="$(awk -v a="$small" -v p="$per" -v n="$SMALL" 'BEGIN { printf "%.0f", a - p * n }')"
+    ROWS+=("| $label | $per | $fixed | $small | $large |")
+}
+
+row "post (Write inline 8 B, signaled)" post_batch write
+row "poll (send CQE)" poll_batch write
+row "post (WriteImm SGE)" post_batch writeimm
+row "poll (recv CQE)" poll_recv_batch writeimm
+
+MODEL="$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"
+HASH="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD -- 2>/dev/null || HASH="$HASH (with uncommitted changes)"
+
+mkdir -p target/bench-summary
+REPORT=target/bench-summary/mlx5-instr.md
+{
+    echo "mlx5 instructions per operation (callgrind Ir; per op = (Ir(N=$LARGE) - Ir(N=$SMALL)) / $((LARGE - SMALL)); software device's work not counted)"
+    echo
+    echo "| operation | instructions / op | fixed per batch | Ir (N=$SMALL) | Ir (N=$LARGE) |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "machine: $(uname -m), ${MODEL:-unknown CPU}; $(valgrind --version); git $HASH"
+    echo "command: scripts/callgrind.sh $SMALL $LARGE, i.e. for (FN, OP) in (post_batch, write) (poll_batch, write) (post_batch, writeimm) (poll_recv_batch, writeimm) and N in $SMALL $LARGE:" \
+        "\`valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*FN*' $BIN N OP\`, total Ir from the callgrind.out summary line"
+} >"$REPORT"
+
+echo
+cat "$REPORT"
