@@ -361,6 +361,8 @@ struct Fig {
     kind: FigKind,
     iters: u64,
     run: Rc<RefCell<dyn FnMut(u64) -> Duration>>,
+    /// This side's device (for its wire counters).
+    ctx: Context,
 }
 
 fn figures() -> Vec<Fig> {
@@ -375,6 +377,7 @@ fn figures() -> Vec<Fig> {
             (8, 256, FigKind::Throughput, 200_000),
         ] {
             let s: Shared<Setup> = Rc::new(RefCell::new(mk(qps, depth)));
+            let ctx = s.borrow().near.ctx.clone();
             let name = if qps == 1 && depth == 1 {
                 format!("pingpong/{place}-1x1")
             } else {
@@ -385,16 +388,19 @@ fn figures() -> Vec<Fig> {
                 kind,
                 iters,
                 run: Rc::new(RefCell::new(move |n| s.borrow_mut().rate(n))),
+                ctx,
             });
         }
         let s: Shared<Setup> = Rc::new(RefCell::new(mk(1, 4)));
         for read in [true, false] {
             let s = s.clone();
+            let ctx = s.borrow().near.ctx.clone();
             v.push(Fig {
                 id: format!("bw/{place}-{}", if read { "read" } else { "write" }),
                 kind: FigKind::Throughput,
                 iters: 200,
                 run: Rc::new(RefCell::new(move |n| s.borrow_mut().bw(n, read))),
+                ctx,
             });
         }
     }
@@ -449,8 +455,24 @@ fn main() {
     out += "\ninproc: two devices in this process, manual progress, one thread stepping both. \
             cross: this process and an `mlx5-peer --manual` process over a unix socket, each \
             progressing its device from its one measuring thread.\n";
+    out += "\nwire (this side of the cross figures, criterion and summary runs together):\n\n\
+            | setup | frames sent per write call | frames received per read call | bytes per write call |\n\
+            |---|---|---|---|\n";
+    for f in figs.iter().filter(|f| f.id.contains("cross")) {
+        if f.id.ends_with("-write") {
+            continue; // shares its setup (and counters) with bw/cross-read
+        }
+        let w = f.ctx.wire_stats().expect("software device");
+        out += &format!(
+            "| {} | {:.2} | {:.2} | {:.0} |\n",
+            f.id.replace("-read", "-read+write"),
+            w.frames_sent as f64 / w.writes.max(1) as f64,
+            w.frames_received as f64 / w.reads.max(1) as f64,
+            w.bytes_sent as f64 / w.writes.max(1) as f64,
+        );
+    }
     out += &format!(
-        "canary (floor/threads, {}k trips) per round, ns: {:?}\n",
+        "\ncanary (floor/threads, {}k trips) per round, ns: {:?}\n",
         benchutil::CANARY_TRIPS / 1000,
         m.canaries_ns()
     );

@@ -51,12 +51,21 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Across processes
+//!
+//! A software device reaches devices in other processes over a unix
+//! socket, and on other hosts over TCP (`MLX5_DEVICE=soft@tcp`): the same
+//! `ConnInfo` exchange connects the QPs. [`Context::faults`] injects
+//! faults (a peer dropped or partitioned, delayed frames, a forced error
+//! CQE, receives withheld). `mlx5-peer` (a binary of this crate) is a
+//! scriptable far end in another process.
+//!
 //! # Cost
 //!
-//! On the software device the device, not this crate's data path, dominates
-//! a round trip; `cargo run --release -p mlx5 --example pingpong` measures an
-//! in-process WRITE_IMM ping-pong (mlx5/README.md quotes a run and its
-//! machine). Criterion benches of the raw operations are not written yet.
+//! `cargo bench -p mlx5` measures WRITE_IMM ping-pong, message rate and
+//! 1 MiB READ/WRITE bandwidth in one process and across two;
+//! `scripts/callgrind.sh` counts the instructions per posted WQE and per
+//! polled CQE. mlx5/README.md quotes both with the machine they ran on.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 

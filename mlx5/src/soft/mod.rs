@@ -17,8 +17,14 @@
 //!    scatter READ data or the atomic's original value, write the requester
 //!    CQE (signaled WQEs and every error), or arm an RNR retry.
 //!
-//! Phase 2 is a function of (request, payload) → response, so a device in
-//! another process can run it on the far side of a socket.
+//! Phase 2 is a function of (request, payload) → response. For a peer in
+//! this process it runs in line; for a peer in another process or host
+//! ([`net`]) phase 1 appends a `REQ` frame to the link and moves on (the
+//! QP keeps its requests in flight, in order, each with a sequence
+//! number), the target device runs phase 2 when the frame arrives and
+//! answers with a `RESP`, and phase 3 runs when that answer arrives. An RNR
+//! NAK rewinds the QP to the NAKed WQE (the target answers the requests
+//! after it "out of sequence" without executing them).
 //!
 //! # Semantics and limits
 //!
@@ -29,8 +35,9 @@
 //! and `RemoteInvalRequest` at the requester, both QPs in error; no receive
 //! WQE → RNR NAK, retried after the responder's `min_rnr_timer`, then
 //! `RnrRetryExceeded`; a peer QP that is gone, not connected back, or not in
-//! RTR/RTS → `TransportRetryExceeded` at once (no packets are lost in one
-//! process, so waiting out the retry timer would change nothing). After an
+//! RTR/RTS → `TransportRetryExceeded` at once; a link that closes or stays
+//! silent past the ACK timeout with requests outstanding →
+//! `TransportRetryExceeded` for the oldest WQE in flight. After an
 //! error every later WQE of the QP, and every posted receive of its RQ,
 //! completes with `WrFlush`. A CQ that fills up is overrun, as on hardware.
 //! Atomics operate on target memory in host byte order and return the
