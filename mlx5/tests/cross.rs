@@ -612,3 +612,56 @@ fn manual_progress_across_processes() {
             .all(|(i, &x)| x == pattern(11, i as u64))
     );
 }
+
+#[test]
+fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
+    use std::io::Read as _;
+    use std::os::linux::net::SocketAddrExt;
+    let (mut me, peer) = setup("soft", &ConnectOpts::default());
+    let info = me.qp.local_info(&ConnectOpts::default()).unwrap();
+    let name = me.ctx.soft_address().unwrap();
+    let name = name
+        .strip_prefix("unix:@")
+        .expect("a unix address")
+        .to_string();
+    let a = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect_addr(&a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A well-formed HELLO from a made-up device (unix kind, pid 1).
+    let mut from = [0u8; 16];
+    from[0..4].copy_from_slice(b"SOFT");
+    from[4] = 1;
+    from[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
+    hello.extend_from_slice(b"M5SW");
+    hello.extend_from_slice(&[1, 0, 0, 0]);
+    hello.extend_from_slice(&from);
+    hello.extend_from_slice(&info.gid);
+    s.write_all(&hello).unwrap();
+    let mut welcome = [0u8; 16];
+    s.read_exact(&mut welcome).unwrap();
+    assert_eq!(welcome[..8], [8, 0, 0, 0, 2, 0, 0, 0]);
+    assert_eq!(welcome[8], 0, "accepted");
+    // A REQ whose payload disagrees with its length: protocol error.
+    let mut req = vec![60, 0, 0, 0, 3, 0, 0, 0];
+    let mut body = [0u8; 56];
+    body[16] = mlx5::wqe::opcode::RDMA_WRITE;
+    body[32..36].copy_from_slice(&100u32.to_le_bytes());
+    req.extend_from_slice(&body);
+    req.extend_from_slice(&[0u8; 4]);
+    s.write_all(&req).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => panic!("no answer expected to a malformed frame"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the device did not close the link: {e}"),
+        }
+    }
+    // The device and its real link carry on.
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(8), b"alive").signaled())
+        .unwrap();
+    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+}
