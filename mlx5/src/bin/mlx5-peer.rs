@@ -303,7 +303,7 @@ impl Peer {
                     // The stop message consumed a receive too: reposted
                     // below without an answer.
                     stop |= c.imm == u32::MAX;
-                    todo.push(((c.qpn - qpn0) as usize, c.byte_len, c.imm));
+                    todo.push((c.qpn.wrapping_sub(qpn0) as usize, c.byte_len, c.imm));
                 }
             })
             .map_err(|e| e.to_string())?;
