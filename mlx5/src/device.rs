@@ -147,9 +147,15 @@ impl Context {
 
     /// A software device with the given progress mode (reachable from
     /// other processes on this host through a unix socket).
+    ///
+    /// # Panics
+    ///
+    /// If the operating system refuses an eventfd or a thread (descriptor
+    /// or thread exhaustion); `Context::open(Selection::Soft(progress))`
+    /// returns that as an error instead.
     pub fn soft(progress: Progress) -> Context {
         let dev = soft::Device::open(progress, None)
-            .expect("a unix-address device binds nothing at open");
+            .unwrap_or_else(|e| panic!("opening a software device: {e}"));
         Context {
             inner: Arc::new(CtxInner {
                 backend: Backend::Soft(dev),

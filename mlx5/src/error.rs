@@ -102,6 +102,16 @@ pub enum Error {
     /// Connection info could not be decoded.
     #[error("malformed connection info: {0}")]
     BadConnInfo(&'static str),
+    /// The operating system refused something the software device needs
+    /// (an eventfd, a thread).
+    #[error("{what} failed: {source}")]
+    Os {
+        /// What was being done.
+        what: &'static str,
+        /// The error it reported.
+        #[source]
+        source: std::io::Error,
+    },
     /// The software device was asked to do something only manual (or only
     /// background) progress supports.
     #[error("{0}")]

@@ -68,16 +68,17 @@ pub(crate) use engine::progress;
 pub(crate) struct EventFd(std::os::fd::OwnedFd);
 
 impl EventFd {
-    pub(crate) fn new() -> EventFd {
+    pub(crate) fn new() -> Result<EventFd, Error> {
         // SAFETY: plain syscall; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        assert!(
-            fd >= 0,
-            "eventfd failed: {}",
-            std::io::Error::last_os_error()
-        );
+        if fd < 0 {
+            return Err(Error::Os {
+                what: "eventfd for the software device's doorbell",
+                source: std::io::Error::last_os_error(),
+            });
+        }
         // SAFETY: fd is a fresh descriptor we own.
-        EventFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+        Ok(EventFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
     }
 
     pub(crate) fn signal(&self) {
@@ -136,11 +137,11 @@ pub(crate) struct Bell {
 }
 
 impl Bell {
-    fn new() -> Bell {
-        Bell {
+    fn new() -> Result<Bell, Error> {
+        Ok(Bell {
             sleeping: AtomicBool::new(false),
-            efd: EventFd::new(),
-        }
+            efd: EventFd::new()?,
+        })
     }
 
     /// Rings: wakes the device thread if it sleeps.
@@ -460,22 +461,25 @@ static PROGRESSOR: Mutex<Option<Arc<Progressor>>> = Mutex::new(None);
 /// The progress thread's name (tests look for it in /proc).
 pub const PROGRESS_THREAD: &str = "mlx5-soft-progress";
 
-fn progressor() -> Arc<Progressor> {
+fn progressor() -> Result<Arc<Progressor>, Error> {
     let mut g = PROGRESSOR.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = &*g {
-        return p.clone();
+        return Ok(p.clone());
     }
     let p = Arc::new(Progressor {
         devices: Mutex::new(Vec::new()),
-        bell: Arc::new(Bell::new()),
+        bell: Arc::new(Bell::new()?),
     });
     let t = p.clone();
     std::thread::Builder::new()
         .name(PROGRESS_THREAD.into())
         .spawn(move || run(&t))
-        .expect("spawn the software device progress thread");
+        .map_err(|source| Error::Os {
+            what: "spawning the software device progress thread",
+            source,
+        })?;
     *g = Some(p.clone());
-    p
+    Ok(p)
 }
 
 impl Device {
@@ -507,7 +511,14 @@ impl Device {
                 (net::Addr::Tcp { ip, port, id }, Some(l))
             }
         };
-        let background = (progress == Progress::Background).then(progressor);
+        let background = match progress {
+            Progress::Background => Some(progressor()?),
+            Progress::Manual => None,
+        };
+        let bell = match &background {
+            Some(p) => p.bell.clone(),
+            None => Arc::new(Bell::new()?),
+        };
         let shared = Arc::new(Shared {
             id: u64::from(id),
             addr: addr.encode(),
@@ -517,16 +528,14 @@ impl Device {
             manual: progress == Progress::Manual,
             state: Mutex::new(State::default()),
             engine: Mutex::new(engine::Engine::default()),
-            bell: background
-                .as_ref()
-                .map_or_else(|| Arc::new(Bell::new()), |p| p.bell.clone()),
+            bell,
         });
         FABRIC
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((shared.addr, Arc::downgrade(&shared)));
         if let Some(l) = listener {
-            net::listen(l, &shared, shared.addr);
+            net::listen(l, &shared, shared.addr)?;
             *shared.listening.lock().unwrap_or_else(|e| e.into_inner()) = true;
         }
         if let Some(p) = background {
@@ -568,7 +577,7 @@ impl Device {
                     net::Addr::Unix { pid, id }
                 ))
             })?;
-            net::listen(sock, &self.shared, self.shared.addr);
+            net::listen(sock, &self.shared, self.shared.addr)?;
             *l = true;
         }
         Ok(self.shared.addr)

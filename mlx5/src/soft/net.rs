@@ -47,12 +47,13 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::Shared;
 use super::engine::{Request, Response};
 use crate::cqe::Syndrome;
+use crate::error::Error;
 use crate::wqe::Remote;
 
 pub(crate) const ADDR_MAGIC: [u8; 4] = *b"SOFT";
@@ -693,24 +694,33 @@ struct Entry {
     addr: [u8; 16],
 }
 
-fn acceptor() -> &'static Acceptor {
-    static A: OnceLock<&'static Acceptor> = OnceLock::new();
-    A.get_or_init(|| {
-        let a: &'static Acceptor = Box::leak(Box::new(Acceptor {
-            entries: Mutex::new(Vec::new()),
-            wake: super::EventFd::new(),
-        }));
-        std::thread::Builder::new()
-            .name("mlx5-soft-accept".into())
-            .spawn(move || accept_loop(a))
-            .expect("spawn the software device acceptor thread");
-        a
-    })
+static ACCEPTOR: Mutex<Option<&'static Acceptor>> = Mutex::new(None);
+
+/// The acceptor, started on first use (it lives as long as the process).
+fn acceptor() -> Result<&'static Acceptor, Error> {
+    let mut g = ACCEPTOR.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = *g {
+        return Ok(a);
+    }
+    let wake = super::EventFd::new()?;
+    let a: &'static Acceptor = Box::leak(Box::new(Acceptor {
+        entries: Mutex::new(Vec::new()),
+        wake,
+    }));
+    std::thread::Builder::new()
+        .name("mlx5-soft-accept".into())
+        .spawn(move || accept_loop(a))
+        .map_err(|source| Error::Os {
+            what: "spawning the software device acceptor thread",
+            source,
+        })?;
+    *g = Some(a);
+    Ok(a)
 }
 
 /// Starts accepting for `dev` on `l`.
-pub(crate) fn listen(l: Listener, dev: &Arc<Shared>, addr: [u8; 16]) {
-    let a = acceptor();
+pub(crate) fn listen(l: Listener, dev: &Arc<Shared>, addr: [u8; 16]) -> Result<(), Error> {
+    let a = acceptor()?;
     a.entries
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -720,11 +730,14 @@ pub(crate) fn listen(l: Listener, dev: &Arc<Shared>, addr: [u8; 16]) {
             addr,
         });
     a.wake.signal();
+    Ok(())
 }
 
 /// Stops accepting for the device with address `addr`.
 pub(crate) fn unlisten(addr: [u8; 16]) {
-    let a = acceptor();
+    let Some(a) = *ACCEPTOR.lock().unwrap_or_else(|e| e.into_inner()) else {
+        return;
+    };
     a.entries
         .lock()
         .unwrap_or_else(|e| e.into_inner())
