@@ -21,12 +21,11 @@
 //! `MLX5_BENCH_SKIP_CRITERION=1`, `MLX5_BENCH_SKIP_SUMMARY=1`.
 
 use std::cell::RefCell;
-use std::io::{BufRead, BufReader, Write as _};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use benchutil::summary::{self, Item, Kind as FigKind, Knobs};
+use mlx5::peer::PeerProcess;
 use mlx5::{
     Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Read, Remote,
     Selection, Write, WriteImm,
@@ -111,36 +110,7 @@ impl End {
 /// The far end: the other end in this process, or an `mlx5-peer`.
 enum Far {
     Local(End),
-    Peer(PeerProc),
-}
-
-struct PeerProc {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    addr: u64,
-    rkey: u32,
-}
-
-impl PeerProc {
-    fn cmd(&mut self, c: &str) -> String {
-        writeln!(self.stdin, "{c}").expect("write to mlx5-peer");
-        self.stdin.flush().expect("flush to mlx5-peer");
-        let mut l = String::new();
-        self.stdout.read_line(&mut l).expect("read from mlx5-peer");
-        match l.trim().strip_prefix("ok") {
-            Some(r) => r.trim().to_string(),
-            None => panic!("mlx5-peer: {c:?} → {l:?}"),
-        }
-    }
-}
-
-impl Drop for PeerProc {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.stdin.flush();
-        let _ = self.child.wait();
-    }
+    Peer(PeerProcess),
 }
 
 /// A connected setup of `qps` QPs that keep `depth` messages in flight.
@@ -148,17 +118,6 @@ struct Setup {
     near: End,
     far: Far,
     depth: u32,
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Setup {
@@ -190,35 +149,19 @@ impl Setup {
         let ctx = Context::soft(Progress::Manual);
         let mut a = open_end(&ctx, qps, depth);
         let c = caps(depth);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mlx5-peer"))
-            .args(["--device", "soft", "--manual"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn mlx5-peer");
-        let mut p = PeerProc {
-            stdin: child.stdin.take().expect("stdin"),
-            stdout: BufReader::new(child.stdout.take().expect("stdout")),
-            child,
-            addr: 0,
-            rkey: 0,
-        };
-        let r = p.cmd(&format!(
-            "setup {qps} {} {} {}",
+        let mut p = PeerProcess::spawn(
+            env!("CARGO_BIN_EXE_mlx5-peer"),
+            &["--device", "soft", "--manual"],
+            qps,
             2 * MIB,
             c.max_send_wr,
-            c.max_recv_wr
-        ));
-        let mut it = r.split_whitespace();
-        p.addr = it.next().expect("addr").parse().expect("addr");
-        p.rkey = it.next().expect("rkey").parse().expect("rkey");
-        let far: Vec<ConnInfo> = it
-            .map(|h| ConnInfo::decode(&unhex(h)).expect("info"))
-            .collect();
+            c.max_recv_wr,
+        );
+        let far = p.infos.clone();
         let o = ConnectOpts::default();
         let mine = infos(&a);
         for i in 0..qps {
-            p.cmd(&format!("connect {i} {}", hex(&mine[i].encode())));
+            p.connect(i, &mine[i]);
             a.qps[i].connect(&far[i], &o).expect("connect");
             p.cmd(&format!("recv {i} {} 0 0", c.max_recv_wr));
             for _ in 0..c.max_recv_wr {
@@ -235,10 +178,7 @@ impl Setup {
     fn far_remote(&self) -> Remote {
         match &self.far {
             Far::Local(b) => b.mr.remote(0),
-            Far::Peer(p) => Remote {
-                addr: p.addr,
-                rkey: p.rkey,
-            },
+            Far::Peer(p) => p.mr,
         }
     }
 
@@ -247,8 +187,7 @@ impl Setup {
         let to = self.far_remote();
         let back = self.near.mr.remote(0);
         if let Far::Peer(p) = &mut self.far {
-            writeln!(p.stdin, "echo {} {}", back.addr, back.rkey).expect("echo");
-            p.stdin.flush().expect("echo");
+            p.send(&format!("echo {} {}", back.addr, back.rkey));
         }
         let nq = self.near.qps.len();
         let t = Instant::now();
@@ -307,12 +246,9 @@ impl Setup {
         if let Far::Peer(p) = &mut self.far {
             // Stop the echo (this message is not answered).
             self.near.ping(0, to, u32::MAX);
-            let mut l = String::new();
-            while l.is_empty() {
-                self.near.step();
-                // The peer answers once it saw the stop message.
-                p.stdout.read_line(&mut l).expect("echo result");
-            }
+            // One step sends it; the peer answers once it saw it.
+            self.near.step();
+            let l = p.line();
             assert!(l.starts_with("ok"), "echo: {l}");
         }
         el

@@ -76,6 +76,7 @@ mod error;
 mod hw;
 mod mem;
 mod mr;
+pub mod peer;
 mod qp;
 mod soft;
 mod srq;

@@ -3,116 +3,25 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write as _};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use common::pair::{End, end};
+use mlx5::peer::{PeerProcess, fnv1a as fnv, hex, pattern, stream_len, unhex};
 use mlx5::{
-    Access, AtomicCas, AtomicFa, ConnInfo, ConnectOpts, Context, Kind, Progress, QpCaps, QpState,
-    Read, Remote, Selection, Send, SendImm, Syndrome, Write, WriteImm,
+    Access, AtomicCas, AtomicFa, ConnectOpts, Context, Kind, Progress, QpCaps, QpState, Read,
+    Remote, Selection, Send, SendImm, Syndrome, Write, WriteImm,
 };
 
-/// The test pattern (the same function as mlx5-peer's).
-fn pattern(seed: u64, i: u64) -> u8 {
-    let x = (i ^ seed.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (x >> 56) as u8
+const PEER: &str = env!("CARGO_BIN_EXE_mlx5-peer");
+
+/// An `mlx5-peer` on `device` with `qps` QPs and an MR of `mr_len` bytes.
+fn spawn(device: &str, qps: usize, mr_len: usize, sq: u32, rq: u32) -> PeerProcess {
+    PeerProcess::spawn(PEER, &["--device", device], qps, mr_len, sq, rq)
 }
 
-fn stream_len(seed: u64, k: u64, maxlen: usize) -> usize {
-    1 + (u64::from(pattern(seed, k)) * 0x101 + k) as usize % maxlen
-}
-
-fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
-/// An `mlx5-peer` child process.
-struct PeerProc {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    addr: u64,
-    rkey: u32,
-    infos: Vec<ConnInfo>,
-}
-
-impl PeerProc {
-    fn spawn(device: &str, qps: usize, mr_len: usize, sq: u32, rq: u32) -> PeerProc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mlx5-peer"))
-            .args(["--device", device])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn mlx5-peer");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut p = PeerProc {
-            child,
-            stdin,
-            stdout,
-            addr: 0,
-            rkey: 0,
-            infos: Vec::new(),
-        };
-        let r = p.cmd(&format!("setup {qps} {mr_len} {sq} {rq}"));
-        let mut it = r.split_whitespace();
-        p.addr = it.next().expect("addr").parse().expect("addr");
-        p.rkey = it.next().expect("rkey").parse().expect("rkey");
-        p.infos = it
-            .map(|h| ConnInfo::decode(&unhex(h)).expect("conn info"))
-            .collect();
-        assert_eq!(p.infos.len(), qps);
-        p
-    }
-
-    /// Sends a command; returns what follows `ok` (panics on `err`).
-    fn cmd(&mut self, c: &str) -> String {
-        let r = self.try_cmd(c);
-        match r.strip_prefix("ok") {
-            Some(rest) => rest.trim().to_string(),
-            None => panic!("peer: {c:?} → {r:?}"),
-        }
-    }
-
-    fn try_cmd(&mut self, c: &str) -> String {
-        writeln!(self.stdin, "{c}").expect("write to peer");
-        self.stdin.flush().expect("flush to peer");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read from peer");
-        line.trim().to_string()
-    }
-
-    fn remote(&self, off: u64) -> Remote {
-        Remote {
-            addr: self.addr + off,
-            rkey: self.rkey,
-        }
-    }
-
-    fn connect(&mut self, i: usize, to: &ConnInfo) {
-        self.cmd(&format!("connect {i} {}", hex(&to.encode())));
-    }
-}
-
-impl Drop for PeerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn unhex_ok(s: &str) -> Vec<u8> {
+    unhex(s).expect("hex from the peer")
 }
 
 fn caps(sq: u32, rq: u32) -> QpCaps {
@@ -124,10 +33,10 @@ fn caps(sq: u32, rq: u32) -> QpCaps {
 }
 
 /// A background device here, QP 0 of a fresh peer connected to it.
-fn setup(device: &str, opts: &ConnectOpts) -> (End, PeerProc) {
+fn setup(device: &str, opts: &ConnectOpts) -> (End, PeerProcess) {
     let ctx = Context::open(Selection::parse(device).expect("selection")).expect("device");
     let mut me = end(&ctx, caps(64, 64), 256, 1 << 20, Access::ALL);
-    let mut peer = PeerProc::spawn(device, 1, 1 << 20, 64, 64);
+    let mut peer = spawn(device, 1, 1 << 20, 64, 64);
     let mine = me.qp.local_info(opts).expect("info");
     peer.connect(0, &mine);
     me.qp.connect(&peer.infos[0], opts).expect("connect");
@@ -235,8 +144,8 @@ fn every_opcode(device: &str) {
 
     // A bad rkey is rejected by the target device: remote access error.
     let bad = Remote {
-        addr: peer.addr,
-        rkey: peer.rkey ^ 0x100,
+        addr: peer.mr.addr,
+        rkey: peer.mr.rkey ^ 0x100,
     };
     me.qp
         .post_and_ring(&Write::new(bad, &[me.mr.sge(0, 64)]).signaled())
@@ -323,7 +232,7 @@ fn rnr_across_processes_retries_in_order() {
     // The peer asks for short RNR waits (timer 1 = 10 µs).
     let ctx = Context::soft(Progress::Background);
     let mut me = end(&ctx, caps(64, 64), 256, 1 << 16, Access::ALL);
-    let mut peer = PeerProc::spawn("soft", 1, 1 << 16, 64, 64);
+    let mut peer = spawn("soft", 1, 1 << 16, 64, 64);
     let o = ConnectOpts::default();
     peer.cmd(&format!(
         "connect 0 {} 1",
@@ -355,7 +264,7 @@ fn rnr_across_processes_retries_in_order() {
     // With rnr_retry = 1 and receives withheld: RnrRetryExceeded.
     let ctx = Context::soft(Progress::Background);
     let mut me = end(&ctx, caps(64, 64), 256, 1 << 16, Access::ALL);
-    let mut peer = PeerProc::spawn("soft", 1, 1 << 16, 64, 64);
+    let mut peer = spawn("soft", 1, 1 << 16, 64, 64);
     let o = ConnectOpts {
         rnr_retry: 1,
         ..ConnectOpts::default()
@@ -380,7 +289,7 @@ fn many_qps_share_one_link() {
     let pd = mlx5::Pd::new(&ctx).unwrap();
     let mut cq = mlx5::Cq::new(&ctx, 1024).unwrap();
     let mr = pd.alloc_mr(N * 4096, Access::ALL).unwrap();
-    let mut peer = PeerProc::spawn("soft", N, N * 4096, 16, 16);
+    let mut peer = spawn("soft", N, N * 4096, 16, 16);
     let o = ConnectOpts::default();
     let mut qps = Vec::new();
     for i in 0..N {
@@ -429,19 +338,17 @@ fn long_run_wraps_queues_and_checks_every_byte() {
     let seed = 0x5eed;
     let ctx = Context::soft(Progress::Background);
     let mut me = end(&ctx, caps(64, 16), 128, MAXLEN * 64, Access::ALL);
-    let mut peer = PeerProc::spawn("soft", 1, MAXLEN * WINDOW, 64, WINDOW as u32 * 2);
+    let mut peer = spawn("soft", 1, MAXLEN * WINDOW, 64, WINDOW as u32 * 2);
     let o = ConnectOpts::default();
     peer.connect(0, &me.qp.local_info(&o).unwrap());
     me.qp.connect(&peer.infos[0], &o).unwrap();
-    writeln!(peer.stdin, "stream 0 {N} {seed} {MAXLEN} {WINDOW}").unwrap();
-    peer.stdin.flush().unwrap();
+    peer.send(&format!("stream 0 {N} {seed} {MAXLEN} {WINDOW}"));
     let mut k = 0u64;
     let mut completed = 0u64;
     let deadline = Instant::now() + Duration::from_secs(120);
     while completed < N {
         if Instant::now() > deadline {
-            let mut line = String::new();
-            peer.stdout.read_line(&mut line).unwrap();
+            let line = peer.line();
             panic!("stalled at {completed} (sent {k}); the peer says {line:?}");
         }
         while k < N && k - completed < 64 && me.qp.sq_free() >= 2 {
@@ -462,9 +369,7 @@ fn long_run_wraps_queues_and_checks_every_byte() {
             completed += 1;
         }
     }
-    let mut line = String::new();
-    peer.stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ok", "the peer's check");
+    assert_eq!(peer.line(), "ok", "the peer's check");
 }
 
 #[test]
@@ -513,7 +418,7 @@ fn delayed_delivery_still_in_order() {
     let c = me.expect(16);
     assert!(t.elapsed() >= Duration::from_millis(40));
     assert!(c.windows(2).all(|w| w[0].wqe_counter < w[1].wqe_counter));
-    let got = unhex(&peer.cmd("hex 0 128"));
+    let got = unhex_ok(&peer.cmd("hex 0 128"));
     for i in 0..16u64 {
         assert_eq!(got[i as usize * 8..][..8], i.to_le_bytes());
     }
@@ -549,7 +454,7 @@ fn a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link() {
     let ctx = Context::soft(Progress::Background);
     let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
     let info = {
-        let peer = PeerProc::spawn("soft", 1, 4096, 8, 8);
+        let peer = spawn("soft", 1, 4096, 8, 8);
         peer.infos[0]
     };
     let e = me
@@ -594,7 +499,7 @@ fn a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link() {
 fn manual_progress_across_processes() {
     let ctx = Context::soft(Progress::Manual);
     let mut me = end(&ctx, caps(16, 16), 64, 4096, Access::ALL);
-    let mut peer = PeerProc::spawn("soft", 1, 4096, 16, 16);
+    let mut peer = spawn("soft", 1, 4096, 16, 16);
     let o = ConnectOpts::default();
     peer.connect(0, &me.qp.local_info(&o).unwrap());
     me.qp.connect(&peer.infos[0], &o).unwrap();

@@ -29,36 +29,11 @@ use std::io::{BufRead, Write as _};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use mlx5::peer::{fnv1a as fnv, hex, pattern, stream_len, unhex};
 use mlx5::{
     Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Selection,
     WriteImm,
 };
-
-/// The byte pattern tests write and check: position `i` of stream `seed`.
-fn pattern(seed: u64, i: u64) -> u8 {
-    let x = (i ^ seed.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (x >> 56) as u8
-}
-
-fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if !s.len().is_multiple_of(2) {
-        return Err("odd hex length".into());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
-        .collect()
-}
 
 struct Peer {
     ctx: Context,
@@ -153,8 +128,8 @@ impl Peer {
             }
             "connect" => {
                 let i: usize = num(&mut it, "I")?;
-                let info =
-                    ConnInfo::decode(&unhex(it.next().ok_or("missing INFO")?)?).map_err(e)?;
+                let bytes = unhex(it.next().ok_or("missing INFO")?).ok_or("INFO: not hex")?;
+                let info = ConnInfo::decode(&bytes).map_err(e)?;
                 let mut o = ConnectOpts::default();
                 if let Some(t) = it.next() {
                     o.min_rnr_timer = t.parse().map_err(|_| "MIN_RNR_TIMER: not a number")?;
@@ -335,10 +310,6 @@ impl Peer {
             }
         }
     }
-}
-
-fn stream_len(seed: u64, k: u64, maxlen: usize) -> usize {
-    1 + (u64::from(pattern(seed, k)) * 0x101 + k) as usize % maxlen
 }
 
 fn main() {
