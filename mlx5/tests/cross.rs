@@ -217,12 +217,10 @@ fn peer_killed_mid_stream() {
     );
     assert!(statuses[1..].iter().all(|s| *s == Syndrome::WrFlush));
     // A later WQE is flushed too.
-    assert!(
-        me.qp
-            .post_and_ring(&Write::new(peer.remote(0), &[me.mr.sge(0, 8)]).signaled())
-            .is_err()
-            || me.expect(1)[0].status() == Err(Syndrome::WrFlush)
-    );
+    me.qp
+        .post_and_ring(&Write::new(peer.remote(0), &[me.mr.sge(0, 8)]).signaled())
+        .expect("an ERROR QP accepts WQEs (and flushes them)");
+    assert_eq!(me.expect(1)[0].status(), Err(Syndrome::WrFlush));
     eprintln!("error {since:?} after the SIGKILL, {done} signaled WRITEs completed first");
     assert!(since < Duration::from_secs(10));
 }
@@ -567,4 +565,107 @@ fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
         .post_and_ring(&Write::inline(peer.remote(8), b"alive").signaled())
         .unwrap();
     ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+}
+
+#[test]
+fn drop_peer_fails_the_qps_and_refuses_reconnecting() {
+    // A peer in another process.
+    let (mut me, peer) = setup("soft", &ConnectOpts::default());
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(0), b"before").signaled())
+        .unwrap();
+    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    ctx_faults(&me).drop_peer(&peer.infos[0]);
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(0), b"after").signaled())
+        .unwrap();
+    assert_eq!(
+        me.expect(1)[0].status(),
+        Err(Syndrome::TransportRetryExceeded)
+    );
+    assert_eq!(me.ctx.wire_stats().unwrap().links, 0);
+    let mut again = end(&me.ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let e = again
+        .qp
+        .connect(&peer.infos[0], &ConnectOpts::default())
+        .expect_err("dropped");
+    assert!(e.to_string().contains("dropped by fault injection"), "{e}");
+    drop(peer);
+
+    // A peer in this process.
+    let (mut a, b) = common::pair::pair(Progress::Background);
+    let info_b = b.qp.local_info(&ConnectOpts::default()).unwrap();
+    ctx_faults(&a).drop_peer(&info_b);
+    a.qp.post_and_ring(&Write::inline(b.mr.remote(0), b"gone").signaled())
+        .unwrap();
+    assert_eq!(
+        a.expect(1)[0].status(),
+        Err(Syndrome::TransportRetryExceeded)
+    );
+    assert_eq!(a.qp.state(), QpState::Error);
+}
+
+/// utime + stime (clock ticks) of process `pid`'s device thread.
+fn progress_thread_ticks(pid: u32) -> u64 {
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let p = t.unwrap().path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.trim() == "mlx5-soft-progress" {
+            let stat = std::fs::read_to_string(p.join("stat")).unwrap();
+            let f: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect();
+            total += f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        }
+    }
+    total
+}
+
+#[test]
+fn an_idle_linked_device_sleeps_and_its_socket_wakes_it() {
+    // This side steps its own (manual) device; the peer's device has
+    // background progress, the thread measured here, in its own process.
+    let ctx = Context::soft(Progress::Manual);
+    let mut me = end(&ctx, caps(16, 16), 64, 4096, Access::ALL);
+    let mut peer = spawn("soft", 1, 4096, 16, 16);
+    let o = ConnectOpts::default();
+    peer.connect(0, &me.qp.local_info(&o).unwrap());
+    me.qp.connect(&peer.infos[0], &o).unwrap();
+    peer.cmd("fill 0 64 5");
+    let pid = peer.child.id();
+    std::thread::sleep(Duration::from_millis(100));
+    let before = progress_thread_ticks(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let used = progress_thread_ticks(pid) - before;
+    assert!(
+        used <= 5,
+        "the idle peer's device thread used {used} ticks in 0.5 s"
+    );
+    // After idling, a READ is answered as soon as its frame arrives: the
+    // socket wakes the sleeping thread (the fallback timer is 100 ms).
+    let mut waits = Vec::new();
+    for _ in 0..9 {
+        std::thread::sleep(Duration::from_millis(150));
+        let t = Instant::now();
+        me.qp
+            .post_and_ring(&Read::new(peer.remote(0), &[me.mr.sge(0, 64)]).signaled())
+            .unwrap();
+        ok_one(&mut me, mlx5::wqe::opcode::RDMA_READ);
+        waits.push(t.elapsed());
+    }
+    waits.sort();
+    // Median under 20 ms: a thread that only woke on its timer would put
+    // it near 50 ms.
+    assert!(waits[4] < Duration::from_millis(20), "{waits:?}");
+    let mut b = [0u8; 64];
+    me.mr.read(0, &mut b);
+    assert!(
+        b.iter()
+            .enumerate()
+            .all(|(i, &x)| x == pattern(5, i as u64))
+    );
 }

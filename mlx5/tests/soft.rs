@@ -747,6 +747,41 @@ fn selection_parses_names_and_rejects_garbage() {
         Selection::parse("mlx5 0; rm"),
         Err(Error::InvalidSelection(_))
     ));
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    assert_eq!(
+        Selection::parse("soft@tcp").unwrap(),
+        Selection::SoftTcp(Progress::Background, any)
+    );
+    assert_eq!(
+        Selection::parse("soft:manual@tcp:127.0.0.1").unwrap(),
+        Selection::SoftTcp(Progress::Manual, "127.0.0.1:0".parse().unwrap())
+    );
+    assert_eq!(
+        Selection::parse("soft@tcp:10.1.2.3:7000").unwrap(),
+        Selection::SoftTcp(Progress::Background, "10.1.2.3:7000".parse().unwrap())
+    );
+    for bad in [
+        "soft@udp",
+        "soft@tcp:",
+        "soft@tcp:host",
+        "soft@tcp:1.2.3.4:99999",
+        "soft@tcp1.2.3.4",
+        "hw@tcp",
+        "soft@tcp@tcp",
+    ] {
+        assert!(
+            matches!(Selection::parse(bad), Err(Error::InvalidSelection(_))),
+            "{bad}"
+        );
+    }
+    // A TCP device advertises the address it listens on.
+    let ctx = Context::open(Selection::parse("soft@tcp:127.0.0.1").unwrap()).unwrap();
+    let a = ctx.soft_address().unwrap();
+    assert!(
+        a.starts_with("tcp:127.0.0.1:") && !a.starts_with("tcp:127.0.0.1:0 "),
+        "{a}"
+    );
     // No NIC here: hardware fails with an error that names the software device.
     match Context::open(Selection::Hw(None)) {
         Ok(ctx) => assert!(!ctx.is_soft()),
