@@ -605,26 +605,6 @@ fn drop_peer_fails_the_qps_and_refuses_reconnecting() {
     assert_eq!(a.qp.state(), QpState::Error);
 }
 
-/// utime + stime (clock ticks) of process `pid`'s device thread.
-fn progress_thread_ticks(pid: u32) -> u64 {
-    let mut total = 0;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let p = t.unwrap().path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        if comm.trim() == "mlx5-soft-progress" {
-            let stat = std::fs::read_to_string(p.join("stat")).unwrap();
-            let f: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .split_whitespace()
-                .collect();
-            total += f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-        }
-    }
-    total
-}
-
 #[test]
 fn an_idle_linked_device_sleeps_and_its_socket_wakes_it() {
     // This side steps its own (manual) device; the peer's device has
@@ -638,9 +618,9 @@ fn an_idle_linked_device_sleeps_and_its_socket_wakes_it() {
     peer.cmd("fill 0 64 5");
     let pid = peer.child.id();
     std::thread::sleep(Duration::from_millis(100));
-    let before = progress_thread_ticks(pid);
+    let before = common::progress_thread_ticks(pid);
     std::thread::sleep(Duration::from_millis(500));
-    let used = progress_thread_ticks(pid) - before;
+    let used = common::progress_thread_ticks(pid) - before;
     assert!(
         used <= 5,
         "the idle peer's device thread used {used} ticks in 0.5 s"

@@ -702,25 +702,7 @@ fn qps_run_from_several_threads_at_once() {
 fn idle_background_device_sleeps() {
     let (_a, _b) = pair(Progress::Background);
     std::thread::sleep(std::time::Duration::from_millis(50));
-    let cpu = || -> u64 {
-        // utime + stime (clock ticks) of the device thread.
-        let mut total = 0;
-        for t in std::fs::read_dir("/proc/self/task").unwrap() {
-            let p = t.unwrap().path();
-            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-            if comm.trim() == "mlx5-soft-progress" {
-                let stat = std::fs::read_to_string(p.join("stat")).unwrap();
-                let f: Vec<&str> = stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap()
-                    .split_whitespace()
-                    .collect();
-                total = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-            }
-        }
-        total
-    };
+    let cpu = || common::progress_thread_ticks(std::process::id());
     let before = cpu();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let used = cpu() - before;

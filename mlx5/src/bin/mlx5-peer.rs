@@ -165,6 +165,8 @@ impl Peer {
                     return Err("OFF must be 8-aligned".into());
                 }
                 let a = self.range(off, 8)?.atomic_u64(off);
+                // SeqCst: the word is shared with a device executing remote
+                // atomics; one total order with them keeps `get64` honest.
                 if cmd == "set64" {
                     a.store(num(&mut it, "V")?, std::sync::atomic::Ordering::SeqCst);
                     return Ok(String::new());

@@ -430,7 +430,11 @@ impl Shared {
     pub(crate) fn take_pending(&self) -> Vec<([u8; 16], net::Stream)> {
         // Acquire: pairs with adopt's Release. Cleared before taking, so a
         // connection pushed meanwhile sets it again.
-        if !self.has_pending.swap(false, Ordering::Acquire) {
+        // Relaxed load first: the common case (nothing pending) costs no
+        // locked instruction.
+        if !self.has_pending.load(Ordering::Relaxed)
+            || !self.has_pending.swap(false, Ordering::Acquire)
+        {
             return Vec::new();
         }
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))

@@ -1,4 +1,5 @@
-//! Builds the C programs the golden-byte and layout tests compare against.
+//! Shared by the integration tests: the C programs the golden-byte and
+//! layout tests compare against, and the progress thread's CPU time.
 
 #![allow(dead_code)]
 
@@ -61,4 +62,24 @@ pub fn run_c(exe: &Path, input: &str) -> String {
     let out = child.wait_with_output().expect("wait for C program");
     assert!(out.status.success(), "{} failed", exe.display());
     String::from_utf8(out.stdout).expect("C program prints ASCII")
+}
+
+/// utime + stime (clock ticks) of process `pid`'s device thread.
+pub fn progress_thread_ticks(pid: u32) -> u64 {
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let p = t.unwrap().path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.trim() == "mlx5-soft-progress" {
+            let stat = std::fs::read_to_string(p.join("stat")).unwrap();
+            let f: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect();
+            total += f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        }
+    }
+    total
 }
