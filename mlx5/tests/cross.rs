@@ -34,9 +34,15 @@ fn caps(sq: u32, rq: u32) -> QpCaps {
 
 /// A background device here, QP 0 of a fresh peer connected to it.
 fn setup(device: &str, opts: &ConnectOpts) -> (End, PeerProcess) {
-    let ctx = Context::open(Selection::parse(device).expect("selection")).expect("device");
+    setup_on(device, device, opts)
+}
+
+/// A device `mine` here, QP 0 of a fresh peer on device `theirs`
+/// connected to it.
+fn setup_on(mine: &str, theirs: &str, opts: &ConnectOpts) -> (End, PeerProcess) {
+    let ctx = Context::open(Selection::parse(mine).expect("selection")).expect("device");
     let mut me = end(&ctx, caps(64, 64), 256, 1 << 20, Access::ALL);
-    let mut peer = spawn(device, 1, 1 << 20, 64, 64);
+    let mut peer = spawn(theirs, 1, 1 << 20, 64, 64);
     let mine = me.qp.local_info(opts).expect("info");
     peer.connect(0, &mine);
     me.qp.connect(&peer.infos[0], opts).expect("connect");
@@ -495,12 +501,8 @@ fn a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link() {
 
 #[test]
 fn manual_progress_across_processes() {
-    let ctx = Context::soft(Progress::Manual);
-    let mut me = end(&ctx, caps(16, 16), 64, 4096, Access::ALL);
-    let mut peer = spawn("soft", 1, 4096, 16, 16);
-    let o = ConnectOpts::default();
-    peer.connect(0, &me.qp.local_info(&o).unwrap());
-    me.qp.connect(&peer.infos[0], &o).unwrap();
+    // Manual on both sides (the peer steps its device between commands).
+    let (mut me, mut peer) = setup("soft:manual", &ConnectOpts::default());
     peer.cmd("fill 0 256 11");
     me.qp
         .post_and_ring(&Read::new(peer.remote(0), &[me.mr.sge(0, 256)]).signaled())
@@ -609,12 +611,7 @@ fn drop_peer_fails_the_qps_and_refuses_reconnecting() {
 fn an_idle_linked_device_sleeps_and_its_socket_wakes_it() {
     // This side steps its own (manual) device; the peer's device has
     // background progress, the thread measured here, in its own process.
-    let ctx = Context::soft(Progress::Manual);
-    let mut me = end(&ctx, caps(16, 16), 64, 4096, Access::ALL);
-    let mut peer = spawn("soft", 1, 4096, 16, 16);
-    let o = ConnectOpts::default();
-    peer.connect(0, &me.qp.local_info(&o).unwrap());
-    me.qp.connect(&peer.infos[0], &o).unwrap();
+    let (mut me, mut peer) = setup_on("soft:manual", "soft", &ConnectOpts::default());
     peer.cmd("fill 0 64 5");
     let pid = peer.child.id();
     std::thread::sleep(Duration::from_millis(100));

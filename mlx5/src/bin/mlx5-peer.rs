@@ -9,7 +9,8 @@
 //!
 //! `--device` takes an `MLX5_DEVICE` selection (default: `MLX5_DEVICE`, or
 //! `soft`); `--manual` opens the software device with manual progress and
-//! spins it from the command loop. Every command answers one line, `ok ...`
+//! spins it from the command loop (a `soft:manual` selection implies it).
+//! Every command answers one line, `ok ...`
 //! or `err <reason>`:
 //!
 //! | command | answer / effect |
@@ -339,6 +340,11 @@ fn main() {
     let sel = match Selection::parse(&sel) {
         Ok(Selection::Soft(_)) if manual => Selection::Soft(Progress::Manual),
         Ok(Selection::SoftTcp(_, at)) if manual => Selection::SoftTcp(Progress::Manual, at),
+        // A manual device named by the selection is stepped as --manual.
+        Ok(s @ (Selection::Soft(Progress::Manual) | Selection::SoftTcp(Progress::Manual, _))) => {
+            manual = true;
+            s
+        }
         Ok(s) => s,
         Err(e) => {
             eprintln!("mlx5-peer: {e}");
