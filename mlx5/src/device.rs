@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::cqe::Syndrome;
 use crate::error::Error;
+use crate::event::AsyncEvent;
 use crate::qp::{ConnInfo, Qp};
 pub use crate::soft::net::WireStats;
 use crate::{hw, soft};
@@ -227,6 +228,25 @@ impl Context {
             Backend::Hw(_) => Err(Error::Progress(
                 "fault injection exists only on the software device",
             )),
+        }
+    }
+
+    /// The next asynchronous event of the device, without waiting
+    /// (`ibv_get_async_event` on a non-blocking descriptor): `None` when
+    /// there is none. See [`crate::event`] for which events the software
+    /// device raises.
+    pub fn async_event(&self) -> Result<Option<AsyncEvent>, Error> {
+        match &self.inner.backend {
+            Backend::Soft(d) => Ok(d.async_event(None)),
+            Backend::Hw(d) => d.async_event(None),
+        }
+    }
+
+    /// The next asynchronous event, waiting up to `timeout` for one.
+    pub fn wait_async_event(&self, timeout: Duration) -> Result<Option<AsyncEvent>, Error> {
+        match &self.inner.backend {
+            Backend::Soft(d) => Ok(d.async_event(Some(timeout))),
+            Backend::Hw(d) => d.async_event(Some(timeout)),
         }
     }
 

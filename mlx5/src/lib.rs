@@ -73,6 +73,7 @@ mod cq;
 pub mod cqe;
 mod device;
 mod error;
+pub mod event;
 mod hw;
 mod mem;
 mod mr;
@@ -91,6 +92,7 @@ pub use srq::Srq;
 pub use wqe::{AtomicCas, AtomicFa, Nop, Read, Remote, Send, SendImm, Sge, Write, WriteImm};
 
 pub use error::{Error, Status};
+pub use event::AsyncEvent;
 #[doc(hidden)]
 pub use hw::layout_table;
 

@@ -387,6 +387,18 @@ impl Device {
         ))
     }
 
+    /// The next asynchronous event (`ibv_get_async_event`), waiting up to
+    /// `timeout` (`None`: not at all).
+    pub(crate) fn async_event(
+        &self,
+        _timeout: Option<std::time::Duration>,
+    ) -> Result<Option<crate::event::AsyncEvent>, Error> {
+        // PLACEHOLDER: replaced by the hardware async-event implementation.
+        Err(Error::Progress(
+            "asynchronous events are not implemented on hardware yet",
+        ))
+    }
+
     pub(crate) fn destroy_qp(&self, qp: &Qp) {
         // SAFETY: a live QP.
         unsafe { (self.verbs.ibv_destroy_qp)(qp.0) };

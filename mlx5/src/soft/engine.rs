@@ -97,6 +97,8 @@ pub(crate) struct Request {
     pub(crate) imm: u32,
     pub(crate) swap_add: u64,
     pub(crate) compare: u64,
+    /// The WQE asked for a solicited event at the responder.
+    pub(crate) solicited: bool,
 }
 
 /// The responder's answer.
@@ -673,6 +675,7 @@ fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step
         imm,
         swap_add: 0,
         compare: 0,
+        solicited: ctrl_flags & flags::SOLICITED != 0,
     };
     let payload_at = match op {
         opcode::NOP => {

@@ -50,13 +50,14 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::cq::CqMem;
 use crate::cqe::{self, CQE_SIZE, Cqe, Syndrome};
 use crate::device::Progress;
 use crate::error::Error;
+use crate::event::AsyncEvent;
 use crate::mr::Access;
 use crate::qp::{ConnInfo, ConnectOpts, QpCaps, QpMem, QpTrack};
 use crate::srq::SrqMem;
@@ -332,6 +333,10 @@ impl SoftQp {
 /// Everything the device knows, behind one lock.
 #[derive(Default)]
 pub(crate) struct State {
+    /// Asynchronous events not yet taken ([`crate::event`]), and the
+    /// condition variable a waiter for one sleeps on (with this lock).
+    events: VecDeque<AsyncEvent>,
+    events_cv: Arc<Condvar>,
     next_pd: u32,
     mrs: Vec<Option<MrEntry>>,
     mr_gen: Vec<u8>,
@@ -366,6 +371,16 @@ impl State {
         let i = (key >> 8).checked_sub(1)? as usize;
         let e = (*self.mrs.get(i)?)?;
         (e.key == key && e.pd == pd && e.covers(addr, len)).then_some(e)
+    }
+
+    /// Queues an asynchronous event (dropping the oldest beyond
+    /// [`crate::event::MAX_QUEUED`]) and wakes a waiter.
+    pub(crate) fn event(&mut self, e: AsyncEvent) {
+        if self.events.len() >= crate::event::MAX_QUEUED {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+        self.events_cv.notify_all();
     }
 
     /// Writes `c` to CQ `cqn` (a destroyed CQ drops it: its QPs are gone).
@@ -595,6 +610,26 @@ impl Device {
 
     pub(crate) fn progress(&self) -> usize {
         progress(&self.shared)
+    }
+
+    /// The next asynchronous event, waiting up to `timeout` for one.
+    pub(crate) fn async_event(&self, timeout: Option<Duration>) -> Option<AsyncEvent> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut s = self.shared.lock();
+        loop {
+            if let Some(e) = s.events.pop_front() {
+                return Some(e);
+            }
+            let left = deadline?.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let cv = s.events_cv.clone();
+            s = cv
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     pub(crate) fn alloc_pd(&self) -> u32 {

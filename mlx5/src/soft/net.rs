@@ -30,9 +30,9 @@
 //! * `HELLO` (1): `"M5SW"`, version u16 = 1, 0 u16, from `[16]`, to `[16]`.
 //! * `WELCOME` (2): status u8 (0 ok, 1 no such device), 7 zero bytes.
 //! * `REQ` (3): src QPN u32, dst QPN u32, PSN u32, epoch u32, opcode u8,
-//!   3 zero bytes, rkey u32, remote address u64, length u32, immediate u32,
-//!   swap/add u64, compare u64 (56 bytes), then the payload (WRITE and SEND
-//!   only; `length` bytes).
+//!   flags u8 (bit 0: solicited event), 2 zero bytes, rkey u32, remote
+//!   address u64, length u32, immediate u32, swap/add u64, compare u64
+//!   (56 bytes), then the payload (WRITE and SEND only; `length` bytes).
 //! * `RESP` (4): requester QPN u32, epoch u32, PSN u32, status u8 (0 ACK,
 //!   1 RNR NAK, 2 NAK, 3 out of sequence), argument u8 (RNR timer or
 //!   syndrome), 2 zero bytes, atomic original value u64, data length u32,
@@ -255,6 +255,7 @@ pub(crate) fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8
     b[8..12].copy_from_slice(&req.psn.to_le_bytes());
     b[12..16].copy_from_slice(&epoch.to_le_bytes());
     b[16] = req.opcode;
+    b[17] = u8::from(req.solicited);
     b[20..24].copy_from_slice(&req.remote.rkey.to_le_bytes());
     b[24..32].copy_from_slice(&req.remote.addr.to_le_bytes());
     b[32..36].copy_from_slice(&req.len.to_le_bytes());
@@ -285,6 +286,7 @@ pub(crate) fn get_req(body: &[u8], src: [u8; 16]) -> Result<(Request, u32, &[u8]
         imm: le32(body, 36),
         swap_add: le64(body, 40),
         compare: le64(body, 48),
+        solicited: body[17] & 1 != 0,
     };
     let payload = &body[REQ_LEN..];
     let carries = matches!(
