@@ -8,9 +8,11 @@
 
 mod common;
 
-use common::pair::pair_env;
+use common::pair::{TIMEOUT, pair_env};
 use mlx5::wqe::opcode;
-use mlx5::{AtomicCas, AtomicFa, Kind, QpCaps, QpState, Read, Send, Syndrome, Write, WriteImm};
+use mlx5::{
+    AsyncEvent, AtomicCas, AtomicFa, Kind, QpCaps, QpState, Read, Send, Syndrome, Write, WriteImm,
+};
 
 #[test]
 fn every_opcode_completes_with_the_expected_cqe() {
@@ -94,15 +96,19 @@ fn send_queue_and_cq_wrap_many_times() {
 
 #[test]
 fn bad_rkey_is_a_remote_access_error_and_flushes_what_follows() {
-    let (mut a, _b) = pair_env(QpCaps::default(), 16);
-    let mut r = _b.mr.remote(0);
+    let (mut a, b) = pair_env(QpCaps::default(), 16);
+    let mut r = b.mr.remote(0);
     r.rkey = r.rkey.wrapping_add(0x1000);
     a.qp.post(&Write::inline(r, b"x").signaled()).unwrap();
-    a.qp.post(&Write::inline(_b.mr.remote(0), b"y").signaled())
+    a.qp.post(&Write::inline(b.mr.remote(0), b"y").signaled())
         .unwrap();
     a.qp.ring_doorbell();
     let c = a.expect(2);
     assert_eq!(c[0].syndrome, Some(Syndrome::RemoteAccess));
     assert_eq!(c[1].syndrome, Some(Syndrome::WrFlush));
     assert_eq!(a.qp.state(), QpState::Error);
+    // IBA class C: the responder QP fails as well, and says so.
+    let ev = b.ctx.wait_async_event(TIMEOUT).unwrap();
+    assert_eq!(ev, Some(AsyncEvent::QpAccessError { qpn: b.qp.qpn() }));
+    assert_eq!(b.qp.state(), QpState::Error);
 }

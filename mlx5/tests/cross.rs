@@ -159,12 +159,26 @@ fn every_opcode(device: &str) {
     let c = me.expect(1);
     assert_eq!(c[0].status(), Err(Syndrome::RemoteAccess));
     assert_eq!(me.qp.state(), QpState::Error);
+    // Class C: the target QP fails too, and its owner hears of it.
+    assert_eq!(peer.cmd("state 0"), "Error");
+    let ev = peer.cmd("event 5000");
+    assert!(ev.starts_with("QpAccessError{qpn:"), "{ev}");
     // Out of bounds on the peer's MR as well (on a fresh pair).
-    let (mut me, peer) = setup(device, &ConnectOpts::default());
+    let (mut me, mut peer) = setup(device, &ConnectOpts::default());
     me.qp
         .post_and_ring(&Read::new(peer.remote((1 << 20) - 8), &[me.mr.sge(0, 64)]).signaled())
         .unwrap();
     assert_eq!(me.expect(1)[0].status(), Err(Syndrome::RemoteAccess));
+    assert_eq!(peer.cmd("state 0"), "Error");
+    // A misaligned atomic is an invalid request, on both sides.
+    let (mut me, mut peer) = setup(device, &ConnectOpts::default());
+    me.qp
+        .post_and_ring(&AtomicFa::new(peer.remote(4), me.mr.sge(0, 8), 1).signaled())
+        .unwrap();
+    assert_eq!(me.expect(1)[0].status(), Err(Syndrome::RemoteInvalRequest));
+    assert_eq!(peer.cmd("state 0"), "Error");
+    let ev = peer.cmd("event 5000");
+    assert!(ev.starts_with("QpRequestError{qpn:"), "{ev}");
 }
 
 #[test]

@@ -6,8 +6,8 @@ mod common;
 use common::pair::{End, TIMEOUT, connect, end, pair, pair_with, srq_qp};
 use mlx5::wqe::opcode;
 use mlx5::{
-    Access, AtomicCas, AtomicFa, ConnectOpts, Context, Cq, Error, Kind, Nop, Progress, Qp, QpCaps,
-    QpState, Read, Remote, Send, SendImm, Srq, Syndrome, Write, WriteImm,
+    Access, AsyncEvent, AtomicCas, AtomicFa, ConnectOpts, Context, Cq, Error, Kind, Nop, Progress,
+    Qp, QpCaps, QpState, Read, Remote, Send, SendImm, Srq, Syndrome, Write, WriteImm,
 };
 
 fn fill(e: &End, off: usize, len: usize, seed: u8) -> Vec<u8> {
@@ -350,54 +350,165 @@ fn bad_lkey_and_local_bounds_are_local_protection_errors() {
     assert_eq!(first_error(&mut a).syndrome, Some(Syndrome::LocalProt));
 }
 
-#[test]
-fn bad_rkey_bounds_alignment_or_rights_are_remote_access_errors() {
-    // bad rkey
-    let (mut a, b) = pair(Progress::Manual);
-    let mut r = b.mr.remote(0);
-    r.rkey ^= 0xff;
-    a.qp.post_and_ring(&Write::inline(r, b"x")).unwrap();
-    assert_eq!(first_error(&mut a).syndrome, Some(Syndrome::RemoteAccess));
-    assert_eq!(b.qp.state(), QpState::Rts, "the responder QP is unaffected");
-    // past the end of the remote region
-    let (mut a, b) = pair(Progress::Manual);
-    let r = b.mr.remote(b.mr.len() - 4);
-    a.qp.post_and_ring(&Write::inline(r, b"12345678")).unwrap();
-    assert_eq!(first_error(&mut a).syndrome, Some(Syndrome::RemoteAccess));
-    // unaligned atomic
-    let (mut a, b) = pair(Progress::Manual);
-    a.qp.post_and_ring(&AtomicFa::new(b.mr.remote(4), a.mr.sge(0, 8), 1))
-        .unwrap();
-    assert_eq!(first_error(&mut a).syndrome, Some(Syndrome::RemoteAccess));
-    // region without REMOTE_READ
-    let (mut a, b) = pair(Progress::Manual);
-    let wo =
-        b.pd.alloc_mr(64, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
-            .unwrap();
-    let sge = [a.mr.sge(0, 8)];
-    a.qp.post_and_ring(&Read::new(wo.remote(0), &sge)).unwrap();
-    assert_eq!(first_error(&mut a).syndrome, Some(Syndrome::RemoteAccess));
-    // QP that does not allow remote atomics
-    let (ca, cb) = (
-        Context::soft(Progress::Manual),
-        Context::soft(Progress::Manual),
+/// Runs one remote error case: the responder `b` has two receives posted;
+/// `post` makes `a` send the offending request. The requester completes
+/// with `want`; the responder QP enters ERROR, its receives are flushed,
+/// and its device raises `event` (IBA class C, as ConnectX and rxe do).
+fn remote_error_kills_both_sides(
+    mut a: End,
+    mut b: End,
+    want: Syndrome,
+    event: fn(u32) -> AsyncEvent,
+    post: impl FnOnce(&mut End, &End),
+) {
+    b.qp.post_recv(&[b.mr.sge(0, 16)]).unwrap();
+    b.qp.post_recv(&[]).unwrap();
+    post(&mut a, &b);
+    assert_eq!(first_error(&mut a).syndrome, Some(want));
+    assert_eq!(a.qp.state(), QpState::Error);
+    let flushed = b.expect(2);
+    assert!(
+        flushed
+            .iter()
+            .all(|c| c.kind == Kind::RecvError && c.syndrome == Some(Syndrome::WrFlush)),
+        "{flushed:?}"
     );
-    let mut a = end(&ca, QpCaps::default(), 64, 4096, Access::ALL);
-    let mut b = end(&cb, QpCaps::default(), 64, 4096, Access::ALL);
-    let no_atomic = ConnectOpts {
-        access: Access::REMOTE_WRITE | Access::REMOTE_READ,
-        ..ConnectOpts::default()
-    };
-    connect(&mut a.qp, &mut b.qp, &ConnectOpts::default(), &no_atomic);
-    a.qp.post_and_ring(&AtomicFa::new(b.mr.remote(0), a.mr.sge(0, 8), 1))
-        .unwrap();
-    assert_eq!(first_error(&mut a).syndrome, Some(Syndrome::RemoteAccess));
-    // an rkey of another PD on the same device
-    let (mut a, b) = pair(Progress::Manual);
-    let other = mr_of_another_pd(&b);
-    a.qp.post_and_ring(&Write::inline(other.remote(0), b"x"))
-        .unwrap();
-    assert_eq!(first_error(&mut a).syndrome, Some(Syndrome::RemoteAccess));
+    assert_eq!(b.qp.state(), QpState::Error, "the responder QP fails too");
+    assert_eq!(b.ctx.async_event().unwrap(), Some(event(b.qp.qpn())));
+    assert_eq!(b.ctx.async_event().unwrap(), None, "exactly one event");
+    assert_eq!(a.ctx.async_event().unwrap(), None, "none at the requester");
+}
+
+fn access(qpn: u32) -> AsyncEvent {
+    AsyncEvent::QpAccessError { qpn }
+}
+
+fn invalid(qpn: u32) -> AsyncEvent {
+    AsyncEvent::QpRequestError { qpn }
+}
+
+#[test]
+fn bad_rkey_bounds_or_rights_are_remote_access_errors_that_kill_the_responder() {
+    for progress in [Progress::Manual, Progress::Background] {
+        // bad rkey
+        let (a, b) = pair(progress);
+        remote_error_kills_both_sides(a, b, Syndrome::RemoteAccess, access, |a, b| {
+            let mut r = b.mr.remote(0);
+            r.rkey ^= 0xff;
+            a.qp.post_and_ring(&Write::inline(r, b"x")).unwrap();
+        });
+        // past the end of the remote region
+        let (a, b) = pair(progress);
+        remote_error_kills_both_sides(a, b, Syndrome::RemoteAccess, access, |a, b| {
+            let r = b.mr.remote(b.mr.len() - 4);
+            a.qp.post_and_ring(&Write::inline(r, b"12345678")).unwrap();
+        });
+        // WRITE_IMM with a bad rkey: no receive is consumed, the posted
+        // ones are flushed.
+        let (a, b) = pair(progress);
+        remote_error_kills_both_sides(a, b, Syndrome::RemoteAccess, access, |a, b| {
+            let mut r = b.mr.remote(0);
+            r.rkey ^= 0xff;
+            a.qp.post_and_ring(&WriteImm::inline(r, b"x", 1)).unwrap();
+        });
+        // region without REMOTE_READ
+        let (a, b) = pair(progress);
+        let wo =
+            b.pd.alloc_mr(64, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
+                .unwrap();
+        remote_error_kills_both_sides(a, b, Syndrome::RemoteAccess, access, |a, _| {
+            let sge = [a.mr.sge(0, 8)];
+            a.qp.post_and_ring(&Read::new(wo.remote(0), &sge)).unwrap();
+        });
+        // an rkey of another PD on the same device
+        let (a, b) = pair(progress);
+        let other = mr_of_another_pd(&b);
+        remote_error_kills_both_sides(a, b, Syndrome::RemoteAccess, access, |a, _| {
+            a.qp.post_and_ring(&Write::inline(other.remote(0), b"x"))
+                .unwrap();
+        });
+        // QP that does not allow remote atomics
+        let (ca, cb) = (Context::soft(progress), Context::soft(progress));
+        let mut a = end(&ca, QpCaps::default(), 64, 4096, Access::ALL);
+        let mut b = end(&cb, QpCaps::default(), 64, 4096, Access::ALL);
+        let no_atomic = ConnectOpts {
+            access: Access::REMOTE_WRITE | Access::REMOTE_READ,
+            ..ConnectOpts::default()
+        };
+        connect(&mut a.qp, &mut b.qp, &ConnectOpts::default(), &no_atomic);
+        remote_error_kills_both_sides(a, b, Syndrome::RemoteAccess, access, |a, b| {
+            a.qp.post_and_ring(&AtomicFa::new(b.mr.remote(0), a.mr.sge(0, 8), 1))
+                .unwrap();
+        });
+    }
+}
+
+#[test]
+fn unaligned_atomic_is_an_invalid_request_that_kills_the_responder() {
+    for progress in [Progress::Manual, Progress::Background] {
+        let (a, b) = pair(progress);
+        remote_error_kills_both_sides(a, b, Syndrome::RemoteInvalRequest, invalid, |a, b| {
+            a.qp.post_and_ring(&AtomicFa::new(b.mr.remote(4), a.mr.sge(0, 8), 1))
+                .unwrap();
+        });
+        // Misalignment is reported even when the rkey is bad too.
+        let (a, b) = pair(progress);
+        remote_error_kills_both_sides(a, b, Syndrome::RemoteInvalRequest, invalid, |a, b| {
+            let mut r = b.mr.remote(12);
+            r.rkey ^= 0xff;
+            a.qp.post_and_ring(&AtomicCas::new(r, a.mr.sge(0, 8), 1, 2))
+                .unwrap();
+        });
+    }
+}
+
+#[test]
+fn a_qp_on_an_srq_entering_error_reports_last_wqe_reached() {
+    let (a, b) = pair(Progress::Manual);
+    let cq = Cq::new(&b.ctx, 16).unwrap();
+    let srq = Srq::new(&b.pd, 16, 1).unwrap();
+    let mut q = srq_qp(&b, &cq, &srq);
+    let mut p = Qp::builder(&a.pd, &a.cq, &a.cq).build().unwrap();
+    connect(
+        &mut p,
+        &mut q,
+        &ConnectOpts::default(),
+        &ConnectOpts::default(),
+    );
+    assert_eq!(b.ctx.async_event().unwrap(), None);
+    q.to_error().unwrap();
+    assert_eq!(
+        b.ctx.async_event().unwrap(),
+        Some(AsyncEvent::QpLastWqeReached { qpn: q.qpn() })
+    );
+    // Once per entry into ERROR.
+    q.to_error().unwrap();
+    assert_eq!(b.ctx.async_event().unwrap(), None);
+    // A waiter is woken by an event raised on another thread.
+    q.reset().unwrap();
+    p.reset().unwrap();
+    connect(
+        &mut p,
+        &mut q,
+        &ConnectOpts::default(),
+        &ConnectOpts::default(),
+    );
+    let ctx = b.ctx.clone();
+    let waiter = std::thread::spawn(move || ctx.wait_async_event(TIMEOUT).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    q.to_error().unwrap();
+    assert_eq!(
+        waiter.join().unwrap(),
+        Some(AsyncEvent::QpLastWqeReached { qpn: q.qpn() })
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(
+        b.ctx
+            .wait_async_event(std::time::Duration::from_millis(30))
+            .unwrap(),
+        None
+    );
+    assert!(t.elapsed() >= std::time::Duration::from_millis(30));
 }
 
 fn mr_of_another_pd(b: &End) -> mlx5::Mr {
@@ -559,6 +670,7 @@ fn malformed_wqe_bytes_are_local_qp_operation_errors_never_panics() {
                                 | Syndrome::LocalProt
                                 | Syndrome::LocalLength
                                 | Syndrome::RemoteAccess
+                                | Syndrome::RemoteInvalRequest
                         ),
                         "case {case}: {syn:?}"
                     );

@@ -22,6 +22,8 @@
 //! | `recv I N OFF LEN` | posts N receives on QP I scattering to OFF..OFF+LEN (LEN 0: none) |
 //! | `poll N MS` | `ok KIND/QPN/INDEX/LEN/IMM/STATUS ...` for N completions within MS ms |
 //! | `withhold I 0\|1` | fault injection: QP I answers RNR while on |
+//! | `state I` | `ok STATE` of QP I (`Rts`, `Error`, ...) |
+//! | `event MS` | `ok EVENT` (`Debug` of the next asynchronous event, spaces removed) within MS ms, or `ok none` |
 //! | `stream I N SEED MAXLEN WINDOW` | verifies N WRITE_IMMs on QP I (see `stream` below) |
 //! | `echo ADDR RKEY` | answers every WRITE_IMM with a WRITE_IMM of the same length and immediate to ADDR on the same QP, until immediate `0xffffffff`; `ok COUNT` |
 //! | `quit` | exits |
@@ -210,6 +212,28 @@ impl Peer {
                 let f = self.ctx.faults().map_err(e)?;
                 f.withhold_recv(self.qp(i)?, on != 0).map_err(e)?;
                 Ok(String::new())
+            }
+            "state" => {
+                let i: usize = num(&mut it, "I")?;
+                Ok(format!("{:?}", self.qp(i)?.state()))
+            }
+            "event" => {
+                let ms: u64 = num(&mut it, "MS")?;
+                let deadline = Instant::now() + Duration::from_millis(ms);
+                loop {
+                    if self.manual {
+                        self.ctx.progress().map_err(e)?;
+                    }
+                    if let Some(ev) = self.ctx.async_event().map_err(e)? {
+                        return Ok(format!("{ev:?}").replace(' ', ""));
+                    }
+                    if Instant::now() >= deadline {
+                        return Ok("none".into());
+                    }
+                    if !self.manual {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
             }
             "stream" => {
                 let (i, n, seed, maxlen, window): (usize, u64, u64, usize, usize) = (

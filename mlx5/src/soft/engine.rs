@@ -8,6 +8,7 @@ use super::net::{self, Link, WireStats};
 use super::{Shared, State, Target, rnr_delay, wqebbs_of};
 use crate::QpState;
 use crate::cqe::{self, Cqe, Kind, Syndrome};
+use crate::event::AsyncEvent;
 use crate::mr::Access;
 use crate::srq::INVALID_LKEY;
 use crate::wqe::{INLINE_SEG, MAX_DS, Remote, SEG, Sge, WQEBB, flags, opcode};
@@ -508,8 +509,8 @@ fn fail(s: &mut State, qpn: u32, index: u16, wqebbs: u32, syndrome: Syndrome) {
         qp.sq_sent = qp.sq_ci;
     }
     qp.rnr = None;
-    qp.set_state(QpState::Error);
     let cq = qp.send_cq;
+    s.qp_to_error(qpn);
     s.push_cqe(
         cq,
         &Cqe {
@@ -906,8 +907,8 @@ fn take_recv(s: &mut State, qpn: u32) -> Option<RecvWqe> {
 /// Moves a responder QP to ERROR with an error receive completion.
 fn responder_error(s: &mut State, qpn: u32, recv: &RecvWqe, syndrome: Syndrome) {
     let Some(qp) = s.qp(qpn) else { return };
-    qp.set_state(QpState::Error);
     let cq = qp.recv_cq;
+    s.qp_to_error(qpn);
     s.push_cqe(
         cq,
         &Cqe {
@@ -921,6 +922,21 @@ fn responder_error(s: &mut State, qpn: u32, recv: &RecvWqe, syndrome: Syndrome) 
             vendor_syndrome: 0,
         },
     );
+}
+
+/// A request the responder must refuse without a receive WQE to report it
+/// on (IBA class C: remote access, invalid request): the requester gets
+/// `syndrome`, and the responder QP enters ERROR (its posted receives are
+/// flushed) and raises an asynchronous event, as ConnectX does (rxe's
+/// `do_class_ac_error`).
+fn responder_fatal(s: &mut State, qpn: u32, syndrome: Syndrome) -> Response {
+    s.qp_to_error(qpn);
+    s.event(if syndrome == Syndrome::RemoteAccess {
+        AsyncEvent::QpAccessError { qpn }
+    } else {
+        AsyncEvent::QpRequestError { qpn }
+    });
+    Response::Nak(syndrome)
 }
 
 /// Phase 2, at the responder device.
@@ -982,7 +998,7 @@ fn execute(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> R
         opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM => {
             let len = payload.len() as u64;
             if len > 0 && !remote_ok(s, Access::REMOTE_WRITE, len) {
-                return Response::Nak(Syndrome::RemoteAccess);
+                return responder_fatal(s, qpn, Syndrome::RemoteAccess);
             }
             let recv = if req.opcode == opcode::RDMA_WRITE_IMM {
                 match take_recv(s, qpn) {
@@ -1069,7 +1085,7 @@ fn execute(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> R
         opcode::RDMA_READ => {
             let len = u64::from(req.len);
             if len > 0 && !remote_ok(s, Access::REMOTE_READ, len) {
-                return Response::Nak(Syndrome::RemoteAccess);
+                return responder_fatal(s, qpn, Syndrome::RemoteAccess);
             }
             let at = out.len();
             out.resize(at + req.len as usize, 0);
@@ -1086,8 +1102,13 @@ fn execute(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> R
             Response::Ack { orig: 0 }
         }
         opcode::ATOMIC_CS | opcode::ATOMIC_FA => {
-            if !req.remote.addr.is_multiple_of(8) || !remote_ok(s, Access::REMOTE_ATOMIC, 8) {
-                return Response::Nak(Syndrome::RemoteAccess);
+            // A misaligned atomic is an invalid request (IBA 9.4.5), not an
+            // access error: checked first, as rxe and ConnectX do.
+            if !req.remote.addr.is_multiple_of(8) {
+                return responder_fatal(s, qpn, Syndrome::RemoteInvalRequest);
+            }
+            if !remote_ok(s, Access::REMOTE_ATOMIC, 8) {
+                return responder_fatal(s, qpn, Syndrome::RemoteAccess);
             }
             // SAFETY: 8 aligned bytes inside a registered region; every
             // device access to them is atomic.
@@ -1108,7 +1129,7 @@ fn execute(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> R
             };
             Response::Ack { orig }
         }
-        _ => Response::Nak(Syndrome::RemoteInvalRequest),
+        _ => responder_fatal(s, qpn, Syndrome::RemoteInvalRequest),
     }
 }
 

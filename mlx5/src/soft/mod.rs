@@ -383,6 +383,18 @@ impl State {
         self.events_cv.notify_all();
     }
 
+    /// Moves QP `qpn` to ERROR (its work is flushed by the next pass). A QP
+    /// attached to an SRQ entering ERROR raises
+    /// [`AsyncEvent::QpLastWqeReached`], as ConnectX does.
+    pub(crate) fn qp_to_error(&mut self, qpn: u32) {
+        let Some(qp) = self.qp(qpn) else { return };
+        let was = qp.state;
+        qp.set_state(QpState::Error);
+        if was != QpState::Error && qp.srq.is_some() {
+            self.event(AsyncEvent::QpLastWqeReached { qpn });
+        }
+    }
+
     /// Writes `c` to CQ `cqn` (a destroyed CQ drops it: its QPs are gone).
     pub(crate) fn push_cqe(&mut self, cqn: u32, c: &Cqe) {
         if let Some(cq) = self.cq(cqn) {
@@ -836,7 +848,11 @@ impl Device {
                 qp.track.reset();
             }
         }
-        qp.set_state(to);
+        if to == QpState::Error {
+            s.qp_to_error(qpn);
+        } else {
+            qp.set_state(to);
+        }
         drop(s);
         if to == QpState::Error {
             // Flushing is device work: wake the thread.
