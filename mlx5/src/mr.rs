@@ -126,6 +126,16 @@ impl Pd {
         if len == 0 {
             return Err(Error::InvalidAttr("memory region of 0 bytes".into()));
         }
+        // Verbs' rule (ibv_reg_mr(3): EINVAL): a region peers may write or
+        // run atomics on must be locally writable too. Checked here so both
+        // backends refuse it the same way.
+        if (access.contains(Access::REMOTE_WRITE) || access.contains(Access::REMOTE_ATOMIC))
+            && !access.contains(Access::LOCAL_WRITE)
+        {
+            return Err(Error::InvalidAttr(format!(
+                "memory region access {access:?}: REMOTE_WRITE and REMOTE_ATOMIC need LOCAL_WRITE (ibv_reg_mr refuses it with EINVAL)"
+            )));
+        }
         let (handle, lkey, rkey) = match (&self.inner.ctx.inner.backend, &self.inner.handle) {
             (Backend::Soft(d), PdHandle::Soft(pd)) => {
                 let key = d.reg_mr(*pd, addr as u64, len as u64, access);

@@ -511,6 +511,34 @@ fn a_qp_on_an_srq_entering_error_reports_last_wqe_reached() {
     assert!(t.elapsed() >= std::time::Duration::from_millis(30));
 }
 
+#[test]
+fn remote_write_or_atomic_without_local_write_is_refused_at_registration() {
+    let ctx = Context::soft(Progress::Manual);
+    let pd = mlx5::Pd::new(&ctx).unwrap();
+    for bad in [
+        Access::REMOTE_WRITE,
+        Access::REMOTE_ATOMIC,
+        Access::REMOTE_WRITE | Access::REMOTE_READ,
+        Access::REMOTE_ATOMIC | Access::REMOTE_READ,
+    ] {
+        let e = pd.alloc_mr(64, bad).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidAttr(m) if m.contains("LOCAL_WRITE")),
+            "{bad:?}: {e}"
+        );
+    }
+    for ok in [
+        Access::default(),
+        Access::LOCAL_WRITE,
+        Access::REMOTE_READ,
+        Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+        Access::LOCAL_WRITE | Access::REMOTE_ATOMIC,
+        Access::ALL,
+    ] {
+        pd.alloc_mr(64, ok).unwrap();
+    }
+}
+
 fn mr_of_another_pd(b: &End) -> mlx5::Mr {
     let pd = mlx5::Pd::new(&b.ctx).unwrap();
     pd.alloc_mr(64, Access::ALL).unwrap()
