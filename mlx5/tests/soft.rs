@@ -710,6 +710,74 @@ fn malformed_wqe_bytes_are_local_qp_operation_errors_never_panics() {
     }
 }
 
+/// A raw WQE of one WQEBB whose control segment is well formed but whose
+/// `ds` claims `ds` segments (more than one WQEBB's worth).
+fn oversized_claim(qp: &Qp, index: u16, op: u8, ds: u8, remote: Remote) -> [u8; 64] {
+    let mut w = [0u8; 64];
+    mlx5::wqe::write_ctrl(&mut w, index, op, qp.qpn(), 0x08, ds, 0);
+    mlx5::wqe::write_raddr(&mut w[16..], remote);
+    w
+}
+
+#[test]
+fn a_wqe_claiming_more_than_was_posted_never_swallows_the_next_one() {
+    // Both posted before the device looks (one doorbell), and the
+    // malformed one seen alone first (a doorbell each): either way every
+    // later WQE completes, and the send queue's space all comes back.
+    for one_doorbell in [true, false] {
+        for op in [opcode::RDMA_WRITE, opcode::NOP, opcode::SEND] {
+            let (mut a, b) = pair(Progress::Manual);
+            let empty = a.qp.sq_free();
+            let next = a.qp.post(&Nop::new()).unwrap().wrapping_add(1);
+            a.qp.ring_doorbell();
+            a.ctx.progress_until_idle().unwrap();
+            let raw = oversized_claim(&a.qp, next, op, 8, b.mr.remote(0));
+            let bad = a.qp.post_raw(&raw).unwrap();
+            assert_eq!(bad, next);
+            if !one_doorbell {
+                a.qp.ring_doorbell();
+                a.ctx.progress_until_idle().unwrap();
+            }
+            let later: Vec<u16> = (0..3)
+                .map(|_| {
+                    a.qp.post(&Write::inline(b.mr.remote(0), b"y").signaled())
+                        .unwrap()
+                })
+                .collect();
+            a.qp.ring_doorbell();
+            let c = a.expect(4);
+            assert_eq!(
+                (c[0].wqe_counter, c[0].syndrome),
+                (bad, Some(Syndrome::LocalQpOp)),
+                "{op:#x}: {c:?}"
+            );
+            let flushed: Vec<(u16, Option<Syndrome>)> =
+                c[1..].iter().map(|c| (c.wqe_counter, c.syndrome)).collect();
+            let want: Vec<(u16, Option<Syndrome>)> = later
+                .iter()
+                .map(|&i| (i, Some(Syndrome::WrFlush)))
+                .collect();
+            assert_eq!(flushed, want, "{op:#x}");
+            assert_eq!(a.qp.sq_free(), empty, "{op:#x}: no WQEBB leaks");
+            assert!(a.drain().is_empty());
+        }
+    }
+}
+
+#[test]
+fn a_garbage_wqe_after_an_error_is_flushed_without_hiding_later_ones() {
+    let (mut a, b) = pair(Progress::Manual);
+    let empty = a.qp.sq_free();
+    a.qp.to_error().unwrap();
+    let raw = oversized_claim(&a.qp, 0x7777, opcode::RDMA_WRITE, 63, b.mr.remote(0));
+    let g = a.qp.post_raw(&raw).unwrap();
+    let ok = a.qp.post(&Write::inline(b.mr.remote(0), b"z")).unwrap();
+    a.qp.ring_doorbell();
+    let c: Vec<u16> = a.expect(2).iter().map(|c| c.wqe_counter).collect();
+    assert_eq!(c, [g, ok]);
+    assert_eq!(a.qp.sq_free(), empty);
+}
+
 #[test]
 fn peer_gone_is_transport_retry_exceeded() {
     let (mut a, b) = pair(Progress::Manual);

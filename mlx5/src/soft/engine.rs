@@ -535,20 +535,18 @@ fn flush(s: &mut State, qpn: u32) -> usize {
     let mut out: Vec<(u32, Cqe)> = Vec::new();
     let pi = qp.sq_pi();
     while qp.sq_ci as u16 != pi {
-        let off = (qp.sq_ci % qp.sq_cnt) as usize * WQEBB;
-        // SAFETY: off is inside the SQ buffer; the WQEBB is device-owned.
-        let w1 = unsafe {
-            let mut b = [0u8; 4];
-            std::ptr::copy_nonoverlapping(qp.sq_buf.add(off + 4), b.as_mut_ptr(), 4);
-            u32::from_be_bytes(b)
+        let pos = qp.sq_ci;
+        let posted = u32::from(pi.wrapping_sub(pos as u16));
+        // Each posted WQE gets its flush completion, whatever its bytes
+        // say: see `SoftQp::span`.
+        let claimed = if qp.starts_wqe(pos) {
+            wqebbs_of((qp.ctrl_words(pos).1 & 0x3f) as usize)
+        } else {
+            0
         };
-        let wqebbs =
-            wqebbs_of((w1 & 0x3f) as usize).min(u32::from(pi.wrapping_sub(qp.sq_ci as u16)));
-        out.push((
-            qp.send_cq,
-            flush_cqe(Kind::SendError, qpn, qp.sq_ci as u16, 0),
-        ));
-        qp.sq_ci = qp.sq_ci.wrapping_add(wqebbs.max(1));
+        let wqebbs = qp.span(pos, claimed, posted);
+        out.push((qp.send_cq, flush_cqe(Kind::SendError, qpn, pos as u16, 0)));
+        qp.sq_ci = pos.wrapping_add(wqebbs);
     }
     if qp.srq.is_none() {
         let rpi = qp.rq_pi();
@@ -599,17 +597,19 @@ fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step
     let ctrl_flags = wqe[11];
     let imm = be32(&wqe, 12);
     let wqebbs = wqebbs_of(ds);
-    let malformed = ds == 0
-        || index != pos as u16
-        || (w0 >> 24) != 0
-        || (w1 >> 8) != qpn
-        || ds > qp.caps.max_ds()
-        || wqebbs > posted
-        || wqebbs > qp.sq_cnt;
-    if malformed {
+    let sane = ds != 0
+        && index == pos as u16
+        && (w0 >> 24) == 0
+        && (w1 >> 8) == qpn
+        && ds <= qp.caps.max_ds()
+        && wqebbs <= qp.sq_cnt;
+    // A WQE that claims more than was posted, or whose claim covers the
+    // next posted WQE's control segment, is malformed too: executing it
+    // would swallow that WQE (its poster would never see it complete).
+    if !sane || wqebbs > posted || qp.span(pos, wqebbs, posted) != wqebbs {
         return Step::Fail {
             index: pos as u16,
-            wqebbs: wqebbs.min(posted).max(1),
+            wqebbs: qp.span(pos, if sane { wqebbs } else { 0 }, posted),
             syndrome: Syndrome::LocalQpOp,
         };
     }

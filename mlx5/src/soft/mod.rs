@@ -321,6 +321,44 @@ impl SoftQp {
         u32::from_be(w.load(Ordering::Acquire)) as u16
     }
 
+    /// The first 8 bytes of the WQEBB at free-running position `pos`.
+    fn ctrl_words(&self, pos: u32) -> (u32, u32) {
+        let off = (pos % self.sq_cnt) as usize * wqe::WQEBB;
+        let mut b = [0u8; 8];
+        // SAFETY: off is inside the SQ buffer; 8 bytes of a WQEBB.
+        unsafe { std::ptr::copy_nonoverlapping(self.sq_buf.add(off), b.as_mut_ptr(), 8) };
+        (
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        )
+    }
+
+    /// Whether the WQEBB at `pos` opens a WQE posted there: its control
+    /// segment names this position, this QP, opmod 0 and a non-zero `ds`.
+    pub(crate) fn starts_wqe(&self, pos: u32) -> bool {
+        let (w0, w1) = self.ctrl_words(pos);
+        (w0 >> 8) as u16 == pos as u16 && w0 >> 24 == 0 && w1 >> 8 == self.qpn && w1 & 0x3f != 0
+    }
+
+    /// The WQEBBs the WQE at `pos` occupies as far as the device is
+    /// concerned: what its `ds` claims (`claimed`, 0 when the control
+    /// segment is not trustworthy), but never past the posted WQEBBs
+    /// (`posted`) and never over the control segment of a later posted
+    /// WQE. So a WQE that lies about its size (or is garbage) never hides
+    /// the next one: that one still executes or is flushed, and its poster
+    /// gets its completion.
+    pub(crate) fn span(&self, pos: u32, claimed: u32, posted: u32) -> u32 {
+        let limit = if claimed == 0 {
+            posted
+        } else {
+            claimed.min(posted)
+        };
+        (1..limit)
+            .find(|&b| self.starts_wqe(pos.wrapping_add(b)))
+            .unwrap_or(limit)
+            .max(1)
+    }
+
     /// The RQ producer counter (low 16 bits) from the doorbell record.
     pub(crate) fn rq_pi(&self) -> u16 {
         // SAFETY: word 0 of the QP's doorbell record.
