@@ -78,6 +78,12 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// An atomic's result buffer cannot hold the 8-byte original value.
+    #[error("atomic result buffer of {len} bytes: it must hold the 8-byte original value")]
+    AtomicResultTooSmall {
+        /// The buffer's length.
+        len: u32,
+    },
     /// The receive queue (or SRQ) has no free WQE.
     #[error("receive queue full ({depth} WQEs)")]
     RecvQueueFull {

@@ -651,6 +651,13 @@ impl Qp {
                 max: caps.max_inline as usize,
             });
         }
+        if let Some(len) = w.atomic_result_len()
+            && len < wqe::ATOMIC_SIZE
+        {
+            // The device writes 8 bytes whatever the SGE says (as libmlx5
+            // posts it): a shorter buffer would be overrun.
+            return Err(Error::AtomicResultTooSmall { len });
+        }
         let sges = w.sge_count();
         if sges > caps.max_send_sge.max(1) as usize {
             return Err(Error::TooManySges {
@@ -834,7 +841,7 @@ impl Qp {
                 m.rq_stride as usize,
             )
         };
-        write_sges(out, sges, max_sge.max(1));
+        write_sges(out, sges);
         self.rq_head = self.rq_head.wrapping_add(1);
         // SAFETY: word 0 of the QP's doorbell record.
         let db = unsafe { AtomicU32::from_ptr(m.dbrec) };

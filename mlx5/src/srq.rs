@@ -22,7 +22,7 @@ use crate::mem::DmaBuf;
 use crate::mr::{Pd, PdInner};
 use crate::wqe::{SEG, Sge, write_data};
 
-/// `MLX5_INVALID_LKEY`: terminates a scatter list shorter than `max_sge`.
+/// `MLX5_INVALID_LKEY`: terminates a scatter list shorter than its WQE's room.
 pub(crate) const INVALID_LKEY: u32 = 0x100;
 
 pub(crate) struct SrqMem {
@@ -125,7 +125,7 @@ impl Srq {
                     stride,
                     dbrec: dbrec.as_ptr().cast(),
                 };
-                let srqn = d.create_srq(&mem, max_sge);
+                let srqn = d.create_srq(&mem);
                 (
                     srqn,
                     mem,
@@ -194,7 +194,7 @@ impl Srq {
                 (m.stride as usize) - SEG,
             )
         };
-        write_sges(wqe, sges, self.shared.max_sge as usize);
+        write_sges(wqe, sges);
         self.posted = self.posted.wrapping_add(1);
         // SAFETY: dbrec is the SRQ's 4-aligned doorbell record.
         let db = unsafe { AtomicU32::from_ptr(m.dbrec) };
@@ -204,20 +204,86 @@ impl Srq {
     }
 }
 
-/// Writes a receive scatter list: the SGEs, then an invalid-lkey terminator
-/// if the list is shorter than `max_sge`.
-pub(crate) fn write_sges(out: &mut [u8], sges: &[Sge], max_sge: usize) {
-    for (seg, sge) in out.chunks_exact_mut(SEG).zip(sges) {
-        write_data(seg, *sge);
+/// Writes a receive scatter list into `out`, one receive WQE's data
+/// segments (the RQ stride, or an SRQ stride after its next segment), as
+/// rdma-core's provider writes it: zero-length SGEs are skipped, and an
+/// `MLX5_INVALID_LKEY` entry ends a list shorter than the room the stride
+/// has. The device reads up to the stride's room, not up to the
+/// `max_recv_sge` asked for at creation (the stride is a power of two and
+/// may hold more), so the terminator is decided by the stride.
+pub(crate) fn write_sges(out: &mut [u8], sges: &[Sge]) {
+    let room = out.len() / SEG;
+    let mut n = 0;
+    for sge in sges.iter().filter(|s| s.len != 0).take(room) {
+        write_data(&mut out[n * SEG..(n + 1) * SEG], *sge);
+        n += 1;
     }
-    if sges.len() < max_sge {
+    if n < room {
         write_data(
-            &mut out[sges.len() * SEG..(sges.len() + 1) * SEG],
+            &mut out[n * SEG..(n + 1) * SEG],
             Sge {
                 addr: 0,
                 len: 0,
                 lkey: INVALID_LKEY,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(out: &[u8]) -> Vec<(u32, u32, u64)> {
+        out.chunks_exact(SEG)
+            .map(|e| {
+                (
+                    u32::from_be_bytes(e[0..4].try_into().unwrap()),
+                    u32::from_be_bytes(e[4..8].try_into().unwrap()),
+                    u64::from_be_bytes(e[8..16].try_into().unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    const STALE: (u32, u32, u64) = (0x5a5a_5a5a, 0x5a5a_5a5a, 0x5a5a_5a5a_5a5a_5a5a);
+
+    #[test]
+    fn receive_terminator_is_decided_by_the_stride_not_the_requested_sges() {
+        let sge = |len| Sge {
+            addr: 0x1000,
+            len,
+            lkey: 7,
+        };
+        // A 64-byte stride has room for 4 entries: 3 SGEs (all a QP created
+        // with max_recv_sge = 3 may post) still get a terminator, or the
+        // device would read the stale fourth entry as an SGE.
+        let mut out = [0x5au8; 64];
+        write_sges(&mut out, &[sge(1), sge(2), sge(3)]);
+        assert_eq!(
+            entries(&out),
+            [
+                (1, 7, 0x1000),
+                (2, 7, 0x1000),
+                (3, 7, 0x1000),
+                (0, INVALID_LKEY, 0)
+            ]
+        );
+        // A full stride needs none.
+        let mut out = [0x5au8; 32];
+        write_sges(&mut out, &[sge(1), sge(2)]);
+        assert_eq!(entries(&out), [(1, 7, 0x1000), (2, 7, 0x1000)]);
+        // Zero-length SGEs are skipped; the terminator follows what was
+        // written, and what lies after it is not touched.
+        let mut out = [0x5au8; 64];
+        write_sges(&mut out, &[sge(0), sge(5), sge(0)]);
+        assert_eq!(
+            entries(&out),
+            [(5, 7, 0x1000), (0, INVALID_LKEY, 0), STALE, STALE]
+        );
+        // No SGE at all (a WRITE_IMM receive): just the terminator.
+        let mut out = [0x5au8; 16];
+        write_sges(&mut out, &[]);
+        assert_eq!(entries(&out), [(0, INVALID_LKEY, 0)]);
     }
 }

@@ -94,9 +94,13 @@ pub enum Payload<'a> {
 }
 
 impl Payload<'_> {
+    /// Segments the payload takes, written as rdma-core's provider writes
+    /// them: zero-length SGEs are skipped (they carry nothing), and empty
+    /// inline data takes no segment at all.
     fn ds(&self) -> usize {
         match self {
-            Payload::Sges(s) => s.len(),
+            Payload::Sges(s) => data_segs(s),
+            Payload::Inline(d) if d.is_empty() => 0,
             Payload::Inline(d) => (4 + d.len()).div_ceil(SEG),
         }
     }
@@ -159,6 +163,10 @@ pub trait WqeBuild: sealed::Sealed {
     fn inline_len(&self) -> Option<usize> {
         None
     }
+    /// An atomic's result buffer length (checked to hold the 8-byte value).
+    fn atomic_result_len(&self) -> Option<u32> {
+        None
+    }
     /// Writes every segment after the control segment into `out`, which is
     /// exactly `(ds() - 1) * 16` bytes.
     fn write_body(&self, out: &mut [u8]);
@@ -213,16 +221,40 @@ pub fn write_inline(out: &mut [u8], data: &[u8]) {
     out[4 + data.len()..].fill(0);
 }
 
+/// Data segments a gather list takes: one per SGE that carries bytes.
+fn data_segs(sges: &[Sge]) -> usize {
+    sges.iter().filter(|s| s.len != 0).count()
+}
+
 fn write_payload(out: &mut [u8], payload: &Payload<'_>) {
     match payload {
         Payload::Sges(sges) => {
-            for (seg, sge) in out.chunks_exact_mut(SEG).zip(sges.iter()) {
+            let carrying = sges.iter().filter(|s| s.len != 0);
+            for (seg, sge) in out.chunks_exact_mut(SEG).zip(carrying) {
                 write_data(seg, *sge);
             }
         }
+        Payload::Inline(data) if data.is_empty() => {}
         Payload::Inline(data) => write_inline(out, data),
     }
 }
+
+/// The result segment of an atomic: it always says 8 bytes, the size of
+/// the value the target returns, whatever `result.len` holds (the
+/// provider's `set_data_ptr_seg_atomic`). [`crate::Qp::post`] refuses a
+/// result buffer shorter than that.
+fn write_atomic_result(out: &mut [u8], result: Sge) {
+    write_data(
+        out,
+        Sge {
+            len: ATOMIC_SIZE,
+            ..result
+        },
+    );
+}
+
+/// Bytes an atomic operates on and returns.
+pub const ATOMIC_SIZE: u32 = 8;
 
 /// Encodes `wqe` at WQE index `index` of QP `qpn` into `out` (at least
 /// `ds * 16` bytes; the rest of the last WQEBB is left as is).
@@ -530,7 +562,7 @@ impl WqeBuild for Read<'_> {
         self.sges.len()
     }
     fn ds(&self) -> usize {
-        2 + self.sges.len()
+        2 + data_segs(self.sges)
     }
     fn options(&self) -> Options {
         self.opts
@@ -568,6 +600,9 @@ impl AtomicCas {
 
 impl sealed::Sealed for AtomicCas {}
 impl WqeBuild for AtomicCas {
+    fn atomic_result_len(&self) -> Option<u32> {
+        Some(self.result.len)
+    }
     fn opcode(&self) -> u8 {
         opcode::ATOMIC_CS
     }
@@ -580,7 +615,7 @@ impl WqeBuild for AtomicCas {
     fn write_body(&self, out: &mut [u8]) {
         write_raddr(&mut out[..SEG], self.remote);
         write_atomic(&mut out[SEG..2 * SEG], self.swap, self.compare);
-        write_data(&mut out[2 * SEG..], self.result);
+        write_atomic_result(&mut out[2 * SEG..], self.result);
     }
 }
 
@@ -609,6 +644,9 @@ impl AtomicFa {
 
 impl sealed::Sealed for AtomicFa {}
 impl WqeBuild for AtomicFa {
+    fn atomic_result_len(&self) -> Option<u32> {
+        Some(self.result.len)
+    }
     fn opcode(&self) -> u8 {
         opcode::ATOMIC_FA
     }
@@ -621,7 +659,7 @@ impl WqeBuild for AtomicFa {
     fn write_body(&self, out: &mut [u8]) {
         write_raddr(&mut out[..SEG], self.remote);
         write_atomic(&mut out[SEG..2 * SEG], self.add, 0);
-        write_data(&mut out[2 * SEG..], self.result);
+        write_atomic_result(&mut out[2 * SEG..], self.result);
     }
 }
 

@@ -160,10 +160,11 @@ impl Rng {
         (0..n).map(|_| self.next() as u8).collect()
     }
 
+    /// A random SGE; one in four has length 0 (which posting skips).
     fn sge(&mut self) -> Sge {
         Sge {
             addr: self.u64(),
-            len: self.u32(),
+            len: if self.below(4) == 0 { 0 } else { self.u32() },
             lkey: self.u32(),
         }
     }

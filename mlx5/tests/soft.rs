@@ -779,6 +779,50 @@ fn a_garbage_wqe_after_an_error_is_flushed_without_hiding_later_ones() {
 }
 
 #[test]
+fn degenerate_posts_are_written_as_rdma_core_writes_them() {
+    let (mut a, mut b) = pair(Progress::Manual);
+    // An atomic's result buffer must hold 8 bytes: the device writes 8
+    // whatever the SGE says.
+    let e =
+        a.qp.post(&AtomicFa::new(b.mr.remote(0), a.mr.sge(0, 4), 1))
+            .unwrap_err();
+    assert!(matches!(e, Error::AtomicResultTooSmall { len: 4 }), "{e}");
+    // A longer one gets the 8 bytes and nothing after them.
+    a.mr.write(64, &[0xee; 16]);
+    b.mr.write(0, &7u64.to_ne_bytes());
+    a.qp.post_and_ring(&AtomicFa::new(b.mr.remote(0), a.mr.sge(64, 16), 1).signaled())
+        .unwrap();
+    assert_eq!(a.expect(1)[0].status(), Ok(()));
+    assert_eq!(
+        read(&a, 64, 16),
+        [&7u64.to_be_bytes()[..], &[0xee; 8]].concat()
+    );
+    // Empty inline data: no inline segment, a zero-length WRITE_IMM.
+    b.qp.post_recv(&[]).unwrap();
+    a.qp.post_and_ring(&WriteImm::inline(b.mr.remote(0), b"", 9))
+        .unwrap();
+    a.ctx.progress_until_idle().unwrap();
+    let c = b.expect(1);
+    assert_eq!(
+        (c[0].kind, c[0].byte_len, c[0].imm),
+        (Kind::RecvWriteImm, 0, 9)
+    );
+    // Zero-length SGEs are skipped, whatever key they carry: on the send
+    // side and in a receive WQE.
+    let mut nothing = a.mr.sge(0, 0);
+    nothing.lkey ^= 0xff;
+    let mut recv_nothing = b.mr.sge(0, 0);
+    recv_nothing.lkey ^= 0xff;
+    b.qp.post_recv(&[recv_nothing, b.mr.sge(100, 8)]).unwrap();
+    let msg = fill(&a, 200, 8, 3);
+    a.qp.post_and_ring(&Send::new(&[nothing, a.mr.sge(200, 8)]).signaled())
+        .unwrap();
+    assert_eq!(a.expect(1)[0].status(), Ok(()));
+    assert_eq!(b.expect(1)[0].status(), Ok(()));
+    assert_eq!(read(&b, 100, 8), msg);
+}
+
+#[test]
 fn peer_gone_is_transport_retry_exceeded() {
     let (mut a, b) = pair(Progress::Manual);
     drop(b);

@@ -885,7 +885,9 @@ fn take_recv(s: &mut State, qpn: u32) -> Option<RecvWqe> {
             srq.ci = srq.ci.wrapping_add(1);
             r.index = idx as u16;
             r.srqn = srqn;
-            let max = (srq.max_sge as usize).min(MAX_RECV_SGE);
+            // As far as the stride has room (after the next segment), as
+            // hardware reads it; the poster terminates shorter lists.
+            let max = ((srq.mem.stride as usize - SEG) / SEG).min(MAX_RECV_SGE);
             // SAFETY: the data segments follow the 16-byte next segment.
             (unsafe { wqe.add(SEG) }, max)
         }

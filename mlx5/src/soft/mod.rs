@@ -236,7 +236,6 @@ impl SoftCq {
 
 pub(crate) struct SoftSrq {
     pub(crate) mem: SrqMem,
-    pub(crate) max_sge: u32,
     /// WQEs consumed so far (free-running).
     pub(crate) ci: u32,
     /// Index of the next WQE to consume (following `next_wqe_index`).
@@ -750,13 +749,12 @@ impl Device {
         }
     }
 
-    pub(crate) fn create_srq(&self, mem: &SrqMem, max_sge: u32) -> u32 {
+    pub(crate) fn create_srq(&self, mem: &SrqMem) -> u32 {
         let mut s = self.shared.lock();
         let i = insert(
             &mut s.srqs,
             SoftSrq {
                 mem: SrqMem { ..*mem },
-                max_sge,
                 ci: 0,
                 cur: 0,
             },

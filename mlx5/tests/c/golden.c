@@ -150,6 +150,9 @@ static size_t put_ctrl(uint8_t *buf, uint16_t pi, uint8_t opcode, uint32_t qpn,
 	return sizeof(ctrl);
 }
 
+/* The provider's MLX5_ATOMIC_SIZE: the bytes an atomic returns. */
+#define ATOMIC_SIZE 8
+
 static size_t put_data(uint8_t *buf, uint32_t len, uint32_t lkey, uint64_t addr)
 {
 	struct mlx5_wqe_data_seg seg;
@@ -321,15 +324,27 @@ static void cmd_wqe(char **save)
 		break;
 	}
 
-	/* Then the data: an inline segment or one data segment per SGE. */
+	/*
+	 * Then the data, as the provider writes it: one data segment per SGE,
+	 * skipping zero-length ones (the SGE loop of _mlx5_post_send); an
+	 * atomic's result segment always says 8 bytes
+	 * (set_data_ptr_seg_atomic); an inline segment only when there are
+	 * inline bytes (set_data_inl_seg leaves size 0 for none).
+	 */
 	if (strcmp(mode, "sge") == 0) {
 		unsigned n = num(save, 63);
+		int atomic = opcode == MLX5_OPCODE_ATOMIC_CS ||
+			     opcode == MLX5_OPCODE_ATOMIC_FA;
 
 		for (i = 0; i < n; i++) {
 			uint32_t len = num(save, UINT32_MAX);
 			uint32_t lkey = num(save, UINT32_MAX);
 			uint64_t addr = num(save, UINT64_MAX);
 
+			if (atomic)
+				len = ATOMIC_SIZE;
+			else if (len == 0)
+				continue;
 			if (size + sizeof(struct mlx5_wqe_data_seg) > MAX_WQE_BYTES)
 				die("too many SGEs");
 			size += put_data(wqe + size, len, lkey, addr);
@@ -340,7 +355,8 @@ static void cmd_wqe(char **save)
 		if (size + (sizeof(struct mlx5_wqe_inl_data_seg) + len + 15) / 16 * 16 >
 		    MAX_WQE_BYTES)
 			die("inline data too long");
-		size += put_inline(wqe + size, data, len);
+		if (len > 0)
+			size += put_inline(wqe + size, data, len);
 	} else {
 		die("unknown data mode %s", mode);
 	}
