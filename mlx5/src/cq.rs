@@ -269,9 +269,9 @@ impl Cq {
             return;
         };
         match c.kind {
-            Kind::Send { .. } | Kind::SendError => {
+            Kind::Send { .. } | Kind::SendError { .. } => {
                 route.track.send_completed(c.wqe_counter);
-                if c.kind == Kind::SendError {
+                if matches!(c.kind, Kind::SendError { .. }) {
                     route.track.set_state(QpState::Error);
                 }
             }

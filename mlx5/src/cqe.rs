@@ -130,8 +130,13 @@ pub enum Kind {
     RecvSend,
     /// A SEND_IMM arrived.
     RecvSendImm,
-    /// A send-queue WQE failed.
-    SendError,
+    /// A send-queue WQE failed (or was flushed); `opcode` is the WQE's
+    /// opcode, which hardware reports in the top byte of
+    /// `s_wqe_opcode_qpn`.
+    SendError {
+        /// The WQE opcode.
+        opcode: u8,
+    },
     /// A receive WQE failed (or was flushed).
     RecvError,
 }
@@ -139,7 +144,7 @@ pub enum Kind {
 impl Kind {
     /// Whether this is an error completion.
     pub fn is_error(self) -> bool {
-        matches!(self, Kind::SendError | Kind::RecvError)
+        matches!(self, Kind::SendError { .. } | Kind::RecvError)
     }
 }
 
@@ -163,6 +168,9 @@ pub struct Cqe {
     pub syndrome: Option<Syndrome>,
     /// Vendor error syndrome (error CQEs; 0 otherwise).
     pub vendor_syndrome: u8,
+    /// The sender asked for a solicited event (`op_own` bit 1, what
+    /// `mlx5dv_get_cqe_se` reads); receive completions only.
+    pub solicited: bool,
 }
 
 /// Offsets in a CQE64 (checked against `mlx5dv.h` by the golden tests).
@@ -210,7 +218,9 @@ pub fn parse(b: &[u8; CQE_SIZE]) -> Cqe {
         srqn: be32(b, offset::SRQN) & 0x00ff_ffff,
         syndrome: None,
         vendor_syndrome: 0,
+        solicited: false,
     };
+    let se = op_own & SE != 0;
     match op_own >> 4 {
         op::REQ => {
             c.kind = Kind::Send {
@@ -220,15 +230,22 @@ pub fn parse(b: &[u8; CQE_SIZE]) -> Cqe {
         op::RESP_WR_IMM => {
             c.kind = Kind::RecvWriteImm;
             c.imm = be32(b, offset::IMM);
+            c.solicited = se;
         }
-        op::RESP_SEND => c.kind = Kind::RecvSend,
+        op::RESP_SEND => {
+            c.kind = Kind::RecvSend;
+            c.solicited = se;
+        }
         op::RESP_SEND_IMM => {
             c.kind = Kind::RecvSendImm;
             c.imm = be32(b, offset::IMM);
+            c.solicited = se;
         }
         o @ (op::REQ_ERR | op::RESP_ERR) => {
             c.kind = if o == op::REQ_ERR {
-                Kind::SendError
+                Kind::SendError {
+                    opcode: (qpn_word >> 24) as u8,
+                }
             } else {
                 Kind::RecvError
             };
@@ -250,7 +267,7 @@ pub fn encode(c: &Cqe, owner: u8) -> [u8; CQE_SIZE] {
         Kind::RecvWriteImm => (op::RESP_WR_IMM, 0),
         Kind::RecvSend => (op::RESP_SEND, 0),
         Kind::RecvSendImm => (op::RESP_SEND_IMM, 0),
-        Kind::SendError => (op::REQ_ERR, 0),
+        Kind::SendError { opcode } => (op::REQ_ERR, opcode),
         Kind::RecvError => (op::RESP_ERR, 0),
     };
     b[offset::SRQN..offset::SRQN + 4].copy_from_slice(&(c.srqn & 0x00ff_ffff).to_be_bytes());
@@ -264,9 +281,16 @@ pub fn encode(c: &Cqe, owner: u8) -> [u8; CQE_SIZE] {
     let qpn_word = (u32::from(hi) << 24) | (c.qpn & 0x00ff_ffff);
     b[offset::QPN..offset::QPN + 4].copy_from_slice(&qpn_word.to_be_bytes());
     b[offset::WQE_COUNTER..offset::WQE_COUNTER + 2].copy_from_slice(&c.wqe_counter.to_be_bytes());
-    b[offset::OP_OWN] = (cqe_op << 4) | (owner & 1);
+    let se = match c.kind {
+        Kind::RecvWriteImm | Kind::RecvSend | Kind::RecvSendImm if c.solicited => SE,
+        _ => 0,
+    };
+    b[offset::OP_OWN] = (cqe_op << 4) | se | (owner & 1);
     b
 }
+
+/// The solicited-event bit of `op_own`.
+const SE: u8 = 1 << 1;
 
 /// Bytes a requester completion of `wqe_opcode` reports (READ and atomics
 /// report the bytes they brought back; hardware reports 0 for the others).
@@ -305,11 +329,17 @@ mod tests {
                 srqn: 7,
                 syndrome: None,
                 vendor_syndrome: 0,
+                solicited: kind
+                    != Kind::Send {
+                        opcode: opcode::RDMA_READ,
+                    },
             };
             assert_eq!(parse(&encode(&c, 1)), c);
         }
         let e = Cqe {
-            kind: Kind::SendError,
+            kind: Kind::SendError {
+                opcode: opcode::ATOMIC_FA,
+            },
             qpn: 9,
             wqe_counter: 3,
             byte_len: 0,
@@ -317,6 +347,7 @@ mod tests {
             srqn: 0,
             syndrome: Some(Syndrome::RemoteAccess),
             vendor_syndrome: 0x88,
+            solicited: false,
         };
         assert_eq!(parse(&encode(&e, 0)), e);
     }

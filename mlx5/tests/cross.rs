@@ -93,7 +93,11 @@ fn every_opcode(device: &str) {
         .unwrap();
     ok_one(&mut me, opcode::SEND);
     me.qp
-        .post_and_ring(&SendImm::new(&[me.mr.sge(700, 50)], 99).signaled())
+        .post_and_ring(
+            &SendImm::new(&[me.mr.sge(700, 50)], 99)
+                .signaled()
+                .solicited(),
+        )
         .unwrap();
     ok_one(&mut me, opcode::SEND_IMM);
     let c = peer.cmd("poll 2 5000");
@@ -102,8 +106,9 @@ fn every_opcode(device: &str) {
         v[0].starts_with("RecvSend/") && v[0].ends_with("/700/0/ok"),
         "{c}"
     );
+    // The solicited-event bit travels with the request.
     assert!(
-        v[1].starts_with("RecvSendImm/") && v[1].ends_with("/50/99/ok"),
+        v[1].starts_with("RecvSendImm/") && v[1].ends_with("/50/99/ok+se"),
         "{c}"
     );
     // The second receive landed on the same offset: the SEND_IMM's bytes.

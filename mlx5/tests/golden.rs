@@ -878,6 +878,12 @@ impl Cqe64 {
             srqn: self.srqn_uidx & 0xff_ffff,
             syndrome,
             vendor_syndrome: 0,
+            // The SE bit means something on receive completions only.
+            solicited: self.se != 0
+                && matches!(
+                    kind,
+                    Kind::RecvWriteImm | Kind::RecvSend | Kind::RecvSendImm
+                ),
         }
     }
 }
@@ -917,7 +923,9 @@ impl ErrCqe {
     fn expected(&self) -> Cqe {
         Cqe {
             kind: if self.opcode == cqe::op::REQ_ERR {
-                Kind::SendError
+                Kind::SendError {
+                    opcode: (self.s_wqe_opcode_qpn >> 24) as u8,
+                }
             } else {
                 Kind::RecvError
             },
@@ -928,6 +936,7 @@ impl ErrCqe {
             srqn: self.srqn & 0xff_ffff,
             syndrome: Some(Syndrome::from_code(self.syndrome)),
             vendor_syndrome: self.vendor_err_synd,
+            solicited: false,
         }
     }
 }
@@ -941,7 +950,9 @@ fn as_cqe(c_hex: &str, command: &str) -> [u8; CQE_SIZE] {
 /// A responder or requester (non-error) CQE. `noisy`: every field the codec
 /// does not define random too, and `srqn_uidx`'s top byte, the requester
 /// opcode byte of a responder CQE, the immediate of a non-immediate CQE and
-/// the SE bit; otherwise those are zero, as `cqe::encode` leaves them.
+/// the SE bit of a requester CQE; otherwise those are zero, as
+/// `cqe::encode` leaves them (the SE bit of a receive CQE is random either
+/// way: encode sets it for a solicited completion).
 fn random_cqe64(rng: &mut Rng, opcode: u8, noisy: bool) -> Cqe64 {
     let mut f = Cqe64 {
         opcode,
@@ -961,6 +972,11 @@ fn random_cqe64(rng: &mut Rng, opcode: u8, noisy: bool) -> Cqe64 {
             *v = rng.bits(bits);
         }
     } else {
+        // The SE bit on receive completions, which encode sets when the
+        // sender solicited an event.
+        if opcode != cqe::op::REQ {
+            f.se = rng.bits(1) as u8;
+        }
         f.srqn_uidx = rng.bits(24) as u32;
         f.imm_inval_pkey = if imm_kind { rng.u32() } else { 0 };
         let hi = if opcode == cqe::op::REQ {
@@ -1008,7 +1024,7 @@ fn random_err_cqe(rng: &mut Rng, opcode: u8, noisy: bool) -> ErrCqe {
             rng.u8()
         },
         // A requester error CQE carries the WQE opcode in the top byte.
-        s_wqe_opcode_qpn: if noisy {
+        s_wqe_opcode_qpn: if noisy || opcode == cqe::op::REQ_ERR {
             (u32::from(rng.u8()) << 24) | qpn
         } else {
             qpn

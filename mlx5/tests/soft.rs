@@ -605,7 +605,14 @@ fn after_an_error_every_later_wqe_and_receive_is_flushed() {
     );
     let flushed_sends: Vec<u16> = c
         .iter()
-        .filter(|c| c.kind == Kind::SendError && c.syndrome == Some(Syndrome::WrFlush))
+        .filter(|c| {
+            // Flushed WQEs report their opcode too.
+            c.kind
+                == Kind::SendError {
+                    opcode: opcode::RDMA_WRITE,
+                }
+                && c.syndrome == Some(Syndrome::WrFlush)
+        })
         .map(|c| c.wqe_counter)
         .collect();
     assert_eq!(flushed_sends, later);
@@ -820,6 +827,51 @@ fn degenerate_posts_are_written_as_rdma_core_writes_them() {
     assert_eq!(a.expect(1)[0].status(), Ok(()));
     assert_eq!(b.expect(1)[0].status(), Ok(()));
     assert_eq!(read(&b, 100, 8), msg);
+}
+
+#[test]
+fn cqes_carry_the_solicited_bit_and_a_failed_wqes_opcode() {
+    for progress in [Progress::Manual, Progress::Background] {
+        let (mut a, mut b) = pair(progress);
+        for _ in 0..6 {
+            b.qp.post_recv(&[b.mr.sge(0, 64)]).unwrap();
+        }
+        a.qp.post(&Send::inline(b"s").solicited()).unwrap();
+        a.qp.post(&Send::inline(b"n")).unwrap();
+        a.qp.post(&SendImm::inline(b"s", 1).solicited()).unwrap();
+        a.qp.post(&WriteImm::inline(b.mr.remote(0), b"s", 2).solicited())
+            .unwrap();
+        a.qp.post(&WriteImm::inline(b.mr.remote(0), b"n", 3))
+            .unwrap();
+        a.qp.ring_doorbell();
+        a.ctx.progress_until_idle().unwrap();
+        let got: Vec<(Kind, bool)> = b.expect(5).iter().map(|c| (c.kind, c.solicited)).collect();
+        assert_eq!(
+            got,
+            [
+                (Kind::RecvSend, true),
+                (Kind::RecvSend, false),
+                (Kind::RecvSendImm, true),
+                (Kind::RecvWriteImm, true),
+                (Kind::RecvWriteImm, false),
+            ]
+        );
+        // A requester error CQE names the failed WQE's opcode.
+        let mut r = b.mr.remote(0);
+        r.rkey ^= 0xff;
+        a.qp.post_and_ring(&Read::new(r, &[a.mr.sge(0, 8)]))
+            .unwrap();
+        let c = first_error(&mut a);
+        assert_eq!(
+            (c.kind, c.syndrome),
+            (
+                Kind::SendError {
+                    opcode: opcode::RDMA_READ
+                },
+                Some(Syndrome::RemoteAccess)
+            )
+        );
+    }
 }
 
 #[test]

@@ -20,7 +20,7 @@
 //! | `fill OFF LEN SEED` / `hash OFF LEN` | writes the test pattern / `ok FNV1A64` of the bytes |
 //! | `hex OFF LEN` / `get64 OFF` / `set64 OFF V` | bytes in hex / a u64 (host order) |
 //! | `recv I N OFF LEN` | posts N receives on QP I scattering to OFF..OFF+LEN (LEN 0: none) |
-//! | `poll N MS` | `ok KIND/QPN/INDEX/LEN/IMM/STATUS ...` for N completions within MS ms |
+//! | `poll N MS` | `ok KIND/QPN/INDEX/LEN/IMM/STATUS ...` for N completions within MS ms (`STATUS+se` when the sender solicited an event) |
 //! | `withhold I 0\|1` | fault injection: QP I answers RNR while on |
 //! | `state I` | `ok STATE` of QP I (`Rts`, `Error`, ...) |
 //! | `event MS` | `ok EVENT` (`Debug` of the next asynchronous event, spaces removed) within MS ms, or `ok none` |
@@ -200,8 +200,9 @@ impl Peer {
                         Err(s) => format!("{s:?}"),
                     };
                     let kind = format!("{:?}", c.kind).replace(' ', "");
+                    let se = if c.solicited { "+se" } else { "" };
                     out.push(format!(
-                        "{kind}/{}/{}/{}/{}/{status}",
+                        "{kind}/{}/{}/{}/{}/{status}{se}",
                         c.qpn, c.wqe_counter, c.byte_len, c.imm
                     ));
                 })?;

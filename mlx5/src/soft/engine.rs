@@ -504,17 +504,19 @@ fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
 /// QP to ERROR (its remaining work is flushed by the next pass).
 fn fail(s: &mut State, qpn: u32, index: u16, wqebbs: u32, syndrome: Syndrome) {
     let Some(qp) = s.qp(qpn) else { return };
+    let pos = qp.sq_ci;
     qp.sq_ci = qp.sq_ci.wrapping_add(wqebbs);
     if qp.inflight.is_empty() {
         qp.sq_sent = qp.sq_ci;
     }
     qp.rnr = None;
     let cq = qp.send_cq;
+    let opcode = qp.wqe_opcode(pos);
     s.qp_to_error(qpn);
     s.push_cqe(
         cq,
         &Cqe {
-            kind: Kind::SendError,
+            kind: Kind::SendError { opcode },
             qpn,
             wqe_counter: index,
             byte_len: 0,
@@ -522,6 +524,7 @@ fn fail(s: &mut State, qpn: u32, index: u16, wqebbs: u32, syndrome: Syndrome) {
             srqn: 0,
             syndrome: Some(syndrome),
             vendor_syndrome: 0,
+            solicited: false,
         },
     );
 }
@@ -545,7 +548,10 @@ fn flush(s: &mut State, qpn: u32) -> usize {
             0
         };
         let wqebbs = qp.span(pos, claimed, posted);
-        out.push((qp.send_cq, flush_cqe(Kind::SendError, qpn, pos as u16, 0)));
+        let kind = Kind::SendError {
+            opcode: qp.wqe_opcode(pos),
+        };
+        out.push((qp.send_cq, flush_cqe(kind, qpn, pos as u16, 0)));
         qp.sq_ci = pos.wrapping_add(wqebbs);
     }
     if qp.srq.is_none() {
@@ -576,6 +582,7 @@ fn flush_cqe(kind: Kind, qpn: u32, index: u16, srqn: u32) -> Cqe {
         srqn,
         syndrome: Some(Syndrome::WrFlush),
         vendor_syndrome: 0,
+        solicited: false,
     }
 }
 
@@ -824,6 +831,7 @@ fn ok_cqe(qpn: u32, index: u16, op: u8, byte_len: u32) -> Cqe {
         srqn: 0,
         syndrome: None,
         vendor_syndrome: 0,
+        solicited: false,
     }
 }
 
@@ -922,6 +930,7 @@ fn responder_error(s: &mut State, qpn: u32, recv: &RecvWqe, syndrome: Syndrome) 
             srqn: recv.srqn,
             syndrome: Some(syndrome),
             vendor_syndrome: 0,
+            solicited: false,
         },
     );
 }
@@ -1033,6 +1042,7 @@ fn execute(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> R
                         srqn: r.srqn,
                         syndrome: None,
                         vendor_syndrome: 0,
+                        solicited: req.solicited,
                     },
                 );
             }
@@ -1080,6 +1090,7 @@ fn execute(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> R
                     srqn: recv.srqn,
                     syndrome: None,
                     vendor_syndrome: 0,
+                    solicited: req.solicited,
                 },
             );
             Response::Ack { orig: 0 }
@@ -1155,11 +1166,14 @@ fn complete(
         QpState::Error => {
             // Moved to ERROR while in flight: the WQE is flushed.
             let cq = qp.send_cq;
+            let kind = Kind::SendError {
+                opcode: f.req.opcode,
+            };
             qp.sq_ci = qp.sq_ci.wrapping_add(f.wqebbs);
             if qp.inflight.is_empty() {
                 qp.sq_sent = qp.sq_ci;
             }
-            s.push_cqe(cq, &flush_cqe(Kind::SendError, qpn, f.index, 0));
+            s.push_cqe(cq, &flush_cqe(kind, qpn, f.index, 0));
             return false;
         }
         _ => return false, // reset meanwhile: the WQE is gone

@@ -332,6 +332,12 @@ impl SoftQp {
         )
     }
 
+    /// The opcode byte of the control segment at `pos` (what a requester
+    /// error CQE reports in the top byte of `s_wqe_opcode_qpn`).
+    pub(crate) fn wqe_opcode(&self, pos: u32) -> u8 {
+        self.ctrl_words(pos).0 as u8
+    }
+
     /// Whether the WQEBB at `pos` opens a WQE posted there: its control
     /// segment names this position, this QP, opmod 0 and a non-zero `ds`.
     pub(crate) fn starts_wqe(&self, pos: u32) -> bool {
