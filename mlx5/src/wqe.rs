@@ -100,7 +100,7 @@ impl Payload<'_> {
     fn ds(&self) -> usize {
         match self {
             Payload::Sges(s) => data_segs(s),
-            Payload::Inline(d) if d.is_empty() => 0,
+            Payload::Inline([]) => 0,
             Payload::Inline(d) => (4 + d.len()).div_ceil(SEG),
         }
     }
@@ -234,7 +234,7 @@ fn write_payload(out: &mut [u8], payload: &Payload<'_>) {
                 write_data(seg, *sge);
             }
         }
-        Payload::Inline(data) if data.is_empty() => {}
+        Payload::Inline([]) => {}
         Payload::Inline(data) => write_inline(out, data),
     }
 }
