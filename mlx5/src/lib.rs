@@ -14,7 +14,9 @@
 //! * The **software device** (`MLX5_DEVICE=soft`) executes RC semantics
 //!   from those same buffers and validates like hardware: bad keys, bounds
 //!   and rights become error CQEs with the QP in ERROR and later WQEs
-//!   flushed; a missing receive is RNR-retried. It progresses on a
+//!   flushed; a remote access error fails the responder QP too and raises
+//!   an [`AsyncEvent`] ([`Context::async_event`]); a missing receive is
+//!   RNR-retried. It progresses on a
 //!   background thread that sleeps when idle, or only when a test calls
 //!   [`Context::progress`] ([`Progress::Manual`]).
 //! * The **hardware backend** loads rdma-core (libibverbs, libmlx5) at run

@@ -29,9 +29,10 @@
 //! # Semantics and limits
 //!
 //! RC, in order per QP. Errors as hardware reports them: bad lkey or local
-//! bounds → `LocalProt`; malformed WQE → `LocalQpOp`; bad rkey, bounds,
-//! alignment or access → `RemoteAccess` at the requester (the responder QP
-//! is unaffected); a receive WQE too small → `LocalLength` at the responder
+//! bounds → `LocalProt`; malformed WQE → `LocalQpOp`; bad rkey, bounds or
+//! access → `RemoteAccess` and a misaligned atomic → `RemoteInvalRequest`
+//! at the requester, with the responder QP in ERROR and an asynchronous
+//! event for its owner (IBA class C); a receive WQE too small → `LocalLength` at the responder
 //! and `RemoteInvalRequest` at the requester, both QPs in error; no receive
 //! WQE → RNR NAK, retried after the responder's `min_rnr_timer`, then
 //! `RnrRetryExceeded`; a peer QP that is gone, not connected back, or not in
