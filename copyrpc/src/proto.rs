@@ -71,6 +71,26 @@
 
 use std::collections::VecDeque;
 
+/// Byte access to a ring's memory, one region at a time. The protocol only
+/// ever asks for regions it owns at that moment (a message being written,
+/// a batch that arrived), so an implementation over memory a NIC reads and
+/// writes concurrently never hands out a reference to bytes in flight.
+pub trait Ring {
+    /// The `len` bytes at ring offset `offset`, to read.
+    fn bytes(&self, offset: usize, len: usize) -> &[u8];
+    /// The `len` bytes at ring offset `offset`, to write.
+    fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8];
+}
+
+impl Ring for [u8] {
+    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        &self[offset..offset + len]
+    }
+    fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        &mut self[offset..offset + len]
+    }
+}
+
 /// Alignment of every batch and message.
 pub const ALIGN: u64 = 8;
 /// Bytes of a batch header.
@@ -263,8 +283,10 @@ pub struct Msg {
 pub struct Parsed {
     /// Sequence number of the batch (see [`Conn::release`]).
     pub seq: u64,
-    /// Position of its first message.
-    first: u64,
+    /// Ring offset of the batch.
+    pub offset: u32,
+    /// Its length.
+    pub len: u32,
     /// Messages in it.
     pub count: u16,
 }
@@ -399,7 +421,12 @@ impl Conn {
     /// Appends a request with call id `id` to the send ring `ring` (the
     /// whole ring, `N` bytes), after [`Conn::can_call`]'s checks. The
     /// caller allocates `id` and remembers the call.
-    pub fn call(&mut self, ring: &mut [u8], id: u32, payload: &[u8]) -> Result<(), AppendError> {
+    pub fn call<R: Ring + ?Sized>(
+        &mut self,
+        ring: &mut R,
+        id: u32,
+        payload: &[u8],
+    ) -> Result<(), AppendError> {
         self.can_call(payload.len())?;
         self.append(ring, id, 0, payload);
         self.owed += 1;
@@ -407,7 +434,12 @@ impl Conn {
     }
 
     /// Appends a reply to the request with call id `id`.
-    pub fn reply(&mut self, ring: &mut [u8], id: u32, payload: &[u8]) -> Result<(), AppendError> {
+    pub fn reply<R: Ring + ?Sized>(
+        &mut self,
+        ring: &mut R,
+        id: u32,
+        payload: &[u8],
+    ) -> Result<(), AppendError> {
         if payload.len() > self.lim.max_reply as usize {
             return Err(AppendError::TooLarge {
                 len: payload.len(),
@@ -419,13 +451,17 @@ impl Conn {
 
     /// Appends the answer of a request dropped without a reply: the caller
     /// learns its call will get none (and the reserved space is used).
-    pub fn reply_dropped(&mut self, ring: &mut [u8], id: u32) -> Result<(), AppendError> {
+    pub fn reply_dropped<R: Ring + ?Sized>(
+        &mut self,
+        ring: &mut R,
+        id: u32,
+    ) -> Result<(), AppendError> {
         self.append_reply(ring, id, RESPONSE | DROPPED, &[])
     }
 
-    fn append_reply(
+    fn append_reply<R: Ring + ?Sized>(
         &mut self,
-        ring: &mut [u8],
+        ring: &mut R,
         id: u32,
         kind: u32,
         payload: &[u8],
@@ -438,7 +474,7 @@ impl Conn {
         Ok(())
     }
 
-    fn append(&mut self, ring: &mut [u8], id: u32, kind: u32, payload: &[u8]) {
+    fn append<R: Ring + ?Sized>(&mut self, ring: &mut R, id: u32, kind: u32, payload: &[u8]) {
         let wire = msg_wire(payload.len() as u32);
         let (end, new) = self.place(wire);
         if let Some((start, wrapped)) = new {
@@ -454,11 +490,12 @@ impl Conn {
         }
         let at = ((end - wire) & self.mask) as usize;
         let len_word = payload.len() as u32 | kind;
-        ring[at..at + 4].copy_from_slice(&id.to_le_bytes());
-        ring[at + 4..at + 8].copy_from_slice(&len_word.to_le_bytes());
-        let body = at + MSG_HEADER as usize;
-        ring[body..body + payload.len()].copy_from_slice(payload);
-        ring[body + payload.len()..at + wire as usize].fill(0);
+        let out = ring.bytes_mut(at, wire as usize);
+        out[0..4].copy_from_slice(&id.to_le_bytes());
+        out[4..8].copy_from_slice(&len_word.to_le_bytes());
+        let body = MSG_HEADER as usize;
+        out[body..body + payload.len()].copy_from_slice(payload);
+        out[body + payload.len()..].fill(0);
         let b = self.open.as_mut().expect("opened above");
         b.len += wire;
         b.count += 1;
@@ -480,7 +517,7 @@ impl Conn {
     /// a credit-only batch). Nothing is committed until
     /// [`Conn::flushed`]: calling it again returns the same batch with the
     /// credit brought up to date.
-    pub fn next_flush(&mut self, ring: &mut [u8]) -> Option<Flush> {
+    pub fn next_flush<R: Ring + ?Sized>(&mut self, ring: &mut R) -> Option<Flush> {
         let (b, real) = if let Some(b) = self.ready.front() {
             (*b, true)
         } else if let Some(b) = self.open {
@@ -501,11 +538,12 @@ impl Conn {
             return None;
         };
         let at = (b.start & self.mask) as usize;
-        ring[at..at + 8].copy_from_slice(&self.consumed.to_le_bytes());
-        ring[at + 8..at + 12].copy_from_slice(&(b.len as u32).to_le_bytes());
-        ring[at + 12..at + 14].copy_from_slice(&b.count.to_le_bytes());
+        let h = ring.bytes_mut(at, BATCH_HEADER as usize);
+        h[0..8].copy_from_slice(&self.consumed.to_le_bytes());
+        h[8..12].copy_from_slice(&(b.len as u32).to_le_bytes());
+        h[12..14].copy_from_slice(&b.count.to_le_bytes());
         let flags = if b.wrapped { WRAPPED } else { 0 };
-        ring[at + 14..at + 16].copy_from_slice(&flags.to_le_bytes());
+        h[14..16].copy_from_slice(&flags.to_le_bytes());
         Some(Flush {
             offset: at as u32,
             len: b.len as u32,
@@ -538,7 +576,7 @@ impl Conn {
     /// and parses its header. Its messages are then read with
     /// [`Conn::message`]; the batch stays unconsumed until every request
     /// in it was released ([`Conn::release`]).
-    pub fn on_batch(&mut self, ring: &[u8], imm: u32) -> Result<Parsed, ProtoError> {
+    pub fn on_batch<R: Ring + ?Sized>(&mut self, ring: &R, imm: u32) -> Result<Parsed, ProtoError> {
         let len = u64::from(imm);
         if len < BATCH_HEADER || len > u64::from(self.lim.max_batch) || len % ALIGN != 0 {
             return Err(ProtoError(format!("batch length {len} (immediate)")));
@@ -551,7 +589,8 @@ impl Conn {
             )));
         }
         let at = (start & self.mask) as usize;
-        let h = &ring[at..at + BATCH_HEADER as usize];
+        let batch = ring.bytes(at, len as usize);
+        let h = &batch[..BATCH_HEADER as usize];
         let credit = u64::from_le_bytes(h[0..8].try_into().expect("8 bytes"));
         let hlen = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
         let count = u16::from_le_bytes(h[12..14].try_into().expect("2 bytes"));
@@ -573,10 +612,10 @@ impl Conn {
             )));
         }
         // Walk the messages once: they must tile the batch exactly.
-        let mut p = start + BATCH_HEADER;
+        let mut p = BATCH_HEADER;
         let mut requests = 0u32;
         for _ in 0..count {
-            let m = self.read_msg(ring, p, start + len)?;
+            let m = read_msg(batch, p, at)?;
             if !m.response {
                 requests += 1;
             } else if m.len > self.lim.max_reply {
@@ -593,10 +632,9 @@ impl Conn {
             }
             p += msg_wire(m.len);
         }
-        if p != start + len {
+        if p != len {
             return Err(ProtoError(format!(
-                "{count} messages end at {p}, the batch at {}",
-                start + len
+                "{count} messages end at byte {p} of a {len}-byte batch"
             )));
         }
         self.peer_consumed = credit;
@@ -609,46 +647,19 @@ impl Conn {
         });
         Ok(Parsed {
             seq,
-            first: start + BATCH_HEADER,
+            offset: at as u32,
+            len: len as u32,
             count,
         })
     }
 
-    fn read_msg(&self, ring: &[u8], p: u64, end: u64) -> Result<Msg, ProtoError> {
-        if p + MSG_HEADER > end {
-            return Err(ProtoError("message header past the batch end".into()));
-        }
-        let at = (p & self.mask) as usize;
-        let id = u32::from_le_bytes(ring[at..at + 4].try_into().expect("4 bytes"));
-        let w = u32::from_le_bytes(ring[at + 4..at + 8].try_into().expect("4 bytes"));
-        let m = Msg {
-            id,
-            response: w & RESPONSE != 0,
-            dropped: w & DROPPED != 0,
-            offset: (at + MSG_HEADER as usize) as u32,
-            len: w & LEN_MASK,
-        };
-        if m.dropped && (!m.response || m.len != 0) {
-            return Err(ProtoError(
-                "DROPPED flag on a request or with a payload".into(),
-            ));
-        }
-        if p + msg_wire(m.len) > end {
-            return Err(ProtoError(format!(
-                "message of {} bytes past the batch end",
-                m.len
-            )));
-        }
-        Ok(m)
-    }
-
     /// The messages of a parsed batch, in order (validated by
-    /// [`Conn::on_batch`]).
-    pub fn messages<'r>(&self, ring: &'r [u8], b: Parsed) -> Messages<'r> {
+    /// [`Conn::on_batch`]); `batch` is its `len` bytes at its offset.
+    pub fn messages<'r>(&self, batch: &'r [u8], b: Parsed) -> Messages<'r> {
         Messages {
-            ring,
-            mask: self.mask,
-            p: b.first,
+            batch,
+            base: b.offset,
+            p: BATCH_HEADER,
             left: b.count,
         }
     }
@@ -697,11 +708,47 @@ impl Conn {
     }
 }
 
+/// Reads the message header at byte `p` of `batch` (at ring offset
+/// `base`), checking that it and its payload lie inside the batch.
+fn read_msg(batch: &[u8], p: u64, base: usize) -> Result<Msg, ProtoError> {
+    let end = batch.len() as u64;
+    if p + MSG_HEADER > end {
+        return Err(ProtoError("message header past the batch end".into()));
+    }
+    let at = p as usize;
+    let m = decode_msg(&batch[at..at + MSG_HEADER as usize], base + at);
+    if m.dropped && (!m.response || m.len != 0) {
+        return Err(ProtoError(
+            "DROPPED flag on a request or with a payload".into(),
+        ));
+    }
+    if p + msg_wire(m.len) > end {
+        return Err(ProtoError(format!(
+            "message of {} bytes past the batch end",
+            m.len
+        )));
+    }
+    Ok(m)
+}
+
+/// A message header at ring offset `at`.
+fn decode_msg(h: &[u8], at: usize) -> Msg {
+    let id = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
+    let w = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+    Msg {
+        id,
+        response: w & RESPONSE != 0,
+        dropped: w & DROPPED != 0,
+        offset: (at + MSG_HEADER as usize) as u32,
+        len: w & LEN_MASK,
+    }
+}
+
 /// Iterator over a parsed batch's messages.
 #[derive(Debug)]
 pub struct Messages<'r> {
-    ring: &'r [u8],
-    mask: u64,
+    batch: &'r [u8],
+    base: u32,
     p: u64,
     left: u16,
 }
@@ -714,17 +761,12 @@ impl Iterator for Messages<'_> {
             return None;
         }
         self.left -= 1;
-        let at = (self.p & self.mask) as usize;
-        let id = u32::from_le_bytes(self.ring[at..at + 4].try_into().expect("4 bytes"));
-        let w = u32::from_le_bytes(self.ring[at + 4..at + 8].try_into().expect("4 bytes"));
-        let len = w & LEN_MASK;
-        self.p += msg_wire(len);
-        Some(Msg {
-            id,
-            response: w & RESPONSE != 0,
-            dropped: w & DROPPED != 0,
-            offset: (at + MSG_HEADER as usize) as u32,
-            len,
-        })
+        let at = self.p as usize;
+        let m = decode_msg(
+            &self.batch[at..at + MSG_HEADER as usize],
+            self.base as usize + at,
+        );
+        self.p += msg_wire(m.len);
+        Some(m)
     }
 }

@@ -99,7 +99,7 @@ impl World {
         let me = &mut self.s[side];
         let payload = request(me.sent_seq, reply, len);
         let id = me.next_id;
-        match me.conn.call(&mut me.send, id, &payload) {
+        match me.conn.call(me.send.as_mut_slice(), id, &payload) {
             Ok(()) => {
                 me.calls.insert(id, (me.sent_seq, reply));
                 me.next_id += 1;
@@ -119,9 +119,10 @@ impl World {
         let rseq = u64::from_le_bytes(payload[0..8].try_into().unwrap());
         let rlen = u32::from_le_bytes(payload[8..12].try_into().unwrap());
         let r = if drop {
-            me.conn.reply_dropped(&mut me.send, id)
+            me.conn.reply_dropped(me.send.as_mut_slice(), id)
         } else {
-            me.conn.reply(&mut me.send, id, &reply_for(rseq, rlen))
+            me.conn
+                .reply(me.send.as_mut_slice(), id, &reply_for(rseq, rlen))
         };
         r.unwrap_or_else(|e| panic!("a reply must always fit: {e}"));
         me.conn.release(seq);
@@ -129,7 +130,7 @@ impl World {
 
     fn flush(&mut self, side: usize, accepted: bool) {
         let me = &mut self.s[side];
-        if let Some(f) = me.conn.next_flush(&mut me.send)
+        if let Some(f) = me.conn.next_flush(me.send.as_mut_slice())
             && accepted
         {
             me.conn.flushed(f);
@@ -149,9 +150,10 @@ impl World {
         peer.recv[o..o + l].copy_from_slice(&me.send[o..o + l]);
         let parsed = peer
             .conn
-            .on_batch(&peer.recv, f.len)
+            .on_batch(peer.recv.as_slice(), f.len)
             .unwrap_or_else(|e| panic!("a correct peer's batch: {e}"));
-        let msgs: Vec<_> = peer.conn.messages(&peer.recv, parsed).collect();
+        let batch = &peer.recv[parsed.offset as usize..(parsed.offset + parsed.len) as usize];
+        let msgs: Vec<_> = peer.conn.messages(batch, parsed).collect();
         for m in msgs {
             let data = &peer.recv[m.offset as usize..(m.offset + m.len) as usize];
             if m.response {
