@@ -178,6 +178,16 @@ impl Context {
         matches!(self.inner.backend, Backend::Soft(_))
     }
 
+    /// The software device's progress mode (`None` on hardware): with
+    /// [`Progress::Manual`], nothing happens until [`Context::progress`].
+    pub fn progress_mode(&self) -> Option<Progress> {
+        match &self.inner.backend {
+            Backend::Soft(d) if d.is_manual() => Some(Progress::Manual),
+            Backend::Soft(_) => Some(Progress::Background),
+            Backend::Hw(_) => None,
+        }
+    }
+
     /// Steps the software device once: every QP with posted work executes
     /// what it can (RNR retries count one attempt per call). Returns the
     /// number of WQEs (send and flushed receive) processed. Hardware and

@@ -1,0 +1,829 @@
+//! The transport: endpoints as RC QPs with their rings in registered
+//! memory, one CQ and one SRQ per context, driven by [`crate::proto`].
+//!
+//! A flush is one WRITE_IMM per batch from the send ring to the same
+//! offset of the peer's receive ring (inline when small), unsignaled except
+//! every `signal_every`-th per send queue. Receives are zero-length WQEs on
+//! the context's SRQ, reposted in bulk when half are used. A receive CQE's
+//! QPN finds its endpoint in a sorted table (binary search, one-entry
+//! cache); its immediate is the batch length.
+//!
+//! Doorbells are adaptive: [`Context::poll`] flushes every dirty endpoint
+//! whenever it finds no new completion, so a lone call leaves at once and,
+//! under load, calls made between two idle polls share one WRITE_IMM.
+//! [`Context::flush`] flushes explicitly.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlx5::{Access, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote, Srq, WriteImm};
+
+use crate::error::{
+    CallError, CallErrorKind, EndpointError, Error, ReplyError, RpcError,
+};
+use crate::info::EndpointInfo;
+use crate::proto::{AppendError, Conn, Limits, Ring};
+
+/// How a context is built.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Ring sizes and call limits of every endpoint (both ends must use
+    /// the same).
+    pub limits: Limits,
+    /// Receive WQEs on the shared SRQ (each batch that arrives uses one).
+    pub srq_depth: u32,
+    /// CQ entries (sends and receives of every endpoint share one CQ). Must
+    /// hold `srq_depth` plus `sq_depth` per endpoint.
+    pub cq_depth: u32,
+    /// Send-queue WQEs per endpoint.
+    pub sq_depth: u32,
+    /// Batches of at most this many bytes go inline in the WQE.
+    pub inline_max: u32,
+    /// A call without a reply after this long comes back with
+    /// [`RpcError::Timeout`] (`None`: never; a dead peer is still detected
+    /// by the transport).
+    pub call_timeout: Option<Duration>,
+    /// QP attributes for connecting.
+    pub connect: ConnectOpts,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            srq_depth: 1024,
+            cq_depth: 1 << 14,
+            sq_depth: 128,
+            inline_max: 128,
+            call_timeout: Some(Duration::from_secs(10)),
+            connect: ConnectOpts::default(),
+        }
+    }
+}
+
+/// An endpoint of a [`Context`]: a handle (cheap to copy) naming one RC
+/// connection to one peer endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint(u32);
+
+impl Endpoint {
+    /// The endpoint's index in its context.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+}
+
+/// A ring in registered memory: hands the protocol the regions it asks
+/// for, never a reference over the whole ring (the NIC moves other parts
+/// of it concurrently).
+struct RawRing {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Ring for RawRing {
+    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(offset + len <= self.len, "ring region out of bounds");
+        // SAFETY: in bounds (checked); the protocol asks only for a region
+        // it owns now — a batch that arrived and is not yet released, or a
+        // header it is about to write — which no NIC writes meanwhile.
+        unsafe { std::slice::from_raw_parts(self.base.add(offset), len) }
+    }
+
+    fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(offset + len <= self.len, "ring region out of bounds");
+        // SAFETY: as above: a region past what was flushed (the NIC does
+        // not read it) or a header not yet posted.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), len) }
+    }
+}
+
+/// The receive ring, kept alive by every request handle that views it.
+struct RecvRing {
+    mr: Mr,
+}
+
+/// A request's slot in the caller's table.
+enum Slot<U> {
+    Free,
+    Waiting(U),
+    /// Came back to the user (timeout); the reply, if it comes, is
+    /// discarded, and the reply space stays reserved until then.
+    Abandoned,
+}
+
+struct Peer {
+    addr: u64,
+    rkey: u32,
+}
+
+struct EndpointState<U> {
+    qp: Qp,
+    send: Mr,
+    recv: Rc<RecvRing>,
+    conn: Conn,
+    peer: Option<Peer>,
+    failed: Option<EndpointError>,
+    slots: Vec<(u16, Slot<U>)>,
+    free: Vec<u16>,
+    /// Calls in issue order with their deadlines (one timeout for all, so
+    /// they are sorted).
+    deadlines: VecDeque<(u32, Instant)>,
+    unsignaled: u32,
+    dirty: bool,
+    /// User data of calls in flight when the endpoint failed, waiting to be
+    /// handed back by the next poll.
+    orphans: Vec<U>,
+}
+
+impl<U> EndpointState<U> {
+    fn send_ring(&self) -> RawRing {
+        RawRing {
+            base: self.send.as_ptr(),
+            len: self.send.len(),
+        }
+    }
+
+    fn recv_ring(&self) -> RawRing {
+        RawRing {
+            base: self.recv.mr.as_ptr(),
+            len: self.recv.mr.len(),
+        }
+    }
+
+    /// Shuts the endpoint down with `err`; the user data of every call in
+    /// flight waits in `orphans` for the next poll to hand it back. Returns
+    /// whether it was working until now (the caller lists it then).
+    fn fail(&mut self, err: EndpointError) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        // Best effort: a QP already in ERROR stays there.
+        let _ = self.qp.to_error();
+        self.failed = Some(err);
+        for (_, s) in self.slots.iter_mut() {
+            if let Slot::Waiting(u) = std::mem::replace(s, Slot::Free) {
+                self.orphans.push(u);
+            }
+        }
+        self.deadlines.clear();
+        true
+    }
+}
+
+/// A request handed out by [`Context::recv`]: its payload is read in place
+/// in the receive ring, which stays reserved for it until it is replied to
+/// ([`Context::reply`]) or dropped (the caller then gets
+/// [`RpcError::Dropped`]).
+pub struct Request {
+    endpoint: Endpoint,
+    id: u32,
+    seq: u64,
+    offset: u32,
+    len: u32,
+    ring: Rc<RecvRing>,
+    dropped: Rc<RefCell<Vec<(u32, u32, u64)>>>,
+    answered: bool,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("endpoint", &self.endpoint)
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Request {
+    /// The request's payload, in place in the receive ring.
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: the range lies inside the ring (validated by the protocol
+        // when the batch arrived), the ring is kept alive by `self.ring`,
+        // and its bytes are not released to the peer before this handle is
+        // replied to or dropped, so a peer that follows the protocol does
+        // not write them meanwhile (see the crate docs on trust).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ring.mr.as_ptr().add(self.offset as usize),
+                self.len as usize,
+            )
+        }
+    }
+
+    /// The endpoint it came from.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if !self.answered {
+            // Cold path: the context answers "dropped" at its next poll.
+            self.dropped
+                .borrow_mut()
+                .push((self.endpoint.0, self.id, self.seq));
+        }
+    }
+}
+
+/// A request that arrived, not yet handed out.
+struct Arrived {
+    endpoint: u32,
+    id: u32,
+    seq: u64,
+    offset: u32,
+    len: u32,
+}
+
+/// A copyrpc context: one device, one CQ and SRQ, and its endpoints. `U`
+/// is the user data each call carries back to its response. Single
+/// threaded: one thread polls a context (use one context per thread).
+pub struct Context<U> {
+    cfg: Config,
+    dev: mlx5::Context,
+    step_device: bool,
+    pd: Pd,
+    cq: Cq,
+    srq: Srq,
+    eps: Vec<EndpointState<U>>,
+    /// (QPN, endpoint) sorted by QPN, and the last hit.
+    routes: Vec<(u32, u32)>,
+    last_route: usize,
+    arrived: VecDeque<Arrived>,
+    dropped: Rc<RefCell<Vec<(u32, u32, u64)>>>,
+    dirty: Vec<u32>,
+    /// Endpoints that failed with calls still to hand back.
+    failing: Vec<u32>,
+    signal_every: u32,
+}
+
+impl<U> std::fmt::Debug for Context<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("device", &self.dev.name())
+            .field("endpoints", &self.eps.len())
+            .finish()
+    }
+}
+
+impl<U> Context<U> {
+    /// A context on `dev` (see `mlx5::Context::from_env`, which honours
+    /// `MLX5_DEVICE`). On a software device with manual progress, every
+    /// [`Context::poll`] steps the device once.
+    pub fn new(dev: &mlx5::Context, cfg: Config) -> Result<Context<U>, Error> {
+        cfg.limits.validate()?;
+        if cfg.sq_depth < 4 || cfg.sq_depth > 1 << 14 {
+            return Err(Error::Config(format!("sq_depth {} (4..=16384)", cfg.sq_depth)));
+        }
+        if cfg.srq_depth < 2 || cfg.srq_depth > 1 << 15 {
+            return Err(Error::Config(format!("srq_depth {} (2..=32768)", cfg.srq_depth)));
+        }
+        if cfg.cq_depth < cfg.srq_depth + cfg.sq_depth {
+            return Err(Error::Config(format!(
+                "cq_depth {} cannot hold srq_depth {} plus one endpoint's sq_depth {}",
+                cfg.cq_depth, cfg.srq_depth, cfg.sq_depth
+            )));
+        }
+        let pd = Pd::new(dev)?;
+        let cq = Cq::new(dev, cfg.cq_depth)?;
+        let mut srq = Srq::new(&pd, cfg.srq_depth, 1)?;
+        while srq.outstanding() < srq.depth() {
+            srq.post_recv(&[])?;
+        }
+        Ok(Context {
+            step_device: dev.progress_mode() == Some(Progress::Manual),
+            dev: dev.clone(),
+            pd,
+            cq,
+            srq,
+            eps: Vec::new(),
+            routes: Vec::new(),
+            last_route: 0,
+            arrived: VecDeque::new(),
+            dropped: Rc::new(RefCell::new(Vec::new())),
+            dirty: Vec::new(),
+            failing: Vec::new(),
+            signal_every: (cfg.sq_depth / 4).max(1),
+            cfg,
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &mlx5::Context {
+        &self.dev
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// A new endpoint, not yet connected.
+    pub fn endpoint(&mut self) -> Result<Endpoint, Error> {
+        let n = self.eps.len() as u32 + 1;
+        if self.cfg.srq_depth + n * self.cfg.sq_depth > self.cfg.cq_depth {
+            return Err(Error::Config(format!(
+                "cq_depth {} holds srq_depth {} plus {} endpoints of sq_depth {}, not {n}",
+                self.cfg.cq_depth,
+                self.cfg.srq_depth,
+                n - 1,
+                self.cfg.sq_depth
+            )));
+        }
+        let caps = QpCaps {
+            max_send_wr: self.cfg.sq_depth,
+            max_recv_wr: 0,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline: self.cfg.inline_max,
+        };
+        let qp = Qp::builder(&self.pd, &self.cq, &self.cq)
+            .srq(&self.srq)
+            .caps(caps)
+            .build()?;
+        let ring = self.cfg.limits.ring as usize;
+        let send = self.pd.alloc_mr(ring, Access::LOCAL_WRITE)?;
+        let recv = self
+            .pd
+            .alloc_mr(ring, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
+        let k = self.cfg.limits.max_inflight as usize;
+        self.eps.push(EndpointState {
+            qp,
+            send,
+            recv: Rc::new(RecvRing { mr: recv }),
+            conn: Conn::new(self.cfg.limits)?,
+            peer: None,
+            failed: None,
+            slots: (0..k).map(|_| (0u16, Slot::Free)).collect(),
+            free: (0..k as u16).rev().collect(),
+            deadlines: VecDeque::new(),
+            unsignaled: 0,
+            dirty: false,
+            orphans: Vec::new(),
+        });
+        Ok(Endpoint(n - 1))
+    }
+
+    fn ep(&self, ep: Endpoint) -> Result<&EndpointState<U>, Error> {
+        self.eps.get(ep.0 as usize).ok_or(Error::NoEndpoint(ep.0))
+    }
+
+    /// What the peer endpoint needs to connect to `ep`.
+    pub fn local_info(&self, ep: Endpoint) -> Result<EndpointInfo, Error> {
+        let e = self.ep(ep)?;
+        Ok(EndpointInfo {
+            qp: e.qp.local_info(&self.cfg.connect)?,
+            ring_addr: e.recv.mr.addr(),
+            ring_rkey: e.recv.mr.rkey(),
+            limits: self.cfg.limits,
+        })
+    }
+
+    /// Connects `ep` to the peer endpoint `remote` describes (both sides
+    /// connect to each other's info).
+    pub fn connect(&mut self, ep: Endpoint, remote: &EndpointInfo) -> Result<(), Error> {
+        let opts = self.cfg.connect;
+        let limits = self.cfg.limits;
+        let e = self
+            .eps
+            .get_mut(ep.0 as usize)
+            .ok_or(Error::NoEndpoint(ep.0))?;
+        if e.peer.is_some() {
+            return Err(Error::AlreadyConnected(ep.0));
+        }
+        if remote.limits != limits {
+            return Err(Error::BadInfo(format!(
+                "the peer's limits {:?} differ from ours {:?}",
+                remote.limits, limits
+            )));
+        }
+        e.qp.connect(&remote.qp, &opts)?;
+        e.peer = Some(Peer {
+            addr: remote.ring_addr,
+            rkey: remote.ring_rkey,
+        });
+        let qpn = e.qp.qpn();
+        let at = self.routes.partition_point(|&(q, _)| q < qpn);
+        self.routes.insert(at, (qpn, ep.0));
+        Ok(())
+    }
+
+    /// The endpoint's QP (for diagnostics and fault injection).
+    pub fn qp(&self, ep: Endpoint) -> Result<&Qp, Error> {
+        Ok(&self.ep(ep)?.qp)
+    }
+
+    /// The endpoint's error, once it failed.
+    pub fn endpoint_error(&self, ep: Endpoint) -> Option<&EndpointError> {
+        self.eps.get(ep.0 as usize)?.failed.as_ref()
+    }
+
+    /// Calls in flight on `ep` (replies owed, abandoned ones included).
+    pub fn in_flight(&self, ep: Endpoint) -> u32 {
+        self.eps.get(ep.0 as usize).map_or(0, |e| e.conn.owed())
+    }
+
+    /// Queues a call of `payload` on `ep`; its reply (or error) comes back
+    /// with `user_data` through [`Context::poll`]. The request leaves at
+    /// the next idle poll or [`Context::flush`].
+    pub fn call(&mut self, ep: Endpoint, payload: &[u8], user_data: U) -> Result<(), CallError<U>> {
+        let refuse = |kind, user_data| Err(CallError { kind, user_data });
+        let timeout = self.cfg.call_timeout;
+        let Some(e) = self.eps.get_mut(ep.0 as usize) else {
+            return refuse(CallErrorKind::NotConnected, user_data);
+        };
+        if let Some(err) = &e.failed {
+            return refuse(CallErrorKind::Endpoint(err.clone()), user_data);
+        }
+        if e.peer.is_none() {
+            return refuse(CallErrorKind::NotConnected, user_data);
+        }
+        if let Err(a) = e.conn.can_call(payload.len()) {
+            let kind = match a {
+                AppendError::TooLarge { len, max } => CallErrorKind::TooLarge { len, max },
+                _ => CallErrorKind::NoRoom,
+            };
+            return refuse(kind, user_data);
+        }
+        let Some(idx) = e.free.pop() else {
+            return refuse(CallErrorKind::NoRoom, user_data);
+        };
+        let slot = &mut e.slots[idx as usize];
+        slot.0 = slot.0.wrapping_add(1);
+        let id = (u32::from(slot.0) << 16) | u32::from(idx);
+        let mut ring = e.send_ring();
+        if e.conn.call(&mut ring, id, payload).is_err() {
+            // can_call said yes a moment ago; nothing was written.
+            e.free.push(idx);
+            return refuse(CallErrorKind::NoRoom, user_data);
+        }
+        e.slots[idx as usize].1 = Slot::Waiting(user_data);
+        if let Some(t) = timeout {
+            e.deadlines.push_back((id, Instant::now() + t));
+        }
+        if !e.dirty {
+            e.dirty = true;
+            self.dirty.push(ep.0);
+        }
+        Ok(())
+    }
+
+    /// The next request that arrived, in arrival order.
+    pub fn recv(&mut self) -> Option<Request> {
+        let a = self.arrived.pop_front()?;
+        Some(Request {
+            endpoint: Endpoint(a.endpoint),
+            id: a.id,
+            seq: a.seq,
+            offset: a.offset,
+            len: a.len,
+            ring: self.eps[a.endpoint as usize].recv.clone(),
+            dropped: self.dropped.clone(),
+            answered: false,
+        })
+    }
+
+    /// Answers `req` with `payload` (sent with the endpoint's next flush).
+    /// The request's ring space is released. A reply over `max_reply` is
+    /// refused and the caller told the request was dropped.
+    pub fn reply(&mut self, mut req: Request, payload: &[u8]) -> Result<(), ReplyError> {
+        req.answered = true;
+        let e = &mut self.eps[req.endpoint.0 as usize];
+        let mut ring = e.send_ring();
+        let r = match &e.failed {
+            Some(err) => Err(ReplyError::Endpoint(err.clone())),
+            None => match e.conn.reply(&mut ring, req.id, payload) {
+                Ok(()) => Ok(()),
+                Err(AppendError::TooLarge { len, max }) => {
+                    req.answered = false; // answered "dropped" at the next poll
+                    Err(ReplyError::TooLarge { len, max })
+                }
+                Err(_) => {
+                    let err = EndpointError::Protocol {
+                        endpoint: req.endpoint.0,
+                        error: Arc::new(crate::proto::ProtoError(
+                            "no room for a reply the peer had to reserve".into(),
+                        )),
+                    };
+                    if e.fail(err.clone()) {
+                        self.failing.push(req.endpoint.0);
+                    }
+                    Err(ReplyError::Endpoint(err))
+                }
+            },
+        };
+        if req.answered {
+            e.conn.release(req.seq);
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(req.endpoint.0);
+            }
+        }
+        r
+    }
+
+    /// Writes every dirty endpoint's batches (one WRITE_IMM each, one
+    /// doorbell per endpoint). `poll` does this by itself when it finds
+    /// nothing new.
+    pub fn flush(&mut self) {
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let ep = self.dirty[i];
+            let e = &mut self.eps[ep as usize];
+            let done = flush_endpoint(e, ep, &self.cfg, self.signal_every);
+            if e.failed.is_some() && !e.orphans.is_empty() && !self.failing.contains(&ep) {
+                self.failing.push(ep);
+            }
+            if done {
+                self.eps[ep as usize].dirty = false;
+                self.dirty.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Progress: reads completions (responses go to `on_response` with
+    /// their user data; requests queue for [`Context::recv`]; errors fail
+    /// their endpoint, whose calls in flight come back with the error),
+    /// reposts receives, answers dropped requests, and, when nothing new
+    /// arrived, flushes dirty endpoints and expires timed-out calls.
+    /// Returns the completions handled.
+    pub fn poll(
+        &mut self,
+        mut on_response: impl FnMut(U, Result<&[u8], RpcError>),
+    ) -> Result<usize, Error> {
+        if self.step_device {
+            self.dev.progress()?;
+        }
+        if !self.dropped.borrow().is_empty() {
+            self.answer_dropped();
+        }
+        let Context {
+            cq,
+            eps,
+            routes,
+            last_route,
+            arrived,
+            dirty,
+            failing,
+            ..
+        } = self;
+        let n = cq.poll(64, |c| {
+            let Some(ep) = route(routes, last_route, c.qpn) else {
+                return;
+            };
+            let e = &mut eps[ep as usize];
+            match (c.kind, c.status()) {
+                (Kind::RecvWriteImm, Ok(())) => {
+                    if e.failed.is_none() && !on_batch(e, ep, c.imm, arrived, &mut on_response) {
+                        failing.push(ep);
+                    }
+                }
+                (Kind::Send { .. }, Ok(())) => {}
+                (_, Err(syndrome)) => {
+                    if e.fail(EndpointError::Completion {
+                        endpoint: ep,
+                        syndrome,
+                    }) {
+                        failing.push(ep);
+                    }
+                }
+                (kind, Ok(())) => {
+                    if e.fail(EndpointError::Protocol {
+                        endpoint: ep,
+                        error: Arc::new(crate::proto::ProtoError(format!(
+                            "unexpected completion {kind:?}"
+                        ))),
+                    }) {
+                        failing.push(ep);
+                    }
+                }
+            }
+            if e.failed.is_none() && e.conn.dirty() && !e.dirty {
+                e.dirty = true;
+                dirty.push(ep);
+            }
+        })?;
+        if self.srq.outstanding() * 2 < self.srq.depth() {
+            while self.srq.outstanding() < self.srq.depth() {
+                self.srq.post_recv(&[])?;
+            }
+        }
+        if n == 0 {
+            self.flush();
+            if self.cfg.call_timeout.is_some() {
+                self.expire(&mut on_response);
+            }
+        }
+        for ep in self.failing.drain(..) {
+            let e = &mut self.eps[ep as usize];
+            let err = e.failed.clone().expect("listed when it failed");
+            for u in e.orphans.drain(..) {
+                on_response(u, Err(RpcError::Endpoint(err.clone())));
+            }
+        }
+        Ok(n)
+    }
+
+    /// Calls whose deadline passed come back with [`RpcError::Timeout`].
+    fn expire(&mut self, on_response: &mut impl FnMut(U, Result<&[u8], RpcError>)) {
+        let mut now = None;
+        for e in &mut self.eps {
+            while let Some(&(id, deadline)) = e.deadlines.front() {
+                let now = *now.get_or_insert_with(Instant::now);
+                if deadline > now {
+                    break;
+                }
+                e.deadlines.pop_front();
+                let (generation, slot) = &mut e.slots[(id & 0xffff) as usize];
+                if u32::from(*generation) == id >> 16
+                    && let Slot::Waiting(_) = slot
+                    && let Slot::Waiting(u) = std::mem::replace(slot, Slot::Abandoned)
+                {
+                    on_response(u, Err(RpcError::Timeout));
+                }
+            }
+        }
+    }
+
+    /// Answers "dropped" for every request handle dropped unanswered.
+    fn answer_dropped(&mut self) {
+        let list = std::mem::take(&mut *self.dropped.borrow_mut());
+        for (ep, id, seq) in list {
+            let e = &mut self.eps[ep as usize];
+            if e.failed.is_some() {
+                continue;
+            }
+            let mut ring = e.send_ring();
+            if e.conn.reply_dropped(&mut ring, id).is_err() {
+                if e.fail(EndpointError::Protocol {
+                    endpoint: ep,
+                    error: Arc::new(crate::proto::ProtoError(
+                        "no room for a reply the peer had to reserve".into(),
+                    )),
+                }) {
+                    self.failing.push(ep);
+                }
+                continue;
+            }
+            e.conn.release(seq);
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(ep);
+            }
+        }
+    }
+}
+
+/// The endpoint a CQE's QPN belongs to.
+#[inline]
+fn route(routes: &[(u32, u32)], last: &mut usize, qpn: u32) -> Option<u32> {
+    if let Some(&(q, ep)) = routes.get(*last)
+        && q == qpn
+    {
+        return Some(ep);
+    }
+    let i = routes.binary_search_by_key(&qpn, |&(q, _)| q).ok()?;
+    *last = i;
+    Some(routes[i].1)
+}
+
+/// A batch of `imm` bytes arrived on endpoint `ep`. False when it broke
+/// the protocol (the endpoint failed).
+fn on_batch<U>(
+    e: &mut EndpointState<U>,
+    ep: u32,
+    imm: u32,
+    arrived: &mut VecDeque<Arrived>,
+    on_response: &mut impl FnMut(U, Result<&[u8], RpcError>),
+) -> bool {
+    let ring = e.recv_ring();
+    let parsed = match e.conn.on_batch(&ring, imm) {
+        Ok(p) => p,
+        Err(err) => {
+            return !e.fail(EndpointError::Protocol {
+                endpoint: ep,
+                error: Arc::new(err),
+            });
+        }
+    };
+    let batch = ring.bytes(parsed.offset as usize, parsed.len as usize);
+    for m in e.conn.messages(batch, parsed) {
+        if !m.response {
+            arrived.push_back(Arrived {
+                endpoint: ep,
+                id: m.id,
+                seq: parsed.seq,
+                offset: m.offset,
+                len: m.len,
+            });
+            continue;
+        }
+        let idx = (m.id & 0xffff) as usize;
+        let known = e
+            .slots
+            .get(idx)
+            .is_some_and(|(generation, s)| u32::from(*generation) == m.id >> 16 && !matches!(s, Slot::Free));
+        if !known {
+            return !e.fail(EndpointError::Protocol {
+                endpoint: ep,
+                error: Arc::new(crate::proto::ProtoError(format!(
+                    "response to call {:#x}, which is not in flight",
+                    m.id
+                ))),
+            });
+        }
+        let slot = std::mem::replace(&mut e.slots[idx].1, Slot::Free);
+        e.free.push(idx as u16);
+        e.conn.call_done();
+        if let Slot::Waiting(u) = slot {
+            let data = ring.bytes(m.offset as usize, m.len as usize);
+            on_response(u, if m.dropped { Err(RpcError::Dropped) } else { Ok(data) });
+        }
+    }
+    e.conn.advance();
+    true
+}
+
+/// Flushes one endpoint; false when the send queue is full (try again
+/// after the next completions).
+fn flush_endpoint<U>(e: &mut EndpointState<U>, ep: u32, cfg: &Config, signal_every: u32) -> bool {
+    if e.failed.is_some() {
+        return true;
+    }
+    let Some(peer) = &e.peer else { return true };
+    let (addr, rkey) = (peer.addr, peer.rkey);
+    let mut ring = e.send_ring();
+    let mut posted = false;
+    let mut done = true;
+    // The largest WQE this QP posts: ctrl + raddr + inline data.
+    let need = (32 + 4 + cfg.inline_max).div_ceil(64);
+    loop {
+        if e.qp.sq_free() < need {
+            done = false;
+            break;
+        }
+        let Some(f) = e.conn.next_flush(&mut ring) else {
+            break;
+        };
+        let remote = Remote {
+            addr: addr + u64::from(f.offset),
+            rkey,
+        };
+        e.unsignaled += 1;
+        let signaled = e.unsignaled >= signal_every;
+        let r = if f.len <= cfg.inline_max {
+            let bytes = ring.bytes(f.offset as usize, f.len as usize);
+            let w = WriteImm::inline(remote, bytes, f.len);
+            if signaled {
+                e.qp.post(&w.signaled())
+            } else {
+                e.qp.post(&w)
+            }
+        } else {
+            let sge = [e.send.sge(f.offset as usize, f.len)];
+            let w = WriteImm::new(remote, &sge, f.len);
+            if signaled {
+                e.qp.post(&w.signaled())
+            } else {
+                e.qp.post(&w)
+            }
+        };
+        match r {
+            Ok(_) => {
+                e.conn.flushed(f);
+                posted = true;
+                if signaled {
+                    e.unsignaled = 0;
+                }
+            }
+            Err(mlx5::Error::SendQueueFull { .. }) => {
+                e.unsignaled -= 1;
+                done = false;
+                break;
+            }
+            Err(err) => {
+                e.unsignaled -= 1;
+                if posted {
+                    e.qp.ring_doorbell();
+                }
+                e.fail(EndpointError::Post {
+                    endpoint: ep,
+                    error: err.to_string().into(),
+                });
+                return true;
+            }
+        }
+    }
+    if posted {
+        e.qp.ring_doorbell();
+    }
+    done
+}
