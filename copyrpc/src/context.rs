@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 
 use mlx5::{Access, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote, Srq, WriteImm};
 
-use crate::error::{
-    CallError, CallErrorKind, EndpointError, Error, ReplyError, RpcError,
-};
+use crate::error::{CallError, CallErrorKind, EndpointError, Error, ReplyError, RpcError};
 use crate::info::EndpointInfo;
 use crate::proto::{AppendError, Conn, Limits, Ring};
 
@@ -279,10 +277,16 @@ impl<U> Context<U> {
     pub fn new(dev: &mlx5::Context, cfg: Config) -> Result<Context<U>, Error> {
         cfg.limits.validate()?;
         if cfg.sq_depth < 4 || cfg.sq_depth > 1 << 14 {
-            return Err(Error::Config(format!("sq_depth {} (4..=16384)", cfg.sq_depth)));
+            return Err(Error::Config(format!(
+                "sq_depth {} (4..=16384)",
+                cfg.sq_depth
+            )));
         }
         if cfg.srq_depth < 2 || cfg.srq_depth > 1 << 15 {
-            return Err(Error::Config(format!("srq_depth {} (2..=32768)", cfg.srq_depth)));
+            return Err(Error::Config(format!(
+                "srq_depth {} (2..=32768)",
+                cfg.srq_depth
+            )));
         }
         if cfg.cq_depth < cfg.srq_depth + cfg.sq_depth {
             return Err(Error::Config(format!(
@@ -621,6 +625,7 @@ impl<U> Context<U> {
             if self.cfg.call_timeout.is_some() {
                 self.expire(&mut on_response);
             }
+            self.async_events();
         }
         for ep in self.failing.drain(..) {
             let e = &mut self.eps[ep as usize];
@@ -630,6 +635,32 @@ impl<U> Context<U> {
             }
         }
         Ok(n)
+    }
+
+    /// Fails the endpoints whose QP the device reported an error on (a QP
+    /// failed as the responder of a bad request learns it only this way).
+    fn async_events(&mut self) {
+        while let Ok(Some(event)) = self.dev.async_event() {
+            let Some(qpn) = event.qpn() else { continue };
+            let Some(ep) = route(&self.routes, &mut self.last_route, qpn) else {
+                continue;
+            };
+            let fatal = matches!(
+                event,
+                mlx5::AsyncEvent::QpFatal { .. }
+                    | mlx5::AsyncEvent::QpRequestError { .. }
+                    | mlx5::AsyncEvent::QpAccessError { .. }
+                    | mlx5::AsyncEvent::QpLastWqeReached { .. }
+            );
+            if fatal
+                && self.eps[ep as usize].fail(EndpointError::Async {
+                    endpoint: ep,
+                    event,
+                })
+            {
+                self.failing.push(ep);
+            }
+        }
     }
 
     /// Calls whose deadline passed come back with [`RpcError::Timeout`].
@@ -727,10 +758,9 @@ fn on_batch<U>(
             continue;
         }
         let idx = (m.id & 0xffff) as usize;
-        let known = e
-            .slots
-            .get(idx)
-            .is_some_and(|(generation, s)| u32::from(*generation) == m.id >> 16 && !matches!(s, Slot::Free));
+        let known = e.slots.get(idx).is_some_and(|(generation, s)| {
+            u32::from(*generation) == m.id >> 16 && !matches!(s, Slot::Free)
+        });
         if !known {
             return !e.fail(EndpointError::Protocol {
                 endpoint: ep,
@@ -745,7 +775,14 @@ fn on_batch<U>(
         e.conn.call_done();
         if let Slot::Waiting(u) = slot {
             let data = ring.bytes(m.offset as usize, m.len as usize);
-            on_response(u, if m.dropped { Err(RpcError::Dropped) } else { Ok(data) });
+            on_response(
+                u,
+                if m.dropped {
+                    Err(RpcError::Dropped)
+                } else {
+                    Ok(data)
+                },
+            );
         }
     }
     e.conn.advance();

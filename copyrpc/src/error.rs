@@ -54,6 +54,16 @@ pub enum EndpointError {
         /// What was wrong.
         error: Arc<ProtoError>,
     },
+    /// The device reported an asynchronous event on the endpoint's QP (a
+    /// remote access error or invalid request it received moved it to the
+    /// error state).
+    #[error("endpoint {endpoint}: asynchronous event {event:?}")]
+    Async {
+        /// The endpoint.
+        endpoint: u32,
+        /// The event.
+        event: mlx5::AsyncEvent,
+    },
     /// Posting to the endpoint's QP failed.
     #[error("endpoint {endpoint}: posting failed: {error}")]
     Post {

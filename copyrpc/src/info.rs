@@ -50,15 +50,9 @@ impl EndpointInfo {
         b[40..48].copy_from_slice(&self.ring_addr.to_le_bytes());
         b[48..52].copy_from_slice(&self.ring_rkey.to_le_bytes());
         let l = &self.limits;
-        for (i, v) in [
-            l.ring,
-            l.max_inflight,
-            l.max_call,
-            l.max_reply,
-            l.max_batch,
-        ]
-        .into_iter()
-        .enumerate()
+        for (i, v) in [l.ring, l.max_inflight, l.max_call, l.max_reply, l.max_batch]
+            .into_iter()
+            .enumerate()
         {
             b[52 + 4 * i..56 + 4 * i].copy_from_slice(&v.to_le_bytes());
         }
@@ -90,7 +84,9 @@ impl EndpointInfo {
             max_reply: u32_at(64),
             max_batch: u32_at(68),
         };
-        limits.validate().map_err(|e| Error::BadInfo(e.to_string()))?;
+        limits
+            .validate()
+            .map_err(|e| Error::BadInfo(e.to_string()))?;
         Ok(EndpointInfo {
             qp,
             ring_addr: u64::from_le_bytes(b[40..48].try_into().expect("8 bytes")),

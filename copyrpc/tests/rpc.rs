@@ -24,3 +24,261 @@ fn ping_pong_round_trips_in_order_with_user_data() {
         }
     }
 }
+
+#[test]
+fn many_endpoints_each_get_their_own_replies() {
+    let (mut a, mut b) = pair::<(usize, u32)>(Progress::Manual, 16, config(Limits::default()));
+    for round in 0..20u32 {
+        for (i, &ep) in a.eps.iter().enumerate() {
+            let msg = [i as u8, round as u8, 7];
+            a.ctx.call(ep, &msg, (i, round)).unwrap();
+        }
+        let want = (round as usize + 1) * 16;
+        run(&mut a, &mut b, |d| d.to_vec(), |a, _| a.done.len() == want);
+    }
+    for ((i, round), r) in &a.done {
+        assert_eq!(r.as_ref().unwrap(), &[*i as u8, *round as u8, 7]);
+    }
+}
+
+/// Bytes of call `i` of a stream, `len` long.
+fn pattern(i: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|k| (i as u8).wrapping_mul(31).wrapping_add(k as u8) ^ (k >> 8) as u8)
+        .collect()
+}
+
+#[test]
+fn rings_wrap_at_every_offset_with_every_byte_checked() {
+    let lim = Limits {
+        ring: 1024,
+        max_inflight: 2,
+        max_call: 64,
+        max_reply: 64,
+        max_batch: 160,
+    };
+    for shift in 0..(1024 / 8) {
+        let (mut a, mut b) = pair::<u64>(Progress::Manual, 1, config(lim));
+        // An 8-byte call and its reply move both rings 32 bytes: `shift`
+        // of them, then calls of every size, each answered before the next.
+        let mut next = 0u64;
+        for i in 0..shift + 60 {
+            let len = if i < shift { 0 } else { (i as usize * 7) % 65 };
+            a.ctx.call(a.eps[0], &pattern(next, len), next).unwrap();
+            next += 1;
+            run(
+                &mut a,
+                &mut b,
+                |d| d.iter().rev().copied().collect(),
+                |a, _| a.done.len() as u64 == next,
+            );
+        }
+        for (i, r) in &a.done {
+            let len = if (*i as usize) < shift {
+                0
+            } else {
+                (*i as usize * 7) % 65
+            };
+            let want: Vec<u8> = pattern(*i, len).into_iter().rev().collect();
+            assert_eq!(r.as_ref().unwrap(), &want, "shift {shift} call {i}");
+        }
+    }
+}
+
+#[test]
+fn tiny_rings_carry_replies_much_larger_than_requests() {
+    let lim = Limits {
+        ring: 4096,
+        max_inflight: 2,
+        max_call: 16,
+        max_reply: 480,
+        max_batch: 512,
+    };
+    let (mut a, mut b) = pair::<u64>(Progress::Manual, 1, config(lim));
+    let total = 300u64;
+    let mut sent = 0;
+    while (a.done.len() as u64) < total {
+        while sent < total {
+            match a.ctx.call(a.eps[0], &sent.to_le_bytes(), sent) {
+                Ok(()) => sent += 1,
+                Err(e) if e.kind == CallErrorKind::NoRoom => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let want = a.done.len() + 1;
+        run(
+            &mut a,
+            &mut b,
+            |d| pattern(u64::from_le_bytes(d.try_into().unwrap()), 480),
+            |a, _| a.done.len() >= want,
+        );
+    }
+    for (i, r) in &a.done {
+        assert_eq!(r.as_ref().unwrap(), &pattern(*i, 480));
+    }
+}
+
+#[test]
+fn both_sides_call_each_other_under_load_with_every_byte_verified() {
+    for progress in [Progress::Manual, Progress::Background] {
+        let lim = Limits {
+            ring: 8192,
+            max_inflight: 16,
+            max_call: 200,
+            max_reply: 200,
+            max_batch: 1024,
+        };
+        let (mut a, mut b) = pair::<u64>(progress, 2, config(lim));
+        let total = 3000u64;
+        let (mut sa, mut sb) = (0u64, 0u64);
+        let answer = |d: &[u8]| {
+            let i = u64::from_le_bytes(d[..8].try_into().unwrap());
+            assert_eq!(d, pattern_call(i).as_slice(), "request {i} arrived intact");
+            pattern(i ^ 0xffff, (i % 200) as usize)
+        };
+        let start = std::time::Instant::now();
+        while a.done.len() < total as usize || b.done.len() < total as usize {
+            for (side, sent) in [(&mut a, &mut sa), (&mut b, &mut sb)] {
+                while *sent < total {
+                    let ep = side.eps[(*sent % 2) as usize];
+                    match side.ctx.call(ep, &pattern_call(*sent), *sent) {
+                        Ok(()) => *sent += 1,
+                        Err(e) if e.kind == CallErrorKind::NoRoom => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                side.poll();
+                while let Some(req) = side.ctx.recv() {
+                    let out = answer(req.data());
+                    side.ctx.reply(req, &out).unwrap();
+                }
+            }
+            assert!(start.elapsed() < common::TIMEOUT, "stalled");
+        }
+        for side in [&a, &b] {
+            let mut seen: Vec<u64> = side.done.iter().map(|(i, _)| *i).collect();
+            seen.sort_unstable();
+            assert_eq!(
+                seen,
+                (0..total).collect::<Vec<_>>(),
+                "each call answered once"
+            );
+            for (i, r) in &side.done {
+                assert_eq!(
+                    r.as_ref().unwrap(),
+                    &pattern(i ^ 0xffff, (i % 200) as usize)
+                );
+            }
+        }
+    }
+}
+
+/// A request: its index, then bytes derived from it (8..200 bytes).
+fn pattern_call(i: u64) -> Vec<u8> {
+    let mut v = i.to_le_bytes().to_vec();
+    v.extend(pattern(i, (i % 193) as usize));
+    v
+}
+
+#[test]
+fn deferred_replies_out_of_order_reach_their_callers() {
+    let (mut a, mut b) = pair::<u32>(Progress::Manual, 1, config(Limits::default()));
+    for i in 0..32u32 {
+        a.ctx.call(a.eps[0], &i.to_le_bytes(), i).unwrap();
+    }
+    let mut held = Vec::new();
+    let start = std::time::Instant::now();
+    while held.len() < 32 {
+        a.poll();
+        b.poll();
+        while let Some(r) = b.ctx.recv() {
+            held.push(r);
+        }
+        assert!(start.elapsed() < common::TIMEOUT);
+    }
+    // Zero-copy views stay intact while held, even as more traffic flows.
+    while let Some(r) = held.pop() {
+        let i = u32::from_le_bytes(r.data().try_into().unwrap());
+        b.ctx.reply(r, &(i * 10).to_le_bytes()).unwrap();
+        b.poll();
+        a.poll();
+    }
+    run(&mut a, &mut b, |d| d.to_vec(), |a, _| a.done.len() == 32);
+    let order: Vec<u32> = a.done.iter().map(|(u, _)| *u).collect();
+    assert_eq!(
+        order,
+        (0..32).rev().collect::<Vec<_>>(),
+        "answered newest first"
+    );
+    for (u, r) in &a.done {
+        assert_eq!(r.as_ref().unwrap(), &(u * 10).to_le_bytes());
+    }
+}
+
+#[test]
+fn a_request_dropped_unanswered_tells_its_caller() {
+    let (mut a, mut b) = pair::<u8>(Progress::Manual, 1, config(Limits::default()));
+    a.ctx.call(a.eps[0], b"please", 1).unwrap();
+    a.ctx.call(a.eps[0], b"answer", 2).unwrap();
+    let start = std::time::Instant::now();
+    let mut got = 0;
+    while a.done.len() < 2 {
+        a.poll();
+        b.poll();
+        while let Some(r) = b.ctx.recv() {
+            got += 1;
+            if r.data() == b"please" {
+                drop(r);
+            } else {
+                b.ctx.reply(r, b"ok").unwrap();
+            }
+        }
+        assert!(start.elapsed() < common::TIMEOUT);
+    }
+    assert_eq!(got, 2);
+    a.done.sort_by_key(|(u, _)| *u);
+    assert_eq!(a.done[0], (1, Err(RpcError::Dropped)));
+    assert_eq!(a.done[1], (2, Ok(b"ok".to_vec())));
+    assert_eq!(a.ctx.in_flight(a.eps[0]), 0);
+}
+
+#[test]
+fn oversized_calls_and_replies_are_refused_with_the_data_handed_back() {
+    let lim = Limits {
+        max_call: 64,
+        max_reply: 32,
+        ..Limits::default()
+    };
+    let (mut a, mut b) = pair::<&str>(Progress::Manual, 1, config(lim));
+    let e = a.ctx.call(a.eps[0], &[0; 65], "big").unwrap_err();
+    assert_eq!(e.kind, CallErrorKind::TooLarge { len: 65, max: 64 });
+    assert_eq!(e.user_data, "big");
+    a.ctx.call(a.eps[0], b"x", "small").unwrap();
+    let start = std::time::Instant::now();
+    while a.done.is_empty() {
+        a.poll();
+        b.poll();
+        if let Some(r) = b.ctx.recv() {
+            let e = b.ctx.reply(r, &[0; 33]).unwrap_err();
+            assert_eq!(e, copyrpc::ReplyError::TooLarge { len: 33, max: 32 });
+        }
+        assert!(start.elapsed() < common::TIMEOUT);
+    }
+    assert_eq!(a.done[0], ("small", Err(RpcError::Dropped)));
+}
+
+#[test]
+fn calls_beyond_max_inflight_are_refused_until_replies_arrive() {
+    let lim = Limits {
+        max_inflight: 4,
+        ..Limits::default()
+    };
+    let (mut a, mut b) = pair::<u32>(Progress::Manual, 1, config(lim));
+    for i in 0..4 {
+        a.ctx.call(a.eps[0], b"x", i).unwrap();
+    }
+    let e = a.ctx.call(a.eps[0], b"x", 4).unwrap_err();
+    assert_eq!((e.kind, e.user_data), (CallErrorKind::NoRoom, 4));
+    run(&mut a, &mut b, |d| d.to_vec(), |a, _| a.done.len() == 4);
+    a.ctx.call(a.eps[0], b"x", 4).unwrap();
+}

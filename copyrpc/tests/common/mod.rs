@@ -52,10 +52,7 @@ pub fn pair<U>(progress: Progress, n: usize, cfg: Config) -> (Side<U>, Side<U>) 
     };
     for _ in 0..n {
         let (ea, eb) = (a.ctx.endpoint().unwrap(), b.ctx.endpoint().unwrap());
-        let (ia, ib) = (
-            a.ctx.local_info(ea).unwrap(),
-            b.ctx.local_info(eb).unwrap(),
-        );
+        let (ia, ib) = (a.ctx.local_info(ea).unwrap(), b.ctx.local_info(eb).unwrap());
         a.ctx.connect(ea, &ib).unwrap();
         b.ctx.connect(eb, &ia).unwrap();
         a.eps.push(ea);
