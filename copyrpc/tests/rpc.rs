@@ -61,11 +61,12 @@ fn rings_wrap_at_every_offset_with_every_byte_checked() {
         let (mut a, mut b) = pair::<u64>(Progress::Manual, 1, config(lim));
         // An 8-byte call and its reply move both rings 32 bytes: `shift`
         // of them, then calls of every size, each answered before the next.
-        let mut next = 0u64;
         for i in 0..shift + 60 {
-            let len = if i < shift { 0 } else { (i as usize * 7) % 65 };
-            a.ctx.call(a.eps[0], &pattern(next, len), next).unwrap();
-            next += 1;
+            let len = if i < shift { 0 } else { (i * 7) % 65 };
+            let next = i as u64 + 1;
+            a.ctx
+                .call(a.eps[0], &pattern(i as u64, len), i as u64)
+                .unwrap();
             run(
                 &mut a,
                 &mut b,
