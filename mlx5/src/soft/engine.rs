@@ -941,12 +941,13 @@ fn responder_error(s: &mut State, qpn: u32, recv: &RecvWqe, syndrome: Syndrome) 
 /// flushed) and raises an asynchronous event, as ConnectX does (rxe's
 /// `do_class_ac_error`).
 fn responder_fatal(s: &mut State, qpn: u32, syndrome: Syndrome) -> Response {
-    s.qp_to_error(qpn);
+    // The cause first, then (on an SRQ) the QP's last-WQE event.
     s.event(if syndrome == Syndrome::RemoteAccess {
         AsyncEvent::QpAccessError { qpn }
     } else {
         AsyncEvent::QpRequestError { qpn }
     });
+    s.qp_to_error(qpn);
     Response::Nak(syndrome)
 }
 
