@@ -1,0 +1,232 @@
+//! copyrpc between two OS processes: this test and a `copyrpc-peer` it
+//! spawns, software devices linked by a unix socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use copyrpc::{Config, Context, Endpoint, EndpointError, EndpointInfo, Limits, RpcError};
+use mlx5::{ConnectOpts, Progress, Syndrome};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    infos: Vec<EndpointInfo>,
+}
+
+impl Peer {
+    fn spawn(endpoints: usize, l: Limits) -> Peer {
+        let n = |v: u32| v.to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_copyrpc-peer"))
+            .args(["--device", "soft", "--endpoints", &endpoints.to_string()])
+            .args(["--ring", &n(l.ring), "--inflight", &n(l.max_inflight)])
+            .args(["--max-call", &n(l.max_call), "--max-reply", &n(l.max_reply)])
+            .args(["--max-batch", &n(l.max_batch)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn copyrpc-peer");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let infos = line
+            .strip_prefix("info ")
+            .unwrap_or_else(|| panic!("copyrpc-peer said {line:?}"))
+            .split_whitespace()
+            .map(|h| EndpointInfo::from_hex(h).unwrap())
+            .collect();
+        Peer {
+            child,
+            stdin,
+            stdout,
+            infos,
+        }
+    }
+
+    fn cmd(&mut self, c: &str) {
+        writeln!(self.stdin, "{c}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok", "copyrpc-peer: {c:?} → {line:?}");
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// This side (a manual software device, stepped by every poll) connected
+/// to a fresh peer process.
+fn setup(cfg: Config, endpoints: usize) -> (Context<u64>, Vec<Endpoint>, Peer) {
+    let mut peer = Peer::spawn(endpoints, cfg.limits);
+    let dev = mlx5::Context::soft(Progress::Manual);
+    let mut ctx = Context::new(&dev, cfg).unwrap();
+    let mut eps = Vec::new();
+    let mut mine = Vec::new();
+    for info in &peer.infos {
+        let ep = ctx.endpoint().unwrap();
+        mine.push(ctx.local_info(ep).unwrap().to_hex());
+        ctx.connect(ep, info).unwrap();
+        eps.push(ep);
+    }
+    peer.cmd(&format!("connect {}", mine.join(" ")));
+    (ctx, eps, peer)
+}
+
+fn plus_one(d: &[u8]) -> Vec<u8> {
+    d.iter().map(|b| b.wrapping_add(1)).collect()
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let mut v = i.to_le_bytes().to_vec();
+    v.extend((0..(i % 300) as u8).map(|k| k ^ i as u8));
+    v
+}
+
+/// Calls `total` times on every endpoint with up to `depth` in flight each,
+/// checking every reply.
+fn stream(ctx: &mut Context<u64>, eps: &[Endpoint], total: u64, depth: u32) {
+    let mut sent = vec![0u64; eps.len()];
+    let mut done = 0u64;
+    let want = total * eps.len() as u64;
+    let start = Instant::now();
+    while done < want {
+        for (k, &ep) in eps.iter().enumerate() {
+            while sent[k] < total && ctx.in_flight(ep) < depth {
+                let i = sent[k] * eps.len() as u64 + k as u64;
+                ctx.call(ep, &payload(i), i).unwrap();
+                sent[k] += 1;
+            }
+        }
+        ctx.poll(|i, r| {
+            assert_eq!(r.unwrap(), plus_one(&payload(i)).as_slice(), "reply {i}");
+            done += 1;
+        })
+        .unwrap();
+        assert!(start.elapsed() < TIMEOUT, "{done} of {want} replies");
+    }
+}
+
+#[test]
+fn calls_across_processes_come_back_intact() {
+    let (mut ctx, eps, _peer) = setup(Config::default(), 4);
+    stream(&mut ctx, &eps[..1], 500, 1);
+    stream(&mut ctx, &eps, 2000, 32);
+}
+
+/// Calls `n` on `ep` and polls until each came back; returns the results
+/// by user data.
+fn fail_all(ctx: &mut Context<u64>, ep: Endpoint, n: u64) -> Vec<(u64, Result<Vec<u8>, RpcError>)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        ctx.call(ep, &payload(i), i).unwrap();
+    }
+    let start = Instant::now();
+    while (out.len() as u64) < n {
+        ctx.poll(|u, r| out.push((u, r.map(|d| d.to_vec()))))
+            .unwrap();
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "{} of {n} calls came back",
+            out.len()
+        );
+    }
+    out.sort_by_key(|(u, _)| *u);
+    out
+}
+
+#[test]
+fn a_killed_peer_returns_every_call_with_transport_retry_exceeded() {
+    let (mut ctx, eps, mut peer) = setup(Config::default(), 1);
+    stream(&mut ctx, &eps, 100, 8);
+    peer.child.kill().unwrap();
+    peer.child.wait().unwrap();
+    let start = Instant::now();
+    let out = fail_all(&mut ctx, eps[0], 16);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        out.iter().map(|(u, _)| *u).collect::<Vec<_>>(),
+        (0..16).collect::<Vec<_>>()
+    );
+    for (_, r) in &out {
+        assert_eq!(
+            r,
+            &Err(RpcError::Endpoint(EndpointError::Completion {
+                endpoint: 0,
+                syndrome: Syndrome::TransportRetryExceeded
+            }))
+        );
+    }
+}
+
+#[test]
+fn a_partitioned_peer_fails_calls_after_the_ack_timeout() {
+    // 4.096 µs × 2^10 × (retry_cnt 1 + 1): about 8 ms.
+    let cfg = Config {
+        connect: ConnectOpts {
+            timeout: 10,
+            retry_cnt: 1,
+            ..ConnectOpts::default()
+        },
+        ..Config::default()
+    };
+    let (mut ctx, eps, peer) = setup(cfg, 1);
+    stream(&mut ctx, &eps, 50, 4);
+    ctx.device()
+        .faults()
+        .unwrap()
+        .partition_peer(&peer.infos[0].qp)
+        .unwrap();
+    let start = Instant::now();
+    let out = fail_all(&mut ctx, eps[0], 8);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    for (_, r) in &out {
+        assert_eq!(
+            r,
+            &Err(RpcError::Endpoint(EndpointError::Completion {
+                endpoint: 0,
+                syndrome: Syndrome::TransportRetryExceeded
+            }))
+        );
+    }
+}
+
+#[test]
+fn a_peer_that_stops_polling_times_calls_out_then_recovers() {
+    let cfg = Config {
+        call_timeout: Some(Duration::from_millis(100)),
+        limits: Limits {
+            max_inflight: 4,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let (mut ctx, eps, mut peer) = setup(cfg, 1);
+    stream(&mut ctx, &eps, 20, 4);
+    peer.cmd("stall");
+    let out = fail_all(&mut ctx, eps[0], 4);
+    assert!(
+        out.iter().all(|(_, r)| r == &Err(RpcError::Timeout)),
+        "{out:?}"
+    );
+    peer.cmd("resume");
+    let start = Instant::now();
+    while ctx.in_flight(eps[0]) > 0 {
+        ctx.poll(|u, r| panic!("late reply to {u} delivered: {r:?}"))
+            .unwrap();
+        assert!(start.elapsed() < TIMEOUT);
+    }
+    stream(&mut ctx, &eps, 20, 4);
+}
