@@ -5,11 +5,16 @@
 //! UNVERIFIED ON HARDWARE: no machine this crate was developed on has an
 //! RDMA NIC. The struct layouts are checked against rdma-core's headers
 //! (`tests/hw_layout.rs`); the calls follow rdma-core's documented contract.
+//!
+//! Beyond the verbs, the device keeps one small table, cold path: the
+//! BlueFlame registers its QPs ring (one lock per register, see
+//! `doorbell.rs`).
 
 use std::ffi::CStr;
 use std::ptr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::doorbell::{Arch, BlueFlame};
 use super::ffi::{self, Verbs};
 use crate::QpState;
 use crate::cq::{CqMem, CqShared};
@@ -52,10 +57,22 @@ fn rc_error(verb: &'static str, rc: i32) -> Error {
 
 /// An opened mlx5 device.
 pub(crate) struct Device {
-    // Field order: the context closes before the libraries unload.
+    // Field order: the context closes (Drop) before the libraries unload.
     ctx: *mut ffi::ibv_context,
     name: String,
+    arch: Arch,
+    /// Every BlueFlame register a QP of this device was given, by address,
+    /// kept for the device's life: a register's lock and current half
+    /// outlive the QPs that use it, as libmlx5's `struct mlx5_bf` does.
+    blueflames: Mutex<Vec<Arc<BlueFlame>>>,
     verbs: Verbs,
+}
+
+/// Locks a table of the device; a panic elsewhere cannot leave one
+/// half-updated (each update is one push), so a poisoned lock is used as
+/// is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 // SAFETY: verbs contexts are thread-safe (rdma-core locks internally).
@@ -123,6 +140,9 @@ fn access_bits(a: Access) -> u32 {
 impl Device {
     /// Opens `name`, or the first mlx5 device.
     pub(crate) fn open(name: Option<&str>) -> Result<Arc<Device>, Error> {
+        // First: on a target without the doorbell barriers, say so rather
+        // than a missing library.
+        let arch = Arch::check()?;
         let verbs = Verbs::load()?;
         let mut n = 0;
         // SAFETY: n is a valid out-pointer.
@@ -161,6 +181,8 @@ impl Device {
             Some((ctx, dname)) if !ctx.is_null() => Ok(Arc::new(Device {
                 ctx,
                 name: dname,
+                arch,
+                blueflames: Mutex::new(Vec::new()),
                 verbs,
             })),
             Some(_) => Err(last_os_error("ibv_open_device")),
@@ -322,7 +344,7 @@ impl Device {
         recv_cq: &CqShared,
         srq: Option<&SrqShared>,
         caps: &mut QpCaps,
-    ) -> Result<(Qp, QpMem, u32), Error> {
+    ) -> Result<(Qp, QpMem, u32, Arc<BlueFlame>), Error> {
         let PdHandle::Hw(hpd) = &pd.handle else {
             return Err(Error::Mismatch("PD of another backend"));
         };
@@ -370,6 +392,14 @@ impl Device {
                 out.sq.stride
             )));
         }
+        let bf = match self.blueflame(out.bf.reg.cast(), out.bf.size) {
+            Ok(bf) => bf,
+            Err(e) => {
+                // SAFETY: as above.
+                unsafe { (self.verbs.ibv_destroy_qp)(qp) };
+                return Err(e);
+            }
+        };
         // SAFETY: a live QP.
         let qpn = unsafe { (*qp).qp_num };
         Ok((
@@ -381,10 +411,29 @@ impl Device {
                 rq_wqe_cnt: out.rq.wqe_cnt,
                 rq_stride: out.rq.stride,
                 dbrec: out.dbrec,
-                bf: Some((out.bf.reg.cast(), out.bf.size)),
             },
             qpn,
+            bf,
         ))
+    }
+
+    /// The device's one [`BlueFlame`] for the register at `reg`: QPs that
+    /// libmlx5 put on the same register share its lock and its half (see
+    /// `doorbell.rs` for why every ring of a BlueFlame register locks).
+    fn blueflame(&self, reg: *mut u8, size: u32) -> Result<Arc<BlueFlame>, Error> {
+        let mut all = lock(&self.blueflames);
+        if let Some(bf) = all.iter().find(|b| b.reg() == reg) {
+            if bf.size() != size {
+                return Err(Error::InvalidAttr(format!(
+                    "register {reg:p} reported with BlueFlame halves of {size} and {} bytes",
+                    bf.size()
+                )));
+            }
+            return Ok(bf.clone());
+        }
+        let bf = Arc::new(BlueFlame::new(self.arch, reg, size)?);
+        all.push(bf.clone());
+        Ok(bf)
     }
 
     /// The next asynchronous event (`ibv_get_async_event`), waiting up to
@@ -516,27 +565,4 @@ impl Device {
         };
         Ok((lid, gid.raw))
     }
-}
-
-/// Rings the doorbell: copies `bytes` (8 for a plain doorbell, or whole
-/// WQEBBs for BlueFlame) of the WQE at `src` to the UAR/BlueFlame register
-/// `dst`, 8 bytes at a time, bracketed by store fences so the doorbell
-/// record is visible before and the write-combining buffer flushes after.
-///
-/// # Safety
-///
-/// `dst` must be this QP's current BlueFlame half (`bytes` writable) and
-/// `src` must have `bytes` readable bytes, 8-aligned.
-pub(crate) unsafe fn ring_bf(dst: *mut u8, src: *const u8, bytes: usize) {
-    // The doorbell record store is ordered before the MMIO writes.
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    for i in (0..bytes).step_by(8) {
-        // SAFETY: the caller guarantees both ranges; MMIO needs volatile.
-        unsafe {
-            let v = ptr::read(src.add(i).cast::<u64>());
-            ptr::write_volatile(dst.add(i).cast::<u64>(), v);
-        }
-    }
-    // Flush the write-combining buffer (sfence on x86).
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
