@@ -447,6 +447,7 @@ impl Qp {
                 )
             }
             Backend::Hw(d) => {
+                // `caps` becomes what the provider made (it rounds up).
                 let (q, mem, qpn, bf) = d.create_qp(
                     &pd.inner,
                     &send_cq.shared,
@@ -504,7 +505,11 @@ impl Qp {
         self.shared.qpn
     }
 
-    /// The limits the QP was created with (hardware may round them up).
+    /// The QP's limits: on hardware what `ibv_create_qp` made of the caps
+    /// asked for (the provider rounds queue sizes, receive SGEs and the
+    /// inline size up; a QP on an SRQ has 0 receive WQEs and SGEs); on the
+    /// software device the caps asked for (0 receive WQEs and SGEs with an
+    /// SRQ).
     pub fn caps(&self) -> QpCaps {
         self.shared.caps
     }

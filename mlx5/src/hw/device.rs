@@ -10,7 +10,7 @@
 //! BlueFlame registers its QPs ring (one lock per register, see
 //! `doorbell.rs`).
 
-use std::ffi::CStr;
+use std::ffi::{CStr, c_uint};
 use std::ptr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,8 +20,9 @@ use crate::QpState;
 use crate::cq::{CqMem, CqShared};
 use crate::error::Error;
 use crate::mr::{Access, PdHandle, PdInner};
-use crate::qp::{ConnInfo, ConnectOpts, QpCaps, QpMem};
+use crate::qp::{ConnInfo, ConnectOpts, Mtu, QpCaps, QpMem};
 use crate::srq::{SrqMem, SrqShared};
+use crate::wqe::{MAX_DS, SEG};
 
 /// An all-zero C struct (how C code initialises verbs attribute structs).
 fn zeroed<T: Plain>() -> T {
@@ -371,8 +372,9 @@ impl Device {
         if qp.is_null() {
             return Err(last_os_error("ibv_create_qp"));
         }
-        caps.max_send_sge = attr.cap.max_send_sge;
-        caps.max_inline = attr.cap.max_inline_data;
+        // What the provider made (it rounds sizes up), so that `Qp::caps`
+        // tells the truth.
+        *caps = provider_caps(&attr.cap, srq.is_some());
         let mut out = zeroed::<ffi::mlx5dv_qp>();
         let mut obj = ffi::mlx5dv_obj::null();
         obj.qp.in_ = qp;
@@ -501,8 +503,10 @@ impl Device {
             }
             QpState::Rtr => {
                 let r = remote.ok_or(Error::InvalidAttr("RTR needs the remote info".into()))?;
+                // SAFETY: a live context opened through these verbs.
+                let port = unsafe { self.verbs.query_port(self.ctx, o.port)? };
                 a.qp_state = ffi::IBV_QPS_RTR;
-                a.path_mtu = o.mtu as u32;
+                a.path_mtu = path_mtu(o.mtu, port.active_mtu) as u32;
                 a.dest_qp_num = r.qpn;
                 a.rq_psn = r.psn;
                 a.max_dest_rd_atomic = o.max_rd_atomic;
@@ -564,5 +568,166 @@ impl Device {
             attr.lid
         };
         Ok((lid, gid.raw))
+    }
+}
+
+/// The path MTU to program at RTR: the one asked for, but no larger than
+/// the port's `active_mtu`. Packets larger than the link carries are
+/// dropped, and an RC QP then retries until `TransportRetryExceeded`: the
+/// 4096 default on a RoCE port with a 1500-byte Ethernet MTU (active MTU
+/// 1024) fails every message over 1024 bytes that way. An `active_mtu`
+/// outside the `IBV_MTU_*` values (which no port reports) leaves the
+/// request as it is, for `ibv_modify_qp` to judge.
+///
+/// Only the local port is known here; if the two ends' ports differ, set
+/// `ConnectOpts::mtu` to the smaller of the two on both.
+pub(crate) fn path_mtu(requested: Mtu, active_mtu: c_uint) -> Mtu {
+    let active = match active_mtu {
+        ffi::IBV_MTU_256 => Mtu::M256,
+        ffi::IBV_MTU_512 => Mtu::M512,
+        ffi::IBV_MTU_1024 => Mtu::M1024,
+        ffi::IBV_MTU_2048 => Mtu::M2048,
+        ffi::IBV_MTU_4096 => Mtu::M4096,
+        _ => return requested,
+    };
+    // The IBV_MTU_* encoding grows with the size (checked in the tests).
+    if (active as u32) < (requested as u32) {
+        active
+    } else {
+        requested
+    }
+}
+
+/// The caps a QP really has, from the `cap` that `ibv_create_qp` wrote
+/// back: libmlx5 rounds the queues and the receive scatter list up (the
+/// receive WQE stride is a power of two, so asking for 3 SGEs gives 4) and
+/// reports the inline size its send WQE size allows. A QP on an SRQ has no
+/// receive queue of its own: 0 receive WQEs and SGEs, whatever the
+/// provider says.
+///
+/// Clamped only where this crate could not honour the provider's figure: a
+/// WQE's `ds` count has 6 bits (at most [`MAX_DS`] 16-byte segments), so
+/// the inline size and gather list are capped to what fits after the
+/// control and remote-address segments (libmlx5's send WQEs are much
+/// smaller than those 1008 bytes in practice).
+pub(crate) fn provider_caps(cap: &ffi::ibv_qp_cap, srq: bool) -> QpCaps {
+    let max_segs = (MAX_DS - 2) as u32;
+    QpCaps {
+        max_send_wr: cap.max_send_wr,
+        max_recv_wr: if srq { 0 } else { cap.max_recv_wr },
+        max_send_sge: cap.max_send_sge.min(max_segs),
+        max_recv_sge: if srq { 0 } else { cap.max_recv_sge },
+        // The inline header is 4 bytes of the first segment.
+        max_inline: cap.max_inline_data.min(max_segs * SEG as u32 - 4),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MTUS: [Mtu; 5] = [Mtu::M256, Mtu::M512, Mtu::M1024, Mtu::M2048, Mtu::M4096];
+
+    fn bytes(m: Mtu) -> u32 {
+        128 << (m as u32)
+    }
+
+    #[test]
+    fn mtu_discriminants_are_the_verbs_encoding() {
+        // ffi's values are checked against verbs.h by tests/hw_layout.rs.
+        let verbs = [
+            ffi::IBV_MTU_256,
+            ffi::IBV_MTU_512,
+            ffi::IBV_MTU_1024,
+            ffi::IBV_MTU_2048,
+            ffi::IBV_MTU_4096,
+        ];
+        for (m, v) in MTUS.into_iter().zip(verbs) {
+            assert_eq!(m as u32, v);
+        }
+        assert_eq!(MTUS.map(bytes), [256, 512, 1024, 2048, 4096]);
+    }
+
+    #[test]
+    fn path_mtu_is_the_smaller_of_request_and_port() {
+        for requested in MTUS {
+            for active in MTUS {
+                let got = path_mtu(requested, active as c_uint);
+                assert_eq!(
+                    bytes(got),
+                    bytes(requested).min(bytes(active)),
+                    "requested {requested:?}, port {active:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn default_4096_on_a_1500_byte_roce_port_becomes_1024() {
+        // A 1500-byte Ethernet MTU leaves room for 1024-byte RoCE payloads:
+        // the port reports IBV_MTU_1024.
+        let opts = ConnectOpts::default();
+        assert_eq!(opts.mtu, Mtu::M4096);
+        assert_eq!(path_mtu(opts.mtu, ffi::IBV_MTU_1024), Mtu::M1024);
+    }
+
+    #[test]
+    fn unknown_active_mtu_leaves_the_request() {
+        for bad in [0, 6, 255] {
+            assert_eq!(path_mtu(Mtu::M2048, bad), Mtu::M2048);
+        }
+    }
+
+    fn cap(
+        send_wr: u32,
+        recv_wr: u32,
+        send_sge: u32,
+        recv_sge: u32,
+        inline: u32,
+    ) -> ffi::ibv_qp_cap {
+        ffi::ibv_qp_cap {
+            max_send_wr: send_wr,
+            max_recv_wr: recv_wr,
+            max_send_sge: send_sge,
+            max_recv_sge: recv_sge,
+            max_inline_data: inline,
+        }
+    }
+
+    #[test]
+    fn caps_are_what_the_provider_returned() {
+        // Asked for the defaults (128, 128, 2, 2, 64); libmlx5 rounds up.
+        let got = provider_caps(&cap(255, 128, 2, 4, 188), false);
+        assert_eq!(
+            got,
+            QpCaps {
+                max_send_wr: 255,
+                max_recv_wr: 128,
+                max_send_sge: 2,
+                max_recv_sge: 4,
+                max_inline: 188,
+            }
+        );
+        assert!(got.max_ds() <= MAX_DS);
+    }
+
+    #[test]
+    fn a_qp_on_an_srq_has_no_receive_queue() {
+        let got = provider_caps(&cap(128, 7, 2, 3, 64), true);
+        assert_eq!((got.max_recv_wr, got.max_recv_sge), (0, 0));
+        assert_eq!(
+            (got.max_send_wr, got.max_send_sge, got.max_inline),
+            (128, 2, 64)
+        );
+    }
+
+    #[test]
+    fn caps_never_allow_wqes_the_ds_field_cannot_express() {
+        let got = provider_caps(&cap(64, 64, 1000, 2, 100_000), false);
+        assert!(got.max_ds() <= MAX_DS, "{got:?}: max_ds {}", got.max_ds());
+        assert_eq!(got.max_send_sge, 61);
+        assert_eq!(got.max_inline, 61 * 16 - 4);
+        // The largest inline WQE exactly fills 63 segments.
+        assert_eq!(got.max_ds(), MAX_DS);
     }
 }
