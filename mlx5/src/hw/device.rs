@@ -6,19 +6,24 @@
 //! RDMA NIC. The struct layouts are checked against rdma-core's headers
 //! (`tests/hw_layout.rs`); the calls follow rdma-core's documented contract.
 //!
-//! Beyond the verbs, the device keeps one small table, cold path: the
-//! BlueFlame registers its QPs ring (one lock per register, see
-//! `doorbell.rs`).
+//! Beyond the verbs, the device keeps three small tables, all cold path:
+//! the BlueFlame registers its QPs ring (one lock per register, see
+//! `doorbell.rs`), and the CQN and SRQN of each CQ and SRQ by verbs
+//! pointer, which asynchronous events name (`async_event.rs`).
 
+use std::collections::HashMap;
 use std::ffi::{CStr, c_uint};
 use std::ptr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use super::async_event;
 use super::doorbell::{Arch, BlueFlame};
 use super::ffi::{self, Verbs};
 use crate::QpState;
 use crate::cq::{CqMem, CqShared};
 use crate::error::Error;
+use crate::event::AsyncEvent;
 use crate::mr::{Access, PdHandle, PdInner};
 use crate::qp::{ConnInfo, ConnectOpts, Mtu, QpCaps, QpMem};
 use crate::srq::{SrqMem, SrqShared};
@@ -61,17 +66,23 @@ pub(crate) struct Device {
     // Field order: the context closes (Drop) before the libraries unload.
     ctx: *mut ffi::ibv_context,
     name: String,
+    /// The context's event descriptor, non-blocking since open.
+    async_fd: std::ffi::c_int,
     arch: Arch,
     /// Every BlueFlame register a QP of this device was given, by address,
     /// kept for the device's life: a register's lock and current half
     /// outlive the QPs that use it, as libmlx5's `struct mlx5_bf` does.
     blueflames: Mutex<Vec<Arc<BlueFlame>>>,
+    /// CQN of each live CQ, by `ibv_cq` address (for `IBV_EVENT_CQ_ERR`).
+    cqns: Mutex<HashMap<usize, u32>>,
+    /// SRQN of each live SRQ, by `ibv_srq` address (for the SRQ events).
+    srqns: Mutex<HashMap<usize, u32>>,
     verbs: Verbs,
 }
 
 /// Locks a table of the device; a panic elsewhere cannot leave one
-/// half-updated (each update is one push), so a poisoned lock is used as
-/// is.
+/// half-updated (each update is one insert or remove), so a poisoned lock
+/// is used as is.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -93,10 +104,10 @@ impl Drop for Device {
 pub(crate) struct Pd(*mut ffi::ibv_pd);
 /// A registered memory region.
 pub(crate) struct Mr(*mut ffi::ibv_mr);
-/// A completion queue.
-pub(crate) struct Cq(pub(crate) *mut ffi::ibv_cq);
-/// A shared receive queue.
-pub(crate) struct Srq(pub(crate) *mut ffi::ibv_srq);
+/// A completion queue and its CQN.
+pub(crate) struct Cq(pub(crate) *mut ffi::ibv_cq, u32);
+/// A shared receive queue and its SRQN.
+pub(crate) struct Srq(pub(crate) *mut ffi::ibv_srq, u32);
 /// A queue pair.
 pub(crate) struct Qp(*mut ffi::ibv_qp);
 
@@ -179,13 +190,25 @@ impl Device {
         // valid after it is freed.
         unsafe { (verbs.ibv_free_device_list)(list) };
         match found {
-            Some((ctx, dname)) if !ctx.is_null() => Ok(Arc::new(Device {
-                ctx,
-                name: dname,
-                arch,
-                blueflames: Mutex::new(Vec::new()),
-                verbs,
-            })),
+            Some((ctx, dname)) if !ctx.is_null() => {
+                // SAFETY: a live context; `async_fd` is a plain int of it.
+                let async_fd = unsafe { (*ctx).async_fd };
+                let dev = Device {
+                    ctx,
+                    name: dname,
+                    async_fd,
+                    arch,
+                    blueflames: Mutex::new(Vec::new()),
+                    cqns: Mutex::new(HashMap::new()),
+                    srqns: Mutex::new(HashMap::new()),
+                    verbs,
+                };
+                // Once, here: `async_event` then never blocks in
+                // `ibv_get_async_event` and waits in `poll` instead. (On
+                // error `dev` drops and closes the context.)
+                async_event::set_nonblocking(async_fd)?;
+                Ok(Arc::new(dev))
+            }
             Some(_) => Err(last_os_error("ibv_open_device")),
             None => Err(Error::NoDevice {
                 reason: match name {
@@ -236,6 +259,9 @@ impl Device {
     }
 
     pub(crate) fn create_cq(&self, entries: u32) -> Result<(Cq, CqMem, u32), Error> {
+        // Held until the CQN is recorded: an event about this CQ waits for
+        // it rather than finding it missing.
+        let mut cqns = lock(&self.cqns);
         // SAFETY: a live context; no channel, vector 0.
         let cq = unsafe {
             (self.verbs.ibv_create_cq)(
@@ -268,8 +294,9 @@ impl Device {
                 out.cqe_size
             )));
         }
+        cqns.insert(cq as usize, out.cqn);
         Ok((
-            Cq(cq),
+            Cq(cq, out.cqn),
             CqMem {
                 buf: out.buf.cast(),
                 cqe_cnt: out.cqe_cnt,
@@ -280,8 +307,12 @@ impl Device {
     }
 
     pub(crate) fn destroy_cq(&self, cq: &Cq) {
+        // Not under the table's lock: `ibv_destroy_cq` waits until every
+        // event reported on the CQ is acknowledged, and `async_event` needs
+        // the table to map one before it acknowledges it.
         // SAFETY: a live CQ whose QPs are destroyed (they hold Arcs of it).
         unsafe { (self.verbs.ibv_destroy_cq)(cq.0) };
+        forget(&self.cqns, cq.0 as usize, cq.1);
     }
 
     pub(crate) fn create_srq(
@@ -301,6 +332,8 @@ impl Device {
                 srq_limit: 0,
             },
         };
+        // Held until the SRQN is recorded (as in `create_cq`).
+        let mut srqns = lock(&self.srqns);
         // SAFETY: a live PD and a valid attribute struct.
         let srq = unsafe { (self.verbs.ibv_create_srq)(hpd.0, &mut attr) };
         if srq.is_null() {
@@ -321,8 +354,9 @@ impl Device {
         // libmlx5 links the WQEs in ring order with head 0 and tail at the
         // last WQE: the ring discipline of `Srq` relies on exactly that.
         let wqe_cnt = out.tail + 1;
+        srqns.insert(srq as usize, out.srqn);
         Ok((
-            Srq(srq),
+            Srq(srq, out.srqn),
             SrqMem {
                 buf: out.buf.cast(),
                 wqe_cnt,
@@ -334,8 +368,10 @@ impl Device {
     }
 
     pub(crate) fn destroy_srq(&self, srq: &Srq) {
+        // Not under the table's lock (as in `destroy_cq`).
         // SAFETY: a live SRQ whose QPs are gone.
         unsafe { (self.verbs.ibv_destroy_srq)(srq.0) };
+        forget(&self.srqns, srq.0 as usize, srq.1);
     }
 
     pub(crate) fn create_qp(
@@ -439,15 +475,70 @@ impl Device {
     }
 
     /// The next asynchronous event (`ibv_get_async_event`), waiting up to
-    /// `timeout` (`None`: not at all).
+    /// `timeout` for one (`None`: not at all); `Ok(None)` when none came.
+    /// Several threads may call it: each event goes to one of them.
     pub(crate) fn async_event(
         &self,
-        _timeout: Option<std::time::Duration>,
-    ) -> Result<Option<crate::event::AsyncEvent>, Error> {
-        // PLACEHOLDER: replaced by the hardware async-event implementation.
-        Err(Error::Progress(
-            "asynchronous events are not implemented on hardware yet",
-        ))
+        timeout: Option<Duration>,
+    ) -> Result<Option<AsyncEvent>, Error> {
+        // `None` inside `Some`: a timeout too long to represent, no end.
+        let deadline = timeout.map(async_event::deadline);
+        loop {
+            if let Some(e) = self.take_async_event()? {
+                return Ok(Some(e));
+            }
+            let Some(deadline) = deadline else {
+                return Ok(None);
+            };
+            if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
+                return Ok(None);
+            }
+            // Readable, interrupted or timed out: look again either way
+            // (another thread may have taken the event; the deadline is
+            // checked above).
+            async_event::wait_readable(self.async_fd, deadline)?;
+        }
+    }
+
+    /// One `ibv_get_async_event` on the non-blocking descriptor, mapped and
+    /// acknowledged; `None` when no event is queued.
+    fn take_async_event(&self) -> Result<Option<AsyncEvent>, Error> {
+        let mut ev = ffi::ibv_async_event::empty();
+        // ibv_get_async_event fails without setting errno when its `read`
+        // returns short (0 at end of file: the device went away); clear
+        // errno so that a stale EAGAIN cannot pass for "no event" forever.
+        // SAFETY: this thread's errno, a valid int.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: a live context and a writable event.
+        if unsafe { (self.verbs.ibv_get_async_event)(self.ctx, &mut ev) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return match (e.kind(), e.raw_os_error()) {
+                (std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted, _) => Ok(None),
+                (_, Some(0)) => Err(Error::Verb {
+                    verb: "ibv_get_async_event",
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "short read of the async event descriptor (device removed?)",
+                    ),
+                }),
+                _ => Err(Error::Verb {
+                    verb: "ibv_get_async_event",
+                    source: e,
+                }),
+            };
+        }
+        // SAFETY: an event from ibv_get_async_event, not yet acknowledged,
+        // so a QP it names is alive (ibv_destroy_qp waits for the ack).
+        let mapped = unsafe {
+            async_event::map_event(
+                &ev,
+                |cq| lock(&self.cqns).get(&(cq as usize)).copied(),
+                |srq| lock(&self.srqns).get(&(srq as usize)).copied(),
+            )
+        };
+        // SAFETY: the event ibv_get_async_event filled, acknowledged once.
+        unsafe { (self.verbs.ibv_ack_async_event)(&mut ev) };
+        Ok(Some(mapped))
     }
 
     pub(crate) fn destroy_qp(&self, qp: &Qp) {
@@ -568,6 +659,15 @@ impl Device {
             attr.lid
         };
         Ok((lid, gid.raw))
+    }
+}
+
+/// Removes `key` from a CQN/SRQN table if it still maps to `number`: a
+/// CQ created at the same address after the destroy returned must stay.
+fn forget(table: &Mutex<HashMap<usize, u32>>, key: usize, number: u32) {
+    let mut t = lock(table);
+    if t.get(&key) == Some(&number) {
+        t.remove(&key);
     }
 }
 
@@ -729,5 +829,14 @@ mod tests {
         assert_eq!(got.max_inline, 61 * 16 - 4);
         // The largest inline WQE exactly fills 63 segments.
         assert_eq!(got.max_ds(), MAX_DS);
+    }
+
+    #[test]
+    fn forget_keeps_an_entry_reused_by_a_newer_object() {
+        let t = Mutex::new(HashMap::from([(0x1000usize, 5u32)]));
+        forget(&t, 0x1000, 4); // an older CQ at the same address
+        assert_eq!(lock(&t).get(&0x1000), Some(&5));
+        forget(&t, 0x1000, 5);
+        assert!(lock(&t).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! The rdma-core backend: mlx5 hardware driven through direct verbs, for the
 //! control path only (UNVERIFIED ON HARDWARE, see the crate README).
 
+mod async_event;
 mod device;
 mod doorbell;
 pub(crate) mod ffi;
