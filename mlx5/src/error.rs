@@ -108,8 +108,9 @@ pub enum Error {
     /// Connection info could not be decoded.
     #[error("malformed connection info: {0}")]
     BadConnInfo(&'static str),
-    /// The operating system refused something the software device needs
-    /// (an eventfd, a thread).
+    /// The operating system refused something a device needs (the software
+    /// device's eventfd or thread; `fcntl` or `poll` on the hardware
+    /// backend's async event descriptor).
     #[error("{what} failed: {source}")]
     Os {
         /// What was being done.

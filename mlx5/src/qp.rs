@@ -268,8 +268,6 @@ pub(crate) struct QpMem {
     pub(crate) rq_stride: u32,
     /// Word 0: RQ counter; word 1: SQ counter.
     pub(crate) dbrec: *mut u32,
-    /// BlueFlame register and its size (hardware only).
-    pub(crate) bf: Option<(*mut u8, u32)>,
 }
 
 enum QpHandle {
@@ -283,7 +281,9 @@ enum QpHandle {
 
 enum Bell {
     Soft(Arc<soft::Bell>),
-    Hw,
+    /// The QP's UAR/BlueFlame register, shared with the other QPs of the
+    /// device that libmlx5 put on it (its lock and current half with them).
+    Hw(Arc<hw::BlueFlame>),
 }
 
 struct QpShared {
@@ -345,7 +345,6 @@ struct SqState {
     pending: u32,
     last_at: u32,
     last_wqebbs: u32,
-    bf_offset: u32,
 }
 
 /// An RC queue pair. Posting needs `&mut self` (one producer); move it to
@@ -426,7 +425,6 @@ impl Qp {
                     rq_wqe_cnt: if srq.is_some() { 0 } else { rq_cnt },
                     rq_stride,
                     dbrec: dbrec.as_ptr().cast(),
-                    bf: None,
                 };
                 let qpn = d.create_qp(soft::QpDesc {
                     pd: pd.inner.soft_id(),
@@ -449,14 +447,15 @@ impl Qp {
                 )
             }
             Backend::Hw(d) => {
-                let (q, mem, qpn) = d.create_qp(
+                // `caps` becomes what the provider made (it rounds up).
+                let (q, mem, qpn, bf) = d.create_qp(
                     &pd.inner,
                     &send_cq.shared,
                     &recv_cq.shared,
                     srq.map(|s| &*s.shared),
                     &mut caps,
                 )?;
-                (qpn, mem, QpHandle::Hw(q), Bell::Hw)
+                (qpn, mem, QpHandle::Hw(q), Bell::Hw(bf))
             }
         };
         let shared = QpShared {
@@ -489,7 +488,6 @@ impl Qp {
                 pending: 0,
                 last_at: 0,
                 last_wqebbs: 0,
-                bf_offset: 0,
             },
             rq_head: 0,
             // Any 24-bit value works; derive one from the QPN so two QPs
@@ -507,7 +505,11 @@ impl Qp {
         self.shared.qpn
     }
 
-    /// The limits the QP was created with (hardware may round them up).
+    /// The QP's limits: on hardware what `ibv_create_qp` made of the caps
+    /// asked for (the provider rounds queue sizes, receive SGEs and the
+    /// inline size up; a QP on an SRQ has 0 receive WQEs and SGEs); on the
+    /// software device the caps asked for (0 receive WQEs and SGEs with an
+    /// SRQ).
     pub fn caps(&self) -> QpCaps {
         self.shared.caps
     }
@@ -757,36 +759,38 @@ impl Qp {
     /// Makes every WQE posted since the last doorbell visible to the device:
     /// updates the doorbell record, then rings the doorbell (hardware: a
     /// BlueFlame copy when exactly one WQE that fits the BlueFlame buffer is
-    /// pending, else the 8-byte doorbell).
+    /// pending, else the 8-byte doorbell, under the register's lock when
+    /// it has BlueFlame buffers; see `hw/doorbell.rs`).
     pub fn ring_doorbell(&mut self) {
         if self.sq.pending == 0 {
             return;
         }
         // SAFETY: dbrec points at the QP's doorbell record, two u32 words.
         let db = unsafe { AtomicU32::from_ptr(self.shared.mem.dbrec.add(1)) };
-        // Release: the device reads the WQEs after it sees the counter.
-        db.store((self.sq.ring.pi() & 0xffff).to_be(), Ordering::Release);
+        let counter = self.sq.ring.pi() & 0xffff;
         match &self.bell {
-            Bell::Soft(b) => b.ring(),
-            Bell::Hw => {
-                let (reg, bf_size) = self
-                    .shared
-                    .mem
-                    .bf
-                    .expect("hardware QP has a BlueFlame register");
+            Bell::Soft(b) => {
+                // Release: the device reads the WQEs after it sees the
+                // counter.
+                db.store(counter.to_be(), Ordering::Release);
+                b.ring();
+            }
+            Bell::Hw(bf) => {
                 let off = self.sq.ring.offset(self.sq.last_at);
                 // SAFETY: the last WQE's bytes are in the SQ buffer.
                 let wqe_ptr = unsafe { self.shared.mem.sq_buf.add(off) };
-                let bytes = if self.sq.pending == 1 && self.sq.last_wqebbs * WQEBB as u32 <= bf_size
-                {
+                let single = if self.sq.pending == 1 {
                     self.sq.last_wqebbs as usize * WQEBB
                 } else {
-                    8
+                    0
                 };
-                // SAFETY: reg + bf_offset is the BlueFlame half we own for
-                // this QP; wqe_ptr has `bytes` readable bytes.
-                unsafe { hw::ring_bf(reg.add(self.sq.bf_offset as usize), wqe_ptr, bytes) };
-                self.sq.bf_offset ^= bf_size;
+                // SAFETY: `db` is this QP's send doorbell record and
+                // `counter` covers every WQE written; `wqe_ptr` is the last
+                // WQE, 64-aligned in the SQ buffer, with `single` (or, when
+                // several are pending, at least 64) bytes written, which the
+                // device owns until their completion (the SQ ring does not
+                // hand those WQEBBs out again before).
+                unsafe { bf.ring(db, counter, wqe_ptr, single) };
             }
         }
         self.sq.pending = 0;

@@ -5,18 +5,29 @@
 //! UNVERIFIED ON HARDWARE: no machine this crate was developed on has an
 //! RDMA NIC. The struct layouts are checked against rdma-core's headers
 //! (`tests/hw_layout.rs`); the calls follow rdma-core's documented contract.
+//!
+//! Beyond the verbs, the device keeps three small tables, all cold path:
+//! the BlueFlame registers its QPs ring (one lock per register, see
+//! `doorbell.rs`), and the CQN and SRQN of each CQ and SRQ by verbs
+//! pointer, which asynchronous events name (`async_event.rs`).
 
-use std::ffi::CStr;
+use std::collections::HashMap;
+use std::ffi::{CStr, c_uint};
 use std::ptr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use super::async_event;
+use super::doorbell::{Arch, BlueFlame};
 use super::ffi::{self, Verbs};
 use crate::QpState;
 use crate::cq::{CqMem, CqShared};
 use crate::error::Error;
+use crate::event::AsyncEvent;
 use crate::mr::{Access, PdHandle, PdInner};
-use crate::qp::{ConnInfo, ConnectOpts, QpCaps, QpMem};
+use crate::qp::{ConnInfo, ConnectOpts, Mtu, QpCaps, QpMem};
 use crate::srq::{SrqMem, SrqShared};
+use crate::wqe::{MAX_DS, SEG};
 
 /// An all-zero C struct (how C code initialises verbs attribute structs).
 fn zeroed<T: Plain>() -> T {
@@ -52,10 +63,28 @@ fn rc_error(verb: &'static str, rc: i32) -> Error {
 
 /// An opened mlx5 device.
 pub(crate) struct Device {
-    // Field order: the context closes before the libraries unload.
+    // Field order: the context closes (Drop) before the libraries unload.
     ctx: *mut ffi::ibv_context,
     name: String,
+    /// The context's event descriptor, non-blocking since open.
+    async_fd: std::ffi::c_int,
+    arch: Arch,
+    /// Every BlueFlame register a QP of this device was given, by address,
+    /// kept for the device's life: a register's lock and current half
+    /// outlive the QPs that use it, as libmlx5's `struct mlx5_bf` does.
+    blueflames: Mutex<Vec<Arc<BlueFlame>>>,
+    /// CQN of each live CQ, by `ibv_cq` address (for `IBV_EVENT_CQ_ERR`).
+    cqns: Mutex<HashMap<usize, u32>>,
+    /// SRQN of each live SRQ, by `ibv_srq` address (for the SRQ events).
+    srqns: Mutex<HashMap<usize, u32>>,
     verbs: Verbs,
+}
+
+/// Locks a table of the device; a panic elsewhere cannot leave one
+/// half-updated (each update is one insert or remove), so a poisoned lock
+/// is used as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 // SAFETY: verbs contexts are thread-safe (rdma-core locks internally).
@@ -75,10 +104,10 @@ impl Drop for Device {
 pub(crate) struct Pd(*mut ffi::ibv_pd);
 /// A registered memory region.
 pub(crate) struct Mr(*mut ffi::ibv_mr);
-/// A completion queue.
-pub(crate) struct Cq(pub(crate) *mut ffi::ibv_cq);
-/// A shared receive queue.
-pub(crate) struct Srq(pub(crate) *mut ffi::ibv_srq);
+/// A completion queue and its CQN.
+pub(crate) struct Cq(pub(crate) *mut ffi::ibv_cq, u32);
+/// A shared receive queue and its SRQN.
+pub(crate) struct Srq(pub(crate) *mut ffi::ibv_srq, u32);
 /// A queue pair.
 pub(crate) struct Qp(*mut ffi::ibv_qp);
 
@@ -123,6 +152,9 @@ fn access_bits(a: Access) -> u32 {
 impl Device {
     /// Opens `name`, or the first mlx5 device.
     pub(crate) fn open(name: Option<&str>) -> Result<Arc<Device>, Error> {
+        // First: on a target without the doorbell barriers, say so rather
+        // than a missing library.
+        let arch = Arch::check()?;
         let verbs = Verbs::load()?;
         let mut n = 0;
         // SAFETY: n is a valid out-pointer.
@@ -158,11 +190,25 @@ impl Device {
         // valid after it is freed.
         unsafe { (verbs.ibv_free_device_list)(list) };
         match found {
-            Some((ctx, dname)) if !ctx.is_null() => Ok(Arc::new(Device {
-                ctx,
-                name: dname,
-                verbs,
-            })),
+            Some((ctx, dname)) if !ctx.is_null() => {
+                // SAFETY: a live context; `async_fd` is a plain int of it.
+                let async_fd = unsafe { (*ctx).async_fd };
+                let dev = Device {
+                    ctx,
+                    name: dname,
+                    async_fd,
+                    arch,
+                    blueflames: Mutex::new(Vec::new()),
+                    cqns: Mutex::new(HashMap::new()),
+                    srqns: Mutex::new(HashMap::new()),
+                    verbs,
+                };
+                // Once, here: `async_event` then never blocks in
+                // `ibv_get_async_event` and waits in `poll` instead. (On
+                // error `dev` drops and closes the context.)
+                async_event::set_nonblocking(async_fd)?;
+                Ok(Arc::new(dev))
+            }
             Some(_) => Err(last_os_error("ibv_open_device")),
             None => Err(Error::NoDevice {
                 reason: match name {
@@ -213,6 +259,9 @@ impl Device {
     }
 
     pub(crate) fn create_cq(&self, entries: u32) -> Result<(Cq, CqMem, u32), Error> {
+        // Held until the CQN is recorded: an event about this CQ waits for
+        // it rather than finding it missing.
+        let mut cqns = lock(&self.cqns);
         // SAFETY: a live context; no channel, vector 0.
         let cq = unsafe {
             (self.verbs.ibv_create_cq)(
@@ -245,8 +294,9 @@ impl Device {
                 out.cqe_size
             )));
         }
+        cqns.insert(cq as usize, out.cqn);
         Ok((
-            Cq(cq),
+            Cq(cq, out.cqn),
             CqMem {
                 buf: out.buf.cast(),
                 cqe_cnt: out.cqe_cnt,
@@ -257,8 +307,12 @@ impl Device {
     }
 
     pub(crate) fn destroy_cq(&self, cq: &Cq) {
+        // Not under the table's lock: `ibv_destroy_cq` waits until every
+        // event reported on the CQ is acknowledged, and `async_event` needs
+        // the table to map one before it acknowledges it.
         // SAFETY: a live CQ whose QPs are destroyed (they hold Arcs of it).
         unsafe { (self.verbs.ibv_destroy_cq)(cq.0) };
+        forget(&self.cqns, cq.0 as usize, cq.1);
     }
 
     pub(crate) fn create_srq(
@@ -278,6 +332,8 @@ impl Device {
                 srq_limit: 0,
             },
         };
+        // Held until the SRQN is recorded (as in `create_cq`).
+        let mut srqns = lock(&self.srqns);
         // SAFETY: a live PD and a valid attribute struct.
         let srq = unsafe { (self.verbs.ibv_create_srq)(hpd.0, &mut attr) };
         if srq.is_null() {
@@ -298,8 +354,9 @@ impl Device {
         // libmlx5 links the WQEs in ring order with head 0 and tail at the
         // last WQE: the ring discipline of `Srq` relies on exactly that.
         let wqe_cnt = out.tail + 1;
+        srqns.insert(srq as usize, out.srqn);
         Ok((
-            Srq(srq),
+            Srq(srq, out.srqn),
             SrqMem {
                 buf: out.buf.cast(),
                 wqe_cnt,
@@ -311,8 +368,10 @@ impl Device {
     }
 
     pub(crate) fn destroy_srq(&self, srq: &Srq) {
+        // Not under the table's lock (as in `destroy_cq`).
         // SAFETY: a live SRQ whose QPs are gone.
         unsafe { (self.verbs.ibv_destroy_srq)(srq.0) };
+        forget(&self.srqns, srq.0 as usize, srq.1);
     }
 
     pub(crate) fn create_qp(
@@ -322,7 +381,7 @@ impl Device {
         recv_cq: &CqShared,
         srq: Option<&SrqShared>,
         caps: &mut QpCaps,
-    ) -> Result<(Qp, QpMem, u32), Error> {
+    ) -> Result<(Qp, QpMem, u32, Arc<BlueFlame>), Error> {
         let PdHandle::Hw(hpd) = &pd.handle else {
             return Err(Error::Mismatch("PD of another backend"));
         };
@@ -349,8 +408,9 @@ impl Device {
         if qp.is_null() {
             return Err(last_os_error("ibv_create_qp"));
         }
-        caps.max_send_sge = attr.cap.max_send_sge;
-        caps.max_inline = attr.cap.max_inline_data;
+        // What the provider made (it rounds sizes up), so that `Qp::caps`
+        // tells the truth.
+        *caps = provider_caps(&attr.cap, srq.is_some());
         let mut out = zeroed::<ffi::mlx5dv_qp>();
         let mut obj = ffi::mlx5dv_obj::null();
         obj.qp.in_ = qp;
@@ -370,6 +430,14 @@ impl Device {
                 out.sq.stride
             )));
         }
+        let bf = match self.blueflame(out.bf.reg.cast(), out.bf.size) {
+            Ok(bf) => bf,
+            Err(e) => {
+                // SAFETY: as above.
+                unsafe { (self.verbs.ibv_destroy_qp)(qp) };
+                return Err(e);
+            }
+        };
         // SAFETY: a live QP.
         let qpn = unsafe { (*qp).qp_num };
         Ok((
@@ -381,22 +449,96 @@ impl Device {
                 rq_wqe_cnt: out.rq.wqe_cnt,
                 rq_stride: out.rq.stride,
                 dbrec: out.dbrec,
-                bf: Some((out.bf.reg.cast(), out.bf.size)),
             },
             qpn,
+            bf,
         ))
     }
 
+    /// The device's one [`BlueFlame`] for the register at `reg`: QPs that
+    /// libmlx5 put on the same register share its lock and its half (see
+    /// `doorbell.rs` for why every ring of a BlueFlame register locks).
+    fn blueflame(&self, reg: *mut u8, size: u32) -> Result<Arc<BlueFlame>, Error> {
+        let mut all = lock(&self.blueflames);
+        if let Some(bf) = all.iter().find(|b| b.reg() == reg) {
+            if bf.size() != size {
+                return Err(Error::InvalidAttr(format!(
+                    "register {reg:p} reported with BlueFlame halves of {size} and {} bytes",
+                    bf.size()
+                )));
+            }
+            return Ok(bf.clone());
+        }
+        let bf = Arc::new(BlueFlame::new(self.arch, reg, size)?);
+        all.push(bf.clone());
+        Ok(bf)
+    }
+
     /// The next asynchronous event (`ibv_get_async_event`), waiting up to
-    /// `timeout` (`None`: not at all).
+    /// `timeout` for one (`None`: not at all); `Ok(None)` when none came.
+    /// Several threads may call it: each event goes to one of them.
     pub(crate) fn async_event(
         &self,
-        _timeout: Option<std::time::Duration>,
-    ) -> Result<Option<crate::event::AsyncEvent>, Error> {
-        // PLACEHOLDER: replaced by the hardware async-event implementation.
-        Err(Error::Progress(
-            "asynchronous events are not implemented on hardware yet",
-        ))
+        timeout: Option<Duration>,
+    ) -> Result<Option<AsyncEvent>, Error> {
+        // `None` inside `Some`: a timeout too long to represent, no end.
+        let deadline = timeout.map(async_event::deadline);
+        loop {
+            if let Some(e) = self.take_async_event()? {
+                return Ok(Some(e));
+            }
+            let Some(deadline) = deadline else {
+                return Ok(None);
+            };
+            if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
+                return Ok(None);
+            }
+            // Readable, interrupted or timed out: look again either way
+            // (another thread may have taken the event; the deadline is
+            // checked above).
+            async_event::wait_readable(self.async_fd, deadline)?;
+        }
+    }
+
+    /// One `ibv_get_async_event` on the non-blocking descriptor, mapped and
+    /// acknowledged; `None` when no event is queued.
+    fn take_async_event(&self) -> Result<Option<AsyncEvent>, Error> {
+        let mut ev = ffi::ibv_async_event::empty();
+        // ibv_get_async_event fails without setting errno when its `read`
+        // returns short (0 at end of file: the device went away); clear
+        // errno so that a stale EAGAIN cannot pass for "no event" forever.
+        // SAFETY: this thread's errno, a valid int.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: a live context and a writable event.
+        if unsafe { (self.verbs.ibv_get_async_event)(self.ctx, &mut ev) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return match (e.kind(), e.raw_os_error()) {
+                (std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted, _) => Ok(None),
+                (_, Some(0)) => Err(Error::Verb {
+                    verb: "ibv_get_async_event",
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "short read of the async event descriptor (device removed?)",
+                    ),
+                }),
+                _ => Err(Error::Verb {
+                    verb: "ibv_get_async_event",
+                    source: e,
+                }),
+            };
+        }
+        // SAFETY: an event from ibv_get_async_event, not yet acknowledged,
+        // so a QP it names is alive (ibv_destroy_qp waits for the ack).
+        let mapped = unsafe {
+            async_event::map_event(
+                &ev,
+                |cq| lock(&self.cqns).get(&(cq as usize)).copied(),
+                |srq| lock(&self.srqns).get(&(srq as usize)).copied(),
+            )
+        };
+        // SAFETY: the event ibv_get_async_event filled, acknowledged once.
+        unsafe { (self.verbs.ibv_ack_async_event)(&mut ev) };
+        Ok(Some(mapped))
     }
 
     pub(crate) fn destroy_qp(&self, qp: &Qp) {
@@ -452,8 +594,10 @@ impl Device {
             }
             QpState::Rtr => {
                 let r = remote.ok_or(Error::InvalidAttr("RTR needs the remote info".into()))?;
+                // SAFETY: a live context opened through these verbs.
+                let port = unsafe { self.verbs.query_port(self.ctx, o.port)? };
                 a.qp_state = ffi::IBV_QPS_RTR;
-                a.path_mtu = o.mtu as u32;
+                a.path_mtu = path_mtu(o.mtu, port.active_mtu) as u32;
                 a.dest_qp_num = r.qpn;
                 a.rq_psn = r.psn;
                 a.max_dest_rd_atomic = o.max_rd_atomic;
@@ -518,25 +662,181 @@ impl Device {
     }
 }
 
-/// Rings the doorbell: copies `bytes` (8 for a plain doorbell, or whole
-/// WQEBBs for BlueFlame) of the WQE at `src` to the UAR/BlueFlame register
-/// `dst`, 8 bytes at a time, bracketed by store fences so the doorbell
-/// record is visible before and the write-combining buffer flushes after.
+/// Removes `key` from a CQN/SRQN table if it still maps to `number`: a
+/// CQ created at the same address after the destroy returned must stay.
+fn forget(table: &Mutex<HashMap<usize, u32>>, key: usize, number: u32) {
+    let mut t = lock(table);
+    if t.get(&key) == Some(&number) {
+        t.remove(&key);
+    }
+}
+
+/// The path MTU to program at RTR: the one asked for, but no larger than
+/// the port's `active_mtu`. Packets larger than the link carries are
+/// dropped, and an RC QP then retries until `TransportRetryExceeded`: the
+/// 4096 default on a RoCE port with a 1500-byte Ethernet MTU (active MTU
+/// 1024) fails every message over 1024 bytes that way. An `active_mtu`
+/// outside the `IBV_MTU_*` values (which no port reports) leaves the
+/// request as it is, for `ibv_modify_qp` to judge.
 ///
-/// # Safety
+/// Only the local port is known here; if the two ends' ports differ, set
+/// `ConnectOpts::mtu` to the smaller of the two on both.
+pub(crate) fn path_mtu(requested: Mtu, active_mtu: c_uint) -> Mtu {
+    let active = match active_mtu {
+        ffi::IBV_MTU_256 => Mtu::M256,
+        ffi::IBV_MTU_512 => Mtu::M512,
+        ffi::IBV_MTU_1024 => Mtu::M1024,
+        ffi::IBV_MTU_2048 => Mtu::M2048,
+        ffi::IBV_MTU_4096 => Mtu::M4096,
+        _ => return requested,
+    };
+    // The IBV_MTU_* encoding grows with the size (checked in the tests).
+    if (active as u32) < (requested as u32) {
+        active
+    } else {
+        requested
+    }
+}
+
+/// The caps a QP really has, from the `cap` that `ibv_create_qp` wrote
+/// back: libmlx5 rounds the queues and the receive scatter list up (the
+/// receive WQE stride is a power of two, so asking for 3 SGEs gives 4) and
+/// reports the inline size its send WQE size allows. A QP on an SRQ has no
+/// receive queue of its own: 0 receive WQEs and SGEs, whatever the
+/// provider says.
 ///
-/// `dst` must be this QP's current BlueFlame half (`bytes` writable) and
-/// `src` must have `bytes` readable bytes, 8-aligned.
-pub(crate) unsafe fn ring_bf(dst: *mut u8, src: *const u8, bytes: usize) {
-    // The doorbell record store is ordered before the MMIO writes.
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    for i in (0..bytes).step_by(8) {
-        // SAFETY: the caller guarantees both ranges; MMIO needs volatile.
-        unsafe {
-            let v = ptr::read(src.add(i).cast::<u64>());
-            ptr::write_volatile(dst.add(i).cast::<u64>(), v);
+/// Clamped only where this crate could not honour the provider's figure: a
+/// WQE's `ds` count has 6 bits (at most [`MAX_DS`] 16-byte segments), so
+/// the inline size and gather list are capped to what fits after the
+/// control and remote-address segments (libmlx5's send WQEs are much
+/// smaller than those 1008 bytes in practice).
+pub(crate) fn provider_caps(cap: &ffi::ibv_qp_cap, srq: bool) -> QpCaps {
+    let max_segs = (MAX_DS - 2) as u32;
+    QpCaps {
+        max_send_wr: cap.max_send_wr,
+        max_recv_wr: if srq { 0 } else { cap.max_recv_wr },
+        max_send_sge: cap.max_send_sge.min(max_segs),
+        max_recv_sge: if srq { 0 } else { cap.max_recv_sge },
+        // The inline header is 4 bytes of the first segment.
+        max_inline: cap.max_inline_data.min(max_segs * SEG as u32 - 4),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MTUS: [Mtu; 5] = [Mtu::M256, Mtu::M512, Mtu::M1024, Mtu::M2048, Mtu::M4096];
+
+    fn bytes(m: Mtu) -> u32 {
+        128 << (m as u32)
+    }
+
+    #[test]
+    fn mtu_discriminants_are_the_verbs_encoding() {
+        // ffi's values are checked against verbs.h by tests/hw_layout.rs.
+        let verbs = [
+            ffi::IBV_MTU_256,
+            ffi::IBV_MTU_512,
+            ffi::IBV_MTU_1024,
+            ffi::IBV_MTU_2048,
+            ffi::IBV_MTU_4096,
+        ];
+        for (m, v) in MTUS.into_iter().zip(verbs) {
+            assert_eq!(m as u32, v);
+        }
+        assert_eq!(MTUS.map(bytes), [256, 512, 1024, 2048, 4096]);
+    }
+
+    #[test]
+    fn path_mtu_is_the_smaller_of_request_and_port() {
+        for requested in MTUS {
+            for active in MTUS {
+                let got = path_mtu(requested, active as c_uint);
+                assert_eq!(
+                    bytes(got),
+                    bytes(requested).min(bytes(active)),
+                    "requested {requested:?}, port {active:?}"
+                );
+            }
         }
     }
-    // Flush the write-combining buffer (sfence on x86).
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+
+    #[test]
+    fn default_4096_on_a_1500_byte_roce_port_becomes_1024() {
+        // A 1500-byte Ethernet MTU leaves room for 1024-byte RoCE payloads:
+        // the port reports IBV_MTU_1024.
+        let opts = ConnectOpts::default();
+        assert_eq!(opts.mtu, Mtu::M4096);
+        assert_eq!(path_mtu(opts.mtu, ffi::IBV_MTU_1024), Mtu::M1024);
+    }
+
+    #[test]
+    fn unknown_active_mtu_leaves_the_request() {
+        for bad in [0, 6, 255] {
+            assert_eq!(path_mtu(Mtu::M2048, bad), Mtu::M2048);
+        }
+    }
+
+    fn cap(
+        send_wr: u32,
+        recv_wr: u32,
+        send_sge: u32,
+        recv_sge: u32,
+        inline: u32,
+    ) -> ffi::ibv_qp_cap {
+        ffi::ibv_qp_cap {
+            max_send_wr: send_wr,
+            max_recv_wr: recv_wr,
+            max_send_sge: send_sge,
+            max_recv_sge: recv_sge,
+            max_inline_data: inline,
+        }
+    }
+
+    #[test]
+    fn caps_are_what_the_provider_returned() {
+        // Asked for the defaults (128, 128, 2, 2, 64); libmlx5 rounds up.
+        let got = provider_caps(&cap(255, 128, 2, 4, 188), false);
+        assert_eq!(
+            got,
+            QpCaps {
+                max_send_wr: 255,
+                max_recv_wr: 128,
+                max_send_sge: 2,
+                max_recv_sge: 4,
+                max_inline: 188,
+            }
+        );
+        assert!(got.max_ds() <= MAX_DS);
+    }
+
+    #[test]
+    fn a_qp_on_an_srq_has_no_receive_queue() {
+        let got = provider_caps(&cap(128, 7, 2, 3, 64), true);
+        assert_eq!((got.max_recv_wr, got.max_recv_sge), (0, 0));
+        assert_eq!(
+            (got.max_send_wr, got.max_send_sge, got.max_inline),
+            (128, 2, 64)
+        );
+    }
+
+    #[test]
+    fn caps_never_allow_wqes_the_ds_field_cannot_express() {
+        let got = provider_caps(&cap(64, 64, 1000, 2, 100_000), false);
+        assert!(got.max_ds() <= MAX_DS, "{got:?}: max_ds {}", got.max_ds());
+        assert_eq!(got.max_send_sge, 61);
+        assert_eq!(got.max_inline, 61 * 16 - 4);
+        // The largest inline WQE exactly fills 63 segments.
+        assert_eq!(got.max_ds(), MAX_DS);
+    }
+
+    #[test]
+    fn forget_keeps_an_entry_reused_by_a_newer_object() {
+        let t = Mutex::new(HashMap::from([(0x1000usize, 5u32)]));
+        forget(&t, 0x1000, 4); // an older CQ at the same address
+        assert_eq!(lock(&t).get(&0x1000), Some(&5));
+        forget(&t, 0x1000, 5);
+        assert!(lock(&t).is_empty());
+    }
 }

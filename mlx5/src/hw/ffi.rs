@@ -7,10 +7,10 @@
 //! x86_64 and aarch64 Linux; `tests/hw_layout.rs` compares every size,
 //! alignment, field offset, field size and constant below with what the C
 //! compiler computes from the real headers. Only the types libibverbs
-//! allocates and we merely point at (`ibv_device`, `ibv_context`, `ibv_cq`,
+//! allocates and we merely point at (`ibv_device`, `ibv_cq`,
 //! `ibv_comp_channel`) are opaque; every struct we allocate, read or pass by
 //! pointer to be filled is declared whole so that libibverbs never writes
-//! past the end of our copy. The pthread members of `ibv_qp` and `ibv_srq`
+//! past the end of our copy (`ibv_context` too, whose `async_fd` we read). The pthread members of `ibv_qp` and `ibv_srq`
 //! take their types from the `libc` crate, which models the target's C
 //! library (they differ between x86_64 and aarch64 glibc).
 //!
@@ -44,7 +44,9 @@
 //!   `struct _compat_ibv_port_attr *`: `ibv_port_attr` without its last
 //!   member, `port_cap_flags2`. It fills exactly
 //!   `offset_of!(ibv_port_attr, port_cap_flags2)` bytes and leaves the rest
-//!   untouched. We resolve that symbol rather than reach into
+//!   untouched (libibverbs' `verbs.c`: it calls `__lib_query_port` with
+//!   `sizeof(struct _compat_ibv_port_attr)`, which queries the provider into
+//!   a whole temporary `ibv_port_attr` and copies that many bytes out). We resolve that symbol rather than reach into
 //!   `verbs_context`; [`Verbs::query_port`] zeroes the whole struct first, so
 //!   `port_cap_flags2` reads 0 (the control path does not use it).
 //!
@@ -85,14 +87,74 @@ opaque! {
     /// `struct ibv_device`: only ever behind a pointer from
     /// `ibv_get_device_list`; its name comes from `ibv_get_device_name`.
     ibv_device;
-    /// `struct ibv_context`: an open device, only ever behind a pointer.
-    ibv_context;
     /// `struct ibv_cq`: only ever behind a pointer; its buffer and doorbell
     /// record come from `mlx5dv_init_obj`.
     ibv_cq;
     /// `struct ibv_comp_channel`: unused (always null), declared for the
     /// `ibv_create_cq` prototype.
     ibv_comp_channel;
+}
+
+/// `struct ibv_context`: an open device. libibverbs allocates it (inside
+/// its private `verbs_context`, which lies before it in memory); we only
+/// read `async_fd` through the pointer `ibv_open_device` returns.
+#[repr(C)]
+pub(crate) struct ibv_context {
+    /// The device it was opened from.
+    pub(crate) device: *mut ibv_device,
+    /// `struct ibv_context_ops`: the provider's legacy op table, 32
+    /// function pointers (checked by size); never called from here.
+    pub(crate) ops: [*mut c_void; 32],
+    /// The uverbs command descriptor.
+    pub(crate) cmd_fd: c_int,
+    /// The descriptor `ibv_get_async_event` reads events from.
+    pub(crate) async_fd: c_int,
+    /// Completion vectors.
+    pub(crate) num_comp_vectors: c_int,
+    /// libibverbs' lock.
+    pub(crate) mutex: libc::pthread_mutex_t,
+    /// Marks an extended (`verbs_context`) context.
+    pub(crate) abi_compat: *mut c_void,
+}
+
+/// `ibv_async_event.element` (an anonymous union in C): what the event is
+/// about, by `event_type`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) union ibv_async_event_element {
+    /// `IBV_EVENT_CQ_ERR`.
+    pub(crate) cq: *mut ibv_cq,
+    /// The QP events.
+    pub(crate) qp: *mut ibv_qp,
+    /// `IBV_EVENT_SRQ_ERR`, `IBV_EVENT_SRQ_LIMIT_REACHED`.
+    pub(crate) srq: *mut ibv_srq,
+    /// `IBV_EVENT_WQ_FATAL` (`struct ibv_wq`, unused here).
+    pub(crate) wq: *mut c_void,
+    /// The port events.
+    pub(crate) port_num: c_int,
+}
+
+/// `struct ibv_async_event`: filled by `ibv_get_async_event`, given back to
+/// `ibv_ack_async_event`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct ibv_async_event {
+    /// The object the event is about.
+    pub(crate) element: ibv_async_event_element,
+    /// `IBV_EVENT_*`.
+    pub(crate) event_type: c_uint,
+}
+
+impl ibv_async_event {
+    /// An event with a null element, to be filled by `ibv_get_async_event`.
+    pub(crate) fn empty() -> Self {
+        ibv_async_event {
+            element: ibv_async_event_element {
+                qp: std::ptr::null_mut(),
+            },
+            event_type: 0,
+        }
+    }
 }
 
 /// `union ibv_gid`: a 128-bit GID, in network byte order. The union's other
@@ -669,6 +731,48 @@ pub(crate) const IBV_LINK_LAYER_INFINIBAND: u8 = 1;
 /// `IBV_LINK_LAYER_ETHERNET` (RoCE: addressing needs a GRH).
 pub(crate) const IBV_LINK_LAYER_ETHERNET: u8 = 2;
 
+// enum ibv_event_type: `ibv_async_event::event_type`.
+/// `IBV_EVENT_CQ_ERR`: `element.cq`.
+pub(crate) const IBV_EVENT_CQ_ERR: c_uint = 0;
+/// `IBV_EVENT_QP_FATAL`: `element.qp`.
+pub(crate) const IBV_EVENT_QP_FATAL: c_uint = 1;
+/// `IBV_EVENT_QP_REQ_ERR`: `element.qp`.
+pub(crate) const IBV_EVENT_QP_REQ_ERR: c_uint = 2;
+/// `IBV_EVENT_QP_ACCESS_ERR`: `element.qp`.
+pub(crate) const IBV_EVENT_QP_ACCESS_ERR: c_uint = 3;
+/// `IBV_EVENT_COMM_EST`: `element.qp`.
+pub(crate) const IBV_EVENT_COMM_EST: c_uint = 4;
+/// `IBV_EVENT_SQ_DRAINED`: `element.qp`.
+pub(crate) const IBV_EVENT_SQ_DRAINED: c_uint = 5;
+/// `IBV_EVENT_PATH_MIG`: `element.qp`.
+pub(crate) const IBV_EVENT_PATH_MIG: c_uint = 6;
+/// `IBV_EVENT_PATH_MIG_ERR`: `element.qp`.
+pub(crate) const IBV_EVENT_PATH_MIG_ERR: c_uint = 7;
+/// `IBV_EVENT_DEVICE_FATAL`: no element.
+pub(crate) const IBV_EVENT_DEVICE_FATAL: c_uint = 8;
+/// `IBV_EVENT_PORT_ACTIVE`: `element.port_num`.
+pub(crate) const IBV_EVENT_PORT_ACTIVE: c_uint = 9;
+/// `IBV_EVENT_PORT_ERR`: `element.port_num`.
+pub(crate) const IBV_EVENT_PORT_ERR: c_uint = 10;
+/// `IBV_EVENT_LID_CHANGE`: `element.port_num`.
+pub(crate) const IBV_EVENT_LID_CHANGE: c_uint = 11;
+/// `IBV_EVENT_PKEY_CHANGE`: `element.port_num`.
+pub(crate) const IBV_EVENT_PKEY_CHANGE: c_uint = 12;
+/// `IBV_EVENT_SM_CHANGE`: `element.port_num`.
+pub(crate) const IBV_EVENT_SM_CHANGE: c_uint = 13;
+/// `IBV_EVENT_SRQ_ERR`: `element.srq`.
+pub(crate) const IBV_EVENT_SRQ_ERR: c_uint = 14;
+/// `IBV_EVENT_SRQ_LIMIT_REACHED`: `element.srq`.
+pub(crate) const IBV_EVENT_SRQ_LIMIT_REACHED: c_uint = 15;
+/// `IBV_EVENT_QP_LAST_WQE_REACHED`: `element.qp`.
+pub(crate) const IBV_EVENT_QP_LAST_WQE_REACHED: c_uint = 16;
+/// `IBV_EVENT_CLIENT_REREGISTER`: `element.port_num`.
+pub(crate) const IBV_EVENT_CLIENT_REREGISTER: c_uint = 17;
+/// `IBV_EVENT_GID_CHANGE`: `element.port_num`.
+pub(crate) const IBV_EVENT_GID_CHANGE: c_uint = 18;
+/// `IBV_EVENT_WQ_FATAL`: `element.wq`.
+pub(crate) const IBV_EVENT_WQ_FATAL: c_uint = 19;
+
 // enum mlx5dv_obj_type: the `obj_type` argument (a `uint64_t`).
 /// `MLX5DV_OBJ_QP`.
 pub(crate) const MLX5DV_OBJ_QP: u64 = 1 << 0;
@@ -844,6 +948,14 @@ verbs! {
     /// `int ibv_query_gid(struct ibv_context *context, uint8_t port_num, int
     /// index, union ibv_gid *gid)`: 0 or -1.
     ibverbs ibv_query_gid: unsafe extern "C" fn(context: *mut ibv_context, port_num: u8, index: c_int, gid: *mut ibv_gid) -> c_int;
+    /// `int ibv_get_async_event(struct ibv_context *context, struct
+    /// ibv_async_event *event)`: 0, or -1 with `errno` (`EAGAIN` when
+    /// `async_fd` is non-blocking and no event is queued). Every event got
+    /// must be given to `ibv_ack_async_event`.
+    ibverbs ibv_get_async_event: unsafe extern "C" fn(context: *mut ibv_context, event: *mut ibv_async_event) -> c_int;
+    /// `void ibv_ack_async_event(struct ibv_async_event *event)`: counts
+    /// the event as handled on its QP/CQ/SRQ, whose destroy waits for it.
+    ibverbs ibv_ack_async_event: unsafe extern "C" fn(event: *mut ibv_async_event);
     /// `int mlx5dv_init_obj(struct mlx5dv_obj *obj, uint64_t obj_type)`: 0
     /// or an errno value.
     mlx5 mlx5dv_init_obj: unsafe extern "C" fn(obj: *mut mlx5dv_obj, obj_type: u64) -> c_int;
@@ -944,6 +1056,8 @@ pub(crate) fn layout_table() -> Vec<(&'static str, usize)> {
     let mut t = Vec::new();
     layout! { t;
         ibv_gid { raw }
+        ibv_context { device, ops, cmd_fd, async_fd, num_comp_vectors, mutex, abi_compat }
+        ibv_async_event { element, event_type }
         ibv_pd { context, handle }
         ibv_mr { context, pd, addr, length, handle, lkey, rkey }
         ibv_srq_attr { max_wr, max_sge, srq_limit }
@@ -996,6 +1110,22 @@ pub(crate) fn layout_table() -> Vec<(&'static str, usize)> {
         )*};
     }
     obj_in!(qp, cq, srq, rwq, dm, ah, pd);
+    // The members of the anonymous `element` union (reading one is unsafe,
+    // so their sizes come from their types).
+    macro_rules! element {
+        ($($m:ident: $ty:ty),*) => {$(
+            t.push((
+                concat!("offsetof(ibv_async_event, element.", stringify!($m), ")"),
+                std::mem::offset_of!(ibv_async_event, element)
+                    + std::mem::offset_of!(ibv_async_event_element, $m),
+            ));
+            t.push((
+                concat!("sizeof(ibv_async_event.element.", stringify!($m), ")"),
+                size_of::<$ty>(),
+            ));
+        )*};
+    }
+    element!(cq: *mut ibv_cq, qp: *mut ibv_qp, srq: *mut ibv_srq, wq: *mut c_void, port_num: c_int);
     constants! { t;
         IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD,
         IBV_QPS_RESET, IBV_QPS_INIT, IBV_QPS_RTR, IBV_QPS_RTS, IBV_QPS_SQD, IBV_QPS_SQE,
@@ -1011,6 +1141,12 @@ pub(crate) fn layout_table() -> Vec<(&'static str, usize)> {
         IBV_PORT_NOP, IBV_PORT_DOWN, IBV_PORT_INIT, IBV_PORT_ARMED, IBV_PORT_ACTIVE,
         IBV_PORT_ACTIVE_DEFER,
         IBV_LINK_LAYER_UNSPECIFIED, IBV_LINK_LAYER_INFINIBAND, IBV_LINK_LAYER_ETHERNET,
+        IBV_EVENT_CQ_ERR, IBV_EVENT_QP_FATAL, IBV_EVENT_QP_REQ_ERR, IBV_EVENT_QP_ACCESS_ERR,
+        IBV_EVENT_COMM_EST, IBV_EVENT_SQ_DRAINED, IBV_EVENT_PATH_MIG, IBV_EVENT_PATH_MIG_ERR,
+        IBV_EVENT_DEVICE_FATAL, IBV_EVENT_PORT_ACTIVE, IBV_EVENT_PORT_ERR, IBV_EVENT_LID_CHANGE,
+        IBV_EVENT_PKEY_CHANGE, IBV_EVENT_SM_CHANGE, IBV_EVENT_SRQ_ERR,
+        IBV_EVENT_SRQ_LIMIT_REACHED, IBV_EVENT_QP_LAST_WQE_REACHED, IBV_EVENT_CLIENT_REREGISTER,
+        IBV_EVENT_GID_CHANGE, IBV_EVENT_WQ_FATAL,
         MLX5DV_OBJ_QP, MLX5DV_OBJ_CQ, MLX5DV_OBJ_SRQ,
         MLX5DV_QP_MASK_UAR_MMAP_OFFSET, MLX5DV_QP_MASK_RAW_QP_HANDLES,
         MLX5DV_QP_MASK_RAW_QP_TIR_ADDR, MLX5DV_SRQ_MASK_SRQN,
@@ -1102,7 +1238,7 @@ mod tests {
             return;
         };
         let addresses = verbs.addresses();
-        assert_eq!(addresses.len(), 21);
+        assert_eq!(addresses.len(), 23);
         for (soname, name, addr) in addresses {
             let version = match name {
                 "mlx5dv_init_obj" => c"MLX5_1.2",

@@ -1,10 +1,13 @@
 //! The rdma-core backend: mlx5 hardware driven through direct verbs, for the
 //! control path only (UNVERIFIED ON HARDWARE, see the crate README).
 
+mod async_event;
 mod device;
+mod doorbell;
 pub(crate) mod ffi;
 
-pub(crate) use device::{Cq, Device, Mr, Pd, Qp, Srq, ring_bf};
+pub(crate) use device::{Cq, Device, Mr, Pd, Qp, Srq};
+pub(crate) use doorbell::BlueFlame;
 
 /// Size, alignment, field offset and field size of every rdma-core struct
 /// the backend declares, and the value of every constant, keyed as

@@ -32,6 +32,24 @@ int main(void)
 	TYPE(union, ibv_gid);
 	FIELD(union, ibv_gid, raw);
 
+	S(ibv_context);
+	SF(ibv_context, device);
+	SF(ibv_context, ops);
+	SF(ibv_context, cmd_fd);
+	SF(ibv_context, async_fd);
+	SF(ibv_context, num_comp_vectors);
+	SF(ibv_context, mutex);
+	SF(ibv_context, abi_compat);
+
+	S(ibv_async_event);
+	SF(ibv_async_event, element);
+	SF(ibv_async_event, element.cq);
+	SF(ibv_async_event, element.qp);
+	SF(ibv_async_event, element.srq);
+	SF(ibv_async_event, element.wq);
+	SF(ibv_async_event, element.port_num);
+	SF(ibv_async_event, event_type);
+
 	S(ibv_pd);
 	SF(ibv_pd, context);
 	SF(ibv_pd, handle);
@@ -294,6 +312,27 @@ int main(void)
 	CONST(IBV_LINK_LAYER_UNSPECIFIED);
 	CONST(IBV_LINK_LAYER_INFINIBAND);
 	CONST(IBV_LINK_LAYER_ETHERNET);
+
+	CONST(IBV_EVENT_CQ_ERR);
+	CONST(IBV_EVENT_QP_FATAL);
+	CONST(IBV_EVENT_QP_REQ_ERR);
+	CONST(IBV_EVENT_QP_ACCESS_ERR);
+	CONST(IBV_EVENT_COMM_EST);
+	CONST(IBV_EVENT_SQ_DRAINED);
+	CONST(IBV_EVENT_PATH_MIG);
+	CONST(IBV_EVENT_PATH_MIG_ERR);
+	CONST(IBV_EVENT_DEVICE_FATAL);
+	CONST(IBV_EVENT_PORT_ACTIVE);
+	CONST(IBV_EVENT_PORT_ERR);
+	CONST(IBV_EVENT_LID_CHANGE);
+	CONST(IBV_EVENT_PKEY_CHANGE);
+	CONST(IBV_EVENT_SM_CHANGE);
+	CONST(IBV_EVENT_SRQ_ERR);
+	CONST(IBV_EVENT_SRQ_LIMIT_REACHED);
+	CONST(IBV_EVENT_QP_LAST_WQE_REACHED);
+	CONST(IBV_EVENT_CLIENT_REREGISTER);
+	CONST(IBV_EVENT_GID_CHANGE);
+	CONST(IBV_EVENT_WQ_FATAL);
 
 	CONST(MLX5DV_OBJ_QP);
 	CONST(MLX5DV_OBJ_CQ);
