@@ -16,6 +16,15 @@ echo "== mlx5 examples (software device)"
 MLX5_DEVICE=soft cargo run -q -p mlx5 --example verbs_tour >/dev/null
 MLX5_DEVICE=soft cargo run -q -p mlx5 --example pingpong -- 2000
 
+echo "== copyrpc example: two processes"
+cargo build -q --release -p copyrpc --example pingpong
+PP_DIR="$(mktemp -d)"
+MLX5_DEVICE=soft:manual timeout 60 target/release/examples/pingpong serve --dir "$PP_DIR" &
+PP_SERVER=$!
+MLX5_DEVICE=soft:manual timeout 60 target/release/examples/pingpong call 2000 --dir "$PP_DIR"
+wait "$PP_SERVER"
+rm -rf "$PP_DIR"
+
 echo "== loom models (ipc)"
 # A separate target dir: --cfg ipc_loom rebuilds everything.
 RUSTFLAGS="--cfg ipc_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \

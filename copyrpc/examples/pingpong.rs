@@ -4,9 +4,13 @@
 //! on a NIC set `MLX5_DEVICE=mlx5_0` and run them on two hosts):
 //!
 //! ```text
-//! cargo run --release -p copyrpc --example pingpong -- serve
-//! cargo run --release -p copyrpc --example pingpong -- call 100000
+//! MLX5_DEVICE=soft:manual cargo run --release -p copyrpc --example pingpong -- serve
+//! MLX5_DEVICE=soft:manual cargo run --release -p copyrpc --example pingpong -- call 100000
 //! ```
+//!
+//! (`soft:manual`: each process's one thread steps its software device in
+//! `poll`. With background progress each process adds a progress thread,
+//! and on a 2-core machine four busy threads share two cores.)
 //!
 //! Each prints its endpoint info as one hex line and waits for the other's
 //! on stdin: paste each line into the other terminal. With `--dir DIR`

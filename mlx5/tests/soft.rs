@@ -875,6 +875,54 @@ fn cqes_carry_the_solicited_bit_and_a_failed_wqes_opcode() {
 }
 
 #[test]
+fn a_responder_not_yet_connected_is_retried_as_a_nic_retransmits() {
+    let (ca, cb) = (
+        Context::soft(Progress::Manual),
+        Context::soft(Progress::Manual),
+    );
+    let mut a = end(&ca, QpCaps::default(), 64, 4096, Access::ALL);
+    let mut b = end(&cb, QpCaps::default(), 64, 4096, Access::ALL);
+    let o = ConnectOpts {
+        retry_cnt: 3,
+        ..ConnectOpts::default()
+    };
+    let (ia, ib) = (a.qp.local_info(&o).unwrap(), b.qp.local_info(&o).unwrap());
+    a.qp.connect(&ib, &o).unwrap();
+    // b is still in RESET: its NIC drops the request, a retransmits.
+    a.qp.post_and_ring(&Write::inline(b.mr.remote(0), b"late").signaled())
+        .unwrap();
+    // Manual progress: one try per pass; retry_cnt 3 allows four.
+    for attempt in 0..3 {
+        ca.progress().unwrap();
+        assert_eq!(a.cq.poll(8, |_| {}).unwrap(), 0, "attempt {attempt}");
+        assert_eq!(a.qp.state(), QpState::Rts);
+    }
+    b.qp.connect(&ia, &o).unwrap();
+    assert_eq!(a.expect(1)[0].status(), Ok(()));
+    assert_eq!(read(&b, 0, 4), b"late");
+
+    // A responder that never comes: retry_cnt retransmissions, then
+    // TransportRetryExceeded.
+    let mut c = end(&cb, QpCaps::default(), 64, 4096, Access::ALL);
+    let mut d = end(&ca, QpCaps::default(), 64, 4096, Access::ALL);
+    d.qp.connect(&c.qp.local_info(&o).unwrap(), &o).unwrap();
+    d.qp.post_and_ring(&Write::inline(c.mr.remote(0), b"x").signaled())
+        .unwrap();
+    for attempt in 0..3 {
+        ca.progress().unwrap();
+        assert_eq!(d.cq.poll(8, |_| {}).unwrap(), 0, "attempt {attempt}");
+    }
+    ca.progress().unwrap();
+    let mut got = None;
+    d.cq.poll(8, |x| got = Some(*x)).unwrap();
+    assert_eq!(
+        got.expect("a completion after the last try").syndrome,
+        Some(Syndrome::TransportRetryExceeded)
+    );
+    let _ = c.drain();
+}
+
+#[test]
 fn peer_gone_is_transport_retry_exceeded() {
     let (mut a, b) = pair(Progress::Manual);
     drop(b);

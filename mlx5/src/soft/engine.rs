@@ -114,6 +114,12 @@ pub(crate) enum Response {
     /// Not the sequence number the responder expects (a request sent after
     /// one that was RNR NAKed): ignored, the requester resends it.
     OutOfSequence,
+    /// Dropped without an answer, as a NIC drops a packet for a QP that
+    /// does not exist, is not in RTR/RTS, or is connected to another QP:
+    /// the requester resends after its ACK timeout, `retry_cnt` times, then
+    /// completes with `TransportRetryExceeded` (so a peer still connecting
+    /// is waited for, as on hardware).
+    NoAnswer,
 }
 
 /// The requester-side bookkeeping of a WQE in flight.
@@ -975,7 +981,7 @@ pub(crate) fn respond_locked(
     out: &mut Vec<u8>,
 ) -> Response {
     let Some(qp) = s.qp(req.dst_qpn) else {
-        return Response::Nak(Syndrome::TransportRetryExceeded);
+        return Response::NoAnswer;
     };
     if !matches!(qp.state, QpState::Rtr | QpState::Rts)
         || !qp
@@ -983,13 +989,13 @@ pub(crate) fn respond_locked(
             .as_ref()
             .is_some_and(|p| p.addr == req.src && p.qpn == req.src_qpn)
     {
-        return Response::Nak(Syndrome::TransportRetryExceeded);
+        return Response::NoAnswer;
     }
     if req.psn != qp.epsn {
         return Response::OutOfSequence;
     }
     let r = execute(s, req, payload, out);
-    if !matches!(r, Response::Rnr { .. })
+    if !matches!(r, Response::Rnr { .. } | Response::NoAnswer)
         && let Some(qp) = s.qp(req.dst_qpn)
     {
         qp.epsn = qp.epsn.wrapping_add(1);
@@ -1231,10 +1237,28 @@ fn complete(
             }
             false
         }
+        Response::NoAnswer => {
+            let (limit, wait) = (qp.retry_cnt, qp.ack_timeout);
+            let r = qp.rnr.get_or_insert(super::Rnr {
+                attempts: 0,
+                lost: 0,
+                next: Instant::now(),
+            });
+            r.lost += 1;
+            if r.lost > u32::from(limit) {
+                fail(s, qpn, f.index, f.wqebbs, Syndrome::TransportRetryExceeded);
+                return false;
+            }
+            r.next = Instant::now() + wait;
+            let next = r.next;
+            min_timer(next_timer, next);
+            true
+        }
         Response::Rnr { timer } => {
             let limit = qp.rnr_retry;
             let r = qp.rnr.get_or_insert(super::Rnr {
                 attempts: 0,
+                lost: 0,
                 next: Instant::now(),
             });
             r.attempts += 1;

@@ -35,8 +35,9 @@
 //! event for its owner (IBA class C); a receive WQE too small → `LocalLength` at the responder
 //! and `RemoteInvalRequest` at the requester, both QPs in error; no receive
 //! WQE → RNR NAK, retried after the responder's `min_rnr_timer`, then
-//! `RnrRetryExceeded`; a peer QP that is gone, not connected back, or not in
-//! RTR/RTS → `TransportRetryExceeded` at once; a link that closes or stays
+//! `RnrRetryExceeded`; a peer QP that is unknown, not connected back, or
+//! not in RTR/RTS drops the request unanswered: resent after the ACK
+//! timeout, `retry_cnt` times, then `TransportRetryExceeded`; a link that closes or stays
 //! silent past the ACK timeout with requests outstanding →
 //! `TransportRetryExceeded` for the oldest WQE in flight. After an
 //! error every later WQE of the QP, and every posted receive of its RQ,
@@ -261,8 +262,14 @@ pub(crate) struct Peer {
     pub(crate) qpn: u32,
 }
 
+/// A QP waiting to resend its oldest WQE: after an RNR NAK, or after a
+/// request the responder dropped without an answer (a lost packet, as far
+/// as the requester can tell).
 pub(crate) struct Rnr {
+    /// RNR NAKs of the WQE so far (against `rnr_retry`).
     pub(crate) attempts: u32,
+    /// Unanswered sends of the WQE so far (against `retry_cnt`).
+    pub(crate) lost: u32,
     pub(crate) next: Instant,
 }
 
@@ -288,6 +295,9 @@ pub(crate) struct SoftQp {
     pub(crate) peer: Option<Peer>,
     pub(crate) min_rnr_timer: u8,
     pub(crate) rnr_retry: u8,
+    /// Transport retries and the local ACK timeout of one try (RTS).
+    pub(crate) retry_cnt: u8,
+    pub(crate) ack_timeout: Duration,
     pub(crate) rnr: Option<Rnr>,
     /// WQEBB position sent up to (ahead of `sq_ci` while requests to a
     /// remote device are in flight).
@@ -816,6 +826,8 @@ impl Device {
             peer: None,
             min_rnr_timer: 0,
             rnr_retry: 0,
+            retry_cnt: 7,
+            ack_timeout: net::ack_budget(14, 0),
             rnr: None,
             sq_sent: 0,
             psn: 0,
@@ -867,7 +879,11 @@ impl Device {
                 qp.min_rnr_timer = opts.min_rnr_timer.min(31);
                 qp.epsn = 0;
             }
-            QpState::Rts => qp.rnr_retry = opts.rnr_retry.min(7),
+            QpState::Rts => {
+                qp.rnr_retry = opts.rnr_retry.min(7);
+                qp.retry_cnt = opts.retry_cnt.min(7);
+                qp.ack_timeout = net::ack_budget(opts.timeout, 0);
+            }
             QpState::Error => {}
             QpState::Reset => {
                 qp.sq_ci = 0;

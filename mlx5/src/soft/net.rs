@@ -34,7 +34,8 @@
 //!   address u64, length u32, immediate u32, swap/add u64, compare u64
 //!   (56 bytes), then the payload (WRITE and SEND only; `length` bytes).
 //! * `RESP` (4): requester QPN u32, epoch u32, PSN u32, status u8 (0 ACK,
-//!   1 RNR NAK, 2 NAK, 3 out of sequence), argument u8 (RNR timer or
+//!   1 RNR NAK, 2 NAK, 3 out of sequence, 4 no answer: the target QP
+//!   dropped it as a NIC drops a packet it cannot take), argument u8 (RNR timer or
 //!   syndrome), 2 zero bytes, atomic original value u64, data length u32,
 //!   0 u32 (32 bytes), then the READ data.
 //!
@@ -323,6 +324,7 @@ pub(crate) fn finish_resp(tx: &mut [u8], at: usize, req: &Request, epoch: u32, r
         Response::Rnr { timer } => (1, timer, 0),
         Response::Nak(s) => (2, s.code(), 0),
         Response::OutOfSequence => (3, 0, 0),
+        Response::NoAnswer => (4, 0, 0),
     };
     b[12] = status;
     b[13] = arg;
@@ -356,6 +358,7 @@ pub(crate) fn get_resp(body: &[u8]) -> Result<Resp<'_>, &'static str> {
         1 => Response::Rnr { timer: body[13] },
         2 => Response::Nak(Syndrome::from_code(body[13])),
         3 => Response::OutOfSequence,
+        4 => Response::NoAnswer,
         _ => return Err("unknown RESP status"),
     };
     Ok(Resp {
