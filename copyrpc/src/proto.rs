@@ -574,7 +574,7 @@ impl Conn {
 
     /// A batch of `imm` bytes arrived in the receive ring `ring`: validates
     /// and parses its header. Its messages are then read with
-    /// [`Conn::message`]; the batch stays unconsumed until every request
+    /// [`Conn::messages`]; the batch stays unconsumed until every request
     /// in it was released ([`Conn::release`]).
     pub fn on_batch<R: Ring + ?Sized>(&mut self, ring: &R, imm: u32) -> Result<Parsed, ProtoError> {
         let len = u64::from(imm);
