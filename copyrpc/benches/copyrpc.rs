@@ -245,7 +245,10 @@ impl Raw {
                 replies.clear();
                 b.echo(back, &mut replies);
             }
-            assert!(Instant::now() < deadline, "raw rate stalled at {done}/{iters}");
+            assert!(
+                Instant::now() < deadline,
+                "raw rate stalled at {done}/{iters}"
+            );
         }
         let el = t.elapsed();
         if let RawFar::Helper(h, _) = &mut self.far {
@@ -305,7 +308,7 @@ fn config(depth: u32) -> Config {
 }
 
 enum RpcFar {
-    Local(Context<()>),
+    Local(Box<Context<()>>),
     Helper(Helper),
 }
 
@@ -342,7 +345,7 @@ impl Rpc {
         Rpc {
             near: a,
             eps,
-            far: RpcFar::Local(b),
+            far: RpcFar::Local(Box::new(b)),
             depth,
             eager,
         }
@@ -399,11 +402,16 @@ impl Rpc {
             if let RpcFar::Local(b) = &mut self.far {
                 serve(b, &mut stop);
             }
-            assert!(Instant::now() < deadline, "copyrpc rate stalled at {done}/{iters}");
+            assert!(
+                Instant::now() < deadline,
+                "copyrpc rate stalled at {done}/{iters}"
+            );
         }
         let el = t.elapsed();
         if let RpcFar::Helper(h) = &mut self.far {
-            self.near.call(self.eps[0], b"stop", u64::MAX).expect("stop");
+            self.near
+                .call(self.eps[0], b"stop", u64::MAX)
+                .expect("stop");
             let mut back = false;
             while !back {
                 self.near.poll(|_, _| back = true).expect("poll");
@@ -429,7 +437,8 @@ fn copyrpc_echo_role(args: &[String]) {
     let mut lines = std::io::stdin().lock().lines();
     let line = lines.next().unwrap().unwrap();
     for (&ep, hx) in eps.iter().zip(line.split_whitespace()) {
-        ctx.connect(ep, &EndpointInfo::from_hex(hx).unwrap()).unwrap();
+        ctx.connect(ep, &EndpointInfo::from_hex(hx).unwrap())
+            .unwrap();
     }
     println!("connected");
     for line in lines {
@@ -549,7 +558,9 @@ fn main() {
     let mut out = m.preamble("copyrpc");
     out += "| figure | median | per operation | copyrpc ÷ raw | note |\n|---|---|---|---|---|\n";
     let raw_of = |id: &str| -> Option<f64> {
-        let raw = id.replace("-copyrpc", "-raw").replace("-raw-8x256-eager", "-raw-8x256");
+        let raw = id
+            .replace("-copyrpc", "-raw")
+            .replace("-raw-8x256-eager", "-raw-8x256");
         (raw != id).then(|| m.get(&raw)).flatten().map(|f| f.ns)
     };
     for f in &m.figures {
@@ -571,7 +582,10 @@ fn main() {
         } else {
             "32-byte calls and replies"
         };
-        out += &format!("| {} | {value} | {:.0} ns | {ratio} | {note} |\n", f.id, f.ns);
+        out += &format!(
+            "| {} | {value} | {:.0} ns | {ratio} | {note} |\n",
+            f.id, f.ns
+        );
     }
     let t = |a: &str, b: &str| m.ns(a) / m.ns(b);
     let pp_in = t("pingpong/inproc-copyrpc", "pingpong/inproc-raw");

@@ -46,6 +46,11 @@ pub struct Config {
     pub call_timeout: Option<Duration>,
     /// QP attributes for connecting.
     pub connect: ConnectOpts,
+    /// On a software device with manual progress, step it once in every
+    /// [`Context::poll`] (the default). Off, the caller steps the device
+    /// itself (as the instruction-count example does, to leave the
+    /// device's work out of copyrpc's count).
+    pub step_manual_device: bool,
 }
 
 impl Default for Config {
@@ -58,6 +63,7 @@ impl Default for Config {
             inline_max: 128,
             call_timeout: Some(Duration::from_secs(10)),
             connect: ConnectOpts::default(),
+            step_manual_device: true,
         }
     }
 }
@@ -301,7 +307,7 @@ impl<U> Context<U> {
             srq.post_recv(&[])?;
         }
         Ok(Context {
-            step_device: dev.progress_mode() == Some(Progress::Manual),
+            step_device: cfg.step_manual_device && dev.progress_mode() == Some(Progress::Manual),
             dev: dev.clone(),
             pd,
             cq,
@@ -448,26 +454,25 @@ impl<U> Context<U> {
         if e.peer.is_none() {
             return refuse(CallErrorKind::NotConnected, user_data);
         }
-        if let Err(a) = e.conn.can_call(payload.len()) {
+        let Some(&idx) = e.free.last() else {
+            return refuse(CallErrorKind::NoRoom, user_data);
+        };
+        let slot = &mut e.slots[idx as usize];
+        let id = (u32::from(slot.0.wrapping_add(1)) << 16) | u32::from(idx);
+        let mut ring = e.send_ring();
+        // Admission (room for the request and its reply) and the write, in
+        // one: nothing is written when it refuses.
+        if let Err(a) = e.conn.call(&mut ring, id, payload) {
             let kind = match a {
                 AppendError::TooLarge { len, max } => CallErrorKind::TooLarge { len, max },
                 _ => CallErrorKind::NoRoom,
             };
             return refuse(kind, user_data);
         }
-        let Some(idx) = e.free.pop() else {
-            return refuse(CallErrorKind::NoRoom, user_data);
-        };
+        e.free.pop();
         let slot = &mut e.slots[idx as usize];
         slot.0 = slot.0.wrapping_add(1);
-        let id = (u32::from(slot.0) << 16) | u32::from(idx);
-        let mut ring = e.send_ring();
-        if e.conn.call(&mut ring, id, payload).is_err() {
-            // can_call said yes a moment ago; nothing was written.
-            e.free.push(idx);
-            return refuse(CallErrorKind::NoRoom, user_data);
-        }
-        e.slots[idx as usize].1 = Slot::Waiting(user_data);
+        slot.1 = Slot::Waiting(user_data);
         if let Some(t) = timeout {
             e.deadlines.push_back((id, Instant::now() + t));
         }

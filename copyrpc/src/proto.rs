@@ -495,7 +495,10 @@ impl Conn {
         out[4..8].copy_from_slice(&len_word.to_le_bytes());
         let body = MSG_HEADER as usize;
         out[body..body + payload.len()].copy_from_slice(payload);
-        out[body + payload.len()..].fill(0);
+        if body + payload.len() < out.len() {
+            // Padding (up to 7 bytes): not worth a memset call when none.
+            out[body + payload.len()..].fill(0);
+        }
         let b = self.open.as_mut().expect("opened above");
         b.len += wire;
         b.count += 1;
