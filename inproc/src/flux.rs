@@ -37,7 +37,7 @@
 //! server.join().unwrap();
 //! ```
 
-use crate::error::TryRecvError;
+use crate::error::{CapacityError, TryRecvError};
 use crate::rpc::{self, CallError, Caller, ReplyToken, Responder};
 use crate::{Transport, TrySendError};
 
@@ -85,10 +85,33 @@ pub struct FluxNode<T: Transport, Req: Send, Resp: Send, U> {
 }
 
 /// Builds a mesh of `n` nodes; move node `i` to thread `i`.
+///
+/// # Panics
+///
+/// When [`try_mesh`] refuses `cfg`, with a message naming the sizes and the
+/// reason.
+#[track_caller]
 pub fn mesh<T: Transport, Req: Send, Resp: Send, U>(
     n: usize,
     cfg: FluxConfig,
 ) -> Vec<FluxNode<T, Req, Resp, U>> {
+    match try_mesh(n, cfg) {
+        Ok(nodes) => nodes,
+        Err(e) => panic!(
+            "flux::mesh({n}, capacity {}, max_in_flight {}) over {}: {e}",
+            cfg.capacity,
+            cfg.max_in_flight,
+            T::NAME
+        ),
+    }
+}
+
+/// Like [`mesh`], or why a pair's queues cannot be made with `cfg`
+/// ([`rpc::try_pair`]).
+pub fn try_mesh<T: Transport, Req: Send, Resp: Send, U>(
+    n: usize,
+    cfg: FluxConfig,
+) -> Result<Vec<FluxNode<T, Req, Resp, U>>, CapacityError> {
     let mut nodes: Vec<FluxNode<T, Req, Resp, U>> = (0..n)
         .map(|id| FluxNode {
             id,
@@ -101,13 +124,13 @@ pub fn mesh<T: Transport, Req: Send, Resp: Send, U>(
         for j in 0..n {
             if i != j {
                 let (caller, responder) =
-                    rpc::pair::<T, Req, Resp, U>(cfg.capacity, cfg.max_in_flight);
+                    rpc::try_pair::<T, Req, Resp, U>(cfg.capacity, cfg.max_in_flight)?;
                 nodes[i].callers[j] = Some(caller);
                 nodes[j].responders[i] = Some(responder);
             }
         }
     }
-    nodes
+    Ok(nodes)
 }
 
 /// A request taken by [`FluxNode::try_recv`].

@@ -16,6 +16,12 @@
 //! by the other as `Disconnected`. The waiting operations (`send`, `recv`)
 //! spin with backoff and then park, so a waiting thread can sleep.
 //!
+//! A capacity that cannot be honoured (its power-of-two ring does not fit
+//! in memory, or in `usize` at all) is refused by
+//! [`Transport::try_channel`] with a [`CapacityError`];
+//! [`Transport::channel`] panics with that error's message instead, in
+//! debug and release builds alike.
+//!
 //! ```
 //! use inproc::{FastForward, Receiver, Sender, Transport};
 //!
@@ -56,8 +62,8 @@ mod transport;
 #[cfg(all(test, inproc_loom))]
 mod loom_tests;
 
-pub use error::{Disconnected, TryRecvError, TrySendError};
+pub use error::{CapacityError, Disconnected, TryRecvError, TrySendError};
 pub use fastforward::{FastForward, FfConsumer, FfProducer};
 pub use lamport::{Lamport, LamportConsumer, LamportProducer};
 pub use onesided::{Onesided, OnesidedConsumer, OnesidedProducer};
-pub use transport::{Receiver, Sender, Transport};
+pub use transport::{Channel, Receiver, Sender, Transport};

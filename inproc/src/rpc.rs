@@ -11,7 +11,8 @@
 //! holds at least `max_in_flight` values, so every admitted call's reply
 //! has a slot waiting for it.
 
-use crate::error::{Disconnected, TryRecvError, TrySendError};
+use crate::error::{CapacityError, Disconnected, TryRecvError, TrySendError};
+use crate::shared::new_slots;
 use crate::{Receiver, Sender, Transport};
 
 /// Call id marking a one-way message (no reply expected).
@@ -93,23 +94,64 @@ impl Pace {
 /// Both ends of one call/reply channel.
 pub type Pair<T, Req, Resp, U> = (Caller<T, Req, Resp, U>, Responder<T, Req, Resp>);
 
+/// Most calls a caller may have outstanding: one call id each, in `u32`,
+/// with one id reserved for notifications.
+pub const MAX_IN_FLIGHT: usize = NOTIFY as usize;
+
 /// A connected caller/responder pair: up to `max_in_flight` calls
-/// outstanding, request queue of `capacity` (at least `max_in_flight`).
+/// outstanding (at least 1), request queue of `capacity` (at least
+/// `max_in_flight`).
+///
+/// # Panics
+///
+/// When [`try_pair`] refuses the sizes, with a message naming them and the
+/// reason.
+#[track_caller]
 pub fn pair<T: Transport, Req: Send, Resp: Send, U>(
     capacity: usize,
     max_in_flight: usize,
 ) -> Pair<T, Req, Resp, U> {
-    let max_in_flight = max_in_flight.clamp(1, NOTIFY as usize);
-    let (req_tx, req_rx) = T::channel(capacity.max(max_in_flight));
-    let (resp_tx, resp_rx) = T::channel(max_in_flight);
+    match try_pair(capacity, max_in_flight) {
+        Ok(pair) => pair,
+        Err(e) => panic!(
+            "rpc::pair({capacity}, {max_in_flight}) over {}: {e}",
+            T::NAME
+        ),
+    }
+}
+
+/// Like [`pair`], or why it cannot be made: `max_in_flight` above
+/// [`MAX_IN_FLIGHT`], or a queue or the call table refused
+/// ([`Transport::try_channel`]).
+pub fn try_pair<T: Transport, Req: Send, Resp: Send, U>(
+    capacity: usize,
+    max_in_flight: usize,
+) -> Result<Pair<T, Req, Resp, U>, CapacityError> {
+    if max_in_flight > MAX_IN_FLIGHT {
+        return Err(CapacityError::TooManyInFlight {
+            requested: max_in_flight,
+            max: MAX_IN_FLIGHT,
+        });
+    }
+    let max_in_flight = max_in_flight.max(1);
+    let (req_tx, req_rx) = T::try_channel(capacity.max(max_in_flight))?;
+    let (resp_tx, resp_rx) = T::try_channel(max_in_flight)?;
+    let calls = new_slots(max_in_flight, max_in_flight, || None)?;
+    // Ids handed out lowest first: the free list is a stack.
+    let mut next = max_in_flight as u32;
+    let free = new_slots(max_in_flight, max_in_flight, || {
+        next -= 1;
+        next
+    })?
+    .into_vec();
     let req_size = req_tx.capacity();
     let resp_size = resp_tx.capacity();
-    (
+    Ok((
         Caller {
             req: req_tx,
             resp: resp_rx,
-            calls: (0..max_in_flight).map(|_| None).collect(),
-            free: (0..max_in_flight as u32).rev().collect(),
+            calls,
+            free,
             pace: Pace::new(req_size),
         },
         Responder {
@@ -118,7 +160,7 @@ pub fn pair<T: Transport, Req: Send, Resp: Send, U>(
             sync_pace: Pace::new(req_size),
             reply_pace: Pace::new(resp_size),
         },
-    )
+    ))
 }
 
 impl<T: Transport, Req: Send, Resp: Send, U> Caller<T, Req, Resp, U> {
