@@ -12,6 +12,12 @@
 //! and a node that is never idle still publishes (and returns request
 //! slots) every quarter of a queue, so it cannot hold its peers up.
 //!
+//! A call can be answered later: [`Incoming::defer`] gives a
+//! [`DeferredReply`] that belongs to the node that took the call (only its
+//! queue leads back to the caller); [`FluxNode::reply`] on any other node,
+//! of this mesh or another, refuses it with [`ReplyError::WrongNode`] and
+//! hands back both the response and the `DeferredReply`.
+//!
 //! ```
 //! use inproc::flux::{self, FluxConfig};
 //! use inproc::Onesided;
@@ -37,7 +43,9 @@
 //! server.join().unwrap();
 //! ```
 
-use crate::error::{CapacityError, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{CapacityError, Disconnected, TryRecvError};
 use crate::rpc::{self, CallError, Caller, ReplyToken, Responder};
 use crate::{Transport, TrySendError};
 
@@ -76,8 +84,27 @@ pub enum FluxError<V> {
     NotACall(V),
 }
 
+/// Why [`FluxNode::reply`] did not answer; the response comes back, and the
+/// [`DeferredReply`] too while it can still be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError<Resp> {
+    /// The call was taken by another node (of this mesh or of another one):
+    /// answer it through node [`DeferredReply::node`] of its mesh.
+    #[error("the deferred call was taken by another node (node {} of its mesh); answer it there", .1.node())]
+    WrongNode(Resp, DeferredReply),
+    /// The calling node was dropped.
+    #[error("caller disconnected")]
+    Disconnected(Resp),
+}
+
+/// Hands each mesh a number of its own, so that a [`DeferredReply`] can be
+/// checked against the node it is given to.
+static MESHES: AtomicU64 = AtomicU64::new(0);
+
 /// One thread's handle on the mesh.
 pub struct FluxNode<T: Transport, Req: Send, Resp: Send, U> {
+    /// This node's mesh (from `MESHES`).
+    mesh: u64,
     id: usize,
     callers: Vec<Option<Caller<T, Req, Resp, U>>>,
     responders: Vec<Option<Responder<T, Req, Resp>>>,
@@ -112,8 +139,12 @@ pub fn try_mesh<T: Transport, Req: Send, Resp: Send, U>(
     n: usize,
     cfg: FluxConfig,
 ) -> Result<Vec<FluxNode<T, Req, Resp, U>>, CapacityError> {
+    // Relaxed: only uniqueness matters, and every read-modify-write of one
+    // atomic sees a value of its own, whatever the ordering.
+    let mesh = MESHES.fetch_add(1, Ordering::Relaxed);
     let mut nodes: Vec<FluxNode<T, Req, Resp, U>> = (0..n)
         .map(|id| FluxNode {
+            mesh,
             id,
             callers: (0..n).map(|_| None).collect(),
             responders: (0..n).map(|_| None).collect(),
@@ -142,10 +173,16 @@ pub struct Incoming<'a, T: Transport, Req: Send, Resp: Send, U> {
     data: Req,
 }
 
-/// A call whose answer was deferred; give it to [`FluxNode::reply`].
+/// A call whose answer was deferred; give it to [`FluxNode::reply`] of the
+/// node that took the call (see [`node`](Self::node)): any other node
+/// refuses it and hands it back.
 #[must_use = "an unanswered call never completes at the caller"]
 #[derive(Debug)]
 pub struct DeferredReply {
+    /// The mesh and node that took the call: only that node's response
+    /// queue towards `to` leads back to the caller.
+    mesh: u64,
+    node: usize,
     to: usize,
     token: ReplyToken,
 }
@@ -154,6 +191,11 @@ impl DeferredReply {
     /// The node that made the call.
     pub fn to(&self) -> usize {
         self.to
+    }
+
+    /// The node that took the call, the only one that can answer it.
+    pub fn node(&self) -> usize {
+        self.node
     }
 }
 
@@ -177,23 +219,25 @@ impl<T: Transport, Req: Send, Resp: Send, U> Incoming<'_, T, Req, Resp, U> {
     pub fn reply(self, resp: Resp) -> Result<(), FluxError<Resp>> {
         match self.token {
             None => Err(FluxError::NotACall(resp)),
-            Some(token) => self.node.reply(
-                DeferredReply {
-                    to: self.from,
-                    token,
-                },
-                resp,
-            ),
+            Some(token) => self
+                .node
+                .answer(self.from, token, resp)
+                .map_err(|Disconnected(r)| FluxError::Disconnected(r)),
         }
     }
 
     /// Keeps the message and, for a call, a handle to answer it later with
-    /// [`FluxNode::reply`].
+    /// [`FluxNode::reply`] on this same node.
     pub fn defer(self) -> (Req, Option<DeferredReply>) {
-        let from = self.from;
+        let (mesh, node, to) = (self.node.mesh, self.node.id, self.from);
         (
             self.data,
-            self.token.map(|token| DeferredReply { to: from, token }),
+            self.token.map(|token| DeferredReply {
+                mesh,
+                node,
+                to,
+                token,
+            }),
         )
     }
 }
@@ -239,15 +283,31 @@ impl<T: Transport, Req: Send, Resp: Send, U> FluxNode<T, Req, Resp, U> {
         })
     }
 
-    /// Answers a deferred call.
+    /// Answers a deferred call. Only the node that took the call can: any
+    /// other node (of this mesh or another) refuses it with
+    /// [`ReplyError::WrongNode`], handing back the response and the
+    /// `DeferredReply` to give to the right node.
     #[inline]
-    pub fn reply(&mut self, d: DeferredReply, resp: Resp) -> Result<(), FluxError<Resp>> {
-        let Some(responder) = self.responders.get_mut(d.to).and_then(Option::as_mut) else {
-            return Err(FluxError::InvalidPeer(resp));
-        };
-        responder
-            .reply(d.token, resp)
-            .map_err(|e| FluxError::Disconnected(e.0))
+    pub fn reply(&mut self, d: DeferredReply, resp: Resp) -> Result<(), ReplyError<Resp>> {
+        if d.mesh != self.mesh || d.node != self.id {
+            return Err(ReplyError::WrongNode(resp, d));
+        }
+        self.answer(d.to, d.token, resp)
+            .map_err(|Disconnected(r)| ReplyError::Disconnected(r))
+    }
+
+    /// Sends the reply to a call this node took from `to`.
+    #[inline]
+    fn answer(
+        &mut self,
+        to: usize,
+        token: ReplyToken,
+        resp: Resp,
+    ) -> Result<(), Disconnected<Resp>> {
+        self.responders[to]
+            .as_mut()
+            .expect("a call this node took came from one of its peers")
+            .reply(token, resp)
     }
 
     /// Publishes every pending call, notification and reply.

@@ -1,7 +1,7 @@
 //! Flux and call/reply: all-to-all stress on real threads for every
 //! transport, out-of-order deferred replies, and every error.
 
-use inproc::flux::{self, FluxConfig, FluxError, FluxNode};
+use inproc::flux::{self, FluxConfig, FluxError, FluxNode, ReplyError};
 use inproc::rpc::{self, CallError};
 use inproc::{FastForward, Lamport, Onesided, Transport};
 
@@ -104,6 +104,56 @@ fn deferred_out_of_order<T: Transport>() {
         assert_eq!(resp, (user - 100) * 3, "user data of another call");
     }
     assert_eq!(a.in_flight(1), 0);
+}
+
+/// A deferred call answered through another node (of the same mesh, or
+/// the node of the same index in another mesh) is refused with the response
+/// and the `DeferredReply` handed back, and no reply reaches anyone; the
+/// handle still completes the call through the node that took it. (It used
+/// to be accepted: the reply went down another node's queue, where it was
+/// dropped or, worse, answered that node's own call with the same id.)
+fn deferred_reply_is_answered_only_by_its_own_node<T: Transport>() {
+    let mut nodes = flux::mesh::<T, u32, u32, &str>(3, FluxConfig::default());
+    let mut elsewhere = flux::mesh::<T, u32, u32, &str>(3, FluxConfig::default());
+    let mut c = nodes.pop().unwrap();
+    let mut b = nodes.pop().unwrap();
+    let mut a = nodes.pop().unwrap();
+    // Both calls get call id 0 on their own pair.
+    a.call(1, 5, "to b").unwrap();
+    a.call(2, 7, "to c").unwrap();
+    a.flush();
+    let d = loop {
+        if let Some(req) = b.try_recv() {
+            break req.defer().1.unwrap();
+        }
+    };
+    assert_eq!((d.node(), d.to()), (1, 0));
+
+    let (resp, d) = match c.reply(d, 50) {
+        Err(ReplyError::WrongNode(resp, d)) => (resp, d),
+        other => panic!("answered through node 2: {other:?}"),
+    };
+    let (resp, d) = match elsewhere[1].reply(d, resp) {
+        Err(ReplyError::WrongNode(resp, d)) => (resp, d),
+        other => panic!("answered through node 1 of another mesh: {other:?}"),
+    };
+    c.flush();
+    elsewhere[1].flush();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        a.poll(|from, user, resp| got.push((from, user, resp)));
+        elsewhere[0].poll(|_, user, _| panic!("another mesh got a reply for {user}"));
+    }
+    assert_eq!(got, [], "a refused reply was delivered");
+    assert_eq!((a.in_flight(1), a.in_flight(2)), (1, 1));
+
+    b.reply(d, resp).unwrap();
+    b.flush();
+    while got.is_empty() {
+        a.poll(|from, user, resp| got.push((from, user, resp)));
+    }
+    assert_eq!(got, [(1, "to b", 50)]);
+    assert_eq!((a.in_flight(1), a.in_flight(2)), (0, 1));
 }
 
 fn errors<T: Transport>() {
@@ -224,6 +274,7 @@ macro_rules! flux_tests {
             #[test] fn four_nodes_all_to_all() { all_to_all::<$t>(4, 5_000) }
             #[test] fn deferred_replies_out_of_order_keep_user_data() { deferred_out_of_order::<$t>() }
             #[test] fn errors_hand_values_back() { errors::<$t>() }
+            #[test] fn deferred_reply_is_answered_only_by_its_own_node() { super::deferred_reply_is_answered_only_by_its_own_node::<$t>() }
             #[test] fn reply_never_fails_when_call_was_admitted() { rpc_pair_reserves_reply_room::<$t>() }
             #[test] fn busy_responder_never_starves_its_caller() { super::busy_responder_never_starves_its_caller::<$t>() }
         }
