@@ -12,6 +12,10 @@
 //! and a node that is never idle still publishes (and returns request
 //! slots) every quarter of a queue, so it cannot hold its peers up.
 //!
+//! A peer that is dropped does not swallow the calls made to it: `poll`
+//! hands each one it never answered back, with its user data and a
+//! `Disconnected` result.
+//!
 //! A call can be answered later: [`Incoming::defer`] gives a
 //! [`DeferredReply`] that belongs to the node that took the call (only its
 //! queue leads back to the caller); [`FluxNode::reply`] on any other node,
@@ -37,7 +41,7 @@
 //! while answer.is_none() {
 //!     a.poll(|from, user, resp| answer = Some((from, user, resp)));
 //! }
-//! assert_eq!(answer, Some((1, "question", 42)));
+//! assert_eq!(answer, Some((1, "question", Ok(42))));
 //! a.notify(1, 0).unwrap();
 //! a.flush();
 //! server.join().unwrap();
@@ -321,14 +325,18 @@ impl<T: Transport, Req: Send, Resp: Send, U> FluxNode<T, Req, Resp, U> {
     }
 
     /// Publishes what is pending, then delivers every arrived response as
-    /// `f(from, user_data, response)`. Returns how many.
+    /// `f(from, user_data, Ok(response))`. Calls to a peer that was dropped
+    /// come back as `f(from, user_data, Err(Disconnected(())))` once its
+    /// last replies are delivered, each once, and stop counting in
+    /// [`in_flight`](Self::in_flight). Returns how many calls were
+    /// delivered either way.
     #[inline]
-    pub fn poll(&mut self, mut f: impl FnMut(usize, U, Resp)) -> usize {
+    pub fn poll(&mut self, mut f: impl FnMut(usize, U, Result<Resp, Disconnected<()>>)) -> usize {
         self.flush();
         let mut n = 0;
         for (from, c) in self.callers.iter_mut().enumerate() {
             if let Some(c) = c {
-                // A disconnected peer simply has nothing more to deliver.
+                // Err: a dropped peer with nothing left to deliver.
                 n += c.poll(|u, r| f(from, u, r)).unwrap_or(0);
             }
         }

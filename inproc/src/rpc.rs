@@ -10,6 +10,11 @@
 //! fewer than `max_in_flight` calls are outstanding, and the response queue
 //! holds at least `max_in_flight` values, so every admitted call's reply
 //! has a slot waiting for it.
+//!
+//! **Nothing in flight is lost**: when the responder is dropped, the
+//! caller's [`poll`](Caller::poll) delivers every reply it sent, then hands
+//! back each call it never answered, with its user data and a
+//! `Disconnected` result.
 
 use crate::error::{CapacityError, Disconnected, TryRecvError, TrySendError};
 use crate::shared::new_slots;
@@ -211,10 +216,17 @@ impl<T: Transport, Req: Send, Resp: Send, U> Caller<T, Req, Resp, U> {
         self.pace.reset();
     }
 
-    /// Delivers every arrived response with its call's user data. Returns
-    /// how many; `Err` when the responder is gone and nothing is left.
+    /// Delivers every arrived response as `f(user_data, Ok(response))`.
+    /// Once the responder is gone and every reply it sent has been
+    /// delivered, the calls it never answered come back as
+    /// `f(user_data, Err(Disconnected(())))`, each once. Returns how many
+    /// calls were delivered either way; `Err` when the responder is gone
+    /// and nothing was left.
     #[inline]
-    pub fn poll(&mut self, mut f: impl FnMut(U, Resp)) -> Result<usize, Disconnected<()>> {
+    pub fn poll(
+        &mut self,
+        mut f: impl FnMut(U, Result<Resp, Disconnected<()>>),
+    ) -> Result<usize, Disconnected<()>> {
         let calls = &mut self.calls;
         let free = &mut self.free;
         match self.resp.recv_batch(usize::MAX, |(id, resp)| {
@@ -222,13 +234,32 @@ impl<T: Transport, Req: Send, Resp: Send, U> Caller<T, Req, Resp, U> {
             // echoes them; an unknown id would be a bug in this module.
             if let Some(user) = calls.get_mut(id as usize).and_then(Option::take) {
                 free.push(id);
-                f(user, resp);
+                f(user, Ok(resp));
             }
         }) {
             Ok(n) => Ok(n),
             Err(TryRecvError::Empty) => Ok(0),
-            Err(TryRecvError::Disconnected) => Err(Disconnected(())),
+            Err(TryRecvError::Disconnected) => self.abandon_in_flight(f),
         }
+    }
+
+    /// The responder is gone and its queue drained (`recv_batch` saw the
+    /// producer gone with Acquire, after its last publication): no call
+    /// still in the slab can be answered. Hands each back.
+    #[cold]
+    fn abandon_in_flight(
+        &mut self,
+        mut f: impl FnMut(U, Result<Resp, Disconnected<()>>),
+    ) -> Result<usize, Disconnected<()>> {
+        let mut n = 0;
+        for (id, call) in self.calls.iter_mut().enumerate() {
+            if let Some(user) = call.take() {
+                self.free.push(id as u32);
+                f(user, Err(Disconnected(())));
+                n += 1;
+            }
+        }
+        if n == 0 { Err(Disconnected(())) } else { Ok(n) }
     }
 
     /// Calls sent and not yet answered.
