@@ -62,6 +62,13 @@ mod transport;
 #[cfg(all(test, inproc_loom))]
 mod loom_tests;
 
+/// The repository README, so that `cargo test --doc -p inproc` compiles and
+/// runs each of its Rust snippets exactly as printed (the `ipc` one too:
+/// `ipc` is a dev-dependency for this alone).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeSnippets;
+
 pub use error::{CapacityError, Disconnected, TryRecvError, TrySendError};
 pub use fastforward::{FastForward, FfConsumer, FfProducer};
 pub use lamport::{Lamport, LamportConsumer, LamportProducer};
