@@ -12,6 +12,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
 
+echo "== inproc capacity limits, release build (no overflow checks there)"
+cargo test -p inproc --release --test capacity
+
 echo "== mlx5 examples (software device)"
 MLX5_DEVICE=soft cargo run -q -p mlx5 --example verbs_tour >/dev/null
 MLX5_DEVICE=soft cargo run -q -p mlx5 --example pingpong -- 2000

@@ -100,7 +100,7 @@ pub fn flux<T: Transport>(n: usize, iters: u64) -> Duration {
                 req.reply(x + 1).expect("reply");
                 progress = true;
             }
-            let got = node.poll(|_, user, resp| assert_eq!(resp, user + 1, "misdelivered"));
+            let got = node.poll(|_, user, resp| assert_eq!(resp, Ok(user + 1), "misdelivered"));
             if got > 0 {
                 done += got as u64;
                 progress = true;

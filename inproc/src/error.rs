@@ -36,3 +36,38 @@ pub enum TryRecvError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("peer disconnected")]
 pub struct Disconnected<T>(pub T);
+
+/// Why a queue, a call/reply pair or a Flux mesh of the requested size was
+/// not made. Carries what was asked for, so the caller can report it or
+/// retry with less.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CapacityError {
+    /// No ring this large can exist: its power-of-two size does not fit in
+    /// `usize`, or its bytes do not fit in `isize` (Rust's limit for one
+    /// allocation). `max` is the largest capacity possible for this element
+    /// type.
+    #[error("capacity {requested} is above the largest possible for this element type ({max})")]
+    TooLarge {
+        /// The capacity asked for.
+        requested: usize,
+        /// The largest capacity this element type allows.
+        max: usize,
+    },
+    /// More calls in flight than there are call ids (`u32`, one reserved for
+    /// notifications).
+    #[error("{requested} calls in flight is above the limit of {max}")]
+    TooManyInFlight {
+        /// The in-flight limit asked for.
+        requested: usize,
+        /// The largest in-flight limit possible.
+        max: usize,
+    },
+    /// The allocator refused the memory.
+    #[error("out of memory for capacity {requested} ({bytes} bytes)")]
+    OutOfMemory {
+        /// The capacity asked for.
+        requested: usize,
+        /// The bytes that could not be allocated.
+        bytes: usize,
+    },
+}

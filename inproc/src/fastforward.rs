@@ -20,8 +20,8 @@
 
 use std::mem::MaybeUninit;
 
-use crate::error::{TryRecvError, TrySendError};
-use crate::shared::{Control, recv_deadline, ring_size, waiting_receiver, waiting_sender};
+use crate::error::{CapacityError, TryRecvError, TrySendError};
+use crate::shared::{Control, new_ring, recv_deadline, waiting_receiver, waiting_sender};
 use crate::sync::{Arc, AtomicBool, Ordering, UnsafeCell};
 use crate::{Receiver, Sender, Transport};
 
@@ -84,26 +84,27 @@ impl Transport for FastForward {
     type Consumer<T: Send> = FfConsumer<T>;
     const NAME: &'static str = "fastforward";
 
-    fn channel<T: Send>(capacity: usize) -> (FfProducer<T>, FfConsumer<T>) {
-        let size = ring_size(capacity);
+    fn try_channel<T: Send>(
+        capacity: usize,
+    ) -> Result<(FfProducer<T>, FfConsumer<T>), CapacityError> {
+        let slots = new_ring(capacity, || Slot {
+            full: AtomicBool::new(false),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+        })?;
+        let size = slots.len();
         // Two cache lines of slots ahead, but never more than half the ring.
         let per_line = (64 / size_of::<Slot<T>>().max(1)).max(1);
         let lookahead = (2 * per_line).min(size / 2).max(1);
         // Largest power of two not above `per_line`, and at most half the ring.
         let clear_batch = (1usize << per_line.ilog2()).clamp(1, size / 2);
         let inner = Arc::new(Inner {
-            slots: (0..size)
-                .map(|_| Slot {
-                    full: AtomicBool::new(false),
-                    value: UnsafeCell::new(MaybeUninit::uninit()),
-                })
-                .collect(),
+            slots,
             mask: size - 1,
             lookahead,
             clear_batch,
             ctl: Control::new(),
         });
-        (
+        Ok((
             FfProducer {
                 inner: inner.clone(),
                 head: 0,
@@ -114,7 +115,7 @@ impl Transport for FastForward {
                 tail: 0,
                 cleared: 0,
             },
-        )
+        ))
     }
 }
 

@@ -12,6 +12,16 @@
 //! and a node that is never idle still publishes (and returns request
 //! slots) every quarter of a queue, so it cannot hold its peers up.
 //!
+//! A peer that is dropped does not swallow the calls made to it: `poll`
+//! hands each one it never answered back, with its user data and a
+//! `Disconnected` result.
+//!
+//! A call can be answered later: [`Incoming::defer`] gives a
+//! [`DeferredReply`] that belongs to the node that took the call (only its
+//! queue leads back to the caller); [`FluxNode::reply`] on any other node,
+//! of this mesh or another, refuses it with [`ReplyError::WrongNode`] and
+//! hands back both the response and the `DeferredReply`.
+//!
 //! ```
 //! use inproc::flux::{self, FluxConfig};
 //! use inproc::Onesided;
@@ -31,13 +41,15 @@
 //! while answer.is_none() {
 //!     a.poll(|from, user, resp| answer = Some((from, user, resp)));
 //! }
-//! assert_eq!(answer, Some((1, "question", 42)));
+//! assert_eq!(answer, Some((1, "question", Ok(42))));
 //! a.notify(1, 0).unwrap();
 //! a.flush();
 //! server.join().unwrap();
 //! ```
 
-use crate::error::TryRecvError;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{CapacityError, Disconnected, TryRecvError};
 use crate::rpc::{self, CallError, Caller, ReplyToken, Responder};
 use crate::{Transport, TrySendError};
 
@@ -76,8 +88,27 @@ pub enum FluxError<V> {
     NotACall(V),
 }
 
+/// Why [`FluxNode::reply`] did not answer; the response comes back, and the
+/// [`DeferredReply`] too while it can still be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError<Resp> {
+    /// The call was taken by another node (of this mesh or of another one):
+    /// answer it through node [`DeferredReply::node`] of its mesh.
+    #[error("the deferred call was taken by another node (node {} of its mesh); answer it there", .1.node())]
+    WrongNode(Resp, DeferredReply),
+    /// The calling node was dropped.
+    #[error("caller disconnected")]
+    Disconnected(Resp),
+}
+
+/// Hands each mesh a number of its own, so that a [`DeferredReply`] can be
+/// checked against the node it is given to.
+static MESHES: AtomicU64 = AtomicU64::new(0);
+
 /// One thread's handle on the mesh.
 pub struct FluxNode<T: Transport, Req: Send, Resp: Send, U> {
+    /// This node's mesh (from `MESHES`).
+    mesh: u64,
     id: usize,
     callers: Vec<Option<Caller<T, Req, Resp, U>>>,
     responders: Vec<Option<Responder<T, Req, Resp>>>,
@@ -85,12 +116,39 @@ pub struct FluxNode<T: Transport, Req: Send, Resp: Send, U> {
 }
 
 /// Builds a mesh of `n` nodes; move node `i` to thread `i`.
+///
+/// # Panics
+///
+/// When [`try_mesh`] refuses `cfg`, with a message naming the sizes and the
+/// reason.
+#[track_caller]
 pub fn mesh<T: Transport, Req: Send, Resp: Send, U>(
     n: usize,
     cfg: FluxConfig,
 ) -> Vec<FluxNode<T, Req, Resp, U>> {
+    match try_mesh(n, cfg) {
+        Ok(nodes) => nodes,
+        Err(e) => panic!(
+            "flux::mesh({n}, capacity {}, max_in_flight {}) over {}: {e}",
+            cfg.capacity,
+            cfg.max_in_flight,
+            T::NAME
+        ),
+    }
+}
+
+/// Like [`mesh`], or why a pair's queues cannot be made with `cfg`
+/// ([`rpc::try_pair`]).
+pub fn try_mesh<T: Transport, Req: Send, Resp: Send, U>(
+    n: usize,
+    cfg: FluxConfig,
+) -> Result<Vec<FluxNode<T, Req, Resp, U>>, CapacityError> {
+    // Relaxed: only uniqueness matters, and every read-modify-write of one
+    // atomic sees a value of its own, whatever the ordering.
+    let mesh = MESHES.fetch_add(1, Ordering::Relaxed);
     let mut nodes: Vec<FluxNode<T, Req, Resp, U>> = (0..n)
         .map(|id| FluxNode {
+            mesh,
             id,
             callers: (0..n).map(|_| None).collect(),
             responders: (0..n).map(|_| None).collect(),
@@ -101,13 +159,13 @@ pub fn mesh<T: Transport, Req: Send, Resp: Send, U>(
         for j in 0..n {
             if i != j {
                 let (caller, responder) =
-                    rpc::pair::<T, Req, Resp, U>(cfg.capacity, cfg.max_in_flight);
+                    rpc::try_pair::<T, Req, Resp, U>(cfg.capacity, cfg.max_in_flight)?;
                 nodes[i].callers[j] = Some(caller);
                 nodes[j].responders[i] = Some(responder);
             }
         }
     }
-    nodes
+    Ok(nodes)
 }
 
 /// A request taken by [`FluxNode::try_recv`].
@@ -119,10 +177,16 @@ pub struct Incoming<'a, T: Transport, Req: Send, Resp: Send, U> {
     data: Req,
 }
 
-/// A call whose answer was deferred; give it to [`FluxNode::reply`].
+/// A call whose answer was deferred; give it to [`FluxNode::reply`] of the
+/// node that took the call (see [`node`](Self::node)): any other node
+/// refuses it and hands it back.
 #[must_use = "an unanswered call never completes at the caller"]
 #[derive(Debug)]
 pub struct DeferredReply {
+    /// The mesh and node that took the call: only that node's response
+    /// queue towards `to` leads back to the caller.
+    mesh: u64,
+    node: usize,
     to: usize,
     token: ReplyToken,
 }
@@ -131,6 +195,11 @@ impl DeferredReply {
     /// The node that made the call.
     pub fn to(&self) -> usize {
         self.to
+    }
+
+    /// The node that took the call, the only one that can answer it.
+    pub fn node(&self) -> usize {
+        self.node
     }
 }
 
@@ -154,23 +223,25 @@ impl<T: Transport, Req: Send, Resp: Send, U> Incoming<'_, T, Req, Resp, U> {
     pub fn reply(self, resp: Resp) -> Result<(), FluxError<Resp>> {
         match self.token {
             None => Err(FluxError::NotACall(resp)),
-            Some(token) => self.node.reply(
-                DeferredReply {
-                    to: self.from,
-                    token,
-                },
-                resp,
-            ),
+            Some(token) => self
+                .node
+                .answer(self.from, token, resp)
+                .map_err(|Disconnected(r)| FluxError::Disconnected(r)),
         }
     }
 
     /// Keeps the message and, for a call, a handle to answer it later with
-    /// [`FluxNode::reply`].
+    /// [`FluxNode::reply`] on this same node.
     pub fn defer(self) -> (Req, Option<DeferredReply>) {
-        let from = self.from;
+        let (mesh, node, to) = (self.node.mesh, self.node.id, self.from);
         (
             self.data,
-            self.token.map(|token| DeferredReply { to: from, token }),
+            self.token.map(|token| DeferredReply {
+                mesh,
+                node,
+                to,
+                token,
+            }),
         )
     }
 }
@@ -216,15 +287,31 @@ impl<T: Transport, Req: Send, Resp: Send, U> FluxNode<T, Req, Resp, U> {
         })
     }
 
-    /// Answers a deferred call.
+    /// Answers a deferred call. Only the node that took the call can: any
+    /// other node (of this mesh or another) refuses it with
+    /// [`ReplyError::WrongNode`], handing back the response and the
+    /// `DeferredReply` to give to the right node.
     #[inline]
-    pub fn reply(&mut self, d: DeferredReply, resp: Resp) -> Result<(), FluxError<Resp>> {
-        let Some(responder) = self.responders.get_mut(d.to).and_then(Option::as_mut) else {
-            return Err(FluxError::InvalidPeer(resp));
-        };
-        responder
-            .reply(d.token, resp)
-            .map_err(|e| FluxError::Disconnected(e.0))
+    pub fn reply(&mut self, d: DeferredReply, resp: Resp) -> Result<(), ReplyError<Resp>> {
+        if d.mesh != self.mesh || d.node != self.id {
+            return Err(ReplyError::WrongNode(resp, d));
+        }
+        self.answer(d.to, d.token, resp)
+            .map_err(|Disconnected(r)| ReplyError::Disconnected(r))
+    }
+
+    /// Sends the reply to a call this node took from `to`.
+    #[inline]
+    fn answer(
+        &mut self,
+        to: usize,
+        token: ReplyToken,
+        resp: Resp,
+    ) -> Result<(), Disconnected<Resp>> {
+        self.responders[to]
+            .as_mut()
+            .expect("a call this node took came from one of its peers")
+            .reply(token, resp)
     }
 
     /// Publishes every pending call, notification and reply.
@@ -238,14 +325,18 @@ impl<T: Transport, Req: Send, Resp: Send, U> FluxNode<T, Req, Resp, U> {
     }
 
     /// Publishes what is pending, then delivers every arrived response as
-    /// `f(from, user_data, response)`. Returns how many.
+    /// `f(from, user_data, Ok(response))`. Calls to a peer that was dropped
+    /// come back as `f(from, user_data, Err(Disconnected(())))` once its
+    /// last replies are delivered, each once, and stop counting in
+    /// [`in_flight`](Self::in_flight). Returns how many calls were
+    /// delivered either way.
     #[inline]
-    pub fn poll(&mut self, mut f: impl FnMut(usize, U, Resp)) -> usize {
+    pub fn poll(&mut self, mut f: impl FnMut(usize, U, Result<Resp, Disconnected<()>>)) -> usize {
         self.flush();
         let mut n = 0;
         for (from, c) in self.callers.iter_mut().enumerate() {
             if let Some(c) = c {
-                // A disconnected peer simply has nothing more to deliver.
+                // Err: a dropped peer with nothing left to deliver.
                 n += c.poll(|u, r| f(from, u, r)).unwrap_or(0);
             }
         }

@@ -19,8 +19,8 @@ use std::mem::MaybeUninit;
 
 use crossbeam_utils::CachePadded;
 
-use crate::error::{TryRecvError, TrySendError};
-use crate::shared::{Control, recv_deadline, ring_size, waiting_receiver, waiting_sender};
+use crate::error::{CapacityError, TryRecvError, TrySendError};
+use crate::shared::{Control, new_ring, recv_deadline, waiting_receiver, waiting_sender};
 use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 use crate::{Receiver, Sender, Transport};
 
@@ -79,18 +79,18 @@ impl Transport for Lamport {
     type Consumer<T: Send> = LamportConsumer<T>;
     const NAME: &'static str = "lamport";
 
-    fn channel<T: Send>(capacity: usize) -> (LamportProducer<T>, LamportConsumer<T>) {
-        let size = ring_size(capacity);
+    fn try_channel<T: Send>(
+        capacity: usize,
+    ) -> Result<(LamportProducer<T>, LamportConsumer<T>), CapacityError> {
+        let buf = new_ring(capacity, || UnsafeCell::new(MaybeUninit::uninit()))?;
         let inner = Arc::new(Inner {
-            buf: (0..size)
-                .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-                .collect(),
-            mask: size - 1,
+            mask: buf.len() - 1,
+            buf,
             head: CachePadded::new(AtomicUsize::new(0)),
             tail: CachePadded::new(AtomicUsize::new(0)),
             ctl: Control::new(),
         });
-        (
+        Ok((
             LamportProducer {
                 inner: inner.clone(),
                 head: 0,
@@ -103,7 +103,7 @@ impl Transport for Lamport {
                 synced: 0,
                 cached_head: 0,
             },
-        )
+        ))
     }
 }
 

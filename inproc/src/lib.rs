@@ -16,6 +16,12 @@
 //! by the other as `Disconnected`. The waiting operations (`send`, `recv`)
 //! spin with backoff and then park, so a waiting thread can sleep.
 //!
+//! A capacity that cannot be honoured (its power-of-two ring does not fit
+//! in memory, or in `usize` at all) is refused by
+//! [`Transport::try_channel`] with a [`CapacityError`];
+//! [`Transport::channel`] panics with that error's message instead, in
+//! debug and release builds alike.
+//!
 //! ```
 //! use inproc::{FastForward, Receiver, Sender, Transport};
 //!
@@ -36,6 +42,8 @@
 //!
 //! On top of the queues: call/reply with user data, out-of-order and
 //! deferred replies ([`rpc`]), and [`flux`], an all-to-all mesh of threads.
+//! Neither loses a call: one whose answerer is dropped comes back from
+//! `poll` with its user data and a `Disconnected` result.
 //!
 //! Throughput and ping-pong figures against rtrb and crossbeam, measured in
 //! the same run: `cargo bench -p inproc` (figures in the repository README).
@@ -56,8 +64,15 @@ mod transport;
 #[cfg(all(test, inproc_loom))]
 mod loom_tests;
 
-pub use error::{Disconnected, TryRecvError, TrySendError};
+/// The repository README, so that `cargo test --doc -p inproc` compiles and
+/// runs each of its Rust snippets exactly as printed (the `ipc` one too:
+/// `ipc` is a dev-dependency for this alone).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeSnippets;
+
+pub use error::{CapacityError, Disconnected, TryRecvError, TrySendError};
 pub use fastforward::{FastForward, FfConsumer, FfProducer};
 pub use lamport::{Lamport, LamportConsumer, LamportProducer};
 pub use onesided::{Onesided, OnesidedConsumer, OnesidedProducer};
-pub use transport::{Receiver, Sender, Transport};
+pub use transport::{Channel, Receiver, Sender, Transport};

@@ -1,8 +1,9 @@
 //! `loom` models of the three transports: every interleaving of a producer
-//! and a consumer over a two-slot ring, with enough messages to wrap, and
-//! Lamport's batched publication and sync. A value read racing its write
-//! is reported by loom's cell tracking; loss, duplication or reordering
-//! fails the asserts.
+//! and a consumer over a two-slot ring, with enough messages to wrap;
+//! Lamport's batched publication and sync; a three-node Flux mesh; and a
+//! Flux peer dropped while calls to it are in flight. A value read racing
+//! its write is reported by loom's cell tracking; loss, duplication or
+//! reordering fails the asserts.
 //!
 //! `RUSTFLAGS="--cfg inproc_loom" cargo test -p inproc --lib --release loom`
 
@@ -149,7 +150,7 @@ fn loom_flux_three_nodes() {
         while !(got[1] && got[2]) {
             if client.poll(|from, user, resp| {
                 assert_eq!(from, user);
-                assert_eq!(resp, from * 10 + from);
+                assert_eq!(resp, Ok(from * 10 + from));
                 assert!(!got[from], "duplicate response");
                 got[from] = true;
             }) == 0
@@ -160,4 +161,63 @@ fn loom_flux_three_nodes() {
         let nodes: Vec<_> = servers.into_iter().map(|h| h.join().unwrap()).collect();
         drop(nodes);
     });
+}
+
+/// Node 1 answers one of node 0's two calls and is dropped, racing node 0's
+/// polls: node 0 gets that answer (the race never turns it into
+/// `Disconnected`) and the other call back as `Disconnected`, each once.
+fn flux_dropped_peer<T: Transport>() {
+    use crate::Disconnected;
+    use crate::flux::{self, FluxConfig};
+    loom::model(|| {
+        let cfg = FluxConfig {
+            capacity: 2,
+            max_in_flight: 2,
+        };
+        let mut nodes = flux::mesh::<T, usize, usize, usize>(2, cfg);
+        let mut server = nodes.pop().unwrap();
+        let mut client = nodes.pop().unwrap();
+        client.call(1, 10, 0).unwrap();
+        client.call(1, 20, 1).unwrap();
+        client.flush();
+        let t = thread::spawn(move || {
+            loop {
+                if let Some(req) = server.try_recv() {
+                    let x = *req.data();
+                    req.reply(x + 1).unwrap();
+                    break;
+                }
+                thread::yield_now();
+            }
+            // Dropped without flushing: the drop publishes the reply.
+        });
+        let mut got: [Option<Result<usize, Disconnected<()>>>; 2] = [None, None];
+        while client.in_flight(1) > 0 {
+            if client.poll(|from, user, resp| {
+                assert_eq!(from, 1);
+                assert!(got[user].is_none(), "delivered twice");
+                got[user] = Some(resp);
+            }) == 0
+            {
+                thread::yield_now();
+            }
+        }
+        t.join().unwrap();
+        assert_eq!(got, [Some(Ok(11)), Some(Err(Disconnected(())))]);
+    });
+}
+
+#[test]
+fn loom_flux_dropped_peer_onesided() {
+    flux_dropped_peer::<Onesided>();
+}
+
+#[test]
+fn loom_flux_dropped_peer_lamport() {
+    flux_dropped_peer::<Lamport>();
+}
+
+#[test]
+fn loom_flux_dropped_peer_fastforward() {
+    flux_dropped_peer::<FastForward>();
 }

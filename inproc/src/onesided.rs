@@ -19,8 +19,8 @@ use std::mem::MaybeUninit;
 
 use crossbeam_utils::CachePadded;
 
-use crate::error::{TryRecvError, TrySendError};
-use crate::shared::{Control, recv_deadline, ring_size, waiting_receiver, waiting_sender};
+use crate::error::{CapacityError, TryRecvError, TrySendError};
+use crate::shared::{Control, new_ring, recv_deadline, waiting_receiver, waiting_sender};
 use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 use crate::{Receiver, Sender, Transport};
 
@@ -80,27 +80,27 @@ impl Transport for Onesided {
     type Consumer<T: Send> = OnesidedConsumer<T>;
     const NAME: &'static str = "onesided";
 
-    fn channel<T: Send>(capacity: usize) -> (OnesidedProducer<T>, OnesidedConsumer<T>) {
-        let size = ring_size(capacity);
+    fn try_channel<T: Send>(
+        capacity: usize,
+    ) -> Result<(OnesidedProducer<T>, OnesidedConsumer<T>), CapacityError> {
+        let slots = new_ring(capacity, || Slot {
+            seq: AtomicUsize::new(0),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+        })?;
         let inner = Arc::new(Inner {
-            slots: (0..size)
-                .map(|_| Slot {
-                    seq: AtomicUsize::new(0),
-                    value: UnsafeCell::new(MaybeUninit::uninit()),
-                })
-                .collect(),
-            mask: size - 1,
+            mask: slots.len() - 1,
+            slots,
             tail: CachePadded::new(AtomicUsize::new(0)),
             ctl: Control::new(),
         });
-        (
+        Ok((
             OnesidedProducer {
                 inner: inner.clone(),
                 head: 0,
                 cached_tail: 0,
             },
             OnesidedConsumer { inner, tail: 0 },
-        )
+        ))
     }
 }
 

@@ -10,8 +10,14 @@
 //! fewer than `max_in_flight` calls are outstanding, and the response queue
 //! holds at least `max_in_flight` values, so every admitted call's reply
 //! has a slot waiting for it.
+//!
+//! **Nothing in flight is lost**: when the responder is dropped, the
+//! caller's [`poll`](Caller::poll) delivers every reply it sent, then hands
+//! back each call it never answered, with its user data and a
+//! `Disconnected` result.
 
-use crate::error::{Disconnected, TryRecvError, TrySendError};
+use crate::error::{CapacityError, Disconnected, TryRecvError, TrySendError};
+use crate::shared::new_slots;
 use crate::{Receiver, Sender, Transport};
 
 /// Call id marking a one-way message (no reply expected).
@@ -93,23 +99,64 @@ impl Pace {
 /// Both ends of one call/reply channel.
 pub type Pair<T, Req, Resp, U> = (Caller<T, Req, Resp, U>, Responder<T, Req, Resp>);
 
+/// Most calls a caller may have outstanding: one call id each, in `u32`,
+/// with one id reserved for notifications.
+pub const MAX_IN_FLIGHT: usize = NOTIFY as usize;
+
 /// A connected caller/responder pair: up to `max_in_flight` calls
-/// outstanding, request queue of `capacity` (at least `max_in_flight`).
+/// outstanding (at least 1), request queue of `capacity` (at least
+/// `max_in_flight`).
+///
+/// # Panics
+///
+/// When [`try_pair`] refuses the sizes, with a message naming them and the
+/// reason.
+#[track_caller]
 pub fn pair<T: Transport, Req: Send, Resp: Send, U>(
     capacity: usize,
     max_in_flight: usize,
 ) -> Pair<T, Req, Resp, U> {
-    let max_in_flight = max_in_flight.clamp(1, NOTIFY as usize);
-    let (req_tx, req_rx) = T::channel(capacity.max(max_in_flight));
-    let (resp_tx, resp_rx) = T::channel(max_in_flight);
+    match try_pair(capacity, max_in_flight) {
+        Ok(pair) => pair,
+        Err(e) => panic!(
+            "rpc::pair({capacity}, {max_in_flight}) over {}: {e}",
+            T::NAME
+        ),
+    }
+}
+
+/// Like [`pair`], or why it cannot be made: `max_in_flight` above
+/// [`MAX_IN_FLIGHT`], or a queue or the call table refused
+/// ([`Transport::try_channel`]).
+pub fn try_pair<T: Transport, Req: Send, Resp: Send, U>(
+    capacity: usize,
+    max_in_flight: usize,
+) -> Result<Pair<T, Req, Resp, U>, CapacityError> {
+    if max_in_flight > MAX_IN_FLIGHT {
+        return Err(CapacityError::TooManyInFlight {
+            requested: max_in_flight,
+            max: MAX_IN_FLIGHT,
+        });
+    }
+    let max_in_flight = max_in_flight.max(1);
+    let (req_tx, req_rx) = T::try_channel(capacity.max(max_in_flight))?;
+    let (resp_tx, resp_rx) = T::try_channel(max_in_flight)?;
+    let calls = new_slots(max_in_flight, max_in_flight, || None)?;
+    // Ids handed out lowest first: the free list is a stack.
+    let mut next = max_in_flight as u32;
+    let free = new_slots(max_in_flight, max_in_flight, || {
+        next -= 1;
+        next
+    })?
+    .into_vec();
     let req_size = req_tx.capacity();
     let resp_size = resp_tx.capacity();
-    (
+    Ok((
         Caller {
             req: req_tx,
             resp: resp_rx,
-            calls: (0..max_in_flight).map(|_| None).collect(),
-            free: (0..max_in_flight as u32).rev().collect(),
+            calls,
+            free,
             pace: Pace::new(req_size),
         },
         Responder {
@@ -118,7 +165,7 @@ pub fn pair<T: Transport, Req: Send, Resp: Send, U>(
             sync_pace: Pace::new(req_size),
             reply_pace: Pace::new(resp_size),
         },
-    )
+    ))
 }
 
 impl<T: Transport, Req: Send, Resp: Send, U> Caller<T, Req, Resp, U> {
@@ -169,10 +216,17 @@ impl<T: Transport, Req: Send, Resp: Send, U> Caller<T, Req, Resp, U> {
         self.pace.reset();
     }
 
-    /// Delivers every arrived response with its call's user data. Returns
-    /// how many; `Err` when the responder is gone and nothing is left.
+    /// Delivers every arrived response as `f(user_data, Ok(response))`.
+    /// Once the responder is gone and every reply it sent has been
+    /// delivered, the calls it never answered come back as
+    /// `f(user_data, Err(Disconnected(())))`, each once. Returns how many
+    /// calls were delivered either way; `Err` when the responder is gone
+    /// and nothing was left.
     #[inline]
-    pub fn poll(&mut self, mut f: impl FnMut(U, Resp)) -> Result<usize, Disconnected<()>> {
+    pub fn poll(
+        &mut self,
+        mut f: impl FnMut(U, Result<Resp, Disconnected<()>>),
+    ) -> Result<usize, Disconnected<()>> {
         let calls = &mut self.calls;
         let free = &mut self.free;
         match self.resp.recv_batch(usize::MAX, |(id, resp)| {
@@ -180,13 +234,32 @@ impl<T: Transport, Req: Send, Resp: Send, U> Caller<T, Req, Resp, U> {
             // echoes them; an unknown id would be a bug in this module.
             if let Some(user) = calls.get_mut(id as usize).and_then(Option::take) {
                 free.push(id);
-                f(user, resp);
+                f(user, Ok(resp));
             }
         }) {
             Ok(n) => Ok(n),
             Err(TryRecvError::Empty) => Ok(0),
-            Err(TryRecvError::Disconnected) => Err(Disconnected(())),
+            Err(TryRecvError::Disconnected) => self.abandon_in_flight(f),
         }
+    }
+
+    /// The responder is gone and its queue drained (`recv_batch` saw the
+    /// producer gone with Acquire, after its last publication): no call
+    /// still in the slab can be answered. Hands each back.
+    #[cold]
+    fn abandon_in_flight(
+        &mut self,
+        mut f: impl FnMut(U, Result<Resp, Disconnected<()>>),
+    ) -> Result<usize, Disconnected<()>> {
+        let mut n = 0;
+        for (id, call) in self.calls.iter_mut().enumerate() {
+            if let Some(user) = call.take() {
+                self.free.push(id as u32);
+                f(user, Err(Disconnected(())));
+                n += 1;
+            }
+        }
+        if n == 0 { Err(Disconnected(())) } else { Ok(n) }
     }
 
     /// Calls sent and not yet answered.

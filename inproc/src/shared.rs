@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::{Backoff, CachePadded};
 
+use crate::error::CapacityError;
 use crate::sync::{AtomicBool, Ordering};
 
 /// Longest park before a waiter re-checks on its own. Bounds the delay of a
@@ -152,9 +153,48 @@ impl Control {
     }
 }
 
-/// Capacity rounded up to a power of two, at least 2.
-pub(crate) fn ring_size(capacity: usize) -> usize {
-    capacity.max(2).next_power_of_two()
+/// The ring of a queue asked to hold `capacity` values: `capacity` rounded
+/// up to a power of two (at least 2) slots, each made by `slot`. Refused,
+/// rather than wrapped or panicking, when that size does not exist or the
+/// allocator has no room for it.
+pub(crate) fn new_ring<S>(
+    capacity: usize,
+    slot: impl FnMut() -> S,
+) -> Result<Box<[S]>, CapacityError> {
+    // The largest power of two whose slots fit in one allocation (at most
+    // `isize::MAX` bytes).
+    let max = 1usize << ((isize::MAX as usize) / size_of::<S>().max(1)).ilog2();
+    match capacity.max(2).checked_next_power_of_two() {
+        Some(size) if size <= max => new_slots(capacity, size, slot),
+        _ => Err(CapacityError::TooLarge {
+            requested: capacity,
+            max,
+        }),
+    }
+}
+
+/// `n` values made by `make`, or `OutOfMemory` (naming `requested`) when
+/// the allocator refuses, or `TooLarge` when `n` values cannot be one
+/// allocation.
+pub(crate) fn new_slots<S>(
+    requested: usize,
+    n: usize,
+    make: impl FnMut() -> S,
+) -> Result<Box<[S]>, CapacityError> {
+    if std::alloc::Layout::array::<S>(n).is_err() {
+        return Err(CapacityError::TooLarge {
+            requested,
+            max: (isize::MAX as usize) / size_of::<S>().max(1),
+        });
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| CapacityError::OutOfMemory {
+            requested,
+            bytes: n * size_of::<S>(),
+        })?;
+    v.extend(std::iter::repeat_with(make).take(n));
+    Ok(v.into_boxed_slice())
 }
 
 /// The waiting operations of `Sender`/`Receiver`, identical for every

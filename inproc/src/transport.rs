@@ -3,7 +3,13 @@
 
 use std::time::Duration;
 
-use crate::error::{Disconnected, TryRecvError, TrySendError};
+use crate::error::{CapacityError, Disconnected, TryRecvError, TrySendError};
+
+/// Both ends of a queue of transport `Tr` carrying `T`.
+pub type Channel<Tr, T> = (
+    <Tr as Transport>::Producer<T>,
+    <Tr as Transport>::Consumer<T>,
+);
 
 /// An SPSC algorithm: makes a connected producer/consumer pair.
 pub trait Transport: 'static {
@@ -13,8 +19,26 @@ pub trait Transport: 'static {
     type Consumer<T: Send>: Receiver<T>;
 
     /// A queue holding at least `capacity` values (rounded up to a power of
+    /// two; at least 2), or why it cannot be made: the rounded size does not
+    /// fit in `usize`, its bytes exceed `isize::MAX`, or the allocator
+    /// refuses the memory.
+    fn try_channel<T: Send>(capacity: usize) -> Result<Channel<Self, T>, CapacityError>;
+
+    /// A queue holding at least `capacity` values (rounded up to a power of
     /// two; at least 2).
-    fn channel<T: Send>(capacity: usize) -> (Self::Producer<T>, Self::Consumer<T>);
+    ///
+    /// # Panics
+    ///
+    /// When [`try_channel`](Self::try_channel) refuses `capacity`, with a
+    /// message naming the transport, the capacity and the reason, in debug
+    /// and release builds alike.
+    #[track_caller]
+    fn channel<T: Send>(capacity: usize) -> Channel<Self, T> {
+        match Self::try_channel(capacity) {
+            Ok(ends) => ends,
+            Err(e) => panic!("{}::channel({capacity}): {e}", Self::NAME),
+        }
+    }
 
     /// Short name for reports.
     const NAME: &'static str;

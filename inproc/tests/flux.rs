@@ -1,9 +1,9 @@
 //! Flux and call/reply: all-to-all stress on real threads for every
 //! transport, out-of-order deferred replies, and every error.
 
-use inproc::flux::{self, FluxConfig, FluxError, FluxNode};
+use inproc::flux::{self, FluxConfig, FluxError, FluxNode, ReplyError};
 use inproc::rpc::{self, CallError};
-use inproc::{FastForward, Lamport, Onesided, Transport};
+use inproc::{Disconnected, FastForward, Lamport, Onesided, Transport};
 
 /// Every node calls every other node `calls` times and notifies it once;
 /// each response must carry the user data of its own call.
@@ -41,7 +41,7 @@ fn all_to_all<T: Transport>(n: usize, calls: u64) {
                     }
                     done += node.poll(|from, (to, seq), resp| {
                         assert_eq!(from, to, "response from the wrong peer");
-                        assert_eq!(resp, seq * 2 + me as u64, "response to another call");
+                        assert_eq!(resp, Ok(seq * 2 + me as u64), "response to another call");
                     }) as u64;
                     let mut got = false;
                     while let Some(req) = node.try_recv() {
@@ -101,9 +101,130 @@ fn deferred_out_of_order<T: Transport>() {
     }
     for (from, user, resp) in got {
         assert_eq!(from, 1);
-        assert_eq!(resp, (user - 100) * 3, "user data of another call");
+        assert_eq!(resp, Ok((user - 100) * 3), "user data of another call");
     }
     assert_eq!(a.in_flight(1), 0);
+}
+
+/// A deferred call answered through another node (of the same mesh, or
+/// the node of the same index in another mesh) is refused with the response
+/// and the `DeferredReply` handed back, and no reply reaches anyone; the
+/// handle still completes the call through the node that took it. (It used
+/// to be accepted: the reply went down another node's queue, where it was
+/// dropped or, worse, answered that node's own call with the same id.)
+fn deferred_reply_is_answered_only_by_its_own_node<T: Transport>() {
+    let mut nodes = flux::mesh::<T, u32, u32, &str>(3, FluxConfig::default());
+    let mut elsewhere = flux::mesh::<T, u32, u32, &str>(3, FluxConfig::default());
+    let mut c = nodes.pop().unwrap();
+    let mut b = nodes.pop().unwrap();
+    let mut a = nodes.pop().unwrap();
+    // Both calls get call id 0 on their own pair.
+    a.call(1, 5, "to b").unwrap();
+    a.call(2, 7, "to c").unwrap();
+    a.flush();
+    let d = loop {
+        if let Some(req) = b.try_recv() {
+            break req.defer().1.unwrap();
+        }
+    };
+    assert_eq!((d.node(), d.to()), (1, 0));
+
+    let (resp, d) = match c.reply(d, 50) {
+        Err(ReplyError::WrongNode(resp, d)) => (resp, d),
+        other => panic!("answered through node 2: {other:?}"),
+    };
+    let (resp, d) = match elsewhere[1].reply(d, resp) {
+        Err(ReplyError::WrongNode(resp, d)) => (resp, d),
+        other => panic!("answered through node 1 of another mesh: {other:?}"),
+    };
+    c.flush();
+    elsewhere[1].flush();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        a.poll(|from, user, resp| got.push((from, user, resp)));
+        elsewhere[0].poll(|_, user, _| panic!("another mesh got a reply for {user}"));
+    }
+    assert_eq!(got, [], "a refused reply was delivered");
+    assert_eq!((a.in_flight(1), a.in_flight(2)), (1, 1));
+
+    b.reply(d, resp).unwrap();
+    b.flush();
+    while got.is_empty() {
+        a.poll(|from, user, resp| got.push((from, user, resp)));
+    }
+    assert_eq!(got, [(1, "to b", Ok(50))]);
+    assert_eq!((a.in_flight(1), a.in_flight(2)), (0, 1));
+}
+
+/// Calls in flight to a node that is dropped come back from `poll`, each
+/// once, with their user data and a `Disconnected` result, after the
+/// replies it sent before it went; `in_flight` falls to 0, and other peers
+/// are unaffected. (They used to stay in flight forever, their user data
+/// never returned.)
+fn dropped_peer_hands_back_calls_in_flight<T: Transport>() {
+    let cfg = FluxConfig {
+        capacity: 8,
+        max_in_flight: 4,
+    };
+    let mut nodes = flux::mesh::<T, u32, u32, &str>(3, cfg);
+    let mut c = nodes.pop().unwrap();
+    let mut b = nodes.pop().unwrap();
+    let mut a = nodes.pop().unwrap();
+    a.call(1, 1, "answered").unwrap();
+    a.call(1, 2, "taken, not answered").unwrap();
+    a.call(1, 3, "never taken").unwrap();
+    a.call(2, 4, "to c").unwrap();
+    a.flush();
+    let mut taken = 0;
+    while taken < 2 {
+        if let Some(req) = b.try_recv() {
+            taken += 1;
+            if *req.data() == 1 {
+                req.reply(10).unwrap();
+            } else {
+                drop(req);
+            }
+        }
+    }
+    b.flush();
+    drop(b);
+
+    let mut got = Vec::new();
+    for _ in 0..1000 {
+        a.poll(|from, user, resp| got.push((from, user, resp)));
+        if a.in_flight(1) == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        a.in_flight(1),
+        0,
+        "calls to the dropped peer still in flight"
+    );
+    assert_eq!(
+        got,
+        [
+            (1, "answered", Ok(10)),
+            (1, "taken, not answered", Err(Disconnected(()))),
+            (1, "never taken", Err(Disconnected(()))),
+        ]
+    );
+    for _ in 0..10 {
+        a.poll(|from, user, _| panic!("{user} from {from} delivered twice"));
+    }
+    assert_eq!(a.in_flight(2), 1);
+    loop {
+        if let Some(req) = c.try_recv() {
+            req.reply(40).unwrap();
+            break;
+        }
+    }
+    c.flush();
+    got.clear();
+    while got.is_empty() {
+        a.poll(|from, user, resp| got.push((from, user, resp)));
+    }
+    assert_eq!(got, [(2, "to c", Ok(40))]);
 }
 
 fn errors<T: Transport>() {
@@ -146,15 +267,28 @@ fn errors<T: Transport>() {
             }
         }
     }
-    // A dropped peer is reported as disconnected, values handed back.
+    // A dropped peer is reported as disconnected, values handed back: the
+    // message, and the call in flight to it.
     drop(c);
     assert!(a.is_disconnected(2));
     assert_eq!(a.notify(2, 7), Err(FluxError::Disconnected(7)));
-    let mut got = 0;
-    while got < 2 {
+    let mut got = Vec::new();
+    for _ in 0..100_000 {
         b.flush();
-        got += a.poll(|_, _, _| {});
+        a.poll(|from, user, resp| got.push((from, user, resp)));
+        if got.len() == 3 {
+            break;
+        }
     }
+    got.sort_by_key(|&(from, user, _)| (from, user));
+    assert_eq!(
+        got,
+        [
+            (1, "x", Ok(1)),
+            (1, "y", Ok(2)),
+            (2, "w", Err(Disconnected(())))
+        ]
+    );
     assert_eq!(
         a.call(2, 8, "late"),
         Err(FluxError::Disconnected((8, "late")))
@@ -182,7 +316,9 @@ fn rpc_pair_reserves_reply_room<T: Transport>() {
     responder.flush();
     let mut sum = 0;
     while caller.in_flight() > 0 {
-        caller.poll(|u, r| sum += u32::from(r - u)).unwrap();
+        caller
+            .poll(|u, r| sum += u32::from(r.unwrap() - u))
+            .unwrap();
     }
     assert_eq!(sum, 3);
 }
@@ -205,7 +341,7 @@ fn busy_responder_never_starves_its_caller<T: Transport>() {
             responder.reply(t, x + 1).unwrap();
             progress = true;
         }
-        done += caller.poll(|u, r| assert_eq!(r, u + 1)).unwrap() as u32;
+        done += caller.poll(|u, r| assert_eq!(r, Ok(u + 1))).unwrap() as u32;
         stalled = if progress { 0 } else { stalled + 1 };
         assert!(stalled < 1000, "stalled after {done} calls");
         if sent == 1000 && !progress {
@@ -224,6 +360,8 @@ macro_rules! flux_tests {
             #[test] fn four_nodes_all_to_all() { all_to_all::<$t>(4, 5_000) }
             #[test] fn deferred_replies_out_of_order_keep_user_data() { deferred_out_of_order::<$t>() }
             #[test] fn errors_hand_values_back() { errors::<$t>() }
+            #[test] fn dropped_peer_hands_back_calls_in_flight() { super::dropped_peer_hands_back_calls_in_flight::<$t>() }
+            #[test] fn deferred_reply_is_answered_only_by_its_own_node() { super::deferred_reply_is_answered_only_by_its_own_node::<$t>() }
             #[test] fn reply_never_fails_when_call_was_admitted() { rpc_pair_reserves_reply_room::<$t>() }
             #[test] fn busy_responder_never_starves_its_caller() { super::busy_responder_never_starves_its_caller::<$t>() }
         }
