@@ -20,11 +20,11 @@ MLX5_DEVICE=soft cargo run -q -p mlx5 --example verbs_tour >/dev/null
 MLX5_DEVICE=soft cargo run -q -p mlx5 --example pingpong -- 2000
 
 echo "== copyrpc example: two processes"
-cargo build -q --release -p copyrpc --example pingpong
+cargo build -q -p copyrpc --example pingpong
 PP_DIR="$(mktemp -d)"
-MLX5_DEVICE=soft:manual timeout 60 target/release/examples/pingpong serve --dir "$PP_DIR" &
+MLX5_DEVICE=soft:manual timeout 60 target/debug/examples/pingpong serve --dir "$PP_DIR" &
 PP_SERVER=$!
-MLX5_DEVICE=soft:manual timeout 60 target/release/examples/pingpong call 2000 --dir "$PP_DIR"
+MLX5_DEVICE=soft:manual timeout 60 target/debug/examples/pingpong call 2000 --dir "$PP_DIR"
 wait "$PP_SERVER"
 rm -rf "$PP_DIR"
 
