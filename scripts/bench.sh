@@ -14,7 +14,10 @@ echo
 echo "== mlx5 (cargo bench -p mlx5)"
 cargo bench -p mlx5 --bench mlx5 -- "$@"
 echo
-echo "== mlx5 data-path instructions (scripts/callgrind.sh)"
+echo "== copyrpc (cargo bench -p copyrpc)"
+cargo bench -p copyrpc --bench copyrpc -- "$@"
+echo
+echo "== mlx5 and copyrpc instructions (scripts/callgrind.sh)"
 "$(dirname "$0")/callgrind.sh"
 
 echo

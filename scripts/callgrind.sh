@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Instructions the mlx5 data path costs per posted WQE and per polled CQE,
+# Instructions the mlx5 data path costs per posted WQE and per polled CQE
+# (and, below, copyrpc's instructions per RPC),
 # counted by callgrind in the `instr` example (mlx5/examples/instr.rs):
 # only the calls of `post_batch`, `poll_batch` and `poll_recv_batch` are
 # counted, at two batch sizes, so fixed costs (the doorbell, a poll's
@@ -100,3 +101,36 @@ REPORT=target/bench-summary/mlx5-instr.md
 
 echo
 cat "$REPORT"
+
+# copyrpc: instructions per RPC (caller and responder together: copyrpc and
+# the mlx5 post/poll it does, not the software device), from
+# copyrpc/examples/instr.rs at two RPC counts, per RPC = the difference
+# divided by the difference of the counts.
+echo "== cargo build --release -p copyrpc --example instr" >&2
+cargo build --release -p copyrpc --example instr
+CBIN="${CARGO_TARGET_DIR:-target}/release/examples/instr"
+[ -x "$CBIN" ] || { echo "callgrind.sh: $CBIN was not built" >&2; exit 1; }
+BIN="$CBIN"
+CROWS=()
+for shape in depth1 8x256; do
+    echo "== copyrpc $shape: measured_*, N = $SMALL and $LARGE" >&2
+    small="$(ir measured_ "$SMALL" "$shape")"
+    large="$(ir measured_ "$LARGE" "$shape")"
+    per="$(awk -v a="$small" -v b="$large" -v n="$SMALL" -v m="$LARGE" \
+        'BEGIN { printf "%.1f", (b - a) / (m - n) }')"
+    CROWS+=("| $shape | $per | $small | $large |")
+done
+CREPORT=target/bench-summary/copyrpc-instr.md
+{
+    echo "copyrpc instructions per RPC of 32 bytes (callgrind Ir, caller and responder together, software device's work not counted; per RPC = (Ir(N=$LARGE) - Ir(N=$SMALL)) / $((LARGE - SMALL)))"
+    echo
+    echo "| shape | instructions / RPC | Ir (N=$SMALL) | Ir (N=$LARGE) |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${CROWS[@]}"
+    echo
+    echo "machine: $(uname -m), ${MODEL:-unknown CPU}; $(valgrind --version); git $HASH"
+    echo "command: scripts/callgrind.sh $SMALL $LARGE, i.e. for SHAPE in depth1 8x256 and N in $SMALL $LARGE:" \
+        "\`valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_*' $CBIN N SHAPE\`"
+} >"$CREPORT"
+echo
+cat "$CREPORT"
