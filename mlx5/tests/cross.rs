@@ -646,3 +646,75 @@ fn an_idle_linked_device_sleeps_and_its_socket_wakes_it() {
             .all(|(i, &x)| x == pattern(5, i as u64))
     );
 }
+
+/// The abstract unix socket name of the software device at `gid`.
+fn unix_name(gid: &[u8; 16]) -> String {
+    assert_eq!(gid[..5], *b"SOFT\x01", "a unix software device address");
+    let word = |i: usize| u32::from_le_bytes(gid[i..i + 4].try_into().unwrap());
+    format!("mlx5-soft.{}.{}", word(8), word(12))
+}
+
+/// A unix software device address of a process that does not exist here.
+fn made_up_address(id: u32) -> [u8; 16] {
+    let mut g = [0u8; 16];
+    g[0..4].copy_from_slice(b"SOFT");
+    g[4] = 1;
+    g[8..12].copy_from_slice(&4_000_000_000u32.to_le_bytes());
+    g[12..16].copy_from_slice(&id.to_le_bytes());
+    g
+}
+
+#[test]
+fn a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout() {
+    use std::io::Read as _;
+    use std::os::linux::net::SocketAddrExt;
+    // A fake device: welcomes the connection, answers the first REQ with
+    // a RESP one PSN ahead, then stays silent with the socket open.
+    let gid = made_up_address(77);
+    let a = std::os::unix::net::SocketAddr::from_abstract_name(unix_name(&gid)).unwrap();
+    let l = std::os::unix::net::UnixListener::bind_addr(&a).unwrap();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut hello = [0u8; 48];
+        s.read_exact(&mut hello).unwrap();
+        assert_eq!(hello[..8], [40, 0, 0, 0, 1, 0, 0, 0]);
+        s.write_all(&[8, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            .unwrap();
+        let mut h = [0u8; 8];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(h[4], 3, "a REQ");
+        let mut body = vec![0u8; u32::from_le_bytes(h[..4].try_into().unwrap()) as usize];
+        s.read_exact(&mut body).unwrap();
+        let psn = u32::from_le_bytes(body[8..12].try_into().unwrap());
+        let mut resp = vec![32, 0, 0, 0, 4, 0, 0, 0];
+        resp.extend_from_slice(&body[0..4]); // requester QPN
+        resp.extend_from_slice(&body[12..16]); // epoch
+        resp.extend_from_slice(&(psn + 1).to_le_bytes());
+        resp.extend_from_slice(&[0u8; 20]); // ACK, no data
+        s.write_all(&resp).unwrap();
+        s
+    });
+    let ctx = Context::soft(Progress::Background);
+    let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let info = mlx5::ConnInfo {
+        qpn: 0x100,
+        psn: 0,
+        lid: 0,
+        gid,
+    };
+    me.qp.connect(&info, &ConnectOpts::default()).unwrap();
+    let t = Instant::now();
+    me.qp
+        .post_and_ring(&Write::inline(me.mr.remote(0), b"unanswered").signaled())
+        .unwrap();
+    let _open = fake.join().expect("the fake device");
+    let mut got = Vec::new();
+    me.cq
+        .poll_until(1, Duration::from_secs(5), |c| got.push(*c))
+        .unwrap();
+    let waited = t.elapsed();
+    assert_eq!(got.len(), 1, "no completion within 5 s");
+    assert_eq!(got[0].status(), Err(Syndrome::TransportRetryExceeded));
+    // The ACK timeout (537 ms with the defaults), not the stale answer.
+    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+}

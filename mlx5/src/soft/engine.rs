@@ -205,7 +205,9 @@ fn min_timer(t: &mut Option<Instant>, at: Instant) {
 }
 
 /// Reads every link and handles the frames: requests are executed here
-/// (the responder phase) and answered; answers complete WQEs in flight.
+/// (the responder phase) and answered; answers complete WQEs in flight. A
+/// link with requests outstanding and no progress for its ACK timeout is
+/// declared dead.
 fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
     let now = Instant::now();
     let Engine {
@@ -221,40 +223,62 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
     dead.clear();
     for link in links.iter_mut().filter(|l| l.is_up()) {
         let got = link.fill(stats);
-        if !link.is_up() {
-            dead.push(link.id);
-            continue;
+        if got > 0 && link.is_up() {
+            done += handle_frames(shared, link, frames, sges, stats, next_timer, now);
+            if link.mid_frame() && link.outstanding() > 0 {
+                // A frame is arriving (READ data, or frames queued ahead
+                // of the answers): the peer is alive and sending.
+                link.last_progress = now;
+            }
         }
-        if link.outstanding > 0 && got == 0 {
+        if link.is_up() && link.outstanding() > 0 {
             let deadline = link.last_progress + link.timeout;
             if now >= deadline {
                 link.kill(format!(
                     "no answer from the peer for {:?} with requests outstanding",
                     link.timeout
                 ));
-                dead.push(link.id);
             } else {
                 min_timer(next_timer, deadline);
             }
-            continue;
         }
-        if got == 0 {
-            continue;
+        if !link.is_up() {
+            dead.push(link.id);
         }
-        frames.clear();
-        let mut bad = None;
-        while let Some(f) = link.next_frame() {
-            match f {
-                Ok(f) => frames.push(f),
-                Err(e) => {
-                    bad = Some(e);
-                    break;
-                }
+    }
+    if !dead.is_empty() {
+        let mut s = shared.lock();
+        for &id in dead.iter() {
+            done += fail_link_qps(&mut s, id, sges);
+        }
+    }
+    done
+}
+
+/// Handles the whole frames `link` has buffered; returns how many. A
+/// malformed one kills the link.
+fn handle_frames(
+    shared: &Arc<Shared>,
+    link: &mut Link,
+    frames: &mut Vec<(u8, usize, usize)>,
+    sges: &mut Vec<Sge>,
+    stats: &mut WireStats,
+    next_timer: &mut Option<Instant>,
+    now: Instant,
+) -> usize {
+    frames.clear();
+    let mut bad = None;
+    while let Some(f) = link.next_frame() {
+        match f {
+            Ok(f) => frames.push(f),
+            Err(e) => {
+                bad = Some(e);
+                break;
             }
         }
-        if frames.is_empty() && bad.is_none() {
-            continue;
-        }
+    }
+    let mut done = 0;
+    if !frames.is_empty() {
         let rx = std::mem::take(&mut link.rx);
         let mut s = shared.lock();
         for &(kind, a, b) in frames.iter() {
@@ -281,23 +305,20 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
                         break;
                     }
                 };
-                link.outstanding = link.outstanding.saturating_sub(1);
-                link.last_progress = now;
-                on_resp(&mut s, &r, sges, next_timer);
+                // Only an answer to the oldest request unanswered on this
+                // link is progress; a stale or forged one (wrong QPN,
+                // epoch or PSN, or nothing asked) is dropped, and the ACK
+                // timeout runs on.
+                if link.answers(&r, now) {
+                    on_resp(&mut s, &r, sges, next_timer);
+                }
             }
         }
         drop(s);
         link.rx = rx;
-        if let Some(e) = bad {
-            link.kill(format!("protocol error from the peer: {e}"));
-            dead.push(link.id);
-        }
     }
-    if !dead.is_empty() {
-        let mut s = shared.lock();
-        for &id in dead.iter() {
-            done += fail_link_qps(&mut s, id, sges);
-        }
+    if let Some(e) = bad {
+        link.kill(format!("protocol error from the peer: {e}"));
     }
     done
 }
@@ -371,7 +392,7 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine) {
         }
         if !link.is_up() {
             dead.push(link.id);
-        } else if link.outstanding > 0 {
+        } else if link.outstanding() > 0 {
             min_timer(next_timer, link.last_progress + link.timeout);
         }
     }
@@ -479,12 +500,8 @@ fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
                         done += 1;
                         continue;
                     };
-                    net::put_req(&mut link.tx, &f.req, epoch, &eng.scratch);
+                    link.put_req(&f.req, epoch, &eng.scratch);
                     eng.stats.frames_sent += 1;
-                    if link.outstanding == 0 {
-                        link.last_progress = Instant::now();
-                    }
-                    link.outstanding += 1;
                     let qp = s.qp(qpn).expect("present");
                     qp.sq_sent = qp.sq_sent.wrapping_add(f.wqebbs);
                     qp.psn = qp.psn.wrapping_add(1);

@@ -38,6 +38,14 @@
 //!   syndrome), 2 zero bytes, atomic original value u64, data length u32,
 //!   0 u32 (32 bytes), then the READ data.
 //!
+//! The responder answers every `REQ` with exactly one `RESP`, in the order
+//! the requests arrived, so a link's answers come in the order its
+//! requests were sent. A `RESP` that does not answer the oldest request
+//! still unanswered on its link (QPN, epoch and PSN) is stale or forged:
+//! it is dropped and is not progress. Progress, which restarts the ACK
+//! clock of a link with requests outstanding, is an answer to that oldest
+//! request, or bytes of a frame still arriving (a large one takes a while).
+//!
 //! A malformed frame kills the link: its QPs complete with
 //! `TransportRetryExceeded`, as when the peer goes away.
 
@@ -247,7 +255,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Appends a REQ frame for `req` with `payload`.
-pub(crate) fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8]) {
+fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8]) {
     tx.extend_from_slice(&header(K_REQ, REQ_LEN + payload.len()));
     let mut b = [0u8; REQ_LEN];
     b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
@@ -404,9 +412,10 @@ pub(crate) struct Link {
     held: VecDeque<(usize, Instant)>,
     /// Why the link is down (it is never reused once down).
     pub(crate) dead: Option<String>,
-    /// Requests sent and not yet answered.
-    pub(crate) outstanding: u64,
-    /// The last answer, or when `outstanding` left zero.
+    /// Requests sent and not yet answered, oldest first: the peer answers
+    /// every REQ with one RESP, in order, so only the front can be next.
+    sent: VecDeque<Sent>,
+    /// The last answer, or when `sent` stopped being empty.
     pub(crate) last_progress: Instant,
     /// No answer for this long with requests outstanding: the peer is gone.
     pub(crate) timeout: Duration,
@@ -414,6 +423,14 @@ pub(crate) struct Link {
     pub(crate) blackhole: bool,
     /// Fault: hold what is sent for this long.
     pub(crate) delay: Duration,
+}
+
+/// A request sent on a link, as its answer names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sent {
+    qpn: u32,
+    epoch: u32,
+    psn: u32,
 }
 
 /// The default time without an answer before a link is declared dead:
@@ -437,7 +454,7 @@ impl Link {
             tx_ready: 0,
             held: VecDeque::new(),
             dead: None,
-            outstanding: 0,
+            sent: VecDeque::new(),
             last_progress: Instant::now(),
             timeout: ack_budget(14, 7),
             blackhole: false,
@@ -462,7 +479,48 @@ impl Link {
         self.tx_head = 0;
         self.tx_ready = 0;
         self.held.clear();
-        self.outstanding = 0;
+        self.sent = VecDeque::new();
+    }
+
+    /// Appends a REQ frame for `req` and remembers it until answered.
+    pub(crate) fn put_req(&mut self, req: &Request, epoch: u32, payload: &[u8]) {
+        if self.sent.is_empty() {
+            self.last_progress = Instant::now();
+        }
+        self.sent.push_back(Sent {
+            qpn: req.src_qpn,
+            epoch,
+            psn: req.psn,
+        });
+        put_req(&mut self.tx, req, epoch, payload);
+    }
+
+    /// Whether `r` answers the oldest request unanswered on this link; if
+    /// so it is progress (the ACK clock restarts). Any other RESP is stale
+    /// or forged: it answers nothing and must be ignored.
+    pub(crate) fn answers(&mut self, r: &Resp<'_>, now: Instant) -> bool {
+        let it = Sent {
+            qpn: r.qpn,
+            epoch: r.epoch,
+            psn: r.psn,
+        };
+        if self.sent.front() != Some(&it) {
+            return false;
+        }
+        self.sent.pop_front();
+        self.last_progress = now;
+        true
+    }
+
+    /// Requests sent and not yet answered.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// Whether part of a frame is buffered: one is arriving (the bytes
+    /// after the last whole frame a pass handled).
+    pub(crate) fn mid_frame(&self) -> bool {
+        self.rx_head < self.rx_tail
     }
 
     pub(crate) fn fd(&self) -> Option<RawFd> {
