@@ -268,10 +268,21 @@ fn handle_frames(
 ) -> usize {
     frames.clear();
     let mut bad = None;
+    let mut rechecked = false;
     while let Some(f) = link.next_frame() {
         match f {
             Ok(f) => frames.push(f),
-            Err(e) => {
+            Err(net::Bad::ReqOverLimit) if !rechecked => {
+                // QPs may have connected, or regions grown, since the
+                // limit was set; this header is parsed again.
+                rechecked = true;
+                vouch(&shared.lock(), link);
+            }
+            Err(net::Bad::ReqOverLimit) => {
+                bad = Some("REQ longer than any QP connected to its sender can accept");
+                break;
+            }
+            Err(net::Bad::Frame(e)) => {
                 bad = Some(e);
                 break;
             }
@@ -319,8 +330,41 @@ fn handle_frames(
     }
     if let Some(e) = bad {
         link.kill(format!("protocol error from the peer: {e}"));
+    } else if !link.vouched && link.backlog() > net::STRANGER_TX {
+        vouch(&shared.lock(), link);
+        if !link.vouched {
+            link.kill("a stranger that does not read its answers".into());
+        }
     }
     done
+}
+
+/// Sets what a REQ on `link` may carry: the most that one of this device's
+/// QPs connected to the peer's address could accept (a WRITE lands inside
+/// one remotely writable region of the QP's PD; a SEND is scattered over at
+/// most [`MAX_RECV_SGE`] entries, each inside one locally writable region),
+/// at most the RC message limit. No such QP: the peer is a stranger, and
+/// its REQs carry nothing. Cold: runs when a REQ over the current limit
+/// arrives, or a stranger's answers pile up.
+fn vouch(s: &State, link: &mut Link) {
+    let mut most = 0u64;
+    let connected = s
+        .qps
+        .iter()
+        .flatten()
+        .filter(|q| q.peer.as_ref().is_some_and(|p| p.addr == link.peer));
+    for q in connected {
+        link.vouched = true;
+        for m in s.mrs.iter().flatten().filter(|m| m.pd == q.pd) {
+            if q.access.contains(Access::REMOTE_WRITE) && m.access.contains(Access::REMOTE_WRITE) {
+                most = most.max(m.len);
+            }
+            if m.access.contains(Access::LOCAL_WRITE) {
+                most = most.max(m.len.saturating_mul(MAX_RECV_SGE as u64));
+            }
+        }
+    }
+    link.req_limit = most.min(net::MAX_MSG) as u32;
 }
 
 /// An answer from a link: completes the oldest request in flight on its
