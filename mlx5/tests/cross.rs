@@ -803,6 +803,26 @@ fn a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout() {
 }
 
 #[test]
+fn links_killed_by_bad_frames_are_removed() {
+    let (mut me, peer) = setup("soft", &ConnectOpts::default());
+    let gid = me.qp.local_info(&ConnectOpts::default()).unwrap().gid;
+    for i in 0..300 {
+        let mut s = stranger(&gid, i);
+        s.write_all(&[0, 0, 0, 0, 9, 0, 0, 0]).unwrap();
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)),
+            "stranger {i}"
+        );
+    }
+    // The device holds its one live link, and it works.
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(0), b"alive").signaled())
+        .unwrap();
+    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    assert_eq!(me.ctx.wire_stats().unwrap().links, 1);
+}
+
+#[test]
 fn a_stranger_that_does_not_read_its_answers_is_cut_off() {
     let (mut me, peer) = setup("soft", &ConnectOpts::default());
     let gid = me.qp.local_info(&ConnectOpts::default()).unwrap().gid;
@@ -874,5 +894,57 @@ fn large_writes_and_reads_cross_the_link_whole() {
         got.iter()
             .enumerate()
             .all(|(i, &x)| x == pattern(4, i as u64))
+    );
+}
+
+#[test]
+fn a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up() {
+    // QPs a and b share one link to the peer; the link times out (a's
+    // request, partitioned) and is removed while b, idle, still names it.
+    let fast = ConnectOpts {
+        timeout: 12,
+        retry_cnt: 1,
+        ..ConnectOpts::default()
+    };
+    let o = ConnectOpts::default();
+    let ctx = Context::soft(Progress::Background);
+    let mut a = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let mut b = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let mut peer = spawn("soft", 3, 4096, 8, 8);
+    peer.connect(0, &a.qp.local_info(&fast).unwrap());
+    peer.connect(1, &b.qp.local_info(&o).unwrap());
+    a.qp.connect(&peer.infos[0], &fast).unwrap();
+    b.qp.connect(&peer.infos[1], &o).unwrap();
+    assert_eq!(ctx.wire_stats().unwrap().links, 1);
+    ctx.faults()
+        .unwrap()
+        .partition_peer(&peer.infos[0])
+        .unwrap();
+    a.qp.post_and_ring(&Write::inline(peer.remote(0), b"lost").signaled())
+        .unwrap();
+    assert_eq!(
+        a.expect(1)[0].status(),
+        Err(Syndrome::TransportRetryExceeded)
+    );
+    assert_eq!(ctx.wire_stats().unwrap().links, 0, "the dead link is gone");
+    // A new QP pair brings up a new link to the same peer.
+    let mut c = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    peer.connect(2, &c.qp.local_info(&o).unwrap());
+    c.qp.connect(&peer.infos[2], &o).unwrap();
+    c.qp.post_and_ring(&Write::inline(peer.remote(8), b"new").signaled())
+        .unwrap();
+    ok_one(&mut c, mlx5::wqe::opcode::RDMA_WRITE);
+    assert_eq!(ctx.wire_stats().unwrap().links, 1);
+    // b's link is gone: b fails, and does not borrow the new one.
+    b.qp.post_and_ring(&Write::inline(peer.remote(16), b"old").signaled())
+        .unwrap();
+    assert_eq!(
+        b.expect(1)[0].status(),
+        Err(Syndrome::TransportRetryExceeded)
+    );
+    assert_eq!(
+        peer.cmd("hex 16 3"),
+        hex(&[0, 0, 0]),
+        "nothing of b's landed"
     );
 }

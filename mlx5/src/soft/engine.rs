@@ -62,16 +62,24 @@ impl Engine {
     }
 }
 
-/// Adds a link to `peer` over `s`.
-pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], s: net::Stream) -> &mut Link {
+/// Adds a link to `peer` over `s`; `None` (and `s` closed) if fault
+/// injection dropped that peer. Link ids are never reused: a QP whose link
+/// died and was removed finds no link by its id, never another one.
+pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], s: net::Stream) -> Option<&mut Link> {
+    if eng.faults.dropped.contains(&peer) {
+        return None;
+    }
     eng.next_link += 1;
     let mut l = Link::new(eng.next_link, peer, s);
     l.delay = eng.faults.delay;
-    if eng.faults.dropped.contains(&peer) {
-        l.kill("dropped by fault injection".into());
-    }
     eng.links.push(l);
-    eng.links.last_mut().expect("just pushed")
+    eng.links.last_mut()
+}
+
+/// Removes the links that died, once their QPs were failed (a dead link
+/// holds nothing the device needs; its id stays unused).
+pub(crate) fn remove_dead_links(links: &mut Vec<Link>) {
+    links.retain(Link::is_up);
 }
 
 /// Adopts the connections the acceptor thread accepted.
@@ -251,6 +259,8 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
         for &id in dead.iter() {
             done += fail_link_qps(&mut s, id, sges);
         }
+        drop(s);
+        remove_dead_links(links);
     }
     done
 }
@@ -445,6 +455,8 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine) {
         for &id in dead.iter() {
             fail_link_qps(&mut s, id, sges);
         }
+        drop(s);
+        remove_dead_links(links);
     }
 }
 

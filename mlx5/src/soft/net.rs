@@ -68,7 +68,9 @@
 //!
 //! A malformed frame, or one longer than its link allows, kills that link
 //! at once: its QPs complete with `TransportRetryExceeded`, as when the
-//! peer goes away.
+//! peer goes away. A dead link is removed from its device once its QPs
+//! were failed; link ids are never reused, so a QP that named it finds no
+//! link (never another one) and keeps failing the same way.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -409,7 +411,9 @@ pub(crate) fn get_resp(body: &[u8]) -> Result<Resp<'_>, &'static str> {
 /// Counters of a device's wire traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WireStats {
-    /// Links (sockets to other devices) currently up.
+    /// Links (sockets to other devices) the device holds: those up (one
+    /// that dies is removed in the pass that notices, or at once by
+    /// `drop_peer`).
     pub links: usize,
     /// REQ and RESP frames sent.
     pub frames_sent: u64,
