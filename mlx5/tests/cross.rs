@@ -806,6 +806,12 @@ fn a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout() {
 fn links_killed_by_bad_frames_are_removed() {
     let (mut me, peer) = setup("soft", &ConnectOpts::default());
     let gid = me.qp.local_info(&ConnectOpts::default()).unwrap().gid;
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(0), b"up").signaled())
+        .unwrap();
+    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    // One link, or two if both ends connected at once.
+    let live = me.ctx.wire_stats().unwrap().links;
     for i in 0..300 {
         let mut s = stranger(&gid, i);
         s.write_all(&[0, 0, 0, 0, 9, 0, 0, 0]).unwrap();
@@ -819,7 +825,7 @@ fn links_killed_by_bad_frames_are_removed() {
         .post_and_ring(&Write::inline(peer.remote(0), b"alive").signaled())
         .unwrap();
     ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
-    assert_eq!(me.ctx.wire_stats().unwrap().links, 1);
+    assert_eq!(me.ctx.wire_stats().unwrap().links, live);
 }
 
 #[test]
@@ -934,7 +940,9 @@ fn a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up() {
     c.qp.post_and_ring(&Write::inline(peer.remote(8), b"new").signaled())
         .unwrap();
     ok_one(&mut c, mlx5::wqe::opcode::RDMA_WRITE);
-    assert_eq!(ctx.wire_stats().unwrap().links, 1);
+    // (Not asserted: one new link or two. The peer's connect returns at
+    // WELCOME, before this device adopts its link, so c may connect one of
+    // its own meanwhile.)
     // b's link is gone: b fails, and does not borrow the new one.
     b.qp.post_and_ring(&Write::inline(peer.remote(16), b"old").signaled())
         .unwrap();
