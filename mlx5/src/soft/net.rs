@@ -61,6 +61,11 @@
 //! * a `RESP` carries at most 32 bytes and the longest READ this side has
 //!   in flight on that link (nothing in flight: 32 bytes).
 //!
+//! So a WRITE or SEND larger than anything its target could ever accept,
+//! which hardware would NAK (`RemoteAccess`, `RemoteInvalRequest`), closes
+//! the link instead: the requester sees `TransportRetryExceeded`, and so
+//! do the other QPs with requests in flight on that link.
+//!
 //! The receive buffer grows only with bytes that arrived (by at most what
 //! it holds), never ahead of a body on the word of a header; one pass reads
 //! at most 4 MiB from a link. A stranger's link holds at most 64 KiB of
