@@ -266,7 +266,9 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
 }
 
 /// Handles the whole frames `link` has buffered; returns how many. A
-/// malformed one kills the link.
+/// malformed frame, or one longer than the link allows, kills the link, as
+/// does a stranger that leaves more than [`net::STRANGER_TX`] of answers
+/// unread.
 fn handle_frames(
     shared: &Arc<Shared>,
     link: &mut Link,
