@@ -956,3 +956,45 @@ fn a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up() {
         "nothing of b's landed"
     );
 }
+
+#[test]
+fn an_answer_on_another_link_completes_nothing() {
+    use std::io::Read as _;
+    use std::os::linux::net::SocketAddrExt;
+    // A fake device that takes a WRITE and never answers it.
+    let gid = made_up_address(78);
+    let a = std::os::unix::net::SocketAddr::from_abstract_name(unix_name(&gid)).unwrap();
+    let l = std::os::unix::net::UnixListener::bind_addr(&a).unwrap();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut hello = [0u8; 48];
+        s.read_exact(&mut hello).unwrap();
+        s.write_all(&[8, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            .unwrap();
+        let mut req = [0u8; 8 + 56 + 4];
+        s.read_exact(&mut req).unwrap();
+        s
+    });
+    let ctx = Context::soft(Progress::Background);
+    let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let mine = me.qp.local_info(&ConnectOpts::default()).unwrap().gid;
+    let info = mlx5::ConnInfo {
+        qpn: 0x100,
+        psn: 0,
+        lid: 0,
+        gid,
+    };
+    me.qp.connect(&info, &ConnectOpts::default()).unwrap();
+    me.qp
+        .post_and_ring(&Write::inline(me.mr.remote(0), b"four").signaled())
+        .unwrap();
+    let _silent = fake.join().expect("the fake device");
+    // A stranger, on a link of its own, ACKs it: QPN, epoch 0, PSN 0.
+    let mut s = stranger(&mine, 9);
+    let mut resp = vec![32, 0, 0, 0, 4, 0, 0, 0];
+    resp.extend_from_slice(&me.qp.qpn().to_le_bytes());
+    resp.extend_from_slice(&[0u8; 28]);
+    s.write_all(&resp).unwrap();
+    let c = me.expect(1);
+    assert_eq!(c[0].status(), Err(Syndrome::TransportRetryExceeded));
+}
