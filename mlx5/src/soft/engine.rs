@@ -63,16 +63,24 @@ impl Engine {
     }
 }
 
-/// Adds a link to `peer` over `s`.
-pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], s: net::Stream) -> &mut Link {
+/// Adds a link to `peer` over `s`; `None` (and `s` closed) if fault
+/// injection dropped that peer. Link ids are never reused: a QP whose link
+/// died and was removed finds no link by its id, never another one.
+pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], s: net::Stream) -> Option<&mut Link> {
+    if eng.faults.dropped.contains(&peer) {
+        return None;
+    }
     eng.next_link += 1;
     let mut l = Link::new(eng.next_link, peer, s);
     l.delay = eng.faults.delay;
-    if eng.faults.dropped.contains(&peer) {
-        l.kill("dropped by fault injection".into());
-    }
     eng.links.push(l);
-    eng.links.last_mut().expect("just pushed")
+    eng.links.last_mut()
+}
+
+/// Removes the links that died, once their QPs were failed (a dead link
+/// holds nothing the device needs; its id stays unused).
+pub(crate) fn remove_dead_links(links: &mut Vec<Link>) {
+    links.retain(Link::is_up);
 }
 
 /// Adopts the connections the acceptor thread accepted.
@@ -212,7 +220,9 @@ fn min_timer(t: &mut Option<Instant>, at: Instant) {
 }
 
 /// Reads every link and handles the frames: requests are executed here
-/// (the responder phase) and answered; answers complete WQEs in flight.
+/// (the responder phase) and answered; answers complete WQEs in flight. A
+/// link with requests outstanding and no progress for its ACK timeout is
+/// declared dead.
 fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
     let now = Instant::now();
     let Engine {
@@ -228,40 +238,77 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
     dead.clear();
     for link in links.iter_mut().filter(|l| l.is_up()) {
         let got = link.fill(stats);
-        if !link.is_up() {
-            dead.push(link.id);
-            continue;
+        if got > 0 && link.is_up() {
+            done += handle_frames(shared, link, frames, sges, stats, next_timer, now);
+            if link.mid_frame() && link.outstanding() > 0 {
+                // A frame is arriving (READ data, or frames queued ahead
+                // of the answers): the peer is alive and sending.
+                link.last_progress = now;
+            }
         }
-        if link.outstanding > 0 && got == 0 {
+        if link.is_up() && link.outstanding() > 0 {
             let deadline = link.last_progress + link.timeout;
             if now >= deadline {
                 link.kill(format!(
                     "no answer from the peer for {:?} with requests outstanding",
                     link.timeout
                 ));
-                dead.push(link.id);
             } else {
                 min_timer(next_timer, deadline);
             }
-            continue;
         }
-        if got == 0 {
-            continue;
+        if !link.is_up() {
+            dead.push(link.id);
         }
-        frames.clear();
-        let mut bad = None;
-        while let Some(f) = link.next_frame() {
-            match f {
-                Ok(f) => frames.push(f),
-                Err(e) => {
-                    bad = Some(e);
-                    break;
-                }
+    }
+    if !dead.is_empty() {
+        let mut s = shared.lock();
+        for &id in dead.iter() {
+            done += fail_link_qps(&mut s, id, sges);
+        }
+        drop(s);
+        remove_dead_links(links);
+    }
+    done
+}
+
+/// Handles the whole frames `link` has buffered; returns how many. A
+/// malformed frame, or one longer than the link allows, kills the link, as
+/// does a stranger that leaves more than [`net::STRANGER_TX`] of answers
+/// unread.
+fn handle_frames(
+    shared: &Arc<Shared>,
+    link: &mut Link,
+    frames: &mut Vec<(u8, usize, usize)>,
+    sges: &mut Vec<Sge>,
+    stats: &mut WireStats,
+    next_timer: &mut Option<Instant>,
+    now: Instant,
+) -> usize {
+    frames.clear();
+    let mut bad = None;
+    let mut rechecked = false;
+    while let Some(f) = link.next_frame() {
+        match f {
+            Ok(f) => frames.push(f),
+            Err(net::Bad::ReqOverLimit) if !rechecked => {
+                // QPs may have connected, or regions grown, since the
+                // limit was set; this header is parsed again.
+                rechecked = true;
+                vouch(&shared.lock(), link);
+            }
+            Err(net::Bad::ReqOverLimit) => {
+                bad = Some("REQ longer than any QP connected to its sender can accept");
+                break;
+            }
+            Err(net::Bad::Frame(e)) => {
+                bad = Some(e);
+                break;
             }
         }
-        if frames.is_empty() && bad.is_none() {
-            continue;
-        }
+    }
+    let mut done = 0;
+    if !frames.is_empty() {
         let rx = std::mem::take(&mut link.rx);
         let mut s = shared.lock();
         for &(kind, a, b) in frames.iter() {
@@ -288,25 +335,55 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
                         break;
                     }
                 };
-                link.outstanding = link.outstanding.saturating_sub(1);
-                link.last_progress = now;
-                on_resp(&mut s, &r, sges, next_timer);
+                // Only an answer to the oldest request unanswered on this
+                // link is progress; a stale or forged one (wrong QPN,
+                // epoch or PSN, or nothing asked) is dropped, and the ACK
+                // timeout runs on.
+                if link.answers(&r, now) {
+                    on_resp(&mut s, &r, sges, next_timer);
+                }
             }
         }
         drop(s);
         link.rx = rx;
-        if let Some(e) = bad {
-            link.kill(format!("protocol error from the peer: {e}"));
-            dead.push(link.id);
-        }
     }
-    if !dead.is_empty() {
-        let mut s = shared.lock();
-        for &id in dead.iter() {
-            done += fail_link_qps(&mut s, id, sges);
+    if let Some(e) = bad {
+        link.kill(format!("protocol error from the peer: {e}"));
+    } else if !link.vouched && link.backlog() > net::STRANGER_TX {
+        vouch(&shared.lock(), link);
+        if !link.vouched {
+            link.kill("a stranger that does not read its answers".into());
         }
     }
     done
+}
+
+/// Sets what a REQ on `link` may carry: the most that one of this device's
+/// QPs connected to the peer's address could accept (a WRITE lands inside
+/// one remotely writable region of the QP's PD; a SEND is scattered over at
+/// most [`MAX_RECV_SGE`] entries, each inside one locally writable region),
+/// at most the RC message limit. No such QP: the peer is a stranger, and
+/// its REQs carry nothing. Cold: runs when a REQ over the current limit
+/// arrives, or a stranger's answers pile up.
+fn vouch(s: &State, link: &mut Link) {
+    let mut most = 0u64;
+    let connected = s
+        .qps
+        .iter()
+        .flatten()
+        .filter(|q| q.peer.as_ref().is_some_and(|p| p.addr == link.peer));
+    for q in connected {
+        link.vouched = true;
+        for m in s.mrs.iter().flatten().filter(|m| m.pd == q.pd) {
+            if q.access.contains(Access::REMOTE_WRITE) && m.access.contains(Access::REMOTE_WRITE) {
+                most = most.max(m.len);
+            }
+            if m.access.contains(Access::LOCAL_WRITE) {
+                most = most.max(m.len.saturating_mul(MAX_RECV_SGE as u64));
+            }
+        }
+    }
+    link.req_limit = most.min(net::MAX_MSG) as u32;
 }
 
 /// An answer from a link: completes the oldest request in flight on its
@@ -378,7 +455,7 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine) {
         }
         if !link.is_up() {
             dead.push(link.id);
-        } else if link.outstanding > 0 {
+        } else if link.outstanding() > 0 {
             min_timer(next_timer, link.last_progress + link.timeout);
         }
     }
@@ -387,6 +464,8 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine) {
         for &id in dead.iter() {
             fail_link_qps(&mut s, id, sges);
         }
+        drop(s);
+        remove_dead_links(links);
     }
 }
 
@@ -486,12 +565,8 @@ fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
                         done += 1;
                         continue;
                     };
-                    net::put_req(&mut link.tx, &f.req, epoch, &eng.scratch);
+                    link.put_req(&f.req, epoch, &eng.scratch);
                     eng.stats.frames_sent += 1;
-                    if link.outstanding == 0 {
-                        link.last_progress = Instant::now();
-                    }
-                    link.outstanding += 1;
                     let qp = s.qp(qpn).expect("present");
                     qp.sq_sent = qp.sq_sent.wrapping_add(f.wqebbs);
                     qp.psn = qp.psn.wrapping_add(1);

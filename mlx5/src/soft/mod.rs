@@ -994,7 +994,11 @@ impl Device {
                 // while); a link another QP made meanwhile is harmless.
                 let s = net::connect(self.shared.addr, to).map_err(Error::InvalidAttr)?;
                 let mut guard = lock();
-                let l = engine::add_link(&mut guard, r.gid, s);
+                let l = engine::add_link(&mut guard, r.gid, s).ok_or_else(|| {
+                    Error::InvalidAttr(format!(
+                        "software device {to} was dropped by fault injection"
+                    ))
+                })?;
                 l.timeout = budget;
                 l.id
             }
@@ -1026,6 +1030,7 @@ impl Device {
             engine::fail_link(&mut s, id);
         }
         drop(s);
+        engine::remove_dead_links(&mut eng.links);
         drop(eng);
         self.shared.bell.ring();
     }
@@ -1065,7 +1070,7 @@ impl Device {
     pub(crate) fn wire_stats(&self) -> net::WireStats {
         let eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
         net::WireStats {
-            links: eng.links.iter().filter(|l| l.is_up()).count(),
+            links: eng.links.len(),
             ..eng.stats
         }
     }

@@ -39,8 +39,44 @@
 //!   syndrome), 2 zero bytes, atomic original value u64, data length u32,
 //!   0 u32 (32 bytes), then the READ data.
 //!
-//! A malformed frame kills the link: its QPs complete with
-//! `TransportRetryExceeded`, as when the peer goes away.
+//! The responder answers every `REQ` with exactly one `RESP`, in the order
+//! the requests arrived, so a link's answers come in the order its
+//! requests were sent. A `RESP` that does not answer the oldest request
+//! still unanswered on its link (QPN, epoch and PSN) is stale or forged:
+//! it is dropped and is not progress. Progress, which restarts the ACK
+//! clock of a link with requests outstanding, is an answer to that oldest
+//! request, or bytes of a frame still arriving (a large one takes a while).
+//!
+//! # What a frame may carry
+//!
+//! A frame's length is checked as soon as its header is in, before any of
+//! its body is waited for, against what the QPs on that link can
+//! legitimately send:
+//!
+//! * a `REQ` carries at most 56 bytes and what a QP of this device
+//!   connected to the sender's address could accept: a WRITE lands inside
+//!   one remotely writable region of the QP's PD, a SEND is scattered over
+//!   at most 32 receive entries, each inside one locally writable region;
+//!   never more than the RC message limit, 2 GiB. A sender no QP is
+//!   connected to (a *stranger*) may send nothing beyond the fixed part;
+//! * a `RESP` carries at most 32 bytes and the longest READ this side has
+//!   in flight on that link (nothing in flight: 32 bytes).
+//!
+//! So a WRITE or SEND larger than anything its target could ever accept,
+//! which hardware would NAK (`RemoteAccess`, `RemoteInvalRequest`), closes
+//! the link instead: the requester sees `TransportRetryExceeded`, and so
+//! do the other QPs with requests in flight on that link.
+//!
+//! The receive buffer grows only with bytes that arrived (by at most what
+//! it holds), never ahead of a body on the word of a header; one pass reads
+//! at most 4 MiB from a link. A stranger's link holds at most 64 KiB of
+//! unsent answers: one that does not read them is cut off.
+//!
+//! A malformed frame, or one longer than its link allows, kills that link
+//! at once: its QPs complete with `TransportRetryExceeded`, as when the
+//! peer goes away. A dead link is removed from its device once its QPs
+//! were failed; link ids are never reused, so a QP that named it finds no
+//! link (never another one) and keeps failing the same way.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -225,8 +261,18 @@ const HELLO_LEN: usize = 40;
 const WELCOME_LEN: usize = 8;
 pub(crate) const REQ_LEN: usize = 56;
 pub(crate) const RESP_LEN: usize = 32;
-/// The largest body accepted: a 2 GiB payload and its fixed part.
-const MAX_BODY: usize = (1 << 31) + REQ_LEN;
+/// The RC message limit: the most a REQ payload or READ can carry.
+pub(crate) const MAX_MSG: u64 = 1 << 31;
+/// A link's first receive buffer.
+const RX_FIRST: usize = 4 << 10;
+/// While reads fill it, the receive buffer doubles up to this (a batch of
+/// small frames per `read`); beyond, it grows only for a frame whose header
+/// is in and within the link's limits, and never by more than it holds.
+const RX_BATCH: usize = 64 << 10;
+/// The most one pass reads from one link (the other links get their turn).
+const RX_PASS: usize = 4 << 20;
+/// The unsent bytes (answers) a stranger's link may hold.
+pub(crate) const STRANGER_TX: usize = 64 << 10;
 const WIRE_MAGIC: [u8; 4] = *b"M5SW";
 const WIRE_VERSION: u16 = 1;
 /// How long connecting and the handshake may take.
@@ -248,7 +294,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Appends a REQ frame for `req` with `payload`.
-pub(crate) fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8]) {
+fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8]) {
     tx.extend_from_slice(&header(K_REQ, REQ_LEN + payload.len()));
     let mut b = [0u8; REQ_LEN];
     b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
@@ -373,7 +419,9 @@ pub(crate) fn get_resp(body: &[u8]) -> Result<Resp<'_>, &'static str> {
 /// Counters of a device's wire traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WireStats {
-    /// Links (sockets to other devices) currently up.
+    /// Links (sockets to other devices) the device holds: those up (one
+    /// that dies is removed in the pass that notices, or at once by
+    /// `drop_peer`).
     pub links: usize,
     /// REQ and RESP frames sent.
     pub frames_sent: u64,
@@ -395,6 +443,7 @@ pub(crate) struct Link {
     /// The peer device's address.
     pub(crate) peer: [u8; 16],
     stream: Option<Stream>,
+    /// Received bytes; the engine borrows it while it handles frames.
     pub(crate) rx: Vec<u8>,
     /// Parsed up to / filled up to.
     pub(crate) rx_head: usize,
@@ -407,9 +456,20 @@ pub(crate) struct Link {
     held: VecDeque<(usize, Instant)>,
     /// Why the link is down (it is never reused once down).
     pub(crate) dead: Option<String>,
-    /// Requests sent and not yet answered.
-    pub(crate) outstanding: u64,
-    /// The last answer, or when `outstanding` left zero.
+    /// Requests sent and not yet answered, oldest first: the peer answers
+    /// every REQ with one RESP, in order, so only the front can be next.
+    sent: VecDeque<Sent>,
+    /// The longest READ among `sent` since it was last empty: what a RESP
+    /// may carry.
+    read_max: u32,
+    /// The longest payload a REQ on this link may carry: what a QP of this
+    /// device connected to the peer could accept (the engine raises it
+    /// when a longer REQ arrives and the device's QPs and regions allow).
+    pub(crate) req_limit: u32,
+    /// A QP of this device is connected to the peer's address (else the
+    /// peer is a stranger: nothing it sends can be accepted).
+    pub(crate) vouched: bool,
+    /// The last answer, or when `sent` stopped being empty.
     pub(crate) last_progress: Instant,
     /// No answer for this long with requests outstanding: the peer is gone.
     pub(crate) timeout: Duration,
@@ -417,6 +477,23 @@ pub(crate) struct Link {
     pub(crate) blackhole: bool,
     /// Fault: hold what is sent for this long.
     pub(crate) delay: Duration,
+}
+
+/// Why the next frame cannot be taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bad {
+    /// Kills the link.
+    Frame(&'static str),
+    /// A REQ longer than the link's `req_limit`: the limit may be stale.
+    ReqOverLimit,
+}
+
+/// A request sent on a link, as its answer names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sent {
+    qpn: u32,
+    epoch: u32,
+    psn: u32,
 }
 
 /// The default time without an answer before a link is declared dead:
@@ -432,15 +509,18 @@ impl Link {
             id,
             peer,
             stream: Some(stream),
-            rx: vec![0; 64 << 10],
+            rx: Vec::new(),
             rx_head: 0,
             rx_tail: 0,
-            tx: Vec::with_capacity(64 << 10),
+            tx: Vec::new(),
             tx_head: 0,
             tx_ready: 0,
             held: VecDeque::new(),
             dead: None,
-            outstanding: 0,
+            sent: VecDeque::new(),
+            read_max: 0,
+            req_limit: 0,
+            vouched: false,
             last_progress: Instant::now(),
             timeout: ack_budget(14, 7),
             blackhole: false,
@@ -465,7 +545,55 @@ impl Link {
         self.tx_head = 0;
         self.tx_ready = 0;
         self.held.clear();
-        self.outstanding = 0;
+        self.sent = VecDeque::new();
+        self.read_max = 0;
+    }
+
+    /// Appends a REQ frame for `req` and remembers it until answered.
+    pub(crate) fn put_req(&mut self, req: &Request, epoch: u32, payload: &[u8]) {
+        if self.sent.is_empty() {
+            self.last_progress = Instant::now();
+        }
+        self.sent.push_back(Sent {
+            qpn: req.src_qpn,
+            epoch,
+            psn: req.psn,
+        });
+        if req.opcode == crate::wqe::opcode::RDMA_READ {
+            self.read_max = self.read_max.max(req.len);
+        }
+        put_req(&mut self.tx, req, epoch, payload);
+    }
+
+    /// Whether `r` answers the oldest request unanswered on this link; if
+    /// so it is progress (the ACK clock restarts). Any other RESP is stale
+    /// or forged: it answers nothing and must be ignored.
+    pub(crate) fn answers(&mut self, r: &Resp<'_>, now: Instant) -> bool {
+        let it = Sent {
+            qpn: r.qpn,
+            epoch: r.epoch,
+            psn: r.psn,
+        };
+        if self.sent.front() != Some(&it) {
+            return false;
+        }
+        self.sent.pop_front();
+        if self.sent.is_empty() {
+            self.read_max = 0;
+        }
+        self.last_progress = now;
+        true
+    }
+
+    /// Requests sent and not yet answered.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// Whether part of a frame is buffered: one is arriving (the bytes
+    /// after the last whole frame a pass handled).
+    pub(crate) fn mid_frame(&self) -> bool {
+        self.rx_head < self.rx_tail
     }
 
     pub(crate) fn fd(&self) -> Option<RawFd> {
@@ -476,26 +604,26 @@ impl Link {
         self.tx_head < self.tx_ready
     }
 
-    /// Reads what the socket has (without blocking). Returns bytes read;
-    /// the link is killed on EOF or error.
+    /// Bytes queued and not yet written.
+    pub(crate) fn backlog(&self) -> usize {
+        self.tx.len() - self.tx_head
+    }
+
+    /// Reads what the socket has (without blocking), at most [`RX_PASS`]
+    /// bytes. Returns bytes read; the link is killed on EOF or error.
     pub(crate) fn fill(&mut self, st: &mut WireStats) -> usize {
         let mut got = 0;
-        loop {
-            let Some(s) = self.stream.as_mut() else {
-                return got;
-            };
+        while got < RX_PASS {
             if self.rx_head == self.rx_tail {
                 self.rx_head = 0;
                 self.rx_tail = 0;
-            } else if self.rx.len() - self.rx_tail < 16 << 10 && self.rx_head > 0 {
-                self.rx.copy_within(self.rx_head..self.rx_tail, 0);
-                self.rx_tail -= self.rx_head;
-                self.rx_head = 0;
             }
-            if self.rx.len() - self.rx_tail < 16 << 10 {
-                let n = self.rx.len() * 2;
-                self.rx.resize(n, 0);
+            if self.rx_tail == self.rx.len() && !self.make_room() {
+                break;
             }
+            let Some(s) = self.stream.as_mut() else {
+                return got;
+            };
             match s.read(&mut self.rx[self.rx_tail..]) {
                 Ok(0) => {
                     self.kill("the peer closed the connection".into());
@@ -527,27 +655,64 @@ impl Link {
         got
     }
 
-    /// The next complete frame in `rx`: (kind, body range). `Err` for a
-    /// malformed header.
-    pub(crate) fn next_frame(&mut self) -> Option<Result<(u8, usize, usize), &'static str>> {
+    /// Makes room after the bytes of a full receive buffer: moves them to
+    /// the front, or grows the buffer by at most what it holds, so it grows
+    /// only with bytes that arrived (never ahead of a frame's body on the
+    /// word of its header). False when the buffer holds whole frames to
+    /// handle first, or a header to refuse.
+    fn make_room(&mut self) -> bool {
+        if self.rx_head > 0 {
+            self.rx.copy_within(self.rx_head..self.rx_tail, 0);
+            self.rx_tail -= self.rx_head;
+            self.rx_head = 0;
+            return true;
+        }
+        let have = self.rx.len();
+        let want = if have < RX_BATCH {
+            RX_BATCH.min((2 * have).max(RX_FIRST))
+        } else {
+            match self.parse_header(0) {
+                Ok((_, len)) if HDR + len > have => (HDR + len).min(2 * have),
+                _ => return false,
+            }
+        };
+        self.rx.resize(want, 0);
+        true
+    }
+
+    /// The kind and body length of the frame whose header is at `at`,
+    /// checked against what this link may carry: a REQ at most its fixed
+    /// part and `req_limit`, a RESP at most its fixed part and the longest
+    /// READ in flight.
+    fn parse_header(&self, at: usize) -> Result<(u8, usize), Bad> {
+        let h = &self.rx[at..at + HDR];
+        let len = le32(h, 0) as usize;
+        if h[5..8] != [0, 0, 0] {
+            return Err(Bad::Frame("malformed frame header"));
+        }
+        match h[4] {
+            K_REQ if len > REQ_LEN + self.req_limit as usize => Err(Bad::ReqOverLimit),
+            K_RESP if len > RESP_LEN + self.read_max as usize => Err(Bad::Frame(
+                "RESP longer than any READ in flight on its link",
+            )),
+            k @ (K_REQ | K_RESP) => Ok((k, len)),
+            _ => Err(Bad::Frame("malformed frame header")),
+        }
+    }
+
+    /// The next complete frame in `rx`: (kind, body range). A header that
+    /// is malformed or over the link's limits is reported as soon as it
+    /// is in, before any of its body is waited for.
+    pub(crate) fn next_frame(&mut self) -> Option<Result<(u8, usize, usize), Bad>> {
         let avail = self.rx_tail - self.rx_head;
         if avail < HDR {
             return None;
         }
-        let h = &self.rx[self.rx_head..self.rx_head + HDR];
-        let len = le32(h, 0) as usize;
-        let kind = h[4];
-        if h[5..8] != [0, 0, 0] || len > MAX_BODY || !matches!(kind, K_REQ | K_RESP) {
-            return Some(Err("malformed frame header"));
-        }
+        let (kind, len) = match self.parse_header(self.rx_head) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(e)),
+        };
         if avail < HDR + len {
-            if self.rx.len() < HDR + len {
-                // Make room for the whole frame (the next fill reads into it).
-                self.rx.copy_within(self.rx_head..self.rx_tail, 0);
-                self.rx_tail -= self.rx_head;
-                self.rx_head = 0;
-                self.rx.resize((HDR + len).next_power_of_two(), 0);
-            }
             return None;
         }
         let start = self.rx_head + HDR;
@@ -783,5 +948,102 @@ fn accept_loop(a: &'static Acceptor) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link over one end of a socket pair, and the other end.
+    fn link() -> (Link, UnixStream) {
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        (Link::new(1, [0; 16], Stream::Unix(a)), b)
+    }
+
+    fn frame_header(kind: u8, len: u32) -> [u8; HDR] {
+        let mut h = [0u8; HDR];
+        h[0..4].copy_from_slice(&len.to_le_bytes());
+        h[4] = kind;
+        h
+    }
+
+    fn read_request(len: u32, psn: u32) -> Request {
+        Request {
+            opcode: crate::wqe::opcode::RDMA_READ,
+            src: [0; 16],
+            src_qpn: 0x100,
+            psn,
+            dst_qpn: 0x100,
+            remote: Remote { addr: 0, rkey: 0 },
+            len,
+            imm: 0,
+            swap_add: 0,
+            compare: 0,
+            solicited: false,
+        }
+    }
+
+    #[test]
+    fn a_header_alone_does_not_grow_the_receive_buffer() {
+        let (mut l, mut peer) = link();
+        // Vouched for the largest message: the header is within limits.
+        l.req_limit = MAX_MSG as u32;
+        peer.write_all(&frame_header(K_REQ, 64 << 20)).unwrap();
+        peer.write_all(&[7u8; 1000]).unwrap();
+        let mut st = WireStats::default();
+        assert_eq!(l.fill(&mut st), HDR + 1000);
+        assert!(l.next_frame().is_none(), "the body is still to come");
+        assert!(l.rx.len() <= RX_BATCH, "{} bytes", l.rx.len());
+        // As the body arrives, the buffer grows by at most what it holds.
+        const MORE: usize = 300 << 10;
+        let writer = std::thread::spawn(move || {
+            peer.write_all(&[7u8; MORE]).unwrap();
+            peer
+        });
+        let mut arrived = HDR + 1000;
+        while arrived < HDR + 1000 + MORE {
+            arrived += l.fill(&mut st);
+            assert!(l.is_up());
+            assert!(l.next_frame().is_none());
+            assert!(l.rx.len() <= 2 * arrived.max(RX_BATCH), "{}", l.rx.len());
+        }
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn a_stranger_may_send_nothing_longer_than_a_fixed_part() {
+        let (mut l, mut peer) = link();
+        let mut st = WireStats::default();
+        // A REQ with a payload: refused from its header alone.
+        peer.write_all(&frame_header(K_REQ, REQ_LEN as u32 + 1))
+            .unwrap();
+        l.fill(&mut st);
+        assert_eq!(l.next_frame(), Some(Err(Bad::ReqOverLimit)));
+        // A RESP with data when no READ is in flight: refused.
+        let (mut l, mut peer) = link();
+        peer.write_all(&frame_header(K_RESP, RESP_LEN as u32 + 1))
+            .unwrap();
+        l.fill(&mut st);
+        assert!(matches!(l.next_frame(), Some(Err(Bad::Frame(_)))));
+    }
+
+    #[test]
+    fn a_resp_may_carry_the_longest_read_in_flight_and_no_more() {
+        let (mut l, mut peer) = link();
+        let mut st = WireStats::default();
+        l.put_req(&read_request(100, 0), 0, &[]);
+        l.put_req(&read_request(4000, 1), 0, &[]);
+        peer.write_all(&frame_header(K_RESP, (RESP_LEN + 4000) as u32))
+            .unwrap();
+        l.fill(&mut st);
+        assert_eq!(l.next_frame(), None, "within the limit: awaits its body");
+        let (mut l, mut peer) = link();
+        l.put_req(&read_request(4000, 0), 0, &[]);
+        peer.write_all(&frame_header(K_RESP, (RESP_LEN + 4001) as u32))
+            .unwrap();
+        l.fill(&mut st);
+        assert!(matches!(l.next_frame(), Some(Err(Bad::Frame(_)))));
     }
 }
