@@ -391,6 +391,9 @@ pub(crate) struct State {
     /// condition variable a waiter for one sleeps on (with this lock).
     events: VecDeque<AsyncEvent>,
     events_cv: Arc<Condvar>,
+    /// Whether `events` may hold something: lets a poll for events skip
+    /// the lock when there are none (it is asked on every idle poll).
+    has_events: Arc<AtomicBool>,
     next_pd: u32,
     mrs: Vec<Option<MrEntry>>,
     mr_gen: Vec<u8>,
@@ -434,6 +437,9 @@ impl State {
             self.events.pop_front();
         }
         self.events.push_back(e);
+        // Release: the push is visible to whoever sees the flag and then
+        // takes the lock (the lock orders it anyway; the flag is a hint).
+        self.has_events.store(true, Ordering::Release);
         self.events_cv.notify_all();
     }
 
@@ -484,6 +490,8 @@ pub(crate) struct Shared {
     has_pending: AtomicBool,
     manual: bool,
     pub(crate) state: Mutex<State>,
+    /// `State::has_events`, readable without the lock.
+    lock_free_events: Arc<AtomicBool>,
     pub(crate) engine: Mutex<engine::Engine>,
     pub(crate) bell: Arc<Bell>,
 }
@@ -604,6 +612,7 @@ impl Device {
             Some(p) => p.bell.clone(),
             None => Arc::new(Bell::new()?),
         };
+        let has_events = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             id: u64::from(id),
             addr: addr.encode(),
@@ -611,7 +620,11 @@ impl Device {
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
             manual: progress == Progress::Manual,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                has_events: has_events.clone(),
+                ..State::default()
+            }),
+            lock_free_events: has_events,
             engine: Mutex::new(engine::Engine::default()),
             bell,
         });
@@ -680,10 +693,23 @@ impl Device {
 
     /// The next asynchronous event, waiting up to `timeout` for one.
     pub(crate) fn async_event(&self, timeout: Option<Duration>) -> Option<AsyncEvent> {
+        if timeout.is_none() {
+            // Acquire: pairs with State::event; a flag seen clear means no
+            // event was queued before this call (one queued concurrently is
+            // found by the next call).
+            let has = self.shared.lock_free_events.load(Ordering::Acquire);
+            if !has {
+                return None;
+            }
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut s = self.shared.lock();
         loop {
             if let Some(e) = s.events.pop_front() {
+                if s.events.is_empty() {
+                    // Relaxed: under the lock that every push takes.
+                    s.has_events.store(false, Ordering::Relaxed);
+                }
                 return Some(e);
             }
             let left = deadline?.saturating_duration_since(Instant::now());
