@@ -71,14 +71,20 @@ impl Default for Config {
 /// An endpoint of a [`Context`]: a handle (cheap to copy) naming one RC
 /// connection to one peer endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Endpoint(u32);
+pub struct Endpoint {
+    ctx: u32,
+    idx: u32,
+}
 
 impl Endpoint {
     /// The endpoint's index in its context.
     pub fn index(self) -> u32 {
-        self.0
+        self.idx
     }
 }
+
+/// Context numbers, so a handle of one context is refused by another.
+static NEXT_CONTEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 /// A ring in registered memory: hands the protocol the regions it asks
 /// for, never a reference over the whole ring (the NIC moves other parts
@@ -231,7 +237,7 @@ impl Drop for Request {
             // Cold path: the context answers "dropped" at its next poll.
             self.dropped
                 .borrow_mut()
-                .push((self.endpoint.0, self.id, self.seq));
+                .push((self.endpoint.idx, self.id, self.seq));
         }
     }
 }
@@ -249,6 +255,7 @@ struct Arrived {
 /// is the user data each call carries back to its response. Single
 /// threaded: one thread polls a context (use one context per thread).
 pub struct Context<U> {
+    id: u32,
     cfg: Config,
     dev: mlx5::Context,
     step_device: bool,
@@ -307,6 +314,8 @@ impl<U> Context<U> {
             srq.post_recv(&[])?;
         }
         Ok(Context {
+            // Relaxed: a unique number, nothing is published through it.
+            id: NEXT_CONTEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             step_device: cfg.step_manual_device && dev.progress_mode() == Some(Progress::Manual),
             dev: dev.clone(),
             pd,
@@ -377,11 +386,21 @@ impl<U> Context<U> {
             dirty: false,
             orphans: Vec::new(),
         });
-        Ok(Endpoint(n - 1))
+        Ok(Endpoint {
+            ctx: self.id,
+            idx: n - 1,
+        })
+    }
+
+    /// The index of `ep` if it is an endpoint of this context.
+    fn slot(&self, ep: Endpoint) -> Option<usize> {
+        (ep.ctx == self.id && (ep.idx as usize) < self.eps.len()).then_some(ep.idx as usize)
     }
 
     fn ep(&self, ep: Endpoint) -> Result<&EndpointState<U>, Error> {
-        self.eps.get(ep.0 as usize).ok_or(Error::NoEndpoint(ep.0))
+        self.slot(ep)
+            .map(|i| &self.eps[i])
+            .ok_or(Error::NoEndpoint(ep.idx))
     }
 
     /// What the peer endpoint needs to connect to `ep`.
@@ -400,12 +419,10 @@ impl<U> Context<U> {
     pub fn connect(&mut self, ep: Endpoint, remote: &EndpointInfo) -> Result<(), Error> {
         let opts = self.cfg.connect;
         let limits = self.cfg.limits;
-        let e = self
-            .eps
-            .get_mut(ep.0 as usize)
-            .ok_or(Error::NoEndpoint(ep.0))?;
+        let i = self.slot(ep).ok_or(Error::NoEndpoint(ep.idx))?;
+        let e = &mut self.eps[i];
         if e.peer.is_some() {
-            return Err(Error::AlreadyConnected(ep.0));
+            return Err(Error::AlreadyConnected(ep.idx));
         }
         if remote.limits != limits {
             return Err(Error::BadInfo(format!(
@@ -420,7 +437,7 @@ impl<U> Context<U> {
         });
         let qpn = e.qp.qpn();
         let at = self.routes.partition_point(|&(q, _)| q < qpn);
-        self.routes.insert(at, (qpn, ep.0));
+        self.routes.insert(at, (qpn, ep.idx));
         Ok(())
     }
 
@@ -431,12 +448,12 @@ impl<U> Context<U> {
 
     /// The endpoint's error, once it failed.
     pub fn endpoint_error(&self, ep: Endpoint) -> Option<&EndpointError> {
-        self.eps.get(ep.0 as usize)?.failed.as_ref()
+        self.eps[self.slot(ep)?].failed.as_ref()
     }
 
     /// Calls in flight on `ep` (replies owed, abandoned ones included).
     pub fn in_flight(&self, ep: Endpoint) -> u32 {
-        self.eps.get(ep.0 as usize).map_or(0, |e| e.conn.owed())
+        self.slot(ep).map_or(0, |i| self.eps[i].conn.owed())
     }
 
     /// Queues a call of `payload` on `ep`; its reply (or error) comes back
@@ -445,9 +462,10 @@ impl<U> Context<U> {
     pub fn call(&mut self, ep: Endpoint, payload: &[u8], user_data: U) -> Result<(), CallError<U>> {
         let refuse = |kind, user_data| Err(CallError { kind, user_data });
         let timeout = self.cfg.call_timeout;
-        let Some(e) = self.eps.get_mut(ep.0 as usize) else {
+        let Some(i) = self.slot(ep) else {
             return refuse(CallErrorKind::NotConnected, user_data);
         };
+        let e = &mut self.eps[i];
         if let Some(err) = &e.failed {
             return refuse(CallErrorKind::Endpoint(err.clone()), user_data);
         }
@@ -478,7 +496,7 @@ impl<U> Context<U> {
         }
         if !e.dirty {
             e.dirty = true;
-            self.dirty.push(ep.0);
+            self.dirty.push(ep.idx);
         }
         Ok(())
     }
@@ -487,7 +505,10 @@ impl<U> Context<U> {
     pub fn recv(&mut self) -> Option<Request> {
         let a = self.arrived.pop_front()?;
         Some(Request {
-            endpoint: Endpoint(a.endpoint),
+            endpoint: Endpoint {
+                ctx: self.id,
+                idx: a.endpoint,
+            },
             id: a.id,
             seq: a.seq,
             offset: a.offset,
@@ -502,8 +523,12 @@ impl<U> Context<U> {
     /// The request's ring space is released. A reply over `max_reply` is
     /// refused and the caller told the request was dropped.
     pub fn reply(&mut self, mut req: Request, payload: &[u8]) -> Result<(), ReplyError> {
+        if req.endpoint.ctx != self.id {
+            // Dropping it lets its own context answer "dropped".
+            return Err(ReplyError::WrongContext);
+        }
         req.answered = true;
-        let e = &mut self.eps[req.endpoint.0 as usize];
+        let e = &mut self.eps[req.endpoint.idx as usize];
         let mut ring = e.send_ring();
         let r = match &e.failed {
             Some(err) => Err(ReplyError::Endpoint(err.clone())),
@@ -515,13 +540,13 @@ impl<U> Context<U> {
                 }
                 Err(_) => {
                     let err = EndpointError::Protocol {
-                        endpoint: req.endpoint.0,
+                        endpoint: req.endpoint.idx,
                         error: Arc::new(crate::proto::ProtoError(
                             "no room for a reply the peer had to reserve".into(),
                         )),
                     };
                     if e.fail(err.clone()) {
-                        self.failing.push(req.endpoint.0);
+                        self.failing.push(req.endpoint.idx);
                     }
                     Err(ReplyError::Endpoint(err))
                 }
@@ -531,7 +556,7 @@ impl<U> Context<U> {
             e.conn.release(req.seq);
             if !e.dirty {
                 e.dirty = true;
-                self.dirty.push(req.endpoint.0);
+                self.dirty.push(req.endpoint.idx);
             }
         }
         r

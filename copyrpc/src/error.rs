@@ -26,7 +26,7 @@ pub enum Error {
     /// The endpoint is already connected.
     #[error("endpoint {0} is already connected")]
     AlreadyConnected(u32),
-    /// The endpoint handle belongs to another context or does not exist.
+    /// The endpoint handle belongs to another context, or does not exist.
     #[error("no endpoint {0} in this context")]
     NoEndpoint(u32),
 }
@@ -108,6 +108,10 @@ pub enum CallErrorKind {
     /// The endpoint failed.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    /// The request came from another context (the handle was dropped: its
+    /// own context tells the caller it was dropped).
+    #[error("the request belongs to another context")]
+    WrongContext,
 }
 
 /// Why a call came back without a reply.
@@ -143,4 +147,8 @@ pub enum ReplyError {
     /// The endpoint failed.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    /// The request came from another context (the handle was dropped: its
+    /// own context tells the caller it was dropped).
+    #[error("the request belongs to another context")]
+    WrongContext,
 }

@@ -283,3 +283,140 @@ fn calls_beyond_max_inflight_are_refused_until_replies_arrive() {
     run(&mut a, &mut b, |d| d.to_vec(), |a, _| a.done.len() == 4);
     a.ctx.call(a.eps[0], b"x", 4).unwrap();
 }
+
+#[test]
+fn malformed_endpoint_info_and_mismatched_limits_are_clear_errors() {
+    use copyrpc::{EndpointInfo, Error};
+    let (mut a, b) = pair::<u8>(Progress::Manual, 1, config(Limits::default()));
+    let good = b.ctx.local_info(b.eps[0]).unwrap();
+    let bytes = good.encode();
+    assert_eq!(EndpointInfo::decode(&bytes).unwrap(), good);
+    assert_eq!(EndpointInfo::from_hex(&good.to_hex()).unwrap(), good);
+    let mut bad_magic = bytes;
+    bad_magic[0] ^= 1;
+    let mut bad_version = bytes;
+    bad_version[4] = 9;
+    let mut bad_reserved = bytes;
+    bad_reserved[75] = 1;
+    let mut bad_limits = bytes;
+    bad_limits[52..56].copy_from_slice(&1000u32.to_le_bytes()); // not a power of two
+    for (what, b) in [
+        ("magic", &bad_magic[..]),
+        ("version", &bad_version[..]),
+        ("reserved", &bad_reserved[..]),
+        ("limits", &bad_limits[..]),
+        ("length", &bytes[..79]),
+    ] {
+        assert!(
+            matches!(EndpointInfo::decode(b), Err(Error::BadInfo(_))),
+            "{what}"
+        );
+    }
+    assert!(matches!(
+        EndpointInfo::from_hex("zz"),
+        Err(Error::BadInfo(_))
+    ));
+    // A peer built with other limits is refused at connect, clearly.
+    let mut other = good;
+    other.limits.max_reply = 512;
+    let ep = a.ctx.endpoint().unwrap();
+    let e = a.ctx.connect(ep, &other).unwrap_err();
+    assert!(
+        matches!(&e, Error::BadInfo(m) if m.contains("limits")),
+        "{e}"
+    );
+    // Connecting twice is refused; so is an endpoint of nobody.
+    let e = a.ctx.connect(a.eps[0], &good).unwrap_err();
+    assert!(matches!(e, Error::AlreadyConnected(0)), "{e}");
+    let nobody = endpoint_of_a_larger_context();
+    assert!(matches!(
+        a.ctx.local_info(nobody),
+        Err(Error::NoEndpoint(5))
+    ));
+    // A handle of another context with an index this one has: refused too.
+    let foreign = b.eps[0];
+    assert!(matches!(
+        a.ctx.local_info(foreign),
+        Err(Error::NoEndpoint(0))
+    ));
+    let e = a.ctx.call(nobody, b"x", 1).unwrap_err();
+    assert_eq!(
+        (e.kind, e.user_data),
+        (copyrpc::CallErrorKind::NotConnected, 1)
+    );
+}
+
+/// An endpoint handle of another context with more endpoints: not one of
+/// a two-endpoint context's.
+fn endpoint_of_a_larger_context() -> copyrpc::Endpoint {
+    let (mut c, _) = pair::<u8>(Progress::Manual, 0, config(Limits::default()));
+    for _ in 0..5 {
+        c.ctx.endpoint().unwrap();
+    }
+    c.ctx.endpoint().unwrap()
+}
+
+#[test]
+fn impossible_configurations_are_refused() {
+    use copyrpc::{Config, Context, Error};
+    let dev = mlx5::Context::soft(Progress::Manual);
+    let bad = [
+        Config {
+            sq_depth: 2,
+            ..Config::default()
+        },
+        Config {
+            srq_depth: 1,
+            ..Config::default()
+        },
+        Config {
+            cq_depth: 16,
+            ..Config::default()
+        },
+        Config {
+            limits: Limits {
+                ring: 100,
+                ..Limits::default()
+            },
+            ..Config::default()
+        },
+    ];
+    for cfg in bad {
+        let e = Context::<()>::new(&dev, cfg).unwrap_err();
+        assert!(matches!(e, Error::Config(_) | Error::Limits(_)), "{e}");
+    }
+    // More endpoints than the CQ can hold completions for.
+    let cfg = Config {
+        cq_depth: 2048,
+        srq_depth: 1024,
+        sq_depth: 512,
+        ..Config::default()
+    };
+    let mut ctx = Context::<()>::new(&dev, cfg).unwrap();
+    ctx.endpoint().unwrap();
+    ctx.endpoint().unwrap();
+    assert!(matches!(ctx.endpoint(), Err(Error::Config(_))));
+}
+
+#[test]
+fn a_request_replied_through_another_context_is_refused_and_its_caller_told() {
+    let (mut a, mut b) = pair::<u8>(Progress::Manual, 1, config(Limits::default()));
+    let (_c, mut d) = pair::<u8>(Progress::Manual, 1, config(Limits::default()));
+    a.ctx.call(a.eps[0], b"hi", 7).unwrap();
+    let start = std::time::Instant::now();
+    let req = loop {
+        a.poll();
+        b.poll();
+        if let Some(r) = b.ctx.recv() {
+            break r;
+        }
+        assert!(start.elapsed() < common::TIMEOUT);
+    };
+    assert_eq!(
+        d.ctx.reply(req, b"wrong").unwrap_err(),
+        copyrpc::ReplyError::WrongContext
+    );
+    d.poll();
+    run(&mut a, &mut b, |d| d.to_vec(), |a, _| !a.done.is_empty());
+    assert_eq!(a.done[0], (7, Err(RpcError::Dropped)));
+}
