@@ -40,3 +40,16 @@ ensure_toolchain() {
 # programs against infiniband/mlx5dv.h; nothing links rdma-core).
 ensure_apt gcc libc6-dev pkg-config libibverbs-dev
 ensure_toolchain
+
+# cargo-fuzz (libFuzzer) for the fuzz targets in mlx5/fuzz, and the C++
+# compiler libfuzzer-sys builds libFuzzer with. The sanitizer flags cargo
+# fuzz passes are unstable options: RUSTC_BOOTSTRAP=1 allows them on the
+# pinned stable toolchain (set by the callers, for cargo fuzz only).
+CARGO_FUZZ_VERSION=0.13.2
+ensure_cargo_fuzz() {
+    ensure_apt g++
+    if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+        echo "installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
+        cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+    fi
+}

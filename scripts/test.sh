@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, every test, and the loom models.
+# The whole test suite: formatting, lints, every test, the loom models, and
+# a replay of the fuzz targets' seeds.
 # Works from a clean clone on a fresh Debian machine.
 source "$(dirname "$0")/common.sh"
 
@@ -36,5 +37,13 @@ RUSTFLAGS="--cfg ipc_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
 echo "== loom models (inproc)"
 RUSTFLAGS="--cfg inproc_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
     cargo test -p inproc --lib --release loom
+
+echo "== loom model (mlx5 send and completion queues)"
+RUSTFLAGS="--cfg mlx5_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
+    cargo test -p mlx5 --test queue_model --release
+
+echo "== fuzz targets (mlx5/fuzz): replay of the committed seeds"
+# Each seed once, no fuzzing (scripts/fuzz.sh without --replay fuzzes).
+scripts/fuzz.sh --replay
 
 echo "all tests passed"
