@@ -731,8 +731,17 @@ fn a_wqe_claiming_more_than_was_posted_never_swallows_the_next_one() {
     // Both posted before the device looks (one doorbell), and the
     // malformed one seen alone first (a doorbell each): either way every
     // later WQE completes, and the send queue's space all comes back.
+    // Posted together, the device cannot tell a NOP that claims two WQEBBs
+    // from a real one (nor can a NIC): it executes by its claim. A WRITE or
+    // SEND whose claim covers the next WQE fails (that WQE's control
+    // segment is no valid data segment) and still leaves it to complete.
     for one_doorbell in [true, false] {
-        for op in [opcode::RDMA_WRITE, opcode::NOP, opcode::SEND] {
+        let ops: &[u8] = if one_doorbell {
+            &[opcode::RDMA_WRITE, opcode::SEND]
+        } else {
+            &[opcode::RDMA_WRITE, opcode::NOP, opcode::SEND]
+        };
+        for &op in ops {
             let (mut a, b) = pair(Progress::Manual);
             let empty = a.qp.sq_free();
             let next = a.qp.post(&Nop::new()).unwrap().wrapping_add(1);
@@ -769,6 +778,26 @@ fn a_wqe_claiming_more_than_was_posted_never_swallows_the_next_one() {
             assert!(a.drain().is_empty());
         }
     }
+}
+
+#[test]
+fn inline_data_that_looks_like_a_control_segment_is_just_data() {
+    // Found by the WQE fuzz target: the second WQEBB of a 60-byte inline
+    // WRITE starts with bytes that read as a control segment for the next
+    // position on this QP. A NIC executes the WQE by its ds; so must we.
+    let (mut a, b) = pair(Progress::Manual);
+    let mut data = [0x11u8; 60];
+    let next = 1u32; // the WQEBB after this WQE's first
+    let qpn = a.qp.qpn();
+    data[28..32].copy_from_slice(&((next << 8) | u32::from(opcode::RDMA_WRITE)).to_be_bytes());
+    data[32..36].copy_from_slice(&((qpn << 8) | 1).to_be_bytes());
+    let i =
+        a.qp.post_and_ring(&Write::inline(b.mr.remote(0), &data).signaled())
+            .unwrap();
+    assert_eq!(i, 0);
+    let c = a.expect(1);
+    assert_eq!(c[0].status(), Ok(()), "{c:?}");
+    assert_eq!(read(&b, 0, 60), data);
 }
 
 #[test]

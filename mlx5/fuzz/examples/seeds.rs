@@ -188,6 +188,21 @@ fn wqe_seeds() -> Vec<(&'static str, Vec<Op>)> {
                 .collect(),
         ),
         (
+            // Found by the harness: inline bytes at the start of the second
+            // WQEBB that read as a control segment for that position on
+            // QP 0x100. The device must execute the WQE by its ds.
+            "inline-that-looks-like-a-control-segment",
+            {
+                let mut inline = vec![0x11u8; 60];
+                inline[28..36].copy_from_slice(&[0, 0, 1, 8, 0, 1, 0, 1]);
+                vec![
+                    build(A, write(at(Peer, 0), Payload::Inline(inline), None), true),
+                    Op::Idle,
+                    Op::Poll(A, 2),
+                ]
+            },
+        ),
+        (
             "bad-keys-and-bounds",
             vec![
                 build(A, write(at(PeerForeign, 0), own(8), None), true),

@@ -586,6 +586,11 @@ fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
 fn fail(s: &mut State, qpn: u32, index: u16, wqebbs: u32, syndrome: Syndrome) {
     let Some(qp) = s.qp(qpn) else { return };
     let pos = qp.sq_ci;
+    // A failed WQE whose claim covers a later posted WQE's control segment
+    // (a raw WQE that lied about its size) ends there: that WQE still gets
+    // its (flush) completion.
+    let posted = u32::from(qp.sq_pi().wrapping_sub(pos as u16));
+    let wqebbs = qp.span(pos, wqebbs, posted.max(1));
     qp.sq_ci = qp.sq_ci.wrapping_add(wqebbs);
     if qp.inflight.is_empty() {
         qp.sq_sent = qp.sq_ci;
@@ -691,10 +696,11 @@ fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step
         && (w1 >> 8) == qpn
         && ds <= qp.caps.max_ds()
         && wqebbs <= qp.sq_cnt;
-    // A WQE that claims more than was posted, or whose claim covers the
-    // next posted WQE's control segment, is malformed too: executing it
-    // would swallow that WQE (its poster would never see it complete).
-    if !sane || wqebbs > posted || qp.span(pos, wqebbs, posted) != wqebbs {
+    // A WQE that claims more than was posted is malformed too, and then
+    // it spans only up to the next posted control segment, so it cannot
+    // swallow that WQE. A WQE claiming no more than was posted executes by
+    // its claim, as a NIC does: its inline bytes may look like anything.
+    if !sane || wqebbs > posted {
         return Step::Fail {
             index: pos as u16,
             wqebbs: qp.span(pos, if sane { wqebbs } else { 0 }, posted),
