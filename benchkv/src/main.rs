@@ -1,0 +1,89 @@
+//! `benchkv`: see the crate docs (`cargo doc -p benchkv`) and the README.
+
+use std::process::ExitCode;
+
+use benchkv::cli::{Cli, Command, RunArgs};
+use benchkv::mpi_boot::Mpi;
+use benchkv::{Error, node};
+use clap::Parser;
+
+/// The rank as the launcher tells it, before MPI is up (for messages).
+fn launcher_rank() -> String {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .unwrap_or_else(|| "0".into())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            if e.use_stderr() {
+                eprint!("benchkv (rank {}): {}", launcher_rank(), e.render());
+            } else {
+                print!("{}", e.render());
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let mpi = match Mpi::init() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("benchkv (rank {}): error: {e}", launcher_rank());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rank = mpi.rank();
+    let result = match cli.command {
+        None => run(&mpi, &cli.run),
+        Some(Command::Run(r)) => run(&mpi, &r),
+        Some(Command::Sweep(s)) => {
+            let _ = s;
+            Err(Error::Params(
+                "sweep is not available in this build yet".into(),
+            ))
+        }
+    };
+    match result {
+        Ok(()) => {
+            mpi.finalize();
+            ExitCode::SUCCESS
+        }
+        // Every rank reaches these in the same state: finalise cleanly.
+        Err(e @ (Error::Params(_) | Error::Verify { .. })) => {
+            eprintln!("benchkv (rank {rank}): error: {e}");
+            mpi.finalize();
+            ExitCode::from(e.exit_code() as u8)
+        }
+        Err(e) => {
+            eprintln!("benchkv (rank {rank}): error: {e}");
+            // Not finalised: other ranks may be waiting in a collective
+            // call; exiting lets mpirun end them.
+            std::process::exit(e.exit_code());
+        }
+    }
+}
+
+fn run(mpi: &Mpi, args: &RunArgs) -> Result<(), Error> {
+    let params = args.params()?;
+    params.check(mpi.size() as usize)?;
+    let Some(report) = node::run(mpi, &params)? else {
+        return Ok(());
+    };
+    print!("{}", report.table());
+    let json = serde_json::to_vec_pretty(&report).expect("a report serialises");
+    std::fs::write(&args.json, json).map_err(|source| Error::Io {
+        op: "writing the JSON report",
+        path: args.json.clone(),
+        source,
+    })?;
+    println!("JSON: {}", args.json.display());
+    if report.mismatches > 0 || report.bad_status > 0 {
+        return Err(Error::Verify {
+            count: report.mismatches + report.bad_status,
+            first: report.examples.join("\n  "),
+        });
+    }
+    Ok(())
+}
