@@ -30,6 +30,7 @@ use crate::ipc_link::{Front, Token, segment_name};
 use crate::machine;
 use crate::mpi_boot::Mpi;
 use crate::net::copyrpc::CopyrpcNet;
+use crate::net::ucx::UcxNet;
 use crate::net::{Bootstrap, NetError, NetSetup, Network};
 use crate::params::{Backend, Params};
 use crate::progress::Progress;
@@ -106,19 +107,9 @@ fn daemon_thread<const N: usize>(s: DaemonStart<N>) -> Option<DaemonCounts> {
     let failures = s.failures.clone();
     let r = match s.params.backend.clone() {
         Backend::Copyrpc => serve::<N, CopyrpcNet<Token>>(s, None),
-        Backend::UcxAm { tls } => serve_ucx::<N>(s, tls),
+        Backend::UcxAm { tls } => serve::<N, UcxNet<Token>>(s, tls),
     };
     r.map_err(|e| failures.fail(e)).ok()
-}
-
-fn serve_ucx<const N: usize>(
-    s: DaemonStart<N>,
-    _tls: Option<String>,
-) -> Result<DaemonCounts, Error> {
-    Err(Error::Params(format!(
-        "rank {}: the ucx-am backend is not available in this build yet",
-        s.rank
-    )))
 }
 
 fn serve<const N: usize, Net: Bootstrap + Network<Token>>(

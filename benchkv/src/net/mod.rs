@@ -9,6 +9,7 @@
 //! each daemon then connects to the others with them.
 
 pub mod copyrpc;
+pub mod ucx;
 
 use crate::route::Routing;
 use crate::wire::{REQ_HDR, RESP_HDR};
