@@ -1,11 +1,19 @@
 //! `benchkv`: see the crate docs (`cargo doc -p benchkv`) and the README.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use benchkv::cli::{Cli, Command, RunArgs};
 use benchkv::mpi_boot::Mpi;
 use benchkv::{Error, node};
 use clap::Parser;
+
+/// Writes `msg` to stderr in one write, so that the lines of two ranks
+/// that mpirun forwards do not interleave.
+fn say(msg: String) {
+    // Nothing better to do if stderr is gone.
+    let _ = std::io::stderr().write_all(msg.as_bytes());
+}
 
 /// The rank as the launcher tells it, before MPI is up (for messages).
 fn launcher_rank() -> String {
@@ -20,7 +28,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             if e.use_stderr() {
-                eprint!("benchkv (rank {}): {}", launcher_rank(), e.render());
+                say(format!(
+                    "benchkv (rank {}): {}",
+                    launcher_rank(),
+                    e.render()
+                ));
             } else {
                 print!("{}", e.render());
             }
@@ -30,7 +42,7 @@ fn main() -> ExitCode {
     let mpi = match Mpi::init() {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("benchkv (rank {}): error: {e}", launcher_rank());
+            say(format!("benchkv (rank {}): error: {e}\n", launcher_rank()));
             return ExitCode::FAILURE;
         }
     };
@@ -52,12 +64,12 @@ fn main() -> ExitCode {
         }
         // Every rank reaches these in the same state: finalise cleanly.
         Err(e @ (Error::Params(_) | Error::Verify { .. })) => {
-            eprintln!("benchkv (rank {rank}): error: {e}");
+            say(format!("benchkv (rank {rank}): error: {e}\n"));
             mpi.finalize();
             ExitCode::from(e.exit_code() as u8)
         }
         Err(e) => {
-            eprintln!("benchkv (rank {rank}): error: {e}");
+            say(format!("benchkv (rank {rank}): error: {e}\n"));
             // Not finalised: other ranks may be waiting in a collective
             // call; exiting lets mpirun end them.
             std::process::exit(e.exit_code());

@@ -56,14 +56,15 @@ impl Progress {
             ops,
             crate::report::rate(rate)
         );
-        let mut err = std::io::stderr().lock();
-        // A progress line that cannot be written is not worth failing for.
-        let _ = if self.tty {
-            write!(err, "\r\x1b[2K{line}")
+        // One write per line, so that mpirun does not interleave it with
+        // another rank's output. A progress line that cannot be written is
+        // not worth failing for.
+        let text = if self.tty {
+            format!("\r\x1b[2K{line}")
         } else {
-            writeln!(err, "{line}")
+            format!("{line}\n")
         };
-        let _ = err.flush();
+        let _ = std::io::stderr().write_all(text.as_bytes());
         self.printed = true;
         self.last = now;
         self.last_ops = ops;
