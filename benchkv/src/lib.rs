@@ -51,6 +51,7 @@ pub mod progress;
 pub mod report;
 pub mod route;
 pub mod store;
+pub mod sweep;
 pub mod value;
 pub mod wire;
 pub mod workload;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use benchkv::cli::{Cli, Command, RunArgs};
 use benchkv::mpi_boot::Mpi;
-use benchkv::{Error, node};
+use benchkv::{Error, node, sweep};
 use clap::Parser;
 
 /// Writes `msg` to stderr in one write, so that the lines of two ranks
@@ -50,12 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => run(&mpi, &cli.run),
         Some(Command::Run(r)) => run(&mpi, &r),
-        Some(Command::Sweep(s)) => {
-            let _ = s;
-            Err(Error::Params(
-                "sweep is not available in this build yet".into(),
-            ))
-        }
+        Some(Command::Sweep(s)) => sweep::run(&mpi, &s),
     };
     match result {
         Ok(()) => {
