@@ -31,6 +31,11 @@ pub enum Command {
     /// Run a matrix of backends × clients × queue depths; write the JSON of
     /// every point, a CSV of the rows and an SVG plot.
     Sweep(SweepArgs),
+    /// A client process (`--client-procs`), started by its rank, which
+    /// passes its spec in the environment and talks to it on stdin and
+    /// stdout.
+    #[command(hide = true)]
+    ClientProcess,
 }
 
 /// The workload, shared by `run` and `sweep`.
@@ -67,6 +72,10 @@ pub struct WorkloadArgs {
     /// Daemon threads per rank.
     #[arg(long, default_value_t = 1)]
     pub daemons: usize,
+    /// Run the clients as processes of their own (the rank starts them),
+    /// so that the ipc layer is crossed between processes.
+    #[arg(long)]
+    pub client_procs: bool,
 }
 
 /// `benchkv run`.
@@ -122,6 +131,7 @@ impl WorkloadArgs {
             backend: Backend::parse(backend)?,
             daemons: self.daemons,
             clients,
+            client_procs: self.client_procs,
             depth,
             keys: self.keys,
             read_ratio: self.read_ratio,

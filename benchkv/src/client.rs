@@ -35,7 +35,7 @@ const IDLE_POLLS: u32 = 64;
 pub const EXAMPLES: usize = 8;
 
 /// Who a client is and what it runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ClientSpec {
     /// Its rank.
     pub rank: u32,

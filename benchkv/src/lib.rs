@@ -5,8 +5,8 @@
 //! # What runs
 //!
 //! Per MPI rank: `D` daemon threads, each owning a shard of the keys, and
-//! `C` client threads. A client keeps `Q` calls in flight to its daemon
-//! through an `ipc` segment; the daemon executes a call on its shard, hands
+//! `C` clients, threads or (`--client-procs`) processes. A client keeps `Q`
+//! calls in flight to its daemon through an `ipc` segment; the daemon executes a call on its shard, hands
 //! it to the daemon of its rank that owns the key through an `inproc` Flux
 //! mesh, or sends it over the network to the owning daemon of another
 //! rank (copyrpc endpoints, or UCP active messages). MPI only bootstraps:
@@ -39,6 +39,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod clients;
 pub mod daemon;
 pub mod error;
 pub mod ipc_link;

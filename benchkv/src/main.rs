@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use benchkv::cli::{Cli, Command, RunArgs};
 use benchkv::mpi_boot::Mpi;
-use benchkv::{Error, node, sweep};
+use benchkv::{Error, clients, node, sweep};
 use clap::Parser;
 
 /// Writes `msg` to stderr in one write, so that the lines of two ranks
@@ -39,6 +39,17 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
+    match cli.command {
+        // A client process of a rank: no MPI here.
+        Some(Command::ClientProcess) => ExitCode::from(clients::process_main() as u8),
+        Some(Command::Sweep(s)) => with_mpi(|mpi| sweep::run(mpi, &s)),
+        Some(Command::Run(r)) => with_mpi(|mpi| run(mpi, &r)),
+        None => with_mpi(|mpi| run(mpi, &cli.run)),
+    }
+}
+
+/// Initialises MPI, runs `f` and exits as its result says.
+fn with_mpi(f: impl FnOnce(&Mpi) -> Result<(), Error>) -> ExitCode {
     let mpi = match Mpi::init() {
         Ok(m) => m,
         Err(e) => {
@@ -47,12 +58,7 @@ fn main() -> ExitCode {
         }
     };
     let rank = mpi.rank();
-    let result = match cli.command {
-        None => run(&mpi, &cli.run),
-        Some(Command::Run(r)) => run(&mpi, &r),
-        Some(Command::Sweep(s)) => sweep::run(&mpi, &s),
-    };
-    match result {
+    match f(&mpi) {
         Ok(()) => {
             mpi.finalize();
             ExitCode::SUCCESS

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use inproc::flux::{self, FluxConfig};
 
-use crate::client::{Client, ClientRun, ClientSpec, STALL, histogram};
+use crate::client::{ClientRun, ClientSpec, STALL, histogram};
+use crate::clients::{Clients, OnFailure};
 use crate::daemon::{Control, Daemon, DaemonCounts, Flux};
 use crate::error::Error;
 use crate::ipc_link::{Front, Token, segment_name};
@@ -161,10 +162,6 @@ fn serve<const N: usize, Net: Bootstrap + Network<Token>>(
     daemon.run()
 }
 
-enum Command {
-    Run(Instant),
-}
-
 fn spawn<T: Send + 'static>(
     name: String,
     f: impl FnOnce() -> T + Send + 'static,
@@ -288,50 +285,36 @@ fn run_class<const N: usize>(mpi: &Mpi, p: &Params) -> Result<Option<Report>, Er
     // Clients.
     let progress_ops = Arc::new(AtomicU64::new(0));
     let (result_tx, result_rx) = mpsc::channel::<(u32, ClientRun)>();
-    let mut commands = Vec::new();
-    let mut clients = Vec::new();
     let total_clients = u64::from(ranks) * p.clients as u64;
-    for c in 0..p.clients {
-        let global = u64::from(rank) * p.clients as u64 + c as u64;
-        let spec = ClientSpec {
-            rank,
-            index: c as u32,
-            global,
-            segment: segment_name(run_id, rank, (c % d) as u32),
-            params: p.clone(),
-            keys: if p.verify {
-                KeySpace::owned(&routing, global, total_clients)
-            } else {
-                KeySpace::all(&routing)
-            },
-        };
-        let (tx, rx) = mpsc::channel::<Command>();
-        commands.push(tx);
-        let (progress, abort, failures, results) = (
-            progress_ops.clone(),
-            clients_abort.clone(),
-            failures.clone(),
-            result_tx.clone(),
-        );
-        clients.push(spawn(format!("benchkv-c{c}"), move || {
-            let mut client = match Client::<N>::connect(spec, progress, abort) {
-                Ok(c) => c,
-                Err(e) => return failures.fail(e),
-            };
-            for cmd in rx {
-                let Command::Run(start) = cmd;
-                match client.run(start) {
-                    Ok(r) => {
-                        if results.send((c as u32, r)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => return failures.fail(e),
-                }
+    let specs = (0..p.clients)
+        .map(|c| {
+            let global = u64::from(rank) * p.clients as u64 + c as u64;
+            ClientSpec {
+                rank,
+                index: c as u32,
+                global,
+                segment: segment_name(run_id, rank, (c % d) as u32),
+                params: p.clone(),
+                keys: if p.verify {
+                    KeySpace::owned(&routing, global, total_clients)
+                } else {
+                    KeySpace::all(&routing)
+                },
             }
-        })?);
-    }
-    drop(result_tx);
+        })
+        .collect();
+    let on_failure: OnFailure = {
+        let f = failures.clone();
+        Arc::new(move |e| f.fail(e))
+    };
+    let mut clients = Clients::start::<N>(
+        specs,
+        p.client_procs,
+        progress_ops.clone(),
+        clients_abort.clone(),
+        on_failure,
+        result_tx,
+    )?;
 
     // The runs.
     let run_timeout = p.warmup + p.duration + STALL + Duration::from_secs(30);
@@ -341,13 +324,7 @@ fn run_class<const N: usize>(mpi: &Mpi, p: &Params) -> Result<Option<Report>, Er
             failures.check()
         })?;
         progress_ops.store(0, Ordering::Relaxed);
-        let start = Instant::now() + Duration::from_millis(2);
-        for tx in &commands {
-            tx.send(Command::Run(start)).map_err(|_| Error::Aborted {
-                rank,
-                reason: "a client thread ended early".into(),
-            })?;
-        }
+        clients.run(Instant::now() + Duration::from_millis(2))?;
         let mut line = Progress::new(format!("run {}/{}", run + 1, p.runs), rank == 0);
         let results = collect(
             &result_rx,
@@ -363,10 +340,7 @@ fn run_class<const N: usize>(mpi: &Mpi, p: &Params) -> Result<Option<Report>, Er
 
     // Shutdown: quiesce everywhere, then stop.
     mpi.barrier("end of the clients", run_timeout, || failures.check())?;
-    drop(commands);
-    for c in clients {
-        let _ = c.join();
-    }
+    clients.finish();
     control.quiesce.store(true, Ordering::Relaxed);
     let deadline = Instant::now() + SETUP_TIMEOUT;
     while control.quiesced.load(Ordering::Relaxed) < d {

@@ -7,6 +7,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::Error;
 
 /// Largest value size (bytes).
@@ -25,7 +27,7 @@ pub const MAX_KEYS: u64 = 1 << 32;
 pub const MAX_STORE_BYTES: u64 = 16 << 30;
 
 /// The network layer between daemons of different ranks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Backend {
     /// copyrpc endpoints between daemons (`MLX5_DEVICE` picks the device).
     Copyrpc,
@@ -85,7 +87,7 @@ impl fmt::Display for Backend {
 }
 
 /// How keys are drawn.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Dist {
     /// Every key equally likely.
     Uniform,
@@ -131,7 +133,7 @@ impl fmt::Display for Dist {
 }
 
 /// One run's parameters (per rank unless said otherwise).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Params {
     /// The network layer between ranks.
     pub backend: Backend,
@@ -139,6 +141,9 @@ pub struct Params {
     pub daemons: usize,
     /// Clients per rank.
     pub clients: usize,
+    /// Clients are processes (attached to their daemon's ipc segment from
+    /// another process), not threads of the rank.
+    pub client_procs: bool,
     /// Calls each client keeps in flight.
     pub depth: usize,
     /// Keys per rank (the key space is `ranks × keys`).
@@ -167,6 +172,7 @@ impl Default for Params {
             backend: Backend::Copyrpc,
             daemons: 1,
             clients: 1,
+            client_procs: false,
             depth: 8,
             keys: 1024,
             read_ratio: 0.5,
@@ -262,6 +268,7 @@ impl Params {
             ("backend", self.backend.to_string()),
             ("daemons", self.daemons.to_string()),
             ("clients", self.clients.to_string()),
+            ("client_procs", self.client_procs.to_string()),
             ("depth", self.depth.to_string()),
             ("keys", self.keys.to_string()),
             ("read_ratio", self.read_ratio.to_string()),

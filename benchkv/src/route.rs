@@ -97,7 +97,7 @@ impl Routing {
 
 /// The keys one client may use: all of them, or in verify mode those it
 /// owns (see the module docs). Index `i` in `0..len()` maps to a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeySpace {
     /// Every key: index `i` is key `i`.
     All {

@@ -100,31 +100,30 @@ fn temp_json(name: &str) -> PathBuf {
 
 /// A short verified run of `backend`: both ranks measured something, no
 /// mismatch, and the report names the transport.
-fn smoke(backend: &str, transport: &str) {
+fn smoke(backend: &str, transport: &str, extra: &[&str]) {
     let _g = serial();
     let json = temp_json(&format!("{}.json", backend.replace(':', "-")));
-    let (status, out) = run(
-        &[
-            "--backend",
-            backend,
-            "--daemons",
-            "2",
-            "--clients",
-            "2",
-            "--depth",
-            "4",
-            "--warmup",
-            "0.2",
-            "--duration",
-            "1",
-            "--verify",
-            "--value-size",
-            "24",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-        Duration::from_secs(120),
-    );
+    let mut args = extra.to_vec();
+    args.extend_from_slice(&[
+        "--backend",
+        backend,
+        "--daemons",
+        "2",
+        "--clients",
+        "2",
+        "--depth",
+        "4",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "1",
+        "--verify",
+        "--value-size",
+        "24",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (status, out) = run(&args, Duration::from_secs(120));
     assert!(status.success(), "{backend}: {status}\n{out}");
     assert!(out.contains("verify: 0 mismatch(es)"), "{out}");
     let report: serde_json::Value =
@@ -157,17 +156,24 @@ fn smoke(backend: &str, transport: &str) {
 
 #[test]
 fn copyrpc_on_the_software_device_verifies() {
-    smoke("copyrpc", "mlx5 soft");
+    smoke("copyrpc", "mlx5 soft", &[]);
 }
 
 #[test]
 fn ucx_over_tcp_verifies() {
-    smoke("ucx-am:tcp", "UCX_TLS=tcp");
+    smoke("ucx-am:tcp", "UCX_TLS=tcp", &[]);
 }
 
 #[test]
 fn ucx_over_shared_memory_verifies() {
-    smoke("ucx-am:shm", "UCX_TLS=shm");
+    smoke("ucx-am:shm", "UCX_TLS=shm", &[]);
+}
+
+/// Clients as processes of their own: the ipc layer crossed between
+/// processes, still every GET verified.
+#[test]
+fn client_processes_verify() {
+    smoke("copyrpc", "mlx5 soft", &["--client-procs"]);
 }
 
 #[test]
