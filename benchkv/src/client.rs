@@ -374,3 +374,99 @@ fn check<const N: usize>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Routing;
+
+    fn spec() -> ClientSpec {
+        let r = Routing::new(1, 1, 16);
+        ClientSpec {
+            rank: 0,
+            index: 0,
+            global: 0,
+            segment: "unused".into(),
+            params: Params {
+                verify: true,
+                value_size: 16,
+                ..Params::default()
+            },
+            keys: KeySpace::owned(&r, 0, 1),
+        }
+    }
+
+    fn run() -> ClientRun {
+        ClientRun {
+            ops: 0,
+            hist: histogram(),
+            mismatches: 0,
+            bad_status: 0,
+            examples: Vec::new(),
+        }
+    }
+
+    fn value(key: u64, tag: u64) -> [u8; 16] {
+        let mut v = [0u8; 16];
+        value::fill(&mut v, key, tag);
+        v
+    }
+
+    fn slot(kind: OpKind, key: u64, tag: u64) -> Slot {
+        Slot {
+            issued: Instant::now(),
+            op: Op {
+                kind,
+                key,
+                index: key,
+            },
+            tag,
+        }
+    }
+
+    #[test]
+    fn a_get_must_return_the_last_put_of_its_key() {
+        let s = spec();
+        let mut v = Verify {
+            versions: vec![0; 16],
+            busy: vec![true; 16],
+        };
+        let mut out = run();
+        // Never written: zeros expected, zeros returned.
+        let r = KvResp::<64>::with_value(&[0; 16]);
+        check(&s, Some(&mut v), &slot(OpKind::Get, 3, 0), &r, &mut out);
+        assert_eq!(out.mismatches, 0);
+        assert!(!v.busy[3], "the key is free again");
+        // A PUT of version 1 acknowledged.
+        let t1 = value::tag(0, 1);
+        let r = KvResp::<64>::status(Status::Ok);
+        check(&s, Some(&mut v), &slot(OpKind::Put, 3, t1), &r, &mut out);
+        assert_eq!(v.versions[3], 1);
+        // The GET expecting version 1 gets it: fine; gets zeros: mismatch.
+        let r = KvResp::<64>::with_value(&value(3, t1));
+        check(&s, Some(&mut v), &slot(OpKind::Get, 3, t1), &r, &mut out);
+        assert_eq!(out.mismatches, 0);
+        let r = KvResp::<64>::with_value(&[0; 16]);
+        check(&s, Some(&mut v), &slot(OpKind::Get, 3, t1), &r, &mut out);
+        assert_eq!(out.mismatches, 1);
+        assert!(
+            out.examples[0].contains("returned the unwritten value, expected writer 0 version 1"),
+            "{:?}",
+            out.examples
+        );
+        // Another key's value is a mismatch too.
+        let r = KvResp::<64>::with_value(&value(4, t1));
+        check(&s, Some(&mut v), &slot(OpKind::Get, 3, t1), &r, &mut out);
+        assert_eq!(out.mismatches, 2);
+    }
+
+    #[test]
+    fn a_status_other_than_ok_is_counted() {
+        let s = spec();
+        let mut out = run();
+        let r = KvResp::<64>::status(Status::OutOfRange);
+        check(&s, None, &slot(OpKind::Get, 3, 0), &r, &mut out);
+        assert_eq!(out.bad_status, 1);
+        assert!(out.examples[0].contains("OutOfRange"));
+    }
+}

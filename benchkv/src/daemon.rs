@@ -415,3 +415,77 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
         Ok(sent)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard_of(routing: &Routing, rank: u32, daemon: u32) -> Shard {
+        Shard::new(routing.shard_len(rank, daemon), 8)
+    }
+
+    #[test]
+    fn a_put_then_a_get_of_a_key_in_this_shard() {
+        let r = Routing::new(2, 2, 16);
+        // Key 5 lives on shard 5 mod 4 = 1: rank 0, daemon 1, slot 1.
+        let me = (0, 1);
+        let mut s = shard_of(&r, 0, 1);
+        let put = KvReq::<8>::put(5, &[9; 8]);
+        assert_eq!(
+            execute_slot(&mut s, &r, me, &put).parse().unwrap(),
+            (Status::Ok, &[][..])
+        );
+        let get = KvReq::<8>::get(5);
+        let resp = execute_slot(&mut s, &r, me, &get);
+        assert_eq!(resp.parse().unwrap(), (Status::Ok, &[9u8; 8][..]));
+        assert_eq!(s.get(1).unwrap(), &[9u8; 8]);
+    }
+
+    #[test]
+    fn a_key_of_another_shard_or_outside_the_space_is_refused() {
+        let r = Routing::new(2, 2, 16);
+        let mut s = shard_of(&r, 0, 1);
+        for key in [4, 6, 32, u64::MAX] {
+            let resp = execute_slot(&mut s, &r, (0, 1), &KvReq::<8>::get(key));
+            assert_eq!(resp.parse().unwrap().0, Status::OutOfRange, "key {key}");
+        }
+    }
+
+    #[test]
+    fn a_put_of_the_wrong_length_or_a_malformed_request_is_refused() {
+        let r = Routing::new(1, 1, 4);
+        let mut s = shard_of(&r, 0, 0);
+        let short = KvReq::<64>::put(1, &[1; 7]);
+        assert_eq!(
+            execute_slot(&mut s, &r, (0, 0), &short).parse().unwrap().0,
+            Status::Malformed
+        );
+        let mut bad = KvReq::<8>::get(1);
+        zerocopy::IntoBytes::as_mut_bytes(&mut bad)[8] = 77;
+        assert_eq!(
+            execute_slot(&mut s, &r, (0, 0), &bad).parse().unwrap().0,
+            Status::Malformed
+        );
+        assert_eq!(s.get(1).unwrap(), &[0u8; 8], "nothing written");
+    }
+
+    #[test]
+    fn network_requests_are_served_from_their_bytes() {
+        let r = Routing::new(2, 1, 8);
+        // Key 3: shard 1 = rank 1.
+        let mut s = shard_of(&r, 1, 0);
+        let mut out = [0u8; 64];
+        let put = KvReq::<8>::put(3, &[4; 8]);
+        let (h, v) = ReqHeader::parse(put.wire()).unwrap();
+        let (st, _) = execute(&mut s, &r, (1, 0), &h, v);
+        assert_eq!(st, Status::Ok);
+        let get = KvReq::<8>::get(3);
+        let (h, v) = ReqHeader::parse(get.wire()).unwrap();
+        let (st, val) = execute(&mut s, &r, (1, 0), &h, v);
+        let n = wire::write_response(&mut out, st, val);
+        assert_eq!(
+            wire::parse_response(&out[..n]).unwrap(),
+            (Status::Ok, &[4u8; 8][..])
+        );
+    }
+}
