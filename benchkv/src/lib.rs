@@ -33,7 +33,12 @@
 //! Throughput and latency percentiles per rank and in total, gathered to
 //! rank 0, printed as a table and written as JSON with the machine,
 //! transport and every parameter ([`report`]); `benchkv sweep` adds a CSV
-//! and an SVG plot.
+//! and an SVG plot ([`sweep`]).
+//!
+//! # Cost
+//!
+//! `scripts/benchkv.sh` (the end of `scripts/bench.sh`) runs the two-rank
+//! sweep on one host; the README says what bounds each backend there.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 

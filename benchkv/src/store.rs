@@ -65,8 +65,12 @@ impl Shard {
         Ok(&self.data[self.range(slot)?])
     }
 
-    /// Replaces the value at `slot` with `value` (exactly `value_size`
-    /// bytes; the caller's request decoding guarantees it).
+    /// Replaces the value at `slot` with `value`.
+    ///
+    /// # Panics
+    ///
+    /// If `value` is not [`value_size`](Self::value_size) bytes long (the
+    /// daemon refuses such a PUT before it gets here).
     #[inline]
     pub fn put(&mut self, slot: u64, value: &[u8]) -> Result<(), OutOfRange> {
         let r = self.range(slot)?;

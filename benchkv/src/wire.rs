@@ -186,8 +186,8 @@ impl<const N: usize> KvReq<N> {
         r
     }
 
-    /// A PUT to `key` whose value the caller writes into
-    /// [`value_mut`](Self::value_mut) (`len` bytes, at most `N`).
+    /// A PUT to `key` whose value `fill` writes in place (`len` bytes, at
+    /// most `N`): no copy of the value through a buffer of its own.
     pub fn put_with(key: u64, len: usize, fill: impl FnOnce(&mut [u8])) -> KvReq<N> {
         let mut r = KvReq::new_zeroed();
         r.hdr = ReqHeader {

@@ -24,9 +24,9 @@
 //!
 //! UCX 1.13 has no `UCP_AM_SEND_FLAG_COPY_HEADER`: the header, like the
 //! data, must stay valid until the send completes. Every send therefore
-//! owns a [`SendSlot`] (header and data in one buffer) that goes back to
+//! owns a `SendSlot` (header and data in one buffer) that goes back to
 //! the free list only when `ucp_am_send_nbx` completed at once or its
-//! completion callback ran. Callbacks write only into the [`Inbox`] and
+//! completion callback ran. Callbacks write only into the `Inbox` and
 //! read only their slot's id; both live in allocations reached through raw
 //! pointers, which no Rust reference covers while UCX runs (callbacks run
 //! inside `ucp_worker_progress` on the daemon's thread), and are freed
