@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: every layer's criterion suite with its floor and peers, then
-# the summary tables (also left in target/bench-summary/).
+# The main job: every layer's criterion suite with its floor and peers, the
+# benchkv sweep (copyrpc against UCX active messages under mpirun), then the
+# summary tables (also left in target/bench-summary/).
 # Extra arguments go to criterion, e.g. `scripts/bench.sh pingpong`.
 source "$(dirname "$0")/common.sh"
 
@@ -19,6 +20,9 @@ cargo bench -p copyrpc --bench copyrpc -- "$@"
 echo
 echo "== mlx5 and copyrpc instructions (scripts/callgrind.sh)"
 "$(dirname "$0")/callgrind.sh"
+echo
+echo "== benchkv: copyrpc against UCX-AM, two ranks (scripts/benchkv.sh)"
+"$(dirname "$0")/benchkv.sh"
 
 echo
 echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), git $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"

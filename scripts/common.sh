@@ -37,8 +37,11 @@ ensure_toolchain() {
 # What building and testing every crate needs: a C toolchain for crates that
 # build C (iceoryx2's dependencies), pkg-config for -sys crates, and
 # rdma-core's headers (mlx5's golden-byte and FFI layout tests compile C
-# programs against infiniband/mlx5dv.h; nothing links rdma-core).
-ensure_apt gcc libc6-dev pkg-config libibverbs-dev
+# programs against infiniband/mlx5dv.h; nothing links rdma-core); for
+# benchkv, Open MPI (the mpi crate binds and links it, mpirun launches the
+# tests), UCX's headers and libclang (bindgen generates its UCX bindings).
+ensure_apt gcc libc6-dev pkg-config libibverbs-dev \
+    libopenmpi-dev openmpi-bin libucx-dev libclang-dev
 ensure_toolchain
 
 # cargo-fuzz (libFuzzer) for the fuzz targets in mlx5/fuzz, and the C++
@@ -53,3 +56,8 @@ ensure_cargo_fuzz() {
         cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
     fi
 }
+
+# Open MPI refuses to run as root unless told; CI containers run as root.
+if [ "$(id -u)" -eq 0 ]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi

@@ -1,0 +1,65 @@
+//! The machine and source tree a run is reported with.
+
+/// This host's name.
+pub fn host() -> String {
+    read_trim("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into())
+}
+
+/// The CPU model (first `model name` of `/proc/cpuinfo`).
+pub fn cpu() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The kernel release.
+pub fn kernel() -> String {
+    read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into())
+}
+
+/// CPUs this process may run on (its affinity: `mpirun` binds each rank
+/// to one core by default).
+pub fn cpus_allowed() -> usize {
+    benchutil::allowed_cpus().len()
+}
+
+/// CPUs online on this host.
+pub fn cpus_online() -> usize {
+    // SAFETY: sysconf reads a system constant; no memory is involved.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// `git describe --always --dirty` of the tree benchkv was built from, or
+/// `unknown` (not a git checkout, or no git).
+pub fn git() -> String {
+    std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+            "--abbrev=12",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}

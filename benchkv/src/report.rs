@@ -1,0 +1,596 @@
+//! Results: what each rank measured, gathered to rank 0 as JSON bytes over
+//! MPI, merged into the report (JSON file with a metadata block, and a
+//! printed table).
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::client::histogram;
+use crate::daemon::DaemonCounts;
+
+/// The report's schema name and version (the `schema` field).
+pub const SCHEMA: &str = "benchkv/1";
+
+/// A histogram as (value, count) pairs of its recorded buckets: what
+/// travels over MPI.
+pub fn hist_pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+/// Rebuilds a histogram from [`hist_pairs`].
+pub fn hist_from_pairs(pairs: &[(u64, u64)]) -> Histogram<u64> {
+    let mut h = histogram();
+    for &(v, c) in pairs {
+        h.saturating_record_n(v, c);
+    }
+    h
+}
+
+/// One rank's measurement of one run (clients merged).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RankRun {
+    /// Operations completed in the measured window.
+    pub ops: u64,
+    /// The measured window, seconds.
+    pub seconds: f64,
+    /// Latency histogram, (ns, count) pairs.
+    pub hist: Vec<(u64, u64)>,
+    /// GETs that did not return the last PUT (verify mode).
+    pub mismatches: u64,
+    /// Responses with a status other than OK.
+    pub bad_status: u64,
+    /// The first mismatches, described.
+    pub examples: Vec<String>,
+}
+
+/// What one rank sends to rank 0 at the end.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RankReport {
+    /// The rank.
+    pub rank: u32,
+    /// Its host name.
+    pub host: String,
+    /// CPUs it may run on (its affinity).
+    pub cpus_allowed: usize,
+    /// The network transport its daemons used.
+    pub transport: String,
+    /// Each run.
+    pub runs: Vec<RankRun>,
+    /// What each of its daemons did.
+    pub daemons: Vec<Counts>,
+}
+
+/// [`DaemonCounts`] in the report.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counts {
+    /// Client requests executed on the daemon's own shard.
+    pub local: u64,
+    /// Client requests forwarded through Flux.
+    pub flux: u64,
+    /// Client requests forwarded over the network.
+    pub remote: u64,
+    /// Flux requests of other daemons executed.
+    pub served_flux: u64,
+    /// Network requests of other ranks executed.
+    pub served_remote: u64,
+    /// Requests that waited for room.
+    pub waited: u64,
+}
+
+impl From<DaemonCounts> for Counts {
+    fn from(c: DaemonCounts) -> Counts {
+        Counts {
+            local: c.local,
+            flux: c.flux,
+            remote: c.remote,
+            served_flux: c.served_flux,
+            served_remote: c.served_remote,
+            waited: c.waited,
+        }
+    }
+}
+
+/// Throughput and latency of one group of operations.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Figures {
+    /// Operations measured.
+    pub ops: u64,
+    /// Operations per second.
+    pub ops_per_s: f64,
+    /// Median latency, ns.
+    pub p50_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// 99.9th percentile, ns.
+    pub p999_ns: u64,
+    /// Mean, ns.
+    pub mean_ns: f64,
+    /// Largest, ns.
+    pub max_ns: u64,
+}
+
+impl Figures {
+    /// The figures of `ops` operations over `seconds` with latencies `h`.
+    pub fn of(ops: u64, seconds: f64, h: &Histogram<u64>) -> Figures {
+        let q = |x: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(x)
+            }
+        };
+        Figures {
+            ops,
+            ops_per_s: if seconds > 0.0 {
+                ops as f64 / seconds
+            } else {
+                0.0
+            },
+            p50_ns: q(0.5),
+            p99_ns: q(0.99),
+            p999_ns: q(0.999),
+            mean_ns: if h.is_empty() { 0.0 } else { h.mean() },
+            max_ns: if h.is_empty() { 0 } else { h.max() },
+        }
+    }
+}
+
+/// One rank in one run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RankFigures {
+    /// The rank.
+    pub rank: u32,
+    /// Its host.
+    pub host: String,
+    /// Its figures.
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// One run over all ranks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunFigures {
+    /// Run number, from 0.
+    pub run: u32,
+    /// Each rank.
+    pub ranks: Vec<RankFigures>,
+    /// All ranks: summed throughput, merged latencies.
+    pub total: Figures,
+}
+
+/// The run's machine, software and parameters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Metadata {
+    /// Host name of each rank.
+    pub hosts: Vec<String>,
+    /// CPU model (of rank 0's host).
+    pub cpu: String,
+    /// CPUs online on rank 0's host.
+    pub cores: usize,
+    /// CPUs each rank may run on (`mpirun` binds a rank to one core
+    /// unless told `--bind-to none`).
+    pub cpus_allowed: Vec<usize>,
+    /// Kernel release (of rank 0's host).
+    pub kernel: String,
+    /// `MLX5_DEVICE` as set (`auto` when unset).
+    pub device_selection: String,
+    /// The backend (`copyrpc`, `ucx-am`, `ucx-am:tcp`, ...).
+    pub backend: String,
+    /// The transport each rank's daemons used (device, or UCX transports).
+    pub transport: Vec<String>,
+    /// `UCX_TLS` as set in the environment, if it is.
+    pub ucx_tls_env: Option<String>,
+    /// The MPI library.
+    pub mpi: String,
+    /// `git describe` of the source tree.
+    pub git: String,
+    /// When the run ended (UTC, RFC 3339).
+    pub date: String,
+    /// Busy threads (daemons and clients) on the busiest host.
+    pub busy_threads_per_host: usize,
+    /// Said when busy threads outnumber the cores.
+    pub note: Option<String>,
+    /// Every parameter, by name.
+    pub params: Vec<(String, String)>,
+}
+
+/// The whole report of one run of benchkv (one point of a sweep).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// [`SCHEMA`].
+    pub schema: String,
+    /// Machine, software, parameters.
+    pub metadata: Metadata,
+    /// Each measured run.
+    pub runs: Vec<RunFigures>,
+    /// All runs merged: per rank, then in total.
+    pub summary: Vec<RankFigures>,
+    /// All runs and ranks merged.
+    pub total: Figures,
+    /// Total throughput of each run (to see the spread).
+    pub run_ops_per_s: Vec<f64>,
+    /// What each daemon did, per rank.
+    pub daemons: Vec<Vec<Counts>>,
+    /// Verify mode: mismatches over every rank and run.
+    pub mismatches: u64,
+    /// Responses with a status other than OK.
+    pub bad_status: u64,
+    /// The first mismatches or bad statuses, described.
+    pub examples: Vec<String>,
+}
+
+impl Report {
+    /// Merges the ranks' reports (in rank order).
+    pub fn build(metadata: Metadata, ranks: &[RankReport]) -> Report {
+        let nruns = ranks.iter().map(|r| r.runs.len()).min().unwrap_or(0);
+        let mut runs = Vec::new();
+        let mut all = histogram();
+        let mut per_rank: Vec<(Histogram<u64>, u64, f64)> =
+            ranks.iter().map(|_| (histogram(), 0, 0.0)).collect();
+        let (mut total_ops, mut total_secs) = (0u64, 0.0f64);
+        for run in 0..nruns {
+            let mut run_hist = histogram();
+            let mut figs = Vec::new();
+            let mut ops_per_s = 0.0;
+            let mut ops = 0;
+            let mut secs: f64 = 0.0;
+            for (i, r) in ranks.iter().enumerate() {
+                let rr = &r.runs[run];
+                let h = hist_from_pairs(&rr.hist);
+                let f = Figures::of(rr.ops, rr.seconds, &h);
+                ops_per_s += f.ops_per_s;
+                ops += rr.ops;
+                secs = secs.max(rr.seconds);
+                run_hist.add(&h).expect("same histogram bounds");
+                per_rank[i].0.add(&h).expect("same histogram bounds");
+                per_rank[i].1 += rr.ops;
+                per_rank[i].2 += rr.seconds;
+                figs.push(RankFigures {
+                    rank: r.rank,
+                    host: r.host.clone(),
+                    figures: f,
+                });
+            }
+            let mut total = Figures::of(ops, secs, &run_hist);
+            total.ops_per_s = ops_per_s;
+            all.add(&run_hist).expect("same histogram bounds");
+            total_ops += ops;
+            total_secs += secs;
+            runs.push(RunFigures {
+                run: run as u32,
+                ranks: figs,
+                total,
+            });
+        }
+        let summary: Vec<RankFigures> = ranks
+            .iter()
+            .zip(&per_rank)
+            .map(|(r, (h, ops, secs))| RankFigures {
+                rank: r.rank,
+                host: r.host.clone(),
+                figures: Figures::of(*ops, *secs, h),
+            })
+            .collect();
+        let mut total = Figures::of(total_ops, total_secs, &all);
+        total.ops_per_s = summary.iter().map(|s| s.figures.ops_per_s).sum();
+        let mut examples = Vec::new();
+        for r in ranks {
+            for rr in &r.runs {
+                examples.extend(rr.examples.iter().cloned());
+            }
+        }
+        examples.truncate(16);
+        Report {
+            schema: SCHEMA.into(),
+            metadata,
+            run_ops_per_s: runs.iter().map(|r| r.total.ops_per_s).collect(),
+            runs,
+            summary,
+            total,
+            daemons: ranks.iter().map(|r| r.daemons.clone()).collect(),
+            mismatches: ranks
+                .iter()
+                .flat_map(|r| &r.runs)
+                .map(|r| r.mismatches)
+                .sum(),
+            bad_status: ranks
+                .iter()
+                .flat_map(|r| &r.runs)
+                .map(|r| r.bad_status)
+                .sum(),
+            examples,
+        }
+    }
+
+    /// The printed table: a heading line, one row per rank and the total
+    /// (all runs merged), then each run's total throughput.
+    pub fn table(&self) -> String {
+        let m = &self.metadata;
+        let param = |k: &str| {
+            m.params
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or("?", |(_, v)| v.as_str())
+        };
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "benchkv {}: {} rank(s) × ({} daemon(s) + {} client(s), depth {}), {} keys/rank, {} B values, read ratio {}, {} keys; {} run(s) of {} s after {} s warm-up",
+            m.backend,
+            m.hosts.len(),
+            param("daemons"),
+            param("clients"),
+            param("depth"),
+            param("keys"),
+            param("value_size"),
+            param("read_ratio"),
+            param("dist"),
+            param("runs"),
+            param("duration_s"),
+            param("warmup_s"),
+        );
+        let _ = writeln!(
+            s,
+            "transport: {}; {}; {} CPUs (ranks may use {:?}), kernel {}; {}; git {}; {}",
+            dedup(&m.transport),
+            m.cpu,
+            m.cores,
+            m.cpus_allowed,
+            m.kernel,
+            m.mpi,
+            m.git,
+            m.date
+        );
+        if let Some(n) = &m.note {
+            let _ = writeln!(s, "note: {n}");
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "| rank | host | ops/s | p50 | p99 | p99.9 | ops |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let row = |s: &mut String, who: &str, host: &str, f: &Figures| {
+            let _ = writeln!(
+                s,
+                "| {who} | {host} | {} | {} | {} | {} | {} |",
+                rate(f.ops_per_s),
+                ns(f.p50_ns),
+                ns(f.p99_ns),
+                ns(f.p999_ns),
+                f.ops
+            );
+        };
+        for r in &self.summary {
+            row(&mut s, &r.rank.to_string(), &r.host, &r.figures);
+        }
+        row(&mut s, "total", "", &self.total);
+        if self.runs.len() > 1 {
+            let per: Vec<String> = self.run_ops_per_s.iter().map(|&x| rate(x)).collect();
+            let _ = writeln!(s, "\nper run (ops/s, all ranks): {}", per.join(", "));
+        }
+        if m.params.iter().any(|(k, v)| k == "verify" && v == "true") {
+            let _ = writeln!(
+                s,
+                "\nverify: {} mismatch(es) over {} operations",
+                self.mismatches, self.total.ops
+            );
+        }
+        s
+    }
+}
+
+fn dedup(v: &[String]) -> String {
+    let mut u: Vec<&String> = Vec::new();
+    for x in v {
+        if !u.contains(&x) {
+            u.push(x);
+        }
+    }
+    u.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" | ")
+}
+
+/// Operations per second with a unit (`1.23 M`).
+pub fn rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// Nanoseconds with a unit (`12.3 µs`).
+pub fn ns(x: u64) -> String {
+    if x >= 1_000_000 {
+        format!("{:.2} ms", x as f64 / 1e6)
+    } else if x >= 1_000 {
+        format!("{:.1} µs", x as f64 / 1e3)
+    } else {
+        format!("{x} ns")
+    }
+}
+
+/// UTC now in RFC 3339 (`2026-11-21T14:03:07Z`).
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+/// `secs` since the epoch as RFC 3339 UTC (civil-from-days, Howard
+/// Hinnant's algorithm).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata() -> Metadata {
+        Metadata {
+            hosts: vec!["a".into(), "b".into()],
+            cpu: "cpu".into(),
+            cores: 2,
+            cpus_allowed: vec![2, 2],
+            kernel: "6.1".into(),
+            device_selection: "soft:manual".into(),
+            backend: "copyrpc".into(),
+            transport: vec!["mlx5 soft0".into(), "mlx5 soft0".into()],
+            ucx_tls_env: None,
+            mpi: "Open MPI".into(),
+            git: "abc".into(),
+            date: "2026-01-01T00:00:00Z".into(),
+            busy_threads_per_host: 4,
+            note: Some("4 busy threads on 2 cores".into()),
+            params: crate::params::Params::default()
+                .pairs()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
+
+    fn rank(rank: u32, lat: u64, ops: u64) -> RankReport {
+        let mut h = histogram();
+        h.record_n(lat, ops).unwrap();
+        RankReport {
+            rank,
+            host: format!("h{rank}"),
+            cpus_allowed: 2,
+            transport: "t".into(),
+            runs: vec![
+                RankRun {
+                    ops,
+                    seconds: 2.0,
+                    hist: hist_pairs(&h),
+                    mismatches: 0,
+                    bad_status: 0,
+                    examples: vec![],
+                };
+                2
+            ],
+            daemons: vec![Counts::default()],
+        }
+    }
+
+    #[test]
+    fn histograms_survive_their_pairs() {
+        let mut h = histogram();
+        for v in [1u64, 10, 1000, 123_456, 99_999_999] {
+            h.record_n(v, v % 7 + 1).unwrap();
+        }
+        let back = hist_from_pairs(&hist_pairs(&h));
+        assert_eq!(back.len(), h.len());
+        for q in [0.0, 0.5, 0.99, 0.999, 1.0] {
+            assert_eq!(back.value_at_quantile(q), h.value_at_quantile(q));
+        }
+    }
+
+    #[test]
+    fn ranks_merge_into_totals() {
+        let r = Report::build(metadata(), &[rank(0, 1000, 100), rank(1, 3000, 300)]);
+        assert_eq!(r.runs.len(), 2);
+        assert_eq!(r.runs[0].ranks[0].figures.ops_per_s, 50.0);
+        assert_eq!(r.runs[0].total.ops_per_s, 200.0, "throughputs add up");
+        assert_eq!(r.runs[0].total.ops, 400);
+        assert_eq!(r.total.ops, 800);
+        assert_eq!(
+            r.total.ops_per_s, 200.0,
+            "the mean over runs, summed over ranks"
+        );
+        assert!(
+            r.total.p50_ns >= 2990 && r.total.p50_ns <= 3010,
+            "{}",
+            r.total.p50_ns
+        );
+        assert_eq!(
+            r.summary[1].figures.p50_ns,
+            r.runs[0].ranks[1].figures.p50_ns
+        );
+        assert_eq!(r.run_ops_per_s, vec![200.0, 200.0]);
+        let t = r.table();
+        assert!(t.contains("| total |"), "{t}");
+        assert!(t.contains("note: 4 busy threads"), "{t}");
+    }
+
+    #[test]
+    fn the_json_has_the_documented_fields() {
+        let r = Report::build(metadata(), &[rank(0, 1000, 100), rank(1, 3000, 300)]);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["schema"], SCHEMA);
+        for k in [
+            "hosts",
+            "cpu",
+            "cores",
+            "cpus_allowed",
+            "kernel",
+            "device_selection",
+            "backend",
+            "transport",
+            "ucx_tls_env",
+            "mpi",
+            "git",
+            "date",
+            "busy_threads_per_host",
+            "note",
+            "params",
+        ] {
+            assert!(v["metadata"].get(k).is_some(), "metadata.{k}");
+        }
+        for k in [
+            "ops",
+            "ops_per_s",
+            "p50_ns",
+            "p99_ns",
+            "p999_ns",
+            "mean_ns",
+            "max_ns",
+        ] {
+            assert!(v["total"].get(k).is_some(), "total.{k}");
+            assert!(
+                v["runs"][0]["ranks"][0].get(k).is_some(),
+                "runs[0].ranks[0].{k}"
+            );
+        }
+        assert_eq!(v["runs"][0]["ranks"][1]["rank"], 1);
+        assert_eq!(v["runs"][0]["ranks"][1]["host"], "h1");
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r, "the JSON reads back");
+    }
+
+    #[test]
+    fn dates_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(rate(1_234_567.0), "1.23 M");
+        assert_eq!(rate(12_345.0), "12.3 k");
+        assert_eq!(ns(12_345), "12.3 µs");
+        assert_eq!(ns(999), "999 ns");
+    }
+}

@@ -1,0 +1,293 @@
+//! benchkv end to end: two ranks under `mpirun` on this host, as CI runs
+//! it (the software device for copyrpc, UCX over tcp and shared memory).
+//!
+//! Needs Open MPI's `mpirun` (Debian: openmpi-bin; scripts/test.sh
+//! installs it). The tests run one at a time: each starts busy threads on
+//! every core.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn mpirun(args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-n", "2", "--oversubscribe", "--bind-to", "none"])
+        .arg(env!("CARGO_BIN_EXE_benchkv"))
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("MLX5_DEVICE", "soft:manual")
+        .env_remove("UCX_TLS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn spawn(mut c: Command) -> Child {
+    c.spawn().unwrap_or_else(|e| {
+        panic!(
+            "starting mpirun: {e} (install Open MPI: apt-get install openmpi-bin libopenmpi-dev)"
+        )
+    })
+}
+
+/// Output lines of a child (stdout and stderr merged), as they come.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("piped");
+    let err = child.stderr.take().expect("piped");
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx2.send(l);
+        }
+    });
+    rx
+}
+
+/// Waits for the child to exit within `limit`; kills it and fails if not.
+fn wait(child: &mut Child, limit: Duration, what: &str) -> (ExitStatus, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("waiting for mpirun") {
+            return (s, start.elapsed());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: mpirun still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn drain(rx: &mpsc::Receiver<String>) -> String {
+    let mut s = String::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+        s.push_str(&l);
+        s.push('\n');
+    }
+    s
+}
+
+fn run(args: &[&str], limit: Duration) -> (ExitStatus, String) {
+    let mut child = spawn(mpirun(args));
+    let rx = lines(&mut child);
+    let (status, _) = wait(&mut child, limit, &args.join(" "));
+    (status, drain(&rx))
+}
+
+fn temp_json(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("benchkv-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+/// A short verified run of `backend`: both ranks measured something, no
+/// mismatch, and the report names the transport.
+fn smoke(backend: &str, transport: &str, extra: &[&str]) {
+    let _g = serial();
+    let json = temp_json(&format!("{}.json", backend.replace(':', "-")));
+    let mut args = extra.to_vec();
+    args.extend_from_slice(&[
+        "--backend",
+        backend,
+        "--daemons",
+        "2",
+        "--clients",
+        "2",
+        "--depth",
+        "4",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "1",
+        "--verify",
+        "--value-size",
+        "24",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (status, out) = run(&args, Duration::from_secs(120));
+    assert!(status.success(), "{backend}: {status}\n{out}");
+    assert!(out.contains("verify: 0 mismatch(es)"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    assert_eq!(report["schema"], "benchkv/1");
+    assert_eq!(report["mismatches"], 0);
+    assert_eq!(report["metadata"]["backend"], backend);
+    let t = report["metadata"]["transport"].to_string();
+    assert!(t.contains(transport), "transport {t} lacks {transport}");
+    assert_eq!(report["metadata"]["hosts"].as_array().unwrap().len(), 2);
+    for rank in 0..2 {
+        let r = &report["summary"][rank];
+        assert_eq!(r["rank"], rank);
+        assert!(
+            r["ops"].as_u64().unwrap() > 0,
+            "rank {rank} measured nothing: {out}"
+        );
+        assert!(r["p99_ns"].as_u64().unwrap() >= r["p50_ns"].as_u64().unwrap());
+    }
+    // Every daemon forwarded to the other rank and through Flux.
+    for rank in 0..2 {
+        for d in report["daemons"][rank].as_array().unwrap() {
+            assert!(d["remote"].as_u64().unwrap() > 0, "{d}");
+            assert!(d["served_remote"].as_u64().unwrap() > 0, "{d}");
+            assert!(d["flux"].as_u64().unwrap() > 0, "{d}");
+        }
+    }
+    let _ = std::fs::remove_file(json);
+}
+
+#[test]
+fn copyrpc_on_the_software_device_verifies() {
+    smoke("copyrpc", "mlx5 soft", &[]);
+}
+
+#[test]
+fn ucx_over_tcp_verifies() {
+    smoke("ucx-am:tcp", "UCX_TLS=tcp", &[]);
+}
+
+#[test]
+fn ucx_over_shared_memory_verifies() {
+    smoke("ucx-am:shm", "UCX_TLS=shm", &[]);
+}
+
+/// Clients as processes of their own: the ipc layer crossed between
+/// processes, still every GET verified.
+#[test]
+fn client_processes_verify() {
+    smoke("copyrpc", "mlx5 soft", &["--client-procs"]);
+}
+
+#[test]
+fn bad_parameters_fail_on_every_rank_before_any_work() {
+    let _g = serial();
+    for (args, needle) in [
+        (&["--clients", "0"][..], "--clients 0"),
+        (&["--depth", "100000"][..], "larger than the ipc ring"),
+        (&["--value-size", "5000"][..], "--value-size 5000"),
+        (&["--backend", "rdma"][..], "unknown backend"),
+        (&["--no-such-flag"][..], "--no-such-flag"),
+    ] {
+        let (status, out) = run(args, Duration::from_secs(60));
+        assert!(!status.success(), "{args:?} succeeded:\n{out}");
+        for rank in 0..2 {
+            let line = format!("benchkv (rank {rank}): error");
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(&line) && l.contains(needle))
+                    || out.contains(&format!(
+                        "benchkv (rank {rank}): error: unexpected argument '{needle}'"
+                    )),
+                "{args:?}: rank {rank} did not say {needle:?}:\n{out}"
+            );
+        }
+        assert!(!out.contains("| total |"), "{args:?} ran:\n{out}");
+    }
+}
+
+/// The pid of `rank` among mpirun's children.
+fn rank_pid(mpirun: u32, rank: u32) -> Option<u32> {
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The parent pid follows the command name's closing parenthesis.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(mpirun) {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Rank 1 SIGKILLed mid-run: the run ends with an error within seconds,
+/// whatever the backend (copyrpc and UCX over tcp see the peer fail
+/// themselves; over shared memory, where UCX detects nothing, mpirun ends
+/// the job).
+#[test]
+fn a_killed_rank_ends_the_run_within_seconds() {
+    let _g = serial();
+    for backend in ["copyrpc", "ucx-am:tcp", "ucx-am:shm"] {
+        let json = temp_json("killed.json");
+        let mut child = spawn(mpirun(&[
+            "--backend",
+            backend,
+            "--warmup",
+            "0",
+            "--duration",
+            "60",
+            "--json",
+            json.to_str().unwrap(),
+        ]));
+        let rx = lines(&mut child);
+        // Rank 0's progress line: the run is under way.
+        let start = Instant::now();
+        let mut seen = String::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    let going = l.starts_with("benchkv run 1/1:");
+                    seen.push_str(&l);
+                    seen.push('\n');
+                    if going {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("{backend}: mpirun ended:\n{seen}")
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{backend}: no progress line within 60 s:\n{seen}"
+            );
+        }
+        let pid = rank_pid(child.id(), 1).unwrap_or_else(|| panic!("{backend}: rank 1 not found"));
+        // SAFETY: kill(2) with a pid we found among mpirun's children.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        let (status, took) = wait(&mut child, Duration::from_secs(20), backend);
+        let out = seen + &drain(&rx);
+        assert!(
+            !status.success(),
+            "{backend}: the job succeeded after a rank died:\n{out}"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "{backend}: took {took:?} to end:\n{out}"
+        );
+        assert!(
+            !out.contains("| total |"),
+            "{backend}: a report after a rank died:\n{out}"
+        );
+    }
+}
