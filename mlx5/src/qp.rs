@@ -22,7 +22,8 @@ use crate::error::Error;
 use crate::mem::DmaBuf;
 use crate::mr::{Access, Pd, PdInner};
 use crate::srq::{Srq, SrqShared, write_sges};
-use crate::wqe::{self, MAX_DS, Nop, SEG, Sge, SqRing, WQEBB, WqeBuild};
+use crate::wqe::sealed::Sealed as _;
+use crate::wqe::{self, Limits, MAX_DS, Nop, SEG, Sge, Slot, SqRing, WQEBB, WqeBuild};
 use crate::{QpState, hw, soft};
 
 /// Queue sizes and limits of a QP.
@@ -339,12 +340,26 @@ impl<'a> QpBuilder<'a> {
 /// Producer state of the send queue (owned by the `Qp`, never shared).
 struct SqState {
     ring: SqRing,
+    /// The SQ buffer (`QpMem::sq_buf`).
+    buf: *mut u8,
+    /// What a WQE may be, from the caps (fixed at creation).
+    limits: Limits,
+    /// `qpn << 8`: the control segment's QPN word before its `ds`.
+    qpn8: u32,
     /// WQEBBs of the WQE starting at each slot (to retire by WQE index).
+    /// As long as the ring (`SqRing::index` is in bounds).
     sizes: Box<[u8]>,
     /// WQEs written since the last doorbell, and the last one's position.
-    pending: u32,
+    /// `pi` at the last doorbell: WQEs from there on are pending.
+    rung: u32,
     last_at: u32,
-    last_wqebbs: u32,
+}
+
+impl SqState {
+    /// WQEBBs of the WQE (or padding) posted at `pos`.
+    fn size_at(&self, pos: u32) -> u8 {
+        self.sizes[self.ring.index(pos)]
+    }
 }
 
 /// An RC queue pair. Posting needs `&mut self` (one producer); move it to
@@ -479,15 +494,19 @@ impl Qp {
             shared.recv_cq.add_route(route);
         }
         let sq_cnt = shared.mem.sq_wqe_cnt;
+        let sq_buf = shared.mem.sq_buf;
+        let limits = Limits::new(caps.max_inline, caps.max_send_sge, caps.max_ds());
         Ok(Qp {
             shared,
             bell,
             sq: SqState {
                 ring: SqRing::new(sq_cnt),
+                buf: sq_buf,
+                limits,
+                qpn8: qpn << 8,
                 sizes: vec![0u8; sq_cnt as usize].into_boxed_slice(),
-                pending: 0,
+                rung: 0,
                 last_at: 0,
-                last_wqebbs: 0,
             },
             rq_head: 0,
             // Any 24-bit value works; derive one from the QPN so two QPs
@@ -574,7 +593,8 @@ impl Qp {
             // The queues start over, as verbs does on RESET.
             self.shared.track.reset();
             self.sq.ring = SqRing::new(self.shared.mem.sq_wqe_cnt);
-            self.sq.pending = 0;
+            self.sq.rung = 0;
+            self.sq.last_at = 0;
             self.rq_head = 0;
         }
         Ok(())
@@ -636,57 +656,29 @@ impl Qp {
             return; // stale: already retired past it
         }
         let pos = pi.wrapping_sub(back);
-        let size = u32::from(self.sq.sizes[(pos % self.sq.ring.wqe_cnt()) as usize]).max(1);
+        let size = u32::from(self.sq.size_at(pos)).max(1);
         let new_ci = pos.wrapping_add(size);
         if new_ci.wrapping_sub(ci_now) <= pi.wrapping_sub(ci_now) {
             self.sq.ring.retire(new_ci);
         }
     }
 
-    fn check_wqe<W: WqeBuild + ?Sized>(&self, w: &W) -> Result<usize, Error> {
-        let caps = &self.shared.caps;
-        if let Some(len) = w.inline_len()
-            && len > caps.max_inline as usize
-        {
-            return Err(Error::InlineTooLarge {
-                len,
-                max: caps.max_inline as usize,
-            });
-        }
-        if let Some(len) = w.atomic_result_len()
-            && len < wqe::ATOMIC_SIZE
-        {
-            // The device writes 8 bytes whatever the SGE says (as libmlx5
-            // posts it): a shorter buffer would be overrun.
-            return Err(Error::AtomicResultTooSmall { len });
-        }
-        let sges = w.sge_count();
-        if sges > caps.max_send_sge.max(1) as usize {
-            return Err(Error::TooManySges {
-                count: sges,
-                max: caps.max_send_sge as usize,
-            });
-        }
-        let ds = w.ds();
-        if ds > caps.max_ds() {
-            return Err(Error::WqeTooLarge {
-                wqebbs: wqe::wqebbs(ds),
-                limit: wqe::wqebbs(caps.max_ds()),
-            });
-        }
-        Ok(wqe::wqebbs(ds))
-    }
-
     /// Writes `w` into the send queue (after a NOP that pads to the ring
     /// end if it would not fit before it) and returns its WQE index. The
     /// device sees it at the next [`Qp::ring_doorbell`]. Allowed in RTS, and
     /// in ERROR (where it completes with a flush error).
+    #[inline(always)]
     pub fn post<W: WqeBuild + ?Sized>(&mut self, w: &W) -> Result<WqeIndex, Error> {
-        let wqebbs = self.check_wqe(w)?;
-        let qpn = self.shared.qpn;
-        self.post_with(wqebbs, |out, index| {
-            wqe::encode(w, index, qpn, out);
-        })
+        // The builder is read once; checking and writing work on the copy.
+        let parts = w.parts();
+        let ds = parts.check(&self.sq.limits)?;
+        let wqebbs = wqe::wqebbs(ds);
+        let (at, p) = self.reserve(wqebbs)?;
+        // SAFETY: `reserve` handed out `wqebbs * 64 >= ds * 16` bytes at
+        // `p`, which the device does not own.
+        unsafe { parts.write(p, at as u16, self.sq.qpn8 | ds as u32) };
+        self.commit(at, wqebbs);
+        Ok(at as u16)
     }
 
     /// Writes `bytes` as the next WQE exactly as given (zero-padded to whole
@@ -695,65 +687,95 @@ impl Qp {
     /// malformed WQEs and for opcodes this crate has no builder for; the
     /// device validates everything it reads, so nothing here is unsafe.
     pub fn post_raw(&mut self, bytes: &[u8]) -> Result<WqeIndex, Error> {
-        let limit = wqe::wqebbs(self.shared.caps.max_ds());
+        let limit = self.sq.limits.max_wqebbs();
         let wqebbs = bytes.len().div_ceil(WQEBB);
         if wqebbs == 0 || wqebbs > limit {
             return Err(Error::WqeTooLarge { wqebbs, limit });
         }
-        self.post_with(wqebbs, |out, _| {
-            out[..bytes.len()].copy_from_slice(bytes);
-            out[bytes.len()..].fill(0);
-        })
+        let (at, p) = self.reserve(wqebbs)?;
+        // SAFETY: `reserve` handed out `wqebbs * 64` bytes at `p`, which
+        // the device does not own; `bytes` is at most that long and lies
+        // elsewhere (a caller's slice cannot alias the SQ buffer, to which
+        // no reference is ever handed out).
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+            p.add(bytes.len())
+                .write_bytes(0, wqebbs * WQEBB - bytes.len());
+        }
+        self.commit(at, wqebbs);
+        Ok(at as u16)
     }
 
-    fn post_with(
-        &mut self,
-        wqebbs: usize,
-        write: impl FnOnce(&mut [u8], u16),
-    ) -> Result<WqeIndex, Error> {
+    /// Room for a WQE of `wqebbs` blocks (after NOP padding to the ring end
+    /// if it would not fit before it): its ring position, and where its
+    /// bytes go. Posting is allowed in RTS and in ERROR.
+    #[inline(always)]
+    fn reserve(&mut self, wqebbs: usize) -> Result<(u32, *mut u8), Error> {
         let state = self.shared.track.state();
         if !matches!(state, QpState::Rts | QpState::Error) {
-            return Err(Error::BadState {
-                qpn: self.shared.qpn,
-                state,
-            });
+            return Err(self.bad_state(state));
         }
+        let at = match self.sq.ring.reserve_fast(wqebbs) {
+            Some(at) => at,
+            None => self.reserve_slow(wqebbs)?,
+        };
+        let i = self.sq.ring.index(at);
+        // SAFETY: `sizes` is as long as the ring, and `index` is a slot of
+        // the ring.
+        unsafe { *self.sq.sizes.get_unchecked_mut(i) = wqebbs as u8 };
+        // SAFETY: `i` is a WQEBB of the SQ buffer; the ring reserved
+        // `wqebbs` of them from there without wrapping.
+        Ok((at, unsafe { self.sq.buf.add(i * WQEBB) }))
+    }
+
+    /// What [`SqRing::reserve_fast`] does not do: NOP padding at the ring
+    /// end, retiring what completions allow when the ring looks full, and
+    /// the errors.
+    #[cold]
+    fn reserve_slow(&mut self, wqebbs: usize) -> Result<u32, Error> {
         let slot = match self.sq.ring.reserve(wqebbs) {
             Ok(s) => s,
-            Err(Error::SendQueueFull { .. }) => {
+            Err(_) => {
                 self.retire();
                 self.sq.ring.reserve(wqebbs)?
             }
-            Err(e) => return Err(e),
         };
-        let qpn = self.shared.qpn;
         if slot.pad > 0 {
-            let nop = Nop::spanning(slot.pad);
-            self.write_at(slot.pad_at, slot.pad, |out| {
-                wqe::encode(&nop, slot.pad_at as u16, qpn, out);
-            });
-            self.sq.pending += 1;
+            self.pad(slot);
         }
-        self.write_at(slot.at, wqebbs, |out| write(out, slot.at as u16));
-        self.sq.ring.commit(slot, wqebbs);
-        self.sq.pending += 1;
-        self.sq.last_at = slot.at;
-        self.sq.last_wqebbs = wqebbs as u32;
-        Ok(slot.at as u16)
+        self.sq.ring.commit_pad(slot);
+        Ok(slot.at)
     }
 
-    fn write_at(&mut self, pos: u32, wqebbs: usize, f: impl FnOnce(&mut [u8])) {
-        let off = self.sq.ring.offset(pos);
-        debug_assert!(off + wqebbs * WQEBB <= self.shared.mem.sq_wqe_cnt as usize * WQEBB);
-        self.sq.sizes[off / WQEBB] = wqebbs as u8;
-        // SAFETY: [off, off + wqebbs*64) lies inside the SQ buffer (the ring
-        // reserved it without wrapping) and the device does not own these
-        // WQEBBs (SqRing counted them free); &mut self excludes other
-        // writers.
-        let out = unsafe {
-            std::slice::from_raw_parts_mut(self.shared.mem.sq_buf.add(off), wqebbs * WQEBB)
-        };
-        f(out);
+    #[cold]
+    fn bad_state(&self, state: QpState) -> Error {
+        Error::BadState {
+            qpn: self.shared.qpn,
+            state,
+        }
+    }
+
+    /// Writes the NOP that pads the ring end before `slot`'s WQE.
+    fn pad(&mut self, slot: Slot) {
+        let nop = Nop::spanning(slot.pad);
+        let i = self.sq.ring.index(slot.pad_at);
+        self.sq.sizes[i] = slot.pad as u8;
+        let ds = slot.pad * (WQEBB / SEG);
+        // SAFETY: the ring reserved `slot.pad` WQEBBs from `i` to the ring
+        // end, not owned by the device; the NOP spans exactly those.
+        unsafe {
+            let p = self.sq.buf.add(i * WQEBB);
+            nop.parts()
+                .write(p, slot.pad_at as u16, self.sq.qpn8 | ds as u32);
+        }
+    }
+
+    /// Advances the producer past the WQE of `wqebbs` blocks written at
+    /// `at`.
+    #[inline(always)]
+    fn commit(&mut self, at: u32, wqebbs: usize) {
+        self.sq.ring.commit_fast(at, wqebbs);
+        self.sq.last_at = at;
     }
 
     /// Makes every WQE posted since the last doorbell visible to the device:
@@ -762,12 +784,13 @@ impl Qp {
     /// pending, else the 8-byte doorbell, under the register's lock when
     /// it has BlueFlame buffers; see `hw/doorbell.rs`).
     pub fn ring_doorbell(&mut self) {
-        if self.sq.pending == 0 {
+        let pi = self.sq.ring.pi();
+        if pi == self.sq.rung {
             return;
         }
         // SAFETY: dbrec points at the QP's doorbell record, two u32 words.
         let db = unsafe { AtomicU32::from_ptr(self.shared.mem.dbrec.add(1)) };
-        let counter = self.sq.ring.pi() & 0xffff;
+        let counter = pi & 0xffff;
         match &self.bell {
             Bell::Soft(b) => {
                 // Release: the device reads the WQEs after it sees the
@@ -779,8 +802,10 @@ impl Qp {
                 let off = self.sq.ring.offset(self.sq.last_at);
                 // SAFETY: the last WQE's bytes are in the SQ buffer.
                 let wqe_ptr = unsafe { self.shared.mem.sq_buf.add(off) };
-                let single = if self.sq.pending == 1 {
-                    self.sq.last_wqebbs as usize * WQEBB
+                // One WQE pending (no padding before it): it starts where
+                // the last doorbell left off.
+                let single = if self.sq.last_at == self.sq.rung {
+                    usize::from(self.sq.size_at(self.sq.last_at)) * WQEBB
                 } else {
                     0
                 };
@@ -793,7 +818,7 @@ impl Qp {
                 unsafe { bf.ring(db, counter, wqe_ptr, single) };
             }
         }
-        self.sq.pending = 0;
+        self.sq.rung = pi;
     }
 
     /// [`Qp::post`] then [`Qp::ring_doorbell`].
