@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::net::{self, Link, WireStats};
-use super::{Shared, State, Target, rnr_delay, wqebbs_of};
+use super::{DevRef, Fabric, Shared, State, Target, fabric, rnr_delay, wqebbs_of};
 use crate::QpState;
 use crate::cqe::{self, Cqe, Kind, Syndrome};
 use crate::event::AsyncEvent;
@@ -133,8 +133,9 @@ pub(crate) enum Response {
 /// The requester-side bookkeeping of a WQE in flight.
 pub(crate) struct Inflight {
     /// Identifies the QP across phases (a destroyed QP's number can be
-    /// reused by a new QP while a WQE is in flight).
-    track: Arc<crate::qp::QpTrack>,
+    /// reused by a new QP while a WQE is in flight): its
+    /// [`super::SoftQp::incarnation`].
+    incarnation: u64,
     req: Request,
     index: u16,
     wqebbs: u32,
@@ -189,8 +190,9 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
         done += receive(shared, eng);
     }
     eng.work.clear();
-    {
-        let s = shared.lock();
+    // One lock for every WQE this pass executes (see `Fabric`).
+    let mut fab = fabric();
+    if let Some(s) = fab.state(shared.dev) {
         for qp in s.qps.iter().flatten() {
             let pi = qp.sq_pi();
             let send = match qp.state {
@@ -207,8 +209,9 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     }
     for i in 0..eng.work.len() {
         let qpn = eng.work[i];
-        done += process_qp(shared, eng, qpn);
+        done += process_qp(shared, eng, &mut fab, qpn);
     }
+    drop(fab);
     if !eng.links.is_empty() {
         send(shared, eng);
     }
@@ -469,13 +472,17 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine) {
     }
 }
 
-fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
+/// Executes up to [`BUDGET`] WQEs of QP `qpn`, with the fabric locked: a
+/// peer in this process answers in line.
+fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qpn: u32) -> usize {
     let mut done = 0;
     for _ in 0..BUDGET {
-        let mut s = shared.lock();
+        let Some(s) = fab.state(shared.dev) else {
+            break;
+        };
         let Some(qp) = s.qp(qpn) else { break };
         if qp.state == QpState::Error {
-            done += flush(&mut s, qpn);
+            done += flush(s, qpn);
             break;
         }
         if qp.state != QpState::Rts || qp.sq_pi() == qp.sq_sent as u16 {
@@ -490,7 +497,7 @@ fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
         }
         let busy = !qp.inflight.is_empty();
         let epoch = qp.epoch;
-        match local_phase(&mut s, qpn, shared.addr, eng) {
+        match local_phase(s, qpn, shared.addr, eng) {
             // Completions are in order: these wait for the requests in
             // flight to be answered.
             Step::Nop { .. } | Step::Fail { .. } if busy => break,
@@ -514,31 +521,24 @@ fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
                 wqebbs,
                 syndrome,
             } => {
-                fail(&mut s, qpn, index, wqebbs, syndrome);
+                fail(s, qpn, index, wqebbs, syndrome);
                 if let Some(qp) = s.qp(qpn) {
                     qp.fail_next = None;
                 }
                 done += 1;
             }
             Step::Remote(mut f, peer) => match peer.target {
-                Target::Local(w) => {
-                    drop(s);
+                Target::Local(dev) => {
                     eng.resp.clear();
-                    let gone = eng.faults.dropped.contains(&peer.addr);
-                    let resp = match w.upgrade() {
-                        Some(dev) if !gone => respond(&dev, &f.req, &eng.scratch, &mut eng.resp),
-                        _ => Response::Nak(Syndrome::TransportRetryExceeded),
+                    let resp = if eng.faults.dropped.contains(&peer.addr) {
+                        Response::Nak(Syndrome::TransportRetryExceeded)
+                    } else {
+                        respond_in_process(fab, dev, &f.req, &eng.scratch, &mut eng.resp)
                     };
-                    let mut s = shared.lock();
-                    let rnr = complete(
-                        &mut s,
-                        qpn,
-                        &f,
-                        resp,
-                        &eng.resp,
-                        &eng.sges,
-                        &mut eng.next_timer,
-                    );
+                    let Some(s) = fab.state(shared.dev) else {
+                        break;
+                    };
+                    let rnr = complete(s, qpn, &f, resp, &eng.resp, &eng.sges, &mut eng.next_timer);
                     // An RNR NAK completes nothing: it is not progress (so a
                     // manual `progress_until_idle` ends while a QP waits).
                     if rnr {
@@ -555,13 +555,7 @@ fn process_qp(shared: &Arc<Shared>, eng: &mut Engine, qpn: u32) -> usize {
                         if busy {
                             break;
                         }
-                        fail(
-                            &mut s,
-                            qpn,
-                            f.index,
-                            f.wqebbs,
-                            Syndrome::TransportRetryExceeded,
-                        );
+                        fail(s, qpn, f.index, f.wqebbs, Syndrome::TransportRetryExceeded);
                         done += 1;
                         continue;
                     };
@@ -741,7 +735,7 @@ fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step
         };
     }
     let wqe = &wqe[..ds * SEG];
-    let Some(peer) = qp.peer.clone() else {
+    let Some(peer) = qp.peer else {
         return Step::Fail {
             index,
             wqebbs,
@@ -888,10 +882,10 @@ fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step
             req.len = eng.scratch.len() as u32;
         }
     }
-    let track = s.qp(qpn).expect("present").track.clone();
+    let incarnation = s.qp(qpn).expect("present").incarnation;
     Step::Remote(
         Inflight {
-            track,
+            incarnation,
             req,
             index,
             wqebbs,
@@ -1032,17 +1026,25 @@ fn responder_fatal(s: &mut State, qpn: u32, syndrome: Syndrome) -> Response {
     Response::Nak(syndrome)
 }
 
-/// Phase 2, at the responder device.
-pub(crate) fn respond(dev: &Shared, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> Response {
-    let mut s = dev.lock();
-    let r = respond_locked(&mut s, req, payload, out);
-    let errored = s
-        .qp(req.dst_qpn)
-        .is_some_and(|qp| qp.state == QpState::Error);
-    drop(s);
-    if errored {
+/// Phase 2 at device `to` of this process (the requester's, or another),
+/// with the fabric locked. A device that is gone answers nothing, as a
+/// dead process: `TransportRetryExceeded`.
+fn respond_in_process(
+    fab: &mut Fabric,
+    to: DevRef,
+    req: &Request,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Response {
+    let Some(s) = fab.state(to) else {
+        return Response::Nak(Syndrome::TransportRetryExceeded);
+    };
+    let r = respond_locked(s, req, payload, out);
+    if s.qp(req.dst_qpn)
+        .is_some_and(|qp| qp.state == QpState::Error)
+    {
         // Its receive queue must be flushed: device work.
-        dev.bell.ring();
+        fab.ring(to);
     }
     r
 }
@@ -1240,7 +1242,7 @@ fn complete(
     next_timer: &mut Option<Instant>,
 ) -> bool {
     let Some(qp) = s.qp(qpn) else { return false };
-    if !Arc::ptr_eq(&qp.track, &f.track) {
+    if qp.incarnation != f.incarnation {
         return false; // destroyed meanwhile; this is another QP
     }
     match qp.state {

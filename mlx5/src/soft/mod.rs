@@ -4,18 +4,22 @@
 //!
 //! # How a WQE travels
 //!
-//! 1. *Requester, local phase* (requester device's state locked): read the
-//!    doorbell record, copy the WQE out of the ring, decode and validate it
-//!    (opcode, `ds`, index, QPN, inline length, SGE count), validate local
-//!    keys and gather the payload into a scratch buffer.
-//! 2. *Responder phase* (target device's state locked; the requester's is
-//!    released first, so two devices never hold each other's locks): check
-//!    the target QP's state and peer, the rkey, bounds and access flags,
-//!    take a receive WQE (RQ or SRQ) when the opcode consumes one, write
-//!    target memory or read it, write the responder CQE.
-//! 3. *Requester, completion phase* (requester's state locked again):
-//!    scatter READ data or the atomic's original value, write the requester
-//!    CQE (signaled WQEs and every error), or arm an RNR retry.
+//! 1. *Requester, local phase*: read the doorbell record, copy the WQE out
+//!    of the ring, decode and validate it (opcode, `ds`, index, QPN, inline
+//!    length, SGE count), validate local keys and gather the payload into a
+//!    scratch buffer.
+//! 2. *Responder phase*: check the target QP's state and peer, the rkey,
+//!    bounds and access flags, take a receive WQE (RQ or SRQ) when the
+//!    opcode consumes one, write target memory or read it, write the
+//!    responder CQE.
+//! 3. *Requester, completion phase*: scatter READ data or the atomic's
+//!    original value, write the requester CQE (signaled WQEs and every
+//!    error), or arm an RNR retry.
+//!
+//! The state of every device of this process lives behind one lock (the
+//! [`Fabric`]), which a progress pass takes once: the three phases of every
+//! WQE it executes, for a peer in this process too, run under that one
+//! acquisition (no lock per WQE, no order between two devices' locks).
 //!
 //! Phase 2 is a function of (request, payload) → response. For a peer in
 //! this process it runs in line; for a peer in another process or host
@@ -245,16 +249,17 @@ pub(crate) struct SoftSrq {
 }
 
 /// How a QP reaches its peer device.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub(crate) enum Target {
-    /// A device in this process: the responder phase runs in line.
-    Local(Weak<Shared>),
+    /// A device in this process: the responder phase runs in line, under
+    /// the same lock.
+    Local(DevRef),
     /// Over the link with this id (see [`net`]).
     Link(u64),
 }
 
 /// The remote end of a connected QP.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub(crate) struct Peer {
     pub(crate) target: Target,
     /// The peer device's address.
@@ -275,6 +280,9 @@ pub(crate) struct Rnr {
 
 pub(crate) struct SoftQp {
     pub(crate) qpn: u32,
+    /// Which QP of this device's life this is (a destroyed QP's number is
+    /// reused): what a request in flight names it by.
+    pub(crate) incarnation: u64,
     pub(crate) pd: u32,
     pub(crate) state: QpState,
     pub(crate) track: Arc<QpTrack>,
@@ -395,6 +403,8 @@ pub(crate) struct State {
     /// the lock when there are none (it is asked on every idle poll).
     has_events: Arc<AtomicBool>,
     next_pd: u32,
+    /// The next [`SoftQp::incarnation`].
+    next_incarnation: u64,
     mrs: Vec<Option<MrEntry>>,
     mr_gen: Vec<u8>,
     pub(crate) cqs: Vec<Option<SoftCq>>,
@@ -489,7 +499,8 @@ pub(crate) struct Shared {
     /// Whether `pending` may hold something (spares the hot path a lock).
     has_pending: AtomicBool,
     manual: bool,
-    pub(crate) state: Mutex<State>,
+    /// Where this device's [`State`] lives in the [`Fabric`].
+    pub(crate) dev: DevRef,
     /// `State::has_events`, readable without the lock.
     lock_free_events: Arc<AtomicBool>,
     pub(crate) engine: Mutex<engine::Engine>,
@@ -497,8 +508,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// This device's state, with the fabric locked.
+    pub(crate) fn lock(&self) -> StateGuard {
+        StateGuard {
+            fabric: fabric(),
+            dev: self.dev,
+        }
     }
 
     pub(crate) fn is_manual(&self) -> bool {
@@ -530,9 +545,122 @@ impl Shared {
     }
 }
 
-/// Software devices of this process, by address (the in-process
-/// "fabric").
-static FABRIC: Mutex<Vec<([u8; 16], Weak<Shared>)>> = Mutex::new(Vec::new());
+/// Every software device of this process: their [`State`] behind one lock.
+/// A WQE between two devices of this process executes under it once (the
+/// requester's phases and the responder's, in line), and a progress pass
+/// takes it once for all the WQEs it executes: no lock per WQE, and no
+/// order between two devices' locks to keep. The devices' link I/O (their
+/// [`engine::Engine`]s, each behind its own lock, taken before this one)
+/// stays outside it.
+pub(crate) struct Fabric {
+    slots: Vec<Option<Slot>>,
+}
+
+/// A device's place in the [`Fabric`].
+struct Slot {
+    id: u64,
+    addr: [u8; 16],
+    /// Found by address (false once its `Device` is dropped: nobody can
+    /// connect to it, but requests in flight still reach it).
+    listed: bool,
+    bell: Arc<Bell>,
+    state: State,
+}
+
+/// Names a device's [`State`] in the [`Fabric`]: its slot, and its id (a
+/// slot is reused once its device is gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DevRef {
+    slot: usize,
+    id: u64,
+}
+
+static FABRIC: Mutex<Fabric> = Mutex::new(Fabric { slots: Vec::new() });
+
+/// Locks the fabric. A panic elsewhere cannot leave a device's state
+/// half-updated in a way later passes trip over (each step is one WQE), so
+/// a poisoned lock is used as is.
+pub(crate) fn fabric() -> MutexGuard<'static, Fabric> {
+    FABRIC.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Fabric {
+    fn insert(&mut self, id: u64, addr: [u8; 16], bell: Arc<Bell>, state: State) -> DevRef {
+        let slot = Slot {
+            id,
+            addr,
+            listed: true,
+            bell,
+            state,
+        };
+        let i = insert(&mut self.slots, slot);
+        DevRef { slot: i, id }
+    }
+
+    fn slot(&mut self, d: DevRef) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(d.slot)?
+            .as_mut()
+            .filter(|s| s.id == d.id)
+    }
+
+    /// The state of device `d`, if it is still there.
+    pub(crate) fn state(&mut self, d: DevRef) -> Option<&mut State> {
+        self.slot(d).map(|s| &mut s.state)
+    }
+
+    /// Wakes device `d`'s progress (lock-free; harmless if it is gone).
+    pub(crate) fn ring(&mut self, d: DevRef) {
+        if let Some(s) = self.slot(d) {
+            s.bell.ring();
+        }
+    }
+
+    /// The listed device with address `addr`.
+    fn find(&self, addr: &[u8; 16]) -> Option<DevRef> {
+        self.slots.iter().enumerate().find_map(|(i, s)| {
+            s.as_ref()
+                .filter(|s| s.listed && s.addr == *addr)
+                .map(|s| DevRef { slot: i, id: s.id })
+        })
+    }
+}
+
+/// A device's [`State`] with the fabric locked (see [`Shared::lock`]).
+pub(crate) struct StateGuard {
+    fabric: MutexGuard<'static, Fabric>,
+    dev: DevRef,
+}
+
+impl std::ops::Deref for StateGuard {
+    type Target = State;
+    fn deref(&self) -> &State {
+        let s = self.fabric.slots[self.dev.slot].as_ref();
+        &s.expect("a device's state lives as long as the device")
+            .state
+    }
+}
+
+impl std::ops::DerefMut for StateGuard {
+    fn deref_mut(&mut self) -> &mut State {
+        let s = self.fabric.slots[self.dev.slot].as_mut();
+        &mut s
+            .expect("a device's state lives as long as the device")
+            .state
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Never dropped with the fabric locked: nothing holds an
+        // `Arc<Shared>` while it does.
+        let mut f = fabric();
+        if f.slot(self.dev).is_some() {
+            f.slots[self.dev.slot] = None;
+        }
+    }
+}
+
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
 /// A software device.
@@ -613,6 +741,11 @@ impl Device {
             None => Arc::new(Bell::new()?),
         };
         let has_events = Arc::new(AtomicBool::new(false));
+        let state = State {
+            has_events: has_events.clone(),
+            ..State::default()
+        };
+        let dev = fabric().insert(u64::from(id), addr.encode(), bell.clone(), state);
         let shared = Arc::new(Shared {
             id: u64::from(id),
             addr: addr.encode(),
@@ -620,18 +753,11 @@ impl Device {
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
             manual: progress == Progress::Manual,
-            state: Mutex::new(State {
-                has_events: has_events.clone(),
-                ..State::default()
-            }),
+            dev,
             lock_free_events: has_events,
             engine: Mutex::new(engine::Engine::default()),
             bell,
         });
-        FABRIC
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((shared.addr, Arc::downgrade(&shared)));
         if let Some(l) = listener {
             net::listen(l, &shared, shared.addr)?;
             *shared.listening.lock().unwrap_or_else(|e| e.into_inner()) = true;
@@ -717,8 +843,8 @@ impl Device {
                 return None;
             }
             let cv = s.events_cv.clone();
-            s = cv
-                .wait_timeout(s, left)
+            s.fabric = cv
+                .wait_timeout(s.fabric, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -831,8 +957,10 @@ impl Device {
             return Err(Error::InvalidAttr("out of QP numbers".into()));
         }
         let qpn = i as u32 + QPN_BASE;
+        s.next_incarnation += 1;
         let qp = SoftQp {
             qpn,
+            incarnation: s.next_incarnation,
             pd: d.pd,
             state: QpState::Reset,
             track: d.track,
@@ -964,8 +1092,11 @@ impl Drop for Device {
         {
             net::unlisten(self.shared.addr);
         }
-        let mut f = FABRIC.lock().unwrap_or_else(|e| e.into_inner());
-        f.retain(|(a, _)| *a != self.shared.addr);
+        if let Some(s) = fabric().slot(self.shared.dev) {
+            // Its state stays until the last `Arc<Shared>` goes (requests
+            // in flight to it still find it), but nobody connects to it.
+            s.listed = false;
+        }
     }
 }
 
@@ -974,12 +1105,7 @@ impl Device {
     /// a link (connecting one if none is up).
     fn resolve(&self, r: &ConnInfo, opts: &ConnectOpts) -> Result<Peer, Error> {
         let to = net::Addr::decode(&r.gid).map_err(Error::InvalidAttr)?;
-        let local = FABRIC
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(a, _)| *a == r.gid)
-            .map(|(_, w)| w.clone());
+        let local = fabric().find(&r.gid);
         if let Some(dev) = local {
             return Ok(Peer {
                 target: Target::Local(dev),
