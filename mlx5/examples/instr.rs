@@ -25,9 +25,10 @@
 use std::hint::black_box;
 use std::process::ExitCode;
 
+use mlx5::wqe::{Write, WriteImm};
 use mlx5::{
     Access, Completion, ConnectOpts, Context, Cq, Error, Kind, Mr, Pd, Progress, Qp, QpCaps,
-    Remote, Sge, Write, WriteImm,
+    Remote, Sge,
 };
 
 /// The most WQEs one batch holds: a QP's `max_send_wr` limit.

@@ -8,10 +8,8 @@
 
 use std::time::Duration;
 
-use mlx5::{
-    Access, AtomicCas, AtomicFa, Completion, ConnectOpts, Context, Cq, Error, Pd, Qp, Read, Send,
-    Write, WriteImm,
-};
+use mlx5::wqe::{AtomicCas, AtomicFa, Read, Send, Write, WriteImm};
+use mlx5::{Access, Completion, ConnectOpts, Context, Cq, Error, Pd, Qp};
 
 fn one(cq: &mut Cq) -> Result<Completion, Error> {
     let mut got = Vec::new();

@@ -2,10 +2,13 @@
 //! queue buffers of a ConnectX NIC, written and read by our own code, with a
 //! software device that consumes exactly those bytes where no NIC exists.
 //!
-//! * [`wqe`] and [`cqe`] are a pure codec: typed builders ([`Write`],
-//!   [`WriteImm`], [`Send`], [`SendImm`], [`Read`], [`AtomicCas`],
-//!   [`AtomicFa`], [`Nop`]) producing big-endian 64-byte WQEBBs, and a CQE64
-//!   parser, both checked byte for byte against rdma-core's `mlx5dv.h`.
+//! * [`wqe`] and [`cqe`] are a pure codec: typed builders
+//!   ([`wqe::Write`], [`wqe::WriteImm`], [`wqe::Send`], [`wqe::SendImm`],
+//!   [`wqe::Read`], [`wqe::AtomicCas`], [`wqe::AtomicFa`], [`wqe::Nop`])
+//!   producing big-endian 64-byte WQEBBs, and a CQE64 parser, both checked
+//!   byte for byte against rdma-core's `mlx5dv.h`. The builders live in
+//!   [`wqe`] only: at the crate root, `use mlx5::*` would shadow
+//!   `std::marker::Send` and `std::io::{Read, Write}`.
 //! * [`Context`], [`Pd`], [`Mr`], [`Cq`], [`Qp`] (RC) and [`Srq`] own their
 //!   resources: a QP keeps its PD, CQs and SRQ alive, so none can be freed
 //!   under it. [`Qp::post`] writes WQEs (NOP-padding at the ring end),
@@ -26,7 +29,8 @@
 //! # Example
 //!
 //! ```
-//! use mlx5::{Access, ConnectOpts, Context, Cq, Kind, Pd, Progress, Qp, WriteImm};
+//! use mlx5::{Access, ConnectOpts, Context, Cq, Kind, Pd, Progress, Qp};
+//! use mlx5::wqe::WriteImm;
 //! # fn main() -> Result<(), mlx5::Error> {
 //! let ctx = Context::soft(Progress::Background); // or Context::from_env()
 //! let pd = Pd::new(&ctx)?;
@@ -91,7 +95,9 @@ pub use device::{Context, ENV, Faults, Progress, Selection, WireStats};
 pub use mr::{Access, Mr, Pd};
 pub use qp::{ConnInfo, ConnectOpts, Mtu, Qp, QpBuilder, QpCaps, WqeIndex};
 pub use srq::Srq;
-pub use wqe::{AtomicCas, AtomicFa, Nop, Read, Remote, Send, SendImm, Sge, Write, WriteImm};
+// The builders (`Write`, `Send`, `Read`, ...) stay in `wqe`: at the root,
+// `use mlx5::*` would shadow `std::marker::Send` and the `io` traits.
+pub use wqe::{Remote, Sge};
 
 pub use error::{Error, Status};
 pub use event::AsyncEvent;

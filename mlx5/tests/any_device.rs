@@ -10,9 +10,8 @@ mod common;
 
 use common::pair::{TIMEOUT, pair_env};
 use mlx5::wqe::opcode;
-use mlx5::{
-    AsyncEvent, AtomicCas, AtomicFa, Kind, QpCaps, QpState, Read, Send, Syndrome, Write, WriteImm,
-};
+use mlx5::wqe::{AtomicCas, AtomicFa, Read, Send, Write, WriteImm};
+use mlx5::{AsyncEvent, Kind, QpCaps, QpState, Syndrome};
 
 #[test]
 fn every_opcode_completes_with_the_expected_cqe() {

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::pair::{End, end};
 use mlx5::peer::{PeerProcess, fnv1a as fnv, hex, pattern, stream_len, unhex};
+use mlx5::wqe::{AtomicCas, AtomicFa, Read, Send, SendImm, Write, WriteImm};
 use mlx5::{
-    Access, AtomicCas, AtomicFa, ConnectOpts, Context, Kind, Progress, QpCaps, QpState, Read,
-    Remote, Selection, Send, SendImm, Syndrome, Write, WriteImm,
+    Access, ConnectOpts, Context, Kind, Progress, QpCaps, QpState, Remote, Selection, Syndrome,
 };
 
 const PEER: &str = env!("CARGO_BIN_EXE_mlx5-peer");

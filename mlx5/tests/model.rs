@@ -5,7 +5,8 @@
 mod common;
 
 use common::pair::pair_with;
-use mlx5::{AtomicCas, AtomicFa, Progress, QpCaps, Read, Write};
+use mlx5::wqe::{AtomicCas, AtomicFa, Read, Write};
+use mlx5::{Progress, QpCaps};
 use proptest::prelude::*;
 
 const TARGET: usize = 512;

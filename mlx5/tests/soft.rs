@@ -5,9 +5,10 @@ mod common;
 
 use common::pair::{End, TIMEOUT, connect, end, pair, pair_with, srq_qp};
 use mlx5::wqe::opcode;
+use mlx5::wqe::{AtomicCas, AtomicFa, Nop, Read, Send, SendImm, Write, WriteImm};
 use mlx5::{
-    Access, AsyncEvent, AtomicCas, AtomicFa, ConnectOpts, Context, Cq, Error, Kind, Nop, Progress,
-    Qp, QpCaps, QpState, Read, Remote, Send, SendImm, Srq, Syndrome, Write, WriteImm,
+    Access, AsyncEvent, ConnectOpts, Context, Cq, Error, Kind, Progress, Qp, QpCaps, QpState,
+    Remote, Srq, Syndrome,
 };
 
 fn fill(e: &End, off: usize, len: usize, seed: u8) -> Vec<u8> {

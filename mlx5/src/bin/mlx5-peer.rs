@@ -33,9 +33,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mlx5::peer::{fnv1a as fnv, hex, pattern, stream_len, unhex};
+use mlx5::wqe::WriteImm;
 use mlx5::{
     Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Selection,
-    WriteImm,
 };
 
 struct Peer {
