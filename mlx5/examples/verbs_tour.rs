@@ -44,7 +44,8 @@ fn main() -> Result<(), Error> {
     );
 
     println!("WRITE 5 bytes");
-    ma.write(0, b"hello");
+    // SAFETY: no WQE that reads or writes these bytes is in flight.
+    unsafe { ma.write(0, b"hello") };
     a.post_and_ring(&Write::new(mb.remote(0), &[ma.sge(0, 5)]).signaled())?;
     one(&mut cq_a)?;
 
@@ -64,7 +65,9 @@ fn main() -> Result<(), Error> {
     a.post_and_ring(&Read::new(mb.remote(0), &[ma.sge(100, 5)]).signaled())?;
     one(&mut cq_a)?;
     let mut back = [0u8; 5];
-    ma.read(100, &mut back);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { ma.read(100, &mut back) };
     println!("  read: {:?}", String::from_utf8_lossy(&back));
 
     println!("fetch-and-add 5, then compare-and-swap 5 -> 9");

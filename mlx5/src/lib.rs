@@ -51,7 +51,9 @@
 //! let c = got.expect("a receive completion");
 //! assert_eq!((c.kind, c.imm, c.byte_len), (Kind::RecvWriteImm, 42, 5));
 //! let mut bytes = [0u8; 5];
-//! target.read(0, &mut bytes);
+//! // SAFETY: the WRITE_IMM's receive completion was polled: the device is
+//! // done with these bytes.
+//! unsafe { target.read(0, &mut bytes) };
 //! assert_eq!(&bytes, b"hello");
 //! # let _ = cq_a.poll(16, |_| {});
 //! # Ok(()) }

@@ -255,21 +255,40 @@ impl Mr {
         }
     }
 
-    /// Copies `data` into the region at `offset`. The device must not be
-    /// accessing those bytes (see [`Pd::register`]).
-    pub fn write(&self, offset: usize, data: &[u8]) {
+    /// Copies `data` into the region at `offset`. Panics if the range is
+    /// outside the region.
+    ///
+    /// # Safety
+    ///
+    /// The device must not be accessing those bytes while this runs: no
+    /// WQE posted here that gathers from them (a WRITE or SEND not yet
+    /// completed), and no peer's WRITE, READ or atomic on them, may be in
+    /// flight. The device (the software device's thread, or the NIC's DMA)
+    /// would race the copy, which no Rust code can order; a completion
+    /// (this QP's, or the peer's word that it is done) is what says the
+    /// device is done with them.
+    pub unsafe fn write(&self, offset: usize, data: &[u8]) {
         self.check(offset, data.len());
-        // SAFETY: in bounds (checked); raw copy, no reference into the region.
+        // SAFETY: in bounds (checked); raw copy, no reference into the
+        // region; the caller excludes the device.
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
         }
     }
 
-    /// Copies bytes at `offset` into `out`. The device must not be writing
-    /// those bytes (see [`Pd::register`]).
-    pub fn read(&self, offset: usize, out: &mut [u8]) {
+    /// Copies bytes at `offset` into `out`. Panics if the range is outside
+    /// the region.
+    ///
+    /// # Safety
+    ///
+    /// The device must not be writing those bytes while this runs: no
+    /// receive, READ or atomic result posted here that scatters into them,
+    /// and no peer's WRITE or atomic on them, may be in flight (a polled
+    /// completion is what says one is done).
+    pub unsafe fn read(&self, offset: usize, out: &mut [u8]) {
         self.check(offset, out.len());
-        // SAFETY: in bounds (checked); raw copy, no reference into the region.
+        // SAFETY: in bounds (checked); raw copy, no reference into the
+        // region; the caller excludes the device's writes.
         unsafe {
             std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len())
         }
