@@ -85,6 +85,8 @@ pub mod event;
 mod hw;
 mod mem;
 mod mr;
+/// Test tooling (the `testing` feature): driving an `mlx5-peer` process.
+#[cfg(feature = "testing")]
 pub mod peer;
 mod qp;
 mod soft;
@@ -103,7 +105,8 @@ pub use wqe::{Remote, Sge};
 
 pub use error::{Error, Status};
 pub use event::AsyncEvent;
-#[doc(hidden)]
+/// Test tooling (the `testing` feature), for `tests/hw_layout.rs`.
+#[cfg(feature = "testing")]
 pub use hw::layout_table;
 
 /// RC QP states.
