@@ -191,11 +191,14 @@ impl Context {
     /// Steps the software device once: every QP with posted work executes
     /// what it can (RNR retries count one attempt per call). Returns the
     /// number of WQEs (send and flushed receive) processed. Hardware and
-    /// background devices need no stepping; on hardware this is an error.
+    /// background devices need no stepping; on hardware this is
+    /// [`Error::SoftOnly`].
     pub fn progress(&self) -> Result<usize, Error> {
         match &self.inner.backend {
             Backend::Soft(d) => Ok(d.progress()),
-            Backend::Hw(_) => Err(Error::Progress("hardware devices progress by themselves")),
+            Backend::Hw(_) => Err(Error::SoftOnly(
+                "stepping the device (hardware progresses by itself)",
+            )),
         }
     }
 
@@ -221,23 +224,21 @@ impl Context {
     }
 
     /// Counters of the software device's traffic with devices in other
-    /// processes (frames, `read`/`write` calls, bytes, links up).
+    /// processes (frames, `read`/`write` calls, bytes, links up);
+    /// [`Error::SoftOnly`] on hardware.
     pub fn wire_stats(&self) -> Result<WireStats, Error> {
         match &self.inner.backend {
             Backend::Soft(d) => Ok(d.wire_stats()),
-            Backend::Hw(_) => Err(Error::Progress(
-                "wire statistics exist only on the software device",
-            )),
+            Backend::Hw(_) => Err(Error::SoftOnly("wire statistics")),
         }
     }
 
-    /// Fault injection on the software device (an error on hardware).
+    /// Fault injection on the software device ([`Error::SoftOnly`] on
+    /// hardware).
     pub fn faults(&self) -> Result<Faults, Error> {
         match &self.inner.backend {
             Backend::Soft(d) => Ok(Faults { dev: d.clone() }),
-            Backend::Hw(_) => Err(Error::Progress(
-                "fault injection exists only on the software device",
-            )),
+            Backend::Hw(_) => Err(Error::SoftOnly("fault injection")),
         }
     }
 

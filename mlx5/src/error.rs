@@ -119,8 +119,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The software device was asked to do something only manual (or only
-    /// background) progress supports.
+    /// Something only the software device has (stepping it, its wire
+    /// statistics, fault injection) was asked of a hardware device.
+    #[error("not supported on hardware: {0} (the software device only)")]
+    SoftOnly(&'static str),
+    /// Never returned any more: what it reported (something only the
+    /// software device has, asked of hardware) is [`Error::SoftOnly`].
+    #[deprecated(note = "never returned: see Error::SoftOnly")]
     #[error("{0}")]
     Progress(&'static str),
 }
