@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use crate::cqe::{self, CQE_SIZE, Cqe};
 use crate::device::{Backend, Context};
 use crate::error::Error;
+use crate::hw;
 use crate::mem::DmaBuf;
+use crate::prm::QpState;
 use crate::qp::QpTrack;
 use crate::srq::SrqShared;
-use crate::{QpState, hw};
 
 /// Where a CQ's memory lives.
 pub(crate) struct CqMem {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use crate::cqe::Syndrome;
 use crate::error::Error;
 use crate::event::AsyncEvent;
+use crate::prm::Syndrome;
 use crate::qp::{ConnInfo, Qp};
 pub use crate::soft::net::WireStats;
 use crate::{hw, soft};

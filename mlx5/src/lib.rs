@@ -88,15 +88,17 @@ mod mr;
 /// Test tooling (the `testing` feature): driving an `mlx5-peer` process.
 #[cfg(feature = "testing")]
 pub mod peer;
+pub mod prm;
 mod qp;
 mod soft;
 mod srq;
 pub mod wqe;
 
 pub use cq::{Completion, Cq};
-pub use cqe::{Kind, Syndrome};
+pub use cqe::Kind;
 pub use device::{Context, ENV, Faults, Progress, Selection, WireStats};
-pub use mr::{Access, Mr, Pd};
+pub use mr::{Mr, Pd};
+pub use prm::{Access, QpState, Syndrome};
 pub use qp::{ConnInfo, ConnectOpts, Mtu, Qp, QpBuilder, QpCaps, WqeIndex};
 pub use srq::Srq;
 // The builders (`Write`, `Send`, `Read`, ...) stay in `wqe`: at the root,
@@ -108,19 +110,3 @@ pub use event::AsyncEvent;
 /// Test tooling (the `testing` feature), for `tests/hw_layout.rs`.
 #[cfg(feature = "testing")]
 pub use hw::layout_table;
-
-/// RC QP states.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QpState {
-    /// Just created.
-    Reset,
-    /// Initialised: receives may be posted.
-    Init,
-    /// Ready to receive.
-    Rtr,
-    /// Ready to send.
-    Rts,
-    /// Error: every WQE completes with a flush error.
-    Error,
-}

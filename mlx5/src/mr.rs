@@ -7,36 +7,8 @@ use crate::device::{Backend, Context};
 use crate::error::Error;
 use crate::hw;
 use crate::mem::DmaBuf;
+use crate::prm::Access;
 use crate::wqe::{Remote, Sge};
-
-/// Access rights of a memory region (and, for the remote ones, of a QP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Access(pub u32);
-
-impl Access {
-    /// The device may write the region (receives, READ results, atomics).
-    pub const LOCAL_WRITE: Access = Access(1);
-    /// Peers may RDMA WRITE it.
-    pub const REMOTE_WRITE: Access = Access(1 << 1);
-    /// Peers may RDMA READ it.
-    pub const REMOTE_READ: Access = Access(1 << 2);
-    /// Peers may run atomics on it.
-    pub const REMOTE_ATOMIC: Access = Access(1 << 3);
-    /// Everything.
-    pub const ALL: Access = Access(0xf);
-
-    /// Whether every right in `other` is granted.
-    pub fn contains(self, other: Access) -> bool {
-        self.0 & other.0 == other.0
-    }
-}
-
-impl std::ops::BitOr for Access {
-    type Output = Access;
-    fn bitor(self, rhs: Access) -> Access {
-        Access(self.0 | rhs.0)
-    }
-}
 
 pub(crate) enum PdHandle {
     Soft(u32),

@@ -20,11 +20,13 @@ use crate::cq::{Cq, CqShared, Route};
 use crate::device::Backend;
 use crate::error::Error;
 use crate::mem::DmaBuf;
-use crate::mr::{Access, Pd, PdInner};
+use crate::mr::{Pd, PdInner};
+use crate::prm::Access;
+use crate::prm::{MAX_DS, QpState, SEG, WQEBB};
 use crate::srq::{Srq, SrqShared, write_sges};
 use crate::wqe::sealed::Sealed as _;
-use crate::wqe::{self, Limits, MAX_DS, Nop, SEG, Sge, Slot, SqRing, WQEBB, WqeBuild};
-use crate::{QpState, hw, soft};
+use crate::wqe::{self, Limits, Nop, Sge, Slot, SqRing, WqeBuild};
+use crate::{hw, soft};
 
 /// Queue sizes and limits of a QP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,18 +247,6 @@ impl QpTrack {
     pub(crate) fn state(&self) -> QpState {
         // Relaxed: see set_state.
         QpState::from_u8(self.state.load(Ordering::Relaxed))
-    }
-}
-
-impl QpState {
-    pub(crate) fn from_u8(v: u8) -> QpState {
-        match v {
-            0 => QpState::Reset,
-            1 => QpState::Init,
-            2 => QpState::Rtr,
-            3 => QpState::Rts,
-            _ => QpState::Error,
-        }
     }
 }
 

@@ -20,10 +20,10 @@ use crate::error::Error;
 use crate::hw;
 use crate::mem::DmaBuf;
 use crate::mr::{Pd, PdInner};
-use crate::wqe::{SEG, Sge, write_data};
+use crate::prm::SEG;
+use crate::wqe::{Sge, write_data};
 
-/// `MLX5_INVALID_LKEY`: terminates a scatter list shorter than its WQE's room.
-pub(crate) const INVALID_LKEY: u32 = 0x100;
+use crate::prm::INVALID_LKEY;
 
 pub(crate) struct SrqMem {
     pub(crate) buf: *mut u8,

@@ -30,44 +30,7 @@
 
 use crate::error::Error;
 
-/// Bytes in a WQE basic block.
-pub const WQEBB: usize = 64;
-/// Bytes in a segment; the `ds` count is in these units.
-pub const SEG: usize = 16;
-/// The largest `ds` count the control segment can express (6 bits).
-pub const MAX_DS: usize = 63;
-/// Marks an inline data segment header (`byte_count | MLX5_INLINE_SEG`).
-pub const INLINE_SEG: u32 = 0x8000_0000;
-
-/// Send opcodes (`MLX5_OPCODE_*`).
-pub mod opcode {
-    /// No operation; pads the ring end.
-    pub const NOP: u8 = 0x00;
-    /// RDMA WRITE.
-    pub const RDMA_WRITE: u8 = 0x08;
-    /// RDMA WRITE with immediate: consumes a receive WQE at the target.
-    pub const RDMA_WRITE_IMM: u8 = 0x09;
-    /// SEND.
-    pub const SEND: u8 = 0x0a;
-    /// SEND with immediate.
-    pub const SEND_IMM: u8 = 0x0b;
-    /// RDMA READ.
-    pub const RDMA_READ: u8 = 0x10;
-    /// 8-byte atomic compare and swap.
-    pub const ATOMIC_CS: u8 = 0x11;
-    /// 8-byte atomic fetch and add.
-    pub const ATOMIC_FA: u8 = 0x12;
-}
-
-/// Control-segment flags (`fm_ce_se`).
-pub mod flags {
-    /// Generate a completion for this WQE (`MLX5_WQE_CTRL_CQ_UPDATE`).
-    pub const SIGNALED: u8 = 2 << 2;
-    /// Set the solicited event bit at the responder (`MLX5_WQE_CTRL_SOLICITED`).
-    pub const SOLICITED: u8 = 1 << 1;
-    /// Wait for prior READs and atomics before executing (`MLX5_WQE_CTRL_FENCE`).
-    pub const FENCE: u8 = 4 << 5;
-}
+pub use crate::prm::{ATOMIC_SIZE, INLINE_SEG, MAX_DS, SEG, WQEBB, flags, opcode};
 
 /// A local buffer: address, length and the lkey of the memory region that
 /// holds it.
@@ -369,9 +332,6 @@ fn data_segs(sges: &[Sge]) -> usize {
         _ => sges.iter().filter(|s| s.len != 0).count(),
     }
 }
-
-/// Bytes an atomic operates on and returns.
-pub const ATOMIC_SIZE: u32 = 8;
 
 // ---- builders ----
 

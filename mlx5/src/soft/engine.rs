@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use super::net::{self, Link, WireStats};
 use super::{DevRef, Fabric, Shared, State, Target, fabric, rnr_delay, wqebbs_of};
-use crate::QpState;
-use crate::cqe::{self, Cqe, Kind, Syndrome};
+use crate::cqe::{self, Cqe, Kind};
 use crate::event::AsyncEvent;
-use crate::mr::Access;
-use crate::srq::INVALID_LKEY;
-use crate::wqe::{INLINE_SEG, MAX_DS, Remote, SEG, Sge, WQEBB, flags, opcode};
+use crate::prm::Access;
+use crate::prm::INVALID_LKEY;
+use crate::prm::{INLINE_SEG, MAX_DS, QpState, SEG, Syndrome, WQEBB, flags, opcode};
+use crate::wqe::{Remote, Sge};
 
 /// WQEs one QP may execute per progress pass (fairness between QPs).
 const BUDGET: usize = 64;

@@ -60,14 +60,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::cq::CqMem;
-use crate::cqe::{self, CQE_SIZE, Cqe, Syndrome};
+use crate::cqe::{self, Cqe};
 use crate::device::Progress;
 use crate::error::Error;
 use crate::event::AsyncEvent;
-use crate::mr::Access;
+use crate::prm::Access;
+use crate::prm::{CQE_SIZE, QpState, Syndrome};
 use crate::qp::{ConnInfo, ConnectOpts, QpCaps, QpMem, QpTrack};
 use crate::srq::SrqMem;
-use crate::{QpState, wqe};
+use crate::wqe;
 
 pub(crate) use engine::progress;
 

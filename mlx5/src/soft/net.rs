@@ -89,8 +89,8 @@ use std::time::{Duration, Instant};
 
 use super::Shared;
 use super::engine::{Request, Response};
-use crate::cqe::Syndrome;
 use crate::error::Error;
+use crate::prm::{Syndrome, opcode};
 use crate::wqe::Remote;
 
 pub(crate) const ADDR_MAGIC: [u8; 4] = *b"SOFT";
@@ -338,10 +338,7 @@ pub(crate) fn get_req(body: &[u8], src: [u8; 16]) -> Result<(Request, u32, &[u8]
     let payload = &body[REQ_LEN..];
     let carries = matches!(
         req.opcode,
-        crate::wqe::opcode::RDMA_WRITE
-            | crate::wqe::opcode::RDMA_WRITE_IMM
-            | crate::wqe::opcode::SEND
-            | crate::wqe::opcode::SEND_IMM
+        opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM | opcode::SEND | opcode::SEND_IMM
     );
     let want = if carries { req.len as usize } else { 0 };
     if payload.len() != want {
@@ -559,7 +556,7 @@ impl Link {
             epoch,
             psn: req.psn,
         });
-        if req.opcode == crate::wqe::opcode::RDMA_READ {
+        if req.opcode == opcode::RDMA_READ {
             self.read_max = self.read_max.max(req.len);
         }
         put_req(&mut self.tx, req, epoch, payload);
@@ -971,7 +968,7 @@ mod tests {
 
     fn read_request(len: u32, psn: u32) -> Request {
         Request {
-            opcode: crate::wqe::opcode::RDMA_READ,
+            opcode: opcode::RDMA_READ,
             src: [0; 16],
             src_qpn: 0x100,
             psn,
