@@ -19,15 +19,7 @@ use crate::error::Error;
 use crate::hw;
 use crate::mem::DmaBuf;
 use crate::prm::QpState;
-use crate::qp::QpTrack;
-use crate::srq::SrqShared;
-
-/// Where a CQ's memory lives.
-pub(crate) struct CqMem {
-    pub(crate) buf: *mut u8,
-    pub(crate) cqe_cnt: u32,
-    pub(crate) dbrec: *mut u32,
-}
+use crate::queue::{CqMem, QpTrack, SrqTrack};
 
 pub(crate) enum CqHandle {
     Soft { _buf: DmaBuf, _dbrec: DmaBuf },
@@ -39,7 +31,7 @@ pub(crate) enum CqHandle {
 pub(crate) struct Route {
     pub(crate) qpn: u32,
     pub(crate) track: Arc<QpTrack>,
-    pub(crate) srq: Option<Arc<SrqShared>>,
+    pub(crate) srq: Option<Arc<SrqTrack>>,
 }
 
 pub(crate) struct CqShared {
@@ -129,7 +121,7 @@ struct Hot {
     qpn: u32,
     track: *const QpTrack,
     /// Null: the QP has a private receive queue.
-    srq: *const SrqShared,
+    srq: *const SrqTrack,
 }
 
 impl Hot {
@@ -142,7 +134,7 @@ impl Hot {
 }
 
 // SAFETY: `hot` points into the `Arc`s `routes` holds (QpTrack and
-// SrqShared are Send + Sync); everything else is Send.
+// SrqTrack are Send + Sync); everything else is Send.
 unsafe impl Send for Cq {}
 // SAFETY: as above; `&Cq` reads only immutable fields.
 unsafe impl Sync for Cq {}

@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::event::AsyncEvent;
 use crate::prm::Syndrome;
-use crate::qp::{ConnInfo, Qp};
+use crate::qp::Qp;
+use crate::queue::ConnInfo;
 pub use crate::soft::net::WireStats;
 use crate::{hw, soft};
 

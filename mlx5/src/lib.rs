@@ -90,6 +90,7 @@ mod mr;
 pub mod peer;
 pub mod prm;
 mod qp;
+mod queue;
 mod soft;
 mod srq;
 pub mod wqe;
@@ -99,7 +100,8 @@ pub use cqe::Kind;
 pub use device::{Context, ENV, Faults, Progress, Selection, WireStats};
 pub use mr::{Mr, Pd};
 pub use prm::{Access, QpState, Syndrome};
-pub use qp::{ConnInfo, ConnectOpts, Mtu, Qp, QpBuilder, QpCaps, WqeIndex};
+pub use qp::{Qp, QpBuilder, WqeIndex};
+pub use queue::{ConnInfo, ConnectOpts, Mtu, QpCaps};
 pub use srq::Srq;
 // The builders (`Write`, `Send`, `Read`, ...) stay in `wqe`: at the root,
 // `use mlx5::*` would shadow `std::marker::Send` and the `io` traits.

@@ -1,5 +1,7 @@
-//! Reliable-connected queue pairs: creation, the RC state machine, the
-//! connection info peers exchange, posting WQEs and ringing the doorbell.
+//! Reliable-connected queue pairs: creation, the RC state machine, posting
+//! WQEs and ringing the doorbell. (What a QP is created and connected with,
+//! and the completion tracking it shares with its CQs, are the `queue`
+//! seam's.)
 //!
 //! | word | written by | when |
 //! |---|---|---|
@@ -7,259 +9,26 @@
 //! | doorbell record word 1 (SQ, be32 `pi & 0xffff`) | software | after the WQEs, `Release` |
 //! | doorbell (UAR/BlueFlame, or the soft device's bell) | software | after the record |
 //! | RQ WQEs, doorbell record word 0 (RQ counter) | software | WQE first, counter `Release` |
-//! | `QpTrack` (ours) | CQ poller | completed WQE index / receives consumed, `Release` |
+//! | `queue::QpTrack` (ours) | CQ poller | completed WQE index / receives consumed, `Release` |
 //!
 //! A send WQE's space returns when a completion for it, or for any later
 //! WQE of the same QP, is polled: unsignaled WQEs are retired by the next
 //! signaled one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::cq::{Cq, CqShared, Route};
 use crate::device::Backend;
 use crate::error::Error;
 use crate::mem::DmaBuf;
 use crate::mr::{Pd, PdInner};
-use crate::prm::Access;
-use crate::prm::{MAX_DS, QpState, SEG, WQEBB};
-use crate::srq::{Srq, SrqShared, write_sges};
+use crate::prm::{QpState, SEG, WQEBB};
+use crate::queue::{COMPLETED_VALID, ConnInfo, ConnectOpts, QpCaps, QpMem, QpTrack};
+use crate::srq::{Srq, SrqShared};
 use crate::wqe::sealed::Sealed as _;
-use crate::wqe::{self, Limits, Nop, Sge, Slot, SqRing, WqeBuild};
+use crate::wqe::{self, Limits, Nop, Sge, Slot, SqRing, WqeBuild, write_sges};
 use crate::{hw, soft};
-
-/// Queue sizes and limits of a QP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QpCaps {
-    /// Send WQEs of the largest size that fit at once.
-    pub max_send_wr: u32,
-    /// Receive WQEs (ignored with an SRQ).
-    pub max_recv_wr: u32,
-    /// Gather entries per send WQE.
-    pub max_send_sge: u32,
-    /// Scatter entries per receive WQE.
-    pub max_recv_sge: u32,
-    /// Inline bytes per send WQE.
-    pub max_inline: u32,
-}
-
-impl Default for QpCaps {
-    fn default() -> Self {
-        QpCaps {
-            max_send_wr: 128,
-            max_recv_wr: 128,
-            max_send_sge: 2,
-            max_recv_sge: 2,
-            max_inline: 64,
-        }
-    }
-}
-
-impl QpCaps {
-    /// Segments of the largest WQE these caps allow.
-    pub(crate) fn max_ds(&self) -> usize {
-        let sges = 2 + self.max_send_sge as usize;
-        let inline = 2 + (4 + self.max_inline as usize).div_ceil(SEG);
-        sges.max(inline).max(4)
-    }
-
-    fn validate(&self) -> Result<(), Error> {
-        let bad = |m: String| Err(Error::InvalidAttr(m));
-        if self.max_send_wr == 0 || self.max_send_wr > 1 << 14 {
-            return bad(format!("max_send_wr {} (1..=16384)", self.max_send_wr));
-        }
-        if self.max_recv_wr > 1 << 14 {
-            return bad(format!("max_recv_wr {} (0..=16384)", self.max_recv_wr));
-        }
-        if self.max_send_sge > 16 || self.max_recv_sge > 16 {
-            return bad("more than 16 SGEs".into());
-        }
-        if self.max_ds() > MAX_DS {
-            return bad(format!(
-                "max_inline {} makes WQEs over {} bytes",
-                self.max_inline,
-                MAX_DS * SEG
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// What a peer needs to connect to a QP, for any out-of-band exchange.
-///
-/// Encoded as 32 little-endian bytes: `magic "M5CI"`, `version u16 = 1`,
-/// `lid u16`, `qpn u32`, `psn u32`, `gid [u8; 16]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnInfo {
-    /// QP number (24 bits).
-    pub qpn: u32,
-    /// First packet sequence number the QP sends (24 bits).
-    pub psn: u32,
-    /// Port LID (InfiniBand; 0 on RoCE and the software device).
-    pub lid: u16,
-    /// Port GID; for the software device, the device address.
-    pub gid: [u8; 16],
-}
-
-impl ConnInfo {
-    /// Encoded length.
-    pub const LEN: usize = 32;
-    const MAGIC: [u8; 4] = *b"M5CI";
-    const VERSION: u16 = 1;
-
-    /// The 32-byte encoding.
-    pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        b[0..4].copy_from_slice(&Self::MAGIC);
-        b[4..6].copy_from_slice(&Self::VERSION.to_le_bytes());
-        b[6..8].copy_from_slice(&self.lid.to_le_bytes());
-        b[8..12].copy_from_slice(&self.qpn.to_le_bytes());
-        b[12..16].copy_from_slice(&self.psn.to_le_bytes());
-        b[16..32].copy_from_slice(&self.gid);
-        b
-    }
-
-    /// Decodes [`ConnInfo::encode`]'s bytes; anything else is an error.
-    pub fn decode(b: &[u8]) -> Result<ConnInfo, Error> {
-        if b.len() != Self::LEN {
-            return Err(Error::BadConnInfo("length is not 32 bytes"));
-        }
-        if b[0..4] != Self::MAGIC {
-            return Err(Error::BadConnInfo("bad magic"));
-        }
-        if u16::from_le_bytes([b[4], b[5]]) != Self::VERSION {
-            return Err(Error::BadConnInfo("unknown version"));
-        }
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let (qpn, psn) = (u32_at(8), u32_at(12));
-        if qpn > 0x00ff_ffff || psn > 0x00ff_ffff {
-            return Err(Error::BadConnInfo("QPN or PSN over 24 bits"));
-        }
-        let mut gid = [0u8; 16];
-        gid.copy_from_slice(&b[16..32]);
-        Ok(ConnInfo {
-            qpn,
-            psn,
-            lid: u16::from_le_bytes([b[6], b[7]]),
-            gid,
-        })
-    }
-}
-
-/// Path MTU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mtu {
-    /// 256 bytes.
-    M256 = 1,
-    /// 512 bytes.
-    M512 = 2,
-    /// 1024 bytes.
-    M1024 = 3,
-    /// 2048 bytes.
-    M2048 = 4,
-    /// 4096 bytes.
-    M4096 = 5,
-}
-
-/// Attributes of the INIT/RTR/RTS transitions.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnectOpts {
-    /// What peers may do to this QP's memory (REMOTE_* of [`Access`]).
-    pub access: Access,
-    /// Port number (hardware; 1-based).
-    pub port: u8,
-    /// GID table index (hardware, RoCE).
-    pub gid_index: u8,
-    /// Path MTU.
-    pub mtu: Mtu,
-    /// RNR NAK timer this QP asks senders to wait (IB encoding, 0..=31).
-    pub min_rnr_timer: u8,
-    /// Local ACK timeout (IB encoding: 4.096 µs × 2^timeout).
-    pub timeout: u8,
-    /// Transport retries.
-    pub retry_cnt: u8,
-    /// RNR retries (7 = forever).
-    pub rnr_retry: u8,
-    /// Outstanding READs/atomics, each direction.
-    pub max_rd_atomic: u8,
-}
-
-impl Default for ConnectOpts {
-    fn default() -> Self {
-        ConnectOpts {
-            access: Access::REMOTE_WRITE | Access::REMOTE_READ | Access::REMOTE_ATOMIC,
-            port: 1,
-            gid_index: 0,
-            mtu: Mtu::M4096,
-            min_rnr_timer: 12, // 0.64 ms
-            timeout: 14,       // ~67 ms
-            retry_cnt: 7,
-            rnr_retry: 7,
-            max_rd_atomic: 16,
-        }
-    }
-}
-
-/// State the CQ poller shares with the QP's poster (see the module doc).
-pub(crate) struct QpTrack {
-    /// Bit 16 set: bits 0..16 hold the WQE index of the latest send
-    /// completion.
-    completed: AtomicU32,
-    rq_consumed: AtomicU32,
-    state: AtomicU8,
-}
-
-const COMPLETED_VALID: u32 = 1 << 16;
-
-impl QpTrack {
-    pub(crate) fn new() -> QpTrack {
-        QpTrack {
-            completed: AtomicU32::new(0),
-            rq_consumed: AtomicU32::new(0),
-            state: AtomicU8::new(QpState::Reset as u8),
-        }
-    }
-
-    pub(crate) fn send_completed(&self, wqe_counter: u16) {
-        // Release: the poster reuses the WQEBBs only after this CQE was read.
-        self.completed
-            .store(COMPLETED_VALID | u32::from(wqe_counter), Ordering::Release);
-    }
-
-    pub(crate) fn recv_consumed(&self) {
-        // Release: as above, for receive WQEs.
-        self.rq_consumed.fetch_add(1, Ordering::Release);
-    }
-
-    pub(crate) fn reset(&self) {
-        // Relaxed: called with the device's state lock held during RESET,
-        // when no poller may be polling completions of this QP.
-        self.completed.store(0, Ordering::Relaxed);
-        self.rq_consumed.store(0, Ordering::Relaxed);
-    }
-
-    pub(crate) fn set_state(&self, s: QpState) {
-        // Relaxed: an advisory cache of the device's state, read by posters
-        // to refuse or allow posting; no data is published through it.
-        self.state.store(s as u8, Ordering::Relaxed);
-    }
-
-    pub(crate) fn state(&self) -> QpState {
-        // Relaxed: see set_state.
-        QpState::from_u8(self.state.load(Ordering::Relaxed))
-    }
-}
-
-/// Where a QP's queues live.
-pub(crate) struct QpMem {
-    pub(crate) sq_buf: *mut u8,
-    pub(crate) sq_wqe_cnt: u32,
-    pub(crate) rq_buf: *mut u8,
-    pub(crate) rq_wqe_cnt: u32,
-    pub(crate) rq_stride: u32,
-    /// Word 0: RQ counter; word 1: SQ counter.
-    pub(crate) dbrec: *mut u32,
-}
 
 enum QpHandle {
     Soft {
@@ -477,7 +246,7 @@ impl Qp {
         let route = Route {
             qpn,
             track,
-            srq: shared.srq.clone(),
+            srq: shared.srq.as_ref().map(|s| s.track.clone()),
         };
         shared.send_cq.add_route(route.clone());
         if !Arc::ptr_eq(&shared.send_cq, &shared.recv_cq) {

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | WQE data segments | software | before the doorbell record |
 //! | doorbell record word 0 (be32, WQEs posted mod 2^16) | software | after the WQEs, `Release` |
-//! | `consumed` (ours, not the NIC's) | CQ pollers | per receive CQE, `Release` |
+//! | `SrqTrack::consumed` (ours, not the NIC's) | CQ pollers | per receive CQE, `Release` |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,16 +21,8 @@ use crate::hw;
 use crate::mem::DmaBuf;
 use crate::mr::{Pd, PdInner};
 use crate::prm::SEG;
-use crate::wqe::{Sge, write_data};
-
-use crate::prm::INVALID_LKEY;
-
-pub(crate) struct SrqMem {
-    pub(crate) buf: *mut u8,
-    pub(crate) wqe_cnt: u32,
-    pub(crate) stride: u32,
-    pub(crate) dbrec: *mut u32,
-}
+use crate::queue::{SrqMem, SrqTrack};
+use crate::wqe::{Sge, write_sges};
 
 enum SrqHandle {
     Soft { _buf: DmaBuf, _dbrec: DmaBuf },
@@ -42,7 +34,8 @@ pub(crate) struct SrqShared {
     pub(crate) srqn: u32,
     pub(crate) mem: SrqMem,
     pub(crate) max_sge: u32,
-    consumed: AtomicU32,
+    /// Shared with the routes of the CQs its QPs complete on.
+    pub(crate) track: Arc<SrqTrack>,
     handle: SrqHandle,
 }
 
@@ -51,14 +44,6 @@ pub(crate) struct SrqShared {
 unsafe impl Send for SrqShared {}
 // SAFETY: as above.
 unsafe impl Sync for SrqShared {}
-
-impl SrqShared {
-    /// One receive WQE of this SRQ was consumed (a CQE was polled).
-    pub(crate) fn consumed(&self) {
-        // Release: the poster reuses the WQE only after this CQE was read.
-        self.consumed.fetch_add(1, Ordering::Release);
-    }
-}
 
 impl SrqShared {
     pub(crate) fn hw_srq(&self) -> Option<*mut hw::ffi::ibv_srq> {
@@ -146,7 +131,7 @@ impl Srq {
                 srqn,
                 mem,
                 max_sge,
-                consumed: AtomicU32::new(0),
+                track: Arc::new(SrqTrack::new()),
                 handle,
             }),
             posted: 0,
@@ -165,9 +150,7 @@ impl Srq {
 
     /// WQEs posted and not yet consumed (as far as polled CQEs tell).
     pub fn outstanding(&self) -> u32 {
-        // Acquire: pairs with SrqShared::consumed.
-        self.posted
-            .wrapping_sub(self.shared.consumed.load(Ordering::Acquire))
+        self.posted.wrapping_sub(self.shared.track.count())
     }
 
     /// Posts a receive WQE scattering into `sges` (may be empty: enough for
@@ -201,89 +184,5 @@ impl Srq {
         // Release: the device reads the WQE after it sees the counter.
         db.store((self.posted & 0xffff).to_be(), Ordering::Release);
         Ok(())
-    }
-}
-
-/// Writes a receive scatter list into `out`, one receive WQE's data
-/// segments (the RQ stride, or an SRQ stride after its next segment), as
-/// rdma-core's provider writes it: zero-length SGEs are skipped, and an
-/// `MLX5_INVALID_LKEY` entry ends a list shorter than the room the stride
-/// has. The device reads up to the stride's room, not up to the
-/// `max_recv_sge` asked for at creation (the stride is a power of two and
-/// may hold more), so the terminator is decided by the stride.
-pub(crate) fn write_sges(out: &mut [u8], sges: &[Sge]) {
-    let room = out.len() / SEG;
-    let mut n = 0;
-    for sge in sges.iter().filter(|s| s.len != 0).take(room) {
-        write_data(&mut out[n * SEG..(n + 1) * SEG], *sge);
-        n += 1;
-    }
-    if n < room {
-        write_data(
-            &mut out[n * SEG..(n + 1) * SEG],
-            Sge {
-                addr: 0,
-                len: 0,
-                lkey: INVALID_LKEY,
-            },
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entries(out: &[u8]) -> Vec<(u32, u32, u64)> {
-        out.chunks_exact(SEG)
-            .map(|e| {
-                (
-                    u32::from_be_bytes(e[0..4].try_into().unwrap()),
-                    u32::from_be_bytes(e[4..8].try_into().unwrap()),
-                    u64::from_be_bytes(e[8..16].try_into().unwrap()),
-                )
-            })
-            .collect()
-    }
-
-    const STALE: (u32, u32, u64) = (0x5a5a_5a5a, 0x5a5a_5a5a, 0x5a5a_5a5a_5a5a_5a5a);
-
-    #[test]
-    fn receive_terminator_is_decided_by_the_stride_not_the_requested_sges() {
-        let sge = |len| Sge {
-            addr: 0x1000,
-            len,
-            lkey: 7,
-        };
-        // A 64-byte stride has room for 4 entries: 3 SGEs (all a QP created
-        // with max_recv_sge = 3 may post) still get a terminator, or the
-        // device would read the stale fourth entry as an SGE.
-        let mut out = [0x5au8; 64];
-        write_sges(&mut out, &[sge(1), sge(2), sge(3)]);
-        assert_eq!(
-            entries(&out),
-            [
-                (1, 7, 0x1000),
-                (2, 7, 0x1000),
-                (3, 7, 0x1000),
-                (0, INVALID_LKEY, 0)
-            ]
-        );
-        // A full stride needs none.
-        let mut out = [0x5au8; 32];
-        write_sges(&mut out, &[sge(1), sge(2)]);
-        assert_eq!(entries(&out), [(1, 7, 0x1000), (2, 7, 0x1000)]);
-        // Zero-length SGEs are skipped; the terminator follows what was
-        // written, and what lies after it is not touched.
-        let mut out = [0x5au8; 64];
-        write_sges(&mut out, &[sge(0), sge(5), sge(0)]);
-        assert_eq!(
-            entries(&out),
-            [(5, 7, 0x1000), (0, INVALID_LKEY, 0), STALE, STALE]
-        );
-        // No SGE at all (a WRITE_IMM receive): just the terminator.
-        let mut out = [0x5au8; 16];
-        write_sges(&mut out, &[]);
-        assert_eq!(entries(&out), [(0, INVALID_LKEY, 0)]);
     }
 }

@@ -30,6 +30,7 @@
 
 use crate::error::Error;
 
+use crate::prm::INVALID_LKEY;
 pub use crate::prm::{ATOMIC_SIZE, INLINE_SEG, MAX_DS, SEG, WQEBB, flags, opcode};
 
 /// A local buffer: address, length and the lkey of the memory region that
@@ -330,6 +331,32 @@ fn data_segs(sges: &[Sge]) -> usize {
         // The common case, without the vectorised count's set-up.
         [s] => usize::from(s.len != 0),
         _ => sges.iter().filter(|s| s.len != 0).count(),
+    }
+}
+
+/// Writes a receive scatter list into `out`, one receive WQE's data
+/// segments (the RQ stride, or an SRQ stride after its next segment), as
+/// rdma-core's provider writes it: zero-length SGEs are skipped, and an
+/// `MLX5_INVALID_LKEY` entry ends a list shorter than the room the stride
+/// has. The device reads up to the stride's room, not up to the
+/// `max_recv_sge` asked for at creation (the stride is a power of two and
+/// may hold more), so the terminator is decided by the stride.
+pub(crate) fn write_sges(out: &mut [u8], sges: &[Sge]) {
+    let room = out.len() / SEG;
+    let mut n = 0;
+    for sge in sges.iter().filter(|s| s.len != 0).take(room) {
+        write_data(&mut out[n * SEG..(n + 1) * SEG], *sge);
+        n += 1;
+    }
+    if n < room {
+        write_data(
+            &mut out[n * SEG..(n + 1) * SEG],
+            Sge {
+                addr: 0,
+                len: 0,
+                lkey: INVALID_LKEY,
+            },
+        );
     }
 }
 
@@ -1264,6 +1291,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn entries(out: &[u8]) -> Vec<(u32, u32, u64)> {
+        out.chunks_exact(SEG)
+            .map(|e| {
+                (
+                    u32::from_be_bytes(e[0..4].try_into().unwrap()),
+                    u32::from_be_bytes(e[4..8].try_into().unwrap()),
+                    u64::from_be_bytes(e[8..16].try_into().unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    const STALE: (u32, u32, u64) = (0x5a5a_5a5a, 0x5a5a_5a5a, 0x5a5a_5a5a_5a5a_5a5a);
+
+    #[test]
+    fn receive_terminator_is_decided_by_the_stride_not_the_requested_sges() {
+        let sge = |len| Sge {
+            addr: 0x1000,
+            len,
+            lkey: 7,
+        };
+        // A 64-byte stride has room for 4 entries: 3 SGEs (all a QP created
+        // with max_recv_sge = 3 may post) still get a terminator, or the
+        // device would read the stale fourth entry as an SGE.
+        let mut out = [0x5au8; 64];
+        write_sges(&mut out, &[sge(1), sge(2), sge(3)]);
+        assert_eq!(
+            entries(&out),
+            [
+                (1, 7, 0x1000),
+                (2, 7, 0x1000),
+                (3, 7, 0x1000),
+                (0, INVALID_LKEY, 0)
+            ]
+        );
+        // A full stride needs none.
+        let mut out = [0x5au8; 32];
+        write_sges(&mut out, &[sge(1), sge(2)]);
+        assert_eq!(entries(&out), [(1, 7, 0x1000), (2, 7, 0x1000)]);
+        // Zero-length SGEs are skipped; the terminator follows what was
+        // written, and what lies after it is not touched.
+        let mut out = [0x5au8; 64];
+        write_sges(&mut out, &[sge(0), sge(5), sge(0)]);
+        assert_eq!(
+            entries(&out),
+            [(5, 7, 0x1000), (0, INVALID_LKEY, 0), STALE, STALE]
+        );
+        // No SGE at all (a WRITE_IMM receive): just the terminator.
+        let mut out = [0x5au8; 16];
+        write_sges(&mut out, &[]);
+        assert_eq!(entries(&out), [(0, INVALID_LKEY, 0)]);
     }
 
     #[test]

@@ -20,14 +20,14 @@ use std::time::Duration;
 use super::async_event;
 use super::doorbell::{Arch, BlueFlame};
 use super::ffi::{self, Verbs};
-use crate::cq::{CqMem, CqShared};
+use crate::cq::CqShared;
 use crate::error::Error;
 use crate::event::AsyncEvent;
 use crate::mr::{PdHandle, PdInner};
 use crate::prm::Access;
 use crate::prm::{MAX_DS, QpState, SEG};
-use crate::qp::{ConnInfo, ConnectOpts, Mtu, QpCaps, QpMem};
-use crate::srq::{SrqMem, SrqShared};
+use crate::queue::{ConnInfo, ConnectOpts, CqMem, Mtu, QpCaps, QpMem, SrqMem};
+use crate::srq::SrqShared;
 
 /// An all-zero C struct (how C code initialises verbs attribute structs).
 fn zeroed<T: Plain>() -> T {

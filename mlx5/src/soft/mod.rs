@@ -59,15 +59,13 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crate::cq::CqMem;
 use crate::cqe::{self, Cqe};
 use crate::device::Progress;
 use crate::error::Error;
 use crate::event::AsyncEvent;
 use crate::prm::Access;
 use crate::prm::{CQE_SIZE, QpState, Syndrome};
-use crate::qp::{ConnInfo, ConnectOpts, QpCaps, QpMem, QpTrack};
-use crate::srq::SrqMem;
+use crate::queue::{ConnInfo, ConnectOpts, CqMem, QpCaps, QpMem, QpTrack, SrqMem};
 use crate::wqe;
 
 pub(crate) use engine::progress;
