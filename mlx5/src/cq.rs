@@ -13,18 +13,12 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::backend::CqHandle;
 use crate::cqe::{self, CQE_SIZE, Cqe};
-use crate::device::{Backend, Context};
+use crate::device::Context;
 use crate::error::Error;
-use crate::hw;
-use crate::mem::DmaBuf;
 use crate::prm::QpState;
 use crate::queue::{CqMem, QpTrack, SrqTrack};
-
-pub(crate) enum CqHandle {
-    Soft { _buf: DmaBuf, _dbrec: DmaBuf },
-    Hw(hw::Cq),
-}
 
 /// What a poll needs to know about a QP that completes on this CQ.
 #[derive(Clone)]
@@ -42,7 +36,7 @@ pub(crate) struct CqShared {
     routes: Mutex<Vec<Route>>,
     routes_version: AtomicU32,
     // Last: destroyed after the device forgot the CQ (Drop below).
-    handle: CqHandle,
+    pub(crate) handle: CqHandle,
 }
 
 // SAFETY: the raw pointers point into `handle`'s memory, which lives as long
@@ -69,22 +63,9 @@ impl CqShared {
     }
 }
 
-impl CqShared {
-    pub(crate) fn hw_cq(&self) -> Option<*mut hw::ffi::ibv_cq> {
-        match &self.handle {
-            CqHandle::Hw(c) => Some(c.0),
-            CqHandle::Soft { .. } => None,
-        }
-    }
-}
-
 impl Drop for CqShared {
     fn drop(&mut self) {
-        match (&self.ctx.inner.backend, &self.handle) {
-            (Backend::Soft(d), CqHandle::Soft { .. }) => d.destroy_cq(self.cqn),
-            (Backend::Hw(d), CqHandle::Hw(cq)) => d.destroy_cq(cq),
-            _ => {}
-        }
+        self.ctx.inner.backend.destroy_cq(self.cqn, &self.handle);
     }
 }
 
@@ -158,32 +139,7 @@ impl Cq {
             )));
         }
         let overrun = Arc::new(AtomicBool::new(false));
-        let (cqn, mem, handle) = match &ctx.inner.backend {
-            Backend::Soft(d) => {
-                let n = entries.next_power_of_two();
-                let buf = DmaBuf::zeroed(n as usize * CQE_SIZE);
-                let dbrec = DmaBuf::zeroed(64);
-                init_invalid(buf.as_ptr(), n);
-                let mem = CqMem {
-                    buf: buf.as_ptr(),
-                    cqe_cnt: n,
-                    dbrec: dbrec.as_ptr().cast(),
-                };
-                let cqn = d.create_cq(&mem, overrun.clone());
-                (
-                    cqn,
-                    mem,
-                    CqHandle::Soft {
-                        _buf: buf,
-                        _dbrec: dbrec,
-                    },
-                )
-            }
-            Backend::Hw(d) => {
-                let (cq, mem, cqn) = d.create_cq(entries)?;
-                (cqn, mem, CqHandle::Hw(cq))
-            }
-        };
+        let (handle, mem, cqn) = ctx.inner.backend.create_cq(entries, &overrun)?;
         let log_n = mem.cqe_cnt.trailing_zeros();
         Ok(Cq {
             shared: Arc::new(CqShared {
@@ -348,11 +304,7 @@ impl Cq {
         let start = std::time::Instant::now();
         let mut seen = 0;
         while seen < want {
-            let manual = match &self.shared.ctx.inner.backend {
-                Backend::Soft(d) => d.is_manual(),
-                Backend::Hw(_) => false,
-            };
-            if manual {
+            if self.shared.ctx.progress_mode() == Some(crate::Progress::Manual) {
                 self.shared.ctx.progress()?;
             }
             seen += self.poll(want - seen, &mut f)?;
@@ -364,14 +316,5 @@ impl Cq {
             }
         }
         Ok(seen)
-    }
-}
-
-/// Marks every CQE invalid with owner 1, as verbs initialises a CQ, so the
-/// first lap (which expects owner 0) sees nothing.
-fn init_invalid(buf: *mut u8, n: u32) {
-    for i in 0..n as usize {
-        // SAFETY: i < n, inside the freshly allocated buffer.
-        unsafe { *buf.add(i * CQE_SIZE + cqe::offset::OP_OWN) = (cqe::op::INVALID << 4) | 1 };
     }
 }

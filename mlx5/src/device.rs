@@ -6,27 +6,17 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use crate::backend::Backend;
 use crate::error::Error;
 use crate::event::AsyncEvent;
 use crate::prm::Syndrome;
 use crate::qp::Qp;
 use crate::queue::ConnInfo;
-pub use crate::soft::net::WireStats;
-use crate::{hw, soft};
+use crate::soft;
+pub use crate::soft::{Progress, WireStats};
 
 /// The environment variable tests, examples, benches and benchkv honour.
 pub const ENV: &str = "MLX5_DEVICE";
-
-/// How the software device makes progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// A device thread executes WQEs as doorbells ring; it spins briefly
-    /// when work stops, then sleeps until the next doorbell.
-    Background,
-    /// Nothing happens until [`Context::progress`] is called: tests step
-    /// the device deterministically.
-    Manual,
-}
 
 /// Which device to open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,11 +88,6 @@ impl Selection {
     }
 }
 
-pub(crate) enum Backend {
-    Soft(Arc<soft::Device>),
-    Hw(Arc<hw::Device>),
-}
-
 pub(crate) struct CtxInner {
     pub(crate) backend: Backend,
 }
@@ -126,14 +111,12 @@ impl Context {
     /// Opens the device `sel` names.
     pub fn open(sel: Selection) -> Result<Context, Error> {
         let backend = match sel {
-            Selection::Soft(p) => Backend::Soft(soft::Device::open(p, None)?),
-            Selection::SoftTcp(p, at) => Backend::Soft(soft::Device::open(p, Some(at))?),
-            Selection::Hw(name) => Backend::Hw(hw::Device::open(name.as_deref())?),
-            Selection::Auto => match hw::Device::open(None) {
-                Ok(d) => Backend::Hw(d),
-                Err(Error::NoDevice { .. }) => {
-                    Backend::Soft(soft::Device::open(Progress::Background, None)?)
-                }
+            Selection::Soft(p) => Backend::soft(p, None)?,
+            Selection::SoftTcp(p, at) => Backend::soft(p, Some(at))?,
+            Selection::Hw(name) => Backend::hw(name.as_deref())?,
+            Selection::Auto => match Backend::hw(None) {
+                Ok(b) => b,
+                Err(Error::NoDevice { .. }) => Backend::soft(Progress::Background, None)?,
                 Err(e) => return Err(e),
             },
         };
@@ -156,37 +139,28 @@ impl Context {
     /// or thread exhaustion); `Context::open(Selection::Soft(progress))`
     /// returns that as an error instead.
     pub fn soft(progress: Progress) -> Context {
-        let dev = soft::Device::open(progress, None)
+        let backend = Backend::soft(progress, None)
             .unwrap_or_else(|e| panic!("opening a software device: {e}"));
         Context {
-            inner: Arc::new(CtxInner {
-                backend: Backend::Soft(dev),
-            }),
+            inner: Arc::new(CtxInner { backend }),
         }
     }
 
     /// The device's name: `soft<N>` for software devices, the rdma-core
     /// name (`mlx5_0`) for hardware.
     pub fn name(&self) -> String {
-        match &self.inner.backend {
-            Backend::Soft(d) => d.name(),
-            Backend::Hw(d) => d.name().to_string(),
-        }
+        self.inner.backend.name()
     }
 
     /// Whether this is the software device.
     pub fn is_soft(&self) -> bool {
-        matches!(self.inner.backend, Backend::Soft(_))
+        self.inner.backend.soft_device().is_some()
     }
 
     /// The software device's progress mode (`None` on hardware): with
     /// [`Progress::Manual`], nothing happens until [`Context::progress`].
     pub fn progress_mode(&self) -> Option<Progress> {
-        match &self.inner.backend {
-            Backend::Soft(d) if d.is_manual() => Some(Progress::Manual),
-            Backend::Soft(_) => Some(Progress::Background),
-            Backend::Hw(_) => None,
-        }
+        self.inner.backend.progress_mode()
     }
 
     /// Steps the software device once: every QP with posted work executes
@@ -195,12 +169,7 @@ impl Context {
     /// background devices need no stepping; on hardware this is
     /// [`Error::SoftOnly`].
     pub fn progress(&self) -> Result<usize, Error> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Ok(d.progress()),
-            Backend::Hw(_) => Err(Error::SoftOnly(
-                "stepping the device (hardware progresses by itself)",
-            )),
-        }
+        self.inner.backend.progress()
     }
 
     /// Calls [`Context::progress`] until it reports no work.
@@ -218,28 +187,22 @@ impl Context {
     /// The software device's address as peers reach it (`unix:@…` or
     /// `tcp:IP:PORT`); `None` on hardware.
     pub fn soft_address(&self) -> Option<String> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Some(d.address_string()),
-            Backend::Hw(_) => None,
-        }
+        self.inner.backend.soft_address()
     }
 
     /// Counters of the software device's traffic with devices in other
     /// processes (frames, `read`/`write` calls, bytes, links up);
     /// [`Error::SoftOnly`] on hardware.
     pub fn wire_stats(&self) -> Result<WireStats, Error> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Ok(d.wire_stats()),
-            Backend::Hw(_) => Err(Error::SoftOnly("wire statistics")),
-        }
+        self.inner.backend.wire_stats()
     }
 
     /// Fault injection on the software device ([`Error::SoftOnly`] on
     /// hardware).
     pub fn faults(&self) -> Result<Faults, Error> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Ok(Faults { dev: d.clone() }),
-            Backend::Hw(_) => Err(Error::SoftOnly("fault injection")),
+        match self.inner.backend.soft_device() {
+            Some(d) => Ok(Faults { dev: d.clone() }),
+            None => Err(Error::SoftOnly("fault injection")),
         }
     }
 
@@ -248,18 +211,12 @@ impl Context {
     /// there is none. See [`crate::event`] for which events the software
     /// device raises.
     pub fn async_event(&self) -> Result<Option<AsyncEvent>, Error> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Ok(d.async_event(None)),
-            Backend::Hw(d) => d.async_event(None),
-        }
+        self.inner.backend.async_event(None)
     }
 
     /// The next asynchronous event, waiting up to `timeout` for one.
     pub fn wait_async_event(&self, timeout: Duration) -> Result<Option<AsyncEvent>, Error> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Ok(d.async_event(Some(timeout))),
-            Backend::Hw(d) => d.async_event(Some(timeout)),
-        }
+        self.inner.backend.async_event(Some(timeout))
     }
 
     pub(crate) fn same_device(&self, other: &Context) -> bool {
@@ -329,8 +286,8 @@ impl Faults {
     }
 
     fn check(&self, qp: &Qp) -> Result<(), Error> {
-        match &qp.context().inner.backend {
-            Backend::Soft(d) if Arc::ptr_eq(d, &self.dev) => Ok(()),
+        match qp.context().inner.backend.soft_device() {
+            Some(d) if Arc::ptr_eq(d, &self.dev) => Ok(()),
             _ => Err(Error::Mismatch("QP of another device")),
         }
     }

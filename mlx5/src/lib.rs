@@ -77,6 +77,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
+mod backend;
 mod cq;
 pub mod cqe;
 mod device;

@@ -3,39 +3,21 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use crate::device::{Backend, Context};
+use crate::backend::{MrHandle, PdHandle};
+use crate::device::Context;
 use crate::error::Error;
-use crate::hw;
 use crate::mem::DmaBuf;
 use crate::prm::Access;
 use crate::wqe::{Remote, Sge};
-
-pub(crate) enum PdHandle {
-    Soft(u32),
-    Hw(hw::Pd),
-}
 
 pub(crate) struct PdInner {
     pub(crate) ctx: Context,
     pub(crate) handle: PdHandle,
 }
 
-impl PdInner {
-    pub(crate) fn soft_id(&self) -> u32 {
-        match self.handle {
-            PdHandle::Soft(id) => id,
-            PdHandle::Hw(_) => u32::MAX,
-        }
-    }
-}
-
 impl Drop for PdInner {
     fn drop(&mut self) {
-        match (&self.ctx.inner.backend, &self.handle) {
-            (Backend::Soft(d), PdHandle::Soft(id)) => d.dealloc_pd(*id),
-            (Backend::Hw(d), PdHandle::Hw(pd)) => d.dealloc_pd(pd),
-            _ => {}
-        }
+        self.ctx.inner.backend.dealloc_pd(&self.handle);
     }
 }
 
@@ -49,10 +31,7 @@ pub struct Pd {
 impl Pd {
     /// Allocates a protection domain on `ctx`.
     pub fn new(ctx: &Context) -> Result<Pd, Error> {
-        let handle = match &ctx.inner.backend {
-            Backend::Soft(d) => PdHandle::Soft(d.alloc_pd()),
-            Backend::Hw(d) => PdHandle::Hw(d.alloc_pd()?),
-        };
+        let handle = ctx.inner.backend.alloc_pd()?;
         Ok(Pd {
             inner: Arc::new(PdInner {
                 ctx: ctx.clone(),
@@ -108,17 +87,14 @@ impl Pd {
                 "memory region access {access:?}: REMOTE_WRITE and REMOTE_ATOMIC need LOCAL_WRITE (ibv_reg_mr refuses it with EINVAL)"
             )));
         }
-        let (handle, lkey, rkey) = match (&self.inner.ctx.inner.backend, &self.inner.handle) {
-            (Backend::Soft(d), PdHandle::Soft(pd)) => {
-                let key = d.reg_mr(*pd, addr as u64, len as u64, access);
-                (MrHandle::Soft(key), key, key)
-            }
-            (Backend::Hw(d), PdHandle::Hw(pd)) => {
-                let mr = d.reg_mr(pd, addr, len, access)?;
-                let (l, r) = (mr.lkey(), mr.rkey());
-                (MrHandle::Hw(mr), l, r)
-            }
-            _ => return Err(Error::Mismatch("PD of another backend")),
+        // SAFETY: the caller's contract: the memory outlives the Mr, which
+        // deregisters it first thing when dropped.
+        let (handle, lkey, rkey) = unsafe {
+            self.inner
+                .ctx
+                .inner
+                .backend
+                .reg_mr(&self.inner.handle, addr, len, access)?
         };
         Ok(Mr {
             pd: self.inner.clone(),
@@ -131,11 +107,6 @@ impl Pd {
             _buf: buf,
         })
     }
-}
-
-enum MrHandle {
-    Soft(u32),
-    Hw(hw::Mr),
 }
 
 /// A registered memory region: local key for WQEs posted here, remote key
@@ -284,10 +255,6 @@ impl Mr {
 
 impl Drop for Mr {
     fn drop(&mut self) {
-        match (&self.pd.ctx.inner.backend, &self.handle) {
-            (Backend::Soft(d), MrHandle::Soft(key)) => d.dereg_mr(*key),
-            (Backend::Hw(d), MrHandle::Hw(mr)) => d.dereg_mr(mr),
-            _ => {}
-        }
+        self.pd.ctx.inner.backend.dereg_mr(&self.handle);
     }
 }

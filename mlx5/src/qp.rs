@@ -18,33 +18,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::backend::{Doorbell, QpHandle, QpSpec};
 use crate::cq::{Cq, CqShared, Route};
-use crate::device::Backend;
 use crate::error::Error;
-use crate::mem::DmaBuf;
 use crate::mr::{Pd, PdInner};
 use crate::prm::{QpState, SEG, WQEBB};
 use crate::queue::{COMPLETED_VALID, ConnInfo, ConnectOpts, QpCaps, QpMem, QpTrack};
 use crate::srq::{Srq, SrqShared};
 use crate::wqe::sealed::Sealed as _;
 use crate::wqe::{self, Limits, Nop, Sge, Slot, SqRing, WqeBuild, write_sges};
-use crate::{hw, soft};
-
-enum QpHandle {
-    Soft {
-        _sq: DmaBuf,
-        _rq: DmaBuf,
-        _dbrec: DmaBuf,
-    },
-    Hw(hw::Qp),
-}
-
-enum Bell {
-    Soft(Arc<soft::Bell>),
-    /// The QP's UAR/BlueFlame register, shared with the other QPs of the
-    /// device that libmlx5 put on it (its lock and current half with them).
-    Hw(Arc<hw::BlueFlame>),
-}
 
 struct QpShared {
     pd: Arc<PdInner>,
@@ -62,11 +44,7 @@ impl Drop for QpShared {
     fn drop(&mut self) {
         self.send_cq.remove_route(self.qpn);
         self.recv_cq.remove_route(self.qpn);
-        match (&self.pd.ctx.inner.backend, &self.handle) {
-            (Backend::Soft(d), QpHandle::Soft { .. }) => d.destroy_qp(self.qpn),
-            (Backend::Hw(d), QpHandle::Hw(q)) => d.destroy_qp(q),
-            _ => {}
-        }
+        self.pd.ctx.inner.backend.destroy_qp(self.qpn, &self.handle);
     }
 }
 
@@ -125,7 +103,7 @@ impl SqState {
 /// the thread that posts. It keeps its PD, CQs and SRQ alive.
 pub struct Qp {
     shared: QpShared,
-    bell: Bell,
+    bell: Doorbell,
     sq: SqState,
     rq_head: u32,
     local_psn: u32,
@@ -183,55 +161,17 @@ impl Qp {
             caps.max_recv_sge = 0;
         }
         let track = Arc::new(QpTrack::new());
-        let (qpn, mem, handle, bell) = match &ctx.inner.backend {
-            Backend::Soft(d) => {
-                let max_wqebbs = wqe::wqebbs(caps.max_ds()) as u32;
-                let sq_cnt = (caps.max_send_wr * max_wqebbs).next_power_of_two();
-                let rq_stride = (SEG as u32 * caps.max_recv_sge.max(1)).next_power_of_two();
-                let rq_cnt = caps.max_recv_wr.max(1).next_power_of_two();
-                let sq = DmaBuf::zeroed(sq_cnt as usize * WQEBB);
-                let rq = DmaBuf::zeroed((rq_cnt * rq_stride) as usize);
-                let dbrec = DmaBuf::zeroed(64);
-                let mem = QpMem {
-                    sq_buf: sq.as_ptr(),
-                    sq_wqe_cnt: sq_cnt,
-                    rq_buf: rq.as_ptr(),
-                    rq_wqe_cnt: if srq.is_some() { 0 } else { rq_cnt },
-                    rq_stride,
-                    dbrec: dbrec.as_ptr().cast(),
-                };
-                let qpn = d.create_qp(soft::QpDesc {
-                    pd: pd.inner.soft_id(),
-                    send_cq: send_cq.shared.cqn,
-                    recv_cq: recv_cq.shared.cqn,
-                    srq: srq.map(|s| s.shared.srqn),
-                    caps,
-                    mem: &mem,
-                    track: track.clone(),
-                })?;
-                (
-                    qpn,
-                    mem,
-                    QpHandle::Soft {
-                        _sq: sq,
-                        _rq: rq,
-                        _dbrec: dbrec,
-                    },
-                    Bell::Soft(d.bell()),
-                )
-            }
-            Backend::Hw(d) => {
-                // `caps` becomes what the provider made (it rounds up).
-                let (q, mem, qpn, bf) = d.create_qp(
-                    &pd.inner,
-                    &send_cq.shared,
-                    &recv_cq.shared,
-                    srq.map(|s| &*s.shared),
-                    &mut caps,
-                )?;
-                (qpn, mem, QpHandle::Hw(q), Bell::Hw(bf))
-            }
-        };
+        // `caps` becomes what the device made (a NIC's provider rounds up).
+        let (handle, mem, qpn, bell) = ctx.inner.backend.create_qp(
+            QpSpec {
+                pd: &pd.inner.handle,
+                send_cq: (&send_cq.shared.handle, send_cq.shared.cqn),
+                recv_cq: (&recv_cq.shared.handle, recv_cq.shared.cqn),
+                srq: srq.map(|s| (&s.shared.handle, s.shared.srqn)),
+                track: &track,
+            },
+            &mut caps,
+        )?;
         let shared = QpShared {
             pd: pd.inner.clone(),
             send_cq: send_cq.shared.clone(),
@@ -295,20 +235,13 @@ impl Qp {
     /// The current state: what this QP last did, or what the device did to
     /// it (an error completion, seen by the device or by a poll).
     pub fn state(&self) -> QpState {
-        match &self.shared.pd.ctx.inner.backend {
-            Backend::Soft(_) => self.shared.track.state(),
-            Backend::Hw(d) => d
-                .query_state(self.shared.handle_hw())
-                .unwrap_or(self.shared.track.state()),
-        }
+        let s = &self.shared;
+        s.pd.ctx.inner.backend.qp_state(&s.handle, &s.track)
     }
 
     /// What a peer needs to connect to this QP.
     pub fn local_info(&self, opts: &ConnectOpts) -> Result<ConnInfo, Error> {
-        let (lid, gid) = match &self.shared.pd.ctx.inner.backend {
-            Backend::Soft(d) => (0, d.address()?),
-            Backend::Hw(d) => d.port_addr(opts.port, opts.gid_index)?,
-        };
+        let (lid, gid) = self.shared.pd.ctx.inner.backend.port_addr(opts)?;
         Ok(ConnInfo {
             qpn: self.shared.qpn,
             psn: self.local_psn,
@@ -341,13 +274,16 @@ impl Qp {
                 to,
             });
         }
-        match &self.shared.pd.ctx.inner.backend {
-            Backend::Soft(d) => d.modify_qp(self.shared.qpn, to, remote, opts)?,
-            Backend::Hw(d) => {
-                d.modify_qp(self.shared.handle_hw(), to, remote, opts, self.local_psn)?;
-                self.shared.track.set_state(to);
-            }
-        }
+        let s = &self.shared;
+        s.pd.ctx.inner.backend.modify_qp(
+            s.qpn,
+            &s.handle,
+            &s.track,
+            to,
+            remote,
+            opts,
+            self.local_psn,
+        )?;
         if to == QpState::Reset {
             // The queues start over, as verbs does on RESET.
             self.shared.track.reset();
@@ -550,33 +486,24 @@ impl Qp {
         // SAFETY: dbrec points at the QP's doorbell record, two u32 words.
         let db = unsafe { AtomicU32::from_ptr(self.shared.mem.dbrec.add(1)) };
         let counter = pi & 0xffff;
-        match &self.bell {
-            Bell::Soft(b) => {
-                // Release: the device reads the WQEs after it sees the
-                // counter.
-                db.store(counter.to_be(), Ordering::Release);
-                b.ring();
-            }
-            Bell::Hw(bf) => {
-                let off = self.sq.ring.offset(self.sq.last_at);
-                // SAFETY: the last WQE's bytes are in the SQ buffer.
-                let wqe_ptr = unsafe { self.shared.mem.sq_buf.add(off) };
-                // One WQE pending (no padding before it): it starts where
-                // the last doorbell left off.
-                let single = if self.sq.last_at == self.sq.rung {
-                    usize::from(self.sq.size_at(self.sq.last_at)) * WQEBB
-                } else {
-                    0
-                };
-                // SAFETY: `db` is this QP's send doorbell record and
-                // `counter` covers every WQE written; `wqe_ptr` is the last
-                // WQE, 64-aligned in the SQ buffer, with `single` (or, when
-                // several are pending, at least 64) bytes written, which the
-                // device owns until their completion (the SQ ring does not
-                // hand those WQEBBs out again before).
-                unsafe { bf.ring(db, counter, wqe_ptr, single) };
+        let (mut last_wqe, mut single) = (std::ptr::null(), 0);
+        if self.bell.copies_wqe() {
+            let off = self.sq.ring.offset(self.sq.last_at);
+            // SAFETY: the last WQE's bytes are in the SQ buffer.
+            last_wqe = unsafe { self.shared.mem.sq_buf.add(off) }.cast_const();
+            // One WQE pending (no padding before it): it starts where the
+            // last doorbell left off.
+            if self.sq.last_at == self.sq.rung {
+                single = usize::from(self.sq.size_at(self.sq.last_at)) * WQEBB;
             }
         }
+        // SAFETY: `db` is this QP's send doorbell record and `counter`
+        // covers every WQE written; `last_wqe` is the last WQE, 64-aligned
+        // in the SQ buffer, with `single` (or, when several are pending, at
+        // least 64) bytes written, which the device owns until their
+        // completion (the SQ ring does not hand those WQEBBs out again
+        // before). The software device reads none of that.
+        unsafe { self.bell.ring_sq(db, counter, last_wqe, single) };
         self.sq.rung = pi;
     }
 
@@ -635,21 +562,10 @@ impl Qp {
         let db = unsafe { AtomicU32::from_ptr(m.dbrec) };
         // Release: the device reads the WQE after it sees the counter.
         db.store((self.rq_head & 0xffff).to_be(), Ordering::Release);
-        if state == QpState::Error
-            && let Bell::Soft(b) = &self.bell
-        {
+        if state == QpState::Error {
             // An ERROR QP flushes new receives; wake the device to do it.
-            b.ring();
+            self.bell.wake_for_recv();
         }
         Ok(())
-    }
-}
-
-impl QpShared {
-    fn handle_hw(&self) -> &hw::Qp {
-        match &self.handle {
-            QpHandle::Hw(q) => q,
-            QpHandle::Soft { .. } => unreachable!("hardware call on a software QP"),
-        }
     }
 }

@@ -15,19 +15,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::device::Backend;
+use crate::backend::SrqHandle;
 use crate::error::Error;
-use crate::hw;
-use crate::mem::DmaBuf;
 use crate::mr::{Pd, PdInner};
 use crate::prm::SEG;
 use crate::queue::{SrqMem, SrqTrack};
 use crate::wqe::{Sge, write_sges};
-
-enum SrqHandle {
-    Soft { _buf: DmaBuf, _dbrec: DmaBuf },
-    Hw(hw::Srq),
-}
 
 pub(crate) struct SrqShared {
     pub(crate) pd: Arc<PdInner>,
@@ -36,7 +29,7 @@ pub(crate) struct SrqShared {
     pub(crate) max_sge: u32,
     /// Shared with the routes of the CQs its QPs complete on.
     pub(crate) track: Arc<SrqTrack>,
-    handle: SrqHandle,
+    pub(crate) handle: SrqHandle,
 }
 
 // SAFETY: raw pointers into `handle`'s memory, alive as long as this value;
@@ -45,22 +38,13 @@ unsafe impl Send for SrqShared {}
 // SAFETY: as above.
 unsafe impl Sync for SrqShared {}
 
-impl SrqShared {
-    pub(crate) fn hw_srq(&self) -> Option<*mut hw::ffi::ibv_srq> {
-        match &self.handle {
-            SrqHandle::Hw(s) => Some(s.0),
-            SrqHandle::Soft { .. } => None,
-        }
-    }
-}
-
 impl Drop for SrqShared {
     fn drop(&mut self) {
-        match (&self.pd.ctx.inner.backend, &self.handle) {
-            (Backend::Soft(d), SrqHandle::Soft { .. }) => d.destroy_srq(self.srqn),
-            (Backend::Hw(d), SrqHandle::Hw(s)) => d.destroy_srq(s),
-            _ => {}
-        }
+        self.pd
+            .ctx
+            .inner
+            .backend
+            .destroy_srq(self.srqn, &self.handle);
     }
 }
 
@@ -88,43 +72,12 @@ impl Srq {
                 "SRQ depth {depth} (1..=32768) / max_sge {max_sge} (1..=30)"
             )));
         }
-        let (srqn, mem, handle) = match &pd.inner.ctx.inner.backend {
-            Backend::Soft(d) => {
-                // One WQE stays unposted (libmlx5 keeps the tail), hence +1.
-                let wqe_cnt = (depth + 1).next_power_of_two();
-                let stride = (SEG as u32 * (1 + max_sge)).next_power_of_two();
-                let buf = DmaBuf::zeroed((wqe_cnt * stride) as usize);
-                let dbrec = DmaBuf::zeroed(64);
-                for i in 0..wqe_cnt {
-                    let next = ((i + 1) & (wqe_cnt - 1)) as u16;
-                    // SAFETY: inside the buffer; bytes 2..4 of WQE i are its
-                    // next_wqe_index.
-                    unsafe {
-                        let p = buf.as_ptr().add((i * stride) as usize + 2);
-                        std::ptr::copy_nonoverlapping(next.to_be_bytes().as_ptr(), p, 2);
-                    }
-                }
-                let mem = SrqMem {
-                    buf: buf.as_ptr(),
-                    wqe_cnt,
-                    stride,
-                    dbrec: dbrec.as_ptr().cast(),
-                };
-                let srqn = d.create_srq(&mem);
-                (
-                    srqn,
-                    mem,
-                    SrqHandle::Soft {
-                        _buf: buf,
-                        _dbrec: dbrec,
-                    },
-                )
-            }
-            Backend::Hw(d) => {
-                let (s, mem, srqn) = d.create_srq(&pd.inner, depth, max_sge)?;
-                (srqn, mem, SrqHandle::Hw(s))
-            }
-        };
+        let (handle, mem, srqn) =
+            pd.inner
+                .ctx
+                .inner
+                .backend
+                .create_srq(&pd.inner.handle, depth, max_sge)?;
         Ok(Srq {
             shared: Arc::new(SrqShared {
                 pd: pd.inner.clone(),

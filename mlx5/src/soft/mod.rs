@@ -60,15 +60,27 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::cqe::{self, Cqe};
-use crate::device::Progress;
 use crate::error::Error;
 use crate::event::AsyncEvent;
+use crate::mem::DmaBuf;
 use crate::prm::Access;
 use crate::prm::{CQE_SIZE, QpState, Syndrome};
 use crate::queue::{ConnInfo, ConnectOpts, CqMem, QpCaps, QpMem, QpTrack, SrqMem};
 use crate::wqe;
 
 pub(crate) use engine::progress;
+pub use net::WireStats;
+
+/// How the software device makes progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// A device thread executes WQEs as doorbells ring; it spins briefly
+    /// when work stops, then sleeps until the next doorbell.
+    Background,
+    /// Nothing happens until [`Context::progress`] is called: tests step
+    /// the device deterministically.
+    Manual,
+}
 
 /// An eventfd: the doorbell's wire to a sleeping `poll`.
 pub(crate) struct EventFd(std::os::fd::OwnedFd);
@@ -894,7 +906,40 @@ impl Device {
         }
     }
 
-    pub(crate) fn create_cq(&self, mem: &CqMem, overrun: Arc<AtomicBool>) -> u32 {
+    /// A CQ of `entries` (rounded up to a power of two) CQEs, in memory
+    /// the device allocates, every CQE invalid with owner 1 (as verbs
+    /// initialises a CQ, so the first lap, which expects owner 0, sees
+    /// nothing).
+    pub(crate) fn create_cq(
+        &self,
+        entries: u32,
+        overrun: Arc<AtomicBool>,
+    ) -> (QueueBufs, CqMem, u32) {
+        let n = entries.next_power_of_two();
+        let buf = DmaBuf::zeroed(n as usize * CQE_SIZE);
+        let dbrec = DmaBuf::zeroed(64);
+        for i in 0..n as usize {
+            // SAFETY: i < n, inside the freshly allocated buffer.
+            unsafe {
+                *buf.as_ptr().add(i * CQE_SIZE + cqe::offset::OP_OWN) = (cqe::op::INVALID << 4) | 1
+            };
+        }
+        let mem = CqMem {
+            buf: buf.as_ptr(),
+            cqe_cnt: n,
+            dbrec: dbrec.as_ptr().cast(),
+        };
+        let cqn = self.add_cq(&mem, overrun);
+        (
+            QueueBufs {
+                _bufs: vec![buf, dbrec],
+            },
+            mem,
+            cqn,
+        )
+    }
+
+    fn add_cq(&self, mem: &CqMem, overrun: Arc<AtomicBool>) -> u32 {
         let mut s = self.shared.lock();
         let i = insert(
             &mut s.cqs,
@@ -917,7 +962,41 @@ impl Device {
         }
     }
 
-    pub(crate) fn create_srq(&self, mem: &SrqMem) -> u32 {
+    /// An SRQ with room for `depth` WQEs of `max_sge` entries, in memory
+    /// the device allocates, its `next_wqe_index` links in ring order (as
+    /// libmlx5 initialises them).
+    pub(crate) fn create_srq(&self, depth: u32, max_sge: u32) -> (QueueBufs, SrqMem, u32) {
+        // One WQE stays unposted (libmlx5 keeps the tail), hence +1.
+        let wqe_cnt = (depth + 1).next_power_of_two();
+        let stride = (wqe::SEG as u32 * (1 + max_sge)).next_power_of_two();
+        let buf = DmaBuf::zeroed((wqe_cnt * stride) as usize);
+        let dbrec = DmaBuf::zeroed(64);
+        for i in 0..wqe_cnt {
+            let next = ((i + 1) & (wqe_cnt - 1)) as u16;
+            // SAFETY: inside the buffer; bytes 2..4 of WQE i are its
+            // next_wqe_index.
+            unsafe {
+                let p = buf.as_ptr().add((i * stride) as usize + 2);
+                std::ptr::copy_nonoverlapping(next.to_be_bytes().as_ptr(), p, 2);
+            }
+        }
+        let mem = SrqMem {
+            buf: buf.as_ptr(),
+            wqe_cnt,
+            stride,
+            dbrec: dbrec.as_ptr().cast(),
+        };
+        let srqn = self.add_srq(&mem);
+        (
+            QueueBufs {
+                _bufs: vec![buf, dbrec],
+            },
+            mem,
+            srqn,
+        )
+    }
+
+    fn add_srq(&self, mem: &SrqMem) -> u32 {
         let mut s = self.shared.lock();
         let i = insert(
             &mut s.srqs,
@@ -937,7 +1016,37 @@ impl Device {
         }
     }
 
-    pub(crate) fn create_qp(&self, d: QpDesc<'_>) -> Result<u32, Error> {
+    /// A QP of `d.caps`, its queues in memory the device allocates: a send
+    /// queue with room for `max_send_wr` WQEs of the largest size, a
+    /// receive queue (none on an SRQ) of power-of-two strides.
+    pub(crate) fn create_qp(&self, d: QpDesc) -> Result<(QueueBufs, QpMem, u32), Error> {
+        let caps = d.caps;
+        let max_wqebbs = wqe::wqebbs(caps.max_ds()) as u32;
+        let sq_cnt = (caps.max_send_wr * max_wqebbs).next_power_of_two();
+        let rq_stride = (wqe::SEG as u32 * caps.max_recv_sge.max(1)).next_power_of_two();
+        let rq_cnt = caps.max_recv_wr.max(1).next_power_of_two();
+        let sq = DmaBuf::zeroed(sq_cnt as usize * wqe::WQEBB);
+        let rq = DmaBuf::zeroed((rq_cnt * rq_stride) as usize);
+        let dbrec = DmaBuf::zeroed(64);
+        let mem = QpMem {
+            sq_buf: sq.as_ptr(),
+            sq_wqe_cnt: sq_cnt,
+            rq_buf: rq.as_ptr(),
+            rq_wqe_cnt: if d.srq.is_some() { 0 } else { rq_cnt },
+            rq_stride,
+            dbrec: dbrec.as_ptr().cast(),
+        };
+        let qpn = self.add_qp(d, &mem)?;
+        Ok((
+            QueueBufs {
+                _bufs: vec![sq, rq, dbrec],
+            },
+            mem,
+            qpn,
+        ))
+    }
+
+    fn add_qp(&self, d: QpDesc, mem: &QpMem) -> Result<u32, Error> {
         let mut s = self.shared.lock();
         if s.cq(d.send_cq).is_none() || s.cq(d.recv_cq).is_none() {
             return Err(Error::Mismatch("CQ of another device"));
@@ -967,14 +1076,14 @@ impl Device {
             recv_cq: d.recv_cq,
             srq: d.srq,
             caps: d.caps,
-            sq_buf: d.mem.sq_buf,
-            sq_cnt: d.mem.sq_wqe_cnt,
+            sq_buf: mem.sq_buf,
+            sq_cnt: mem.sq_wqe_cnt,
             sq_ci: 0,
-            rq_buf: d.mem.rq_buf,
-            rq_cnt: d.mem.rq_wqe_cnt,
-            rq_stride: d.mem.rq_stride,
+            rq_buf: mem.rq_buf,
+            rq_cnt: mem.rq_wqe_cnt,
+            rq_stride: mem.rq_stride,
             rq_ci: 0,
-            dbrec: d.mem.dbrec,
+            dbrec: mem.dbrec,
             access: Access::default(),
             peer: None,
             min_rnr_timer: 0,
@@ -1263,14 +1372,20 @@ fn advertised_ip() -> Ipv4Addr {
 }
 
 /// What create_qp needs.
-pub(crate) struct QpDesc<'a> {
+pub(crate) struct QpDesc {
     pub(crate) pd: u32,
     pub(crate) send_cq: u32,
     pub(crate) recv_cq: u32,
     pub(crate) srq: Option<u32>,
     pub(crate) caps: QpCaps,
-    pub(crate) mem: &'a QpMem,
     pub(crate) track: Arc<QpTrack>,
+}
+
+/// Queue memory the software device allocated for a resource (as libmlx5
+/// does for a NIC), kept alive by the resource's handle until the device
+/// has forgotten the queue.
+pub(crate) struct QueueBufs {
+    _bufs: Vec<DmaBuf>,
 }
 
 /// The progress thread: progress every background device while there is
