@@ -83,6 +83,7 @@ pub mod cqe;
 mod device;
 mod error;
 pub mod event;
+mod faults;
 mod hw;
 mod mem;
 mod mr;
@@ -98,7 +99,8 @@ pub mod wqe;
 
 pub use cq::{Completion, Cq};
 pub use cqe::Kind;
-pub use device::{Context, ENV, Faults, Progress, Selection, WireStats};
+pub use device::{Context, ENV, Progress, Selection, WireStats};
+pub use faults::Faults;
 pub use mr::{Mr, Pd};
 pub use prm::{Access, QpState, Syndrome};
 pub use qp::{Qp, QpBuilder, WqeIndex};

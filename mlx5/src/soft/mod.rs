@@ -77,7 +77,7 @@ pub enum Progress {
     /// A device thread executes WQEs as doorbells ring; it spins briefly
     /// when work stops, then sleeps until the next doorbell.
     Background,
-    /// Nothing happens until [`Context::progress`] is called: tests step
+    /// Nothing happens until [`crate::Context::progress`] is called: tests step
     /// the device deterministically.
     Manual,
 }
