@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::net::{self, Link, WireStats};
+use super::link::{self, Link, WireStats};
+use super::wire::{self, Request, Response};
 use super::{DevRef, Fabric, Shared, State, Target, fabric, rnr_delay, wqebbs_of};
 use crate::cqe::{self, Cqe, Kind};
 use crate::event::AsyncEvent;
@@ -66,7 +67,7 @@ impl Engine {
 /// Adds a link to `peer` over `s`; `None` (and `s` closed) if fault
 /// injection dropped that peer. Link ids are never reused: a QP whose link
 /// died and was removed finds no link by its id, never another one.
-pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], s: net::Stream) -> Option<&mut Link> {
+pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], s: link::Stream) -> Option<&mut Link> {
     if eng.faults.dropped.contains(&peer) {
         return None;
     }
@@ -88,46 +89,6 @@ pub(crate) fn adopt(shared: &Shared, eng: &mut Engine) {
     for (peer, s) in shared.take_pending() {
         add_link(eng, peer, s);
     }
-}
-
-/// A request as it travels from requester to responder.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Request {
-    pub(crate) opcode: u8,
-    /// The requester device's address.
-    pub(crate) src: [u8; 16],
-    pub(crate) src_qpn: u32,
-    /// Request sequence number (per QP, from 0).
-    pub(crate) psn: u32,
-    pub(crate) dst_qpn: u32,
-    pub(crate) remote: Remote,
-    /// Payload bytes (WRITE/SEND) or bytes to read (READ).
-    pub(crate) len: u32,
-    pub(crate) imm: u32,
-    pub(crate) swap_add: u64,
-    pub(crate) compare: u64,
-    /// The WQE asked for a solicited event at the responder.
-    pub(crate) solicited: bool,
-}
-
-/// The responder's answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Response {
-    /// Done; for atomics, the original value (READ data is in the buffer).
-    Ack { orig: u64 },
-    /// No receive WQE: retry after the responder's RNR timer.
-    Rnr { timer: u8 },
-    /// Rejected: the requester completes with this syndrome.
-    Nak(Syndrome),
-    /// Not the sequence number the responder expects (a request sent after
-    /// one that was RNR NAKed): ignored, the requester resends it.
-    OutOfSequence,
-    /// Dropped without an answer, as a NIC drops a packet for a QP that
-    /// does not exist, is not in RTR/RTS, or is connected to another QP:
-    /// the requester resends after its ACK timeout, `retry_cnt` times, then
-    /// completes with `TransportRetryExceeded` (so a peer still connecting
-    /// is waited for, as on hardware).
-    NoAnswer,
 }
 
 /// The requester-side bookkeeping of a WQE in flight.
@@ -277,7 +238,7 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
 
 /// Handles the whole frames `link` has buffered; returns how many. A
 /// malformed frame, or one longer than the link allows, kills the link, as
-/// does a stranger that leaves more than [`net::STRANGER_TX`] of answers
+/// does a stranger that leaves more than [`link::STRANGER_TX`] of answers
 /// unread.
 fn handle_frames(
     shared: &Arc<Shared>,
@@ -294,17 +255,17 @@ fn handle_frames(
     while let Some(f) = link.next_frame() {
         match f {
             Ok(f) => frames.push(f),
-            Err(net::Bad::ReqOverLimit) if !rechecked => {
+            Err(link::Bad::ReqOverLimit) if !rechecked => {
                 // QPs may have connected, or regions grown, since the
                 // limit was set; this header is parsed again.
                 rechecked = true;
                 vouch(&shared.lock(), link);
             }
-            Err(net::Bad::ReqOverLimit) => {
+            Err(link::Bad::ReqOverLimit) => {
                 bad = Some("REQ longer than any QP connected to its sender can accept");
                 break;
             }
-            Err(net::Bad::Frame(e)) => {
+            Err(link::Bad::Frame(e)) => {
                 bad = Some(e);
                 break;
             }
@@ -318,20 +279,20 @@ fn handle_frames(
             let body = &rx[a..b];
             stats.frames_received += 1;
             done += 1;
-            if kind == net::K_REQ {
-                let (req, epoch, payload) = match net::get_req(body, link.peer) {
+            if kind == wire::K_REQ {
+                let (req, epoch, payload) = match wire::get_req(body, link.peer) {
                     Ok(r) => r,
                     Err(e) => {
                         bad = Some(e);
                         break;
                     }
                 };
-                let at = net::start_resp(&mut link.tx);
+                let at = wire::start_resp(&mut link.tx);
                 let r = respond_locked(&mut s, &req, payload, &mut link.tx);
-                net::finish_resp(&mut link.tx, at, &req, epoch, r);
+                wire::finish_resp(&mut link.tx, at, &req, epoch, r);
                 stats.frames_sent += 1;
             } else {
-                let r = match net::get_resp(body) {
+                let r = match wire::get_resp(body) {
                     Ok(r) => r,
                     Err(e) => {
                         bad = Some(e);
@@ -352,7 +313,7 @@ fn handle_frames(
     }
     if let Some(e) = bad {
         link.kill(format!("protocol error from the peer: {e}"));
-    } else if !link.vouched && link.backlog() > net::STRANGER_TX {
+    } else if !link.vouched && link.backlog() > link::STRANGER_TX {
         vouch(&shared.lock(), link);
         if !link.vouched {
             link.kill("a stranger that does not read its answers".into());
@@ -386,12 +347,12 @@ fn vouch(s: &State, link: &mut Link) {
             }
         }
     }
-    link.req_limit = most.min(net::MAX_MSG) as u32;
+    link.req_limit = most.min(wire::MAX_MSG) as u32;
 }
 
 /// An answer from a link: completes the oldest request in flight on its
 /// QP if it answers that one (anything else is stale and ignored).
-fn on_resp(s: &mut State, r: &net::Resp<'_>, sges: &mut Vec<Sge>, timer: &mut Option<Instant>) {
+fn on_resp(s: &mut State, r: &wire::Resp<'_>, sges: &mut Vec<Sge>, timer: &mut Option<Instant>) {
     let Some(qp) = s.qp(r.qpn) else { return };
     if qp.epoch != r.epoch || qp.inflight.front().is_none_or(|f| f.req.psn != r.psn) {
         return;

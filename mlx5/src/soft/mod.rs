@@ -49,13 +49,14 @@
 //! Atomics operate on target memory in host byte order and return the
 //! original value big-endian, as ConnectX does.
 
+mod bell;
 mod engine;
-pub(crate) mod net;
+mod link;
+mod wire;
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -68,8 +69,9 @@ use crate::prm::{CQE_SIZE, QpState, Syndrome};
 use crate::queue::{ConnInfo, ConnectOpts, CqMem, QpCaps, QpMem, QpTrack, SrqMem};
 use crate::wqe;
 
+pub(crate) use bell::Bell;
 pub(crate) use engine::progress;
-pub use net::WireStats;
+pub use link::WireStats;
 
 /// How the software device makes progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,113 +82,6 @@ pub enum Progress {
     /// Nothing happens until [`crate::Context::progress`] is called: tests step
     /// the device deterministically.
     Manual,
-}
-
-/// An eventfd: the doorbell's wire to a sleeping `poll`.
-pub(crate) struct EventFd(std::os::fd::OwnedFd);
-
-impl EventFd {
-    pub(crate) fn new() -> Result<EventFd, Error> {
-        // SAFETY: plain syscall; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(Error::Os {
-                what: "eventfd for the software device's doorbell",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(EventFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
-    }
-
-    pub(crate) fn signal(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer; a full counter
-        // (EAGAIN) still leaves the fd readable, which is all we need.
-        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), 8) };
-    }
-
-    pub(crate) fn drain(&self) {
-        let mut b = [0u8; 8];
-        // SAFETY: reads 8 bytes into a live buffer (non-blocking fd).
-        let _ = unsafe { libc::read(self.0.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
-    }
-
-    pub(crate) fn pollfd(&self) -> libc::pollfd {
-        libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }
-    }
-}
-
-/// `ppoll` on `fds` until one is ready or `timeout` (None: forever).
-pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
-    });
-    let tp = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: fds is a live slice of pollfd; tp is null or points at ts.
-    let _ = unsafe {
-        libc::ppoll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            tp,
-            std::ptr::null(),
-        )
-    };
-}
-
-/// The doorbell of a software device: posters ring it after updating a
-/// doorbell record; it wakes the device thread only if it sleeps.
-///
-/// Protocol (Dekker): the poster stores the record (`Release`), fences
-/// (`SeqCst`) and reads `sleeping`; the device sets `sleeping`, fences
-/// (`SeqCst`) and then scans the records. Either the poster sees `sleeping`
-/// and signals the eventfd the device sleeps on (with its sockets), or the
-/// device's scan sees the record.
-pub(crate) struct Bell {
-    sleeping: AtomicBool,
-    efd: EventFd,
-}
-
-impl Bell {
-    fn new() -> Result<Bell, Error> {
-        Ok(Bell {
-            sleeping: AtomicBool::new(false),
-            efd: EventFd::new()?,
-        })
-    }
-
-    /// Rings: wakes the device thread if it sleeps.
-    pub(crate) fn ring(&self) {
-        // SeqCst: orders the caller's doorbell-record store before the load
-        // of `sleeping` (see the protocol above).
-        fence(Ordering::SeqCst);
-        // Relaxed: the fence orders it.
-        if self.sleeping.load(Ordering::Relaxed) {
-            self.efd.signal();
-        }
-    }
-
-    /// Sleeps until rung, a socket in `fds` is ready, or `timeout`, unless
-    /// `check` finds work first.
-    fn sleep(&self, timeout: Duration, fds: &mut Vec<libc::pollfd>, check: impl FnOnce() -> usize) {
-        // Relaxed + SeqCst fence: see the protocol above.
-        self.sleeping.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if check() == 0 {
-            fds.push(self.efd.pollfd());
-            poll(fds, Some(timeout));
-            self.efd.drain();
-        }
-        // Relaxed: only an optimisation hint for ringers from here on.
-        self.sleeping.store(false, Ordering::Relaxed);
-    }
 }
 
 /// How long the device thread spins after the last work before sleeping.
@@ -506,7 +401,7 @@ pub(crate) struct Shared {
     /// address; tcp ones at open.
     listening: Mutex<bool>,
     /// Connections the acceptor thread handed over, not yet adopted.
-    pending: Mutex<Vec<([u8; 16], net::Stream)>>,
+    pending: Mutex<Vec<([u8; 16], link::Stream)>>,
     /// Whether `pending` may hold something (spares the hot path a lock).
     has_pending: AtomicBool,
     manual: bool,
@@ -531,18 +426,7 @@ impl Shared {
         self.manual
     }
 
-    /// A connection accepted for this device (the acceptor thread).
-    pub(crate) fn adopt(&self, from: [u8; 16], s: net::Stream) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((from, s));
-        // Release: the push above is visible to whoever sees the flag.
-        self.has_pending.store(true, Ordering::Release);
-        self.bell.ring();
-    }
-
-    pub(crate) fn take_pending(&self) -> Vec<([u8; 16], net::Stream)> {
+    pub(crate) fn take_pending(&self) -> Vec<([u8; 16], link::Stream)> {
         // Acquire: pairs with adopt's Release. Cleared before taking, so a
         // connection pushed meanwhile sets it again.
         // Relaxed load first: the common case (nothing pending) costs no
@@ -661,6 +545,19 @@ impl std::ops::DerefMut for StateGuard {
     }
 }
 
+impl link::Adopt for Shared {
+    /// A connection accepted for this device (the acceptor thread).
+    fn adopt(&self, from: [u8; 16], s: link::Stream) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((from, s));
+        // Release: the push above is visible to whoever sees the flag.
+        self.has_pending.store(true, Ordering::Release);
+        self.bell.ring();
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         // Never dropped with the fabric locked: nothing holds an
@@ -725,14 +622,14 @@ impl Device {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let (addr, listener) = match tcp {
             None => (
-                net::Addr::Unix {
+                wire::Addr::Unix {
                     pid: std::process::id(),
                     id,
                 },
                 None,
             ),
             Some(at) => {
-                let (l, port) = net::Listener::bind_tcp(at).map_err(|e| {
+                let (l, port) = link::Listener::bind_tcp(at).map_err(|e| {
                     Error::InvalidAttr(format!("software device cannot listen on tcp:{at}: {e}"))
                 })?;
                 let ip = if at.ip().is_unspecified() {
@@ -740,7 +637,7 @@ impl Device {
                 } else {
                     *at.ip()
                 };
-                (net::Addr::Tcp { ip, port, id }, Some(l))
+                (wire::Addr::Tcp { ip, port, id }, Some(l))
             }
         };
         let background = match progress {
@@ -770,7 +667,11 @@ impl Device {
             bell,
         });
         if let Some(l) = listener {
-            net::listen(l, &shared, shared.addr)?;
+            link::listen(
+                l,
+                Arc::downgrade(&shared) as Weak<dyn link::Adopt>,
+                shared.addr,
+            )?;
             *shared.listening.lock().unwrap_or_else(|e| e.into_inner()) = true;
         }
         if let Some(p) = background {
@@ -806,13 +707,14 @@ impl Device {
         if !*l {
             let pid = std::process::id();
             let id = self.shared.id as u32;
-            let sock = net::Listener::bind_unix(pid, id).map_err(|e| {
+            let sock = link::Listener::bind_unix(pid, id).map_err(|e| {
                 Error::InvalidAttr(format!(
                     "software device cannot listen on {}: {e}",
-                    net::Addr::Unix { pid, id }
+                    wire::Addr::Unix { pid, id }
                 ))
             })?;
-            net::listen(sock, &self.shared, self.shared.addr)?;
+            let dev = Arc::downgrade(&self.shared) as Weak<dyn link::Adopt>;
+            link::listen(sock, dev, self.shared.addr)?;
             *l = true;
         }
         Ok(self.shared.addr)
@@ -821,7 +723,7 @@ impl Device {
     /// The device address, printable.
     pub(crate) fn address_string(&self) -> String {
         let a: [u8; 16] = self.shared.addr;
-        net::Addr::decode(&a).map_or_else(|e| e, |a| a.to_string())
+        wire::Addr::decode(&a).map_or_else(|e| e, |a| a.to_string())
     }
 
     pub(crate) fn progress(&self) -> usize {
@@ -1089,7 +991,7 @@ impl Device {
             min_rnr_timer: 0,
             rnr_retry: 0,
             retry_cnt: 7,
-            ack_timeout: net::ack_budget(14, 0),
+            ack_timeout: link::ack_budget(14, 0),
             rnr: None,
             sq_sent: 0,
             psn: 0,
@@ -1144,7 +1046,7 @@ impl Device {
             QpState::Rts => {
                 qp.rnr_retry = opts.rnr_retry.min(7);
                 qp.retry_cnt = opts.retry_cnt.min(7);
-                qp.ack_timeout = net::ack_budget(opts.timeout, 0);
+                qp.ack_timeout = link::ack_budget(opts.timeout, 0);
             }
             QpState::Error => {}
             QpState::Reset => {
@@ -1198,7 +1100,7 @@ impl Drop for Device {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
         {
-            net::unlisten(self.shared.addr);
+            link::unlisten(self.shared.addr);
         }
         if let Some(s) = fabric().slot(self.shared.dev) {
             // Its state stays until the last `Arc<Shared>` goes (requests
@@ -1212,7 +1114,7 @@ impl Device {
     /// Finds the device a connection info names: in this process, or over
     /// a link (connecting one if none is up).
     fn resolve(&self, r: &ConnInfo, opts: &ConnectOpts) -> Result<Peer, Error> {
-        let to = net::Addr::decode(&r.gid).map_err(Error::InvalidAttr)?;
+        let to = wire::Addr::decode(&r.gid).map_err(Error::InvalidAttr)?;
         let local = fabric().find(&r.gid);
         if let Some(dev) = local {
             return Ok(Peer {
@@ -1221,14 +1123,14 @@ impl Device {
                 qpn: r.qpn,
             });
         }
-        if let net::Addr::Unix { pid, id } = to
+        if let wire::Addr::Unix { pid, id } = to
             && pid == std::process::id()
         {
             return Err(Error::InvalidAttr(format!(
                 "no software device soft{id} in this process"
             )));
         }
-        let budget = net::ack_budget(opts.timeout, opts.retry_cnt);
+        let budget = link::ack_budget(opts.timeout, opts.retry_cnt);
         let lock = || self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
         let existing = {
             let mut guard = lock();
@@ -1252,7 +1154,7 @@ impl Device {
             None => {
                 // Connect without the engine lock (the handshake may take a
                 // while); a link another QP made meanwhile is harmless.
-                let s = net::connect(self.shared.addr, to).map_err(Error::InvalidAttr)?;
+                let s = link::connect(self.shared.addr, to).map_err(Error::InvalidAttr)?;
                 let mut guard = lock();
                 let l = engine::add_link(&mut guard, r.gid, s).ok_or_else(|| {
                     Error::InvalidAttr(format!(
@@ -1327,9 +1229,9 @@ impl Device {
         Ok(())
     }
 
-    pub(crate) fn wire_stats(&self) -> net::WireStats {
+    pub(crate) fn wire_stats(&self) -> link::WireStats {
         let eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-        net::WireStats {
+        link::WireStats {
             links: eng.links.len(),
             ..eng.stats
         }
