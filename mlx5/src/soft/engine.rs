@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::link::{self, Link, WireStats};
+use super::state::{
+    DevRef, Engine, Fabric, Inflight, Rnr, Shared, State, Target, fabric, rnr_delay, wqebbs_of,
+};
 use super::wire::{self, Request, Response};
-use super::{DevRef, Fabric, Shared, State, Target, fabric, rnr_delay, wqebbs_of};
 use crate::cqe::{self, Cqe, Kind};
 use crate::event::AsyncEvent;
 use crate::prm::Access;
@@ -18,51 +20,6 @@ use crate::wqe::{Remote, Sge};
 const BUDGET: usize = 64;
 /// Scatter entries a receive WQE can hold (the SRQ limit is 30).
 const MAX_RECV_SGE: usize = 32;
-
-/// Per-device scratch space, reused so execution allocates only when a
-/// payload is larger than any before it.
-#[derive(Default)]
-pub(crate) struct Engine {
-    work: Vec<u32>,
-    scratch: Vec<u8>,
-    resp: Vec<u8>,
-    sges: Vec<Sge>,
-    frames: Vec<(u8, usize, usize)>,
-    dead: Vec<u64>,
-    /// The earliest timer (RNR retry, delayed frames, answer deadline):
-    /// background mode sleeps until it.
-    pub(crate) next_timer: Option<Instant>,
-    /// Sockets to devices in other processes.
-    pub(crate) links: Vec<Link>,
-    next_link: u64,
-    pub(crate) stats: WireStats,
-    pub(crate) faults: Faults,
-}
-
-/// Device-wide fault injection state.
-#[derive(Default)]
-pub(crate) struct Faults {
-    /// Peer devices treated as gone.
-    pub(crate) dropped: Vec<[u8; 16]>,
-    /// Hold every frame sent for this long.
-    pub(crate) delay: Duration,
-}
-
-impl Engine {
-    /// Sockets the sleeping device thread must watch.
-    pub(crate) fn poll_fds(&self, fds: &mut Vec<libc::pollfd>) {
-        for l in &self.links {
-            if let Some(fd) = l.fd() {
-                let out = if l.wants_write() { libc::POLLOUT } else { 0 };
-                fds.push(libc::pollfd {
-                    fd,
-                    events: libc::POLLIN | out,
-                    revents: 0,
-                });
-            }
-        }
-    }
-}
 
 /// Adds a link to `peer` over `s`; `None` (and `s` closed) if fault
 /// injection dropped that peer. Link ids are never reused: a QP whose link
@@ -91,20 +48,6 @@ pub(crate) fn adopt(shared: &Shared, eng: &mut Engine) {
     }
 }
 
-/// The requester-side bookkeeping of a WQE in flight.
-pub(crate) struct Inflight {
-    /// Identifies the QP across phases (a destroyed QP's number can be
-    /// reused by a new QP while a WQE is in flight): its
-    /// [`super::SoftQp::incarnation`].
-    incarnation: u64,
-    req: Request,
-    index: u16,
-    wqebbs: u32,
-    flags: u8,
-    /// Its scatter entries in the QP's `inflight_sges` (READ, atomics).
-    nsges: usize,
-}
-
 /// What the local phase decided.
 enum Step {
     /// A NOP: completes without the responder.
@@ -120,7 +63,7 @@ enum Step {
         syndrome: Syndrome,
     },
     /// Needs the responder.
-    Remote(Inflight, super::Peer),
+    Remote(Inflight, super::state::Peer),
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
@@ -1277,7 +1220,7 @@ fn complete(
         }
         Response::NoAnswer => {
             let (limit, wait) = (qp.retry_cnt, qp.ack_timeout);
-            let r = qp.rnr.get_or_insert(super::Rnr {
+            let r = qp.rnr.get_or_insert(Rnr {
                 attempts: 0,
                 lost: 0,
                 next: Instant::now(),
@@ -1294,7 +1237,7 @@ fn complete(
         }
         Response::Rnr { timer } => {
             let limit = qp.rnr_retry;
-            let r = qp.rnr.get_or_insert(super::Rnr {
+            let r = qp.rnr.get_or_insert(Rnr {
                 attempts: 0,
                 lost: 0,
                 next: Instant::now(),
