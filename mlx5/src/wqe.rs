@@ -277,6 +277,17 @@ fn atomic_result(result: Sge) -> DataSeg {
     })
 }
 
+/// Reads a data segment (the inverse of [`write_data`]), as a device reads
+/// a gather or scatter entry. `b` is at least 16 bytes.
+pub(crate) fn read_data(b: &[u8]) -> Sge {
+    let w = |at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    Sge {
+        len: w(0),
+        lkey: w(4),
+        addr: (u64::from(w(8)) << 32) | u64::from(w(12)),
+    }
+}
+
 /// Writes the control segment (`mlx5dv_set_ctrl_seg` with opmod 0 and
 /// signature 0) into `out[..16]`. `imm` is in host order and stored
 /// big-endian.

@@ -179,7 +179,7 @@ pub(crate) struct Link {
     /// The peer device's address.
     pub(crate) peer: [u8; 16],
     stream: Option<Stream>,
-    /// Received bytes; the engine borrows it while it handles frames.
+    /// Received bytes; a progress pass borrows it while it handles frames.
     pub(crate) rx: Vec<u8>,
     /// Parsed up to / filled up to.
     pub(crate) rx_head: usize,
@@ -199,7 +199,7 @@ pub(crate) struct Link {
     /// may carry.
     read_max: u32,
     /// The longest payload a REQ on this link may carry: what a QP of this
-    /// device connected to the peer could accept (the engine raises it
+    /// device connected to the peer could accept (a progress pass raises it
     /// when a longer REQ arrives and the device's QPs and regions allow).
     pub(crate) req_limit: u32,
     /// A QP of this device is connected to the peer's address (else the

@@ -17,13 +17,13 @@
 //!    error), or arm an RNR retry.
 //!
 //! The state of every device of this process lives behind one lock (the
-//! [`Fabric`]), which a progress pass takes once: the three phases of every
+//! [`state::Fabric`]), which a progress pass takes once: the three phases of every
 //! WQE it executes, for a peer in this process too, run under that one
 //! acquisition (no lock per WQE, no order between two devices' locks).
 //!
 //! Phase 2 is a function of (request, payload) → response. For a peer in
 //! this process it runs in line; for a peer in another process or host
-//! ([`net`]) phase 1 appends a `REQ` frame to the link and moves on (the
+//! (over a [`link`]) phase 1 appends a `REQ` frame to the link and moves on (the
 //! QP keeps its requests in flight, in order, each with a sequence
 //! number), the target device runs phase 2 when the frame arrives and
 //! answers with a `RESP`, and phase 3 runs when that answer arrives. An RNR
@@ -48,10 +48,26 @@
 //! completes with `WrFlush`. A CQ that fills up is overrun, as on hardware.
 //! Atomics operate on target memory in host byte order and return the
 //! original value big-endian, as ConnectX does.
+//!
+//! # Modules, by job (each imports only those above it)
+//!
+//! | module | job |
+//! |---|---|
+//! | [`wire`] | the wire codec, pure: addresses, frames in and out of byte buffers |
+//! | [`bell`] | waking and sleeping: eventfd, `ppoll`, the doorbell's [`Bell`] |
+//! | [`link`] | sockets to other processes' devices, their buffers and limits, the handshake, the acceptor thread |
+//! | [`state`] | the device's state and tables (the [`state::Fabric`] of every device of the process, one lock), its I/O state, [`state::Shared`] |
+//! | [`responder`] | phase 2: one function per opcode family |
+//! | [`requester`] | phases 1 and 3 for one QP's WQEs |
+//! | [`mod@progress`] | one pass of a device, and the process's progress thread |
+//! | this module, [`faults`] | the device's verbs for the backend: open, PD, MR, CQ, SRQ, QP, connect; fault knobs |
 
 mod bell;
-mod engine;
+mod faults;
 mod link;
+mod progress;
+mod requester;
+mod responder;
 mod state;
 mod wire;
 
@@ -70,8 +86,8 @@ use crate::queue::{ConnInfo, ConnectOpts, CqMem, QpCaps, QpMem, QpTrack, SrqMem}
 use crate::wqe;
 
 pub(crate) use bell::Bell;
-pub(crate) use engine::progress;
 pub use link::WireStats;
+pub(crate) use progress::progress;
 use state::{
     Engine, MrEntry, Peer, QPN_BASE, Shared, SoftCq, SoftQp, SoftSrq, State, Target, fabric, insert,
 };
@@ -87,51 +103,11 @@ pub enum Progress {
     Manual,
 }
 
-/// How long the device thread spins after the last work before sleeping.
-const SPIN: Duration = Duration::from_micros(50);
-/// The longest sleep without a doorbell (a safety net; doorbells wake it).
-const IDLE_SLEEP: Duration = Duration::from_millis(100);
-
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
 /// A software device.
 pub(crate) struct Device {
     shared: Arc<Shared>,
-}
-
-/// The one progress thread of this process: it drives every software
-/// device opened with background progress. One thread, not one per device,
-/// because these machines have few cores and a spinning device thread per
-/// context would compete with the threads that post and poll.
-struct Progressor {
-    devices: Mutex<Vec<Weak<Shared>>>,
-    bell: Arc<Bell>,
-}
-
-static PROGRESSOR: Mutex<Option<Arc<Progressor>>> = Mutex::new(None);
-
-/// The progress thread's name (tests look for it in /proc).
-pub const PROGRESS_THREAD: &str = "mlx5-soft-progress";
-
-fn progressor() -> Result<Arc<Progressor>, Error> {
-    let mut g = PROGRESSOR.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = &*g {
-        return Ok(p.clone());
-    }
-    let p = Arc::new(Progressor {
-        devices: Mutex::new(Vec::new()),
-        bell: Arc::new(Bell::new()?),
-    });
-    let t = p.clone();
-    std::thread::Builder::new()
-        .name(PROGRESS_THREAD.into())
-        .spawn(move || run(&t))
-        .map_err(|source| Error::Os {
-            what: "spawning the software device progress thread",
-            source,
-        })?;
-    *g = Some(p.clone());
-    Ok(p)
 }
 
 impl Device {
@@ -164,11 +140,11 @@ impl Device {
             }
         };
         let background = match progress {
-            Progress::Background => Some(progressor()?),
+            Progress::Background => Some(progress::progressor()?),
             Progress::Manual => None,
         };
         let bell = match &background {
-            Some(p) => p.bell.clone(),
+            Some(p) => p.bell(),
             None => Arc::new(Bell::new()?),
         };
         let has_events = Arc::new(AtomicBool::new(false));
@@ -198,11 +174,7 @@ impl Device {
             *shared.listening.lock().unwrap_or_else(|e| e.into_inner()) = true;
         }
         if let Some(p) = background {
-            p.devices
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Arc::downgrade(&shared));
-            p.bell.ring();
+            p.add(Arc::downgrade(&shared));
         }
         Ok(Arc::new(Device { shared }))
     }
@@ -610,12 +582,8 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        let id = self.shared.id;
-        if !self.shared.manual
-            && let Some(p) = &*PROGRESSOR.lock().unwrap_or_else(|e| e.into_inner())
-        {
-            let mut d = p.devices.lock().unwrap_or_else(|e| e.into_inner());
-            d.retain(|w| w.upgrade().is_some_and(|s| s.id != id));
+        if !self.shared.manual {
+            progress::forget(self.shared.id);
         }
         if *self
             .shared
@@ -663,7 +631,7 @@ impl Device {
                     "software device {to} was dropped by fault injection"
                 )));
             }
-            engine::adopt(&self.shared, eng);
+            progress::adopt(&self.shared, eng);
             eng.links
                 .iter_mut()
                 .find(|l| l.is_up() && l.peer == r.gid)
@@ -679,7 +647,7 @@ impl Device {
                 // while); a link another QP made meanwhile is harmless.
                 let s = link::connect(self.shared.addr, to).map_err(Error::InvalidAttr)?;
                 let mut guard = lock();
-                let l = engine::add_link(&mut guard, r.gid, s).ok_or_else(|| {
+                let l = progress::add_link(&mut guard, r.gid, s).ok_or_else(|| {
                     Error::InvalidAttr(format!(
                         "software device {to} was dropped by fault injection"
                     ))
@@ -699,59 +667,6 @@ impl Device {
 }
 
 impl Device {
-    /// Fault: the peer device at `addr` is gone.
-    pub(crate) fn drop_peer(&self, addr: [u8; 16]) {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-        if !eng.faults.dropped.contains(&addr) {
-            eng.faults.dropped.push(addr);
-        }
-        let mut killed = Vec::new();
-        for l in eng.links.iter_mut().filter(|l| l.is_up() && l.peer == addr) {
-            l.kill("dropped by fault injection".into());
-            killed.push(l.id);
-        }
-        let mut s = self.shared.lock();
-        for id in killed {
-            engine::fail_link(&mut s, id);
-        }
-        drop(s);
-        engine::remove_dead_links(&mut eng.links);
-        drop(eng);
-        self.shared.bell.ring();
-    }
-
-    /// Fault: frames to and from `addr` vanish. False if no link is up.
-    pub(crate) fn partition_peer(&self, addr: [u8; 16]) -> bool {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-        let mut any = false;
-        for l in eng.links.iter_mut().filter(|l| l.is_up() && l.peer == addr) {
-            l.blackhole = true;
-            any = true;
-        }
-        any
-    }
-
-    /// Fault: hold every frame sent for `d`.
-    pub(crate) fn set_delay(&self, d: Duration) {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-        eng.faults.delay = d;
-        for l in &mut eng.links {
-            l.delay = d;
-        }
-    }
-
-    /// Fault knobs of one QP.
-    pub(crate) fn qp_fault(&self, qpn: u32, f: impl FnOnce(&mut SoftQp)) -> Result<(), Error> {
-        let mut s = self.shared.lock();
-        let qp = s
-            .qp(qpn)
-            .ok_or(Error::Mismatch("QP is not on this device"))?;
-        f(qp);
-        drop(s);
-        self.shared.bell.ring();
-        Ok(())
-    }
-
     pub(crate) fn wire_stats(&self) -> link::WireStats {
         let eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
         link::WireStats {
@@ -811,52 +726,4 @@ pub(crate) struct QpDesc {
 /// has forgotten the queue.
 pub(crate) struct QueueBufs {
     _bufs: Vec<DmaBuf>,
-}
-
-/// The progress thread: progress every background device while there is
-/// work, spin [`SPIN`] after the last work, then sleep until a doorbell, a
-/// socket with data (or room, when sends are pending) or the next timer
-/// (RNR retry, delayed frames, a peer's answer deadline). It lives as long
-/// as the process.
-fn run(p: &Progressor) {
-    let mut last_work = Instant::now();
-    let mut devs: Vec<Arc<Shared>> = Vec::new();
-    let mut fds: Vec<libc::pollfd> = Vec::new();
-    loop {
-        devs.clear();
-        devs.extend(
-            p.devices
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .filter_map(Weak::upgrade),
-        );
-        let pass = |devs: &[Arc<Shared>]| devs.iter().map(progress).sum::<usize>();
-        if pass(&devs) > 0 {
-            last_work = Instant::now();
-            continue;
-        }
-        if last_work.elapsed() < SPIN {
-            std::hint::spin_loop();
-            continue;
-        }
-        let now = Instant::now();
-        fds.clear();
-        let mut timeout = IDLE_SLEEP;
-        for d in &devs {
-            let eng = d.engine.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(t) = eng.next_timer {
-                timeout = timeout.min(t.saturating_duration_since(now));
-            }
-            eng.poll_fds(&mut fds);
-        }
-        if timeout.is_zero() {
-            continue;
-        }
-        p.bell.sleep(timeout, &mut fds, || pass(&devs));
-        // Drop the strong references before sleeping again: a device must
-        // be able to go away while the thread idles.
-        devs.clear();
-        last_work = Instant::now();
-    }
 }

@@ -89,7 +89,7 @@ pub(crate) enum Target {
     /// A device in this process: the responder phase runs in line, under
     /// the same lock.
     Local(DevRef),
-    /// Over the link with this id (see [`net`]).
+    /// Over the link with this id (see [`super::link`]).
     Link(u64),
 }
 
@@ -324,7 +324,7 @@ pub(crate) fn insert<T>(v: &mut Vec<Option<T>>, t: T) -> usize {
 /// What other devices (and the device thread) share.
 pub(crate) struct Shared {
     pub(crate) id: u64,
-    /// The device address (see [`net`]).
+    /// The device address (see [`super::wire::Addr`]).
     pub(crate) addr: [u8; 16],
     /// Unix-address devices bind their socket when first asked for their
     /// address; tcp ones at open.
@@ -374,7 +374,7 @@ impl Shared {
 /// requester's phases and the responder's, in line), and a progress pass
 /// takes it once for all the WQEs it executes: no lock per WQE, and no
 /// order between two devices' locks to keep. The devices' link I/O (their
-/// [`engine::Engine`]s, each behind its own lock, taken before this one)
+/// [`Engine`]s, each behind its own lock, taken before this one)
 /// stays outside it.
 pub(crate) struct Fabric {
     pub(crate) slots: Vec<Option<Slot>>,
