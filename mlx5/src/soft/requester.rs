@@ -12,6 +12,7 @@ use super::state::{Engine, Fabric, Inflight, Rnr, Shared, State, Target, rnr_del
 use super::wire::{Request, Response};
 use crate::cqe::{self, Cqe, Kind};
 use crate::prm::{Access, INLINE_SEG, MAX_DS, QpState, SEG, Syndrome, WQEBB, flags, opcode};
+use crate::queue::QpCaps;
 use crate::wqe::{Remote, Sge, read_data};
 
 /// WQEs one QP may execute per progress pass (fairness between QPs).
@@ -236,235 +237,263 @@ fn flush_cqe(kind: Kind, qpn: u32, index: u16, srqn: u32) -> Cqe {
     }
 }
 
-/// Phase 1: decode, validate, gather (the WQE at `sq_sent`). Changes
-/// nothing: the caller applies the step.
-fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step {
+/// A WQE copied out of the send queue, its control segment decoded.
+struct Wqe {
+    /// Its bytes (`ds * 16` of them are the WQE's).
+    bytes: [u8; MAX_DS * SEG + SEG],
+    ds: usize,
+    index: u16,
+    wqebbs: u32,
+    opcode: u8,
+    flags: u8,
+    /// The immediate, host order.
+    imm: u32,
+}
+
+/// A malformed WQE: where it is and what it spans as far as the device is
+/// concerned (see `SoftQp::span`).
+struct Malformed {
+    index: u16,
+    wqebbs: u32,
+}
+
+/// Reads the WQE at the QP's send position, or says how it fails: a WQE
+/// whose control segment does not name this position and QP, whose `ds` is
+/// 0 or over the QP's limit, that claims more than was posted, or whose
+/// claim covers the next posted WQE's control segment (executing it would
+/// swallow that WQE, whose poster would never see it complete) is
+/// malformed: `LocalQpOp`, over what the device takes it to span.
+fn read_wqe(s: &mut State, qpn: u32) -> Result<Wqe, Malformed> {
     let qp = s.qp(qpn).expect("caller checked");
     let pos = qp.sq_sent;
     let posted = u32::from(qp.sq_pi().wrapping_sub(pos as u16));
-    let mut wqe = [0u8; MAX_DS * SEG + SEG];
-    let off = (pos % qp.sq_cnt) as usize * WQEBB;
+    let mask = qp.sq_cnt - 1;
+    let mut w = Wqe {
+        bytes: [0u8; MAX_DS * SEG + SEG],
+        ds: 0,
+        index: 0,
+        wqebbs: 0,
+        opcode: 0,
+        flags: 0,
+        imm: 0,
+    };
+    let off = (pos & mask) as usize * WQEBB;
     // SAFETY: a WQEBB inside the SQ buffer, device-owned (posted).
-    unsafe { std::ptr::copy_nonoverlapping(qp.sq_buf.add(off), wqe.as_mut_ptr(), SEG) };
-    let w0 = be32(&wqe, 0);
-    let w1 = be32(&wqe, 4);
-    let op = w0 as u8;
-    let index = (w0 >> 8) as u16;
-    let ds = (w1 & 0x3f) as usize;
-    let ctrl_flags = wqe[11];
-    let imm = be32(&wqe, 12);
-    let wqebbs = wqebbs_of(ds);
-    let sane = ds != 0
-        && index == pos as u16
+    unsafe { std::ptr::copy_nonoverlapping(qp.sq_buf.add(off), w.bytes.as_mut_ptr(), SEG) };
+    let w0 = be32(&w.bytes, 0);
+    let w1 = be32(&w.bytes, 4);
+    w.opcode = w0 as u8;
+    w.index = (w0 >> 8) as u16;
+    w.ds = (w1 & 0x3f) as usize;
+    w.flags = w.bytes[11];
+    w.imm = be32(&w.bytes, 12);
+    w.wqebbs = wqebbs_of(w.ds);
+    let sane = w.ds != 0
+        && w.index == pos as u16
         && (w0 >> 24) == 0
         && (w1 >> 8) == qpn
-        && ds <= qp.caps.max_ds()
-        && wqebbs <= qp.sq_cnt;
-    // A WQE that claims more than was posted, or whose claim covers the
-    // next posted WQE's control segment, is malformed too: executing it
-    // would swallow that WQE (its poster would never see it complete).
-    if !sane || wqebbs > posted || qp.span(pos, wqebbs, posted) != wqebbs {
-        return Step::Fail {
+        && w.ds <= qp.caps.max_ds()
+        && w.wqebbs <= qp.sq_cnt;
+    if !sane || w.wqebbs > posted || qp.span(pos, w.wqebbs, posted) != w.wqebbs {
+        return Err(Malformed {
             index: pos as u16,
-            wqebbs: qp.span(pos, if sane { wqebbs } else { 0 }, posted),
-            syndrome: Syndrome::LocalQpOp,
-        };
+            wqebbs: qp.span(pos, if sane { w.wqebbs } else { 0 }, posted),
+        });
     }
-    if let Some(syndrome) = qp.fail_next {
-        return Step::Fail {
-            index,
-            wqebbs,
-            syndrome,
-        };
-    }
-    // The rest of the WQE, following the ring (hardware reads across the
-    // end; our own posts never need it thanks to NOP padding).
-    for b in 1..wqebbs {
-        let o = ((pos + b) % qp.sq_cnt) as usize * WQEBB;
+    let end = w.ds * SEG;
+    // The rest of the first WQEBB, then the others, following the ring
+    // (hardware reads across the end; our own posts never need it thanks
+    // to NOP padding).
+    // SAFETY: the first WQEBB lies inside the SQ buffer; `end <= 64` or it
+    // is copied whole.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            qp.sq_buf.add(off + SEG),
+            w.bytes.as_mut_ptr().add(SEG),
+            end.min(WQEBB) - SEG,
+        )
+    };
+    for b in 1..w.wqebbs {
+        let o = (pos.wrapping_add(b) & mask) as usize * WQEBB;
         let dst = b as usize * WQEBB;
-        let n = WQEBB.min(ds * SEG - dst.min(ds * SEG));
+        let n = WQEBB.min(end - dst.min(end));
         if n == 0 {
             break;
         }
-        // SAFETY: a posted WQEBB inside the SQ buffer; dst + n <= wqe.len().
-        unsafe { std::ptr::copy_nonoverlapping(qp.sq_buf.add(o), wqe.as_mut_ptr().add(dst), n) };
-    }
-    if ds * SEG > WQEBB {
-        // The first WQEBB was only partly copied above.
-        // SAFETY: the first WQEBB lies inside the SQ buffer.
+        // SAFETY: a posted WQEBB inside the SQ buffer; dst + n <= end.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                qp.sq_buf.add(off + SEG),
-                wqe.as_mut_ptr().add(SEG),
-                WQEBB - SEG,
-            )
-        };
-    } else {
-        // SAFETY: as above; ds * SEG <= 64.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                qp.sq_buf.add(off + SEG),
-                wqe.as_mut_ptr().add(SEG),
-                ds * SEG - SEG,
-            )
+            std::ptr::copy_nonoverlapping(qp.sq_buf.add(o), w.bytes.as_mut_ptr().add(dst), n)
         };
     }
-    let wqe = &wqe[..ds * SEG];
-    let Some(peer) = qp.peer else {
-        return Step::Fail {
-            index,
-            wqebbs,
-            syndrome: Syndrome::TransportRetryExceeded,
+    Ok(w)
+}
+
+/// The remote address (and atomic) segments of WQE `w` into `req`; where
+/// its data segments start. `None`: an opcode this device does not
+/// execute, or a `ds` too small for its segments.
+fn address_segments(w: &Wqe, req: &mut Request) -> Option<usize> {
+    let b = &w.bytes[..w.ds * SEG];
+    let remote = || Remote {
+        addr: be64(b, SEG),
+        rkey: be32(b, SEG + 8),
+    };
+    match w.opcode {
+        opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM | opcode::RDMA_READ if w.ds >= 2 => {
+            req.remote = remote();
+            Some(2 * SEG)
+        }
+        opcode::SEND | opcode::SEND_IMM => Some(SEG),
+        opcode::ATOMIC_CS | opcode::ATOMIC_FA if w.ds == 4 => {
+            req.remote = remote();
+            req.swap_add = be64(b, 2 * SEG);
+            req.compare = be64(b, 2 * SEG + 8);
+            Some(3 * SEG)
+        }
+        _ => None,
+    }
+}
+
+/// A READ's or an atomic's scatter list, into `sges` (checked against the
+/// regions when the data comes back, in phase 3); the bytes it asks for.
+fn scatter_list(body: &[u8], op: u8, max_sge: usize, sges: &mut Vec<Sge>) -> Result<u32, Syndrome> {
+    let mut total: u64 = 0;
+    for seg in body.chunks_exact(SEG) {
+        if be32(seg, 0) & INLINE_SEG != 0 {
+            return Err(Syndrome::LocalQpOp);
+        }
+        let sge = read_data(seg);
+        total += u64::from(sge.len);
+        sges.push(sge);
+    }
+    let is_atomic = op != opcode::RDMA_READ;
+    if sges.len() > max_sge.max(1) || total > 1 << 31 {
+        return Err(Syndrome::LocalQpOp);
+    }
+    if is_atomic && total < 8 {
+        return Err(Syndrome::LocalLength);
+    }
+    Ok(if is_atomic { 8 } else { total as u32 })
+}
+
+/// A WRITE's or SEND's payload, inline or gathered from the QP's PD's
+/// regions, into `out`; its length.
+fn gather(
+    s: &State,
+    body: &[u8],
+    pd: u32,
+    caps: &QpCaps,
+    out: &mut Vec<u8>,
+) -> Result<u32, Syndrome> {
+    if !body.is_empty() && be32(body, 0) & INLINE_SEG != 0 {
+        let len = (be32(body, 0) & !INLINE_SEG) as usize;
+        if len > caps.max_inline as usize || 4 + len > body.len() {
+            return Err(Syndrome::LocalQpOp);
+        }
+        out.extend_from_slice(&body[4..4 + len]);
+        return Ok(len as u32);
+    }
+    if body.len() / SEG > caps.max_send_sge as usize {
+        return Err(Syndrome::LocalQpOp);
+    }
+    for seg in body.chunks_exact(SEG) {
+        let sge = read_data(seg);
+        if sge.len == 0 {
+            continue;
+        }
+        if s.mr(sge.lkey, pd, sge.addr, u64::from(sge.len)).is_none()
+            || out.len() + sge.len as usize > 1 << 31
+        {
+            return Err(Syndrome::LocalProt);
+        }
+        let at = out.len();
+        out.resize(at + sge.len as usize, 0);
+        // SAFETY: the range lies in a registered region (checked under the
+        // lock that deregistration takes).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                sge.addr as *const u8,
+                out.as_mut_ptr().add(at),
+                sge.len as usize,
+            )
         };
-    };
-    let psn = qp.psn;
-    let pd = qp.pd;
-    let max_sge = qp.caps.max_send_sge as usize;
-    let max_inline = qp.caps.max_inline as usize;
-    let signaled = ctrl_flags & flags::SIGNALED != 0;
-    let mut req = Request {
-        opcode: op,
-        src,
-        src_qpn: qpn,
-        psn,
-        dst_qpn: peer.qpn,
-        remote: Remote { addr: 0, rkey: 0 },
-        len: 0,
-        imm,
-        swap_add: 0,
-        compare: 0,
-        solicited: ctrl_flags & flags::SOLICITED != 0,
-    };
-    let payload_at = match op {
-        opcode::NOP => {
-            return Step::Nop {
-                index,
-                wqebbs,
-                signaled,
-            };
-        }
-        opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM | opcode::RDMA_READ if ds >= 2 => {
-            req.remote = Remote {
-                addr: be64(wqe, SEG),
-                rkey: be32(wqe, SEG + 8),
-            };
-            2 * SEG
-        }
-        opcode::SEND | opcode::SEND_IMM => SEG,
-        opcode::ATOMIC_CS | opcode::ATOMIC_FA if ds == 4 => {
-            req.remote = Remote {
-                addr: be64(wqe, SEG),
-                rkey: be32(wqe, SEG + 8),
-            };
-            req.swap_add = be64(wqe, 2 * SEG);
-            req.compare = be64(wqe, 2 * SEG + 8);
-            3 * SEG
-        }
-        _ => {
+    }
+    Ok(out.len() as u32)
+}
+
+/// Phase 1: decode, validate, gather (the WQE at `sq_sent`). Changes
+/// nothing: the caller applies the step.
+fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step {
+    let w = match read_wqe(s, qpn) {
+        Ok(w) => w,
+        Err(m) => {
             return Step::Fail {
-                index,
-                wqebbs,
+                index: m.index,
+                wqebbs: m.wqebbs,
                 syndrome: Syndrome::LocalQpOp,
             };
         }
     };
-    if !matches!(op, opcode::RDMA_WRITE_IMM | opcode::SEND_IMM) {
-        req.imm = 0;
+    let (index, wqebbs) = (w.index, w.wqebbs);
+    let fail = |syndrome| Step::Fail {
+        index,
+        wqebbs,
+        syndrome,
+    };
+    let qp = s.qp(qpn).expect("caller checked");
+    if let Some(syndrome) = qp.fail_next {
+        return fail(syndrome);
     }
-    let body = &wqe[payload_at..];
+    let Some(peer) = qp.peer else {
+        return fail(Syndrome::TransportRetryExceeded);
+    };
+    let (pd, caps, incarnation) = (qp.pd, qp.caps, qp.incarnation);
+    if w.opcode == opcode::NOP {
+        return Step::Nop {
+            index,
+            wqebbs,
+            signaled: w.flags & flags::SIGNALED != 0,
+        };
+    }
+    let mut req = Request {
+        opcode: w.opcode,
+        src,
+        src_qpn: qpn,
+        psn: qp.psn,
+        dst_qpn: peer.qpn,
+        remote: Remote { addr: 0, rkey: 0 },
+        len: 0,
+        imm: if matches!(w.opcode, opcode::RDMA_WRITE_IMM | opcode::SEND_IMM) {
+            w.imm
+        } else {
+            0
+        },
+        swap_add: 0,
+        compare: 0,
+        solicited: w.flags & flags::SOLICITED != 0,
+    };
+    let Some(payload_at) = address_segments(&w, &mut req) else {
+        return fail(Syndrome::LocalQpOp);
+    };
+    let body = &w.bytes[payload_at..w.ds * SEG];
     eng.scratch.clear();
     eng.sges.clear();
-    match op {
+    let len = match w.opcode {
         opcode::RDMA_READ | opcode::ATOMIC_CS | opcode::ATOMIC_FA => {
-            // Scatter list, checked when the data comes back (phase 3).
-            let mut total: u64 = 0;
-            for seg in body.chunks_exact(SEG) {
-                if be32(seg, 0) & INLINE_SEG != 0 {
-                    return Step::Fail {
-                        index,
-                        wqebbs,
-                        syndrome: Syndrome::LocalQpOp,
-                    };
-                }
-                let sge = read_data(seg);
-                total += u64::from(sge.len);
-                eng.sges.push(sge);
-            }
-            let is_atomic = op != opcode::RDMA_READ;
-            if eng.sges.len() > max_sge.max(1) || total > 1 << 31 {
-                return Step::Fail {
-                    index,
-                    wqebbs,
-                    syndrome: Syndrome::LocalQpOp,
-                };
-            }
-            if is_atomic && total < 8 {
-                return Step::Fail {
-                    index,
-                    wqebbs,
-                    syndrome: Syndrome::LocalLength,
-                };
-            }
-            req.len = if is_atomic { 8 } else { total as u32 };
+            scatter_list(body, w.opcode, caps.max_send_sge as usize, &mut eng.sges)
         }
-        _ => {
-            // Gather: inline bytes or SGEs.
-            if !body.is_empty() && be32(body, 0) & INLINE_SEG != 0 {
-                let len = (be32(body, 0) & !INLINE_SEG) as usize;
-                if len > max_inline || 4 + len > body.len() {
-                    return Step::Fail {
-                        index,
-                        wqebbs,
-                        syndrome: Syndrome::LocalQpOp,
-                    };
-                }
-                eng.scratch.extend_from_slice(&body[4..4 + len]);
-            } else {
-                if body.len() / SEG > max_sge {
-                    return Step::Fail {
-                        index,
-                        wqebbs,
-                        syndrome: Syndrome::LocalQpOp,
-                    };
-                }
-                for seg in body.chunks_exact(SEG) {
-                    let sge = read_data(seg);
-                    if sge.len == 0 {
-                        continue;
-                    }
-                    if s.mr(sge.lkey, pd, sge.addr, u64::from(sge.len)).is_none()
-                        || eng.scratch.len() + sge.len as usize > 1 << 31
-                    {
-                        return Step::Fail {
-                            index,
-                            wqebbs,
-                            syndrome: Syndrome::LocalProt,
-                        };
-                    }
-                    let at = eng.scratch.len();
-                    eng.scratch.resize(at + sge.len as usize, 0);
-                    // SAFETY: the range lies in a registered region (checked
-                    // under the lock that deregistration takes).
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            sge.addr as *const u8,
-                            eng.scratch.as_mut_ptr().add(at),
-                            sge.len as usize,
-                        )
-                    };
-                }
-            }
-            req.len = eng.scratch.len() as u32;
-        }
+        _ => gather(s, body, pd, &caps, &mut eng.scratch),
+    };
+    match len {
+        Ok(len) => req.len = len,
+        Err(syndrome) => return fail(syndrome),
     }
-    let incarnation = s.qp(qpn).expect("present").incarnation;
     Step::Remote(
         Inflight {
             incarnation,
             req,
             index,
             wqebbs,
-            flags: ctrl_flags,
+            flags: w.flags,
             nsges: 0,
         },
         peer,
@@ -517,7 +546,6 @@ pub(crate) fn complete(
         }
         _ => return false, // reset meanwhile: the WQE is gone
     }
-    let pd = qp.pd;
     let resp = match resp {
         // The head of the queue out of sequence: the two ends disagree on
         // where they are (one was reset alone); no retry fixes that.
@@ -526,87 +554,107 @@ pub(crate) fn complete(
     };
     match resp {
         Response::Ack { orig } => {
-            if f.req.opcode == opcode::RDMA_READ && data.len() != f.req.len as usize {
-                fail(s, qpn, f.index, f.wqebbs, Syndrome::RemoteInvalRequest);
-                return false;
-            }
-            let data: &[u8] = match f.req.opcode {
-                opcode::RDMA_READ => data,
-                opcode::ATOMIC_CS | opcode::ATOMIC_FA => &orig.to_be_bytes(),
-                _ => &[],
-            };
-            if !data.is_empty() || f.req.opcode == opcode::RDMA_READ {
-                // Validate the whole scatter list first: no partial writes.
-                let mut rest = data.len();
-                for g in sges {
-                    let n = rest.min(g.len as usize);
-                    let ok = n == 0
-                        || s.mr(g.lkey, pd, g.addr, n as u64)
-                            .is_some_and(|e| e.access.contains(Access::LOCAL_WRITE));
-                    if !ok {
-                        fail(s, qpn, f.index, f.wqebbs, Syndrome::LocalProt);
-                        return false;
-                    }
-                    rest -= n;
-                }
-                let mut rest = data;
-                for g in sges {
-                    let n = rest.len().min(g.len as usize);
-                    // SAFETY: validated above, under the same lock.
-                    unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), g.addr as *mut u8, n) };
-                    rest = &rest[n..];
-                }
-            }
-            let qp = s.qp(qpn).expect("present");
-            qp.sq_ci = qp.sq_ci.wrapping_add(f.wqebbs);
-            if qp.inflight.is_empty() {
-                qp.sq_sent = qp.sq_ci;
-            }
-            qp.rnr = None;
-            if f.flags & flags::SIGNALED != 0 {
-                let cq = qp.send_cq;
-                s.push_cqe(cq, &ok_cqe(qpn, f.index, f.req.opcode, f.req.len));
-            }
+            acknowledged(s, qpn, f, orig, data, sges);
             false
         }
-        Response::NoAnswer => {
-            let (limit, wait) = (qp.retry_cnt, qp.ack_timeout);
-            let r = qp.rnr.get_or_insert(Rnr {
-                attempts: 0,
-                lost: 0,
-                next: Instant::now(),
-            });
-            r.lost += 1;
-            if r.lost > u32::from(limit) {
-                fail(s, qpn, f.index, f.wqebbs, Syndrome::TransportRetryExceeded);
-                return false;
-            }
-            r.next = Instant::now() + wait;
-            let next = r.next;
-            min_timer(next_timer, next);
-            true
-        }
-        Response::Rnr { timer } => {
-            let limit = qp.rnr_retry;
-            let r = qp.rnr.get_or_insert(Rnr {
-                attempts: 0,
-                lost: 0,
-                next: Instant::now(),
-            });
-            r.attempts += 1;
-            if limit != 7 && r.attempts > u32::from(limit) {
-                fail(s, qpn, f.index, f.wqebbs, Syndrome::RnrRetryExceeded);
-                return false;
-            }
-            r.next = Instant::now() + rnr_delay(timer);
-            let next = r.next;
-            min_timer(next_timer, next);
-            true
-        }
+        Response::NoAnswer | Response::Rnr { .. } => retry_later(s, qpn, f, resp, next_timer),
         Response::Nak(syndrome) => {
             fail(s, qpn, f.index, f.wqebbs, syndrome);
             false
         }
         Response::OutOfSequence => unreachable!("mapped above"),
     }
+}
+
+/// Phase 3 of an acknowledged WQE: READ data or the atomic's original
+/// value scattered (the whole scatter list validated first: no partial
+/// writes), the send queue advanced, the requester CQE if signaled.
+fn acknowledged(s: &mut State, qpn: u32, f: &Inflight, orig: u64, data: &[u8], sges: &[Sge]) {
+    if f.req.opcode == opcode::RDMA_READ && data.len() != f.req.len as usize {
+        fail(s, qpn, f.index, f.wqebbs, Syndrome::RemoteInvalRequest);
+        return;
+    }
+    let pd = s.qp(qpn).expect("present").pd;
+    let orig = orig.to_be_bytes();
+    let data: &[u8] = match f.req.opcode {
+        opcode::RDMA_READ => data,
+        opcode::ATOMIC_CS | opcode::ATOMIC_FA => &orig,
+        _ => &[],
+    };
+    if !data.is_empty() || f.req.opcode == opcode::RDMA_READ {
+        let mut rest = data.len();
+        for g in sges {
+            let n = rest.min(g.len as usize);
+            let ok = n == 0
+                || s.mr(g.lkey, pd, g.addr, n as u64)
+                    .is_some_and(|e| e.access.contains(Access::LOCAL_WRITE));
+            if !ok {
+                fail(s, qpn, f.index, f.wqebbs, Syndrome::LocalProt);
+                return;
+            }
+            rest -= n;
+        }
+        let mut rest = data;
+        for g in sges {
+            let n = rest.len().min(g.len as usize);
+            // SAFETY: validated above, under the same lock.
+            unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), g.addr as *mut u8, n) };
+            rest = &rest[n..];
+        }
+    }
+    let qp = s.qp(qpn).expect("present");
+    qp.sq_ci = qp.sq_ci.wrapping_add(f.wqebbs);
+    if qp.inflight.is_empty() {
+        qp.sq_sent = qp.sq_ci;
+    }
+    qp.rnr = None;
+    if f.flags & flags::SIGNALED != 0 {
+        let cq = qp.send_cq;
+        s.push_cqe(cq, &ok_cqe(qpn, f.index, f.req.opcode, f.req.len));
+    }
+}
+
+/// Phase 3 of a WQE the responder did not take: dropped unanswered (resent
+/// after the ACK timeout, `retry_cnt` times) or RNR NAKed (resent after the
+/// responder's timer, `rnr_retry` times, 7 = forever). True: the QP waits
+/// to resend; false: the retries ran out and the WQE failed.
+fn retry_later(
+    s: &mut State,
+    qpn: u32,
+    f: &Inflight,
+    resp: Response,
+    next_timer: &mut Option<Instant>,
+) -> bool {
+    let qp = s.qp(qpn).expect("present");
+    let (retry_cnt, ack_timeout, rnr_retry) = (qp.retry_cnt, qp.ack_timeout, qp.rnr_retry);
+    let r = qp.rnr.get_or_insert(Rnr {
+        attempts: 0,
+        lost: 0,
+        next: Instant::now(),
+    });
+    let (exceeded, wait) = match resp {
+        Response::Rnr { timer } => {
+            r.attempts += 1;
+            (
+                (rnr_retry != 7 && r.attempts > u32::from(rnr_retry))
+                    .then_some(Syndrome::RnrRetryExceeded),
+                rnr_delay(timer),
+            )
+        }
+        _ => {
+            r.lost += 1;
+            (
+                (r.lost > u32::from(retry_cnt)).then_some(Syndrome::TransportRetryExceeded),
+                ack_timeout,
+            )
+        }
+    };
+    if let Some(syndrome) = exceeded {
+        fail(s, qpn, f.index, f.wqebbs, syndrome);
+        return false;
+    }
+    r.next = Instant::now() + wait;
+    let next = r.next;
+    min_timer(next_timer, next);
+    true
 }

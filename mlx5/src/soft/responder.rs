@@ -186,152 +186,190 @@ pub(crate) fn respond_locked(
     r
 }
 
+/// The target QP's side of a request, read once.
+struct Target {
+    qpn: u32,
+    pd: u32,
+    access: Access,
+    recv_cq: u32,
+    min_rnr_timer: u8,
+}
+
+impl Target {
+    /// Whether the request's remote range, `len` bytes, lies in a region of
+    /// the QP's PD that grants `need`, and the QP grants it too.
+    fn remote_ok(&self, s: &State, req: &Request, need: Access, len: u64) -> bool {
+        self.access.contains(need)
+            && s.mr(req.remote.rkey, self.pd, req.remote.addr, len)
+                .is_some_and(|e| e.access.contains(need))
+    }
+
+    /// The RNR NAK this QP answers with when it has no receive WQE.
+    fn rnr(&self) -> Response {
+        Response::Rnr {
+            timer: self.min_rnr_timer,
+        }
+    }
+
+    /// A successful receive completion of `recv`.
+    fn recv_cqe(&self, kind: Kind, recv: &RecvWqe, req: &Request, len: usize) -> Cqe {
+        Cqe {
+            kind,
+            qpn: self.qpn,
+            wqe_counter: recv.index,
+            byte_len: len as u32,
+            imm: if matches!(kind, Kind::RecvWriteImm | Kind::RecvSendImm) {
+                req.imm
+            } else {
+                0
+            },
+            srqn: recv.srqn,
+            syndrome: None,
+            vendor_syndrome: 0,
+            solicited: req.solicited,
+        }
+    }
+}
+
+/// Executes `req` at its target QP (checked by the caller), by opcode
+/// family.
 fn execute(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> Response {
     let qp = s.qp(req.dst_qpn).expect("checked by the caller");
-    let (pd, qp_access, recv_cq, timer) = (qp.pd, qp.access, qp.recv_cq, qp.min_rnr_timer);
-    let qpn = req.dst_qpn;
-    let remote_ok = |s: &State, need: Access, len: u64| {
-        qp_access.contains(need)
-            && s.mr(req.remote.rkey, pd, req.remote.addr, len)
-                .is_some_and(|e| e.access.contains(need))
+    let t = Target {
+        qpn: req.dst_qpn,
+        pd: qp.pd,
+        access: qp.access,
+        recv_cq: qp.recv_cq,
+        min_rnr_timer: qp.min_rnr_timer,
     };
     match req.opcode {
-        opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM => {
-            let len = payload.len() as u64;
-            if len > 0 && !remote_ok(s, Access::REMOTE_WRITE, len) {
-                return responder_fatal(s, qpn, Syndrome::RemoteAccess);
-            }
-            let recv = if req.opcode == opcode::RDMA_WRITE_IMM {
-                match take_recv(s, qpn) {
-                    Some(r) => Some(r),
-                    None => return Response::Rnr { timer },
-                }
-            } else {
-                None
-            };
-            if len > 0 {
-                // SAFETY: the range is inside a registered region (checked
-                // under the lock deregistration takes).
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        payload.as_ptr(),
-                        req.remote.addr as *mut u8,
-                        payload.len(),
-                    )
-                };
-            }
-            if let Some(r) = recv {
-                s.push_cqe(
-                    recv_cq,
-                    &Cqe {
-                        kind: Kind::RecvWriteImm,
-                        qpn,
-                        wqe_counter: r.index,
-                        byte_len: payload.len() as u32,
-                        imm: req.imm,
-                        srqn: r.srqn,
-                        syndrome: None,
-                        vendor_syndrome: 0,
-                        solicited: req.solicited,
-                    },
-                );
-            }
-            Response::Ack { orig: 0 }
-        }
-        opcode::SEND | opcode::SEND_IMM => {
-            let Some(recv) = take_recv(s, qpn) else {
-                return Response::Rnr { timer };
-            };
-            let capacity: u64 = recv.sges[..recv.n].iter().map(|g| u64::from(g.len)).sum();
-            if capacity < payload.len() as u64 {
-                responder_error(s, qpn, &recv, Syndrome::LocalLength);
-                return Response::Nak(Syndrome::RemoteInvalRequest);
-            }
-            let mut rest = payload;
-            for g in &recv.sges[..recv.n] {
-                if rest.is_empty() {
-                    break;
-                }
-                let n = rest.len().min(g.len as usize);
-                let ok = s
-                    .mr(g.lkey, pd, g.addr, n as u64)
-                    .is_some_and(|e| e.access.contains(Access::LOCAL_WRITE));
-                if !ok {
-                    responder_error(s, qpn, &recv, Syndrome::LocalProt);
-                    return Response::Nak(Syndrome::RemoteOp);
-                }
-                // SAFETY: inside a registered, locally writable region.
-                unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), g.addr as *mut u8, n) };
-                rest = &rest[n..];
-            }
-            let with_imm = req.opcode == opcode::SEND_IMM;
-            s.push_cqe(
-                recv_cq,
-                &Cqe {
-                    kind: if with_imm {
-                        Kind::RecvSendImm
-                    } else {
-                        Kind::RecvSend
-                    },
-                    qpn,
-                    wqe_counter: recv.index,
-                    byte_len: payload.len() as u32,
-                    imm: if with_imm { req.imm } else { 0 },
-                    srqn: recv.srqn,
-                    syndrome: None,
-                    vendor_syndrome: 0,
-                    solicited: req.solicited,
-                },
-            );
-            Response::Ack { orig: 0 }
-        }
-        opcode::RDMA_READ => {
-            let len = u64::from(req.len);
-            if len > 0 && !remote_ok(s, Access::REMOTE_READ, len) {
-                return responder_fatal(s, qpn, Syndrome::RemoteAccess);
-            }
-            let at = out.len();
-            out.resize(at + req.len as usize, 0);
-            if len > 0 {
-                // SAFETY: inside a registered, remotely readable region.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        req.remote.addr as *const u8,
-                        out.as_mut_ptr().add(at),
-                        req.len as usize,
-                    )
-                };
-            }
-            Response::Ack { orig: 0 }
-        }
-        opcode::ATOMIC_CS | opcode::ATOMIC_FA => {
-            // A misaligned atomic is an invalid request (IBA 9.4.5), not an
-            // access error: checked first, as rxe and ConnectX do.
-            if !req.remote.addr.is_multiple_of(8) {
-                return responder_fatal(s, qpn, Syndrome::RemoteInvalRequest);
-            }
-            if !remote_ok(s, Access::REMOTE_ATOMIC, 8) {
-                return responder_fatal(s, qpn, Syndrome::RemoteAccess);
-            }
-            // SAFETY: 8 aligned bytes inside a registered region; every
-            // device access to them is atomic.
-            let a = unsafe { AtomicU64::from_ptr(req.remote.addr as *mut u64) };
-            // SeqCst: atomics from several devices and local CPU atomics on
-            // the same word agree on one order.
-            let orig = if req.opcode == opcode::ATOMIC_CS {
-                match a.compare_exchange(
-                    req.compare,
-                    req.swap_add,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                ) {
-                    Ok(v) | Err(v) => v,
-                }
-            } else {
-                a.fetch_add(req.swap_add, Ordering::SeqCst)
-            };
-            Response::Ack { orig }
-        }
-        _ => responder_fatal(s, qpn, Syndrome::RemoteInvalRequest),
+        opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM => write(s, &t, req, payload),
+        opcode::SEND | opcode::SEND_IMM => send(s, &t, req, payload),
+        opcode::RDMA_READ => read(s, &t, req, out),
+        opcode::ATOMIC_CS | opcode::ATOMIC_FA => atomic(s, &t, req),
+        _ => responder_fatal(s, t.qpn, Syndrome::RemoteInvalRequest),
     }
+}
+
+/// WRITE and WRITE_IMM: the payload into the remote range; WRITE_IMM also
+/// consumes a receive WQE and completes it with the immediate.
+fn write(s: &mut State, t: &Target, req: &Request, payload: &[u8]) -> Response {
+    let len = payload.len() as u64;
+    if len > 0 && !t.remote_ok(s, req, Access::REMOTE_WRITE, len) {
+        return responder_fatal(s, t.qpn, Syndrome::RemoteAccess);
+    }
+    let recv = if req.opcode == opcode::RDMA_WRITE_IMM {
+        match take_recv(s, t.qpn) {
+            Some(r) => Some(r),
+            None => return t.rnr(),
+        }
+    } else {
+        None
+    };
+    if len > 0 {
+        // SAFETY: the range is inside a registered region (checked under
+        // the lock deregistration takes).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                req.remote.addr as *mut u8,
+                payload.len(),
+            )
+        };
+    }
+    if let Some(r) = recv {
+        let c = t.recv_cqe(Kind::RecvWriteImm, &r, req, payload.len());
+        s.push_cqe(t.recv_cq, &c);
+    }
+    Response::Ack { orig: 0 }
+}
+
+/// SEND and SEND_IMM: the payload scattered over the next receive WQE,
+/// which must hold it and name locally writable memory.
+fn send(s: &mut State, t: &Target, req: &Request, payload: &[u8]) -> Response {
+    let Some(recv) = take_recv(s, t.qpn) else {
+        return t.rnr();
+    };
+    let capacity: u64 = recv.sges[..recv.n].iter().map(|g| u64::from(g.len)).sum();
+    if capacity < payload.len() as u64 {
+        responder_error(s, t.qpn, &recv, Syndrome::LocalLength);
+        return Response::Nak(Syndrome::RemoteInvalRequest);
+    }
+    let mut rest = payload;
+    for g in &recv.sges[..recv.n] {
+        if rest.is_empty() {
+            break;
+        }
+        let n = rest.len().min(g.len as usize);
+        let ok = s
+            .mr(g.lkey, t.pd, g.addr, n as u64)
+            .is_some_and(|e| e.access.contains(Access::LOCAL_WRITE));
+        if !ok {
+            responder_error(s, t.qpn, &recv, Syndrome::LocalProt);
+            return Response::Nak(Syndrome::RemoteOp);
+        }
+        // SAFETY: inside a registered, locally writable region.
+        unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), g.addr as *mut u8, n) };
+        rest = &rest[n..];
+    }
+    let kind = if req.opcode == opcode::SEND_IMM {
+        Kind::RecvSendImm
+    } else {
+        Kind::RecvSend
+    };
+    let c = t.recv_cqe(kind, &recv, req, payload.len());
+    s.push_cqe(t.recv_cq, &c);
+    Response::Ack { orig: 0 }
+}
+
+/// READ: the remote range appended to `out`.
+fn read(s: &mut State, t: &Target, req: &Request, out: &mut Vec<u8>) -> Response {
+    let len = u64::from(req.len);
+    if len > 0 && !t.remote_ok(s, req, Access::REMOTE_READ, len) {
+        return responder_fatal(s, t.qpn, Syndrome::RemoteAccess);
+    }
+    let at = out.len();
+    out.resize(at + req.len as usize, 0);
+    if len > 0 {
+        // SAFETY: inside a registered, remotely readable region.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                req.remote.addr as *const u8,
+                out.as_mut_ptr().add(at),
+                req.len as usize,
+            )
+        };
+    }
+    Response::Ack { orig: 0 }
+}
+
+/// Compare-and-swap and fetch-and-add on 8 aligned bytes, in host byte
+/// order; the answer carries the original value.
+fn atomic(s: &mut State, t: &Target, req: &Request) -> Response {
+    // A misaligned atomic is an invalid request (IBA 9.4.5), not an access
+    // error: checked first, as rxe and ConnectX do.
+    if !req.remote.addr.is_multiple_of(8) {
+        return responder_fatal(s, t.qpn, Syndrome::RemoteInvalRequest);
+    }
+    if !t.remote_ok(s, req, Access::REMOTE_ATOMIC, 8) {
+        return responder_fatal(s, t.qpn, Syndrome::RemoteAccess);
+    }
+    // SAFETY: 8 aligned bytes inside a registered region; every device
+    // access to them is atomic.
+    let a = unsafe { AtomicU64::from_ptr(req.remote.addr as *mut u64) };
+    // SeqCst: atomics from several devices and local CPU atomics on the
+    // same word agree on one order.
+    let orig = if req.opcode == opcode::ATOMIC_CS {
+        match a.compare_exchange(
+            req.compare,
+            req.swap_add,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(v) | Err(v) => v,
+        }
+    } else {
+        a.fetch_add(req.swap_add, Ordering::SeqCst)
+    };
+    Response::Ack { orig }
 }

@@ -176,7 +176,7 @@ impl SoftQp {
 
     /// The first 8 bytes of the WQEBB at free-running position `pos`.
     pub(crate) fn ctrl_words(&self, pos: u32) -> (u32, u32) {
-        let off = (pos % self.sq_cnt) as usize * wqe::WQEBB;
+        let off = (pos & (self.sq_cnt - 1)) as usize * wqe::WQEBB;
         let mut b = [0u8; 8];
         // SAFETY: off is inside the SQ buffer; 8 bytes of a WQEBB.
         unsafe { std::ptr::copy_nonoverlapping(self.sq_buf.add(off), b.as_mut_ptr(), 8) };
