@@ -26,6 +26,11 @@
 //!   time for the control path only; building needs no rdma-core. It is
 //!   UNVERIFIED ON HARDWARE (see the crate README).
 //!
+//! The modules form layers, each importing only those below it: the PRM
+//! vocabulary ([`prm`]), the codecs ([`wqe`], [`cqe`]), the queue memory
+//! and descriptors both sides share, the two backends side by side, the
+//! one `Backend` door, and the resources (the README's module table).
+//!
 //! # Example
 //!
 //! ```
