@@ -104,11 +104,11 @@ cat "$REPORT"
 
 # copyrpc: instructions per RPC (caller and responder together: copyrpc and
 # the mlx5 post/poll it does, not the software device), from
-# copyrpc/examples/instr.rs at two RPC counts, per RPC = the difference
+# copyrpc/examples/rpc_instr.rs at two RPC counts, per RPC = the difference
 # divided by the difference of the counts.
-echo "== cargo build --release -p copyrpc --example instr" >&2
-cargo build --release -p copyrpc --example instr
-CBIN="${CARGO_TARGET_DIR:-target}/release/examples/instr"
+echo "== cargo build --release -p copyrpc --example rpc_instr" >&2
+cargo build --release -p copyrpc --example rpc_instr
+CBIN="${CARGO_TARGET_DIR:-target}/release/examples/rpc_instr"
 [ -x "$CBIN" ] || { echo "callgrind.sh: $CBIN was not built" >&2; exit 1; }
 BIN="$CBIN"
 CROWS=()

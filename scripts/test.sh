@@ -21,11 +21,11 @@ MLX5_DEVICE=soft cargo run -q -p mlx5 --example verbs_tour >/dev/null
 MLX5_DEVICE=soft cargo run -q -p mlx5 --example pingpong -- 2000
 
 echo "== copyrpc example: two processes"
-cargo build -q -p copyrpc --example pingpong
+cargo build -q -p copyrpc --example rpc_pingpong
 PP_DIR="$(mktemp -d)"
-MLX5_DEVICE=soft:manual timeout 60 target/debug/examples/pingpong serve --dir "$PP_DIR" &
+MLX5_DEVICE=soft:manual timeout 60 target/debug/examples/rpc_pingpong serve --dir "$PP_DIR" &
 PP_SERVER=$!
-MLX5_DEVICE=soft:manual timeout 60 target/debug/examples/pingpong call 2000 --dir "$PP_DIR"
+MLX5_DEVICE=soft:manual timeout 60 target/debug/examples/rpc_pingpong call 2000 --dir "$PP_DIR"
 wait "$PP_SERVER"
 rm -rf "$PP_DIR"
 

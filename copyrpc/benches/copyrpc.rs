@@ -26,9 +26,8 @@ use std::time::{Duration, Instant};
 use benchutil::summary::{self, Item, Kind as FigKind, Knobs};
 use benchutil::{Helper, as_helper};
 use copyrpc::{Config, Context, Endpoint, EndpointInfo, Limits};
-use mlx5::{
-    Access, ConnInfo, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote, WriteImm,
-};
+use mlx5::wqe::WriteImm;
+use mlx5::{Access, ConnInfo, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote};
 
 const PAYLOAD: usize = 32;
 const STOP: u32 = u32::MAX;

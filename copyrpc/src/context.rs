@@ -19,7 +19,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlx5::{Access, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote, Srq, WriteImm};
+use mlx5::wqe::WriteImm;
+use mlx5::{Access, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote, Srq};
 
 use crate::error::{CallError, CallErrorKind, EndpointError, Error, ReplyError, RpcError};
 use crate::info::EndpointInfo;

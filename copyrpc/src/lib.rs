@@ -32,7 +32,7 @@
 //!
 //! Two contexts on two software devices of one process (across processes
 //! or hosts, exchange [`EndpointInfo::encode`]'s 80 bytes by any means; see
-//! `examples/pingpong.rs`):
+//! `examples/rpc_pingpong.rs`):
 //!
 //! ```
 //! use copyrpc::{Config, Context};

@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 
 use benchutil::summary::{self, Item, Kind as FigKind, Knobs};
 use mlx5::peer::PeerProcess;
+use mlx5::wqe::{Read, Write, WriteImm};
 use mlx5::{
-    Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Read, Remote,
-    Selection, Write, WriteImm,
+    Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote,
+    Selection,
 };
 
 const MIB: usize = 1 << 20;

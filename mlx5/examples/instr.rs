@@ -25,9 +25,10 @@
 use std::hint::black_box;
 use std::process::ExitCode;
 
+use mlx5::wqe::{Write, WriteImm};
 use mlx5::{
     Access, Completion, ConnectOpts, Context, Cq, Error, Kind, Mr, Pd, Progress, Qp, QpCaps,
-    Remote, Sge, Write, WriteImm,
+    Remote, Sge,
 };
 
 /// The most WQEs one batch holds: a QP's `max_send_wr` limit.
@@ -215,7 +216,8 @@ fn run(n: usize, op: Op) -> Result<(), String> {
     a.qp.connect(&ib, &opts).map_err(e("connect A"))?;
     b.qp.connect(&ia, &opts).map_err(e("connect B"))?;
 
-    a.mr.write(0, &PAYLOAD);
+    // SAFETY: no WQE that reads or writes these bytes is in flight.
+    unsafe { a.mr.write(0, &PAYLOAD) };
     let sges = [a.mr.sge(0, PAYLOAD.len() as u32)];
     let remote = black_box(b.mr.remote(0));
     let data = black_box(&PAYLOAD);
@@ -254,7 +256,9 @@ fn run(n: usize, op: Op) -> Result<(), String> {
     }
 
     let mut landed = [0u8; 8];
-    b.mr.read(0, &mut landed);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { b.mr.read(0, &mut landed) };
     if landed != PAYLOAD {
         return Err(format!("target memory holds {landed:?}, not the payload"));
     }

@@ -12,7 +12,8 @@
 
 use std::time::{Duration, Instant};
 
-use mlx5::{Access, ConnectOpts, Context, Cq, Error, Kind, Pd, Qp, QpCaps, WriteImm};
+use mlx5::wqe::WriteImm;
+use mlx5::{Access, ConnectOpts, Context, Cq, Error, Kind, Pd, Qp, QpCaps};
 
 struct Side {
     cq: Cq,
@@ -84,14 +85,14 @@ fn main() -> Result<(), Error> {
         a.qp.post_recv(&[])?;
         // Retire the unsignaled WQEs every quarter queue.
         if i % 32 == 31 {
-            a.qp.post_and_ring(&mlx5::Nop::new().signaled())?;
+            a.qp.post_and_ring(&mlx5::wqe::Nop::new().signaled())?;
             wait(
                 &mut a,
                 Kind::Send {
                     opcode: mlx5::wqe::opcode::NOP,
                 },
             )?;
-            b.qp.post_and_ring(&mlx5::Nop::new().signaled())?;
+            b.qp.post_and_ring(&mlx5::wqe::Nop::new().signaled())?;
             wait(
                 &mut b,
                 Kind::Send {
@@ -102,7 +103,9 @@ fn main() -> Result<(), Error> {
         rtts.push(t.elapsed());
     }
     let mut check = [0u8; 4];
-    b.mr.read(0, &mut check);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { b.mr.read(0, &mut check) };
     assert_eq!(u32::from_le_bytes(check), iters - 1);
     rtts.sort();
     println!(

@@ -8,10 +8,8 @@
 
 use std::time::Duration;
 
-use mlx5::{
-    Access, AtomicCas, AtomicFa, Completion, ConnectOpts, Context, Cq, Error, Pd, Qp, Read, Send,
-    Write, WriteImm,
-};
+use mlx5::wqe::{AtomicCas, AtomicFa, Read, Send, Write, WriteImm};
+use mlx5::{Access, Completion, ConnectOpts, Context, Cq, Error, Pd, Qp};
 
 fn one(cq: &mut Cq) -> Result<Completion, Error> {
     let mut got = Vec::new();
@@ -46,7 +44,8 @@ fn main() -> Result<(), Error> {
     );
 
     println!("WRITE 5 bytes");
-    ma.write(0, b"hello");
+    // SAFETY: no WQE that reads or writes these bytes is in flight.
+    unsafe { ma.write(0, b"hello") };
     a.post_and_ring(&Write::new(mb.remote(0), &[ma.sge(0, 5)]).signaled())?;
     one(&mut cq_a)?;
 
@@ -66,7 +65,9 @@ fn main() -> Result<(), Error> {
     a.post_and_ring(&Read::new(mb.remote(0), &[ma.sge(100, 5)]).signaled())?;
     one(&mut cq_a)?;
     let mut back = [0u8; 5];
-    ma.read(100, &mut back);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { ma.read(100, &mut back) };
     println!("  read: {:?}", String::from_utf8_lossy(&back));
 
     println!("fetch-and-add 5, then compare-and-swap 5 -> 9");

@@ -13,32 +13,19 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::cqe::{self, CQE_SIZE, Cqe, Kind};
-use crate::device::{Backend, Context};
+use crate::backend::CqHandle;
+use crate::cqe::{self, CQE_SIZE, Cqe};
+use crate::device::Context;
 use crate::error::Error;
-use crate::mem::DmaBuf;
-use crate::qp::QpTrack;
-use crate::srq::SrqShared;
-use crate::{QpState, hw};
-
-/// Where a CQ's memory lives.
-pub(crate) struct CqMem {
-    pub(crate) buf: *mut u8,
-    pub(crate) cqe_cnt: u32,
-    pub(crate) dbrec: *mut u32,
-}
-
-pub(crate) enum CqHandle {
-    Soft { _buf: DmaBuf, _dbrec: DmaBuf },
-    Hw(hw::Cq),
-}
+use crate::prm::QpState;
+use crate::queue::{CqMem, QpTrack, SrqTrack};
 
 /// What a poll needs to know about a QP that completes on this CQ.
 #[derive(Clone)]
 pub(crate) struct Route {
     pub(crate) qpn: u32,
     pub(crate) track: Arc<QpTrack>,
-    pub(crate) srq: Option<Arc<SrqShared>>,
+    pub(crate) srq: Option<Arc<SrqTrack>>,
 }
 
 pub(crate) struct CqShared {
@@ -49,7 +36,7 @@ pub(crate) struct CqShared {
     routes: Mutex<Vec<Route>>,
     routes_version: AtomicU32,
     // Last: destroyed after the device forgot the CQ (Drop below).
-    handle: CqHandle,
+    pub(crate) handle: CqHandle,
 }
 
 // SAFETY: the raw pointers point into `handle`'s memory, which lives as long
@@ -76,22 +63,9 @@ impl CqShared {
     }
 }
 
-impl CqShared {
-    pub(crate) fn hw_cq(&self) -> Option<*mut hw::ffi::ibv_cq> {
-        match &self.handle {
-            CqHandle::Hw(c) => Some(c.0),
-            CqHandle::Soft { .. } => None,
-        }
-    }
-}
-
 impl Drop for CqShared {
     fn drop(&mut self) {
-        match (&self.ctx.inner.backend, &self.handle) {
-            (Backend::Soft(d), CqHandle::Soft { .. }) => d.destroy_cq(self.cqn),
-            (Backend::Hw(d), CqHandle::Hw(cq)) => d.destroy_cq(cq),
-            _ => {}
-        }
+        self.ctx.inner.backend.destroy_cq(self.cqn, &self.handle);
     }
 }
 
@@ -115,8 +89,36 @@ pub struct Cq {
     log_n: u32,
     routes: Vec<Route>,
     routes_version: u32,
-    last: usize,
+    /// The route of the QP whose CQE was polled last.
+    hot: Hot,
 }
+
+/// A route as raw pointers into [`Cq::routes`], whose `Arc`s keep them
+/// alive: reset to [`Hot::NONE`] whenever `routes` is replaced. Consecutive
+/// CQEs mostly name the same QP, so most polls find their route here with
+/// one comparison.
+#[derive(Clone, Copy)]
+struct Hot {
+    qpn: u32,
+    track: *const QpTrack,
+    /// Null: the QP has a private receive queue.
+    srq: *const SrqTrack,
+}
+
+impl Hot {
+    /// Matches no CQE (QPNs are 24-bit).
+    const NONE: Hot = Hot {
+        qpn: u32::MAX,
+        track: std::ptr::null(),
+        srq: std::ptr::null(),
+    };
+}
+
+// SAFETY: `hot` points into the `Arc`s `routes` holds (QpTrack and
+// SrqTrack are Send + Sync); everything else is Send.
+unsafe impl Send for Cq {}
+// SAFETY: as above; `&Cq` reads only immutable fields.
+unsafe impl Sync for Cq {}
 
 impl std::fmt::Debug for Cq {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,32 +139,7 @@ impl Cq {
             )));
         }
         let overrun = Arc::new(AtomicBool::new(false));
-        let (cqn, mem, handle) = match &ctx.inner.backend {
-            Backend::Soft(d) => {
-                let n = entries.next_power_of_two();
-                let buf = DmaBuf::zeroed(n as usize * CQE_SIZE);
-                let dbrec = DmaBuf::zeroed(64);
-                init_invalid(buf.as_ptr(), n);
-                let mem = CqMem {
-                    buf: buf.as_ptr(),
-                    cqe_cnt: n,
-                    dbrec: dbrec.as_ptr().cast(),
-                };
-                let cqn = d.create_cq(&mem, overrun.clone());
-                (
-                    cqn,
-                    mem,
-                    CqHandle::Soft {
-                        _buf: buf,
-                        _dbrec: dbrec,
-                    },
-                )
-            }
-            Backend::Hw(d) => {
-                let (cq, mem, cqn) = d.create_cq(entries)?;
-                (cqn, mem, CqHandle::Hw(cq))
-            }
-        };
+        let (handle, mem, cqn) = ctx.inner.backend.create_cq(entries, &overrun)?;
         let log_n = mem.cqe_cnt.trailing_zeros();
         Ok(Cq {
             shared: Arc::new(CqShared {
@@ -178,7 +155,7 @@ impl Cq {
             log_n,
             routes: Vec::new(),
             routes_version: 0,
-            last: 0,
+            hot: Hot::NONE,
         })
     }
 
@@ -204,23 +181,30 @@ impl Cq {
             let r = self.shared.routes.lock().unwrap_or_else(|e| e.into_inner());
             self.routes.clone_from(&r);
             self.routes_version = v;
-            self.last = 0;
+            self.hot = Hot::NONE;
         }
     }
 
-    #[inline]
-    fn route(&mut self, qpn: u32) -> Option<&Route> {
-        if self.routes.get(self.last).is_some_and(|r| r.qpn == qpn) {
-            return self.routes.get(self.last);
-        }
-        let i = self.routes.binary_search_by_key(&qpn, |r| r.qpn).ok()?;
-        self.last = i;
-        self.routes.get(i)
+    /// Makes `hot` the route of QP `qpn`; false if `qpn` is not a QP of
+    /// this CQ (any more).
+    #[cold]
+    fn find_route(&mut self, qpn: u32) -> bool {
+        let Ok(i) = self.routes.binary_search_by_key(&qpn, |r| r.qpn) else {
+            return false;
+        };
+        let r = &self.routes[i];
+        self.hot = Hot {
+            qpn,
+            track: Arc::as_ptr(&r.track),
+            srq: r.srq.as_ref().map_or(std::ptr::null(), Arc::as_ptr),
+        };
+        true
     }
 
     /// Polls up to `max` completions, calling `f` for each in order, and
-    /// returns how many there were. No allocation; one binary search (or a
-    /// cached hit) per CQE to retire send-queue and receive-queue space.
+    /// returns how many there were. No allocation; one comparison (or, when
+    /// the QP changes, a binary search) per CQE to retire send-queue and
+    /// receive-queue space.
     pub fn poll(&mut self, max: usize, mut f: impl FnMut(&Completion)) -> Result<usize, Error> {
         // Relaxed: a sticky flag; the CQEs it concerns are lost either way.
         if self.shared.overrun.load(Ordering::Relaxed) {
@@ -228,62 +212,84 @@ impl Cq {
         }
         self.refresh_routes();
         let mask = self.shared.mem.cqe_cnt - 1;
+        let buf = self.shared.mem.buf;
         // SAFETY: dbrec points at the CQ's doorbell record (4-aligned u32).
         let db = unsafe { AtomicU32::from_ptr(self.shared.mem.dbrec) };
+        let log_n = self.log_n;
+        let mut ci = self.ci;
         let mut n = 0;
         while n < max {
-            let slot = (self.ci & mask) as usize * CQE_SIZE;
+            let slot = (ci & mask) as usize * CQE_SIZE;
             // SAFETY: slot is inside the CQ buffer (masked index).
-            let p = unsafe { self.shared.mem.buf.add(slot) };
+            let p = unsafe { buf.add(slot) };
             // SAFETY: op_own is a byte of the buffer; the device stores it
             // atomically (software device) or by DMA (hardware).
             let op_own_ref = unsafe { AtomicU8::from_ptr(p.add(cqe::offset::OP_OWN)) };
             // Acquire: the CQE body was written before op_own.
             let op_own = op_own_ref.load(Ordering::Acquire);
-            if !cqe::is_sw_owned(op_own, self.ci, self.log_n) {
+            if !cqe::is_sw_owned(op_own, ci, log_n) {
                 break;
             }
-            let mut raw = [0u8; CQE_SIZE];
             // SAFETY: the CQE is software-owned (checked above, Acquire), so
-            // the device does not write it until the doorbell record moves.
-            unsafe { std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), CQE_SIZE) };
-            raw[cqe::offset::OP_OWN] = op_own;
-            let c = cqe::parse(&raw);
-            self.ci = self.ci.wrapping_add(1);
+            // the device does not write it until the doorbell record moves
+            // past it (below, after these reads).
+            let c = unsafe { cqe::read(p, op_own) };
+            ci = ci.wrapping_add(1);
+            self.ci = ci;
             // Release: the device may reuse the slot only after our reads.
             // Published before the send-queue space below is returned (and
             // before `f` can post): otherwise the WQEs that space admits
             // could complete into a CQ whose freed slots the device cannot
             // see yet, and overrun it.
-            db.store((self.ci & 0x00ff_ffff).to_be(), Ordering::Release);
-            self.retire(&c);
+            db.store((ci & 0x00ff_ffff).to_be(), Ordering::Release);
+            self.retire(op_own >> 4, c.qpn, c.wqe_counter);
             n += 1;
             f(&c);
         }
         Ok(n)
     }
 
-    #[inline]
-    fn retire(&mut self, c: &Cqe) {
-        let Some(route) = self.route(c.qpn) else {
+    /// Returns the queue space a completion frees: the send WQEs up to the
+    /// completed one, or one receive WQE (of the RQ or the SRQ); an error
+    /// completion also tells the QP's poster that the QP is in ERROR.
+    /// `opcode` is the CQE's (`op_own >> 4`): a requester completion
+    /// (`REQ`, `REQ_ERR`) or anything else, which consumed a receive WQE
+    /// (an unknown opcode decodes as a receive error).
+    #[inline(always)]
+    fn retire(&mut self, opcode: u8, qpn: u32, wqe_counter: u16) {
+        if self.hot.qpn != qpn && !self.find_route(qpn) {
             return;
-        };
-        match c.kind {
-            Kind::Send { .. } | Kind::SendError { .. } => {
-                route.track.send_completed(c.wqe_counter);
-                if matches!(c.kind, Kind::SendError { .. }) {
-                    route.track.set_state(QpState::Error);
-                }
-            }
-            Kind::RecvWriteImm | Kind::RecvSend | Kind::RecvSendImm | Kind::RecvError => {
-                match &route.srq {
-                    Some(srq) => srq.consumed(),
-                    None => route.track.recv_consumed(),
-                }
-                if c.kind == Kind::RecvError {
-                    route.track.set_state(QpState::Error);
-                }
-            }
+        }
+        let r = self.hot;
+        // SAFETY: `r` points into `self.routes`' Arcs (see `Hot`).
+        let track = unsafe { &*r.track };
+        if opcode == cqe::op::REQ {
+            track.send_completed(wqe_counter);
+        } else if opcode <= cqe::op::RESP_SEND_IMM {
+            self.recv_consumed(r, track);
+        } else {
+            self.retire_error(opcode, r, track, wqe_counter);
+        }
+    }
+
+    /// [`Cq::retire`] of an error completion.
+    #[cold]
+    fn retire_error(&self, opcode: u8, r: Hot, track: &QpTrack, wqe_counter: u16) {
+        if opcode == cqe::op::REQ_ERR {
+            track.send_completed(wqe_counter);
+        } else {
+            self.recv_consumed(r, track);
+        }
+        track.set_state(QpState::Error);
+    }
+
+    #[inline(always)]
+    fn recv_consumed(&self, r: Hot, track: &QpTrack) {
+        if r.srq.is_null() {
+            track.recv_consumed();
+        } else {
+            // SAFETY: as `track`, in `retire`.
+            unsafe { &*r.srq }.consumed();
         }
     }
 
@@ -298,11 +304,7 @@ impl Cq {
         let start = std::time::Instant::now();
         let mut seen = 0;
         while seen < want {
-            let manual = match &self.shared.ctx.inner.backend {
-                Backend::Soft(d) => d.is_manual(),
-                Backend::Hw(_) => false,
-            };
-            if manual {
+            if self.shared.ctx.progress_mode() == Some(crate::Progress::Manual) {
                 self.shared.ctx.progress()?;
             }
             seen += self.poll(want - seen, &mut f)?;
@@ -314,14 +316,5 @@ impl Cq {
             }
         }
         Ok(seen)
-    }
-}
-
-/// Marks every CQE invalid with owner 1, as verbs initialises a CQ, so the
-/// first lap (which expects owner 0) sees nothing.
-fn init_invalid(buf: *mut u8, n: u32) {
-    for i in 0..n as usize {
-        // SAFETY: i < n, inside the freshly allocated buffer.
-        unsafe { *buf.add(i * CQE_SIZE + cqe::offset::OP_OWN) = (cqe::op::INVALID << 4) | 1 };
     }
 }

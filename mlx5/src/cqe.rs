@@ -17,104 +17,9 @@
 //! queue of `n = 2^k` entries belongs to software when its opcode is not
 //! `INVALID` and its owner bit equals bit `k` of `ci` (the lap parity).
 
-use crate::wqe::opcode;
+use crate::prm::opcode;
 
-/// Bytes in a CQE.
-pub const CQE_SIZE: usize = 64;
-
-/// CQE opcodes (high nibble of `op_own`).
-pub mod op {
-    /// Requester completion.
-    pub const REQ: u8 = 0x0;
-    /// Responder: RDMA WRITE with immediate.
-    pub const RESP_WR_IMM: u8 = 0x1;
-    /// Responder: SEND.
-    pub const RESP_SEND: u8 = 0x2;
-    /// Responder: SEND with immediate.
-    pub const RESP_SEND_IMM: u8 = 0x3;
-    /// Requester error.
-    pub const REQ_ERR: u8 = 0xd;
-    /// Responder error.
-    pub const RESP_ERR: u8 = 0xe;
-    /// Not yet written (how a CQ buffer is initialised).
-    pub const INVALID: u8 = 0xf;
-}
-
-/// Error syndromes (`MLX5_CQE_SYNDROME_*`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Syndrome {
-    /// Local length error (a receive too small for the incoming message).
-    LocalLength,
-    /// Local QP operation error (malformed WQE: bad opcode, ds, inline size).
-    LocalQpOp,
-    /// Local protection error (bad lkey, bounds or local access rights).
-    LocalProt,
-    /// Flushed: the QP was in the error state.
-    WrFlush,
-    /// Memory window bind error.
-    MwBind,
-    /// Bad response.
-    BadResp,
-    /// Local access error.
-    LocalAccess,
-    /// Remote invalid request (opcode not allowed by the target QP).
-    RemoteInvalRequest,
-    /// Remote access error (bad rkey, bounds, alignment or access flags).
-    RemoteAccess,
-    /// Remote operation error.
-    RemoteOp,
-    /// Transport retry counter exceeded (peer unreachable or gone).
-    TransportRetryExceeded,
-    /// Receiver-not-ready retry counter exceeded.
-    RnrRetryExceeded,
-    /// Remote aborted.
-    RemoteAborted,
-    /// A syndrome this crate does not name.
-    Other(u8),
-}
-
-impl Syndrome {
-    /// The syndrome byte.
-    pub fn code(self) -> u8 {
-        match self {
-            Syndrome::LocalLength => 0x01,
-            Syndrome::LocalQpOp => 0x02,
-            Syndrome::LocalProt => 0x04,
-            Syndrome::WrFlush => 0x05,
-            Syndrome::MwBind => 0x06,
-            Syndrome::BadResp => 0x10,
-            Syndrome::LocalAccess => 0x11,
-            Syndrome::RemoteInvalRequest => 0x12,
-            Syndrome::RemoteAccess => 0x13,
-            Syndrome::RemoteOp => 0x14,
-            Syndrome::TransportRetryExceeded => 0x15,
-            Syndrome::RnrRetryExceeded => 0x16,
-            Syndrome::RemoteAborted => 0x22,
-            Syndrome::Other(c) => c,
-        }
-    }
-
-    /// The syndrome of a syndrome byte.
-    pub fn from_code(code: u8) -> Self {
-        match code {
-            0x01 => Syndrome::LocalLength,
-            0x02 => Syndrome::LocalQpOp,
-            0x04 => Syndrome::LocalProt,
-            0x05 => Syndrome::WrFlush,
-            0x06 => Syndrome::MwBind,
-            0x10 => Syndrome::BadResp,
-            0x11 => Syndrome::LocalAccess,
-            0x12 => Syndrome::RemoteInvalRequest,
-            0x13 => Syndrome::RemoteAccess,
-            0x14 => Syndrome::RemoteOp,
-            0x15 => Syndrome::TransportRetryExceeded,
-            0x16 => Syndrome::RnrRetryExceeded,
-            0x22 => Syndrome::RemoteAborted,
-            c => Syndrome::Other(c),
-        }
-    }
-}
+pub use crate::prm::{CQE_SIZE, Syndrome, cqe_op as op};
 
 /// What a completion reports, decoded from a CQE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,69 +98,129 @@ pub mod offset {
     pub const OP_OWN: usize = 63;
 }
 
-fn be32(b: &[u8; CQE_SIZE], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 /// Whether the CQE with `op_own` at consumer counter `ci` of a queue of
 /// `2^log_n` entries belongs to software.
 #[inline]
 pub fn is_sw_owned(op_own: u8, ci: u32, log_n: u32) -> bool {
-    op_own >> 4 != op::INVALID && u32::from(op_own & 1) == (ci >> log_n) & 1
+    op_own >> 4 != op::INVALID && (u32::from(op_own) ^ (ci >> log_n)) & 1 == 0
 }
 
 /// Decodes a software-owned CQE. Unknown opcodes decode as a receive error
 /// with syndrome `Other(opcode)`, never as success.
 pub fn parse(b: &[u8; CQE_SIZE]) -> Cqe {
-    let op_own = b[offset::OP_OWN];
-    let qpn_word = be32(b, offset::QPN);
-    let mut c = Cqe {
-        kind: Kind::RecvError,
-        qpn: qpn_word & 0x00ff_ffff,
-        wqe_counter: u16::from_be_bytes([b[offset::WQE_COUNTER], b[offset::WQE_COUNTER + 1]]),
-        byte_len: be32(b, offset::BYTE_CNT),
-        imm: 0,
-        srqn: be32(b, offset::SRQN) & 0x00ff_ffff,
-        syndrome: None,
-        vendor_syndrome: 0,
-        solicited: false,
-    };
-    let se = op_own & SE != 0;
-    match op_own >> 4 {
-        op::REQ => {
-            c.kind = Kind::Send {
-                opcode: (qpn_word >> 24) as u8,
-            }
-        }
-        op::RESP_WR_IMM => {
-            c.kind = Kind::RecvWriteImm;
-            c.imm = be32(b, offset::IMM);
-            c.solicited = se;
-        }
-        op::RESP_SEND => {
-            c.kind = Kind::RecvSend;
-            c.solicited = se;
-        }
-        op::RESP_SEND_IMM => {
-            c.kind = Kind::RecvSendImm;
-            c.imm = be32(b, offset::IMM);
-            c.solicited = se;
-        }
-        o @ (op::REQ_ERR | op::RESP_ERR) => {
-            c.kind = if o == op::REQ_ERR {
-                Kind::SendError {
-                    opcode: (qpn_word >> 24) as u8,
-                }
-            } else {
-                Kind::RecvError
-            };
-            c.byte_len = 0;
-            c.syndrome = Some(Syndrome::from_code(b[offset::SYNDROME]));
-            c.vendor_syndrome = b[offset::VENDOR_SYNDROME];
-        }
-        other => c.syndrome = Some(Syndrome::Other(other)),
+    // SAFETY: `b` is a whole CQE.
+    unsafe { read(b.as_ptr(), b[offset::OP_OWN]) }
+}
+
+/// [`parse`] of the CQE at `p` whose `op_own` byte the caller already read
+/// (with the ordering it needs): each field is loaded where it lies, only
+/// the ones its opcode uses.
+///
+/// # Safety
+///
+/// `p` is valid for reads of [`CQE_SIZE`] bytes that nothing writes
+/// meanwhile.
+#[inline(always)]
+pub(crate) unsafe fn read(p: *const u8, op_own: u8) -> Cqe {
+    let opcode = op_own >> 4;
+    if opcode > op::RESP_SEND_IMM {
+        // SAFETY: the caller's contract.
+        return unsafe { read_error(p, op_own) };
     }
-    c
+    // A success (successes first, in a few instructions; errors out of
+    // line): the requester's, or a receive, which has the solicited bit,
+    // and an immediate for WRITE_IMM and SEND_IMM.
+    // SAFETY: the caller's contract.
+    let c = unsafe { read_common(p) };
+    let kind = match opcode {
+        op::REQ => c.kind,
+        op::RESP_WR_IMM => Kind::RecvWriteImm,
+        op::RESP_SEND => Kind::RecvSend,
+        _ => Kind::RecvSendImm,
+    };
+    let imm = if opcode & 1 == 1 {
+        // SAFETY: as above.
+        unsafe { be32_at(p, offset::IMM) }
+    } else {
+        0
+    };
+    Cqe {
+        kind,
+        imm,
+        solicited: opcode != op::REQ && op_own & SE != 0,
+        ..c
+    }
+}
+
+/// The big-endian word at byte `at` of the CQE at `p`.
+///
+/// # Safety
+///
+/// `p` is valid for reads of `at + 4` bytes.
+#[inline(always)]
+unsafe fn be32_at(p: *const u8, at: usize) -> u32 {
+    // SAFETY: the caller's contract.
+    u32::from_be(unsafe { p.add(at).cast::<u32>().read_unaligned() })
+}
+
+/// The fields every CQE has, as a requester completion with no immediate.
+///
+/// # Safety
+///
+/// As [`read`].
+#[inline(always)]
+unsafe fn read_common(p: *const u8) -> Cqe {
+    // SAFETY: every load lies inside the caller's CQE.
+    unsafe {
+        let qpn_word = be32_at(p, offset::QPN);
+        Cqe {
+            kind: Kind::Send {
+                opcode: (qpn_word >> 24) as u8,
+            },
+            qpn: qpn_word & 0x00ff_ffff,
+            wqe_counter: u16::from_be(p.add(offset::WQE_COUNTER).cast::<u16>().read_unaligned()),
+            byte_len: be32_at(p, offset::BYTE_CNT),
+            imm: 0,
+            srqn: be32_at(p, offset::SRQN) & 0x00ff_ffff,
+            syndrome: None,
+            vendor_syndrome: 0,
+            solicited: false,
+        }
+    }
+}
+
+/// [`read`] of an error CQE (or an opcode this crate does not know): the
+/// syndromes, and no byte count.
+///
+/// # Safety
+///
+/// As [`read`].
+#[cold]
+#[inline(never)]
+unsafe fn read_error(p: *const u8, op_own: u8) -> Cqe {
+    // SAFETY: the caller's contract.
+    let c = unsafe { read_common(p) };
+    let opcode = op_own >> 4;
+    let kind = match (opcode, c.kind) {
+        (op::REQ_ERR, Kind::Send { opcode }) => Kind::SendError { opcode },
+        _ => Kind::RecvError,
+    };
+    if !matches!(opcode, op::REQ_ERR | op::RESP_ERR) {
+        return Cqe {
+            kind,
+            syndrome: Some(Syndrome::Other(opcode)),
+            ..c
+        };
+    }
+    // SAFETY: two bytes of the caller's CQE.
+    let (synd, vendor) = unsafe { (*p.add(offset::SYNDROME), *p.add(offset::VENDOR_SYNDROME)) };
+    Cqe {
+        kind,
+        byte_len: 0,
+        syndrome: Some(Syndrome::from_code(synd)),
+        vendor_syndrome: vendor,
+        ..c
+    }
 }
 
 /// Encodes a CQE as a NIC writes it, with owner bit `owner`. Byte 63

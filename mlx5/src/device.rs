@@ -6,26 +6,13 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use crate::cqe::Syndrome;
+use crate::backend::Backend;
 use crate::error::Error;
 use crate::event::AsyncEvent;
-use crate::qp::{ConnInfo, Qp};
-pub use crate::soft::net::WireStats;
-use crate::{hw, soft};
+pub use crate::soft::{Progress, WireStats};
 
 /// The environment variable tests, examples, benches and benchkv honour.
 pub const ENV: &str = "MLX5_DEVICE";
-
-/// How the software device makes progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// A device thread executes WQEs as doorbells ring; it spins briefly
-    /// when work stops, then sleeps until the next doorbell.
-    Background,
-    /// Nothing happens until [`Context::progress`] is called: tests step
-    /// the device deterministically.
-    Manual,
-}
 
 /// Which device to open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,11 +84,6 @@ impl Selection {
     }
 }
 
-pub(crate) enum Backend {
-    Soft(Arc<soft::Device>),
-    Hw(Arc<hw::Device>),
-}
-
 pub(crate) struct CtxInner {
     pub(crate) backend: Backend,
 }
@@ -125,14 +107,12 @@ impl Context {
     /// Opens the device `sel` names.
     pub fn open(sel: Selection) -> Result<Context, Error> {
         let backend = match sel {
-            Selection::Soft(p) => Backend::Soft(soft::Device::open(p, None)?),
-            Selection::SoftTcp(p, at) => Backend::Soft(soft::Device::open(p, Some(at))?),
-            Selection::Hw(name) => Backend::Hw(hw::Device::open(name.as_deref())?),
-            Selection::Auto => match hw::Device::open(None) {
-                Ok(d) => Backend::Hw(d),
-                Err(Error::NoDevice { .. }) => {
-                    Backend::Soft(soft::Device::open(Progress::Background, None)?)
-                }
+            Selection::Soft(p) => Backend::soft(p, None)?,
+            Selection::SoftTcp(p, at) => Backend::soft(p, Some(at))?,
+            Selection::Hw(name) => Backend::hw(name.as_deref())?,
+            Selection::Auto => match Backend::hw(None) {
+                Ok(b) => b,
+                Err(Error::NoDevice { .. }) => Backend::soft(Progress::Background, None)?,
                 Err(e) => return Err(e),
             },
         };
@@ -155,48 +135,37 @@ impl Context {
     /// or thread exhaustion); `Context::open(Selection::Soft(progress))`
     /// returns that as an error instead.
     pub fn soft(progress: Progress) -> Context {
-        let dev = soft::Device::open(progress, None)
+        let backend = Backend::soft(progress, None)
             .unwrap_or_else(|e| panic!("opening a software device: {e}"));
         Context {
-            inner: Arc::new(CtxInner {
-                backend: Backend::Soft(dev),
-            }),
+            inner: Arc::new(CtxInner { backend }),
         }
     }
 
     /// The device's name: `soft<N>` for software devices, the rdma-core
     /// name (`mlx5_0`) for hardware.
     pub fn name(&self) -> String {
-        match &self.inner.backend {
-            Backend::Soft(d) => d.name(),
-            Backend::Hw(d) => d.name().to_string(),
-        }
+        self.inner.backend.name()
     }
 
     /// Whether this is the software device.
     pub fn is_soft(&self) -> bool {
-        matches!(self.inner.backend, Backend::Soft(_))
+        self.inner.backend.soft_device().is_some()
     }
 
     /// The software device's progress mode (`None` on hardware): with
     /// [`Progress::Manual`], nothing happens until [`Context::progress`].
     pub fn progress_mode(&self) -> Option<Progress> {
-        match &self.inner.backend {
-            Backend::Soft(d) if d.is_manual() => Some(Progress::Manual),
-            Backend::Soft(_) => Some(Progress::Background),
-            Backend::Hw(_) => None,
-        }
+        self.inner.backend.progress_mode()
     }
 
     /// Steps the software device once: every QP with posted work executes
     /// what it can (RNR retries count one attempt per call). Returns the
     /// number of WQEs (send and flushed receive) processed. Hardware and
-    /// background devices need no stepping; on hardware this is an error.
+    /// background devices need no stepping; on hardware this is
+    /// [`Error::SoftOnly`].
     pub fn progress(&self) -> Result<usize, Error> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Ok(d.progress()),
-            Backend::Hw(_) => Err(Error::Progress("hardware devices progress by themselves")),
-        }
+        self.inner.backend.progress()
     }
 
     /// Calls [`Context::progress`] until it reports no work.
@@ -214,31 +183,14 @@ impl Context {
     /// The software device's address as peers reach it (`unix:@…` or
     /// `tcp:IP:PORT`); `None` on hardware.
     pub fn soft_address(&self) -> Option<String> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Some(d.address_string()),
-            Backend::Hw(_) => None,
-        }
+        self.inner.backend.soft_address()
     }
 
     /// Counters of the software device's traffic with devices in other
-    /// processes (frames, `read`/`write` calls, bytes, links up).
+    /// processes (frames, `read`/`write` calls, bytes, links up);
+    /// [`Error::SoftOnly`] on hardware.
     pub fn wire_stats(&self) -> Result<WireStats, Error> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Ok(d.wire_stats()),
-            Backend::Hw(_) => Err(Error::Progress(
-                "wire statistics exist only on the software device",
-            )),
-        }
-    }
-
-    /// Fault injection on the software device (an error on hardware).
-    pub fn faults(&self) -> Result<Faults, Error> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Ok(Faults { dev: d.clone() }),
-            Backend::Hw(_) => Err(Error::Progress(
-                "fault injection exists only on the software device",
-            )),
-        }
+        self.inner.backend.wire_stats()
     }
 
     /// The next asynchronous event of the device, without waiting
@@ -246,90 +198,15 @@ impl Context {
     /// there is none. See [`crate::event`] for which events the software
     /// device raises.
     pub fn async_event(&self) -> Result<Option<AsyncEvent>, Error> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Ok(d.async_event(None)),
-            Backend::Hw(d) => d.async_event(None),
-        }
+        self.inner.backend.async_event(None)
     }
 
     /// The next asynchronous event, waiting up to `timeout` for one.
     pub fn wait_async_event(&self, timeout: Duration) -> Result<Option<AsyncEvent>, Error> {
-        match &self.inner.backend {
-            Backend::Soft(d) => Ok(d.async_event(Some(timeout))),
-            Backend::Hw(d) => d.async_event(Some(timeout)),
-        }
+        self.inner.backend.async_event(Some(timeout))
     }
 
     pub(crate) fn same_device(&self, other: &Context) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
-    }
-}
-
-/// Fault injection knobs of a software device ([`Context::faults`]), for
-/// tests of code that must survive a failing fabric.
-#[derive(Clone)]
-pub struct Faults {
-    dev: Arc<soft::Device>,
-}
-
-impl std::fmt::Debug for Faults {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Faults").finish_non_exhaustive()
-    }
-}
-
-impl Faults {
-    /// Treats the device `peer` names (its `gid`) as gone, as if its
-    /// process died: links to it close, WQEs in flight to it and every
-    /// later one of QPs connected to it complete with
-    /// `TransportRetryExceeded` and those QPs enter ERROR; connecting to it
-    /// again is refused. Works for peers in this process too.
-    pub fn drop_peer(&self, peer: &ConnInfo) {
-        self.dev.drop_peer(peer.gid);
-    }
-
-    /// Silently discards every frame to and from the device `peer` names,
-    /// as a network partition does: QPs with requests outstanding to it
-    /// fail with `TransportRetryExceeded` once their ACK timeout
-    /// (`4.096 µs × 2^timeout × (retry_cnt + 1)` of [`crate::ConnectOpts`]) passes.
-    /// Only for a peer in another process with a link up (else an error).
-    pub fn partition_peer(&self, peer: &ConnInfo) -> Result<(), Error> {
-        if self.dev.partition_peer(peer.gid) {
-            Ok(())
-        } else {
-            Err(Error::InvalidAttr(
-                "no link to that device is up (partitions apply to peers in other processes)"
-                    .into(),
-            ))
-        }
-    }
-
-    /// Holds every frame this device sends to other processes for `d`
-    /// before it is written (`Duration::ZERO` turns it off). Order is kept.
-    pub fn delay(&self, d: Duration) {
-        self.dev.set_delay(d);
-    }
-
-    /// The next WQE `qp` executes completes with an error CQE carrying
-    /// `syndrome`, and the QP enters ERROR (its later WQEs are flushed).
-    pub fn fail_next(&self, qp: &Qp, syndrome: Syndrome) -> Result<(), Error> {
-        self.check(qp)?;
-        self.dev
-            .qp_fault(qp.qpn(), |q| q.fail_next = Some(syndrome))
-    }
-
-    /// While `on`, `qp` answers as if it had no receive WQE posted: SENDs
-    /// and WRITE_IMMs to it get RNR NAKs (and `RnrRetryExceeded` once the
-    /// sender's `rnr_retry` runs out). Posted receives stay queued.
-    pub fn withhold_recv(&self, qp: &Qp, on: bool) -> Result<(), Error> {
-        self.check(qp)?;
-        self.dev.qp_fault(qp.qpn(), |q| q.withhold_recv = on)
-    }
-
-    fn check(&self, qp: &Qp) -> Result<(), Error> {
-        match &qp.context().inner.backend {
-            Backend::Soft(d) if Arc::ptr_eq(d, &self.dev) => Ok(()),
-            _ => Err(Error::Mismatch("QP of another device")),
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! Error types.
 
-use crate::cqe::Syndrome;
+use crate::prm::{QpState, Syndrome};
 
 /// Everything that can go wrong opening a device, creating resources or
 /// posting work. Completion errors are not `Error`s: they arrive as error
@@ -39,9 +39,9 @@ pub enum Error {
         /// The QP.
         qpn: u32,
         /// Its current state.
-        from: crate::QpState,
+        from: QpState,
         /// The state asked for.
-        to: crate::QpState,
+        to: QpState,
     },
     /// Resources of different devices (or protection domains) were mixed.
     #[error("{0}")]
@@ -99,7 +99,7 @@ pub enum Error {
         /// The QP.
         qpn: u32,
         /// Its state.
-        state: crate::QpState,
+        state: QpState,
     },
     /// The device overwrote CQEs that were not yet polled: the CQ was too
     /// small for the work in flight. The CQ is unusable.
@@ -119,8 +119,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The software device was asked to do something only manual (or only
-    /// background) progress supports.
+    /// Something only the software device has (stepping it, its wire
+    /// statistics, fault injection) was asked of a hardware device.
+    #[error("not supported on hardware: {0} (the software device only)")]
+    SoftOnly(&'static str),
+    /// Never returned any more: what it reported (something only the
+    /// software device has, asked of hardware) is [`Error::SoftOnly`].
+    #[deprecated(note = "never returned: see Error::SoftOnly")]
     #[error("{0}")]
     Progress(&'static str),
 }

@@ -2,10 +2,13 @@
 //! queue buffers of a ConnectX NIC, written and read by our own code, with a
 //! software device that consumes exactly those bytes where no NIC exists.
 //!
-//! * [`wqe`] and [`cqe`] are a pure codec: typed builders ([`Write`],
-//!   [`WriteImm`], [`Send`], [`SendImm`], [`Read`], [`AtomicCas`],
-//!   [`AtomicFa`], [`Nop`]) producing big-endian 64-byte WQEBBs, and a CQE64
-//!   parser, both checked byte for byte against rdma-core's `mlx5dv.h`.
+//! * [`wqe`] and [`cqe`] are a pure codec: typed builders
+//!   ([`wqe::Write`], [`wqe::WriteImm`], [`wqe::Send`], [`wqe::SendImm`],
+//!   [`wqe::Read`], [`wqe::AtomicCas`], [`wqe::AtomicFa`], [`wqe::Nop`])
+//!   producing big-endian 64-byte WQEBBs, and a CQE64 parser, both checked
+//!   byte for byte against rdma-core's `mlx5dv.h`. The builders live in
+//!   [`wqe`] only: at the crate root, `use mlx5::*` would shadow
+//!   `std::marker::Send` and `std::io::{Read, Write}`.
 //! * [`Context`], [`Pd`], [`Mr`], [`Cq`], [`Qp`] (RC) and [`Srq`] own their
 //!   resources: a QP keeps its PD, CQs and SRQ alive, so none can be freed
 //!   under it. [`Qp::post`] writes WQEs (NOP-padding at the ring end),
@@ -23,10 +26,16 @@
 //!   time for the control path only; building needs no rdma-core. It is
 //!   UNVERIFIED ON HARDWARE (see the crate README).
 //!
+//! The modules form layers, each importing only those below it: the PRM
+//! vocabulary ([`prm`]), the codecs ([`wqe`], [`cqe`]), the queue memory
+//! and descriptors both sides share, the two backends side by side, the
+//! one `Backend` door, and the resources (the README's module table).
+//!
 //! # Example
 //!
 //! ```
-//! use mlx5::{Access, ConnectOpts, Context, Cq, Kind, Pd, Progress, Qp, WriteImm};
+//! use mlx5::{Access, ConnectOpts, Context, Cq, Kind, Pd, Progress, Qp};
+//! use mlx5::wqe::WriteImm;
 //! # fn main() -> Result<(), mlx5::Error> {
 //! let ctx = Context::soft(Progress::Background); // or Context::from_env()
 //! let pd = Pd::new(&ctx)?;
@@ -47,7 +56,9 @@
 //! let c = got.expect("a receive completion");
 //! assert_eq!((c.kind, c.imm, c.byte_len), (Kind::RecvWriteImm, 42, 5));
 //! let mut bytes = [0u8; 5];
-//! target.read(0, &mut bytes);
+//! // SAFETY: the WRITE_IMM's receive completion was polled: the device is
+//! // done with these bytes.
+//! unsafe { target.read(0, &mut bytes) };
 //! assert_eq!(&bytes, b"hello");
 //! # let _ = cq_a.poll(16, |_| {});
 //! # Ok(()) }
@@ -71,45 +82,41 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
+mod backend;
 mod cq;
 pub mod cqe;
 mod device;
 mod error;
 pub mod event;
+mod faults;
 mod hw;
 mod mem;
 mod mr;
+/// Test tooling (the `testing` feature): driving an `mlx5-peer` process.
+#[cfg(feature = "testing")]
 pub mod peer;
+pub mod prm;
 mod qp;
+mod queue;
 mod soft;
 mod srq;
 pub mod wqe;
 
 pub use cq::{Completion, Cq};
-pub use cqe::{Kind, Syndrome};
-pub use device::{Context, ENV, Faults, Progress, Selection, WireStats};
-pub use mr::{Access, Mr, Pd};
-pub use qp::{ConnInfo, ConnectOpts, Mtu, Qp, QpBuilder, QpCaps, WqeIndex};
+pub use cqe::Kind;
+pub use device::{Context, ENV, Progress, Selection, WireStats};
+pub use faults::Faults;
+pub use mr::{Mr, Pd};
+pub use prm::{Access, QpState, Syndrome};
+pub use qp::{Qp, QpBuilder, WqeIndex};
+pub use queue::{ConnInfo, ConnectOpts, Mtu, QpCaps};
 pub use srq::Srq;
-pub use wqe::{AtomicCas, AtomicFa, Nop, Read, Remote, Send, SendImm, Sge, Write, WriteImm};
+// The builders (`Write`, `Send`, `Read`, ...) stay in `wqe`: at the root,
+// `use mlx5::*` would shadow `std::marker::Send` and the `io` traits.
+pub use wqe::{Remote, Sge};
 
 pub use error::{Error, Status};
 pub use event::AsyncEvent;
-#[doc(hidden)]
+/// Test tooling (the `testing` feature), for `tests/hw_layout.rs`.
+#[cfg(feature = "testing")]
 pub use hw::layout_table;
-
-/// RC QP states.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QpState {
-    /// Just created.
-    Reset,
-    /// Initialised: receives may be posted.
-    Init,
-    /// Ready to receive.
-    Rtr,
-    /// Ready to send.
-    Rts,
-    /// Error: every WQE completes with a flush error.
-    Error,
-}

@@ -3,67 +3,21 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use crate::device::{Backend, Context};
+use crate::backend::{MrHandle, PdHandle};
+use crate::device::Context;
 use crate::error::Error;
-use crate::hw;
 use crate::mem::DmaBuf;
+use crate::prm::Access;
 use crate::wqe::{Remote, Sge};
-
-/// Access rights of a memory region (and, for the remote ones, of a QP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Access(pub u32);
-
-impl Access {
-    /// The device may write the region (receives, READ results, atomics).
-    pub const LOCAL_WRITE: Access = Access(1);
-    /// Peers may RDMA WRITE it.
-    pub const REMOTE_WRITE: Access = Access(1 << 1);
-    /// Peers may RDMA READ it.
-    pub const REMOTE_READ: Access = Access(1 << 2);
-    /// Peers may run atomics on it.
-    pub const REMOTE_ATOMIC: Access = Access(1 << 3);
-    /// Everything.
-    pub const ALL: Access = Access(0xf);
-
-    /// Whether every right in `other` is granted.
-    pub fn contains(self, other: Access) -> bool {
-        self.0 & other.0 == other.0
-    }
-}
-
-impl std::ops::BitOr for Access {
-    type Output = Access;
-    fn bitor(self, rhs: Access) -> Access {
-        Access(self.0 | rhs.0)
-    }
-}
-
-pub(crate) enum PdHandle {
-    Soft(u32),
-    Hw(hw::Pd),
-}
 
 pub(crate) struct PdInner {
     pub(crate) ctx: Context,
     pub(crate) handle: PdHandle,
 }
 
-impl PdInner {
-    pub(crate) fn soft_id(&self) -> u32 {
-        match self.handle {
-            PdHandle::Soft(id) => id,
-            PdHandle::Hw(_) => u32::MAX,
-        }
-    }
-}
-
 impl Drop for PdInner {
     fn drop(&mut self) {
-        match (&self.ctx.inner.backend, &self.handle) {
-            (Backend::Soft(d), PdHandle::Soft(id)) => d.dealloc_pd(*id),
-            (Backend::Hw(d), PdHandle::Hw(pd)) => d.dealloc_pd(pd),
-            _ => {}
-        }
+        self.ctx.inner.backend.dealloc_pd(&self.handle);
     }
 }
 
@@ -77,10 +31,7 @@ pub struct Pd {
 impl Pd {
     /// Allocates a protection domain on `ctx`.
     pub fn new(ctx: &Context) -> Result<Pd, Error> {
-        let handle = match &ctx.inner.backend {
-            Backend::Soft(d) => PdHandle::Soft(d.alloc_pd()),
-            Backend::Hw(d) => PdHandle::Hw(d.alloc_pd()?),
-        };
+        let handle = ctx.inner.backend.alloc_pd()?;
         Ok(Pd {
             inner: Arc::new(PdInner {
                 ctx: ctx.clone(),
@@ -136,17 +87,14 @@ impl Pd {
                 "memory region access {access:?}: REMOTE_WRITE and REMOTE_ATOMIC need LOCAL_WRITE (ibv_reg_mr refuses it with EINVAL)"
             )));
         }
-        let (handle, lkey, rkey) = match (&self.inner.ctx.inner.backend, &self.inner.handle) {
-            (Backend::Soft(d), PdHandle::Soft(pd)) => {
-                let key = d.reg_mr(*pd, addr as u64, len as u64, access);
-                (MrHandle::Soft(key), key, key)
-            }
-            (Backend::Hw(d), PdHandle::Hw(pd)) => {
-                let mr = d.reg_mr(pd, addr, len, access)?;
-                let (l, r) = (mr.lkey(), mr.rkey());
-                (MrHandle::Hw(mr), l, r)
-            }
-            _ => return Err(Error::Mismatch("PD of another backend")),
+        // SAFETY: the caller's contract: the memory outlives the Mr, which
+        // deregisters it first thing when dropped.
+        let (handle, lkey, rkey) = unsafe {
+            self.inner
+                .ctx
+                .inner
+                .backend
+                .reg_mr(&self.inner.handle, addr, len, access)?
         };
         Ok(Mr {
             pd: self.inner.clone(),
@@ -159,11 +107,6 @@ impl Pd {
             _buf: buf,
         })
     }
-}
-
-enum MrHandle {
-    Soft(u32),
-    Hw(hw::Mr),
 }
 
 /// A registered memory region: local key for WQEs posted here, remote key
@@ -255,21 +198,40 @@ impl Mr {
         }
     }
 
-    /// Copies `data` into the region at `offset`. The device must not be
-    /// accessing those bytes (see [`Pd::register`]).
-    pub fn write(&self, offset: usize, data: &[u8]) {
+    /// Copies `data` into the region at `offset`. Panics if the range is
+    /// outside the region.
+    ///
+    /// # Safety
+    ///
+    /// The device must not be accessing those bytes while this runs: no
+    /// WQE posted here that gathers from them (a WRITE or SEND not yet
+    /// completed), and no peer's WRITE, READ or atomic on them, may be in
+    /// flight. The device (the software device's thread, or the NIC's DMA)
+    /// would race the copy, which no Rust code can order; a completion
+    /// (this QP's, or the peer's word that it is done) is what says the
+    /// device is done with them.
+    pub unsafe fn write(&self, offset: usize, data: &[u8]) {
         self.check(offset, data.len());
-        // SAFETY: in bounds (checked); raw copy, no reference into the region.
+        // SAFETY: in bounds (checked); raw copy, no reference into the
+        // region; the caller excludes the device.
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
         }
     }
 
-    /// Copies bytes at `offset` into `out`. The device must not be writing
-    /// those bytes (see [`Pd::register`]).
-    pub fn read(&self, offset: usize, out: &mut [u8]) {
+    /// Copies bytes at `offset` into `out`. Panics if the range is outside
+    /// the region.
+    ///
+    /// # Safety
+    ///
+    /// The device must not be writing those bytes while this runs: no
+    /// receive, READ or atomic result posted here that scatters into them,
+    /// and no peer's WRITE or atomic on them, may be in flight (a polled
+    /// completion is what says one is done).
+    pub unsafe fn read(&self, offset: usize, out: &mut [u8]) {
         self.check(offset, out.len());
-        // SAFETY: in bounds (checked); raw copy, no reference into the region.
+        // SAFETY: in bounds (checked); raw copy, no reference into the
+        // region; the caller excludes the device's writes.
         unsafe {
             std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len())
         }
@@ -293,10 +255,6 @@ impl Mr {
 
 impl Drop for Mr {
     fn drop(&mut self) {
-        match (&self.pd.ctx.inner.backend, &self.handle) {
-            (Backend::Soft(d), MrHandle::Soft(key)) => d.dereg_mr(*key),
-            (Backend::Hw(d), MrHandle::Hw(mr)) => d.dereg_mr(mr),
-            _ => {}
-        }
+        self.pd.ctx.inner.backend.dereg_mr(&self.handle);
     }
 }

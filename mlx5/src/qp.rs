@@ -1,5 +1,7 @@
-//! Reliable-connected queue pairs: creation, the RC state machine, the
-//! connection info peers exchange, posting WQEs and ringing the doorbell.
+//! Reliable-connected queue pairs: creation, the RC state machine, posting
+//! WQEs and ringing the doorbell. (What a QP is created and connected with,
+//! and the completion tracking it shares with its CQs, are the `queue`
+//! seam's.)
 //!
 //! | word | written by | when |
 //! |---|---|---|
@@ -7,284 +9,24 @@
 //! | doorbell record word 1 (SQ, be32 `pi & 0xffff`) | software | after the WQEs, `Release` |
 //! | doorbell (UAR/BlueFlame, or the soft device's bell) | software | after the record |
 //! | RQ WQEs, doorbell record word 0 (RQ counter) | software | WQE first, counter `Release` |
-//! | `QpTrack` (ours) | CQ poller | completed WQE index / receives consumed, `Release` |
+//! | `queue::QpTrack` (ours) | CQ poller | completed WQE index / receives consumed, `Release` |
 //!
 //! A send WQE's space returns when a completion for it, or for any later
 //! WQE of the same QP, is polled: unsignaled WQEs are retired by the next
 //! signaled one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::backend::{Doorbell, QpHandle, QpSpec};
 use crate::cq::{Cq, CqShared, Route};
-use crate::device::Backend;
 use crate::error::Error;
-use crate::mem::DmaBuf;
-use crate::mr::{Access, Pd, PdInner};
-use crate::srq::{Srq, SrqShared, write_sges};
-use crate::wqe::{self, MAX_DS, Nop, SEG, Sge, SqRing, WQEBB, WqeBuild};
-use crate::{QpState, hw, soft};
-
-/// Queue sizes and limits of a QP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QpCaps {
-    /// Send WQEs of the largest size that fit at once.
-    pub max_send_wr: u32,
-    /// Receive WQEs (ignored with an SRQ).
-    pub max_recv_wr: u32,
-    /// Gather entries per send WQE.
-    pub max_send_sge: u32,
-    /// Scatter entries per receive WQE.
-    pub max_recv_sge: u32,
-    /// Inline bytes per send WQE.
-    pub max_inline: u32,
-}
-
-impl Default for QpCaps {
-    fn default() -> Self {
-        QpCaps {
-            max_send_wr: 128,
-            max_recv_wr: 128,
-            max_send_sge: 2,
-            max_recv_sge: 2,
-            max_inline: 64,
-        }
-    }
-}
-
-impl QpCaps {
-    /// Segments of the largest WQE these caps allow.
-    pub(crate) fn max_ds(&self) -> usize {
-        let sges = 2 + self.max_send_sge as usize;
-        let inline = 2 + (4 + self.max_inline as usize).div_ceil(SEG);
-        sges.max(inline).max(4)
-    }
-
-    fn validate(&self) -> Result<(), Error> {
-        let bad = |m: String| Err(Error::InvalidAttr(m));
-        if self.max_send_wr == 0 || self.max_send_wr > 1 << 14 {
-            return bad(format!("max_send_wr {} (1..=16384)", self.max_send_wr));
-        }
-        if self.max_recv_wr > 1 << 14 {
-            return bad(format!("max_recv_wr {} (0..=16384)", self.max_recv_wr));
-        }
-        if self.max_send_sge > 16 || self.max_recv_sge > 16 {
-            return bad("more than 16 SGEs".into());
-        }
-        if self.max_ds() > MAX_DS {
-            return bad(format!(
-                "max_inline {} makes WQEs over {} bytes",
-                self.max_inline,
-                MAX_DS * SEG
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// What a peer needs to connect to a QP, for any out-of-band exchange.
-///
-/// Encoded as 32 little-endian bytes: `magic "M5CI"`, `version u16 = 1`,
-/// `lid u16`, `qpn u32`, `psn u32`, `gid [u8; 16]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnInfo {
-    /// QP number (24 bits).
-    pub qpn: u32,
-    /// First packet sequence number the QP sends (24 bits).
-    pub psn: u32,
-    /// Port LID (InfiniBand; 0 on RoCE and the software device).
-    pub lid: u16,
-    /// Port GID; for the software device, the device address.
-    pub gid: [u8; 16],
-}
-
-impl ConnInfo {
-    /// Encoded length.
-    pub const LEN: usize = 32;
-    const MAGIC: [u8; 4] = *b"M5CI";
-    const VERSION: u16 = 1;
-
-    /// The 32-byte encoding.
-    pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        b[0..4].copy_from_slice(&Self::MAGIC);
-        b[4..6].copy_from_slice(&Self::VERSION.to_le_bytes());
-        b[6..8].copy_from_slice(&self.lid.to_le_bytes());
-        b[8..12].copy_from_slice(&self.qpn.to_le_bytes());
-        b[12..16].copy_from_slice(&self.psn.to_le_bytes());
-        b[16..32].copy_from_slice(&self.gid);
-        b
-    }
-
-    /// Decodes [`ConnInfo::encode`]'s bytes; anything else is an error.
-    pub fn decode(b: &[u8]) -> Result<ConnInfo, Error> {
-        if b.len() != Self::LEN {
-            return Err(Error::BadConnInfo("length is not 32 bytes"));
-        }
-        if b[0..4] != Self::MAGIC {
-            return Err(Error::BadConnInfo("bad magic"));
-        }
-        if u16::from_le_bytes([b[4], b[5]]) != Self::VERSION {
-            return Err(Error::BadConnInfo("unknown version"));
-        }
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let (qpn, psn) = (u32_at(8), u32_at(12));
-        if qpn > 0x00ff_ffff || psn > 0x00ff_ffff {
-            return Err(Error::BadConnInfo("QPN or PSN over 24 bits"));
-        }
-        let mut gid = [0u8; 16];
-        gid.copy_from_slice(&b[16..32]);
-        Ok(ConnInfo {
-            qpn,
-            psn,
-            lid: u16::from_le_bytes([b[6], b[7]]),
-            gid,
-        })
-    }
-}
-
-/// Path MTU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mtu {
-    /// 256 bytes.
-    M256 = 1,
-    /// 512 bytes.
-    M512 = 2,
-    /// 1024 bytes.
-    M1024 = 3,
-    /// 2048 bytes.
-    M2048 = 4,
-    /// 4096 bytes.
-    M4096 = 5,
-}
-
-/// Attributes of the INIT/RTR/RTS transitions.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnectOpts {
-    /// What peers may do to this QP's memory (REMOTE_* of [`Access`]).
-    pub access: Access,
-    /// Port number (hardware; 1-based).
-    pub port: u8,
-    /// GID table index (hardware, RoCE).
-    pub gid_index: u8,
-    /// Path MTU.
-    pub mtu: Mtu,
-    /// RNR NAK timer this QP asks senders to wait (IB encoding, 0..=31).
-    pub min_rnr_timer: u8,
-    /// Local ACK timeout (IB encoding: 4.096 µs × 2^timeout).
-    pub timeout: u8,
-    /// Transport retries.
-    pub retry_cnt: u8,
-    /// RNR retries (7 = forever).
-    pub rnr_retry: u8,
-    /// Outstanding READs/atomics, each direction.
-    pub max_rd_atomic: u8,
-}
-
-impl Default for ConnectOpts {
-    fn default() -> Self {
-        ConnectOpts {
-            access: Access::REMOTE_WRITE | Access::REMOTE_READ | Access::REMOTE_ATOMIC,
-            port: 1,
-            gid_index: 0,
-            mtu: Mtu::M4096,
-            min_rnr_timer: 12, // 0.64 ms
-            timeout: 14,       // ~67 ms
-            retry_cnt: 7,
-            rnr_retry: 7,
-            max_rd_atomic: 16,
-        }
-    }
-}
-
-/// State the CQ poller shares with the QP's poster (see the module doc).
-pub(crate) struct QpTrack {
-    /// Bit 16 set: bits 0..16 hold the WQE index of the latest send
-    /// completion.
-    completed: AtomicU32,
-    rq_consumed: AtomicU32,
-    state: AtomicU8,
-}
-
-const COMPLETED_VALID: u32 = 1 << 16;
-
-impl QpTrack {
-    pub(crate) fn new() -> QpTrack {
-        QpTrack {
-            completed: AtomicU32::new(0),
-            rq_consumed: AtomicU32::new(0),
-            state: AtomicU8::new(QpState::Reset as u8),
-        }
-    }
-
-    pub(crate) fn send_completed(&self, wqe_counter: u16) {
-        // Release: the poster reuses the WQEBBs only after this CQE was read.
-        self.completed
-            .store(COMPLETED_VALID | u32::from(wqe_counter), Ordering::Release);
-    }
-
-    pub(crate) fn recv_consumed(&self) {
-        // Release: as above, for receive WQEs.
-        self.rq_consumed.fetch_add(1, Ordering::Release);
-    }
-
-    pub(crate) fn reset(&self) {
-        // Relaxed: called with the device's state lock held during RESET,
-        // when no poller may be polling completions of this QP.
-        self.completed.store(0, Ordering::Relaxed);
-        self.rq_consumed.store(0, Ordering::Relaxed);
-    }
-
-    pub(crate) fn set_state(&self, s: QpState) {
-        // Relaxed: an advisory cache of the device's state, read by posters
-        // to refuse or allow posting; no data is published through it.
-        self.state.store(s as u8, Ordering::Relaxed);
-    }
-
-    pub(crate) fn state(&self) -> QpState {
-        // Relaxed: see set_state.
-        QpState::from_u8(self.state.load(Ordering::Relaxed))
-    }
-}
-
-impl QpState {
-    pub(crate) fn from_u8(v: u8) -> QpState {
-        match v {
-            0 => QpState::Reset,
-            1 => QpState::Init,
-            2 => QpState::Rtr,
-            3 => QpState::Rts,
-            _ => QpState::Error,
-        }
-    }
-}
-
-/// Where a QP's queues live.
-pub(crate) struct QpMem {
-    pub(crate) sq_buf: *mut u8,
-    pub(crate) sq_wqe_cnt: u32,
-    pub(crate) rq_buf: *mut u8,
-    pub(crate) rq_wqe_cnt: u32,
-    pub(crate) rq_stride: u32,
-    /// Word 0: RQ counter; word 1: SQ counter.
-    pub(crate) dbrec: *mut u32,
-}
-
-enum QpHandle {
-    Soft {
-        _sq: DmaBuf,
-        _rq: DmaBuf,
-        _dbrec: DmaBuf,
-    },
-    Hw(hw::Qp),
-}
-
-enum Bell {
-    Soft(Arc<soft::Bell>),
-    /// The QP's UAR/BlueFlame register, shared with the other QPs of the
-    /// device that libmlx5 put on it (its lock and current half with them).
-    Hw(Arc<hw::BlueFlame>),
-}
+use crate::mr::{Pd, PdInner};
+use crate::prm::{QpState, SEG, WQEBB};
+use crate::queue::{COMPLETED_VALID, ConnInfo, ConnectOpts, QpCaps, QpMem, QpTrack};
+use crate::srq::{Srq, SrqShared};
+use crate::wqe::sealed::Sealed as _;
+use crate::wqe::{self, Limits, Nop, Sge, Slot, SqRing, WqeBuild, write_sges};
 
 struct QpShared {
     pd: Arc<PdInner>,
@@ -302,11 +44,7 @@ impl Drop for QpShared {
     fn drop(&mut self) {
         self.send_cq.remove_route(self.qpn);
         self.recv_cq.remove_route(self.qpn);
-        match (&self.pd.ctx.inner.backend, &self.handle) {
-            (Backend::Soft(d), QpHandle::Soft { .. }) => d.destroy_qp(self.qpn),
-            (Backend::Hw(d), QpHandle::Hw(q)) => d.destroy_qp(q),
-            _ => {}
-        }
+        self.pd.ctx.inner.backend.destroy_qp(self.qpn, &self.handle);
     }
 }
 
@@ -339,19 +77,33 @@ impl<'a> QpBuilder<'a> {
 /// Producer state of the send queue (owned by the `Qp`, never shared).
 struct SqState {
     ring: SqRing,
+    /// The SQ buffer (`QpMem::sq_buf`).
+    buf: *mut u8,
+    /// What a WQE may be, from the caps (fixed at creation).
+    limits: Limits,
+    /// `qpn << 8`: the control segment's QPN word before its `ds`.
+    qpn8: u32,
     /// WQEBBs of the WQE starting at each slot (to retire by WQE index).
+    /// As long as the ring (`SqRing::index` is in bounds).
     sizes: Box<[u8]>,
     /// WQEs written since the last doorbell, and the last one's position.
-    pending: u32,
+    /// `pi` at the last doorbell: WQEs from there on are pending.
+    rung: u32,
     last_at: u32,
-    last_wqebbs: u32,
+}
+
+impl SqState {
+    /// WQEBBs of the WQE (or padding) posted at `pos`.
+    fn size_at(&self, pos: u32) -> u8 {
+        self.sizes[self.ring.index(pos)]
+    }
 }
 
 /// An RC queue pair. Posting needs `&mut self` (one producer); move it to
 /// the thread that posts. It keeps its PD, CQs and SRQ alive.
 pub struct Qp {
     shared: QpShared,
-    bell: Bell,
+    bell: Doorbell,
     sq: SqState,
     rq_head: u32,
     local_psn: u32,
@@ -409,55 +161,17 @@ impl Qp {
             caps.max_recv_sge = 0;
         }
         let track = Arc::new(QpTrack::new());
-        let (qpn, mem, handle, bell) = match &ctx.inner.backend {
-            Backend::Soft(d) => {
-                let max_wqebbs = wqe::wqebbs(caps.max_ds()) as u32;
-                let sq_cnt = (caps.max_send_wr * max_wqebbs).next_power_of_two();
-                let rq_stride = (SEG as u32 * caps.max_recv_sge.max(1)).next_power_of_two();
-                let rq_cnt = caps.max_recv_wr.max(1).next_power_of_two();
-                let sq = DmaBuf::zeroed(sq_cnt as usize * WQEBB);
-                let rq = DmaBuf::zeroed((rq_cnt * rq_stride) as usize);
-                let dbrec = DmaBuf::zeroed(64);
-                let mem = QpMem {
-                    sq_buf: sq.as_ptr(),
-                    sq_wqe_cnt: sq_cnt,
-                    rq_buf: rq.as_ptr(),
-                    rq_wqe_cnt: if srq.is_some() { 0 } else { rq_cnt },
-                    rq_stride,
-                    dbrec: dbrec.as_ptr().cast(),
-                };
-                let qpn = d.create_qp(soft::QpDesc {
-                    pd: pd.inner.soft_id(),
-                    send_cq: send_cq.shared.cqn,
-                    recv_cq: recv_cq.shared.cqn,
-                    srq: srq.map(|s| s.shared.srqn),
-                    caps,
-                    mem: &mem,
-                    track: track.clone(),
-                })?;
-                (
-                    qpn,
-                    mem,
-                    QpHandle::Soft {
-                        _sq: sq,
-                        _rq: rq,
-                        _dbrec: dbrec,
-                    },
-                    Bell::Soft(d.bell()),
-                )
-            }
-            Backend::Hw(d) => {
-                // `caps` becomes what the provider made (it rounds up).
-                let (q, mem, qpn, bf) = d.create_qp(
-                    &pd.inner,
-                    &send_cq.shared,
-                    &recv_cq.shared,
-                    srq.map(|s| &*s.shared),
-                    &mut caps,
-                )?;
-                (qpn, mem, QpHandle::Hw(q), Bell::Hw(bf))
-            }
-        };
+        // `caps` becomes what the device made (a NIC's provider rounds up).
+        let (handle, mem, qpn, bell) = ctx.inner.backend.create_qp(
+            QpSpec {
+                pd: &pd.inner.handle,
+                send_cq: (&send_cq.shared.handle, send_cq.shared.cqn),
+                recv_cq: (&recv_cq.shared.handle, recv_cq.shared.cqn),
+                srq: srq.map(|s| (&s.shared.handle, s.shared.srqn)),
+                track: &track,
+            },
+            &mut caps,
+        )?;
         let shared = QpShared {
             pd: pd.inner.clone(),
             send_cq: send_cq.shared.clone(),
@@ -472,22 +186,26 @@ impl Qp {
         let route = Route {
             qpn,
             track,
-            srq: shared.srq.clone(),
+            srq: shared.srq.as_ref().map(|s| s.track.clone()),
         };
         shared.send_cq.add_route(route.clone());
         if !Arc::ptr_eq(&shared.send_cq, &shared.recv_cq) {
             shared.recv_cq.add_route(route);
         }
         let sq_cnt = shared.mem.sq_wqe_cnt;
+        let sq_buf = shared.mem.sq_buf;
+        let limits = Limits::new(caps.max_inline, caps.max_send_sge, caps.max_ds());
         Ok(Qp {
             shared,
             bell,
             sq: SqState {
                 ring: SqRing::new(sq_cnt),
+                buf: sq_buf,
+                limits,
+                qpn8: qpn << 8,
                 sizes: vec![0u8; sq_cnt as usize].into_boxed_slice(),
-                pending: 0,
+                rung: 0,
                 last_at: 0,
-                last_wqebbs: 0,
             },
             rq_head: 0,
             // Any 24-bit value works; derive one from the QPN so two QPs
@@ -517,20 +235,13 @@ impl Qp {
     /// The current state: what this QP last did, or what the device did to
     /// it (an error completion, seen by the device or by a poll).
     pub fn state(&self) -> QpState {
-        match &self.shared.pd.ctx.inner.backend {
-            Backend::Soft(_) => self.shared.track.state(),
-            Backend::Hw(d) => d
-                .query_state(self.shared.handle_hw())
-                .unwrap_or(self.shared.track.state()),
-        }
+        let s = &self.shared;
+        s.pd.ctx.inner.backend.qp_state(&s.handle, &s.track)
     }
 
     /// What a peer needs to connect to this QP.
     pub fn local_info(&self, opts: &ConnectOpts) -> Result<ConnInfo, Error> {
-        let (lid, gid) = match &self.shared.pd.ctx.inner.backend {
-            Backend::Soft(d) => (0, d.address()?),
-            Backend::Hw(d) => d.port_addr(opts.port, opts.gid_index)?,
-        };
+        let (lid, gid) = self.shared.pd.ctx.inner.backend.port_addr(opts)?;
         Ok(ConnInfo {
             qpn: self.shared.qpn,
             psn: self.local_psn,
@@ -563,18 +274,22 @@ impl Qp {
                 to,
             });
         }
-        match &self.shared.pd.ctx.inner.backend {
-            Backend::Soft(d) => d.modify_qp(self.shared.qpn, to, remote, opts)?,
-            Backend::Hw(d) => {
-                d.modify_qp(self.shared.handle_hw(), to, remote, opts, self.local_psn)?;
-                self.shared.track.set_state(to);
-            }
-        }
+        let s = &self.shared;
+        s.pd.ctx.inner.backend.modify_qp(
+            s.qpn,
+            &s.handle,
+            &s.track,
+            to,
+            remote,
+            opts,
+            self.local_psn,
+        )?;
         if to == QpState::Reset {
             // The queues start over, as verbs does on RESET.
             self.shared.track.reset();
             self.sq.ring = SqRing::new(self.shared.mem.sq_wqe_cnt);
-            self.sq.pending = 0;
+            self.sq.rung = 0;
+            self.sq.last_at = 0;
             self.rq_head = 0;
         }
         Ok(())
@@ -636,57 +351,29 @@ impl Qp {
             return; // stale: already retired past it
         }
         let pos = pi.wrapping_sub(back);
-        let size = u32::from(self.sq.sizes[(pos % self.sq.ring.wqe_cnt()) as usize]).max(1);
+        let size = u32::from(self.sq.size_at(pos)).max(1);
         let new_ci = pos.wrapping_add(size);
         if new_ci.wrapping_sub(ci_now) <= pi.wrapping_sub(ci_now) {
             self.sq.ring.retire(new_ci);
         }
     }
 
-    fn check_wqe<W: WqeBuild + ?Sized>(&self, w: &W) -> Result<usize, Error> {
-        let caps = &self.shared.caps;
-        if let Some(len) = w.inline_len()
-            && len > caps.max_inline as usize
-        {
-            return Err(Error::InlineTooLarge {
-                len,
-                max: caps.max_inline as usize,
-            });
-        }
-        if let Some(len) = w.atomic_result_len()
-            && len < wqe::ATOMIC_SIZE
-        {
-            // The device writes 8 bytes whatever the SGE says (as libmlx5
-            // posts it): a shorter buffer would be overrun.
-            return Err(Error::AtomicResultTooSmall { len });
-        }
-        let sges = w.sge_count();
-        if sges > caps.max_send_sge.max(1) as usize {
-            return Err(Error::TooManySges {
-                count: sges,
-                max: caps.max_send_sge as usize,
-            });
-        }
-        let ds = w.ds();
-        if ds > caps.max_ds() {
-            return Err(Error::WqeTooLarge {
-                wqebbs: wqe::wqebbs(ds),
-                limit: wqe::wqebbs(caps.max_ds()),
-            });
-        }
-        Ok(wqe::wqebbs(ds))
-    }
-
     /// Writes `w` into the send queue (after a NOP that pads to the ring
     /// end if it would not fit before it) and returns its WQE index. The
     /// device sees it at the next [`Qp::ring_doorbell`]. Allowed in RTS, and
     /// in ERROR (where it completes with a flush error).
+    #[inline(always)]
     pub fn post<W: WqeBuild + ?Sized>(&mut self, w: &W) -> Result<WqeIndex, Error> {
-        let wqebbs = self.check_wqe(w)?;
-        let qpn = self.shared.qpn;
-        self.post_with(wqebbs, |out, index| {
-            wqe::encode(w, index, qpn, out);
-        })
+        // The builder is read once; checking and writing work on the copy.
+        let parts = w.parts();
+        let ds = parts.check(&self.sq.limits)?;
+        let wqebbs = wqe::wqebbs(ds);
+        let (at, p) = self.reserve(wqebbs)?;
+        // SAFETY: `reserve` handed out `wqebbs * 64 >= ds * 16` bytes at
+        // `p`, which the device does not own.
+        unsafe { parts.write(p, at as u16, self.sq.qpn8 | ds as u32) };
+        self.commit(at, wqebbs);
+        Ok(at as u16)
     }
 
     /// Writes `bytes` as the next WQE exactly as given (zero-padded to whole
@@ -695,65 +382,95 @@ impl Qp {
     /// malformed WQEs and for opcodes this crate has no builder for; the
     /// device validates everything it reads, so nothing here is unsafe.
     pub fn post_raw(&mut self, bytes: &[u8]) -> Result<WqeIndex, Error> {
-        let limit = wqe::wqebbs(self.shared.caps.max_ds());
+        let limit = self.sq.limits.max_wqebbs();
         let wqebbs = bytes.len().div_ceil(WQEBB);
         if wqebbs == 0 || wqebbs > limit {
             return Err(Error::WqeTooLarge { wqebbs, limit });
         }
-        self.post_with(wqebbs, |out, _| {
-            out[..bytes.len()].copy_from_slice(bytes);
-            out[bytes.len()..].fill(0);
-        })
+        let (at, p) = self.reserve(wqebbs)?;
+        // SAFETY: `reserve` handed out `wqebbs * 64` bytes at `p`, which
+        // the device does not own; `bytes` is at most that long and lies
+        // elsewhere (a caller's slice cannot alias the SQ buffer, to which
+        // no reference is ever handed out).
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+            p.add(bytes.len())
+                .write_bytes(0, wqebbs * WQEBB - bytes.len());
+        }
+        self.commit(at, wqebbs);
+        Ok(at as u16)
     }
 
-    fn post_with(
-        &mut self,
-        wqebbs: usize,
-        write: impl FnOnce(&mut [u8], u16),
-    ) -> Result<WqeIndex, Error> {
+    /// Room for a WQE of `wqebbs` blocks (after NOP padding to the ring end
+    /// if it would not fit before it): its ring position, and where its
+    /// bytes go. Posting is allowed in RTS and in ERROR.
+    #[inline(always)]
+    fn reserve(&mut self, wqebbs: usize) -> Result<(u32, *mut u8), Error> {
         let state = self.shared.track.state();
         if !matches!(state, QpState::Rts | QpState::Error) {
-            return Err(Error::BadState {
-                qpn: self.shared.qpn,
-                state,
-            });
+            return Err(self.bad_state(state));
         }
+        let at = match self.sq.ring.reserve_fast(wqebbs) {
+            Some(at) => at,
+            None => self.reserve_slow(wqebbs)?,
+        };
+        let i = self.sq.ring.index(at);
+        // SAFETY: `sizes` is as long as the ring, and `index` is a slot of
+        // the ring.
+        unsafe { *self.sq.sizes.get_unchecked_mut(i) = wqebbs as u8 };
+        // SAFETY: `i` is a WQEBB of the SQ buffer; the ring reserved
+        // `wqebbs` of them from there without wrapping.
+        Ok((at, unsafe { self.sq.buf.add(i * WQEBB) }))
+    }
+
+    /// What [`SqRing::reserve_fast`] does not do: NOP padding at the ring
+    /// end, retiring what completions allow when the ring looks full, and
+    /// the errors.
+    #[cold]
+    fn reserve_slow(&mut self, wqebbs: usize) -> Result<u32, Error> {
         let slot = match self.sq.ring.reserve(wqebbs) {
             Ok(s) => s,
-            Err(Error::SendQueueFull { .. }) => {
+            Err(_) => {
                 self.retire();
                 self.sq.ring.reserve(wqebbs)?
             }
-            Err(e) => return Err(e),
         };
-        let qpn = self.shared.qpn;
         if slot.pad > 0 {
-            let nop = Nop::spanning(slot.pad);
-            self.write_at(slot.pad_at, slot.pad, |out| {
-                wqe::encode(&nop, slot.pad_at as u16, qpn, out);
-            });
-            self.sq.pending += 1;
+            self.pad(slot);
         }
-        self.write_at(slot.at, wqebbs, |out| write(out, slot.at as u16));
-        self.sq.ring.commit(slot, wqebbs);
-        self.sq.pending += 1;
-        self.sq.last_at = slot.at;
-        self.sq.last_wqebbs = wqebbs as u32;
-        Ok(slot.at as u16)
+        self.sq.ring.commit_pad(slot);
+        Ok(slot.at)
     }
 
-    fn write_at(&mut self, pos: u32, wqebbs: usize, f: impl FnOnce(&mut [u8])) {
-        let off = self.sq.ring.offset(pos);
-        debug_assert!(off + wqebbs * WQEBB <= self.shared.mem.sq_wqe_cnt as usize * WQEBB);
-        self.sq.sizes[off / WQEBB] = wqebbs as u8;
-        // SAFETY: [off, off + wqebbs*64) lies inside the SQ buffer (the ring
-        // reserved it without wrapping) and the device does not own these
-        // WQEBBs (SqRing counted them free); &mut self excludes other
-        // writers.
-        let out = unsafe {
-            std::slice::from_raw_parts_mut(self.shared.mem.sq_buf.add(off), wqebbs * WQEBB)
-        };
-        f(out);
+    #[cold]
+    fn bad_state(&self, state: QpState) -> Error {
+        Error::BadState {
+            qpn: self.shared.qpn,
+            state,
+        }
+    }
+
+    /// Writes the NOP that pads the ring end before `slot`'s WQE.
+    fn pad(&mut self, slot: Slot) {
+        let nop = Nop::spanning(slot.pad);
+        let i = self.sq.ring.index(slot.pad_at);
+        self.sq.sizes[i] = slot.pad as u8;
+        let ds = slot.pad * (WQEBB / SEG);
+        // SAFETY: the ring reserved `slot.pad` WQEBBs from `i` to the ring
+        // end, not owned by the device; the NOP spans exactly those.
+        unsafe {
+            let p = self.sq.buf.add(i * WQEBB);
+            nop.parts()
+                .write(p, slot.pad_at as u16, self.sq.qpn8 | ds as u32);
+        }
+    }
+
+    /// Advances the producer past the WQE of `wqebbs` blocks written at
+    /// `at`.
+    #[inline(always)]
+    fn commit(&mut self, at: u32, wqebbs: usize) {
+        self.sq.ring.commit_fast(at, wqebbs);
+        self.sq.last_at = at;
     }
 
     /// Makes every WQE posted since the last doorbell visible to the device:
@@ -762,38 +479,32 @@ impl Qp {
     /// pending, else the 8-byte doorbell, under the register's lock when
     /// it has BlueFlame buffers; see `hw/doorbell.rs`).
     pub fn ring_doorbell(&mut self) {
-        if self.sq.pending == 0 {
+        let pi = self.sq.ring.pi();
+        if pi == self.sq.rung {
             return;
         }
         // SAFETY: dbrec points at the QP's doorbell record, two u32 words.
         let db = unsafe { AtomicU32::from_ptr(self.shared.mem.dbrec.add(1)) };
-        let counter = self.sq.ring.pi() & 0xffff;
-        match &self.bell {
-            Bell::Soft(b) => {
-                // Release: the device reads the WQEs after it sees the
-                // counter.
-                db.store(counter.to_be(), Ordering::Release);
-                b.ring();
-            }
-            Bell::Hw(bf) => {
-                let off = self.sq.ring.offset(self.sq.last_at);
-                // SAFETY: the last WQE's bytes are in the SQ buffer.
-                let wqe_ptr = unsafe { self.shared.mem.sq_buf.add(off) };
-                let single = if self.sq.pending == 1 {
-                    self.sq.last_wqebbs as usize * WQEBB
-                } else {
-                    0
-                };
-                // SAFETY: `db` is this QP's send doorbell record and
-                // `counter` covers every WQE written; `wqe_ptr` is the last
-                // WQE, 64-aligned in the SQ buffer, with `single` (or, when
-                // several are pending, at least 64) bytes written, which the
-                // device owns until their completion (the SQ ring does not
-                // hand those WQEBBs out again before).
-                unsafe { bf.ring(db, counter, wqe_ptr, single) };
+        let counter = pi & 0xffff;
+        let (mut last_wqe, mut single) = (std::ptr::null(), 0);
+        if self.bell.copies_wqe() {
+            let off = self.sq.ring.offset(self.sq.last_at);
+            // SAFETY: the last WQE's bytes are in the SQ buffer.
+            last_wqe = unsafe { self.shared.mem.sq_buf.add(off) }.cast_const();
+            // One WQE pending (no padding before it): it starts where the
+            // last doorbell left off.
+            if self.sq.last_at == self.sq.rung {
+                single = usize::from(self.sq.size_at(self.sq.last_at)) * WQEBB;
             }
         }
-        self.sq.pending = 0;
+        // SAFETY: `db` is this QP's send doorbell record and `counter`
+        // covers every WQE written; `last_wqe` is the last WQE, 64-aligned
+        // in the SQ buffer, with `single` (or, when several are pending, at
+        // least 64) bytes written, which the device owns until their
+        // completion (the SQ ring does not hand those WQEBBs out again
+        // before). The software device reads none of that.
+        unsafe { self.bell.ring_sq(db, counter, last_wqe, single) };
+        self.sq.rung = pi;
     }
 
     /// [`Qp::post`] then [`Qp::ring_doorbell`].
@@ -851,21 +562,10 @@ impl Qp {
         let db = unsafe { AtomicU32::from_ptr(m.dbrec) };
         // Release: the device reads the WQE after it sees the counter.
         db.store((self.rq_head & 0xffff).to_be(), Ordering::Release);
-        if state == QpState::Error
-            && let Bell::Soft(b) = &self.bell
-        {
+        if state == QpState::Error {
             // An ERROR QP flushes new receives; wake the device to do it.
-            b.ring();
+            self.bell.wake_for_recv();
         }
         Ok(())
-    }
-}
-
-impl QpShared {
-    fn handle_hw(&self) -> &hw::Qp {
-        match &self.handle {
-            QpHandle::Hw(q) => q,
-            QpHandle::Soft { .. } => unreachable!("hardware call on a software QP"),
-        }
     }
 }

@@ -10,40 +10,26 @@
 //! |---|---|---|
 //! | WQE data segments | software | before the doorbell record |
 //! | doorbell record word 0 (be32, WQEs posted mod 2^16) | software | after the WQEs, `Release` |
-//! | `consumed` (ours, not the NIC's) | CQ pollers | per receive CQE, `Release` |
+//! | `SrqTrack::consumed` (ours, not the NIC's) | CQ pollers | per receive CQE, `Release` |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::device::Backend;
+use crate::backend::SrqHandle;
 use crate::error::Error;
-use crate::hw;
-use crate::mem::DmaBuf;
 use crate::mr::{Pd, PdInner};
-use crate::wqe::{SEG, Sge, write_data};
-
-/// `MLX5_INVALID_LKEY`: terminates a scatter list shorter than its WQE's room.
-pub(crate) const INVALID_LKEY: u32 = 0x100;
-
-pub(crate) struct SrqMem {
-    pub(crate) buf: *mut u8,
-    pub(crate) wqe_cnt: u32,
-    pub(crate) stride: u32,
-    pub(crate) dbrec: *mut u32,
-}
-
-enum SrqHandle {
-    Soft { _buf: DmaBuf, _dbrec: DmaBuf },
-    Hw(hw::Srq),
-}
+use crate::prm::SEG;
+use crate::queue::{SrqMem, SrqTrack};
+use crate::wqe::{Sge, write_sges};
 
 pub(crate) struct SrqShared {
     pub(crate) pd: Arc<PdInner>,
     pub(crate) srqn: u32,
     pub(crate) mem: SrqMem,
     pub(crate) max_sge: u32,
-    consumed: AtomicU32,
-    handle: SrqHandle,
+    /// Shared with the routes of the CQs its QPs complete on.
+    pub(crate) track: Arc<SrqTrack>,
+    pub(crate) handle: SrqHandle,
 }
 
 // SAFETY: raw pointers into `handle`'s memory, alive as long as this value;
@@ -52,30 +38,13 @@ unsafe impl Send for SrqShared {}
 // SAFETY: as above.
 unsafe impl Sync for SrqShared {}
 
-impl SrqShared {
-    /// One receive WQE of this SRQ was consumed (a CQE was polled).
-    pub(crate) fn consumed(&self) {
-        // Release: the poster reuses the WQE only after this CQE was read.
-        self.consumed.fetch_add(1, Ordering::Release);
-    }
-}
-
-impl SrqShared {
-    pub(crate) fn hw_srq(&self) -> Option<*mut hw::ffi::ibv_srq> {
-        match &self.handle {
-            SrqHandle::Hw(s) => Some(s.0),
-            SrqHandle::Soft { .. } => None,
-        }
-    }
-}
-
 impl Drop for SrqShared {
     fn drop(&mut self) {
-        match (&self.pd.ctx.inner.backend, &self.handle) {
-            (Backend::Soft(d), SrqHandle::Soft { .. }) => d.destroy_srq(self.srqn),
-            (Backend::Hw(d), SrqHandle::Hw(s)) => d.destroy_srq(s),
-            _ => {}
-        }
+        self.pd
+            .ctx
+            .inner
+            .backend
+            .destroy_srq(self.srqn, &self.handle);
     }
 }
 
@@ -103,50 +72,19 @@ impl Srq {
                 "SRQ depth {depth} (1..=32768) / max_sge {max_sge} (1..=30)"
             )));
         }
-        let (srqn, mem, handle) = match &pd.inner.ctx.inner.backend {
-            Backend::Soft(d) => {
-                // One WQE stays unposted (libmlx5 keeps the tail), hence +1.
-                let wqe_cnt = (depth + 1).next_power_of_two();
-                let stride = (SEG as u32 * (1 + max_sge)).next_power_of_two();
-                let buf = DmaBuf::zeroed((wqe_cnt * stride) as usize);
-                let dbrec = DmaBuf::zeroed(64);
-                for i in 0..wqe_cnt {
-                    let next = ((i + 1) & (wqe_cnt - 1)) as u16;
-                    // SAFETY: inside the buffer; bytes 2..4 of WQE i are its
-                    // next_wqe_index.
-                    unsafe {
-                        let p = buf.as_ptr().add((i * stride) as usize + 2);
-                        std::ptr::copy_nonoverlapping(next.to_be_bytes().as_ptr(), p, 2);
-                    }
-                }
-                let mem = SrqMem {
-                    buf: buf.as_ptr(),
-                    wqe_cnt,
-                    stride,
-                    dbrec: dbrec.as_ptr().cast(),
-                };
-                let srqn = d.create_srq(&mem);
-                (
-                    srqn,
-                    mem,
-                    SrqHandle::Soft {
-                        _buf: buf,
-                        _dbrec: dbrec,
-                    },
-                )
-            }
-            Backend::Hw(d) => {
-                let (s, mem, srqn) = d.create_srq(&pd.inner, depth, max_sge)?;
-                (srqn, mem, SrqHandle::Hw(s))
-            }
-        };
+        let (handle, mem, srqn) =
+            pd.inner
+                .ctx
+                .inner
+                .backend
+                .create_srq(&pd.inner.handle, depth, max_sge)?;
         Ok(Srq {
             shared: Arc::new(SrqShared {
                 pd: pd.inner.clone(),
                 srqn,
                 mem,
                 max_sge,
-                consumed: AtomicU32::new(0),
+                track: Arc::new(SrqTrack::new()),
                 handle,
             }),
             posted: 0,
@@ -165,9 +103,7 @@ impl Srq {
 
     /// WQEs posted and not yet consumed (as far as polled CQEs tell).
     pub fn outstanding(&self) -> u32 {
-        // Acquire: pairs with SrqShared::consumed.
-        self.posted
-            .wrapping_sub(self.shared.consumed.load(Ordering::Acquire))
+        self.posted.wrapping_sub(self.shared.track.count())
     }
 
     /// Posts a receive WQE scattering into `sges` (may be empty: enough for
@@ -201,89 +137,5 @@ impl Srq {
         // Release: the device reads the WQE after it sees the counter.
         db.store((self.posted & 0xffff).to_be(), Ordering::Release);
         Ok(())
-    }
-}
-
-/// Writes a receive scatter list into `out`, one receive WQE's data
-/// segments (the RQ stride, or an SRQ stride after its next segment), as
-/// rdma-core's provider writes it: zero-length SGEs are skipped, and an
-/// `MLX5_INVALID_LKEY` entry ends a list shorter than the room the stride
-/// has. The device reads up to the stride's room, not up to the
-/// `max_recv_sge` asked for at creation (the stride is a power of two and
-/// may hold more), so the terminator is decided by the stride.
-pub(crate) fn write_sges(out: &mut [u8], sges: &[Sge]) {
-    let room = out.len() / SEG;
-    let mut n = 0;
-    for sge in sges.iter().filter(|s| s.len != 0).take(room) {
-        write_data(&mut out[n * SEG..(n + 1) * SEG], *sge);
-        n += 1;
-    }
-    if n < room {
-        write_data(
-            &mut out[n * SEG..(n + 1) * SEG],
-            Sge {
-                addr: 0,
-                len: 0,
-                lkey: INVALID_LKEY,
-            },
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entries(out: &[u8]) -> Vec<(u32, u32, u64)> {
-        out.chunks_exact(SEG)
-            .map(|e| {
-                (
-                    u32::from_be_bytes(e[0..4].try_into().unwrap()),
-                    u32::from_be_bytes(e[4..8].try_into().unwrap()),
-                    u64::from_be_bytes(e[8..16].try_into().unwrap()),
-                )
-            })
-            .collect()
-    }
-
-    const STALE: (u32, u32, u64) = (0x5a5a_5a5a, 0x5a5a_5a5a, 0x5a5a_5a5a_5a5a_5a5a);
-
-    #[test]
-    fn receive_terminator_is_decided_by_the_stride_not_the_requested_sges() {
-        let sge = |len| Sge {
-            addr: 0x1000,
-            len,
-            lkey: 7,
-        };
-        // A 64-byte stride has room for 4 entries: 3 SGEs (all a QP created
-        // with max_recv_sge = 3 may post) still get a terminator, or the
-        // device would read the stale fourth entry as an SGE.
-        let mut out = [0x5au8; 64];
-        write_sges(&mut out, &[sge(1), sge(2), sge(3)]);
-        assert_eq!(
-            entries(&out),
-            [
-                (1, 7, 0x1000),
-                (2, 7, 0x1000),
-                (3, 7, 0x1000),
-                (0, INVALID_LKEY, 0)
-            ]
-        );
-        // A full stride needs none.
-        let mut out = [0x5au8; 32];
-        write_sges(&mut out, &[sge(1), sge(2)]);
-        assert_eq!(entries(&out), [(1, 7, 0x1000), (2, 7, 0x1000)]);
-        // Zero-length SGEs are skipped; the terminator follows what was
-        // written, and what lies after it is not touched.
-        let mut out = [0x5au8; 64];
-        write_sges(&mut out, &[sge(0), sge(5), sge(0)]);
-        assert_eq!(
-            entries(&out),
-            [(5, 7, 0x1000), (0, INVALID_LKEY, 0), STALE, STALE]
-        );
-        // No SGE at all (a WRITE_IMM receive): just the terminator.
-        let mut out = [0x5au8; 16];
-        write_sges(&mut out, &[]);
-        assert_eq!(entries(&out), [(0, INVALID_LKEY, 0)]);
     }
 }

@@ -10,15 +10,16 @@ mod common;
 
 use common::pair::{TIMEOUT, pair_env};
 use mlx5::wqe::opcode;
-use mlx5::{
-    AsyncEvent, AtomicCas, AtomicFa, Kind, QpCaps, QpState, Read, Send, Syndrome, Write, WriteImm,
-};
+use mlx5::wqe::{AtomicCas, AtomicFa, Read, Send, Write, WriteImm};
+use mlx5::{AsyncEvent, Kind, QpCaps, QpState, Syndrome};
 
 #[test]
 fn every_opcode_completes_with_the_expected_cqe() {
     let (mut a, mut b) = pair_env(QpCaps::default(), 64);
-    a.mr.write(0, b"0123456789abcdef");
-    b.mr.write(1024, b"remote bytes");
+    // SAFETY: no WQE that reads or writes these bytes is in flight.
+    unsafe { a.mr.write(0, b"0123456789abcdef") };
+    // SAFETY: no WQE that reads or writes these bytes is in flight.
+    unsafe { b.mr.write(1024, b"remote bytes") };
     b.qp.post_recv(&[]).unwrap();
     b.qp.post_recv(&[b.mr.sge(2048, 64)]).unwrap();
     let src = [a.mr.sge(0, 16)];
@@ -54,15 +55,23 @@ fn every_opcode_completes_with_the_expected_cqe() {
     );
     assert_eq!((r[1].kind, r[1].byte_len), (Kind::RecvSend, 16));
     let mut buf = [0u8; 16];
-    b.mr.read(0, &mut buf);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { b.mr.read(0, &mut buf) };
     assert_eq!(&buf, b"0123456789abcdef");
-    b.mr.read(2048, &mut buf);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { b.mr.read(2048, &mut buf) };
     assert_eq!(&buf, b"0123456789abcdef");
     let mut back = [0u8; 12];
-    a.mr.read(100, &mut back);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { a.mr.read(100, &mut back) };
     assert_eq!(&back, b"remote bytes");
     let mut orig = [0u8; 8];
-    a.mr.read(208, &mut orig);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { a.mr.read(208, &mut orig) };
     assert_eq!(u64::from_be_bytes(orig), 3);
     assert_eq!(
         b.mr.atomic_u64(512)
@@ -89,7 +98,9 @@ fn send_queue_and_cq_wrap_many_times() {
         let r = b.expect(1);
         assert_eq!((r[0].imm, r[0].byte_len), (i as u32, len as u32));
         let mut got = vec![0u8; len];
-        b.mr.read(i % 64, &mut got);
+        // SAFETY: the WQEs that wrote these bytes have completed (their
+        // completions were polled) and none is in flight to them.
+        unsafe { b.mr.read(i % 64, &mut got) };
         assert_eq!(got, data);
     }
 }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::pair::{End, end};
 use mlx5::peer::{PeerProcess, fnv1a as fnv, hex, pattern, stream_len, unhex};
+use mlx5::wqe::{AtomicCas, AtomicFa, Read, Send, SendImm, Write, WriteImm};
 use mlx5::{
-    Access, AtomicCas, AtomicFa, ConnectOpts, Context, Kind, Progress, QpCaps, QpState, Read,
-    Remote, Selection, Send, SendImm, Syndrome, Write, WriteImm,
+    Access, ConnectOpts, Context, Kind, Progress, QpCaps, QpState, Remote, Selection, Syndrome,
 };
 
 const PEER: &str = env!("CARGO_BIN_EXE_mlx5-peer");
@@ -59,7 +59,8 @@ fn every_opcode(device: &str) {
     use mlx5::wqe::opcode;
     let (mut me, mut peer) = setup(device, &ConnectOpts::default());
     let data: Vec<u8> = (0..8192u64).map(|i| pattern(7, i)).collect();
-    me.mr.write(0, &data);
+    // SAFETY: no WQE that reads or writes these bytes is in flight.
+    unsafe { me.mr.write(0, &data) };
 
     // WRITE from an SGE, checked by the peer.
     me.qp
@@ -121,7 +122,9 @@ fn every_opcode(device: &str) {
         .unwrap();
     ok_one(&mut me, opcode::RDMA_READ);
     let mut got = vec![0u8; 5000];
-    me.mr.read(100_000, &mut got);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { me.mr.read(100_000, &mut got) };
     let want: Vec<u8> = (0..5000u64).map(|i| pattern(3, i)).collect();
     assert_eq!(got, want);
 
@@ -134,7 +137,9 @@ fn every_opcode(device: &str) {
         .unwrap();
     ok_one(&mut me, opcode::ATOMIC_CS);
     let mut orig = [0u8; 8];
-    me.mr.read(200_000, &mut orig);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { me.mr.read(200_000, &mut orig) };
     assert_eq!(u64::from_be_bytes(orig), 1000);
     assert_eq!(peer.cmd("get64 64"), "2024");
     // A failing compare returns the value and leaves it.
@@ -142,14 +147,18 @@ fn every_opcode(device: &str) {
         .post_and_ring(&AtomicCas::new(peer.remote(64), me.mr.sge(200_008, 8), 1, 5).signaled())
         .unwrap();
     ok_one(&mut me, opcode::ATOMIC_CS);
-    me.mr.read(200_008, &mut orig);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { me.mr.read(200_008, &mut orig) };
     assert_eq!(u64::from_be_bytes(orig), 2024);
     assert_eq!(peer.cmd("get64 64"), "2024");
     me.qp
         .post_and_ring(&AtomicFa::new(peer.remote(64), me.mr.sge(200_016, 8), 76).signaled())
         .unwrap();
     ok_one(&mut me, opcode::ATOMIC_FA);
-    me.mr.read(200_016, &mut orig);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { me.mr.read(200_016, &mut orig) };
     assert_eq!(u64::from_be_bytes(orig), 2024);
     assert_eq!(peer.cmd("get64 64"), "2100");
 
@@ -326,7 +335,8 @@ fn many_qps_share_one_link() {
     }
     for (i, qp) in qps.iter_mut().enumerate() {
         let b: Vec<u8> = (0..4096u64).map(|j| pattern(i as u64, j)).collect();
-        mr.write(i * 4096, &b);
+        // SAFETY: no WQE that reads or writes these bytes is in flight.
+        unsafe { mr.write(i * 4096, &b) };
         qp.post_and_ring(
             &Write::new(peer.remote(i as u64 * 4096), &[mr.sge(i * 4096, 4096)]).signaled(),
         )
@@ -378,7 +388,8 @@ fn long_run_wraps_queues_and_checks_every_byte() {
             let len = stream_len(seed, k, MAXLEN);
             let src = (k % 64) as usize * MAXLEN;
             let b: Vec<u8> = (0..len as u64).map(|j| pattern(seed ^ k, j)).collect();
-            me.mr.write(src, &b);
+            // SAFETY: no WQE that reads or writes these bytes is in flight.
+            unsafe { me.mr.write(src, &b) };
             let slot = (k % WINDOW as u64) * MAXLEN as u64;
             let sge = [me.mr.sge(src, len as u32)];
             let w = WriteImm::new(peer.remote(slot), &sge, k as u32);
@@ -529,7 +540,9 @@ fn manual_progress_across_processes() {
     // expect() steps the manual device while it waits.
     ok_one(&mut me, mlx5::wqe::opcode::RDMA_READ);
     let mut b = [0u8; 256];
-    me.mr.read(0, &mut b);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { me.mr.read(0, &mut b) };
     assert!(
         b.iter()
             .enumerate()
@@ -659,7 +672,9 @@ fn an_idle_linked_device_sleeps_and_its_socket_wakes_it() {
     // it near 50 ms.
     assert!(waits[4] < Duration::from_millis(20), "{waits:?}");
     let mut b = [0u8; 64];
-    me.mr.read(0, &mut b);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { me.mr.read(0, &mut b) };
     assert!(
         b.iter()
             .enumerate()
@@ -897,7 +912,8 @@ fn large_writes_and_reads_cross_the_link_whole() {
     peer.connect(0, &me.qp.local_info(&o).unwrap());
     me.qp.connect(&peer.infos[0], &o).unwrap();
     let data: Vec<u8> = (0..BIG as u64).map(|i| pattern(9, i)).collect();
-    me.mr.write(0, &data);
+    // SAFETY: no WQE that reads or writes these bytes is in flight.
+    unsafe { me.mr.write(0, &data) };
     me.qp
         .post_and_ring(&Write::new(peer.remote(0), &[me.mr.sge(0, BIG as u32)]).signaled())
         .unwrap();
@@ -914,7 +930,9 @@ fn large_writes_and_reads_cross_the_link_whole() {
         .unwrap();
     ok_one(&mut me, mlx5::wqe::opcode::RDMA_READ);
     let mut got = vec![0u8; BIG];
-    me.mr.read(BIG, &mut got);
+    // SAFETY: the WQEs that wrote these bytes have completed (their
+    // completions were polled) and none is in flight to them.
+    unsafe { me.mr.read(BIG, &mut got) };
     assert!(
         got.iter()
             .enumerate()

@@ -5,7 +5,8 @@
 mod common;
 
 use common::pair::pair_with;
-use mlx5::{AtomicCas, AtomicFa, Progress, QpCaps, Read, Write};
+use mlx5::wqe::{AtomicCas, AtomicFa, Read, Write};
+use mlx5::{Progress, QpCaps};
 use proptest::prelude::*;
 
 const TARGET: usize = 512;
@@ -54,7 +55,8 @@ proptest! {
     ) {
         let caps = QpCaps { max_send_wr: 64, ..QpCaps::default() };
         let (mut a, b) = pair_with(Progress::Manual, caps, 256);
-        b.mr.write(0, &init);
+        // SAFETY: no WQE that reads or writes these bytes is in flight.
+        unsafe { b.mr.write(0, &init) };
         let mut model = init.clone();
         // Expected bytes in each op's result slot (READ/atomics).
         let mut expect: Vec<Option<Vec<u8>>> = Vec::new();
@@ -64,7 +66,8 @@ proptest! {
             let r = |off: usize| b.mr.remote(off);
             let posted = match op {
                 Op::Write { off, data } => {
-                    a.mr.write(i * SLOT, data);
+                    // SAFETY: no WQE that reads or writes these bytes is in flight.
+                    unsafe { a.mr.write(i * SLOT, data) };
                     model[*off..off + data.len()].copy_from_slice(data);
                     expect.push(None);
                     let sge = [a.mr.sge(i * SLOT, data.len() as u32)];
@@ -101,12 +104,16 @@ proptest! {
         let c = a.expect(1);
         prop_assert_eq!(c[0].status(), Ok(()));
         let mut got = vec![0u8; TARGET];
-        b.mr.read(0, &mut got);
+        // SAFETY: the WQEs that wrote these bytes have completed (their
+        // completions were polled) and none is in flight to them.
+        unsafe { b.mr.read(0, &mut got) };
         prop_assert_eq!(got, model);
         for (i, e) in expect.iter().enumerate() {
             if let Some(e) = e {
                 let mut r = vec![0u8; e.len()];
-                a.mr.read(i * SLOT, &mut r);
+                // SAFETY: the WQEs that wrote these bytes have completed (their
+                // completions were polled) and none is in flight to them.
+                unsafe { a.mr.read(i * SLOT, &mut r) };
                 prop_assert_eq!(&r, e, "result of op {} ({:?})", i, ops[i]);
             }
         }

@@ -5,22 +5,29 @@ mod common;
 
 use common::pair::{End, TIMEOUT, connect, end, pair, pair_with, srq_qp};
 use mlx5::wqe::opcode;
+use mlx5::wqe::{AtomicCas, AtomicFa, Nop, Read, Send, SendImm, Write, WriteImm};
 use mlx5::{
-    Access, AsyncEvent, AtomicCas, AtomicFa, ConnectOpts, Context, Cq, Error, Kind, Nop, Progress,
-    Qp, QpCaps, QpState, Read, Remote, Send, SendImm, Srq, Syndrome, Write, WriteImm,
+    Access, AsyncEvent, ConnectOpts, Context, Cq, Error, Kind, Progress, Qp, QpCaps, QpState,
+    Remote, Srq, Syndrome,
 };
 
+/// Fills `e`'s region at `off` with a pattern; for bytes no WQE is
+/// accessing (the tests fill before they post).
 fn fill(e: &End, off: usize, len: usize, seed: u8) -> Vec<u8> {
     let data: Vec<u8> = (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect();
-    e.mr.write(off, &data);
+    // SAFETY: see the doc: the callers' bytes are not in flight.
+    unsafe { e.mr.write(off, &data) };
     data
 }
 
+/// `e`'s region at `off`; for bytes no WQE is writing (the tests read
+/// after polling the completions that wrote them).
 fn read(e: &End, off: usize, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
-    e.mr.read(off, &mut v);
+    // SAFETY: see the doc: the callers' bytes are not in flight.
+    unsafe { e.mr.read(off, &mut v) };
     v
 }
 
@@ -824,8 +831,10 @@ fn degenerate_posts_are_written_as_rdma_core_writes_them() {
             .unwrap_err();
     assert!(matches!(e, Error::AtomicResultTooSmall { len: 4 }), "{e}");
     // A longer one gets the 8 bytes and nothing after them.
-    a.mr.write(64, &[0xee; 16]);
-    b.mr.write(0, &7u64.to_ne_bytes());
+    // SAFETY: no WQE that reads or writes these bytes is in flight.
+    unsafe { a.mr.write(64, &[0xee; 16]) };
+    // SAFETY: no WQE that reads or writes these bytes is in flight.
+    unsafe { b.mr.write(0, &7u64.to_ne_bytes()) };
     a.qp.post_and_ring(&AtomicFa::new(b.mr.remote(0), a.mr.sge(64, 16), 1).signaled())
         .unwrap();
     assert_eq!(a.expect(1)[0].status(), Ok(()));

@@ -36,10 +36,9 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::time::{Duration, Instant};
 
-use mlx5::wqe::opcode;
+use mlx5::wqe::{AtomicFa, Read, Write, opcode};
 use mlx5::{
-    Access, AtomicFa, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Read,
-    Remote, Write,
+    Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote,
 };
 
 use crate::input::Reader;
@@ -280,7 +279,9 @@ impl Fixture {
             )
         };
         assert_eq!((region.rkey(), canary.rkey()), (REGION_RKEY, CANARY_RKEY));
-        canary.write(0, &[CANARY; REGION_LEN]);
+        // SAFETY: a fresh region no WQE or peer has been told about; the
+        // devices are manual and only this thread steps them.
+        unsafe { canary.write(0, &[CANARY; REGION_LEN]) };
         let end = |ctx: &Context| {
             let pd = Pd::new(ctx).expect("pd");
             let cq = Cq::new(ctx, 16).expect("cq");
@@ -496,7 +497,9 @@ impl Fixture {
     /// The device still works, and wrote nothing it may not.
     fn check(&mut self) {
         let mut b = vec![0u8; REGION_LEN];
-        self.canary.read(0, &mut b);
+        // SAFETY: manual devices, stepped only by this thread: nothing
+        // executes while this reads.
+        unsafe { self.canary.read(0, &mut b) };
         if let Some(i) = b.iter().position(|&x| x != CANARY) {
             panic!("the REMOTE_READ-only region changed at byte {i}");
         }
@@ -517,7 +520,9 @@ impl Fixture {
             )
         );
         let mut landed = [0u8; 8];
-        self.b.mr.read(0, &mut landed);
+        // SAFETY: the WRITE completed (polled above) and the devices are
+        // manual, stepped only by this thread.
+        unsafe { self.b.mr.read(0, &mut landed) };
         assert_eq!(landed, stamp, "the pair's WRITE landed");
         assert_eq!(self.b.cq.poll(16, |_| {}).expect("b's CQ"), 0);
     }

@@ -40,10 +40,10 @@
 
 use std::collections::VecDeque;
 
-use mlx5::wqe::{self, WQEBB, WqeBuild, opcode};
+use mlx5::wqe::{self, AtomicCas, AtomicFa, Nop, Read, Send, WQEBB, WqeBuild, Write, opcode};
 use mlx5::{
-    Access, AtomicCas, AtomicFa, Completion, ConnectOpts, Context, Cq, Error, Kind, Mr, Nop, Pd,
-    Progress, Qp, QpCaps, QpState, Read, Remote, Send, Sge, Syndrome, Write,
+    Access, Completion, ConnectOpts, Context, Cq, Error, Kind, Mr, Pd, Progress, Qp, QpCaps,
+    QpState, Remote, Sge, Syndrome,
 };
 
 use crate::input::{Reader, Writer};
@@ -775,8 +775,12 @@ impl End {
         let main = pd.alloc_mr(MR_LEN, Access::ALL).expect("mr");
         let canary = pd.alloc_mr(MR_LEN, Access::REMOTE_READ).expect("mr");
         let foreign = other_pd.alloc_mr(MR_LEN, Access::ALL).expect("mr");
-        canary.write(0, &[CANARY; MR_LEN]);
-        foreign.write(0, &[CANARY; MR_LEN]);
+        // SAFETY: fresh regions no WQE or peer has been told about; the
+        // devices are manual and only this thread steps them.
+        unsafe {
+            canary.write(0, &[CANARY; MR_LEN]);
+            foreign.write(0, &[CANARY; MR_LEN]);
+        }
         End {
             ctx,
             qp,
@@ -819,7 +823,9 @@ impl End {
     fn check_canaries(&self) {
         for (name, mr) in [("canary", &self.canary), ("foreign", &self.foreign)] {
             let mut b = vec![0u8; MR_LEN];
-            mr.read(0, &mut b);
+            // SAFETY: the devices are manual and stepped only by this
+            // thread, so nothing executes while this reads.
+            unsafe { mr.read(0, &mut b) };
             if let Some(i) = b.iter().position(|&x| x != CANARY) {
                 panic!("the {name} region changed at byte {i}: the device wrote memory it may not");
             }

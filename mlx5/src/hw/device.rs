@@ -20,14 +20,11 @@ use std::time::Duration;
 use super::async_event;
 use super::doorbell::{Arch, BlueFlame};
 use super::ffi::{self, Verbs};
-use crate::QpState;
-use crate::cq::{CqMem, CqShared};
 use crate::error::Error;
 use crate::event::AsyncEvent;
-use crate::mr::{Access, PdHandle, PdInner};
-use crate::qp::{ConnInfo, ConnectOpts, Mtu, QpCaps, QpMem};
-use crate::srq::{SrqMem, SrqShared};
-use crate::wqe::{MAX_DS, SEG};
+use crate::prm::Access;
+use crate::prm::{MAX_DS, QpState, SEG};
+use crate::queue::{ConnInfo, ConnectOpts, CqMem, Mtu, QpCaps, QpMem, SrqMem};
 
 /// An all-zero C struct (how C code initialises verbs attribute structs).
 fn zeroed<T: Plain>() -> T {
@@ -105,9 +102,9 @@ pub(crate) struct Pd(*mut ffi::ibv_pd);
 /// A registered memory region.
 pub(crate) struct Mr(*mut ffi::ibv_mr);
 /// A completion queue and its CQN.
-pub(crate) struct Cq(pub(crate) *mut ffi::ibv_cq, u32);
+pub(crate) struct Cq(*mut ffi::ibv_cq, u32);
 /// A shared receive queue and its SRQN.
-pub(crate) struct Srq(pub(crate) *mut ffi::ibv_srq, u32);
+pub(crate) struct Srq(*mut ffi::ibv_srq, u32);
 /// A queue pair.
 pub(crate) struct Qp(*mut ffi::ibv_qp);
 
@@ -317,13 +314,10 @@ impl Device {
 
     pub(crate) fn create_srq(
         &self,
-        pd: &PdInner,
+        hpd: &Pd,
         depth: u32,
         max_sge: u32,
     ) -> Result<(Srq, SrqMem, u32), Error> {
-        let PdHandle::Hw(hpd) = &pd.handle else {
-            return Err(Error::Mismatch("PD of another backend"));
-        };
         let mut attr = ffi::ibv_srq_init_attr {
             srq_context: ptr::null_mut(),
             attr: ffi::ibv_srq_attr {
@@ -376,23 +370,17 @@ impl Device {
 
     pub(crate) fn create_qp(
         &self,
-        pd: &PdInner,
-        send_cq: &CqShared,
-        recv_cq: &CqShared,
-        srq: Option<&SrqShared>,
+        hpd: &Pd,
+        send_cq: &Cq,
+        recv_cq: &Cq,
+        srq: Option<&Srq>,
         caps: &mut QpCaps,
     ) -> Result<(Qp, QpMem, u32, Arc<BlueFlame>), Error> {
-        let PdHandle::Hw(hpd) = &pd.handle else {
-            return Err(Error::Mismatch("PD of another backend"));
-        };
-        let (Some(scq), Some(rcq)) = (send_cq.hw_cq(), recv_cq.hw_cq()) else {
-            return Err(Error::Mismatch("CQ of another backend"));
-        };
         let mut attr = ffi::ibv_qp_init_attr {
             qp_context: ptr::null_mut(),
-            send_cq: scq,
-            recv_cq: rcq,
-            srq: srq.and_then(|s| s.hw_srq()).unwrap_or(ptr::null_mut()),
+            send_cq: send_cq.0,
+            recv_cq: recv_cq.0,
+            srq: srq.map_or(ptr::null_mut(), |s| s.0),
             cap: ffi::ibv_qp_cap {
                 max_send_wr: caps.max_send_wr,
                 max_recv_wr: caps.max_recv_wr,

@@ -1017,142 +1017,152 @@ impl Verbs {
     }
 }
 
-/// The size of the field that `project` (a closure `|s: &T| &s.field`,
-/// never called) borrows: a field's size without an instance.
-fn field_size<T, F>(_project: fn(&T) -> &F) -> usize {
-    size_of::<F>()
-}
+/// The layout table (`super::layout_table`): test tooling, built for the
+/// `testing` feature and this module's tests only.
+#[cfg(any(test, feature = "testing"))]
+mod layout {
+    use super::*;
 
-macro_rules! layout {
-    ($out:ident; $($ty:ident { $($f0:ident $(. $fr:ident)*),* $(,)? })*) => {$(
-        $out.push((concat!("sizeof(", stringify!($ty), ")"), size_of::<$ty>()));
-        $out.push((concat!("alignof(", stringify!($ty), ")"), align_of::<$ty>()));
-        $(
-            $out.push((
-                concat!("offsetof(", stringify!($ty), ", ", stringify!($f0) $(, ".", stringify!($fr))*, ")"),
-                std::mem::offset_of!($ty, $f0 $(. $fr)*),
-            ));
-            $out.push((
-                concat!("sizeof(", stringify!($ty), ".", stringify!($f0) $(, ".", stringify!($fr))*, ")"),
-                field_size(|s: &$ty| &s.$f0 $(. $fr)*),
-            ));
-        )*
-    )*};
-}
-
-macro_rules! constants {
-    ($out:ident; $($name:ident),* $(,)?) => {$(
-        // Every constant is small and non-negative (checked by the test
-        // against the C value, which would differ if the cast wrapped).
-        $out.push((stringify!($name), $name as usize));
-    )*};
-}
-
-/// Size, alignment, field offset and field size of every struct above, and
-/// the value of every constant, keyed the way `tests/c/hw_layout.c` prints
-/// them from the real headers (`sizeof(T)`, `alignof(T)`,
-/// `offsetof(T, field)`, `sizeof(T.field)`, `NAME`).
-pub(crate) fn layout_table() -> Vec<(&'static str, usize)> {
-    let mut t = Vec::new();
-    layout! { t;
-        ibv_gid { raw }
-        ibv_context { device, ops, cmd_fd, async_fd, num_comp_vectors, mutex, abi_compat }
-        ibv_async_event { element, event_type }
-        ibv_pd { context, handle }
-        ibv_mr { context, pd, addr, length, handle, lkey, rkey }
-        ibv_srq_attr { max_wr, max_sge, srq_limit }
-        ibv_srq_init_attr { srq_context, attr, attr.max_wr, attr.max_sge, attr.srq_limit }
-        ibv_srq { context, srq_context, pd, handle, mutex, cond, events_completed }
-        ibv_qp_cap { max_send_wr, max_recv_wr, max_send_sge, max_recv_sge, max_inline_data }
-        ibv_qp_init_attr { qp_context, send_cq, recv_cq, srq, cap, qp_type, sq_sig_all }
-        ibv_qp {
-            context, qp_context, pd, send_cq, recv_cq, srq, handle, qp_num, state, qp_type,
-            mutex, cond, events_completed,
-        }
-        ibv_global_route { dgid, flow_label, sgid_index, hop_limit, traffic_class }
-        ibv_ah_attr { grh, grh.dgid, dlid, sl, src_path_bits, static_rate, is_global, port_num }
-        ibv_qp_attr {
-            qp_state, cur_qp_state, path_mtu, path_mig_state, qkey, rq_psn, sq_psn,
-            dest_qp_num, qp_access_flags, cap, ah_attr, ah_attr.grh.dgid, ah_attr.grh.flow_label,
-            ah_attr.grh.sgid_index, ah_attr.grh.hop_limit, ah_attr.grh.traffic_class,
-            ah_attr.dlid, ah_attr.sl, ah_attr.is_global, ah_attr.port_num, alt_ah_attr,
-            pkey_index, alt_pkey_index, en_sqd_async_notify, sq_draining, max_rd_atomic,
-            max_dest_rd_atomic, min_rnr_timer, port_num, timeout, retry_cnt, rnr_retry,
-            alt_port_num, alt_timeout, rate_limit,
-        }
-        ibv_port_attr {
-            state, max_mtu, active_mtu, gid_tbl_len, port_cap_flags, max_msg_sz, bad_pkey_cntr,
-            qkey_viol_cntr, pkey_tbl_len, lid, sm_lid, lmc, max_vl_num, sm_sl, subnet_timeout,
-            init_type_reply, active_width, active_speed, phys_state, link_layer, flags,
-            port_cap_flags2,
-        }
-        mlx5dv_qp {
-            dbrec, sq, sq.buf, sq.wqe_cnt, sq.stride, rq, rq.buf, rq.wqe_cnt, rq.stride, bf,
-            bf.reg, bf.size, comp_mask, uar_mmap_offset, tirn, tisn, rqn, sqn, tir_icm_addr,
-        }
-        mlx5dv_cq { buf, dbrec, cqe_cnt, cqe_size, cq_uar, cqn, comp_mask }
-        mlx5dv_srq { buf, dbrec, stride, head, tail, comp_mask, srqn }
-        mlx5dv_obj {
-            qp, qp.out, cq, cq.out, srq, srq.out, rwq, rwq.out, dm, dm.out, ah, ah.out, pd, pd.out,
-        }
+    /// The size of the field that `project` (a closure `|s: &T| &s.field`,
+    /// never called) borrows: a field's size without an instance.
+    fn field_size<T, F>(_project: fn(&T) -> &F) -> usize {
+        size_of::<F>()
     }
-    // The `in` members are `in_` in Rust.
-    macro_rules! obj_in {
-        ($($m:ident),*) => {$(
-            t.push((
-                concat!("offsetof(mlx5dv_obj, ", stringify!($m), ".in)"),
-                std::mem::offset_of!(mlx5dv_obj, $m.in_),
-            ));
-            t.push((
-                concat!("sizeof(mlx5dv_obj.", stringify!($m), ".in)"),
-                field_size(|s: &mlx5dv_obj| &s.$m.in_),
-            ));
+
+    macro_rules! layout {
+        ($out:ident; $($ty:ident { $($f0:ident $(. $fr:ident)*),* $(,)? })*) => {$(
+            $out.push((concat!("sizeof(", stringify!($ty), ")"), size_of::<$ty>()));
+            $out.push((concat!("alignof(", stringify!($ty), ")"), align_of::<$ty>()));
+            $(
+                $out.push((
+                    concat!("offsetof(", stringify!($ty), ", ", stringify!($f0) $(, ".", stringify!($fr))*, ")"),
+                    std::mem::offset_of!($ty, $f0 $(. $fr)*),
+                ));
+                $out.push((
+                    concat!("sizeof(", stringify!($ty), ".", stringify!($f0) $(, ".", stringify!($fr))*, ")"),
+                    field_size(|s: &$ty| &s.$f0 $(. $fr)*),
+                ));
+            )*
         )*};
     }
-    obj_in!(qp, cq, srq, rwq, dm, ah, pd);
-    // The members of the anonymous `element` union (reading one is unsafe,
-    // so their sizes come from their types).
-    macro_rules! element {
-        ($($m:ident: $ty:ty),*) => {$(
-            t.push((
-                concat!("offsetof(ibv_async_event, element.", stringify!($m), ")"),
-                std::mem::offset_of!(ibv_async_event, element)
-                    + std::mem::offset_of!(ibv_async_event_element, $m),
-            ));
-            t.push((
-                concat!("sizeof(ibv_async_event.element.", stringify!($m), ")"),
-                size_of::<$ty>(),
-            ));
+
+    macro_rules! constants {
+        ($out:ident; $($name:ident),* $(,)?) => {$(
+            // Every constant is small and non-negative (checked by the test
+            // against the C value, which would differ if the cast wrapped).
+            $out.push((stringify!($name), $name as usize));
         )*};
     }
-    element!(cq: *mut ibv_cq, qp: *mut ibv_qp, srq: *mut ibv_srq, wq: *mut c_void, port_num: c_int);
-    constants! { t;
-        IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD,
-        IBV_QPS_RESET, IBV_QPS_INIT, IBV_QPS_RTR, IBV_QPS_RTS, IBV_QPS_SQD, IBV_QPS_SQE,
-        IBV_QPS_ERR, IBV_QPS_UNKNOWN,
-        IBV_QP_STATE, IBV_QP_CUR_STATE, IBV_QP_EN_SQD_ASYNC_NOTIFY, IBV_QP_ACCESS_FLAGS,
-        IBV_QP_PKEY_INDEX, IBV_QP_PORT, IBV_QP_QKEY, IBV_QP_AV, IBV_QP_PATH_MTU, IBV_QP_TIMEOUT,
-        IBV_QP_RETRY_CNT, IBV_QP_RNR_RETRY, IBV_QP_RQ_PSN, IBV_QP_MAX_QP_RD_ATOMIC,
-        IBV_QP_ALT_PATH, IBV_QP_MIN_RNR_TIMER, IBV_QP_SQ_PSN, IBV_QP_MAX_DEST_RD_ATOMIC,
-        IBV_QP_PATH_MIG_STATE, IBV_QP_CAP, IBV_QP_DEST_QPN, IBV_QP_RATE_LIMIT,
-        IBV_ACCESS_LOCAL_WRITE, IBV_ACCESS_REMOTE_WRITE, IBV_ACCESS_REMOTE_READ,
-        IBV_ACCESS_REMOTE_ATOMIC,
-        IBV_MTU_256, IBV_MTU_512, IBV_MTU_1024, IBV_MTU_2048, IBV_MTU_4096,
-        IBV_PORT_NOP, IBV_PORT_DOWN, IBV_PORT_INIT, IBV_PORT_ARMED, IBV_PORT_ACTIVE,
-        IBV_PORT_ACTIVE_DEFER,
-        IBV_LINK_LAYER_UNSPECIFIED, IBV_LINK_LAYER_INFINIBAND, IBV_LINK_LAYER_ETHERNET,
-        IBV_EVENT_CQ_ERR, IBV_EVENT_QP_FATAL, IBV_EVENT_QP_REQ_ERR, IBV_EVENT_QP_ACCESS_ERR,
-        IBV_EVENT_COMM_EST, IBV_EVENT_SQ_DRAINED, IBV_EVENT_PATH_MIG, IBV_EVENT_PATH_MIG_ERR,
-        IBV_EVENT_DEVICE_FATAL, IBV_EVENT_PORT_ACTIVE, IBV_EVENT_PORT_ERR, IBV_EVENT_LID_CHANGE,
-        IBV_EVENT_PKEY_CHANGE, IBV_EVENT_SM_CHANGE, IBV_EVENT_SRQ_ERR,
-        IBV_EVENT_SRQ_LIMIT_REACHED, IBV_EVENT_QP_LAST_WQE_REACHED, IBV_EVENT_CLIENT_REREGISTER,
-        IBV_EVENT_GID_CHANGE, IBV_EVENT_WQ_FATAL,
-        MLX5DV_OBJ_QP, MLX5DV_OBJ_CQ, MLX5DV_OBJ_SRQ,
-        MLX5DV_QP_MASK_UAR_MMAP_OFFSET, MLX5DV_QP_MASK_RAW_QP_HANDLES,
-        MLX5DV_QP_MASK_RAW_QP_TIR_ADDR, MLX5DV_SRQ_MASK_SRQN,
+
+    /// Size, alignment, field offset and field size of every struct above, and
+    /// the value of every constant, keyed the way `tests/c/hw_layout.c` prints
+    /// them from the real headers (`sizeof(T)`, `alignof(T)`,
+    /// `offsetof(T, field)`, `sizeof(T.field)`, `NAME`).
+    pub(crate) fn layout_table() -> Vec<(&'static str, usize)> {
+        let mut t = Vec::new();
+        layout! { t;
+            ibv_gid { raw }
+            ibv_context { device, ops, cmd_fd, async_fd, num_comp_vectors, mutex, abi_compat }
+            ibv_async_event { element, event_type }
+            ibv_pd { context, handle }
+            ibv_mr { context, pd, addr, length, handle, lkey, rkey }
+            ibv_srq_attr { max_wr, max_sge, srq_limit }
+            ibv_srq_init_attr { srq_context, attr, attr.max_wr, attr.max_sge, attr.srq_limit }
+            ibv_srq { context, srq_context, pd, handle, mutex, cond, events_completed }
+            ibv_qp_cap { max_send_wr, max_recv_wr, max_send_sge, max_recv_sge, max_inline_data }
+            ibv_qp_init_attr { qp_context, send_cq, recv_cq, srq, cap, qp_type, sq_sig_all }
+            ibv_qp {
+                context, qp_context, pd, send_cq, recv_cq, srq, handle, qp_num, state, qp_type,
+                mutex, cond, events_completed,
+            }
+            ibv_global_route { dgid, flow_label, sgid_index, hop_limit, traffic_class }
+            ibv_ah_attr { grh, grh.dgid, dlid, sl, src_path_bits, static_rate, is_global, port_num }
+            ibv_qp_attr {
+                qp_state, cur_qp_state, path_mtu, path_mig_state, qkey, rq_psn, sq_psn,
+                dest_qp_num, qp_access_flags, cap, ah_attr, ah_attr.grh.dgid, ah_attr.grh.flow_label,
+                ah_attr.grh.sgid_index, ah_attr.grh.hop_limit, ah_attr.grh.traffic_class,
+                ah_attr.dlid, ah_attr.sl, ah_attr.is_global, ah_attr.port_num, alt_ah_attr,
+                pkey_index, alt_pkey_index, en_sqd_async_notify, sq_draining, max_rd_atomic,
+                max_dest_rd_atomic, min_rnr_timer, port_num, timeout, retry_cnt, rnr_retry,
+                alt_port_num, alt_timeout, rate_limit,
+            }
+            ibv_port_attr {
+                state, max_mtu, active_mtu, gid_tbl_len, port_cap_flags, max_msg_sz, bad_pkey_cntr,
+                qkey_viol_cntr, pkey_tbl_len, lid, sm_lid, lmc, max_vl_num, sm_sl, subnet_timeout,
+                init_type_reply, active_width, active_speed, phys_state, link_layer, flags,
+                port_cap_flags2,
+            }
+            mlx5dv_qp {
+                dbrec, sq, sq.buf, sq.wqe_cnt, sq.stride, rq, rq.buf, rq.wqe_cnt, rq.stride, bf,
+                bf.reg, bf.size, comp_mask, uar_mmap_offset, tirn, tisn, rqn, sqn, tir_icm_addr,
+            }
+            mlx5dv_cq { buf, dbrec, cqe_cnt, cqe_size, cq_uar, cqn, comp_mask }
+            mlx5dv_srq { buf, dbrec, stride, head, tail, comp_mask, srqn }
+            mlx5dv_obj {
+                qp, qp.out, cq, cq.out, srq, srq.out, rwq, rwq.out, dm, dm.out, ah, ah.out, pd, pd.out,
+            }
+        }
+        // The `in` members are `in_` in Rust.
+        macro_rules! obj_in {
+            ($($m:ident),*) => {$(
+                t.push((
+                    concat!("offsetof(mlx5dv_obj, ", stringify!($m), ".in)"),
+                    std::mem::offset_of!(mlx5dv_obj, $m.in_),
+                ));
+                t.push((
+                    concat!("sizeof(mlx5dv_obj.", stringify!($m), ".in)"),
+                    field_size(|s: &mlx5dv_obj| &s.$m.in_),
+                ));
+            )*};
+        }
+        obj_in!(qp, cq, srq, rwq, dm, ah, pd);
+        // The members of the anonymous `element` union (reading one is unsafe,
+        // so their sizes come from their types).
+        macro_rules! element {
+            ($($m:ident: $ty:ty),*) => {$(
+                t.push((
+                    concat!("offsetof(ibv_async_event, element.", stringify!($m), ")"),
+                    std::mem::offset_of!(ibv_async_event, element)
+                        + std::mem::offset_of!(ibv_async_event_element, $m),
+                ));
+                t.push((
+                    concat!("sizeof(ibv_async_event.element.", stringify!($m), ")"),
+                    size_of::<$ty>(),
+                ));
+            )*};
+        }
+        element!(cq: *mut ibv_cq, qp: *mut ibv_qp, srq: *mut ibv_srq, wq: *mut c_void, port_num: c_int);
+        constants! { t;
+            IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD,
+            IBV_QPS_RESET, IBV_QPS_INIT, IBV_QPS_RTR, IBV_QPS_RTS, IBV_QPS_SQD, IBV_QPS_SQE,
+            IBV_QPS_ERR, IBV_QPS_UNKNOWN,
+            IBV_QP_STATE, IBV_QP_CUR_STATE, IBV_QP_EN_SQD_ASYNC_NOTIFY, IBV_QP_ACCESS_FLAGS,
+            IBV_QP_PKEY_INDEX, IBV_QP_PORT, IBV_QP_QKEY, IBV_QP_AV, IBV_QP_PATH_MTU, IBV_QP_TIMEOUT,
+            IBV_QP_RETRY_CNT, IBV_QP_RNR_RETRY, IBV_QP_RQ_PSN, IBV_QP_MAX_QP_RD_ATOMIC,
+            IBV_QP_ALT_PATH, IBV_QP_MIN_RNR_TIMER, IBV_QP_SQ_PSN, IBV_QP_MAX_DEST_RD_ATOMIC,
+            IBV_QP_PATH_MIG_STATE, IBV_QP_CAP, IBV_QP_DEST_QPN, IBV_QP_RATE_LIMIT,
+            IBV_ACCESS_LOCAL_WRITE, IBV_ACCESS_REMOTE_WRITE, IBV_ACCESS_REMOTE_READ,
+            IBV_ACCESS_REMOTE_ATOMIC,
+            IBV_MTU_256, IBV_MTU_512, IBV_MTU_1024, IBV_MTU_2048, IBV_MTU_4096,
+            IBV_PORT_NOP, IBV_PORT_DOWN, IBV_PORT_INIT, IBV_PORT_ARMED, IBV_PORT_ACTIVE,
+            IBV_PORT_ACTIVE_DEFER,
+            IBV_LINK_LAYER_UNSPECIFIED, IBV_LINK_LAYER_INFINIBAND, IBV_LINK_LAYER_ETHERNET,
+            IBV_EVENT_CQ_ERR, IBV_EVENT_QP_FATAL, IBV_EVENT_QP_REQ_ERR, IBV_EVENT_QP_ACCESS_ERR,
+            IBV_EVENT_COMM_EST, IBV_EVENT_SQ_DRAINED, IBV_EVENT_PATH_MIG, IBV_EVENT_PATH_MIG_ERR,
+            IBV_EVENT_DEVICE_FATAL, IBV_EVENT_PORT_ACTIVE, IBV_EVENT_PORT_ERR, IBV_EVENT_LID_CHANGE,
+            IBV_EVENT_PKEY_CHANGE, IBV_EVENT_SM_CHANGE, IBV_EVENT_SRQ_ERR,
+            IBV_EVENT_SRQ_LIMIT_REACHED, IBV_EVENT_QP_LAST_WQE_REACHED, IBV_EVENT_CLIENT_REREGISTER,
+            IBV_EVENT_GID_CHANGE, IBV_EVENT_WQ_FATAL,
+            MLX5DV_OBJ_QP, MLX5DV_OBJ_CQ, MLX5DV_OBJ_SRQ,
+            MLX5DV_QP_MASK_UAR_MMAP_OFFSET, MLX5DV_QP_MASK_RAW_QP_HANDLES,
+            MLX5DV_QP_MASK_RAW_QP_TIR_ADDR, MLX5DV_SRQ_MASK_SRQN,
+        }
+        t
     }
-    t
 }
+
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use layout::layout_table;
 
 #[cfg(test)]
 mod tests {

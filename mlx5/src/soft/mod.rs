@@ -4,22 +4,26 @@
 //!
 //! # How a WQE travels
 //!
-//! 1. *Requester, local phase* (requester device's state locked): read the
-//!    doorbell record, copy the WQE out of the ring, decode and validate it
-//!    (opcode, `ds`, index, QPN, inline length, SGE count), validate local
-//!    keys and gather the payload into a scratch buffer.
-//! 2. *Responder phase* (target device's state locked; the requester's is
-//!    released first, so two devices never hold each other's locks): check
-//!    the target QP's state and peer, the rkey, bounds and access flags,
-//!    take a receive WQE (RQ or SRQ) when the opcode consumes one, write
-//!    target memory or read it, write the responder CQE.
-//! 3. *Requester, completion phase* (requester's state locked again):
-//!    scatter READ data or the atomic's original value, write the requester
-//!    CQE (signaled WQEs and every error), or arm an RNR retry.
+//! 1. *Requester, local phase*: read the doorbell record, copy the WQE out
+//!    of the ring, decode and validate it (opcode, `ds`, index, QPN, inline
+//!    length, SGE count), validate local keys and gather the payload into a
+//!    scratch buffer.
+//! 2. *Responder phase*: check the target QP's state and peer, the rkey,
+//!    bounds and access flags, take a receive WQE (RQ or SRQ) when the
+//!    opcode consumes one, write target memory or read it, write the
+//!    responder CQE.
+//! 3. *Requester, completion phase*: scatter READ data or the atomic's
+//!    original value, write the requester CQE (signaled WQEs and every
+//!    error), or arm an RNR retry.
+//!
+//! The state of every device of this process lives behind one lock (the
+//! [`state::Fabric`]), which a progress pass takes once: the three phases of every
+//! WQE it executes, for a peer in this process too, run under that one
+//! acquisition (no lock per WQE, no order between two devices' locks).
 //!
 //! Phase 2 is a function of (request, payload) → response. For a peer in
 //! this process it runs in line; for a peer in another process or host
-//! ([`net`]) phase 1 appends a `REQ` frame to the link and moves on (the
+//! (over a [`link`]) phase 1 appends a `REQ` frame to the link and moves on (the
 //! QP keeps its requests in flight, in order, each with a sequence
 //! number), the target device runs phase 2 when the frame arrives and
 //! answers with a `RESP`, and phase 3 runs when that answer arrives. An RNR
@@ -44,535 +48,66 @@
 //! completes with `WrFlush`. A CQ that fills up is overrun, as on hardware.
 //! Atomics operate on target memory in host byte order and return the
 //! original value big-endian, as ConnectX does.
+//!
+//! # Modules, by job (each imports only those above it)
+//!
+//! | module | job |
+//! |---|---|
+//! | [`wire`] | the wire codec, pure: addresses, frames in and out of byte buffers |
+//! | [`bell`] | waking and sleeping: eventfd, `ppoll`, the doorbell's [`Bell`] |
+//! | [`link`] | sockets to other processes' devices, their buffers and limits, the handshake, the acceptor thread |
+//! | [`state`] | the device's state and tables (the [`state::Fabric`] of every device of the process, one lock), its I/O state, [`state::Shared`] |
+//! | [`responder`] | phase 2: one function per opcode family |
+//! | [`requester`] | phases 1 and 3 for one QP's WQEs |
+//! | [`mod@progress`] | one pass of a device, and the process's progress thread |
+//! | this module, [`faults`] | the device's verbs for the backend: open, PD, MR, CQ, SRQ, QP, connect; fault knobs |
 
-mod engine;
-pub(crate) mod net;
+mod bell;
+mod faults;
+mod link;
+mod progress;
+mod requester;
+mod responder;
+mod state;
+mod wire;
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crate::cq::CqMem;
-use crate::cqe::{self, CQE_SIZE, Cqe, Syndrome};
-use crate::device::Progress;
+use crate::cqe;
 use crate::error::Error;
 use crate::event::AsyncEvent;
-use crate::mr::Access;
-use crate::qp::{ConnInfo, ConnectOpts, QpCaps, QpMem, QpTrack};
-use crate::srq::SrqMem;
-use crate::{QpState, wqe};
+use crate::mem::DmaBuf;
+use crate::prm::{Access, CQE_SIZE, QpState};
+use crate::queue::{ConnInfo, ConnectOpts, CqMem, QpCaps, QpMem, QpTrack, SrqMem};
+use crate::wqe;
 
-pub(crate) use engine::progress;
+pub(crate) use bell::Bell;
+pub use link::WireStats;
+pub(crate) use progress::progress;
+use state::{
+    Engine, MrEntry, Peer, QPN_BASE, Shared, SoftCq, SoftQp, SoftSrq, State, Target, fabric, insert,
+};
 
-/// An eventfd: the doorbell's wire to a sleeping `poll`.
-pub(crate) struct EventFd(std::os::fd::OwnedFd);
-
-impl EventFd {
-    pub(crate) fn new() -> Result<EventFd, Error> {
-        // SAFETY: plain syscall; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(Error::Os {
-                what: "eventfd for the software device's doorbell",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(EventFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
-    }
-
-    pub(crate) fn signal(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer; a full counter
-        // (EAGAIN) still leaves the fd readable, which is all we need.
-        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), 8) };
-    }
-
-    pub(crate) fn drain(&self) {
-        let mut b = [0u8; 8];
-        // SAFETY: reads 8 bytes into a live buffer (non-blocking fd).
-        let _ = unsafe { libc::read(self.0.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
-    }
-
-    pub(crate) fn pollfd(&self) -> libc::pollfd {
-        libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }
-    }
+/// How the software device makes progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// A device thread executes WQEs as doorbells ring; it spins briefly
+    /// when work stops, then sleeps until the next doorbell.
+    Background,
+    /// Nothing happens until [`crate::Context::progress`] is called: tests step
+    /// the device deterministically.
+    Manual,
 }
 
-/// `ppoll` on `fds` until one is ready or `timeout` (None: forever).
-pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
-    });
-    let tp = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: fds is a live slice of pollfd; tp is null or points at ts.
-    let _ = unsafe {
-        libc::ppoll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            tp,
-            std::ptr::null(),
-        )
-    };
-}
-
-/// The doorbell of a software device: posters ring it after updating a
-/// doorbell record; it wakes the device thread only if it sleeps.
-///
-/// Protocol (Dekker): the poster stores the record (`Release`), fences
-/// (`SeqCst`) and reads `sleeping`; the device sets `sleeping`, fences
-/// (`SeqCst`) and then scans the records. Either the poster sees `sleeping`
-/// and signals the eventfd the device sleeps on (with its sockets), or the
-/// device's scan sees the record.
-pub(crate) struct Bell {
-    sleeping: AtomicBool,
-    efd: EventFd,
-}
-
-impl Bell {
-    fn new() -> Result<Bell, Error> {
-        Ok(Bell {
-            sleeping: AtomicBool::new(false),
-            efd: EventFd::new()?,
-        })
-    }
-
-    /// Rings: wakes the device thread if it sleeps.
-    pub(crate) fn ring(&self) {
-        // SeqCst: orders the caller's doorbell-record store before the load
-        // of `sleeping` (see the protocol above).
-        fence(Ordering::SeqCst);
-        // Relaxed: the fence orders it.
-        if self.sleeping.load(Ordering::Relaxed) {
-            self.efd.signal();
-        }
-    }
-
-    /// Sleeps until rung, a socket in `fds` is ready, or `timeout`, unless
-    /// `check` finds work first.
-    fn sleep(&self, timeout: Duration, fds: &mut Vec<libc::pollfd>, check: impl FnOnce() -> usize) {
-        // Relaxed + SeqCst fence: see the protocol above.
-        self.sleeping.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if check() == 0 {
-            fds.push(self.efd.pollfd());
-            poll(fds, Some(timeout));
-            self.efd.drain();
-        }
-        // Relaxed: only an optimisation hint for ringers from here on.
-        self.sleeping.store(false, Ordering::Relaxed);
-    }
-}
-
-/// How long the device thread spins after the last work before sleeping.
-const SPIN: Duration = Duration::from_micros(50);
-/// The longest sleep without a doorbell (a safety net; doorbells wake it).
-const IDLE_SLEEP: Duration = Duration::from_millis(100);
-
-/// A registered memory region as the device sees it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct MrEntry {
-    pub(crate) key: u32,
-    pub(crate) pd: u32,
-    pub(crate) addr: u64,
-    pub(crate) len: u64,
-    pub(crate) access: Access,
-}
-
-impl MrEntry {
-    fn covers(&self, addr: u64, len: u64) -> bool {
-        addr >= self.addr
-            && addr
-                .checked_add(len)
-                .is_some_and(|end| end <= self.addr + self.len)
-    }
-}
-
-pub(crate) struct SoftCq {
-    buf: *mut u8,
-    n: u32,
-    log_n: u32,
-    dbrec: *const u32,
-    pi: u32,
-    overrun: Arc<AtomicBool>,
-}
-
-impl SoftCq {
-    /// Writes a CQE as the NIC does: body, then `op_own` (`Release`).
-    pub(crate) fn push(&mut self, c: &Cqe) {
-        // SAFETY: dbrec points at the CQ's doorbell record (4-aligned).
-        let ci_word = unsafe { AtomicU32::from_ptr(self.dbrec.cast_mut()) };
-        // Acquire: pairs with the poller's Release; slots it consumed are free.
-        let ci = u32::from_be(ci_word.load(Ordering::Acquire)) & 0x00ff_ffff;
-        let used = self.pi.wrapping_sub(ci) & 0x00ff_ffff;
-        if used >= self.n {
-            // Relaxed: sticky flag; the poller reports it on its next poll.
-            self.overrun.store(true, Ordering::Relaxed);
-            return;
-        }
-        let owner = ((self.pi >> self.log_n) & 1) as u8;
-        let bytes = cqe::encode(c, owner);
-        let slot = (self.pi & (self.n - 1)) as usize * CQE_SIZE;
-        // SAFETY: slot is inside the CQ buffer; the poller does not read
-        // this CQE until op_own says it is software-owned.
-        unsafe {
-            let p = self.buf.add(slot);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, CQE_SIZE - 1);
-            // Release: the body above is visible before the owner flips.
-            AtomicU8::from_ptr(p.add(cqe::offset::OP_OWN))
-                .store(bytes[cqe::offset::OP_OWN], Ordering::Release);
-        }
-        self.pi = self.pi.wrapping_add(1);
-    }
-}
-
-pub(crate) struct SoftSrq {
-    pub(crate) mem: SrqMem,
-    /// WQEs consumed so far (free-running).
-    pub(crate) ci: u32,
-    /// Index of the next WQE to consume (following `next_wqe_index`).
-    pub(crate) cur: u16,
-}
-
-/// How a QP reaches its peer device.
-#[derive(Clone)]
-pub(crate) enum Target {
-    /// A device in this process: the responder phase runs in line.
-    Local(Weak<Shared>),
-    /// Over the link with this id (see [`net`]).
-    Link(u64),
-}
-
-/// The remote end of a connected QP.
-#[derive(Clone)]
-pub(crate) struct Peer {
-    pub(crate) target: Target,
-    /// The peer device's address.
-    pub(crate) addr: [u8; 16],
-    pub(crate) qpn: u32,
-}
-
-/// A QP waiting to resend its oldest WQE: after an RNR NAK, or after a
-/// request the responder dropped without an answer (a lost packet, as far
-/// as the requester can tell).
-pub(crate) struct Rnr {
-    /// RNR NAKs of the WQE so far (against `rnr_retry`).
-    pub(crate) attempts: u32,
-    /// Unanswered sends of the WQE so far (against `retry_cnt`).
-    pub(crate) lost: u32,
-    pub(crate) next: Instant,
-}
-
-pub(crate) struct SoftQp {
-    pub(crate) qpn: u32,
-    pub(crate) pd: u32,
-    pub(crate) state: QpState,
-    pub(crate) track: Arc<QpTrack>,
-    pub(crate) send_cq: u32,
-    pub(crate) recv_cq: u32,
-    pub(crate) srq: Option<u32>,
-    pub(crate) caps: QpCaps,
-    pub(crate) sq_buf: *mut u8,
-    pub(crate) sq_cnt: u32,
-    /// WQEBB position the device has consumed up to (free-running).
-    pub(crate) sq_ci: u32,
-    pub(crate) rq_buf: *mut u8,
-    pub(crate) rq_cnt: u32,
-    pub(crate) rq_stride: u32,
-    pub(crate) rq_ci: u32,
-    pub(crate) dbrec: *mut u32,
-    pub(crate) access: Access,
-    pub(crate) peer: Option<Peer>,
-    pub(crate) min_rnr_timer: u8,
-    pub(crate) rnr_retry: u8,
-    /// Transport retries and the local ACK timeout of one try (RTS).
-    pub(crate) retry_cnt: u8,
-    pub(crate) ack_timeout: Duration,
-    pub(crate) rnr: Option<Rnr>,
-    /// WQEBB position sent up to (ahead of `sq_ci` while requests to a
-    /// remote device are in flight).
-    pub(crate) sq_sent: u32,
-    /// Next request sequence number this QP sends / expects to receive.
-    pub(crate) psn: u32,
-    pub(crate) epsn: u32,
-    /// Bumped on RESET: answers to an earlier incarnation are ignored.
-    pub(crate) epoch: u32,
-    /// Requests sent over a link and not yet answered, oldest first, and
-    /// the scatter lists of the READs and atomics among them.
-    pub(crate) inflight: VecDeque<engine::Inflight>,
-    pub(crate) inflight_sges: VecDeque<wqe::Sge>,
-    /// Fault injection: complete the next WQE with this syndrome.
-    pub(crate) fail_next: Option<Syndrome>,
-    /// Fault injection: act as if no receive WQE were posted (RNR).
-    pub(crate) withhold_recv: bool,
-}
-
-impl SoftQp {
-    fn set_state(&mut self, s: QpState) {
-        self.state = s;
-        self.track.set_state(s);
-    }
-
-    /// The SQ producer counter (low 16 bits) from the doorbell record.
-    pub(crate) fn sq_pi(&self) -> u16 {
-        // SAFETY: word 1 of the QP's doorbell record.
-        let w = unsafe { AtomicU32::from_ptr(self.dbrec.add(1)) };
-        // Acquire: pairs with the poster's Release; WQEs are visible.
-        u32::from_be(w.load(Ordering::Acquire)) as u16
-    }
-
-    /// The first 8 bytes of the WQEBB at free-running position `pos`.
-    fn ctrl_words(&self, pos: u32) -> (u32, u32) {
-        let off = (pos % self.sq_cnt) as usize * wqe::WQEBB;
-        let mut b = [0u8; 8];
-        // SAFETY: off is inside the SQ buffer; 8 bytes of a WQEBB.
-        unsafe { std::ptr::copy_nonoverlapping(self.sq_buf.add(off), b.as_mut_ptr(), 8) };
-        (
-            u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-            u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-        )
-    }
-
-    /// The opcode byte of the control segment at `pos` (what a requester
-    /// error CQE reports in the top byte of `s_wqe_opcode_qpn`).
-    pub(crate) fn wqe_opcode(&self, pos: u32) -> u8 {
-        self.ctrl_words(pos).0 as u8
-    }
-
-    /// Whether the WQEBB at `pos` opens a WQE posted there: its control
-    /// segment names this position, this QP, opmod 0 and a non-zero `ds`.
-    pub(crate) fn starts_wqe(&self, pos: u32) -> bool {
-        let (w0, w1) = self.ctrl_words(pos);
-        (w0 >> 8) as u16 == pos as u16 && w0 >> 24 == 0 && w1 >> 8 == self.qpn && w1 & 0x3f != 0
-    }
-
-    /// The WQEBBs the WQE at `pos` occupies as far as the device is
-    /// concerned: what its `ds` claims (`claimed`, 0 when the control
-    /// segment is not trustworthy), but never past the posted WQEBBs
-    /// (`posted`) and never over the control segment of a later posted
-    /// WQE. So a WQE that lies about its size (or is garbage) never hides
-    /// the next one: that one still executes or is flushed, and its poster
-    /// gets its completion.
-    pub(crate) fn span(&self, pos: u32, claimed: u32, posted: u32) -> u32 {
-        let limit = if claimed == 0 {
-            posted
-        } else {
-            claimed.min(posted)
-        };
-        (1..limit)
-            .find(|&b| self.starts_wqe(pos.wrapping_add(b)))
-            .unwrap_or(limit)
-            .max(1)
-    }
-
-    /// The RQ producer counter (low 16 bits) from the doorbell record.
-    pub(crate) fn rq_pi(&self) -> u16 {
-        // SAFETY: word 0 of the QP's doorbell record.
-        let w = unsafe { AtomicU32::from_ptr(self.dbrec) };
-        // Acquire: pairs with the poster's Release; WQEs are visible.
-        u32::from_be(w.load(Ordering::Acquire)) as u16
-    }
-}
-
-/// Everything the device knows, behind one lock.
-#[derive(Default)]
-pub(crate) struct State {
-    /// Asynchronous events not yet taken ([`crate::event`]), and the
-    /// condition variable a waiter for one sleeps on (with this lock).
-    events: VecDeque<AsyncEvent>,
-    events_cv: Arc<Condvar>,
-    /// Whether `events` may hold something: lets a poll for events skip
-    /// the lock when there are none (it is asked on every idle poll).
-    has_events: Arc<AtomicBool>,
-    next_pd: u32,
-    mrs: Vec<Option<MrEntry>>,
-    mr_gen: Vec<u8>,
-    pub(crate) cqs: Vec<Option<SoftCq>>,
-    pub(crate) qps: Vec<Option<SoftQp>>,
-    pub(crate) srqs: Vec<Option<SoftSrq>>,
-}
-
-// SAFETY: the raw pointers in State point into buffers whose owners remove
-// the entries (under this lock) before freeing them.
-unsafe impl Send for State {}
-
-/// The first QPN (QPNs are 24-bit; small ones look reserved on hardware).
-const QPN_BASE: u32 = 0x100;
-
-impl State {
-    pub(crate) fn qp(&mut self, qpn: u32) -> Option<&mut SoftQp> {
-        let i = qpn.checked_sub(QPN_BASE)? as usize;
-        self.qps.get_mut(i)?.as_mut()
-    }
-
-    pub(crate) fn cq(&mut self, cqn: u32) -> Option<&mut SoftCq> {
-        self.cqs.get_mut(cqn.checked_sub(1)? as usize)?.as_mut()
-    }
-
-    pub(crate) fn srq(&mut self, srqn: u32) -> Option<&mut SoftSrq> {
-        self.srqs.get_mut(srqn.checked_sub(1)? as usize)?.as_mut()
-    }
-
-    /// The region `key` names if it belongs to `pd` and covers the range.
-    pub(crate) fn mr(&self, key: u32, pd: u32, addr: u64, len: u64) -> Option<MrEntry> {
-        let i = (key >> 8).checked_sub(1)? as usize;
-        let e = (*self.mrs.get(i)?)?;
-        (e.key == key && e.pd == pd && e.covers(addr, len)).then_some(e)
-    }
-
-    /// Queues an asynchronous event (dropping the oldest beyond
-    /// [`crate::event::MAX_QUEUED`]) and wakes a waiter.
-    pub(crate) fn event(&mut self, e: AsyncEvent) {
-        if self.events.len() >= crate::event::MAX_QUEUED {
-            self.events.pop_front();
-        }
-        self.events.push_back(e);
-        // Release: the push is visible to whoever sees the flag and then
-        // takes the lock (the lock orders it anyway; the flag is a hint).
-        self.has_events.store(true, Ordering::Release);
-        self.events_cv.notify_all();
-    }
-
-    /// Moves QP `qpn` to ERROR (its work is flushed by the next pass). A QP
-    /// attached to an SRQ entering ERROR raises
-    /// [`AsyncEvent::QpLastWqeReached`], as ConnectX does.
-    pub(crate) fn qp_to_error(&mut self, qpn: u32) {
-        let Some(qp) = self.qp(qpn) else { return };
-        let was = qp.state;
-        qp.set_state(QpState::Error);
-        if was != QpState::Error && qp.srq.is_some() {
-            self.event(AsyncEvent::QpLastWqeReached { qpn });
-        }
-    }
-
-    /// Writes `c` to CQ `cqn` (a destroyed CQ drops it: its QPs are gone).
-    pub(crate) fn push_cqe(&mut self, cqn: u32, c: &Cqe) {
-        if let Some(cq) = self.cq(cqn) {
-            cq.push(c);
-        }
-    }
-}
-
-fn insert<T>(v: &mut Vec<Option<T>>, t: T) -> usize {
-    match v.iter().position(Option::is_none) {
-        Some(i) => {
-            v[i] = Some(t);
-            i
-        }
-        None => {
-            v.push(Some(t));
-            v.len() - 1
-        }
-    }
-}
-
-/// What other devices (and the device thread) share.
-pub(crate) struct Shared {
-    pub(crate) id: u64,
-    /// The device address (see [`net`]).
-    pub(crate) addr: [u8; 16],
-    /// Unix-address devices bind their socket when first asked for their
-    /// address; tcp ones at open.
-    listening: Mutex<bool>,
-    /// Connections the acceptor thread handed over, not yet adopted.
-    pending: Mutex<Vec<([u8; 16], net::Stream)>>,
-    /// Whether `pending` may hold something (spares the hot path a lock).
-    has_pending: AtomicBool,
-    manual: bool,
-    pub(crate) state: Mutex<State>,
-    /// `State::has_events`, readable without the lock.
-    lock_free_events: Arc<AtomicBool>,
-    pub(crate) engine: Mutex<engine::Engine>,
-    pub(crate) bell: Arc<Bell>,
-}
-
-impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn is_manual(&self) -> bool {
-        self.manual
-    }
-
-    /// A connection accepted for this device (the acceptor thread).
-    pub(crate) fn adopt(&self, from: [u8; 16], s: net::Stream) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((from, s));
-        // Release: the push above is visible to whoever sees the flag.
-        self.has_pending.store(true, Ordering::Release);
-        self.bell.ring();
-    }
-
-    pub(crate) fn take_pending(&self) -> Vec<([u8; 16], net::Stream)> {
-        // Acquire: pairs with adopt's Release. Cleared before taking, so a
-        // connection pushed meanwhile sets it again.
-        // Relaxed load first: the common case (nothing pending) costs no
-        // locked instruction.
-        if !self.has_pending.load(Ordering::Relaxed)
-            || !self.has_pending.swap(false, Ordering::Acquire)
-        {
-            return Vec::new();
-        }
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// Software devices of this process, by address (the in-process
-/// "fabric").
-static FABRIC: Mutex<Vec<([u8; 16], Weak<Shared>)>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
 /// A software device.
 pub(crate) struct Device {
     shared: Arc<Shared>,
-}
-
-/// The one progress thread of this process: it drives every software
-/// device opened with background progress. One thread, not one per device,
-/// because these machines have few cores and a spinning device thread per
-/// context would compete with the threads that post and poll.
-struct Progressor {
-    devices: Mutex<Vec<Weak<Shared>>>,
-    bell: Arc<Bell>,
-}
-
-static PROGRESSOR: Mutex<Option<Arc<Progressor>>> = Mutex::new(None);
-
-/// The progress thread's name (tests look for it in /proc).
-pub const PROGRESS_THREAD: &str = "mlx5-soft-progress";
-
-fn progressor() -> Result<Arc<Progressor>, Error> {
-    let mut g = PROGRESSOR.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = &*g {
-        return Ok(p.clone());
-    }
-    let p = Arc::new(Progressor {
-        devices: Mutex::new(Vec::new()),
-        bell: Arc::new(Bell::new()?),
-    });
-    let t = p.clone();
-    std::thread::Builder::new()
-        .name(PROGRESS_THREAD.into())
-        .spawn(move || run(&t))
-        .map_err(|source| Error::Os {
-            what: "spawning the software device progress thread",
-            source,
-        })?;
-    *g = Some(p.clone());
-    Ok(p)
 }
 
 impl Device {
@@ -586,14 +121,14 @@ impl Device {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let (addr, listener) = match tcp {
             None => (
-                net::Addr::Unix {
+                wire::Addr::Unix {
                     pid: std::process::id(),
                     id,
                 },
                 None,
             ),
             Some(at) => {
-                let (l, port) = net::Listener::bind_tcp(at).map_err(|e| {
+                let (l, port) = link::Listener::bind_tcp(at).map_err(|e| {
                     Error::InvalidAttr(format!("software device cannot listen on tcp:{at}: {e}"))
                 })?;
                 let ip = if at.ip().is_unspecified() {
@@ -601,18 +136,23 @@ impl Device {
                 } else {
                     *at.ip()
                 };
-                (net::Addr::Tcp { ip, port, id }, Some(l))
+                (wire::Addr::Tcp { ip, port, id }, Some(l))
             }
         };
         let background = match progress {
-            Progress::Background => Some(progressor()?),
+            Progress::Background => Some(progress::progressor()?),
             Progress::Manual => None,
         };
         let bell = match &background {
-            Some(p) => p.bell.clone(),
+            Some(p) => p.bell(),
             None => Arc::new(Bell::new()?),
         };
         let has_events = Arc::new(AtomicBool::new(false));
+        let state = State {
+            has_events: has_events.clone(),
+            ..State::default()
+        };
+        let dev = fabric().insert(u64::from(id), addr.encode(), bell.clone(), state);
         let shared = Arc::new(Shared {
             id: u64::from(id),
             addr: addr.encode(),
@@ -620,28 +160,21 @@ impl Device {
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
             manual: progress == Progress::Manual,
-            state: Mutex::new(State {
-                has_events: has_events.clone(),
-                ..State::default()
-            }),
+            dev,
             lock_free_events: has_events,
-            engine: Mutex::new(engine::Engine::default()),
+            engine: Mutex::new(Engine::default()),
             bell,
         });
-        FABRIC
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((shared.addr, Arc::downgrade(&shared)));
         if let Some(l) = listener {
-            net::listen(l, &shared, shared.addr)?;
+            link::listen(
+                l,
+                Arc::downgrade(&shared) as Weak<dyn link::Adopt>,
+                shared.addr,
+            )?;
             *shared.listening.lock().unwrap_or_else(|e| e.into_inner()) = true;
         }
         if let Some(p) = background {
-            p.devices
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Arc::downgrade(&shared));
-            p.bell.ring();
+            p.add(Arc::downgrade(&shared));
         }
         Ok(Arc::new(Device { shared }))
     }
@@ -669,13 +202,14 @@ impl Device {
         if !*l {
             let pid = std::process::id();
             let id = self.shared.id as u32;
-            let sock = net::Listener::bind_unix(pid, id).map_err(|e| {
+            let sock = link::Listener::bind_unix(pid, id).map_err(|e| {
                 Error::InvalidAttr(format!(
                     "software device cannot listen on {}: {e}",
-                    net::Addr::Unix { pid, id }
+                    wire::Addr::Unix { pid, id }
                 ))
             })?;
-            net::listen(sock, &self.shared, self.shared.addr)?;
+            let dev = Arc::downgrade(&self.shared) as Weak<dyn link::Adopt>;
+            link::listen(sock, dev, self.shared.addr)?;
             *l = true;
         }
         Ok(self.shared.addr)
@@ -684,7 +218,7 @@ impl Device {
     /// The device address, printable.
     pub(crate) fn address_string(&self) -> String {
         let a: [u8; 16] = self.shared.addr;
-        net::Addr::decode(&a).map_or_else(|e| e, |a| a.to_string())
+        wire::Addr::decode(&a).map_or_else(|e| e, |a| a.to_string())
     }
 
     pub(crate) fn progress(&self) -> usize {
@@ -717,8 +251,8 @@ impl Device {
                 return None;
             }
             let cv = s.events_cv.clone();
-            s = cv
-                .wait_timeout(s, left)
+            s.fabric = cv
+                .wait_timeout(s.fabric, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -769,7 +303,40 @@ impl Device {
         }
     }
 
-    pub(crate) fn create_cq(&self, mem: &CqMem, overrun: Arc<AtomicBool>) -> u32 {
+    /// A CQ of `entries` (rounded up to a power of two) CQEs, in memory
+    /// the device allocates, every CQE invalid with owner 1 (as verbs
+    /// initialises a CQ, so the first lap, which expects owner 0, sees
+    /// nothing).
+    pub(crate) fn create_cq(
+        &self,
+        entries: u32,
+        overrun: Arc<AtomicBool>,
+    ) -> (QueueBufs, CqMem, u32) {
+        let n = entries.next_power_of_two();
+        let buf = DmaBuf::zeroed(n as usize * CQE_SIZE);
+        let dbrec = DmaBuf::zeroed(64);
+        for i in 0..n as usize {
+            // SAFETY: i < n, inside the freshly allocated buffer.
+            unsafe {
+                *buf.as_ptr().add(i * CQE_SIZE + cqe::offset::OP_OWN) = (cqe::op::INVALID << 4) | 1
+            };
+        }
+        let mem = CqMem {
+            buf: buf.as_ptr(),
+            cqe_cnt: n,
+            dbrec: dbrec.as_ptr().cast(),
+        };
+        let cqn = self.add_cq(&mem, overrun);
+        (
+            QueueBufs {
+                _bufs: vec![buf, dbrec],
+            },
+            mem,
+            cqn,
+        )
+    }
+
+    fn add_cq(&self, mem: &CqMem, overrun: Arc<AtomicBool>) -> u32 {
         let mut s = self.shared.lock();
         let i = insert(
             &mut s.cqs,
@@ -792,7 +359,41 @@ impl Device {
         }
     }
 
-    pub(crate) fn create_srq(&self, mem: &SrqMem) -> u32 {
+    /// An SRQ with room for `depth` WQEs of `max_sge` entries, in memory
+    /// the device allocates, its `next_wqe_index` links in ring order (as
+    /// libmlx5 initialises them).
+    pub(crate) fn create_srq(&self, depth: u32, max_sge: u32) -> (QueueBufs, SrqMem, u32) {
+        // One WQE stays unposted (libmlx5 keeps the tail), hence +1.
+        let wqe_cnt = (depth + 1).next_power_of_two();
+        let stride = (wqe::SEG as u32 * (1 + max_sge)).next_power_of_two();
+        let buf = DmaBuf::zeroed((wqe_cnt * stride) as usize);
+        let dbrec = DmaBuf::zeroed(64);
+        for i in 0..wqe_cnt {
+            let next = ((i + 1) & (wqe_cnt - 1)) as u16;
+            // SAFETY: inside the buffer; bytes 2..4 of WQE i are its
+            // next_wqe_index.
+            unsafe {
+                let p = buf.as_ptr().add((i * stride) as usize + 2);
+                std::ptr::copy_nonoverlapping(next.to_be_bytes().as_ptr(), p, 2);
+            }
+        }
+        let mem = SrqMem {
+            buf: buf.as_ptr(),
+            wqe_cnt,
+            stride,
+            dbrec: dbrec.as_ptr().cast(),
+        };
+        let srqn = self.add_srq(&mem);
+        (
+            QueueBufs {
+                _bufs: vec![buf, dbrec],
+            },
+            mem,
+            srqn,
+        )
+    }
+
+    fn add_srq(&self, mem: &SrqMem) -> u32 {
         let mut s = self.shared.lock();
         let i = insert(
             &mut s.srqs,
@@ -812,7 +413,37 @@ impl Device {
         }
     }
 
-    pub(crate) fn create_qp(&self, d: QpDesc<'_>) -> Result<u32, Error> {
+    /// A QP of `d.caps`, its queues in memory the device allocates: a send
+    /// queue with room for `max_send_wr` WQEs of the largest size, a
+    /// receive queue (none on an SRQ) of power-of-two strides.
+    pub(crate) fn create_qp(&self, d: QpDesc) -> Result<(QueueBufs, QpMem, u32), Error> {
+        let caps = d.caps;
+        let max_wqebbs = wqe::wqebbs(caps.max_ds()) as u32;
+        let sq_cnt = (caps.max_send_wr * max_wqebbs).next_power_of_two();
+        let rq_stride = (wqe::SEG as u32 * caps.max_recv_sge.max(1)).next_power_of_two();
+        let rq_cnt = caps.max_recv_wr.max(1).next_power_of_two();
+        let sq = DmaBuf::zeroed(sq_cnt as usize * wqe::WQEBB);
+        let rq = DmaBuf::zeroed((rq_cnt * rq_stride) as usize);
+        let dbrec = DmaBuf::zeroed(64);
+        let mem = QpMem {
+            sq_buf: sq.as_ptr(),
+            sq_wqe_cnt: sq_cnt,
+            rq_buf: rq.as_ptr(),
+            rq_wqe_cnt: if d.srq.is_some() { 0 } else { rq_cnt },
+            rq_stride,
+            dbrec: dbrec.as_ptr().cast(),
+        };
+        let qpn = self.add_qp(d, &mem)?;
+        Ok((
+            QueueBufs {
+                _bufs: vec![sq, rq, dbrec],
+            },
+            mem,
+            qpn,
+        ))
+    }
+
+    fn add_qp(&self, d: QpDesc, mem: &QpMem) -> Result<u32, Error> {
         let mut s = self.shared.lock();
         if s.cq(d.send_cq).is_none() || s.cq(d.recv_cq).is_none() {
             return Err(Error::Mismatch("CQ of another device"));
@@ -831,8 +462,10 @@ impl Device {
             return Err(Error::InvalidAttr("out of QP numbers".into()));
         }
         let qpn = i as u32 + QPN_BASE;
+        s.next_incarnation += 1;
         let qp = SoftQp {
             qpn,
+            incarnation: s.next_incarnation,
             pd: d.pd,
             state: QpState::Reset,
             track: d.track,
@@ -840,20 +473,20 @@ impl Device {
             recv_cq: d.recv_cq,
             srq: d.srq,
             caps: d.caps,
-            sq_buf: d.mem.sq_buf,
-            sq_cnt: d.mem.sq_wqe_cnt,
+            sq_buf: mem.sq_buf,
+            sq_cnt: mem.sq_wqe_cnt,
             sq_ci: 0,
-            rq_buf: d.mem.rq_buf,
-            rq_cnt: d.mem.rq_wqe_cnt,
-            rq_stride: d.mem.rq_stride,
+            rq_buf: mem.rq_buf,
+            rq_cnt: mem.rq_wqe_cnt,
+            rq_stride: mem.rq_stride,
             rq_ci: 0,
-            dbrec: d.mem.dbrec,
+            dbrec: mem.dbrec,
             access: Access::default(),
             peer: None,
             min_rnr_timer: 0,
             rnr_retry: 0,
             retry_cnt: 7,
-            ack_timeout: net::ack_budget(14, 0),
+            ack_timeout: link::ack_budget(14, 0),
             rnr: None,
             sq_sent: 0,
             psn: 0,
@@ -908,7 +541,7 @@ impl Device {
             QpState::Rts => {
                 qp.rnr_retry = opts.rnr_retry.min(7);
                 qp.retry_cnt = opts.retry_cnt.min(7);
-                qp.ack_timeout = net::ack_budget(opts.timeout, 0);
+                qp.ack_timeout = link::ack_budget(opts.timeout, 0);
             }
             QpState::Error => {}
             QpState::Reset => {
@@ -949,12 +582,8 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        let id = self.shared.id;
-        if !self.shared.manual
-            && let Some(p) = &*PROGRESSOR.lock().unwrap_or_else(|e| e.into_inner())
-        {
-            let mut d = p.devices.lock().unwrap_or_else(|e| e.into_inner());
-            d.retain(|w| w.upgrade().is_some_and(|s| s.id != id));
+        if !self.shared.manual {
+            progress::forget(self.shared.id);
         }
         if *self
             .shared
@@ -962,10 +591,13 @@ impl Drop for Device {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
         {
-            net::unlisten(self.shared.addr);
+            link::unlisten(self.shared.addr);
         }
-        let mut f = FABRIC.lock().unwrap_or_else(|e| e.into_inner());
-        f.retain(|(a, _)| *a != self.shared.addr);
+        if let Some(s) = fabric().slot(self.shared.dev) {
+            // Its state stays until the last `Arc<Shared>` goes (requests
+            // in flight to it still find it), but nobody connects to it.
+            s.listed = false;
+        }
     }
 }
 
@@ -973,13 +605,8 @@ impl Device {
     /// Finds the device a connection info names: in this process, or over
     /// a link (connecting one if none is up).
     fn resolve(&self, r: &ConnInfo, opts: &ConnectOpts) -> Result<Peer, Error> {
-        let to = net::Addr::decode(&r.gid).map_err(Error::InvalidAttr)?;
-        let local = FABRIC
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(a, _)| *a == r.gid)
-            .map(|(_, w)| w.clone());
+        let to = wire::Addr::decode(&r.gid).map_err(Error::InvalidAttr)?;
+        let local = fabric().find(&r.gid);
         if let Some(dev) = local {
             return Ok(Peer {
                 target: Target::Local(dev),
@@ -987,14 +614,14 @@ impl Device {
                 qpn: r.qpn,
             });
         }
-        if let net::Addr::Unix { pid, id } = to
+        if let wire::Addr::Unix { pid, id } = to
             && pid == std::process::id()
         {
             return Err(Error::InvalidAttr(format!(
                 "no software device soft{id} in this process"
             )));
         }
-        let budget = net::ack_budget(opts.timeout, opts.retry_cnt);
+        let budget = link::ack_budget(opts.timeout, opts.retry_cnt);
         let lock = || self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
         let existing = {
             let mut guard = lock();
@@ -1004,7 +631,7 @@ impl Device {
                     "software device {to} was dropped by fault injection"
                 )));
             }
-            engine::adopt(&self.shared, eng);
+            progress::adopt(&self.shared, eng);
             eng.links
                 .iter_mut()
                 .find(|l| l.is_up() && l.peer == r.gid)
@@ -1018,9 +645,9 @@ impl Device {
             None => {
                 // Connect without the engine lock (the handshake may take a
                 // while); a link another QP made meanwhile is harmless.
-                let s = net::connect(self.shared.addr, to).map_err(Error::InvalidAttr)?;
+                let s = link::connect(self.shared.addr, to).map_err(Error::InvalidAttr)?;
                 let mut guard = lock();
-                let l = engine::add_link(&mut guard, r.gid, s).ok_or_else(|| {
+                let l = progress::add_link(&mut guard, r.gid, s).ok_or_else(|| {
                     Error::InvalidAttr(format!(
                         "software device {to} was dropped by fault injection"
                     ))
@@ -1040,62 +667,9 @@ impl Device {
 }
 
 impl Device {
-    /// Fault: the peer device at `addr` is gone.
-    pub(crate) fn drop_peer(&self, addr: [u8; 16]) {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-        if !eng.faults.dropped.contains(&addr) {
-            eng.faults.dropped.push(addr);
-        }
-        let mut killed = Vec::new();
-        for l in eng.links.iter_mut().filter(|l| l.is_up() && l.peer == addr) {
-            l.kill("dropped by fault injection".into());
-            killed.push(l.id);
-        }
-        let mut s = self.shared.lock();
-        for id in killed {
-            engine::fail_link(&mut s, id);
-        }
-        drop(s);
-        engine::remove_dead_links(&mut eng.links);
-        drop(eng);
-        self.shared.bell.ring();
-    }
-
-    /// Fault: frames to and from `addr` vanish. False if no link is up.
-    pub(crate) fn partition_peer(&self, addr: [u8; 16]) -> bool {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-        let mut any = false;
-        for l in eng.links.iter_mut().filter(|l| l.is_up() && l.peer == addr) {
-            l.blackhole = true;
-            any = true;
-        }
-        any
-    }
-
-    /// Fault: hold every frame sent for `d`.
-    pub(crate) fn set_delay(&self, d: Duration) {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-        eng.faults.delay = d;
-        for l in &mut eng.links {
-            l.delay = d;
-        }
-    }
-
-    /// Fault knobs of one QP.
-    pub(crate) fn qp_fault(&self, qpn: u32, f: impl FnOnce(&mut SoftQp)) -> Result<(), Error> {
-        let mut s = self.shared.lock();
-        let qp = s
-            .qp(qpn)
-            .ok_or(Error::Mismatch("QP is not on this device"))?;
-        f(qp);
-        drop(s);
-        self.shared.bell.ring();
-        Ok(())
-    }
-
-    pub(crate) fn wire_stats(&self) -> net::WireStats {
+    pub(crate) fn wire_stats(&self) -> link::WireStats {
         let eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-        net::WireStats {
+        link::WireStats {
             links: eng.links.len(),
             ..eng.stats
         }
@@ -1138,75 +712,18 @@ fn advertised_ip() -> Ipv4Addr {
 }
 
 /// What create_qp needs.
-pub(crate) struct QpDesc<'a> {
+pub(crate) struct QpDesc {
     pub(crate) pd: u32,
     pub(crate) send_cq: u32,
     pub(crate) recv_cq: u32,
     pub(crate) srq: Option<u32>,
     pub(crate) caps: QpCaps,
-    pub(crate) mem: &'a QpMem,
     pub(crate) track: Arc<QpTrack>,
 }
 
-/// The progress thread: progress every background device while there is
-/// work, spin [`SPIN`] after the last work, then sleep until a doorbell, a
-/// socket with data (or room, when sends are pending) or the next timer
-/// (RNR retry, delayed frames, a peer's answer deadline). It lives as long
-/// as the process.
-fn run(p: &Progressor) {
-    let mut last_work = Instant::now();
-    let mut devs: Vec<Arc<Shared>> = Vec::new();
-    let mut fds: Vec<libc::pollfd> = Vec::new();
-    loop {
-        devs.clear();
-        devs.extend(
-            p.devices
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .filter_map(Weak::upgrade),
-        );
-        let pass = |devs: &[Arc<Shared>]| devs.iter().map(progress).sum::<usize>();
-        if pass(&devs) > 0 {
-            last_work = Instant::now();
-            continue;
-        }
-        if last_work.elapsed() < SPIN {
-            std::hint::spin_loop();
-            continue;
-        }
-        let now = Instant::now();
-        fds.clear();
-        let mut timeout = IDLE_SLEEP;
-        for d in &devs {
-            let eng = d.engine.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(t) = eng.next_timer {
-                timeout = timeout.min(t.saturating_duration_since(now));
-            }
-            eng.poll_fds(&mut fds);
-        }
-        if timeout.is_zero() {
-            continue;
-        }
-        p.bell.sleep(timeout, &mut fds, || pass(&devs));
-        // Drop the strong references before sleeping again: a device must
-        // be able to go away while the thread idles.
-        devs.clear();
-        last_work = Instant::now();
-    }
-}
-
-/// IB RNR NAK timer encoding (0..=31) in microseconds.
-pub(crate) fn rnr_delay(code: u8) -> Duration {
-    const US: [u32; 32] = [
-        655_360, 10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1_280, 1_920, 2_560,
-        3_840, 5_120, 7_680, 10_240, 15_360, 20_480, 30_720, 40_960, 61_440, 81_920, 122_880,
-        163_840, 245_760, 327_680, 491_520,
-    ];
-    Duration::from_micros(u64::from(US[usize::from(code & 31)]))
-}
-
-/// WQEBBs a WQE of `ds` segments spans (at least one, also for ds = 0).
-pub(crate) fn wqebbs_of(ds: usize) -> u32 {
-    wqe::wqebbs(ds).max(1) as u32
+/// Queue memory the software device allocated for a resource (as libmlx5
+/// does for a NIC), kept alive by the resource's handle until the device
+/// has forgotten the queue.
+pub(crate) struct QueueBufs {
+    _bufs: Vec<DmaBuf>,
 }

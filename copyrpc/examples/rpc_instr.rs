@@ -7,9 +7,9 @@
 //! the software device's.
 //!
 //! ```text
-//! cargo run --release -p copyrpc --example instr -- N depth1|8x256
+//! cargo run --release -p copyrpc --example rpc_instr -- N depth1|8x256
 //! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_*' \
-//!     target/release/examples/instr 20000 8x256
+//!     target/release/examples/rpc_instr 20000 8x256
 //! ```
 //!
 //! `scripts/callgrind.sh` runs it at two N and takes the difference, so
@@ -112,7 +112,7 @@ fn run(n: u64, qps: usize, depth: u32) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: instr N depth1|8x256";
+    let usage = "usage: rpc_instr N depth1|8x256";
     let (Some(n), Some(shape)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         return ExitCode::from(2);

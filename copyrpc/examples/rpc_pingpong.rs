@@ -4,8 +4,8 @@
 //! on a NIC set `MLX5_DEVICE=mlx5_0` and run them on two hosts):
 //!
 //! ```text
-//! MLX5_DEVICE=soft:manual cargo run --release -p copyrpc --example pingpong -- serve
-//! MLX5_DEVICE=soft:manual cargo run --release -p copyrpc --example pingpong -- call 100000
+//! MLX5_DEVICE=soft:manual cargo run --release -p copyrpc --example rpc_pingpong -- serve
+//! MLX5_DEVICE=soft:manual cargo run --release -p copyrpc --example rpc_pingpong -- call 100000
 //! ```
 //!
 //! (`soft:manual`: each process's one thread steps its software device in
@@ -18,7 +18,7 @@
 //! `DIR/call.info`), so a script can run both:
 //!
 //! ```text
-//! pingpong serve --dir /tmp/x & pingpong call 10000 --dir /tmp/x
+//! rpc_pingpong serve --dir /tmp/x & rpc_pingpong call 10000 --dir /tmp/x
 //! ```
 //!
 //! The caller makes N calls of 32 bytes, one at a time, checks every
@@ -73,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| PathBuf::from(args.get(i + 1).expect("--dir needs a path")));
     let role = args.first().map(String::as_str).unwrap_or("");
     if role != "serve" && role != "call" {
-        eprintln!("usage: pingpong serve|call [N] [--dir DIR]");
+        eprintln!("usage: rpc_pingpong serve|call [N] [--dir DIR]");
         std::process::exit(2);
     }
     let n: u64 = match args.get(1) {

@@ -1,51 +1,7 @@
-//! The wire between software devices in different processes or hosts.
-//!
-//! # Addresses
-//!
-//! A software device's address is the 16-byte GID its QPs put in
-//! [`crate::ConnInfo`]:
-//!
-//! | bytes | unix (kind 1) | tcp (kind 2) |
-//! |---|---|---|
-//! | 0..4 | `"SOFT"` | `"SOFT"` |
-//! | 4 | 1 | 2 |
-//! | 5 | 0 | 0 |
-//! | 6..8 | 0 | port, big-endian |
-//! | 8..12 | process id, LE | IPv4 address |
-//! | 12..16 | device id, LE | device id, LE |
-//!
-//! A unix address names the abstract socket `@mlx5-soft.<pid>.<id>`, bound
-//! the first time a QP of the device hands out its connection info. A tcp
-//! address is the device's listening socket (`soft@tcp...`).
-//!
-//! # Links and frames
-//!
-//! Two devices talk over one stream socket (a *link*), whichever side
-//! connected, shared by all their QPs. The connector sends `HELLO` (its
-//! address and the address it wants), the acceptor answers `WELCOME` with a
-//! status; then both sides send `REQ` and `RESP` frames. Every frame is an
-//! 8-byte header (`body length u32 LE`, `kind u8`, 3 zero bytes) and a body
-//! (all integers little-endian):
-//!
-//! * `HELLO` (1): `"M5SW"`, version u16 = 1, 0 u16, from `[16]`, to `[16]`.
-//! * `WELCOME` (2): status u8 (0 ok, 1 no such device), 7 zero bytes.
-//! * `REQ` (3): src QPN u32, dst QPN u32, PSN u32, epoch u32, opcode u8,
-//!   flags u8 (bit 0: solicited event), 2 zero bytes, rkey u32, remote
-//!   address u64, length u32, immediate u32, swap/add u64, compare u64
-//!   (56 bytes), then the payload (WRITE and SEND only; `length` bytes).
-//! * `RESP` (4): requester QPN u32, epoch u32, PSN u32, status u8 (0 ACK,
-//!   1 RNR NAK, 2 NAK, 3 out of sequence, 4 no answer: the target QP
-//!   dropped it as a NIC drops a packet it cannot take), argument u8 (RNR timer or
-//!   syndrome), 2 zero bytes, atomic original value u64, data length u32,
-//!   0 u32 (32 bytes), then the READ data.
-//!
-//! The responder answers every `REQ` with exactly one `RESP`, in the order
-//! the requests arrived, so a link's answers come in the order its
-//! requests were sent. A `RESP` that does not answer the oldest request
-//! still unanswered on its link (QPN, epoch and PSN) is stale or forged:
-//! it is dropped and is not progress. Progress, which restarts the ACK
-//! clock of a link with requests outstanding, is an answer to that oldest
-//! request, or bytes of a frame still arriving (a large one takes a while).
+//! Links: the stream sockets between this process's software devices and
+//! those of other processes or hosts, their buffers and limits, the
+//! handshake, and the one acceptor thread of the process. What goes on the
+//! wire is [`super::wire`]'s.
 //!
 //! # What a frame may carry
 //!
@@ -80,89 +36,20 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::Shared;
-use super::engine::{Request, Response};
-use crate::cqe::Syndrome;
+use super::bell::{self, EventFd};
+use super::wire::{
+    self, Addr, HDR, HELLO_LEN, K_HELLO, K_REQ, K_RESP, K_WELCOME, REQ_LEN, RESP_LEN, Request,
+    Resp, WELCOME_LEN, WIRE_MAGIC, WIRE_VERSION, header, le32,
+};
 use crate::error::Error;
-use crate::wqe::Remote;
-
-pub(crate) const ADDR_MAGIC: [u8; 4] = *b"SOFT";
-const KIND_UNIX: u8 = 1;
-const KIND_TCP: u8 = 2;
-
-/// A software device's address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Addr {
-    Unix { pid: u32, id: u32 },
-    Tcp { ip: Ipv4Addr, port: u16, id: u32 },
-}
-
-impl Addr {
-    pub(crate) fn encode(&self) -> [u8; 16] {
-        let mut g = [0u8; 16];
-        g[0..4].copy_from_slice(&ADDR_MAGIC);
-        match *self {
-            Addr::Unix { pid, id } => {
-                g[4] = KIND_UNIX;
-                g[8..12].copy_from_slice(&pid.to_le_bytes());
-                g[12..16].copy_from_slice(&id.to_le_bytes());
-            }
-            Addr::Tcp { ip, port, id } => {
-                g[4] = KIND_TCP;
-                g[6..8].copy_from_slice(&port.to_be_bytes());
-                g[8..12].copy_from_slice(&ip.octets());
-                g[12..16].copy_from_slice(&id.to_le_bytes());
-            }
-        }
-        g
-    }
-
-    pub(crate) fn decode(g: &[u8; 16]) -> Result<Addr, String> {
-        if g[0..4] != ADDR_MAGIC {
-            return Err(
-                "remote address is not a software device's (mixing hardware and software devices?)"
-                    .into(),
-            );
-        }
-        let word = |i: usize| [g[i], g[i + 1], g[i + 2], g[i + 3]];
-        let id = u32::from_le_bytes(word(12));
-        match (g[4], g[5]) {
-            (KIND_UNIX, 0) if g[6..8] == [0, 0] => Ok(Addr::Unix {
-                pid: u32::from_le_bytes(word(8)),
-                id,
-            }),
-            (KIND_TCP, 0) => Ok(Addr::Tcp {
-                ip: Ipv4Addr::from(word(8)),
-                port: u16::from_be_bytes([g[6], g[7]]),
-                id,
-            }),
-            _ => Err(format!(
-                "unknown software device address kind {} (a newer version of this crate?)",
-                g[4]
-            )),
-        }
-    }
-
-    fn unix_name(pid: u32, id: u32) -> String {
-        format!("mlx5-soft.{pid}.{id}")
-    }
-}
-
-impl std::fmt::Display for Addr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            Addr::Unix { pid, id } => write!(f, "unix:@{}", Addr::unix_name(pid, id)),
-            Addr::Tcp { ip, port, id } => write!(f, "tcp:{ip}:{port} (soft{id})"),
-        }
-    }
-}
+use crate::prm::opcode;
 
 /// Where a device listens.
 pub(crate) enum Listener {
@@ -252,17 +139,6 @@ impl Write for Stream {
     }
 }
 
-pub(crate) const HDR: usize = 8;
-const K_HELLO: u8 = 1;
-const K_WELCOME: u8 = 2;
-pub(crate) const K_REQ: u8 = 3;
-pub(crate) const K_RESP: u8 = 4;
-const HELLO_LEN: usize = 40;
-const WELCOME_LEN: usize = 8;
-pub(crate) const REQ_LEN: usize = 56;
-pub(crate) const RESP_LEN: usize = 32;
-/// The RC message limit: the most a REQ payload or READ can carry.
-pub(crate) const MAX_MSG: u64 = 1 << 31;
 /// A link's first receive buffer.
 const RX_FIRST: usize = 4 << 10;
 /// While reads fill it, the receive buffer doubles up to this (a batch of
@@ -273,148 +149,8 @@ const RX_BATCH: usize = 64 << 10;
 const RX_PASS: usize = 4 << 20;
 /// The unsent bytes (answers) a stranger's link may hold.
 pub(crate) const STRANGER_TX: usize = 64 << 10;
-const WIRE_MAGIC: [u8; 4] = *b"M5SW";
-const WIRE_VERSION: u16 = 1;
 /// How long connecting and the handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(5);
-
-fn header(kind: u8, body: usize) -> [u8; HDR] {
-    let mut h = [0u8; HDR];
-    h[0..4].copy_from_slice(&(body as u32).to_le_bytes());
-    h[4] = kind;
-    h
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Appends a REQ frame for `req` with `payload`.
-fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8]) {
-    tx.extend_from_slice(&header(K_REQ, REQ_LEN + payload.len()));
-    let mut b = [0u8; REQ_LEN];
-    b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
-    b[4..8].copy_from_slice(&req.dst_qpn.to_le_bytes());
-    b[8..12].copy_from_slice(&req.psn.to_le_bytes());
-    b[12..16].copy_from_slice(&epoch.to_le_bytes());
-    b[16] = req.opcode;
-    b[17] = u8::from(req.solicited);
-    b[20..24].copy_from_slice(&req.remote.rkey.to_le_bytes());
-    b[24..32].copy_from_slice(&req.remote.addr.to_le_bytes());
-    b[32..36].copy_from_slice(&req.len.to_le_bytes());
-    b[36..40].copy_from_slice(&req.imm.to_le_bytes());
-    b[40..48].copy_from_slice(&req.swap_add.to_le_bytes());
-    b[48..56].copy_from_slice(&req.compare.to_le_bytes());
-    tx.extend_from_slice(&b);
-    tx.extend_from_slice(payload);
-}
-
-/// Decodes a REQ body (from `src`): the request, the requester's epoch and
-/// the payload.
-pub(crate) fn get_req(body: &[u8], src: [u8; 16]) -> Result<(Request, u32, &[u8]), &'static str> {
-    if body.len() < REQ_LEN {
-        return Err("short REQ frame");
-    }
-    let req = Request {
-        opcode: body[16],
-        src,
-        src_qpn: le32(body, 0),
-        dst_qpn: le32(body, 4),
-        psn: le32(body, 8),
-        remote: Remote {
-            rkey: le32(body, 20),
-            addr: le64(body, 24),
-        },
-        len: le32(body, 32),
-        imm: le32(body, 36),
-        swap_add: le64(body, 40),
-        compare: le64(body, 48),
-        solicited: body[17] & 1 != 0,
-    };
-    let payload = &body[REQ_LEN..];
-    let carries = matches!(
-        req.opcode,
-        crate::wqe::opcode::RDMA_WRITE
-            | crate::wqe::opcode::RDMA_WRITE_IMM
-            | crate::wqe::opcode::SEND
-            | crate::wqe::opcode::SEND_IMM
-    );
-    let want = if carries { req.len as usize } else { 0 };
-    if payload.len() != want {
-        return Err("REQ payload length disagrees with its header");
-    }
-    Ok((req, le32(body, 12), payload))
-}
-
-/// Starts a RESP frame at the end of `tx`; returns where it starts. READ
-/// data is appended after it, then [`finish_resp`] fills it in.
-pub(crate) fn start_resp(tx: &mut Vec<u8>) -> usize {
-    let at = tx.len();
-    tx.resize(at + HDR + RESP_LEN, 0);
-    at
-}
-
-pub(crate) fn finish_resp(tx: &mut [u8], at: usize, req: &Request, epoch: u32, r: Response) {
-    let data = tx.len() - at - HDR - RESP_LEN;
-    tx[at..at + HDR].copy_from_slice(&header(K_RESP, RESP_LEN + data));
-    let b = &mut tx[at + HDR..at + HDR + RESP_LEN];
-    b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
-    b[4..8].copy_from_slice(&epoch.to_le_bytes());
-    b[8..12].copy_from_slice(&req.psn.to_le_bytes());
-    let (status, arg, orig) = match r {
-        Response::Ack { orig } => (0u8, 0u8, orig),
-        Response::Rnr { timer } => (1, timer, 0),
-        Response::Nak(s) => (2, s.code(), 0),
-        Response::OutOfSequence => (3, 0, 0),
-        Response::NoAnswer => (4, 0, 0),
-    };
-    b[12] = status;
-    b[13] = arg;
-    b[14..16].fill(0);
-    b[16..24].copy_from_slice(&orig.to_le_bytes());
-    b[24..28].copy_from_slice(&(data as u32).to_le_bytes());
-    b[28..32].fill(0);
-}
-
-/// A decoded RESP.
-pub(crate) struct Resp<'a> {
-    pub(crate) qpn: u32,
-    pub(crate) epoch: u32,
-    pub(crate) psn: u32,
-    pub(crate) resp: Response,
-    pub(crate) data: &'a [u8],
-}
-
-pub(crate) fn get_resp(body: &[u8]) -> Result<Resp<'_>, &'static str> {
-    if body.len() < RESP_LEN {
-        return Err("short RESP frame");
-    }
-    let data = &body[RESP_LEN..];
-    if le32(body, 24) as usize != data.len() {
-        return Err("RESP data length disagrees with its header");
-    }
-    let resp = match body[12] {
-        0 => Response::Ack {
-            orig: le64(body, 16),
-        },
-        1 => Response::Rnr { timer: body[13] },
-        2 => Response::Nak(Syndrome::from_code(body[13])),
-        3 => Response::OutOfSequence,
-        4 => Response::NoAnswer,
-        _ => return Err("unknown RESP status"),
-    };
-    Ok(Resp {
-        qpn: le32(body, 0),
-        epoch: le32(body, 4),
-        psn: le32(body, 8),
-        resp,
-        data,
-    })
-}
 
 /// Counters of a device's wire traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -443,7 +179,7 @@ pub(crate) struct Link {
     /// The peer device's address.
     pub(crate) peer: [u8; 16],
     stream: Option<Stream>,
-    /// Received bytes; the engine borrows it while it handles frames.
+    /// Received bytes; a progress pass borrows it while it handles frames.
     pub(crate) rx: Vec<u8>,
     /// Parsed up to / filled up to.
     pub(crate) rx_head: usize,
@@ -463,7 +199,7 @@ pub(crate) struct Link {
     /// may carry.
     read_max: u32,
     /// The longest payload a REQ on this link may carry: what a QP of this
-    /// device connected to the peer could accept (the engine raises it
+    /// device connected to the peer could accept (a progress pass raises it
     /// when a longer REQ arrives and the device's QPs and regions allow).
     pub(crate) req_limit: u32,
     /// A QP of this device is connected to the peer's address (else the
@@ -559,10 +295,10 @@ impl Link {
             epoch,
             psn: req.psn,
         });
-        if req.opcode == crate::wqe::opcode::RDMA_READ {
+        if req.opcode == opcode::RDMA_READ {
             self.read_max = self.read_max.max(req.len);
         }
-        put_req(&mut self.tx, req, epoch, payload);
+        wire::put_req(&mut self.tx, req, epoch, payload);
     }
 
     /// Whether `r` answers the oldest request unanswered on this link; if
@@ -855,13 +591,22 @@ fn welcome(s: &mut Stream, me: [u8; 16]) -> io::Result<Option<[u8; 16]>> {
 /// One thread per process accepts connections for every listening device.
 struct Acceptor {
     entries: Mutex<Vec<Entry>>,
-    wake: super::EventFd,
+    wake: EventFd,
 }
 
+#[derive(Clone)]
 struct Entry {
     listener: Arc<Listener>,
-    dev: Weak<Shared>,
+    dev: Weak<dyn Adopt>,
     addr: [u8; 16],
+}
+
+/// What the acceptor hands a connection it accepted and welcomed to: the
+/// device it is for (a weak reference: the acceptor does not keep devices
+/// alive).
+pub(crate) trait Adopt: Send + Sync {
+    /// A connection from the device at address `from`.
+    fn adopt(&self, from: [u8; 16], s: Stream);
 }
 
 static ACCEPTOR: Mutex<Option<&'static Acceptor>> = Mutex::new(None);
@@ -872,7 +617,7 @@ fn acceptor() -> Result<&'static Acceptor, Error> {
     if let Some(a) = *g {
         return Ok(a);
     }
-    let wake = super::EventFd::new()?;
+    let wake = EventFd::new()?;
     let a: &'static Acceptor = Box::leak(Box::new(Acceptor {
         entries: Mutex::new(Vec::new()),
         wake,
@@ -889,14 +634,14 @@ fn acceptor() -> Result<&'static Acceptor, Error> {
 }
 
 /// Starts accepting for `dev` on `l`.
-pub(crate) fn listen(l: Listener, dev: &Arc<Shared>, addr: [u8; 16]) -> Result<(), Error> {
+pub(crate) fn listen(l: Listener, dev: Weak<dyn Adopt>, addr: [u8; 16]) -> Result<(), Error> {
     let a = acceptor()?;
     a.entries
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(Entry {
             listener: Arc::new(l),
-            dev: Arc::downgrade(dev),
+            dev,
             addr,
         });
     a.wake.signal();
@@ -916,34 +661,31 @@ pub(crate) fn unlisten(addr: [u8; 16]) {
 }
 
 fn accept_loop(a: &'static Acceptor) {
-    let mut snap: Vec<(Arc<Listener>, Weak<Shared>, [u8; 16])> = Vec::new();
+    let mut snap: Vec<Entry> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
         snap.clear();
         {
             let mut e = a.entries.lock().unwrap_or_else(|e| e.into_inner());
             e.retain(|e| e.dev.strong_count() > 0);
-            snap.extend(
-                e.iter()
-                    .map(|e| (e.listener.clone(), e.dev.clone(), e.addr)),
-            );
+            snap.extend(e.iter().cloned());
         }
         fds.clear();
         fds.push(a.wake.pollfd());
-        fds.extend(snap.iter().map(|(l, _, _)| libc::pollfd {
-            fd: l.fd(),
+        fds.extend(snap.iter().map(|e| libc::pollfd {
+            fd: e.listener.fd(),
             events: libc::POLLIN,
             revents: 0,
         }));
-        super::poll(&mut fds, None);
+        bell::poll(&mut fds, None);
         a.wake.drain();
-        for (i, (l, dev, addr)) in snap.iter().enumerate() {
+        for (i, e) in snap.iter().enumerate() {
             if fds[i + 1].revents == 0 {
                 continue;
             }
-            while let Ok(mut s) = l.accept() {
-                let Some(d) = dev.upgrade() else { break };
-                if let Ok(Some(from)) = welcome(&mut s, *addr) {
+            while let Ok(mut s) = e.listener.accept() {
+                let Some(d) = e.dev.upgrade() else { break };
+                if let Ok(Some(from)) = welcome(&mut s, e.addr) {
                     d.adopt(from, s);
                 }
             }
@@ -954,6 +696,8 @@ fn accept_loop(a: &'static Acceptor) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::soft::wire::MAX_MSG;
+    use crate::wqe::Remote;
 
     /// A link over one end of a socket pair, and the other end.
     fn link() -> (Link, UnixStream) {
@@ -971,7 +715,7 @@ mod tests {
 
     fn read_request(len: u32, psn: u32) -> Request {
         Request {
-            opcode: crate::wqe::opcode::RDMA_READ,
+            opcode: opcode::RDMA_READ,
             src: [0; 16],
             src_qpn: 0x100,
             psn,

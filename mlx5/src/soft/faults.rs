@@ -1,0 +1,66 @@
+//! Fault injection (the software device's side of `mlx5::Faults`): a peer
+//! dropped or partitioned, frames delayed, a QP's next WQE failed or its
+//! receives withheld. The knobs' device-wide state is
+//! [`super::state::FaultState`]; the per-QP ones are fields of the QP.
+
+use std::time::Duration;
+
+use super::Device;
+use super::progress::{fail_link, remove_dead_links};
+use super::state::SoftQp;
+use crate::error::Error;
+
+impl Device {
+    /// Fault: the peer device at `addr` is gone.
+    pub(crate) fn drop_peer(&self, addr: [u8; 16]) {
+        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        if !eng.faults.dropped.contains(&addr) {
+            eng.faults.dropped.push(addr);
+        }
+        let mut killed = Vec::new();
+        for l in eng.links.iter_mut().filter(|l| l.is_up() && l.peer == addr) {
+            l.kill("dropped by fault injection".into());
+            killed.push(l.id);
+        }
+        let mut s = self.shared.lock();
+        for id in killed {
+            fail_link(&mut s, id);
+        }
+        drop(s);
+        remove_dead_links(&mut eng.links);
+        drop(eng);
+        self.shared.bell.ring();
+    }
+
+    /// Fault: frames to and from `addr` vanish. False if no link is up.
+    pub(crate) fn partition_peer(&self, addr: [u8; 16]) -> bool {
+        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut any = false;
+        for l in eng.links.iter_mut().filter(|l| l.is_up() && l.peer == addr) {
+            l.blackhole = true;
+            any = true;
+        }
+        any
+    }
+
+    /// Fault: hold every frame sent for `d`.
+    pub(crate) fn set_delay(&self, d: Duration) {
+        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        eng.faults.delay = d;
+        for l in &mut eng.links {
+            l.delay = d;
+        }
+    }
+
+    /// Fault knobs of one QP.
+    pub(crate) fn qp_fault(&self, qpn: u32, f: impl FnOnce(&mut SoftQp)) -> Result<(), Error> {
+        let mut s = self.shared.lock();
+        let qp = s
+            .qp(qpn)
+            .ok_or(Error::Mismatch("QP is not on this device"))?;
+        f(qp);
+        drop(s);
+        self.shared.bell.ring();
+        Ok(())
+    }
+}

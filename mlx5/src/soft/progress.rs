@@ -1,0 +1,446 @@
+//! Progress: one pass of a device (read its links and handle the frames,
+//! execute its QPs, write its links), and the process's progress thread
+//! that runs passes for every background device and sleeps when there is
+//! nothing to do.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::bell::Bell;
+use super::link::{self, Link, WireStats};
+use super::requester::{complete, fail, min_timer, process_qp};
+use super::responder::{MAX_RECV_SGE, respond_locked};
+use super::state::{Engine, Shared, State, Target, fabric};
+use super::wire;
+use crate::error::Error;
+use crate::prm::{Access, QpState, Syndrome};
+use crate::wqe::Sge;
+
+/// Adds a link to `peer` over `s`; `None` (and `s` closed) if fault
+/// injection dropped that peer. Link ids are never reused: a QP whose link
+/// died and was removed finds no link by its id, never another one.
+pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], s: link::Stream) -> Option<&mut Link> {
+    if eng.faults.dropped.contains(&peer) {
+        return None;
+    }
+    eng.next_link += 1;
+    let mut l = Link::new(eng.next_link, peer, s);
+    l.delay = eng.faults.delay;
+    eng.links.push(l);
+    eng.links.last_mut()
+}
+
+/// Removes the links that died, once their QPs were failed (a dead link
+/// holds nothing the device needs; its id stays unused).
+pub(crate) fn remove_dead_links(links: &mut Vec<Link>) {
+    links.retain(Link::is_up);
+}
+
+/// Adopts the connections the acceptor thread accepted.
+pub(crate) fn adopt(shared: &Shared, eng: &mut Engine) {
+    for (peer, s) in shared.take_pending() {
+        add_link(eng, peer, s);
+    }
+}
+
+/// One pass: receive from links, execute every QP with work, send.
+/// Returns the work done (WQEs executed, frames handled).
+pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
+    let mut guard = shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+    let eng = &mut *guard;
+    eng.next_timer = None;
+    adopt(shared, eng);
+    let mut done = 0;
+    if !eng.links.is_empty() {
+        done += receive(shared, eng);
+    }
+    eng.work.clear();
+    // One lock for every WQE this pass executes (see `Fabric`).
+    let mut fab = fabric();
+    if let Some(s) = fab.state(shared.dev) {
+        for qp in s.qps.iter().flatten() {
+            let pi = qp.sq_pi();
+            let send = match qp.state {
+                QpState::Rts => pi != qp.sq_sent as u16,
+                QpState::Error => pi != qp.sq_ci as u16 || !qp.inflight.is_empty(),
+                _ => false,
+            };
+            let recv_flush =
+                qp.state == QpState::Error && qp.srq.is_none() && qp.rq_pi() != qp.rq_ci as u16;
+            if send || recv_flush {
+                eng.work.push(qp.qpn);
+            }
+        }
+    }
+    for i in 0..eng.work.len() {
+        let qpn = eng.work[i];
+        done += process_qp(shared, eng, &mut fab, qpn);
+    }
+    drop(fab);
+    if !eng.links.is_empty() {
+        send(shared, eng);
+    }
+    done
+}
+
+/// Reads every link and handles the frames: requests are executed here
+/// (the responder phase) and answered; answers complete WQEs in flight. A
+/// link with requests outstanding and no progress for its ACK timeout is
+/// declared dead.
+fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
+    let now = Instant::now();
+    let Engine {
+        links,
+        sges,
+        frames,
+        dead,
+        stats,
+        next_timer,
+        ..
+    } = eng;
+    let mut done = 0;
+    dead.clear();
+    for link in links.iter_mut().filter(|l| l.is_up()) {
+        let got = link.fill(stats);
+        if got > 0 && link.is_up() {
+            done += handle_frames(shared, link, frames, sges, stats, next_timer, now);
+            if link.mid_frame() && link.outstanding() > 0 {
+                // A frame is arriving (READ data, or frames queued ahead
+                // of the answers): the peer is alive and sending.
+                link.last_progress = now;
+            }
+        }
+        if link.is_up() && link.outstanding() > 0 {
+            let deadline = link.last_progress + link.timeout;
+            if now >= deadline {
+                link.kill(format!(
+                    "no answer from the peer for {:?} with requests outstanding",
+                    link.timeout
+                ));
+            } else {
+                min_timer(next_timer, deadline);
+            }
+        }
+        if !link.is_up() {
+            dead.push(link.id);
+        }
+    }
+    if !dead.is_empty() {
+        let mut s = shared.lock();
+        for &id in dead.iter() {
+            done += fail_link_qps(&mut s, id, sges);
+        }
+        drop(s);
+        remove_dead_links(links);
+    }
+    done
+}
+
+/// Handles the whole frames `link` has buffered; returns how many. A
+/// malformed frame, or one longer than the link allows, kills the link, as
+/// does a stranger that leaves more than [`link::STRANGER_TX`] of answers
+/// unread.
+fn handle_frames(
+    shared: &Arc<Shared>,
+    link: &mut Link,
+    frames: &mut Vec<(u8, usize, usize)>,
+    sges: &mut Vec<Sge>,
+    stats: &mut WireStats,
+    next_timer: &mut Option<Instant>,
+    now: Instant,
+) -> usize {
+    frames.clear();
+    let mut bad = None;
+    let mut rechecked = false;
+    while let Some(f) = link.next_frame() {
+        match f {
+            Ok(f) => frames.push(f),
+            Err(link::Bad::ReqOverLimit) if !rechecked => {
+                // QPs may have connected, or regions grown, since the
+                // limit was set; this header is parsed again.
+                rechecked = true;
+                vouch(&shared.lock(), link);
+            }
+            Err(link::Bad::ReqOverLimit) => {
+                bad = Some("REQ longer than any QP connected to its sender can accept");
+                break;
+            }
+            Err(link::Bad::Frame(e)) => {
+                bad = Some(e);
+                break;
+            }
+        }
+    }
+    let mut done = 0;
+    if !frames.is_empty() {
+        let rx = std::mem::take(&mut link.rx);
+        let mut s = shared.lock();
+        for &(kind, a, b) in frames.iter() {
+            let body = &rx[a..b];
+            stats.frames_received += 1;
+            done += 1;
+            if kind == wire::K_REQ {
+                let (req, epoch, payload) = match wire::get_req(body, link.peer) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        bad = Some(e);
+                        break;
+                    }
+                };
+                let at = wire::start_resp(&mut link.tx);
+                let r = respond_locked(&mut s, &req, payload, &mut link.tx);
+                wire::finish_resp(&mut link.tx, at, &req, epoch, r);
+                stats.frames_sent += 1;
+            } else {
+                let r = match wire::get_resp(body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        bad = Some(e);
+                        break;
+                    }
+                };
+                // Only an answer to the oldest request unanswered on this
+                // link is progress; a stale or forged one (wrong QPN,
+                // epoch or PSN, or nothing asked) is dropped, and the ACK
+                // timeout runs on.
+                if link.answers(&r, now) {
+                    on_resp(&mut s, &r, sges, next_timer);
+                }
+            }
+        }
+        drop(s);
+        link.rx = rx;
+    }
+    if let Some(e) = bad {
+        link.kill(format!("protocol error from the peer: {e}"));
+    } else if !link.vouched && link.backlog() > link::STRANGER_TX {
+        vouch(&shared.lock(), link);
+        if !link.vouched {
+            link.kill("a stranger that does not read its answers".into());
+        }
+    }
+    done
+}
+
+/// Sets what a REQ on `link` may carry: the most that one of this device's
+/// QPs connected to the peer's address could accept (a WRITE lands inside
+/// one remotely writable region of the QP's PD; a SEND is scattered over at
+/// most [`MAX_RECV_SGE`] entries, each inside one locally writable region),
+/// at most the RC message limit. No such QP: the peer is a stranger, and
+/// its REQs carry nothing. Cold: runs when a REQ over the current limit
+/// arrives, or a stranger's answers pile up.
+fn vouch(s: &State, link: &mut Link) {
+    let mut most = 0u64;
+    let connected = s
+        .qps
+        .iter()
+        .flatten()
+        .filter(|q| q.peer.as_ref().is_some_and(|p| p.addr == link.peer));
+    for q in connected {
+        link.vouched = true;
+        for m in s.mrs.iter().flatten().filter(|m| m.pd == q.pd) {
+            if q.access.contains(Access::REMOTE_WRITE) && m.access.contains(Access::REMOTE_WRITE) {
+                most = most.max(m.len);
+            }
+            if m.access.contains(Access::LOCAL_WRITE) {
+                most = most.max(m.len.saturating_mul(MAX_RECV_SGE as u64));
+            }
+        }
+    }
+    link.req_limit = most.min(wire::MAX_MSG) as u32;
+}
+
+/// An answer from a link: completes the oldest request in flight on its
+/// QP if it answers that one (anything else is stale and ignored).
+fn on_resp(s: &mut State, r: &wire::Resp<'_>, sges: &mut Vec<Sge>, timer: &mut Option<Instant>) {
+    let Some(qp) = s.qp(r.qpn) else { return };
+    if qp.epoch != r.epoch || qp.inflight.front().is_none_or(|f| f.req.psn != r.psn) {
+        return;
+    }
+    let f = qp.inflight.pop_front().expect("checked");
+    sges.clear();
+    sges.extend(qp.inflight_sges.drain(..f.nsges));
+    if complete(s, r.qpn, &f, r.resp, r.data, sges, timer) {
+        // RNR: resend from this WQE after the timer; the requests sent
+        // after it are answered out of sequence and ignored.
+        let qp = s.qp(r.qpn).expect("present");
+        qp.sq_sent = qp.sq_ci;
+        qp.psn = f.req.psn;
+        qp.inflight.clear();
+        qp.inflight_sges.clear();
+    }
+}
+
+/// A link went down: the oldest request in flight of each of its QPs fails
+/// with `TransportRetryExceeded` (the QP enters ERROR; the rest is flushed).
+fn fail_link_qps(s: &mut State, link: u64, sges: &mut Vec<Sge>) -> usize {
+    let hit: Vec<u32> = s
+        .qps
+        .iter()
+        .flatten()
+        .filter(|q| {
+            matches!(q.peer.as_ref().map(|p| &p.target), Some(Target::Link(id)) if *id == link)
+                && !q.inflight.is_empty()
+        })
+        .map(|q| q.qpn)
+        .collect();
+    for &qpn in &hit {
+        let qp = s.qp(qpn).expect("listed");
+        let f = qp.inflight.pop_front().expect("listed");
+        sges.clear();
+        sges.extend(qp.inflight_sges.drain(..f.nsges));
+        if qp.state == QpState::Rts {
+            fail(s, qpn, f.index, f.wqebbs, Syndrome::TransportRetryExceeded);
+        }
+    }
+    hit.len()
+}
+
+/// A link was taken down outside a pass (fault injection).
+pub(crate) fn fail_link(s: &mut State, link: u64) {
+    fail_link_qps(s, link, &mut Vec::new());
+}
+
+/// Writes what the links have to send (one `write` per link per pass).
+fn send(shared: &Arc<Shared>, eng: &mut Engine) {
+    let now = Instant::now();
+    let Engine {
+        links,
+        sges,
+        dead,
+        stats,
+        next_timer,
+        ..
+    } = eng;
+    dead.clear();
+    for link in links.iter_mut().filter(|l| l.is_up()) {
+        if let Some(t) = link.flush(now, stats) {
+            min_timer(next_timer, t);
+        }
+        if !link.is_up() {
+            dead.push(link.id);
+        } else if link.outstanding() > 0 {
+            min_timer(next_timer, link.last_progress + link.timeout);
+        }
+    }
+    if !dead.is_empty() {
+        let mut s = shared.lock();
+        for &id in dead.iter() {
+            fail_link_qps(&mut s, id, sges);
+        }
+        drop(s);
+        remove_dead_links(links);
+    }
+}
+
+/// How long the device thread spins after the last work before sleeping.
+const SPIN: Duration = Duration::from_micros(50);
+/// The longest sleep without a doorbell (a safety net; doorbells wake it).
+const IDLE_SLEEP: Duration = Duration::from_millis(100);
+
+/// The one progress thread of this process: it drives every software
+/// device opened with background progress. One thread, not one per device,
+/// because these machines have few cores and a spinning device thread per
+/// context would compete with the threads that post and poll.
+pub(crate) struct Progressor {
+    devices: Mutex<Vec<Weak<Shared>>>,
+    bell: Arc<Bell>,
+}
+
+impl Progressor {
+    /// The bell the thread sleeps on: every background device rings it.
+    pub(crate) fn bell(&self) -> Arc<Bell> {
+        self.bell.clone()
+    }
+
+    /// Drives `dev` from now on.
+    pub(crate) fn add(&self, dev: Weak<Shared>) {
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dev);
+        self.bell.ring();
+    }
+}
+
+/// Stops driving the device with id `id` (it is being dropped).
+pub(crate) fn forget(id: u64) {
+    if let Some(p) = &*PROGRESSOR.lock().unwrap_or_else(|e| e.into_inner()) {
+        let mut d = p.devices.lock().unwrap_or_else(|e| e.into_inner());
+        d.retain(|w| w.upgrade().is_some_and(|s| s.id != id));
+    }
+}
+
+static PROGRESSOR: Mutex<Option<Arc<Progressor>>> = Mutex::new(None);
+
+/// The progress thread's name (tests look for it in /proc).
+pub const PROGRESS_THREAD: &str = "mlx5-soft-progress";
+
+pub(crate) fn progressor() -> Result<Arc<Progressor>, Error> {
+    let mut g = PROGRESSOR.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = &*g {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(Progressor {
+        devices: Mutex::new(Vec::new()),
+        bell: Arc::new(Bell::new()?),
+    });
+    let t = p.clone();
+    std::thread::Builder::new()
+        .name(PROGRESS_THREAD.into())
+        .spawn(move || run(&t))
+        .map_err(|source| Error::Os {
+            what: "spawning the software device progress thread",
+            source,
+        })?;
+    *g = Some(p.clone());
+    Ok(p)
+}
+
+/// The progress thread: progress every background device while there is
+/// work, spin [`SPIN`] after the last work, then sleep until a doorbell, a
+/// socket with data (or room, when sends are pending) or the next timer
+/// (RNR retry, delayed frames, a peer's answer deadline). It lives as long
+/// as the process.
+fn run(p: &Progressor) {
+    let mut last_work = Instant::now();
+    let mut devs: Vec<Arc<Shared>> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    loop {
+        devs.clear();
+        devs.extend(
+            p.devices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter_map(Weak::upgrade),
+        );
+        let pass = |devs: &[Arc<Shared>]| devs.iter().map(progress).sum::<usize>();
+        if pass(&devs) > 0 {
+            last_work = Instant::now();
+            continue;
+        }
+        if last_work.elapsed() < SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        let now = Instant::now();
+        fds.clear();
+        let mut timeout = IDLE_SLEEP;
+        for d in &devs {
+            let eng = d.engine.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = eng.next_timer {
+                timeout = timeout.min(t.saturating_duration_since(now));
+            }
+            eng.poll_fds(&mut fds);
+        }
+        if timeout.is_zero() {
+            continue;
+        }
+        p.bell.sleep(timeout, &mut fds, || pass(&devs));
+        // Drop the strong references before sleeping again: a device must
+        // be able to go away while the thread idles.
+        devs.clear();
+        last_work = Instant::now();
+    }
+}

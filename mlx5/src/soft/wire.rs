@@ -1,0 +1,316 @@
+//! The wire between software devices in different processes or hosts, as a
+//! pure codec: addresses, frame headers, `REQ` and `RESP` bodies in and out
+//! of byte buffers. No I/O (that is the links'), no device state.
+//!
+//! # Addresses
+//!
+//! A software device's address is the 16-byte GID its QPs put in
+//! [`crate::ConnInfo`]:
+//!
+//! | bytes | unix (kind 1) | tcp (kind 2) |
+//! |---|---|---|
+//! | 0..4 | `"SOFT"` | `"SOFT"` |
+//! | 4 | 1 | 2 |
+//! | 5 | 0 | 0 |
+//! | 6..8 | 0 | port, big-endian |
+//! | 8..12 | process id, LE | IPv4 address |
+//! | 12..16 | device id, LE | device id, LE |
+//!
+//! A unix address names the abstract socket `@mlx5-soft.<pid>.<id>`, bound
+//! the first time a QP of the device hands out its connection info. A tcp
+//! address is the device's listening socket (`soft@tcp...`).
+//!
+//! # Links and frames
+//!
+//! Two devices talk over one stream socket (a *link*), whichever side
+//! connected, shared by all their QPs. The connector sends `HELLO` (its
+//! address and the address it wants), the acceptor answers `WELCOME` with a
+//! status; then both sides send `REQ` and `RESP` frames. Every frame is an
+//! 8-byte header (`body length u32 LE`, `kind u8`, 3 zero bytes) and a body
+//! (all integers little-endian):
+//!
+//! * `HELLO` (1): `"M5SW"`, version u16 = 1, 0 u16, from `[16]`, to `[16]`.
+//! * `WELCOME` (2): status u8 (0 ok, 1 no such device), 7 zero bytes.
+//! * `REQ` (3): src QPN u32, dst QPN u32, PSN u32, epoch u32, opcode u8,
+//!   flags u8 (bit 0: solicited event), 2 zero bytes, rkey u32, remote
+//!   address u64, length u32, immediate u32, swap/add u64, compare u64
+//!   (56 bytes), then the payload (WRITE and SEND only; `length` bytes).
+//! * `RESP` (4): requester QPN u32, epoch u32, PSN u32, status u8 (0 ACK,
+//!   1 RNR NAK, 2 NAK, 3 out of sequence, 4 no answer: the target QP
+//!   dropped it as a NIC drops a packet it cannot take), argument u8 (RNR timer or
+//!   syndrome), 2 zero bytes, atomic original value u64, data length u32,
+//!   0 u32 (32 bytes), then the READ data.
+//!
+//! The responder answers every `REQ` with exactly one `RESP`, in the order
+//! the requests arrived, so a link's answers come in the order its
+//! requests were sent. A `RESP` that does not answer the oldest request
+//! still unanswered on its link (QPN, epoch and PSN) is stale or forged:
+//! it is dropped and is not progress. Progress, which restarts the ACK
+//! clock of a link with requests outstanding, is an answer to that oldest
+//! request, or bytes of a frame still arriving (a large one takes a while).
+//!
+
+use std::net::Ipv4Addr;
+
+use crate::prm::{Syndrome, opcode};
+use crate::wqe::Remote;
+
+pub(crate) const ADDR_MAGIC: [u8; 4] = *b"SOFT";
+const KIND_UNIX: u8 = 1;
+const KIND_TCP: u8 = 2;
+
+/// A software device's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Addr {
+    Unix { pid: u32, id: u32 },
+    Tcp { ip: Ipv4Addr, port: u16, id: u32 },
+}
+
+impl Addr {
+    pub(crate) fn encode(&self) -> [u8; 16] {
+        let mut g = [0u8; 16];
+        g[0..4].copy_from_slice(&ADDR_MAGIC);
+        match *self {
+            Addr::Unix { pid, id } => {
+                g[4] = KIND_UNIX;
+                g[8..12].copy_from_slice(&pid.to_le_bytes());
+                g[12..16].copy_from_slice(&id.to_le_bytes());
+            }
+            Addr::Tcp { ip, port, id } => {
+                g[4] = KIND_TCP;
+                g[6..8].copy_from_slice(&port.to_be_bytes());
+                g[8..12].copy_from_slice(&ip.octets());
+                g[12..16].copy_from_slice(&id.to_le_bytes());
+            }
+        }
+        g
+    }
+
+    pub(crate) fn decode(g: &[u8; 16]) -> Result<Addr, String> {
+        if g[0..4] != ADDR_MAGIC {
+            return Err(
+                "remote address is not a software device's (mixing hardware and software devices?)"
+                    .into(),
+            );
+        }
+        let word = |i: usize| [g[i], g[i + 1], g[i + 2], g[i + 3]];
+        let id = u32::from_le_bytes(word(12));
+        match (g[4], g[5]) {
+            (KIND_UNIX, 0) if g[6..8] == [0, 0] => Ok(Addr::Unix {
+                pid: u32::from_le_bytes(word(8)),
+                id,
+            }),
+            (KIND_TCP, 0) => Ok(Addr::Tcp {
+                ip: Ipv4Addr::from(word(8)),
+                port: u16::from_be_bytes([g[6], g[7]]),
+                id,
+            }),
+            _ => Err(format!(
+                "unknown software device address kind {} (a newer version of this crate?)",
+                g[4]
+            )),
+        }
+    }
+
+    pub(crate) fn unix_name(pid: u32, id: u32) -> String {
+        format!("mlx5-soft.{pid}.{id}")
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Addr::Unix { pid, id } => write!(f, "unix:@{}", Addr::unix_name(pid, id)),
+            Addr::Tcp { ip, port, id } => write!(f, "tcp:{ip}:{port} (soft{id})"),
+        }
+    }
+}
+
+pub(crate) const HDR: usize = 8;
+pub(crate) const K_HELLO: u8 = 1;
+pub(crate) const K_WELCOME: u8 = 2;
+pub(crate) const K_REQ: u8 = 3;
+pub(crate) const K_RESP: u8 = 4;
+pub(crate) const HELLO_LEN: usize = 40;
+pub(crate) const WELCOME_LEN: usize = 8;
+pub(crate) const REQ_LEN: usize = 56;
+pub(crate) const RESP_LEN: usize = 32;
+/// The RC message limit: the most a REQ payload or READ can carry.
+pub(crate) const MAX_MSG: u64 = 1 << 31;
+pub(crate) const WIRE_MAGIC: [u8; 4] = *b"M5SW";
+pub(crate) const WIRE_VERSION: u16 = 1;
+
+/// A request as it travels from requester to responder.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Request {
+    pub(crate) opcode: u8,
+    /// The requester device's address.
+    pub(crate) src: [u8; 16],
+    pub(crate) src_qpn: u32,
+    /// Request sequence number (per QP, from 0).
+    pub(crate) psn: u32,
+    pub(crate) dst_qpn: u32,
+    pub(crate) remote: Remote,
+    /// Payload bytes (WRITE/SEND) or bytes to read (READ).
+    pub(crate) len: u32,
+    pub(crate) imm: u32,
+    pub(crate) swap_add: u64,
+    pub(crate) compare: u64,
+    /// The WQE asked for a solicited event at the responder.
+    pub(crate) solicited: bool,
+}
+
+/// The responder's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Response {
+    /// Done; for atomics, the original value (READ data is in the buffer).
+    Ack { orig: u64 },
+    /// No receive WQE: retry after the responder's RNR timer.
+    Rnr { timer: u8 },
+    /// Rejected: the requester completes with this syndrome.
+    Nak(Syndrome),
+    /// Not the sequence number the responder expects (a request sent after
+    /// one that was RNR NAKed): ignored, the requester resends it.
+    OutOfSequence,
+    /// Dropped without an answer, as a NIC drops a packet for a QP that
+    /// does not exist, is not in RTR/RTS, or is connected to another QP:
+    /// the requester resends after its ACK timeout, `retry_cnt` times, then
+    /// completes with `TransportRetryExceeded` (so a peer still connecting
+    /// is waited for, as on hardware).
+    NoAnswer,
+}
+
+pub(crate) fn header(kind: u8, body: usize) -> [u8; HDR] {
+    let mut h = [0u8; HDR];
+    h[0..4].copy_from_slice(&(body as u32).to_le_bytes());
+    h[4] = kind;
+    h
+}
+
+pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Appends a REQ frame for `req` with `payload`.
+pub(crate) fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8]) {
+    tx.extend_from_slice(&header(K_REQ, REQ_LEN + payload.len()));
+    let mut b = [0u8; REQ_LEN];
+    b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
+    b[4..8].copy_from_slice(&req.dst_qpn.to_le_bytes());
+    b[8..12].copy_from_slice(&req.psn.to_le_bytes());
+    b[12..16].copy_from_slice(&epoch.to_le_bytes());
+    b[16] = req.opcode;
+    b[17] = u8::from(req.solicited);
+    b[20..24].copy_from_slice(&req.remote.rkey.to_le_bytes());
+    b[24..32].copy_from_slice(&req.remote.addr.to_le_bytes());
+    b[32..36].copy_from_slice(&req.len.to_le_bytes());
+    b[36..40].copy_from_slice(&req.imm.to_le_bytes());
+    b[40..48].copy_from_slice(&req.swap_add.to_le_bytes());
+    b[48..56].copy_from_slice(&req.compare.to_le_bytes());
+    tx.extend_from_slice(&b);
+    tx.extend_from_slice(payload);
+}
+
+/// Decodes a REQ body (from `src`): the request, the requester's epoch and
+/// the payload.
+pub(crate) fn get_req(body: &[u8], src: [u8; 16]) -> Result<(Request, u32, &[u8]), &'static str> {
+    if body.len() < REQ_LEN {
+        return Err("short REQ frame");
+    }
+    let req = Request {
+        opcode: body[16],
+        src,
+        src_qpn: le32(body, 0),
+        dst_qpn: le32(body, 4),
+        psn: le32(body, 8),
+        remote: Remote {
+            rkey: le32(body, 20),
+            addr: le64(body, 24),
+        },
+        len: le32(body, 32),
+        imm: le32(body, 36),
+        swap_add: le64(body, 40),
+        compare: le64(body, 48),
+        solicited: body[17] & 1 != 0,
+    };
+    let payload = &body[REQ_LEN..];
+    let carries = matches!(
+        req.opcode,
+        opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM | opcode::SEND | opcode::SEND_IMM
+    );
+    let want = if carries { req.len as usize } else { 0 };
+    if payload.len() != want {
+        return Err("REQ payload length disagrees with its header");
+    }
+    Ok((req, le32(body, 12), payload))
+}
+
+/// Starts a RESP frame at the end of `tx`; returns where it starts. READ
+/// data is appended after it, then [`finish_resp`] fills it in.
+pub(crate) fn start_resp(tx: &mut Vec<u8>) -> usize {
+    let at = tx.len();
+    tx.resize(at + HDR + RESP_LEN, 0);
+    at
+}
+
+pub(crate) fn finish_resp(tx: &mut [u8], at: usize, req: &Request, epoch: u32, r: Response) {
+    let data = tx.len() - at - HDR - RESP_LEN;
+    tx[at..at + HDR].copy_from_slice(&header(K_RESP, RESP_LEN + data));
+    let b = &mut tx[at + HDR..at + HDR + RESP_LEN];
+    b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
+    b[4..8].copy_from_slice(&epoch.to_le_bytes());
+    b[8..12].copy_from_slice(&req.psn.to_le_bytes());
+    let (status, arg, orig) = match r {
+        Response::Ack { orig } => (0u8, 0u8, orig),
+        Response::Rnr { timer } => (1, timer, 0),
+        Response::Nak(s) => (2, s.code(), 0),
+        Response::OutOfSequence => (3, 0, 0),
+        Response::NoAnswer => (4, 0, 0),
+    };
+    b[12] = status;
+    b[13] = arg;
+    b[14..16].fill(0);
+    b[16..24].copy_from_slice(&orig.to_le_bytes());
+    b[24..28].copy_from_slice(&(data as u32).to_le_bytes());
+    b[28..32].fill(0);
+}
+
+/// A decoded RESP.
+pub(crate) struct Resp<'a> {
+    pub(crate) qpn: u32,
+    pub(crate) epoch: u32,
+    pub(crate) psn: u32,
+    pub(crate) resp: Response,
+    pub(crate) data: &'a [u8],
+}
+
+pub(crate) fn get_resp(body: &[u8]) -> Result<Resp<'_>, &'static str> {
+    if body.len() < RESP_LEN {
+        return Err("short RESP frame");
+    }
+    let data = &body[RESP_LEN..];
+    if le32(body, 24) as usize != data.len() {
+        return Err("RESP data length disagrees with its header");
+    }
+    let resp = match body[12] {
+        0 => Response::Ack {
+            orig: le64(body, 16),
+        },
+        1 => Response::Rnr { timer: body[13] },
+        2 => Response::Nak(Syndrome::from_code(body[13])),
+        3 => Response::OutOfSequence,
+        4 => Response::NoAnswer,
+        _ => return Err("unknown RESP status"),
+    };
+    Ok(Resp {
+        qpn: le32(body, 0),
+        epoch: le32(body, 4),
+        psn: le32(body, 8),
+        resp,
+        data,
+    })
+}
