@@ -8,9 +8,11 @@
 //!
 //! # Guarantees
 //!
-//! * **Typed.** Requests and responses are plain data ([`Message`]); their
-//!   size, alignment and a type fingerprint are checked at attach, so a
-//!   client built with other types is refused ([`Error::Mismatch`]).
+//! * **Typed.** Requests and responses are plain data ([`Message`], with a
+//!   [`TypeLayout`] derived by `#[derive(ipc::Message)]`); their size,
+//!   alignment and a fingerprint of every field's offset, width and kind are
+//!   checked at attach, so a client built with other layouts is refused
+//!   ([`Error::Mismatch`]), while the same struct declared elsewhere is not.
 //! * **Untrusted memory.** The server validates everything it reads from a
 //!   client's region and never uses it as an index: a client that scribbles
 //!   over its own region can hurt only itself.
@@ -53,6 +55,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
+// Lets `#[derive(ipc::Message)]`'s `::ipc::` paths resolve inside this crate.
+extern crate self as ipc;
+
 mod client;
 mod config;
 mod error;
@@ -70,6 +75,7 @@ mod loom_tests;
 pub use client::{AsyncClient, Client};
 pub use config::{ClientConfig, ServerConfig, WaitStrategy};
 pub use error::{CallError, Error};
-pub use message::Message;
+pub use ipc_derive::Message;
+pub use message::{Field, Message, Shape, TypeLayout};
 pub use server::{RequestToken, Server};
 pub use zerocopy;
