@@ -2,12 +2,12 @@
 //!
 //! A [`Message`] carries a [`TypeLayout`]: its size and alignment and, for a
 //! struct, every field's offset and layout, down to primitive numbers. The
-//! segment header records a fingerprint of the canonical form of the
-//! server's request and response layouts ([`TypeLayout::canonical`]); a
-//! client whose types differ in any offset, width, kind (signed, unsigned,
-//! float) or byte order is refused with [`Error::Mismatch`]. Names of types
-//! and fields are not compared: an identical struct declared in another
-//! module, or another crate, is the same message.
+//! server sends the canonical form of its request and response layouts at
+//! connect ([`TypeLayout::canonical`]); a client whose types differ in any
+//! offset, width, kind (signed, unsigned, float) or byte order is refused
+//! with both type names and both layouts in [`Error::Mismatch`]. Names of
+//! types and fields are not compared: an identical struct declared in
+//! another module, or another crate, is the same message.
 //!
 //! [`Error::Mismatch`]: crate::Error::Mismatch
 
@@ -203,14 +203,9 @@ impl<T: Message, const N: usize> Message for [T; N] {
     };
 }
 
-/// A fingerprint of `T`'s layout: FNV-1a of its canonical form, so equal
-/// layouts agree whatever the types are called.
-pub(crate) fn fingerprint<T: Message>() -> u64 {
-    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    T::LAYOUT.canonical().bytes().fold(FNV_OFFSET, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
-    })
+/// `type_name` and canonical layout of `T`, as shown in a mismatch.
+pub(crate) fn describe<T: Message>() -> (String, String) {
+    (std::any::type_name::<T>().to_owned(), T::LAYOUT.canonical())
 }
 
 #[cfg(test)]
@@ -263,20 +258,6 @@ mod tests {
             pub b: u32,
             pub c: f32,
         }
-    }
-
-    #[test]
-    fn fingerprint_follows_the_layout_not_the_name() {
-        assert_ne!(fingerprint::<u64>(), fingerprint::<i64>());
-        assert_ne!(fingerprint::<[u32; 2]>(), fingerprint::<u64>());
-        assert_eq!(
-            fingerprint::<server_side::Pair>(),
-            fingerprint::<client_side::Same>()
-        );
-        assert_ne!(
-            fingerprint::<server_side::Pair>(),
-            fingerprint::<client_side::Pair>()
-        );
     }
 
     #[test]

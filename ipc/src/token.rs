@@ -1,0 +1,21 @@
+//! The handle of a request the server has taken and not yet answered.
+
+/// Identifies one answered-later request. Hand it back to
+/// [`Server::reply`](crate::Server::reply); it is not `Clone`, so a request
+/// is answered once.
+#[must_use = "a request token must be answered with Server::reply, or the client's call never completes"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestToken {
+    pub(crate) client: u32,
+    /// The slot's attach count when the request was taken: a reply never
+    /// reaches a later occupant of the slot.
+    pub(crate) attach: u32,
+    pub(crate) call_id: u32,
+}
+
+impl RequestToken {
+    /// The client slot the request came from (stable while it stays attached).
+    pub fn client(&self) -> u32 {
+        self.client
+    }
+}
