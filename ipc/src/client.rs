@@ -423,8 +423,17 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
     }
 
     /// Waits until a response is ready (spinning, then sleeping if so
-    /// configured), failing if the server goes away or evicts us.
-    fn wait_ready(&mut self) -> Result<(), Error> {
+    /// configured), failing if the server goes away, evicts us, or
+    /// `timeout` passes. `deadline` (coarse-clock nanoseconds) is set at the
+    /// first look at the clock, after one batch of spins, so a response that
+    /// comes quickly never costs a clock read; callers that wait several
+    /// times for one operation pass the same `deadline`.
+    fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        deadline: &mut Option<u64>,
+        op: &'static str,
+    ) -> Result<(), Error> {
         let spins = self.cfg.wait.spins();
         let mut spun = 0u32;
         loop {
@@ -437,15 +446,28 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
                 std::hint::spin_loop();
             }
             self.check_server()?;
+            let now = sys::coarse_now_ns();
+            // Plus one tick: `now` may lag the true time by up to one.
+            let d = *deadline.get_or_insert_with(|| {
+                now.saturating_add(nanos(timeout))
+                    .saturating_add(sys::coarse_resolution_ns())
+            });
+            if now >= d {
+                return Err(Error::Timeout {
+                    name: self.name.clone(),
+                    op,
+                    after: timeout,
+                });
+            }
             spun = spun.saturating_add(batch).min(spins);
             if spun >= spins {
-                self.sleep_once();
+                self.sleep_once(Duration::from_nanos(d - now));
             }
         }
     }
 
     #[cold]
-    fn sleep_once(&mut self) {
+    fn sleep_once(&mut self, at_most: Duration) {
         let w = &self.region.ctl().wait.0;
         // Read before announcing sleep: a wake that bumps it after this read
         // makes the futex wait return at once. Acquire is not needed for
@@ -458,7 +480,7 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         // server's publish + fence + load of `sleeping` in `reply`.
         fence(Ordering::SeqCst);
         if !self.core.response_ready() {
-            sys::futex_wait(&w.wake, seen, self.check_interval());
+            sys::futex_wait(&w.wake, seen, self.check_interval().min(at_most));
         }
         // Relaxed: a stale `1` seen by the server costs one spare wake.
         w.sleeping.store(0, Ordering::Relaxed);
@@ -506,7 +528,10 @@ fn read_exact(
 /// # Ok(()) }
 /// ```
 pub struct Client<Req: Message, Resp: Message> {
-    conn: Conn<Req, Resp, ()>,
+    /// User data of a call: its sequence number, so the late answer of a
+    /// call that timed out is never taken for a later call's.
+    conn: Conn<Req, Resp, u64>,
+    seq: u64,
 }
 
 impl<Req: Message, Resp: Message> Client<Req, Resp> {
@@ -517,22 +542,39 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     pub fn connect(name: &str, cfg: ClientConfig) -> Result<Self, Error> {
         Ok(Self {
             conn: Conn::connect(name, cfg)?,
+            seq: 0,
         })
     }
 
-    /// Sends `req` and waits for its response. Fails within the configured
-    /// `server_timeout` if the server dies or evicts this client.
+    /// Sends `req` and waits for its response, at most
+    /// [`call_timeout`](ClientConfig::call_timeout). Fails within the
+    /// configured `server_timeout` if the server dies or evicts this client.
     #[inline]
     pub fn call(&mut self, req: &Req) -> Result<Resp, Error> {
-        self.conn.call(req, ()).map_err(|e| match e {
-            CallError::Failed((), err) => err,
-            // One call at a time and depth >= 1: the ring cannot be full.
-            CallError::Full(()) => self.conn.error(&Broken::Protocol(u32::MAX)),
-        })?;
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let timeout = self.conn.cfg.call_timeout;
+        let mut deadline = None;
         loop {
-            self.conn.wait_ready()?;
+            match self.conn.call(req, seq) {
+                Ok(()) => break,
+                Err(CallError::Failed(_, e)) => return Err(e),
+                // Every call id is held by an earlier call that timed out:
+                // wait for one of their late answers, and drop it.
+                Err(CallError::Full(_)) => {
+                    self.conn.wait_ready(timeout, &mut deadline, "call")?;
+                    self.conn.poll(&mut |_, _| {})?;
+                }
+            }
+        }
+        loop {
+            self.conn.wait_ready(timeout, &mut deadline, "call")?;
             let mut out = None;
-            self.conn.poll(&mut |(), r| out = Some(r))?;
+            self.conn.poll(&mut |s, r| {
+                if s == seq {
+                    out = Some(r);
+                }
+            })?;
             if let Some(r) = out {
                 return Ok(r);
             }
@@ -586,13 +628,25 @@ impl<Req: Message, Resp: Message, U> AsyncClient<Req, Resp, U> {
     }
 
     /// Like [`poll`](Self::poll) but waits (per the wait strategy) for at
-    /// least one response when calls are in flight.
-    pub fn wait(&mut self, mut f: impl FnMut(U, Resp)) -> Result<usize, Error> {
+    /// least one response when calls are in flight, at most
+    /// [`call_timeout`](ClientConfig::call_timeout).
+    pub fn wait(&mut self, f: impl FnMut(U, Resp)) -> Result<usize, Error> {
+        self.wait_timeout(self.conn.cfg.call_timeout, f)
+    }
+
+    /// Like [`wait`](Self::wait) with its own deadline: [`Error::Timeout`]
+    /// if no response arrives within `timeout` (the calls stay in flight).
+    pub fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(U, Resp),
+    ) -> Result<usize, Error> {
         if self.conn.core.in_flight() == 0 {
             return self.conn.poll(&mut f);
         }
+        let mut deadline = None;
         loop {
-            self.conn.wait_ready()?;
+            self.conn.wait_ready(timeout, &mut deadline, "wait")?;
             let n = self.conn.poll(&mut f)?;
             if n > 0 {
                 return Ok(n);

@@ -101,6 +101,7 @@ pub struct ClientConfig {
     pub(crate) wait: WaitStrategy,
     pub(crate) server_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) call_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -109,13 +110,14 @@ impl Default for ClientConfig {
             wait: WaitStrategy::BusyPoll,
             server_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl ClientConfig {
     /// Defaults: busy polling, a dead server or an eviction detected within
-    /// 100 ms, connect retries for up to 1 s.
+    /// 100 ms, connect retries for up to 1 s, calls time out after 10 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -129,7 +131,8 @@ impl ClientConfig {
     /// Bound on the time between the server's death (or this client's
     /// eviction) and the error that a waiting call returns: the connection
     /// is looked at every half of it while waiting. It is not a call
-    /// timeout: a live but slow server is waited for.
+    /// timeout: a live but slow server is waited for, up to
+    /// [`call_timeout`](Self::call_timeout).
     pub fn server_timeout(mut self, bound: Duration) -> Self {
         self.server_timeout = bound;
         self
@@ -144,6 +147,17 @@ impl ClientConfig {
     /// [`Error::Timeout`](crate::Error::Timeout)). Zero: one attempt.
     pub fn connect_timeout(mut self, deadline: Duration) -> Self {
         self.connect_timeout = deadline;
+        self
+    }
+
+    /// Longest time [`Client::call`](crate::Client::call) and
+    /// [`AsyncClient::wait`](crate::AsyncClient::wait) wait for a response
+    /// before returning [`Error::Timeout`](crate::Error::Timeout), so that a
+    /// live but wedged server is an error, not a hang. The call stays in
+    /// flight (its late response is discarded by `Client`, delivered by
+    /// `AsyncClient`). `Duration::MAX` waits as long as the server lives.
+    pub fn call_timeout(mut self, deadline: Duration) -> Self {
+        self.call_timeout = deadline;
         self
     }
 }

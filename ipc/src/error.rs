@@ -109,7 +109,7 @@ pub enum Error {
     Timeout {
         /// The segment name.
         name: String,
-        /// What timed out: `connect`.
+        /// What timed out: `connect`, `call` or `wait`.
         op: &'static str,
         /// The deadline that passed.
         after: Duration,

@@ -41,9 +41,10 @@
 //!   waiting calls fail within [`ClientConfig::server_timeout`] (100 ms by
 //!   default); a dead server's name is free at once (the kernel releases
 //!   it), while a live one is refused.
-//! * **Deadlines.** `connect` retries a missing or full server until
-//!   [`ClientConfig::connect_timeout`] (1 s) and waits that long for the
-//!   server's answer ([`Error::Timeout`]).
+//! * **Deadlines.** Every wait has one: `connect` retries a missing or full
+//!   server until [`ClientConfig::connect_timeout`] (1 s), calls and waits
+//!   give up after [`ClientConfig::call_timeout`] (10 s) or the timeout
+//!   given to [`AsyncClient::wait_timeout`], with [`Error::Timeout`].
 //! * **Private.** The server refuses connections from other user ids.
 //! * **Bounded server poll.** A poll costs one load per attached client,
 //!   independent of `max_clients × ring_depth`; connections are looked at

@@ -75,6 +75,26 @@ pub(crate) fn coarse_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The resolution of [`coarse_now_ns`] (one scheduler tick), read once. A
+/// deadline measured on the coarse clock adds it, so it never expires early.
+pub(crate) fn coarse_resolution_ns() -> u64 {
+    static RES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *RES.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid out-pointer.
+        let r = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        if r == 0 {
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        } else {
+            // The coarsest tick Linux has (HZ = 100).
+            10_000_000
+        }
+    })
+}
+
 // ----------------------------------------------------------------- memfds
 
 /// A new anonymous memory file of `len` bytes, zero-filled, that accepts

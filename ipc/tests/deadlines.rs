@@ -1,13 +1,15 @@
-//! Connect has a deadline: it retries a missing or full server until then,
-//! and a server that never answers is an error, not a hang.
+//! No call waits forever: connect, call and wait have deadlines, so a
+//! server that is alive but never answers is an error, not a hang. The
+//! wedged server is `ipc-peer serve --stall` (it takes requests and never
+//! answers) in its own process.
 
 mod common;
 
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use common::{Msg, ServerThread, name};
-use ipc::{Client, ClientConfig, Error, Server, ServerConfig};
+use common::{Msg, ServerThread, answer, attach_while_serving, name, spawn_server};
+use ipc::{AsyncClient, Client, ClientConfig, Error, Server, ServerConfig};
 
 /// Runs `f` in a thread; fails the test if it does not return within
 /// `limit` (so a hang is a failure, not a stuck test run).
@@ -18,6 +20,80 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
     });
     rx.recv_timeout(limit)
         .unwrap_or_else(|_| panic!("still waiting after {limit:?}: a hang"))
+}
+
+#[test]
+fn a_call_to_a_wedged_server_times_out() {
+    let name = name("wedged-call");
+    let _server = spawn_server(&["serve", &name, "--stall"]);
+    let timeout = Duration::from_millis(200);
+    let (err, took) = within(Duration::from_secs(10), move || {
+        let cfg = ClientConfig::new().call_timeout(timeout);
+        let mut c = Client::<Msg, Msg>::connect(&name, cfg).unwrap();
+        let t0 = Instant::now();
+        let err = c.call(&[1, 2, 3, 0]).unwrap_err();
+        (err, t0.elapsed())
+    });
+    assert!(matches!(err, Error::Timeout { op: "call", .. }), "{err}");
+    assert!(took >= timeout, "timed out early, after {took:?}");
+    assert!(took < timeout * 5, "took {took:?}");
+}
+
+#[test]
+fn an_async_wait_on_a_wedged_server_times_out() {
+    let name = name("wedged-wait");
+    let _server = spawn_server(&["serve", &name, "--stall"]);
+    let err = within(Duration::from_secs(10), move || {
+        let cfg = ClientConfig::new().call_timeout(Duration::from_millis(150));
+        let mut c = AsyncClient::<Msg, Msg, u32>::connect(&name, cfg).unwrap();
+        c.call(&[1, 2, 3, 0], 7).unwrap();
+        let t0 = Instant::now();
+        let e = c
+            .wait_timeout(Duration::from_millis(100), |_, _| {})
+            .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_millis(500));
+        assert!(matches!(e, Error::Timeout { op: "wait", .. }), "{e}");
+        // The plain `wait` uses the configured call timeout.
+        let e = c.wait(|_, _| {}).unwrap_err();
+        // The call stays in flight; a timeout does not break the client.
+        assert_eq!(c.in_flight(), 1);
+        e
+    });
+    assert!(matches!(err, Error::Timeout { op: "wait", .. }), "{err}");
+}
+
+#[test]
+fn a_call_after_a_timeout_gets_its_own_answer_not_the_late_one() {
+    let name = name("late-answer");
+    let mut server = Server::<Msg, Msg>::create(&name, ServerConfig::new().ring_depth(2)).unwrap();
+    let cfg = ClientConfig::new().call_timeout(Duration::from_millis(50));
+    let mut client = attach_while_serving(&mut server, || {
+        Client::<Msg, Msg>::connect(&name, cfg).unwrap()
+    });
+    let caller = std::thread::spawn(move || {
+        let first = client.call(&[1, 1, 1, 0]);
+        let second = client.call(&[2, 2, 2, 0]);
+        let third = client.call(&[3, 3, 3, 0]);
+        (first, second, third)
+    });
+    // Hold the first request until the second arrives (so past the first
+    // call's deadline), then answer it late, right before the second: the
+    // late answer is the first the client finds.
+    let take = |server: &mut Server<Msg, Msg>| loop {
+        if let Some(r) = server.recv() {
+            break r;
+        }
+    };
+    let (t1, r1) = take(&mut server);
+    let (t2, r2) = take(&mut server);
+    server.reply(t1, answer(&r1)).unwrap();
+    server.reply(t2, answer(&r2)).unwrap();
+    let (t3, r3) = take(&mut server);
+    server.reply(t3, answer(&r3)).unwrap();
+    let (first, second, third) = caller.join().unwrap();
+    assert!(matches!(first, Err(Error::Timeout { .. })), "{first:?}");
+    assert_eq!(second.unwrap(), [2, 2, 7, 0]);
+    assert_eq!(third.unwrap(), [3, 3, 10, 0]);
 }
 
 #[test]

@@ -248,8 +248,8 @@ fn call(a: &Args) -> Result<(), String> {
 }
 
 fn scribble(a: &Args) -> Result<(), String> {
-    let mut client =
-        Client::<Msg, Msg>::connect(&a.name, ClientConfig::new()).map_err(|e| e.to_string())?;
+    let cfg = ClientConfig::new().call_timeout(Duration::from_secs(30));
+    let mut client = Client::<Msg, Msg>::connect(&a.name, cfg).map_err(|e| e.to_string())?;
     for i in 0..100u64 {
         let r = client.call(&[0, i, i, 0]).map_err(|e| e.to_string())?;
         if r[2] != i * 3 + 1 {
