@@ -3,6 +3,8 @@
 use std::io;
 use std::time::Duration;
 
+use crate::token::RequestToken;
+
 /// Everything that can go wrong creating, attaching to or using a segment.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -130,6 +132,15 @@ pub enum Error {
     ClientGone {
         /// The client slot index.
         client: u32,
+    },
+    /// A reply was given a token that another server issued. Nothing was
+    /// sent; the token is handed back, to be used with its own server.
+    #[error("segment {name:?}: the request token belongs to another server; nothing was sent")]
+    ForeignToken {
+        /// The segment name of the server the token was given to.
+        name: String,
+        /// The token, untouched.
+        token: RequestToken,
     },
 }
 

@@ -16,7 +16,7 @@
 
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use zerocopy::IntoBytes;
@@ -30,6 +30,9 @@ use crate::shm::{HeaderMap, Mapping, RegionMap};
 use crate::sys::{self, Epoll, Event};
 use crate::token::RequestToken;
 use crate::wire::{self, Hello, Notice, Status, TypeText, WAKE, Welcome};
+
+/// Instance ids for tokens: unique within this process, never reused.
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Epoll token of the listening socket (client slots use their index).
 const LISTENER: u64 = u64::MAX;
@@ -80,6 +83,7 @@ struct SlotState<Req, Resp> {
 /// once while blocked in [`wait`](Self::wait), and on
 /// [`refresh`](Self::refresh).
 pub struct Server<Req: Message, Resp: Message> {
+    id: u64,
     name: String,
     cfg: ServerConfig,
     layout: Layout,
@@ -165,6 +169,7 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
         // One socket per client, plus a few of our own.
         sys::raise_fd_limit(u64::from(layout.max_clients) + 64);
         Ok(Self {
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),
             cfg,
             layout,
@@ -238,6 +243,7 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                     Take::Request(call_id, req) => {
                         self.cursor = i + 1;
                         let token = RequestToken {
+                            server: self.id,
                             client: idx,
                             attach: st.attach,
                             call_id,
@@ -257,9 +263,17 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
 
     /// Answers a request taken by [`recv`](Self::recv). Fails with
     /// [`Error::ClientGone`] if the client detached, died or was evicted
-    /// meanwhile; the response is then dropped.
+    /// meanwhile (the response is dropped), and with
+    /// [`Error::ForeignToken`] if another server issued the token (nothing
+    /// changes; the error hands the token back).
     #[inline]
     pub fn reply(&mut self, token: RequestToken, resp: Resp) -> Result<(), Error> {
+        if token.server != self.id {
+            return Err(Error::ForeignToken {
+                name: self.name.clone(),
+                token,
+            });
+        }
         let gone = Error::ClientGone {
             client: token.client,
         };
