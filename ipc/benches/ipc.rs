@@ -54,11 +54,11 @@ fn ipc_server_role(args: &[String]) {
 fn serve_until_stop(server: &mut Server<Msg, Msg>) {
     let mut stop = false;
     while !stop {
-        let n = server.serve(64, |_, req| {
+        let done = server.serve(64, |_, req| {
             stop |= req[0] == STOP;
             [req[0], req[1] + 1]
         });
-        if n == 0 {
+        if done.handled == 0 {
             server.wait(Duration::from_millis(100));
         }
     }

@@ -612,9 +612,17 @@ impl<Req: Message, Resp: Message, U> AsyncClient<Req, Resp, U> {
     }
 
     /// Sends a call. [`CallError::Full`] when `ring_depth` calls are in
-    /// flight; both errors return `user`.
+    /// flight; [`CallError::Failed`] when the connection is broken, which a
+    /// call with nothing else in flight finds out as the synchronous client
+    /// would (looking at the connection at most every `server_timeout / 2`).
+    /// Both errors return `user`.
     #[inline]
     pub fn call(&mut self, req: &Req, user: U) -> Result<(), CallError<U>> {
+        if self.conn.core.in_flight() == 0
+            && let Err(e) = self.conn.check_server()
+        {
+            return Err(CallError::Failed(user, e));
+        }
         self.conn.call(req, user)
     }
 

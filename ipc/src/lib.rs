@@ -109,6 +109,6 @@ pub use config::{ClientConfig, ServerConfig, WaitStrategy};
 pub use error::{CallError, Error};
 pub use ipc_derive::Message;
 pub use message::{Field, Message, Shape, TypeLayout};
-pub use server::Server;
+pub use server::{Served, Server};
 pub use token::RequestToken;
 pub use zerocopy;

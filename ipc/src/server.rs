@@ -46,6 +46,16 @@ const WAKE_READS: usize = 4;
 /// Polls between two looks at the (coarse) clock.
 const POLLS_PER_CLOCK: u32 = 1024;
 
+/// What [`Server::serve`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Requests taken and handed to the handler.
+    pub handled: usize,
+    /// Of those, replies [`Server::reply`] refused (the client left or was
+    /// evicted in between); their responses were dropped.
+    pub undelivered: usize,
+}
+
 enum Conn<Req, Resp> {
     Free,
     Hello {
@@ -202,10 +212,8 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
         &self.name
     }
 
-    /// Number of attached clients being served (looks at the connections
-    /// first).
-    pub fn attached_clients(&mut self) -> usize {
-        self.refresh();
+    /// Number of attached clients, as of the last look at the connections.
+    pub fn attached_clients(&self) -> usize {
         self.active.len()
     }
 
@@ -307,18 +315,20 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
     }
 
     /// Handles up to `max` requests inline, answering each with `f`'s
-    /// result. Returns how many were handled.
+    /// result, and says how many it handled and how many of those replies
+    /// could not be delivered.
     #[inline]
-    pub fn serve(&mut self, max: usize, mut f: impl FnMut(u32, &Req) -> Resp) -> usize {
-        let mut done = 0;
-        while done < max {
+    pub fn serve(&mut self, max: usize, mut f: impl FnMut(u32, &Req) -> Resp) -> Served {
+        let mut done = Served::default();
+        while done.handled < max {
             let Some((token, req)) = self.recv() else {
                 break;
             };
             let resp = f(token.client, &req);
-            // A fresh token of an attached client: cannot be refused.
-            let _ = self.reply(token, resp);
-            done += 1;
+            done.handled += 1;
+            if self.reply(token, resp).is_err() {
+                done.undelivered += 1;
+            }
         }
         done
     }

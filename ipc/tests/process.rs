@@ -166,6 +166,30 @@ fn killed_server_fails_pending_async_calls_within_the_bound() {
 }
 
 #[test]
+fn an_async_call_with_nothing_in_flight_fails_on_a_dead_server_like_a_sync_call() {
+    let name = name("async-dead");
+    let mut server = spawn_server(&["serve", &name]);
+    let bound = Duration::from_millis(100);
+    let cfg = ClientConfig::new().server_timeout(bound);
+    let mut client = AsyncClient::<Msg, Msg, u64>::connect(&name, cfg.clone()).unwrap();
+    let mut sync = Client::<Msg, Msg>::connect(&name, cfg).unwrap();
+    client.call(&[0, 1, 1, 0], 1).unwrap();
+    assert_eq!(client.wait(|_, _| {}).unwrap(), 1);
+    assert_eq!(client.in_flight(), 0);
+    server.kill();
+    std::thread::sleep(bound);
+    // The synchronous client fails...
+    assert!(matches!(sync.call(&[0; 4]), Err(Error::ServerGone { .. })));
+    // ...and so does an asynchronous call with nothing else in flight,
+    // handing its user data back, instead of queueing a call nobody reads.
+    match client.call(&[0, 2, 2, 0], 2) {
+        Err(ipc::CallError::Failed(2, Error::ServerGone { .. })) => {}
+        other => panic!("call on a dead server: {other:?}"),
+    }
+    assert_eq!(client.in_flight(), 0);
+}
+
+#[test]
 fn a_dead_servers_name_is_free_at_once_and_a_live_ones_is_refused() {
     let name = name("restart");
     let mut first = spawn_server(&["serve", &name]);

@@ -1,5 +1,6 @@
 //! The server's bookkeeping as its user sees it: tokens belong to the
-//! server that issued them.
+//! server that issued them, `serve` reports what it did, and queries need
+//! no exclusive borrow.
 
 mod common;
 
@@ -65,4 +66,47 @@ fn a_token_used_with_another_server_is_refused_and_changes_nothing() {
     got.clear();
     client_a.wait(|u, r| got.push((u, r))).unwrap();
     assert_eq!(got, vec![(10, [1, 1, 4, 0])]);
+}
+
+#[test]
+fn serve_reports_how_many_it_handled_and_how_many_it_could_not_deliver() {
+    let (mut server, mut client) = server_and_client("serve-count");
+    for i in 0..5 {
+        client.call(&[0, i, i, 0], i).unwrap();
+    }
+    let mut done = ipc::Served::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while done.handled < 5 {
+        let s = server.serve(3, |_, r| answer(r));
+        assert!(s.handled <= 3);
+        done.handled += s.handled;
+        done.undelivered += s.undelivered;
+        assert!(std::time::Instant::now() < deadline);
+    }
+    assert_eq!(
+        done,
+        ipc::Served {
+            handled: 5,
+            undelivered: 0
+        }
+    );
+    let mut n = 0;
+    while n < 5 {
+        n += client.wait(|u, r| assert_eq!(r[2], 3 * u + 1)).unwrap();
+    }
+}
+
+#[test]
+fn attached_clients_is_a_query_through_a_shared_reference() {
+    let (mut server, client) = server_and_client("attached");
+    let view: &Server<Msg, Msg> = &server;
+    assert_eq!(view.attached_clients(), 1);
+    assert_eq!(view.evictions(), 0);
+    drop(client);
+    // The departure is seen at the next look at the connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.attached_clients() != 0 {
+        server.refresh();
+        assert!(std::time::Instant::now() < deadline, "departure not seen");
+    }
 }

@@ -164,9 +164,10 @@ impl ServerThread {
             move || {
                 let mut served = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let n = server.serve(64, |_, req| answer(req));
-                    served += n;
-                    if n == 0 {
+                    let done = server.serve(64, |_, req| answer(req));
+                    assert_eq!(done.undelivered, 0, "serve could not deliver a reply");
+                    served += done.handled;
+                    if done.handled == 0 {
                         attached.store(server.attached_clients(), Ordering::Relaxed);
                         evictions.store(server.evictions(), Ordering::Relaxed);
                         server.wait(Duration::from_millis(1));
