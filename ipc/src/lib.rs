@@ -104,6 +104,11 @@ mod wire;
 #[cfg(all(test, ipc_loom))]
 mod loom_tests;
 
+/// Entry points of the fuzz targets in `ipc/fuzz/`; not part of the API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use client::{AsyncClient, Client};
 pub use config::{ClientConfig, ServerConfig, WaitStrategy};
 pub use error::{CallError, Error};
