@@ -12,9 +12,9 @@
 //! server's header, which the client can only map read-only, and a region
 //! of its own holding its two rings. The connection stays open: it carries
 //! wake-ups for a sleeping server and the server's last word, and the
-//! kernel closes it when either process dies. Who writes which word is in
-//! the module docs of `layout`, `ring` and `wire` (tables), and why the
-//! design is so is in the repository README.
+//! kernel closes it when either process dies. Who writes which word, and
+//! when, is tabled in the module docs of `wire` (the connection), `layout`
+//! (the memory), `ring` (the slots) and `server` (a slot's life).
 //!
 //! # Guarantees
 //!
