@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every test, the loom models, and
-# a replay of the fuzz targets' seeds.
+# a replay of the mlx5 and ipc fuzz targets' seeds.
 # Works from a clean clone on a fresh Debian machine.
 source "$(dirname "$0")/common.sh"
 
@@ -33,6 +33,9 @@ echo "== loom models (ipc)"
 # A separate target dir: --cfg ipc_loom rebuilds everything.
 RUSTFLAGS="--cfg ipc_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
     cargo test -p ipc --lib --release loom
+
+echo "== ipc fuzz targets: replay the seed corpus (scripts/fuzz-ipc.sh)"
+"$ROOT/scripts/fuzz-ipc.sh" replay
 
 echo "== loom models (inproc)"
 RUSTFLAGS="--cfg inproc_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \

@@ -153,7 +153,7 @@ impl ReqHeader {
 
 /// A request in an ipc slot or a Flux queue: the header and a value area
 /// of `N` bytes.
-#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, ipc::Message)]
 #[repr(C)]
 pub struct KvReq<const N: usize> {
     hdr: [u8; REQ_HDR],
@@ -223,7 +223,7 @@ impl<const N: usize> KvReq<N> {
 
 /// A response in an ipc slot or a Flux queue: the header and a value
 /// area of `N` bytes.
-#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, ipc::Message)]
 #[repr(C)]
 pub struct KvResp<const N: usize> {
     hdr: [u8; RESP_HDR],

@@ -54,11 +54,11 @@ fn ipc_server_role(args: &[String]) {
 fn serve_until_stop(server: &mut Server<Msg, Msg>) {
     let mut stop = false;
     while !stop {
-        let n = server.serve(64, |_, req| {
+        let done = server.serve(64, |_, req| {
             stop |= req[0] == STOP;
             [req[0], req[1] + 1]
         });
-        if n == 0 {
+        if done.handled == 0 {
             server.wait(Duration::from_millis(100));
         }
     }
@@ -184,7 +184,12 @@ fn multi_client(iters: u64, clients: usize, depth: usize) -> Duration {
     for c in cs {
         c.finish();
     }
-    let mut stopper = Client::<Msg, Msg>::connect(&name, ClientConfig::new()).expect("connect");
+    // The measured clients have exited, but the server frees their slots
+    // only when it next looks at its connections (within its liveness
+    // interval): until then a one-slot server is full. Connect retries
+    // NoFreeSlot until its deadline, so the stopper never races them.
+    let cfg = ClientConfig::new().connect_timeout(Duration::from_secs(10));
+    let mut stopper = Client::<Msg, Msg>::connect(&name, cfg).expect("connect stopper");
     let _ = stopper.call(&[STOP, 0]);
     drop(stopper);
     server.finish();
@@ -201,7 +206,15 @@ fn idle_poll(iters: u64, max_clients: u32, depth: u32) -> Duration {
         .max_clients(max_clients)
         .ring_depth(depth);
     let mut server = Server::<Msg, Msg>::create(&name, cfg).expect("create");
-    let _client = Client::<Msg, Msg>::connect(&name, ClientConfig::new()).expect("connect");
+    // Connect waits for the server's answer: connect from another thread
+    // while this one lets the server look at its connections.
+    let _client = std::thread::scope(|s| {
+        let h = s.spawn(|| Client::<Msg, Msg>::connect(&name, ClientConfig::new()));
+        while !h.is_finished() {
+            server.refresh();
+        }
+        h.join().unwrap().expect("connect")
+    });
     assert_eq!(server.attached_clients(), 1);
     let t0 = Instant::now();
     for _ in 0..iters {

@@ -1,152 +1,317 @@
 //! Clients: a synchronous one ([`Client`]) and one with many calls in
 //! flight ([`AsyncClient`]), both over the same connection core.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::config::ClientConfig;
 use crate::error::CallError;
-use crate::layout::{
-    SLOT_ATTACHED, SLOT_CLAIMED, SLOT_DETACHED, SLOT_FREE, STATE_RUNNING, owner_word,
-};
-use crate::message::Message;
+use crate::layout::{HEADER_LEN, Layout, MAGIC, VERSION};
+use crate::message::{Message, describe};
 use crate::ring::ClientCore;
-use crate::segment::Segment;
-use crate::sys::{self, ProcessHandle};
+use crate::shm::{HeaderMap, Mapping, RegionMap};
+use crate::sys;
+use crate::wire::{self, Hello, Notice, Status, TypeText, WAKE, Welcome};
 
 /// Spins between two looks at the clock while waiting.
 const SPIN_BATCH: u32 = 256;
+/// Most bytes a server's last word can take (a notice).
+const MAX_NOTICE: usize = 3 + u16::MAX as usize;
 
 /// One attached client slot.
 struct Conn<Req, Resp, U> {
-    seg: Segment,
-    name: String,
-    index: u32,
-    pid: u32,
+    /// Views into `region`; declared first so they go first.
     core: ClientCore<Req, Resp, U>,
-    server: ProcessHandle,
+    region: RegionMap,
+    header: HeaderMap,
+    sock: OwnedFd,
+    name: String,
+    slot: u32,
     server_pid: u32,
     server_blocking: bool,
     cfg: ClientConfig,
-    next_check: Instant,
+    /// Coarse-clock time of the next look at the connection.
+    next_check_ns: u64,
     idle_polls: u32,
+    /// What the server sent so far (its last word, a notice).
+    notice: Vec<u8>,
     broken: Option<Broken>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Broken {
     ServerGone(&'static str),
+    Evicted(String),
     Protocol(u32),
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
 }
 
 impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
     fn connect(name: &str, cfg: ClientConfig) -> Result<Self, Error> {
-        let mut seg = Segment::open(name)?;
-        seg.validate::<Req, Resp>(name)?;
-        let h = seg.header();
-        // Relaxed: geometry words are written once, before the magic that
-        // `validate` acquired.
-        let server_pid = h.geo.0.server_pid.load(Ordering::Relaxed);
-        let gone = |why| Error::ServerGone {
-            name: name.to_owned(),
-            pid: server_pid,
-            why,
-        };
-        // Acquire: pairs with the server's Release of CLOSED at shutdown.
-        if h.state.0.load(Ordering::Acquire) != STATE_RUNNING {
-            return Err(gone("it shut down"));
+        let address = wire::validate_name(name)?;
+        let deadline = Instant::now().checked_add(cfg.connect_timeout);
+        let mut backoff = Duration::from_micros(100);
+        loop {
+            let now = Instant::now();
+            let answer_by = deadline
+                .unwrap_or(now + Duration::from_secs(3600))
+                .max(now + cfg.server_timeout);
+            match Self::attempt(name, &address, &cfg, answer_by) {
+                Err(e @ (Error::NotFound { .. } | Error::NoFreeSlot { .. })) => {
+                    let now = Instant::now();
+                    let left = match deadline {
+                        Some(d) if now >= d => return Err(e),
+                        Some(d) => d - now,
+                        None => backoff,
+                    };
+                    std::thread::sleep(backoff.min(left));
+                    backoff = (backoff * 2).min(Duration::from_millis(10));
+                }
+                other => return other,
+            }
         }
-        let server = ProcessHandle::open(server_pid).map_err(|_| gone("its process exited"))?;
-        // The pidfd alone could name an unrelated process that reused the
-        // pid of a dead server; the segment lock cannot.
-        if server.exited() || !seg.server_alive()? {
-            return Err(gone("its process exited"));
-        }
-        // Relaxed: geometry, as above.
-        let server_blocking = h.geo.0.server_blocking.load(Ordering::Relaxed) != 0;
-        let pid = sys::current_pid();
-        let max_clients = seg.layout.max_clients;
-        let index = (0..max_clients)
-            .find(|&i| {
-                // AcqRel: Acquire sees the server's ring reset that preceded
-                // its Release of FREE; Release orders nothing yet but is
-                // harmless.
-                seg.ctl(i)
-                    .owner
-                    .0
-                    .owner
-                    .compare_exchange(
-                        SLOT_FREE,
-                        owner_word(pid, SLOT_CLAIMED),
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            })
-            .ok_or_else(|| Error::NoFreeSlot {
+    }
+
+    /// One connection attempt; the server's answer is waited for until
+    /// `answer_by`.
+    fn attempt(
+        name: &str,
+        address: &str,
+        cfg: &ClientConfig,
+        answer_by: Instant,
+    ) -> Result<Self, Error> {
+        let io = |op| {
+            move |source| Error::Io {
                 name: name.to_owned(),
-                max_clients,
-            })?;
-        let ctl = &seg.ctl(index).owner.0;
-        // Relaxed: these control words are ours while the slot is CLAIMED;
-        // the Release store of ATTACHED below publishes them to the server.
-        let generation = ctl.generation.load(Ordering::Relaxed).wrapping_add(1);
-        ctl.generation.store(generation, Ordering::Relaxed);
-        ctl.blocking
-            .store(u32::from(cfg.wait.is_blocking()), Ordering::Relaxed);
-        seg.ctl(index).wait.0.sleeping.store(0, Ordering::Relaxed);
-        // Release: the server, acquiring ATTACHED, sees generation/blocking.
-        ctl.owner
-            .store(owner_word(pid, SLOT_ATTACHED), Ordering::Release);
-        // Release: pairs with the server's Acquire of the epoch.
-        seg.header().attach_epoch.0.fetch_add(1, Ordering::Release);
-        let core = ClientCore::new(seg.req_ring(index), seg.resp_ring(index), seg.layout.depth);
-        let conn = Self {
-            seg,
-            name: name.to_owned(),
-            index,
-            pid,
-            core,
-            server,
-            server_pid,
-            server_blocking,
-            cfg,
-            next_check: Instant::now(),
-            idle_polls: 0,
-            broken: None,
+                op,
+                source,
+            }
         };
-        conn.notify_server();
-        Ok(conn)
+        let malformed = |reason: String| Error::Malformed {
+            name: name.to_owned(),
+            reason,
+        };
+        let timeout = || Error::Timeout {
+            name: name.to_owned(),
+            op: "connect",
+            after: cfg.connect_timeout.max(cfg.server_timeout),
+        };
+        let addr = sys::AbstractAddr::new(address).map_err(io("socket address"))?;
+        let sock = loop {
+            match sys::connect(&addr) {
+                Ok(s) => break s,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                    ) =>
+                {
+                    return Err(Error::NotFound {
+                        name: name.to_owned(),
+                        address: address.to_owned(),
+                    });
+                }
+                // The listener's backlog is full: the server is not
+                // accepting right now.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= answer_by {
+                        return Err(timeout());
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(io("connect")(e)),
+            }
+        };
+        let me = sys::euid();
+        let theirs = sys::peer_uid(&sock).map_err(io("SO_PEERCRED"))?;
+        if theirs != me {
+            return Err(Error::Refused {
+                name: name.to_owned(),
+                reason: format!("the listening socket belongs to uid {theirs}, not to {me}"),
+            });
+        }
+        let hello = Hello::new(cfg.wait.is_blocking());
+        if sys::send(&sock, zerocopy::IntoBytes::as_bytes(&hello), &[]).map_err(io("send"))?
+            != Hello::LEN
+        {
+            return Err(malformed("the server did not take our hello".into()));
+        }
+
+        let mut fds = Vec::new();
+        let mut fixed = [0u8; Welcome::LEN];
+        read_exact(&sock, &mut fixed, &mut fds, answer_by).map_err(|e| match e {
+            ReadError::Timeout => timeout(),
+            ReadError::Closed => {
+                malformed("the server closed the connection during the handshake".into())
+            }
+            ReadError::Io(e) => io("recv")(e),
+        })?;
+        let w = Welcome::parse(&fixed).map_err(malformed)?;
+        if w.version.get() != VERSION {
+            return Err(Error::Mismatch {
+                name: name.to_owned(),
+                what: "protocol version",
+                found: w.version.get().to_string(),
+                expected: VERSION.to_string(),
+            });
+        }
+        let refused = |reason: &str| Error::Refused {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match w.status().map_err(malformed)? {
+            Status::Attached => {}
+            Status::NoFreeSlot => {
+                return Err(Error::NoFreeSlot {
+                    name: name.to_owned(),
+                    max_clients: w.max_clients.get(),
+                });
+            }
+            Status::BadHello => return Err(refused("it did not accept our hello")),
+            Status::ForeignUser => return Err(refused("this process's uid is not the server's")),
+            Status::ServerError => {
+                return Err(refused("it could not create this client's memory"));
+            }
+        }
+        let mut text = vec![0u8; w.text_len.get() as usize];
+        read_exact(&sock, &mut text, &mut fds, answer_by).map_err(|e| match e {
+            ReadError::Timeout => timeout(),
+            ReadError::Closed => malformed("the connection closed within the welcome".into()),
+            ReadError::Io(e) => io("recv")(e),
+        })?;
+        let types = TypeText::parse(&text).map_err(malformed)?;
+        for (what, (theirs_name, theirs_layout), (ours_name, ours_layout)) in [
+            (
+                "request type",
+                (&types.req_name, &types.req_layout),
+                describe::<Req>(),
+            ),
+            (
+                "response type",
+                (&types.resp_name, &types.resp_layout),
+                describe::<Resp>(),
+            ),
+        ] {
+            if *theirs_layout != ours_layout {
+                return Err(Error::Mismatch {
+                    name: name.to_owned(),
+                    what,
+                    found: format!("`{theirs_name}` = {theirs_layout}"),
+                    expected: format!("`{ours_name}` = {ours_layout}"),
+                });
+            }
+        }
+
+        let layout = Layout::new::<Req, Resp>(w.max_clients.get(), w.depth.get())
+            .map_err(|e| malformed(e.to_string()))?;
+        let recorded = (
+            w.req_size.get() as usize,
+            w.req_align.get() as usize,
+            w.resp_size.get() as usize,
+            w.resp_align.get() as usize,
+            w.req_slot.get() as usize,
+            w.resp_slot.get() as usize,
+            w.region_len.get(),
+            w.header_len.get() as usize,
+        );
+        let computed = (
+            size_of::<Req>(),
+            align_of::<Req>(),
+            size_of::<Resp>(),
+            align_of::<Resp>(),
+            layout.req_slot,
+            layout.resp_slot,
+            layout.region as u64,
+            HEADER_LEN,
+        );
+        if recorded != computed {
+            return Err(malformed(format!(
+                "the server's geometry {recorded:?} differs from this process's {computed:?}"
+            )));
+        }
+        let slot = w.slot.get();
+        if slot >= layout.max_clients {
+            return Err(malformed(format!(
+                "slot {slot} of {} clients",
+                layout.max_clients
+            )));
+        }
+        let [header_fd, region_fd] = <[OwnedFd; 2]>::try_from(fds).map_err(|fds| {
+            malformed(format!(
+                "the welcome carried {} descriptors, not 2",
+                fds.len()
+            ))
+        })?;
+        let header = Mapping::open(&header_fd, HEADER_LEN, false)
+            .map_err(|e| malformed(format!("header memfd: {e}")))?;
+        let region = Mapping::open(&region_fd, layout.region, true)
+            .map_err(|e| malformed(format!("region memfd: {e}")))?;
+        // The mappings keep the memory; holding the descriptors would only
+        // give this process more handles on it.
+        drop((header_fd, region_fd));
+        let header = HeaderMap(header);
+        let ident = &header.header().ident.0;
+        // Acquire: pairs with the server's Release of the magic.
+        if ident.magic.load(Ordering::Acquire) != MAGIC
+            || ident.version.load(Ordering::Relaxed) != VERSION
+        {
+            return Err(malformed("the header memfd has no valid magic".into()));
+        }
+        let region = RegionMap::new(region, layout);
+        let core = ClientCore::new(region.req_ring(), region.resp_ring(), layout.depth);
+        Ok(Self {
+            core,
+            region,
+            header,
+            sock,
+            name: name.to_owned(),
+            slot,
+            server_pid: w.server_pid.get(),
+            server_blocking: w.server_blocking.get() != 0,
+            cfg: cfg.clone(),
+            next_check_ns: 0,
+            idle_polls: 0,
+            notice: Vec::new(),
+            broken: None,
+        })
     }
 
-    fn own_region(&self) -> (*mut u8, usize) {
-        let l = self.seg.layout;
-        let base = std::ptr::from_ref(self.seg.ctl(self.index))
-            .cast_mut()
-            .cast::<u8>();
-        (base, l.client_region)
-    }
-
-    fn error(&self, b: Broken) -> Error {
+    fn error(&self, b: &Broken) -> Error {
         match b {
             Broken::ServerGone(why) => Error::ServerGone {
                 name: self.name.clone(),
                 pid: self.server_pid,
                 why,
             },
+            Broken::Evicted(reason) => Error::Evicted {
+                name: self.name.clone(),
+                slot: self.slot,
+                reason: reason.clone(),
+            },
             Broken::Protocol(call_id) => Error::Protocol {
                 name: self.name.clone(),
-                call_id,
+                call_id: *call_id,
             },
         }
     }
 
     fn check_broken(&self) -> Result<(), Error> {
-        match self.broken {
+        match &self.broken {
             None => Ok(()),
             Some(b) => Err(self.error(b)),
         }
+    }
+
+    fn fail(&mut self, b: Broken) -> Error {
+        let e = self.error(&b);
+        self.broken = Some(b);
+        e
     }
 
     /// Wakes a blocked server after a request was published.
@@ -155,21 +320,22 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         if !self.server_blocking {
             return;
         }
-        let w = &self.seg.header().server_wait.0;
+        let sleeping = &self.header.header().server_wait.0.sleeping;
         // SeqCst fence: orders the request's publication before the load of
         // `sleeping` (Dekker with the server's `sleeping = 1; fence; check`).
         fence(Ordering::SeqCst);
-        if w.sleeping.load(Ordering::Relaxed) != 0 {
-            // The bump makes a server between its read of `wake` and its
-            // futex wait return at once.
-            w.wake.fetch_add(1, Ordering::Release);
-            sys::futex_wake_all(&w.wake);
+        // Relaxed: ordered by the fence above.
+        if sleeping.load(Ordering::Relaxed) != 0 {
+            // A full socket buffer already holds wake-ups, and a broken
+            // connection is found by the next look at it: either way the
+            // byte is not needed.
+            let _ = sys::send(&self.sock, &[WAKE], &[]);
         }
     }
 
     #[inline]
     fn call(&mut self, req: &Req, user: U) -> Result<(), CallError<U>> {
-        if let Some(b) = self.broken {
+        if let Some(b) = &self.broken {
             return Err(CallError::Failed(user, self.error(b)));
         }
         self.core.try_call(req, user).map_err(CallError::Full)?;
@@ -177,26 +343,52 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         Ok(())
     }
 
-    /// Checks, at most every `server_timeout / 2`, whether the server is
-    /// still there.
+    /// Looks at the connection, at most every `server_timeout / 2`: the
+    /// server writes on it only its last word (shutdown or eviction) before
+    /// closing it, and the kernel closes it when the server dies.
     #[cold]
     fn check_server(&mut self) -> Result<(), Error> {
         self.check_broken()?;
-        let now = Instant::now();
-        if now < self.next_check {
+        let now = sys::coarse_now_ns();
+        if now < self.next_check_ns {
             return Ok(());
         }
-        self.next_check = now + self.check_interval();
-        let why = if self.seg.header().state.0.load(Ordering::Acquire) != STATE_RUNNING {
-            "it shut down"
-        } else if self.server.exited() {
-            "its process exited"
-        } else {
-            return Ok(());
+        self.next_check_ns = now.saturating_add(nanos(self.check_interval()));
+        self.look()
+    }
+
+    fn look(&mut self) -> Result<(), Error> {
+        let mut chunk = [0u8; 512];
+        let mut fds = Vec::new();
+        let closed = loop {
+            match sys::recv(&self.sock, &mut chunk, &mut fds) {
+                Ok(0) => break true,
+                Ok(n) if self.notice.len() + n <= MAX_NOTICE => {
+                    self.notice.extend_from_slice(&chunk[..n]);
+                }
+                Ok(_) => {
+                    return Err(self.fail(Broken::ServerGone(
+                        "it sent more than a notice on the connection",
+                    )));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // ECONNRESET and the like: the connection is gone.
+                Err(_) => break true,
+            }
         };
-        let b = Broken::ServerGone(why);
-        self.broken = Some(b);
-        Err(self.error(b))
+        if !closed && self.notice.is_empty() {
+            return Ok(());
+        }
+        let b = match Notice::parse(&self.notice) {
+            Ok(Some(Notice::Shutdown)) => Broken::ServerGone("it shut down"),
+            Ok(Some(Notice::Evicted(reason))) => Broken::Evicted(reason),
+            Ok(None) => Broken::ServerGone("its process exited"),
+            // Part of a notice: the rest follows with the close.
+            Err(_) if !closed => return Ok(()),
+            Err(_) => Broken::ServerGone("it closed the connection after a malformed notice"),
+        };
+        Err(self.fail(b))
     }
 
     fn check_interval(&self) -> Duration {
@@ -214,10 +406,7 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
                     n += 1;
                 }
                 Ok(None) => break,
-                Err(bad) => {
-                    self.broken = Some(Broken::Protocol(bad.0));
-                    return Err(self.error(Broken::Protocol(bad.0)));
-                }
+                Err(bad) => return Err(self.fail(Broken::Protocol(bad.0))),
             }
         }
         if n > 0 {
@@ -234,8 +423,17 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
     }
 
     /// Waits until a response is ready (spinning, then sleeping if so
-    /// configured), failing if the server goes away.
-    fn wait_ready(&mut self) -> Result<(), Error> {
+    /// configured), failing if the server goes away, evicts us, or
+    /// `timeout` passes. `deadline` (coarse-clock nanoseconds) is set at the
+    /// first look at the clock, after one batch of spins, so a response that
+    /// comes quickly never costs a clock read; callers that wait several
+    /// times for one operation pass the same `deadline`.
+    fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        deadline: &mut Option<u64>,
+        op: &'static str,
+    ) -> Result<(), Error> {
         let spins = self.cfg.wait.spins();
         let mut spun = 0u32;
         loop {
@@ -248,16 +446,29 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
                 std::hint::spin_loop();
             }
             self.check_server()?;
+            let now = sys::coarse_now_ns();
+            // Plus one tick: `now` may lag the true time by up to one.
+            let d = *deadline.get_or_insert_with(|| {
+                now.saturating_add(nanos(timeout))
+                    .saturating_add(sys::coarse_resolution_ns())
+            });
+            if now >= d {
+                return Err(Error::Timeout {
+                    name: self.name.clone(),
+                    op,
+                    after: timeout,
+                });
+            }
             spun = spun.saturating_add(batch).min(spins);
             if spun >= spins {
-                self.sleep_once();
+                self.sleep_once(Duration::from_nanos(d - now));
             }
         }
     }
 
     #[cold]
-    fn sleep_once(&mut self) {
-        let w = &self.seg.ctl(self.index).wait.0;
+    fn sleep_once(&mut self, at_most: Duration) {
+        let w = &self.region.ctl().wait.0;
         // Read before announcing sleep: a wake that bumps it after this read
         // makes the futex wait return at once. Acquire is not needed for
         // data (the response is re-checked through its own Acquire) but
@@ -268,37 +479,44 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         // SeqCst fence: `sleeping = 1` before the re-check; pairs with the
         // server's publish + fence + load of `sleeping` in `reply`.
         fence(Ordering::SeqCst);
-        // Acquire: pairs with the server's Release of CLOSED.
-        let closed = self.seg.header().state.0.load(Ordering::Acquire) != STATE_RUNNING;
-        if !self.core.response_ready() && !closed {
-            sys::futex_wait(&w.wake, seen, self.check_interval());
+        if !self.core.response_ready() {
+            sys::futex_wait(&w.wake, seen, self.check_interval().min(at_most));
         }
         // Relaxed: a stale `1` seen by the server costs one spare wake.
         w.sleeping.store(0, Ordering::Relaxed);
     }
 }
 
-impl<Req, Resp, U> Drop for Conn<Req, Resp, U> {
-    fn drop(&mut self) {
-        let ctl = &self.seg.ctl(self.index).owner.0;
-        // Release: we touch nothing of the slot after this.
-        ctl.owner
-            .store(owner_word(self.pid, SLOT_DETACHED), Ordering::Release);
-        let h = self.seg.header();
-        // Release: pairs with the server's Acquire of the epoch, so it sees
-        // DETACHED when it rescans.
-        h.attach_epoch.0.fetch_add(1, Ordering::Release);
-        if self.server_blocking {
-            // SeqCst fence + Relaxed load: the Dekker pattern of
-            // `notify_server`.
-            fence(Ordering::SeqCst);
-            if h.server_wait.0.sleeping.load(Ordering::Relaxed) != 0 {
-                // Release: harmless; the futex wake is what matters.
-                h.server_wait.0.wake.fetch_add(1, Ordering::Release);
-                sys::futex_wake_all(&h.server_wait.0.wake);
+enum ReadError {
+    Timeout,
+    Closed,
+    Io(io::Error),
+}
+
+/// Fills `buf` from the non-blocking `sock`, waiting until `by`.
+fn read_exact(
+    sock: &OwnedFd,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    by: Instant,
+) -> Result<(), ReadError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::recv(sock, &mut buf[got..], fds) {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let now = Instant::now();
+                if now >= by {
+                    return Err(ReadError::Timeout);
+                }
+                sys::wait_readable(sock, by - now).map_err(ReadError::Io)?;
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadError::Io(e)),
         }
     }
+    Ok(())
 }
 
 /// A client with one call in flight at a time.
@@ -310,31 +528,53 @@ impl<Req, Resp, U> Drop for Conn<Req, Resp, U> {
 /// # Ok(()) }
 /// ```
 pub struct Client<Req: Message, Resp: Message> {
-    conn: Conn<Req, Resp, ()>,
+    /// User data of a call: its sequence number, so the late answer of a
+    /// call that timed out is never taken for a later call's.
+    conn: Conn<Req, Resp, u64>,
+    seq: u64,
 }
 
 impl<Req: Message, Resp: Message> Client<Req, Resp> {
-    /// Attaches to the server's segment `name`, checking that it was made
-    /// by this crate's layout version for the same `Req`/`Resp` types.
+    /// Attaches to the server of segment `name`, checking that it speaks
+    /// this crate's protocol version with the same `Req`/`Resp` layouts.
+    /// Retries while the server is not there or full, for up to
+    /// [`connect_timeout`](ClientConfig::connect_timeout).
     pub fn connect(name: &str, cfg: ClientConfig) -> Result<Self, Error> {
         Ok(Self {
             conn: Conn::connect(name, cfg)?,
+            seq: 0,
         })
     }
 
-    /// Sends `req` and waits for its response. Fails within the configured
-    /// `server_timeout` if the server dies.
+    /// Sends `req` and waits for its response, at most
+    /// [`call_timeout`](ClientConfig::call_timeout). Fails within the
+    /// configured `server_timeout` if the server dies or evicts this client.
     #[inline]
     pub fn call(&mut self, req: &Req) -> Result<Resp, Error> {
-        self.conn.call(req, ()).map_err(|e| match e {
-            CallError::Failed((), err) => err,
-            // One call at a time and depth >= 1: the ring cannot be full.
-            CallError::Full(()) => self.conn.error(Broken::Protocol(u32::MAX)),
-        })?;
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let timeout = self.conn.cfg.call_timeout;
+        let mut deadline = None;
         loop {
-            self.conn.wait_ready()?;
+            match self.conn.call(req, seq) {
+                Ok(()) => break,
+                Err(CallError::Failed(_, e)) => return Err(e),
+                // Every call id is held by an earlier call that timed out:
+                // wait for one of their late answers, and drop it.
+                Err(CallError::Full(_)) => {
+                    self.conn.wait_ready(timeout, &mut deadline, "call")?;
+                    self.conn.poll(&mut |_, _| {})?;
+                }
+            }
+        }
+        loop {
+            self.conn.wait_ready(timeout, &mut deadline, "call")?;
             let mut out = None;
-            self.conn.poll(&mut |(), r| out = Some(r))?;
+            self.conn.poll(&mut |s, r| {
+                if s == seq {
+                    out = Some(r);
+                }
+            })?;
             if let Some(r) = out {
                 return Ok(r);
             }
@@ -343,15 +583,16 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// The client slot this client occupies.
     pub fn slot(&self) -> u32 {
-        self.conn.index
+        self.conn.slot
     }
 
-    /// The bytes of this client's own region of the segment (control block
-    /// and both rings). For fault-injection tests that scribble over it to
-    /// check that the server survives; writing through it breaks this client.
+    /// The bytes of this client's own region (control block and both
+    /// rings), the only shared memory it can write. For fault-injection
+    /// tests that scribble over it to check that the server survives;
+    /// writing through it gets this client evicted.
     #[doc(hidden)]
     pub fn own_region_for_fault_injection(&self) -> (*mut u8, usize) {
-        self.conn.own_region()
+        self.conn.region.bytes()
     }
 }
 
@@ -371,28 +612,49 @@ impl<Req: Message, Resp: Message, U> AsyncClient<Req, Resp, U> {
     }
 
     /// Sends a call. [`CallError::Full`] when `ring_depth` calls are in
-    /// flight; both errors return `user`.
+    /// flight; [`CallError::Failed`] when the connection is broken, which a
+    /// call with nothing else in flight finds out as the synchronous client
+    /// would (looking at the connection at most every `server_timeout / 2`).
+    /// Both errors return `user`.
     #[inline]
     pub fn call(&mut self, req: &Req, user: U) -> Result<(), CallError<U>> {
+        if self.conn.core.in_flight() == 0
+            && let Err(e) = self.conn.check_server()
+        {
+            return Err(CallError::Failed(user, e));
+        }
         self.conn.call(req, user)
     }
 
     /// Delivers every response that has arrived to `f` with its call's user
-    /// data, without waiting. Returns how many. Detects a dead server within
-    /// `server_timeout` while calls are in flight and polls keep coming.
+    /// data, without waiting. Returns how many. Detects a dead server or an
+    /// eviction within `server_timeout` while calls are in flight and polls
+    /// keep coming.
     #[inline]
     pub fn poll(&mut self, mut f: impl FnMut(U, Resp)) -> Result<usize, Error> {
         self.conn.poll(&mut f)
     }
 
     /// Like [`poll`](Self::poll) but waits (per the wait strategy) for at
-    /// least one response when calls are in flight.
-    pub fn wait(&mut self, mut f: impl FnMut(U, Resp)) -> Result<usize, Error> {
+    /// least one response when calls are in flight, at most
+    /// [`call_timeout`](ClientConfig::call_timeout).
+    pub fn wait(&mut self, f: impl FnMut(U, Resp)) -> Result<usize, Error> {
+        self.wait_timeout(self.conn.cfg.call_timeout, f)
+    }
+
+    /// Like [`wait`](Self::wait) with its own deadline: [`Error::Timeout`]
+    /// if no response arrives within `timeout` (the calls stay in flight).
+    pub fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(U, Resp),
+    ) -> Result<usize, Error> {
         if self.conn.core.in_flight() == 0 {
             return self.conn.poll(&mut f);
         }
+        let mut deadline = None;
         loop {
-            self.conn.wait_ready()?;
+            self.conn.wait_ready(timeout, &mut deadline, "wait")?;
             let n = self.conn.poll(&mut f)?;
             if n > 0 {
                 return Ok(n);
@@ -412,6 +674,6 @@ impl<Req: Message, Resp: Message, U> AsyncClient<Req, Resp, U> {
 
     /// The client slot this client occupies.
     pub fn slot(&self) -> u32 {
-        self.conn.index
+        self.conn.slot
     }
 }

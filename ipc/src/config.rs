@@ -52,14 +52,14 @@ impl Default for ServerConfig {
             max_clients: 16,
             ring_depth: 16,
             wait: WaitStrategy::BusyPoll,
-            liveness_interval: Duration::from_millis(10),
+            liveness_interval: Duration::from_millis(1),
         }
     }
 }
 
 impl ServerConfig {
-    /// Defaults: 16 clients, ring depth 16, busy polling, client liveness
-    /// checked every 10 ms.
+    /// Defaults: 16 clients, ring depth 16, busy polling, connections
+    /// looked at every millisecond.
     pub fn new() -> Self {
         Self::default()
     }
@@ -83,8 +83,12 @@ impl ServerConfig {
         self
     }
 
-    /// How often the server checks whether attached clients still live.
-    /// A killed client's slot is reclaimed within about this time.
+    /// How often a busy server looks at its connections: new clients are
+    /// attached, departed or dead ones released, wake-ups drained. One
+    /// `epoll_wait` per interval (checked every 1024 polls against a coarse
+    /// clock of 1–4 ms resolution), so a killed client's slot is free again
+    /// within about this time plus one clock tick while the server polls. A
+    /// server blocked in [`wait`](crate::Server::wait) sees them at once.
     pub fn liveness_interval(mut self, every: Duration) -> Self {
         self.liveness_interval = every;
         self
@@ -96,6 +100,8 @@ impl ServerConfig {
 pub struct ClientConfig {
     pub(crate) wait: WaitStrategy,
     pub(crate) server_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) call_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -103,12 +109,15 @@ impl Default for ClientConfig {
         Self {
             wait: WaitStrategy::BusyPoll,
             server_timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl ClientConfig {
-    /// Defaults: busy polling, a dead server detected within 100 ms.
+    /// Defaults: busy polling, a dead server or an eviction detected within
+    /// 100 ms, connect retries for up to 1 s, calls time out after 10 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -119,11 +128,36 @@ impl ClientConfig {
         self
     }
 
-    /// Bound on the time between the server's death and the error that a
-    /// waiting call returns. It is not a call timeout: a live but slow
-    /// server is waited for.
+    /// Bound on the time between the server's death (or this client's
+    /// eviction) and the error that a waiting call returns: the connection
+    /// is looked at every half of it while waiting. It is not a call
+    /// timeout: a live but slow server is waited for, up to
+    /// [`call_timeout`](Self::call_timeout).
     pub fn server_timeout(mut self, bound: Duration) -> Self {
         self.server_timeout = bound;
+        self
+    }
+
+    /// How long `connect` may take: while the segment is not there
+    /// ([`Error::NotFound`](crate::Error::NotFound)) or all its slots are
+    /// taken ([`Error::NoFreeSlot`](crate::Error::NoFreeSlot)) it retries
+    /// until this has passed, then returns that error. The server's answer
+    /// to an attempt is waited for until then too, and at least
+    /// `server_timeout` (a server that never answers is
+    /// [`Error::Timeout`](crate::Error::Timeout)). Zero: one attempt.
+    pub fn connect_timeout(mut self, deadline: Duration) -> Self {
+        self.connect_timeout = deadline;
+        self
+    }
+
+    /// Longest time [`Client::call`](crate::Client::call) and
+    /// [`AsyncClient::wait`](crate::AsyncClient::wait) wait for a response
+    /// before returning [`Error::Timeout`](crate::Error::Timeout), so that a
+    /// live but wedged server is an error, not a hang. The call stays in
+    /// flight (its late response is discarded by `Client`, delivered by
+    /// `AsyncClient`). `Duration::MAX` waits as long as the server lives.
+    pub fn call_timeout(mut self, deadline: Duration) -> Self {
+        self.call_timeout = deadline;
         self
     }
 }

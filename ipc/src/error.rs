@@ -1,13 +1,15 @@
 //! Error types.
 
 use std::io;
-use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::token::RequestToken;
 
 /// Everything that can go wrong creating, attaching to or using a segment.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The segment name is not usable as a file name in `/dev/shm`.
+    /// The segment name is not usable.
     #[error("invalid segment name {name:?}: {reason}")]
     InvalidName {
         /// The name given.
@@ -18,58 +20,60 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// A system call on the segment file failed.
-    #[error("{op} {path}: {source}")]
+    /// A system call failed.
+    #[error("segment {name:?}: {op}: {source}")]
     Io {
+        /// The segment name.
+        name: String,
         /// The operation that failed.
         op: &'static str,
-        /// The file it was applied to.
-        path: PathBuf,
         /// The OS error.
         #[source]
         source: io::Error,
     },
-    /// Another live server owns a segment of this name.
+    /// Another live server serves a segment of this name.
     #[error("a live server already serves segment {name:?}")]
     AlreadyRunning {
         /// The segment name.
         name: String,
     },
-    /// A file of this name exists but was not made by this crate.
-    #[error("{path} exists and is not an ipc segment; refusing to replace it")]
-    NotASegment {
-        /// The file found.
-        path: PathBuf,
-    },
-    /// No segment of this name exists.
-    #[error("no server segment named {name:?} (looked for {path})")]
+    /// No server of this name is listening.
+    #[error("no server serves segment {name:?} (nothing listens on @{address})")]
     NotFound {
         /// The segment name.
         name: String,
-        /// Where it was looked for.
-        path: PathBuf,
+        /// The abstract socket address looked for.
+        address: String,
     },
-    /// The segment was made by a different version of this crate or for
-    /// different request/response types.
+    /// The server was built with another protocol version or other
+    /// request/response types.
     #[error(
-        "segment {name:?}: {what} mismatch: the segment has {found}, this process expects {expected}"
+        "segment {name:?}: {what} mismatch: the server has {found}, this process has {expected}"
     )]
     Mismatch {
         /// The segment name.
         name: String,
-        /// Which property differs (magic, version, request size, ...).
+        /// Which property differs (protocol version, request type, ...).
         what: &'static str,
-        /// The value in the segment.
-        found: u64,
-        /// The value this process was built with.
-        expected: u64,
+        /// The server's: for a type, its name and canonical layout.
+        found: String,
+        /// This process's.
+        expected: String,
     },
-    /// The segment's header is inconsistent with its own size.
-    #[error("segment {name:?} is malformed: {reason}")]
+    /// The server's answer to the handshake is inconsistent.
+    #[error("segment {name:?}: malformed handshake: {reason}")]
     Malformed {
         /// The segment name.
         name: String,
         /// What is inconsistent.
+        reason: String,
+    },
+    /// The server refused the connection.
+    #[error("segment {name:?}: the server refused the connection: {reason}")]
+    Refused {
+        /// The segment name.
+        name: String,
+        /// Why.
         reason: String,
     },
     /// Every client slot is in use.
@@ -90,6 +94,28 @@ pub enum Error {
         /// How it was detected.
         why: &'static str,
     },
+    /// The server stopped serving this client because the client broke the
+    /// protocol (its region held what no correct client writes, or it sent
+    /// bytes it must not). No response will come; connect again.
+    #[error("segment {name:?}: the server evicted this client (slot {slot}): {reason}")]
+    Evicted {
+        /// The segment name.
+        name: String,
+        /// The slot this client had.
+        slot: u32,
+        /// What the server found.
+        reason: String,
+    },
+    /// A deadline passed (see [`ClientConfig`](crate::ClientConfig)).
+    #[error("segment {name:?}: {op} timed out after {after:?}")]
+    Timeout {
+        /// The segment name.
+        name: String,
+        /// What timed out: `connect`, `call` or `wait`.
+        op: &'static str,
+        /// The deadline that passed.
+        after: Duration,
+    },
     /// The server answered a call that was not in flight.
     #[error(
         "segment {name:?}: protocol violation by the server: response for call id {call_id}, which is not in flight"
@@ -100,11 +126,21 @@ pub enum Error {
         /// The call id it answered.
         call_id: u32,
     },
-    /// A reply was addressed to a client that detached or died.
+    /// A reply was addressed to a client that detached, died or was
+    /// evicted since its request was taken.
     #[error("client {client} is no longer attached; reply dropped")]
     ClientGone {
         /// The client slot index.
         client: u32,
+    },
+    /// A reply was given a token that another server issued. Nothing was
+    /// sent; the token is handed back, to be used with its own server.
+    #[error("segment {name:?}: the request token belongs to another server; nothing was sent")]
+    ForeignToken {
+        /// The segment name of the server the token was given to.
+        name: String,
+        /// The token, untouched.
+        token: RequestToken,
     },
 }
 

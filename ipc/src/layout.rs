@@ -1,30 +1,40 @@
-//! The segment's layout: a header, then one region per client slot.
+//! What lies in the shared memory: the server's header, and each client's
+//! own region.
+//!
+//! Every piece of shared memory is a sealed memfd the server creates and
+//! passes over the client's connection (see [`crate::wire`]); nothing has a
+//! name in a file system, so a client holds exactly the descriptors it was
+//! given and nothing else:
 //!
 //! ```text
-//! offset 0                 Header          (immutable geometry, state, attach epoch, server wait words)
-//! HEADER_SIZE + i*region   ClientCtl i     (owner word, generation, client wait words)
-//!                          request ring i  (depth x Slot<Req>)
-//!                          response ring i (depth x Slot<Resp>)
+//! header memfd (one per server)      sealed: no shrink, no grow, no new writable mapping
+//!   0    ident          magic, version                      server, once
+//!   128  server_wait    sleeping                            server
+//!
+//! region memfd (one per attached client, fresh on every attach)   sealed: no shrink, no grow
+//!   0                      ClientCtl   wait words (sleeping, wake)
+//!   128                    request ring   depth × Slot<Req>
+//!   128 + depth × req_slot response ring  depth × Slot<Resp>
 //! ```
 //!
-//! # Who writes which header/control word, and when
+//! # Who writes which word, and when
 //!
-//! | word                    | written by        | when                                          |
-//! |-------------------------|-------------------|-----------------------------------------------|
-//! | geometry, `magic`       | server            | once, before the file is linked under its name (`magic` last) |
-//! | `state`                 | server            | `CLOSED` when it shuts down                   |
-//! | `attach_epoch`          | clients           | `fetch_add` after attaching or detaching      |
-//! | `server_sleeping`       | server            | around a futex wait                           |
-//! | `server_wake`           | clients           | `fetch_add` + futex wake when the server sleeps |
-//! | `ctl.owner`             | client, server    | client: `FREE`→`CLAIMED` (CAS), →`ATTACHED`, →`DETACHED`; server: →`FREE` on reclaim |
-//! | `ctl.generation`        | client            | bumped when it claims the slot                |
-//! | `ctl.blocking`          | client            | before `ATTACHED`                             |
-//! | `ctl.sleeping`          | client            | around a futex wait                           |
-//! | `ctl.wake`              | server            | `fetch_add` + futex wake when the client sleeps |
+//! | word                  | in      | written by | when                                              |
+//! |-----------------------|---------|------------|---------------------------------------------------|
+//! | `ident`               | header  | server     | once, before any client receives the header       |
+//! | `server_wait.sleeping`| header  | server     | around its wait for events; clients only read it  |
+//! | `ctl.wait.sleeping`   | region  | client     | around a futex wait                               |
+//! | `ctl.wait.wake`       | region  | server     | `fetch_add` + futex wake when the client sleeps, is evicted or the server shuts down |
+//! | request ring          | region  | client     | see [`crate::ring`]                               |
+//! | response ring         | region  | server     | see [`crate::ring`]                               |
 //!
-//! The server reads a client's `owner`, `generation` and `blocking` words
-//! once, when it sees the slot become `ATTACHED`, and keeps its own copy;
-//! later garbage in them cannot redirect it.
+//! A client maps the header read-only (the seal refuses anything else) and
+//! only its own region writable. Both memfds are sealed against shrinking
+//! and growing, so no client can make the server's accesses fault. The
+//! server reads nothing from a client's region that it uses as an index or
+//! a length: the sequence words and call ids it reads are validated
+//! ([`crate::ring::ServedClient`]), the `sleeping` word only decides whether
+//! it issues a futex wake to that same client.
 
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -33,35 +43,16 @@ use crate::Error;
 use crate::message::Message;
 use crate::ring::Slot;
 
-/// "CPRCIPC1", little-endian.
-pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"CPRCIPC1");
+/// "CPRCIPC2", little-endian; the wire handshake and the header carry it.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"CPRCIPC2");
 /// Bumped whenever the layout or protocol changes.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
-/// Segment state word values.
-pub(crate) const STATE_RUNNING: u32 = 1;
-pub(crate) const STATE_CLOSED: u32 = 2;
-
-/// Client owner word: `pid << 32 | state`.
-pub(crate) const SLOT_FREE: u64 = 0;
-pub(crate) const SLOT_CLAIMED: u64 = 1;
-pub(crate) const SLOT_ATTACHED: u64 = 2;
-pub(crate) const SLOT_DETACHED: u64 = 3;
-
-pub(crate) fn owner_word(pid: u32, state: u64) -> u64 {
-    (u64::from(pid) << 32) | state
-}
-pub(crate) fn owner_pid(word: u64) -> u32 {
-    (word >> 32) as u32
-}
-pub(crate) fn owner_state(word: u64) -> u64 {
-    word & 0xffff_ffff
-}
-
-/// Largest accepted values, so a header cannot make us map absurd sizes.
+/// Largest accepted values, so a peer cannot make us map absurd sizes.
 pub(crate) const MAX_CLIENTS: u32 = 4096;
 pub(crate) const MAX_DEPTH: u32 = 1 << 16;
 const MAX_SEGMENT: u64 = 1 << 40;
+const PAGE: usize = 4096;
 
 /// 128 bytes: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so words written by different processes sit 128 bytes apart.
@@ -69,69 +60,53 @@ const MAX_SEGMENT: u64 = 1 << 40;
 pub(crate) struct Padded<T>(pub(crate) T);
 
 #[repr(C)]
-pub(crate) struct Geometry {
+pub(crate) struct Ident {
     pub(crate) magic: AtomicU64,
     pub(crate) version: AtomicU32,
-    pub(crate) header_size: AtomicU32,
-    pub(crate) ctl_size: AtomicU32,
-    pub(crate) max_clients: AtomicU32,
-    pub(crate) ring_depth: AtomicU32,
-    pub(crate) req_size: AtomicU32,
-    pub(crate) req_align: AtomicU32,
-    pub(crate) resp_size: AtomicU32,
-    pub(crate) resp_align: AtomicU32,
-    pub(crate) req_slot: AtomicU32,
-    pub(crate) resp_slot: AtomicU32,
-    pub(crate) server_pid: AtomicU32,
-    pub(crate) server_blocking: AtomicU32,
-    pub(crate) req_fingerprint: AtomicU64,
-    pub(crate) resp_fingerprint: AtomicU64,
-    pub(crate) client_region: AtomicU64,
-    pub(crate) total_size: AtomicU64,
 }
 
 #[repr(C)]
+pub(crate) struct ServerWait {
+    /// Non-zero while the server is (about to be) blocked waiting for
+    /// events; a client that publishes a request then sends a wake-up byte.
+    pub(crate) sleeping: AtomicU32,
+}
+
+/// The server's header, mapped read-only by every client.
+#[repr(C)]
 pub(crate) struct Header {
-    pub(crate) geo: Padded<Geometry>,
-    pub(crate) state: Padded<AtomicU32>,
-    pub(crate) attach_epoch: Padded<AtomicU64>,
-    pub(crate) server_wait: Padded<WaitWords>,
+    pub(crate) ident: Padded<Ident>,
+    pub(crate) server_wait: Padded<ServerWait>,
 }
 
 #[repr(C)]
 pub(crate) struct WaitWords {
-    /// Non-zero while the owner is (about to be) blocked in a futex wait.
+    /// Non-zero while the client is (about to be) blocked in a futex wait.
     pub(crate) sleeping: AtomicU32,
-    /// The futex word; bumped by whoever wakes the owner.
+    /// The futex word; bumped by the server to wake the client.
     pub(crate) wake: AtomicU32,
 }
 
-#[repr(C)]
-pub(crate) struct OwnerWords {
-    pub(crate) owner: AtomicU64,
-    pub(crate) generation: AtomicU32,
-    pub(crate) blocking: AtomicU32,
-}
-
+/// The control block at the start of a client's region.
 #[repr(C)]
 pub(crate) struct ClientCtl {
-    pub(crate) owner: Padded<OwnerWords>,
     pub(crate) wait: Padded<WaitWords>,
 }
 
 pub(crate) const HEADER_SIZE: usize = size_of::<Header>();
+/// The header memfd's length: one page.
+pub(crate) const HEADER_LEN: usize = HEADER_SIZE.next_multiple_of(PAGE);
 pub(crate) const CTL_SIZE: usize = size_of::<ClientCtl>();
-const REGION_ALIGN: usize = 128;
 
-/// Byte offsets of everything in a segment for one geometry and type pair.
+/// Geometry of one server's segment for one type pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
     pub(crate) max_clients: u32,
     pub(crate) depth: u32,
     pub(crate) req_slot: usize,
     pub(crate) resp_slot: usize,
-    pub(crate) client_region: usize,
-    pub(crate) total: usize,
+    /// Bytes of one client's region memfd (a multiple of the page size).
+    pub(crate) region: usize,
 }
 
 impl Layout {
@@ -165,10 +140,9 @@ impl Layout {
         let rings = (req_slot + resp_slot)
             .checked_mul(depth as usize)
             .ok_or_else(too_big)?;
-        let client_region = (CTL_SIZE + rings).next_multiple_of(REGION_ALIGN);
-        let total = client_region
+        let region = (CTL_SIZE + rings).next_multiple_of(PAGE);
+        region
             .checked_mul(max_clients as usize)
-            .and_then(|c| c.checked_add(HEADER_SIZE))
             .filter(|&t| t as u64 <= MAX_SEGMENT)
             .ok_or_else(too_big)?;
         Ok(Self {
@@ -176,21 +150,18 @@ impl Layout {
             depth,
             req_slot,
             resp_slot,
-            client_region,
-            total,
+            region,
         })
     }
 
-    pub(crate) fn ctl_offset(&self, client: u32) -> usize {
-        HEADER_SIZE + client as usize * self.client_region
+    /// Offset of the request ring in a region.
+    pub(crate) fn req_offset(&self) -> usize {
+        CTL_SIZE
     }
 
-    pub(crate) fn req_offset(&self, client: u32) -> usize {
-        self.ctl_offset(client) + CTL_SIZE
-    }
-
-    pub(crate) fn resp_offset(&self, client: u32) -> usize {
-        self.req_offset(client) + self.depth as usize * self.req_slot
+    /// Offset of the response ring in a region.
+    pub(crate) fn resp_offset(&self) -> usize {
+        CTL_SIZE + self.depth as usize * self.req_slot
     }
 }
 
@@ -201,9 +172,9 @@ mod tests {
     #[test]
     fn words_written_by_different_processes_do_not_share_a_line_pair() {
         assert_eq!(HEADER_SIZE % 128, 0);
-        assert_eq!(CTL_SIZE, 256);
-        assert_eq!(std::mem::offset_of!(ClientCtl, wait), 128);
-        assert_eq!(std::mem::offset_of!(Header, attach_epoch) % 128, 0);
+        assert_eq!(CTL_SIZE, 128);
+        assert_eq!(std::mem::offset_of!(Header, server_wait), 128);
+        assert_eq!(size_of::<Slot<u8>>() % 64, 0);
     }
 
     #[test]
@@ -216,12 +187,11 @@ mod tests {
     }
 
     #[test]
-    fn client_regions_are_disjoint_and_inside_the_segment() {
+    fn rings_lie_inside_the_region() {
         let l = Layout::new::<[u64; 3], u32>(5, 8).unwrap();
-        for c in 0..5 {
-            assert!(l.req_offset(c) >= l.ctl_offset(c) + CTL_SIZE);
-            assert!(l.resp_offset(c) + 8 * l.resp_slot <= l.ctl_offset(c) + l.client_region);
-        }
-        assert_eq!(l.ctl_offset(4) + l.client_region, l.total);
+        assert!(l.req_offset() >= CTL_SIZE);
+        assert_eq!(l.resp_offset(), l.req_offset() + 8 * l.req_slot);
+        assert!(l.resp_offset() + 8 * l.resp_slot <= l.region);
+        assert_eq!(l.region % PAGE, 0);
     }
 }

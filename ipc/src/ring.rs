@@ -32,10 +32,17 @@
 //!   when the client had received at least `consumed - depth` replies, which
 //!   is more than `r - depth`. So reply `r - depth` was already read.
 //!
-//! A client that breaks these rules (writes garbage) can only make the server
-//! read garbage requests from that client's own ring, bounded by `depth`
-//! unanswered ones; the server never waits on a client and never uses a value
-//! read from shared memory as an index.
+//! # What the server checks
+//!
+//! A correct client leaves in the server's next request slot either that
+//! request (`seq = p + 1`) or the one a lap before (`p + 1 - depth`, zero in
+//! the first lap). Any other sequence value, or a call id of `depth` or
+//! more, is a client breaking the protocol: [`ServedClient::try_recv`]
+//! reports it as [`Corruption`] and the server evicts that client. Garbage
+//! that looks valid (a payload, a plausible call id) only reaches that
+//! client's own answers, bounded by `depth` unanswered requests; the server
+//! never waits on a client and never uses a value read from shared memory
+//! as an index.
 
 use core::ptr::{self, NonNull};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -69,13 +76,6 @@ impl<T> Slot<T> {
             call_id: AtomicU32::new(0),
             payload: UnsafeCell::new(T::new_zeroed()),
         }
-    }
-
-    /// Forget whatever the slot held (used when a client slot is reclaimed).
-    pub(crate) fn reset(&self) {
-        // Relaxed: the reset is published by the `Release` store that marks
-        // the client slot free again.
-        self.seq.store(0, Ordering::Relaxed);
     }
 }
 
@@ -151,6 +151,17 @@ pub(crate) struct Consumer<T> {
 // SAFETY: a consumer is the only reader of its ring's payloads.
 unsafe impl<T: Send> Send for Consumer<T> {}
 
+/// What a consumer finds in its next slot's sequence word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seq {
+    /// The next message is there.
+    Ready,
+    /// The slot still holds the previous lap's message (or nothing yet).
+    Empty,
+    /// A value no correct producer writes there.
+    Bad(u64),
+}
+
 impl<T: FromBytes + Copy> Consumer<T> {
     pub(crate) fn new(ring: RingRef<T>) -> Self {
         Self { ring, pos: 0 }
@@ -163,16 +174,38 @@ impl<T: FromBytes + Copy> Consumer<T> {
         self.ring.slot(self.pos).seq.load(Ordering::Acquire) == self.pos + 1
     }
 
+    /// Like [`ready`](Self::ready), but tells "not yet" from garbage: a
+    /// correct producer leaves in the slot either message `pos` (`pos + 1`)
+    /// or the message one lap before (`pos + 1 - depth`, zero in the first
+    /// lap). The consumer read that older value itself when it consumed it,
+    /// so read-read coherence rules out anything older.
+    #[inline(always)]
+    pub(crate) fn check(&self) -> Seq {
+        // Acquire: as in `ready`.
+        let seq = self.ring.slot(self.pos).seq.load(Ordering::Acquire);
+        if seq == self.pos + 1 {
+            Seq::Ready
+        } else if seq == (self.pos + 1).saturating_sub(self.ring.mask + 1) {
+            Seq::Empty
+        } else {
+            Seq::Bad(seq)
+        }
+    }
+
     /// Takes the next message, if published.
     #[inline(always)]
     pub(crate) fn try_take(&mut self) -> Option<(u32, T)> {
-        let slot = self.ring.slot(self.pos);
-        // Acquire: pairs with the producer's Release so the payload written
-        // before it is visible below.
-        if slot.seq.load(Ordering::Acquire) != self.pos + 1 {
+        if !self.ready() {
             return None;
         }
-        // Relaxed: made visible by the Acquire of `seq` above.
+        Some(self.take_ready())
+    }
+
+    /// Takes the next message; the caller has acquired its sequence word.
+    #[inline(always)]
+    fn take_ready(&mut self) -> (u32, T) {
+        let slot = self.ring.slot(self.pos);
+        // Relaxed: made visible by the caller's Acquire of `seq`.
         let call_id = slot.call_id.load(Ordering::Relaxed);
         // SAFETY: the slot holds message `pos` (its sequence word said so),
         // the producer will not touch it again until this read is
@@ -180,7 +213,12 @@ impl<T: FromBytes + Copy> Consumer<T> {
         // bit pattern (even one a faulty peer wrote) a valid `T`.
         let value = slot.payload.with(|p| unsafe { ptr::read_volatile(p) });
         self.pos += 1;
-        Some((call_id, value))
+        (call_id, value)
+    }
+
+    /// Position of the next message and its slot index, for error reports.
+    fn position(&self) -> (u64, u64) {
+        (self.pos, self.pos & self.ring.mask)
     }
 }
 
@@ -261,6 +299,59 @@ pub(crate) struct ServedClient<Req, Resp> {
     depth: u32,
 }
 
+/// What the server found in a client's request ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take<T> {
+    /// Nothing to take now.
+    Empty,
+    /// Request with its call id.
+    Request(u32, T),
+    /// The client wrote what no correct client writes; stop serving it.
+    Corrupt(Corruption),
+}
+
+/// How a client's request ring broke the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Corruption {
+    /// A slot's sequence word holds neither the next request nor the one
+    /// a lap before it.
+    Sequence {
+        /// The request position the server expected next.
+        pos: u64,
+        /// Its slot index.
+        slot: u64,
+        /// What the sequence word held.
+        found: u64,
+    },
+    /// A request's call id is beyond the ring depth (ids are slot numbers
+    /// of the client's call table, `0..depth`).
+    CallId {
+        /// The request position.
+        pos: u64,
+        /// The id found.
+        id: u32,
+        /// The ring depth.
+        depth: u32,
+    },
+}
+
+impl std::fmt::Display for Corruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Sequence { pos, slot, found } => write!(
+                f,
+                "request slot {slot} holds sequence {found:#x}, expected {:#x} (request {pos}) \
+                 or the previous lap's value",
+                pos + 1
+            ),
+            Self::CallId { pos, id, depth } => write!(
+                f,
+                "request {pos} carries call id {id}, beyond the ring depth {depth}"
+            ),
+        }
+    }
+}
+
 impl<Req, Resp> ServedClient<Req, Resp>
 where
     Req: FromBytes + Copy,
@@ -275,23 +366,41 @@ where
         }
     }
 
-    /// Whether a request is waiting that may be taken now.
+    /// Whether a request is waiting that may be taken now, or the ring is
+    /// corrupt (which [`try_recv`](Self::try_recv) then reports).
     #[inline(always)]
     pub(crate) fn has_work(&self) -> bool {
-        self.outstanding < self.depth && self.req.ready()
+        self.outstanding < self.depth && self.req.check() != Seq::Empty
     }
 
     /// Takes the next request unless `depth` of this client's requests are
     /// already unanswered (then the client is misbehaving or the application
     /// is holding tokens; either way, waiting is the answer).
     #[inline]
-    pub(crate) fn try_recv(&mut self) -> Option<(u32, Req)> {
+    pub(crate) fn try_recv(&mut self) -> Take<Req> {
         if self.outstanding >= self.depth {
-            return None;
+            return Take::Empty;
         }
-        let taken = self.req.try_take()?;
-        self.outstanding += 1;
-        Some(taken)
+        match self.req.check() {
+            Seq::Empty => Take::Empty,
+            Seq::Bad(found) => {
+                let (pos, slot) = self.req.position();
+                Take::Corrupt(Corruption::Sequence { pos, slot, found })
+            }
+            Seq::Ready => {
+                let (pos, _) = self.req.position();
+                let (id, req) = self.req.take_ready();
+                if id >= self.depth {
+                    return Take::Corrupt(Corruption::CallId {
+                        pos,
+                        id,
+                        depth: self.depth,
+                    });
+                }
+                self.outstanding += 1;
+                Take::Request(id, req)
+            }
+        }
     }
 
     /// Answers one taken request. Returns `false` (and writes nothing) when

@@ -1,131 +1,208 @@
-//! The server: owns the segment, finds clients with work, answers them.
+//! The server: listens for clients, gives each one its own memory, finds
+//! clients with work, answers them, and evicts any that breaks the protocol.
+//!
+//! # A client's slot, as the server sees it
+//!
+//! | state      | entered when                                   | left when |
+//! |------------|------------------------------------------------|-----------|
+//! | `Free`     | start; the client's connection closed or it was evicted | a connection is accepted into it |
+//! | `Hello`    | accepted (its uid is the server's)             | its hello arrives (→ `Attached`), is wrong, or 2 s pass (→ `Free`) |
+//! | `Attached` | the welcome and both memfds were sent          | its connection reads end-of-file (it detached or died), it sent a stray byte or its ring went bad (evicted) (→ `Free`) |
+//!
+//! Each attach gets a fresh region memfd, so nothing a departed or evicted
+//! client still writes (it may keep its mapping) can reach the next
+//! occupant of the slot; tokens carry the slot's attach count so a late
+//! reply cannot reach it either.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{Ordering, fence};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
+use zerocopy::IntoBytes;
+
+use crate::Error;
 use crate::config::ServerConfig;
-use crate::layout::{
-    Layout, SLOT_ATTACHED, SLOT_CLAIMED, SLOT_DETACHED, SLOT_FREE, STATE_CLOSED, STATE_RUNNING,
-    VERSION, owner_pid, owner_state,
-};
-use crate::message::{Message, fingerprint};
-use crate::ring::ServedClient;
-use crate::segment::Segment;
-use crate::sys::{self, ProcessHandle};
-use crate::{Error, layout};
+use crate::layout::{HEADER_LEN, Layout, MAGIC, VERSION};
+use crate::message::{Message, describe};
+use crate::ring::{ServedClient, Take};
+use crate::shm::{HeaderMap, Mapping, RegionMap};
+use crate::sys::{self, Epoll, Event};
+use crate::token::RequestToken;
+use crate::wire::{self, Hello, Notice, Status, TypeText, WAKE, Welcome};
 
-/// Identifies one answered-later request. Hand it back to
-/// [`Server::reply`]; it is not `Clone`, so a request is answered once.
-#[must_use = "a request token must be answered with Server::reply, or the client's call never completes"]
-#[derive(Debug)]
-pub struct RequestToken {
-    client: u32,
-    attach: u32,
-    call_id: u32,
+/// Instance ids for tokens: unique within this process, never reused.
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Epoll token of the listening socket (client slots use their index).
+const LISTENER: u64 = u64::MAX;
+/// How long an accepted connection may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most connections accepted per look; the rest wait in the backlog.
+const ACCEPT_BATCH: usize = 64;
+/// Most reads of one client's wake-up bytes per look, so a client that
+/// floods its connection cannot keep the server from the others.
+const WAKE_READS: usize = 4;
+/// Polls between two looks at the (coarse) clock.
+const POLLS_PER_CLOCK: u32 = 1024;
+
+/// What [`Server::serve`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Requests taken and handed to the handler.
+    pub handled: usize,
+    /// Of those, replies [`Server::reply`] refused (the client left or was
+    /// evicted in between); their responses were dropped.
+    pub undelivered: usize,
 }
 
-impl RequestToken {
-    /// The client slot the request came from (stable while it stays attached).
-    pub fn client(&self) -> u32 {
-        self.client
-    }
+enum Conn<Req, Resp> {
+    Free,
+    Hello {
+        sock: OwnedFd,
+        buf: [u8; Hello::LEN],
+        got: usize,
+        deadline_ns: u64,
+    },
+    Attached(Attached<Req, Resp>),
 }
 
-struct ClientState<Req, Resp> {
-    served: Option<ServedClient<Req, Resp>>,
-    process: Option<ProcessHandle>,
-    /// Server-local count of attachments to this slot; tokens carry it so a
-    /// reply never reaches a later occupant of the slot.
-    attach: u32,
-    /// The client's `generation` word when it attached: a change means the
-    /// slot was detached and re-attached between two scans.
-    generation: u32,
+struct Attached<Req, Resp> {
+    /// Views into `region`; declared first so they go first.
+    served: ServedClient<Req, Resp>,
+    region: RegionMap,
+    sock: OwnedFd,
     blocking: bool,
-    /// Its control words went bad while its process lives: not served, not
-    /// reused until the process exits.
-    quarantined: bool,
+}
+
+struct SlotState<Req, Resp> {
+    conn: Conn<Req, Resp>,
+    /// Attaches and releases of this slot so far; tokens carry it.
+    attach: u32,
 }
 
 /// The server end of a segment.
 ///
 /// Requests are taken with [`recv`](Self::recv) (or handled inline with
 /// [`serve`](Self::serve)) and answered with [`reply`](Self::reply), in any
-/// order and from anywhere in the server's loop. Each poll costs one load of
-/// the attach epoch plus one load of the next request slot of each attached
-/// client; it does not depend on `max_clients × ring_depth`.
+/// order and from anywhere in the server's loop. Each poll costs one load
+/// of the next request slot of each attached client; it does not depend on
+/// `max_clients × ring_depth`. Connections (new clients, departures,
+/// wake-ups) are looked at every
+/// [`liveness_interval`](ServerConfig::liveness_interval) while polling, at
+/// once while blocked in [`wait`](Self::wait), and on
+/// [`refresh`](Self::refresh).
 pub struct Server<Req: Message, Resp: Message> {
-    seg: Segment,
+    id: u64,
     name: String,
     cfg: ServerConfig,
-    clients: Box<[ClientState<Req, Resp>]>,
-    /// Indices of attached, served clients.
+    layout: Layout,
+    uid: u32,
+    header: HeaderMap,
+    header_fd: OwnedFd,
+    listener: OwnedFd,
+    epoll: Epoll,
+    slots: Box<[SlotState<Req, Resp>]>,
+    /// Free slot indices, lowest last.
+    free: Vec<u32>,
+    /// Indices of attached clients.
     active: Vec<u32>,
     cursor: usize,
-    seen_epoch: u64,
+    /// Slots in the `Hello` state.
+    hellos: usize,
     polls: u32,
-    next_check: Instant,
+    next_look_ns: u64,
+    events: Vec<Event>,
+    /// The welcome's type text, the same for every client.
+    type_text: Vec<u8>,
+    evictions: u64,
     _types: PhantomData<fn(Req) -> Resp>,
 }
 
 impl<Req: Message, Resp: Message> Server<Req, Resp> {
-    /// Creates the segment `/dev/shm/<name>` (mode 0600) and starts serving.
+    /// Starts serving segment `name`: a unix socket in the abstract
+    /// namespace, private to this user (see the crate docs).
     ///
-    /// A segment of the same name left by a dead server is replaced; one
-    /// whose server is alive is refused with [`Error::AlreadyRunning`].
+    /// A name whose server died is free again at once (the kernel releases
+    /// it); one whose server is alive is refused with
+    /// [`Error::AlreadyRunning`].
     pub fn create(name: &str, cfg: ServerConfig) -> Result<Self, Error> {
+        let address = wire::validate_name(name)?;
         let layout = Layout::new::<Req, Resp>(cfg.max_clients, cfg.ring_depth)?;
-        let seg = Segment::create(name, layout, |h| {
-            // Relaxed stores throughout: nobody can map the file before it
-            // is linked under its name, and readers acquire the magic,
-            // which is stored last with Release.
-            let g = &h.geo.0;
-            let set =
-                |w: &std::sync::atomic::AtomicU32, v: usize| w.store(v as u32, Ordering::Relaxed);
-            set(&g.version, VERSION as usize);
-            set(&g.header_size, layout::HEADER_SIZE);
-            set(&g.ctl_size, layout::CTL_SIZE);
-            set(&g.max_clients, layout.max_clients as usize);
-            set(&g.ring_depth, layout.depth as usize);
-            set(&g.req_size, size_of::<Req>());
-            set(&g.req_align, align_of::<Req>());
-            set(&g.resp_size, size_of::<Resp>());
-            set(&g.resp_align, align_of::<Resp>());
-            set(&g.req_slot, layout.req_slot);
-            set(&g.resp_slot, layout.resp_slot);
-            set(&g.server_pid, sys::current_pid() as usize);
-            set(&g.server_blocking, usize::from(cfg.wait.is_blocking()));
-            g.req_fingerprint
-                .store(fingerprint::<Req>(), Ordering::Relaxed);
-            g.resp_fingerprint
-                .store(fingerprint::<Resp>(), Ordering::Relaxed);
-            g.client_region
-                .store(layout.client_region as u64, Ordering::Relaxed);
-            g.total_size.store(layout.total as u64, Ordering::Relaxed);
-            h.state.0.store(STATE_RUNNING, Ordering::Relaxed);
-            // Release: a client that acquires the magic sees all of the above.
-            g.magic.store(layout::MAGIC, Ordering::Release);
-        })?;
-        let clients = (0..layout.max_clients)
-            .map(|_| ClientState {
-                served: None,
-                process: None,
-                attach: 0,
-                generation: 0,
-                blocking: false,
-                quarantined: false,
-            })
-            .collect();
+        let io = |op| {
+            move |source| Error::Io {
+                name: name.to_owned(),
+                op,
+                source,
+            }
+        };
+        let ((req_name, req_layout), (resp_name, resp_layout)) =
+            (describe::<Req>(), describe::<Resp>());
+        let type_text = TypeText {
+            req_name,
+            req_layout,
+            resp_name,
+            resp_layout,
+        }
+        .encode();
+        if type_text.len() > wire::MAX_TEXT {
+            return Err(Error::InvalidConfig(format!(
+                "the message types' descriptions take {} bytes, more than {}",
+                type_text.len(),
+                wire::MAX_TEXT
+            )));
+        }
+        let (header_fd, header) =
+            Mapping::create(&format!("ipc:{name}:header"), HEADER_LEN, 0).map_err(io("memfd"))?;
+        let header = HeaderMap(header);
+        let ident = &header.header().ident.0;
+        // Relaxed: clients read these only after receiving the descriptor,
+        // which happens after this (the socket transfer orders it).
+        ident.version.store(VERSION, Ordering::Relaxed);
+        // Release: a client's Acquire of the magic sees the version too.
+        ident.magic.store(MAGIC, Ordering::Release);
+        // Now that our own writable mapping exists, refuse any other.
+        sys::add_seals(&header_fd, sys::SEALS_READ_ONLY).map_err(io("seal header memfd"))?;
+
+        let addr = sys::AbstractAddr::new(&address).map_err(io("socket address"))?;
+        let listener = match sys::listen(&addr, cfg.max_clients.max(16)) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(Error::AlreadyRunning {
+                    name: name.to_owned(),
+                });
+            }
+            Err(e) => return Err(io("listen")(e)),
+        };
+        let epoll = Epoll::new().map_err(io("epoll_create"))?;
+        epoll.add(&listener, LISTENER).map_err(io("epoll_ctl"))?;
+        // One socket per client, plus a few of our own.
+        sys::raise_fd_limit(u64::from(layout.max_clients) + 64);
         Ok(Self {
-            seg,
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),
             cfg,
-            clients,
+            layout,
+            uid: sys::euid(),
+            header,
+            header_fd,
+            listener,
+            epoll,
+            slots: (0..layout.max_clients)
+                .map(|_| SlotState {
+                    conn: Conn::Free,
+                    attach: 0,
+                })
+                .collect(),
+            free: (0..layout.max_clients).rev().collect(),
             active: Vec::with_capacity(layout.max_clients as usize),
             cursor: 0,
-            seen_epoch: 0,
+            hellos: 0,
             polls: 0,
-            next_check: Instant::now(),
+            next_look_ns: 0,
+            events: Vec::with_capacity(64),
+            type_text,
+            evictions: 0,
             _types: PhantomData,
         })
     }
@@ -135,14 +212,27 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
         &self.name
     }
 
-    /// Number of attached clients being served.
-    pub fn attached_clients(&mut self) -> usize {
-        self.refresh();
+    /// Number of attached clients, as of the last look at the connections.
+    pub fn attached_clients(&self) -> usize {
         self.active.len()
+    }
+
+    /// Clients evicted so far for breaking the protocol.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Looks at the connections now: attaches clients that connected,
+    /// releases those that left, drains wake-ups. `recv`, `serve` and `wait`
+    /// do this on their own (see [`Server`]).
+    pub fn refresh(&mut self) {
+        self.look(Duration::ZERO);
     }
 
     /// Takes the next request from an attached client, visiting clients
     /// round-robin. The answer goes to [`reply`](Self::reply), now or later.
+    /// A client whose ring holds what no correct client writes is evicted
+    /// here, and learns it from its own calls ([`Error::Evicted`]).
     #[inline]
     pub fn recv(&mut self) -> Option<(RequestToken, Req)> {
         self.housekeeping();
@@ -153,18 +243,26 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                 i = 0;
             }
             let idx = self.active[i];
-            let st = &mut self.clients[idx as usize];
-            // `active` holds exactly the indices whose `served` is Some.
-            if let Some(served) = st.served.as_mut()
-                && let Some((call_id, req)) = served.try_recv()
-            {
-                self.cursor = i + 1;
-                let token = RequestToken {
-                    client: idx,
-                    attach: st.attach,
-                    call_id,
-                };
-                return Some((token, req));
+            let st = &mut self.slots[idx as usize];
+            // `active` holds exactly the indices of attached slots.
+            if let Conn::Attached(a) = &mut st.conn {
+                match a.served.try_recv() {
+                    Take::Empty => {}
+                    Take::Request(call_id, req) => {
+                        self.cursor = i + 1;
+                        let token = RequestToken {
+                            server: self.id,
+                            client: idx,
+                            attach: st.attach,
+                            call_id,
+                        };
+                        return Some((token, req));
+                    }
+                    Take::Corrupt(why) => {
+                        self.evict(idx, why.to_string());
+                        return self.recv();
+                    }
+                }
             }
             i += 1;
         }
@@ -172,62 +270,76 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
     }
 
     /// Answers a request taken by [`recv`](Self::recv). Fails with
-    /// [`Error::ClientGone`] if the client detached or died meanwhile; the
-    /// response is then dropped.
+    /// [`Error::ClientGone`] if the client detached, died or was evicted
+    /// meanwhile (the response is dropped), and with
+    /// [`Error::ForeignToken`] if another server issued the token (nothing
+    /// changes; the error hands the token back).
     #[inline]
     pub fn reply(&mut self, token: RequestToken, resp: Resp) -> Result<(), Error> {
+        if token.server != self.id {
+            return Err(Error::ForeignToken {
+                name: self.name.clone(),
+                token,
+            });
+        }
         let gone = Error::ClientGone {
             client: token.client,
         };
-        let Some(st) = self.clients.get_mut(token.client as usize) else {
+        let Some(st) = self.slots.get_mut(token.client as usize) else {
             return Err(gone);
         };
         if st.attach != token.attach {
             return Err(gone);
         }
-        let Some(served) = st.served.as_mut() else {
+        let Conn::Attached(a) = &mut st.conn else {
             return Err(gone);
         };
-        if !served.reply(token.call_id, &resp) {
+        if !a.served.reply(token.call_id, &resp) {
             return Err(gone);
         }
-        if st.blocking {
-            let w = &self.seg.ctl(token.client).wait.0;
+        if a.blocking {
+            let w = &a.region.ctl().wait.0;
             // SeqCst fence: orders our response's publication before the
             // load of `sleeping`, pairing with the client's store of
             // `sleeping` + fence + re-check (Dekker), so one of us sees the
             // other and no wake-up is lost.
             fence(Ordering::SeqCst);
+            // Relaxed: ordered by the fence above; a garbage value only
+            // costs this client a spurious or missed wake (its futex wait is
+            // bounded).
             if w.sleeping.load(Ordering::Relaxed) != 0 {
-                w.wake.fetch_add(1, Ordering::Release);
-                sys::futex_wake_all(&w.wake);
+                wake(&a.region);
             }
         }
         Ok(())
     }
 
     /// Handles up to `max` requests inline, answering each with `f`'s
-    /// result. Returns how many were handled.
+    /// result, and says how many it handled and how many of those replies
+    /// could not be delivered.
     #[inline]
-    pub fn serve(&mut self, max: usize, mut f: impl FnMut(u32, &Req) -> Resp) -> usize {
-        let mut done = 0;
-        while done < max {
+    pub fn serve(&mut self, max: usize, mut f: impl FnMut(u32, &Req) -> Resp) -> Served {
+        let mut done = Served::default();
+        while done.handled < max {
             let Some((token, req)) = self.recv() else {
                 break;
             };
             let resp = f(token.client, &req);
-            // A fresh token of an attached client: cannot be refused.
-            let _ = self.reply(token, resp);
-            done += 1;
+            done.handled += 1;
+            if self.reply(token, resp).is_err() {
+                done.undelivered += 1;
+            }
         }
         done
     }
 
     /// Waits until some client may have a request, or `timeout` passes.
     /// Spins with [`WaitStrategy::BusyPoll`](crate::WaitStrategy), sleeps in
-    /// a futex wait with `Block`. Returns whether work is available.
+    /// `epoll_wait` on the connections with `Block` (a client that publishes
+    /// a request while the header says the server sleeps sends a wake-up
+    /// byte). Returns whether work is available.
     pub fn wait(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let spins = self.cfg.wait.spins();
         let mut spun = 0u32;
         loop {
@@ -236,215 +348,341 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                 return true;
             }
             spun = spun.saturating_add(1);
-            if spun.is_multiple_of(256) && Instant::now() >= deadline {
+            if spun.is_multiple_of(256) && deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
             if spun < spins {
                 std::hint::spin_loop();
                 continue;
             }
-            let w = &self.seg.header().server_wait.0;
-            // Read before announcing sleep, so a wake after this read makes
-            // the futex wait return at once.
-            let seen = w.wake.load(Ordering::Acquire);
             // Relaxed: ordered before the re-check by the SeqCst fence.
-            w.sleeping.store(1, Ordering::Relaxed);
+            self.sleeping().store(1, Ordering::Relaxed);
             // SeqCst fence: our `sleeping = 1` is ordered before the
             // re-check below; a client orders its request before its load of
             // `sleeping` the same way, so either we see its request or it
-            // sees us asleep and wakes us.
+            // sees us asleep and sends a wake-up byte, which makes the
+            // epoll wait below return.
             fence(Ordering::SeqCst);
-            let epoch = self.seg.header().attach_epoch.0.load(Ordering::Acquire);
-            if self.has_work() || epoch != self.seen_epoch {
-                w.sleeping.store(0, Ordering::Relaxed);
-                continue;
+            if self.has_work() {
+                self.sleeping().store(0, Ordering::Relaxed);
+                return true;
             }
             let now = Instant::now();
-            if now >= deadline {
-                w.sleeping.store(0, Ordering::Relaxed);
-                return false;
+            let mut nap = match deadline {
+                Some(d) if now >= d => {
+                    self.sleeping().store(0, Ordering::Relaxed);
+                    return false;
+                }
+                Some(d) => d - now,
+                None => Duration::from_secs(3600),
+            };
+            if self.hellos > 0 {
+                // Wake up to expire hellos that never come.
+                nap = nap.min(HELLO_TIMEOUT / 4);
             }
-            let nap = (deadline - now).min(self.cfg.liveness_interval);
-            sys::futex_wait(&w.wake, seen, nap);
-            w.sleeping.store(0, Ordering::Relaxed);
+            self.look(nap);
+            // Relaxed: a stale `1` seen by a client costs one spare byte.
+            self.sleeping().store(0, Ordering::Relaxed);
             spun = 0;
-            // Always run the time-based checks after a sleep.
-            self.polls = 0;
         }
+    }
+
+    fn sleeping(&self) -> &std::sync::atomic::AtomicU32 {
+        &self.header.header().server_wait.0.sleeping
     }
 
     fn has_work(&self) -> bool {
-        self.active.iter().any(|&i| {
-            self.clients[i as usize]
-                .served
-                .as_ref()
-                .is_some_and(ServedClient::has_work)
-        })
+        self.active
+            .iter()
+            .any(|&i| match &self.slots[i as usize].conn {
+                Conn::Attached(a) => a.served.has_work(),
+                _ => false,
+            })
     }
 
-    /// Notices attaches and detaches (one shared load per call) and, every
-    /// `liveness_interval`, dead clients.
+    /// Every `liveness_interval` (looked at every 1024 polls), a look at
+    /// the connections.
     #[inline(always)]
     fn housekeeping(&mut self) {
-        // Acquire: pairs with the client's Release increment after it
-        // attached, so its control words are visible to `rescan`.
-        let epoch = self.seg.header().attach_epoch.0.load(Ordering::Acquire);
-        if epoch != self.seen_epoch {
-            self.seen_epoch = epoch;
-            self.rescan();
-        }
         self.polls = self.polls.wrapping_add(1);
-        if self.polls % 1024 == 1 {
-            let now = Instant::now();
-            if now >= self.next_check {
-                self.next_check = now + self.cfg.liveness_interval;
-                self.check_liveness();
-            }
+        if self.polls % POLLS_PER_CLOCK == 1 {
+            self.maybe_look();
         }
     }
 
-    fn refresh(&mut self) {
-        self.polls = 0;
-        self.housekeeping();
+    #[cold]
+    fn maybe_look(&mut self) {
+        if sys::coarse_now_ns() >= self.next_look_ns {
+            self.look(Duration::ZERO);
+        }
     }
 
-    /// Reads every client's owner word; attaches new clients, drops those
-    /// that left. O(max_clients), run only when the attach epoch moved or
-    /// at liveness checks.
-    fn rescan(&mut self) {
-        for i in 0..self.seg.layout.max_clients {
-            let ctl = &self.seg.ctl(i).owner.0;
-            // Acquire: see the control words the client wrote before it
-            // published this owner state.
-            let word = ctl.owner.load(Ordering::Acquire);
-            let state = owner_state(word);
-            let generation = ctl.generation.load(Ordering::Relaxed);
-            let st = &self.clients[i as usize];
-            if st.quarantined {
+    /// Waits up to `timeout` for connection events and handles them.
+    fn look(&mut self, timeout: Duration) {
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        // An epoll_wait on our own valid descriptors fails only for EINTR,
+        // which `Epoll::wait` absorbs; anything else leaves `events` empty
+        // and the next look tries again.
+        let _ = self.epoll.wait(&mut events, timeout);
+        for ev in &events {
+            if !ev.readable {
                 continue;
             }
-            if st.served.is_some() {
-                if state == SLOT_ATTACHED && generation == st.generation {
+            if ev.token == LISTENER {
+                self.accept_all();
+            } else if let Ok(i) = u32::try_from(ev.token) {
+                self.on_readable(i);
+            }
+        }
+        self.events = events;
+        let now = sys::coarse_now_ns();
+        if self.hellos > 0 {
+            self.expire_hellos(now);
+        }
+        self.next_look_ns = now.saturating_add(self.cfg.liveness_interval.as_nanos() as u64);
+    }
+
+    fn accept_all(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            let sock = match sys::accept(&self.listener) {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Interrupted | std::io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
                     continue;
                 }
-                // Only the server frees a slot, so an attached client's slot
-                // can legitimately change only to DETACHED with the same
-                // generation. Anything else is garbage from its owner.
-                let clean = state == SLOT_DETACHED && generation == st.generation;
-                let process = self.detach(i).filter(|p| !p.exited());
-                match process {
-                    Some(p) if !clean => self.quarantine(i, p),
-                    _ => self.reclaim(i),
+                // Out of descriptors or memory: the connection waits in the
+                // backlog and its client times out; try again next look.
+                Err(_) => return,
+            };
+            if sys::peer_uid(&sock).ok() != Some(self.uid) {
+                self.refuse(&sock, Status::ForeignUser);
+                continue;
+            }
+            let Some(i) = self.free.pop() else {
+                self.refuse(&sock, Status::NoFreeSlot);
+                continue;
+            };
+            if self.epoll.add(&sock, u64::from(i)).is_err() {
+                self.refuse(&sock, Status::ServerError);
+                self.free.push(i);
+                continue;
+            }
+            self.slots[i as usize].conn = Conn::Hello {
+                sock,
+                buf: [0; Hello::LEN],
+                got: 0,
+                deadline_ns: sys::coarse_now_ns() + HELLO_TIMEOUT.as_nanos() as u64,
+            };
+            self.hellos += 1;
+            // The hello usually came with the connection.
+            self.on_readable(i);
+        }
+    }
+
+    /// Sends a refusal; the caller drops (closes) the socket.
+    fn refuse(&self, sock: &OwnedFd, status: Status) {
+        let w = Welcome::refusal(status, self.layout.max_clients);
+        // Best effort: a client that cannot take 80 bytes on a fresh
+        // connection learns from the close instead.
+        let _ = sys::send(sock, w.as_bytes(), &[]);
+    }
+
+    fn on_readable(&mut self, i: u32) {
+        let Some(st) = self.slots.get_mut(i as usize) else {
+            return;
+        };
+        let mut fds = Vec::new();
+        match &mut st.conn {
+            Conn::Free => {}
+            Conn::Hello { sock, buf, got, .. } => {
+                match sys::recv(sock, &mut buf[*got..], &mut fds) {
+                    Ok(0) => self.release(i),
+                    Ok(n) => {
+                        *got += n;
+                        if *got == Hello::LEN {
+                            let hello = Hello::parse(&buf[..]);
+                            self.finish_hello(i, hello);
+                        }
+                    }
+                    Err(e) if would_block(&e) => {}
+                    Err(_) => self.release(i),
                 }
-            } else if state == SLOT_ATTACHED {
-                self.attach(i, word, generation);
-            } else if state == SLOT_DETACHED {
-                self.reclaim(i);
-            } else if state != SLOT_FREE && state != SLOT_CLAIMED {
-                // Garbage in a slot nobody is attached to: make it usable.
-                self.reclaim(i);
+            }
+            Conn::Attached(a) => {
+                let mut buf = [0u8; 256];
+                for _ in 0..WAKE_READS {
+                    match sys::recv(&a.sock, &mut buf, &mut fds) {
+                        // End of file: the client detached or died.
+                        Ok(0) => return self.release(i),
+                        Ok(n) => {
+                            if let Some(&b) = buf[..n].iter().find(|&&b| b != WAKE) {
+                                let why = format!(
+                                    "it sent byte {b:#04x} on its connection, where only \
+                                     wake-ups ({WAKE:#04x}) may follow the hello"
+                                );
+                                return self.evict(i, why);
+                            }
+                            if !fds.is_empty() {
+                                let why = "it sent descriptors on its connection".to_owned();
+                                return self.evict(i, why);
+                            }
+                        }
+                        Err(e) if would_block(&e) => return,
+                        // ECONNRESET and the like: it is gone.
+                        Err(_) => return self.release(i),
+                    }
+                }
             }
         }
     }
 
-    fn attach(&mut self, i: u32, word: u64, generation: u32) {
-        // Relaxed: published by the client's Release of ATTACHED, which
-        // `rescan` acquired before calling us.
-        let blocking = self.seg.ctl(i).owner.0.blocking.load(Ordering::Relaxed) != 0;
-        let Ok(process) = ProcessHandle::open(owner_pid(word)) else {
-            // Attached and already gone.
-            self.reclaim(i);
+    /// A full hello arrived on slot `i`: attach or refuse.
+    fn finish_hello(&mut self, i: u32, hello: Result<Hello, String>) {
+        let st = &mut self.slots[i as usize];
+        let Conn::Hello { sock, .. } = std::mem::replace(&mut st.conn, Conn::Free) else {
             return;
         };
-        let served = ServedClient::new(
-            self.seg.req_ring(i),
-            self.seg.resp_ring(i),
-            self.seg.layout.depth,
-        );
-        let st = &mut self.clients[i as usize];
-        st.served = Some(served);
-        st.process = Some(process);
+        self.hellos -= 1;
+        let Ok(hello) = hello else {
+            self.refuse(&sock, Status::BadHello);
+            return self.release_taken(i, sock);
+        };
+        let l = self.layout;
+        let tag = format!("ipc:{}:{i}", self.name);
+        let region = Mapping::create(&tag, l.region, sys::SEALS_FIXED_SIZE);
+        let Ok((region_fd, region)) = region else {
+            self.refuse(&sock, Status::ServerError);
+            return self.release_taken(i, sock);
+        };
+        let welcome = Welcome {
+            status: (Status::Attached as u32).into(),
+            slot: i.into(),
+            depth: l.depth.into(),
+            server_pid: std::process::id().into(),
+            server_blocking: u32::from(self.cfg.wait.is_blocking()).into(),
+            header_len: (HEADER_LEN as u32).into(),
+            region_len: (l.region as u64).into(),
+            req_size: (size_of::<Req>() as u32).into(),
+            req_align: (align_of::<Req>() as u32).into(),
+            resp_size: (size_of::<Resp>() as u32).into(),
+            resp_align: (align_of::<Resp>() as u32).into(),
+            req_slot: (l.req_slot as u32).into(),
+            resp_slot: (l.resp_slot as u32).into(),
+            text_len: (self.type_text.len() as u32).into(),
+            ..Welcome::refusal(Status::Attached, l.max_clients)
+        };
+        let mut msg = welcome.as_bytes().to_vec();
+        msg.extend_from_slice(&self.type_text);
+        let fds = [self.header_fd.as_raw_fd(), region_fd.as_raw_fd()];
+        // A fresh connection's buffer takes the whole welcome; if it does
+        // not, the client sees the connection close mid-handshake.
+        if sys::send(&sock, &msg, &fds).ok() != Some(msg.len()) {
+            return self.release_taken(i, sock);
+        }
+        // The client has its own descriptor now; ours is not needed.
+        drop(region_fd);
+        let region = RegionMap::new(region, l);
+        let served = ServedClient::new(region.req_ring(), region.resp_ring(), l.depth);
+        let st = &mut self.slots[i as usize];
+        st.conn = Conn::Attached(Attached {
+            served,
+            region,
+            sock,
+            blocking: hello.blocking(),
+        });
         st.attach = st.attach.wrapping_add(1);
-        st.generation = generation;
-        st.blocking = blocking;
         self.active.push(i);
     }
 
-    /// Stops serving slot `i`; returns the handle on its process.
-    fn detach(&mut self, i: u32) -> Option<ProcessHandle> {
-        let st = &mut self.clients[i as usize];
-        st.served = None;
-        let process = st.process.take();
-        // Invalidate outstanding tokens.
-        st.attach = st.attach.wrapping_add(1);
-        if let Some(pos) = self.active.iter().position(|&c| c == i) {
-            self.active.swap_remove(pos);
-        }
-        if self.cursor >= self.active.len() {
-            self.cursor = 0;
-        }
-        process
+    /// Frees slot `i`, whose connection the caller already took out.
+    fn release_taken(&mut self, i: u32, sock: OwnedFd) {
+        self.epoll.remove(&sock);
+        drop(sock);
+        self.free.push(i);
     }
 
-    /// Stops serving slot `i` but keeps it from reuse until the process we
-    /// knew there exits (checked by `check_liveness`).
-    fn quarantine(&mut self, i: u32, process: ProcessHandle) {
-        let st = &mut self.clients[i as usize];
-        st.quarantined = true;
-        st.process = Some(process);
-    }
-
-    /// Makes slot `i` free for a new client. Only called when no live
-    /// process will write to it again (clean detach, or owner dead).
-    fn reclaim(&mut self, i: u32) {
-        let st = &mut self.clients[i as usize];
-        st.quarantined = false;
-        st.process = None;
-        self.seg.reset_rings(i);
-        let ctl = self.seg.ctl(i);
-        // Relaxed: published by the Release store of FREE below.
-        ctl.wait.0.sleeping.store(0, Ordering::Relaxed);
-        ctl.owner.0.blocking.store(0, Ordering::Relaxed);
-        // Release: the ring resets above happen before a new client's
-        // Acquire CAS on this word sees it free.
-        ctl.owner.0.owner.store(SLOT_FREE, Ordering::Release);
-    }
-
-    /// Reclaims slots of clients whose process exited, and slots claimed by
-    /// a process that died before finishing its attach.
-    fn check_liveness(&mut self) {
-        self.rescan();
-        for i in 0..self.seg.layout.max_clients {
-            let st = &self.clients[i as usize];
-            if st.served.is_some() || st.quarantined {
-                if st.process.as_ref().is_none_or(ProcessHandle::exited) {
-                    let _ = self.detach(i);
-                    self.reclaim(i);
-                }
-                continue;
+    /// Stops serving slot `i` (closing its connection) and frees it.
+    fn release(&mut self, i: u32) {
+        let st = &mut self.slots[i as usize];
+        match std::mem::replace(&mut st.conn, Conn::Free) {
+            Conn::Free => return,
+            Conn::Hello { sock, .. } => {
+                self.hellos -= 1;
+                self.epoll.remove(&sock);
             }
-            // Acquire: as in `rescan`.
-            let word = self.seg.ctl(i).owner.0.owner.load(Ordering::Acquire);
-            if owner_state(word) == SLOT_CLAIMED && !sys::pid_exists(owner_pid(word)) {
-                self.reclaim(i);
+            Conn::Attached(a) => {
+                // Invalidate outstanding tokens.
+                st.attach = st.attach.wrapping_add(1);
+                self.epoll.remove(&a.sock);
+                if let Some(pos) = self.active.iter().position(|&c| c == i) {
+                    self.active.swap_remove(pos);
+                }
+                if self.cursor >= self.active.len() {
+                    self.cursor = 0;
+                }
+            }
+        }
+        self.free.push(i);
+    }
+
+    /// Tells client `i` why it is cut off, wakes it if it sleeps, and frees
+    /// its slot. Its region is unmapped here; the client keeps its own
+    /// mapping, which nobody else will ever see.
+    #[cold]
+    fn evict(&mut self, i: u32, why: String) {
+        if let Conn::Attached(a) = &self.slots[i as usize].conn {
+            // Best effort: a client that filled its receive buffer (it
+            // never reads) still sees the connection close.
+            let _ = sys::send(&a.sock, &Notice::Evicted(why).encode(), &[]);
+            wake(&a.region);
+            self.evictions += 1;
+        }
+        self.release(i);
+    }
+
+    fn expire_hellos(&mut self, now: u64) {
+        for i in 0..self.layout.max_clients {
+            if let Conn::Hello { deadline_ns, .. } = &self.slots[i as usize].conn
+                && *deadline_ns <= now
+            {
+                self.release(i);
             }
         }
     }
 }
 
+fn would_block(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
+}
+
+/// Wakes a client that may sleep in a futex wait on its region.
+fn wake(region: &RegionMap) {
+    let w = &region.ctl().wait.0;
+    // Release: harmless; the bump is what makes a client between its read
+    // of `wake` and its futex wait return at once.
+    w.wake.fetch_add(1, Ordering::Release);
+    sys::futex_wake_all(&w.wake);
+}
+
 impl<Req: Message, Resp: Message> Drop for Server<Req, Resp> {
     fn drop(&mut self) {
-        let h = self.seg.header();
-        // Release: clients that see CLOSED stop waiting.
-        h.state.0.store(STATE_CLOSED, Ordering::Release);
-        fence(Ordering::SeqCst);
+        let bye = Notice::Shutdown.encode();
         for &i in &self.active {
-            let w = &self.seg.ctl(i).wait.0;
-            w.wake.fetch_add(1, Ordering::Release);
-            sys::futex_wake_all(&w.wake);
-        }
-        if self.seg.path_is_ours() {
-            let _ = std::fs::remove_file(&self.seg.path);
+            if let Conn::Attached(a) = &self.slots[i as usize].conn {
+                // Best effort, as in `evict`; closing the socket below is
+                // what every client notices in the end.
+                let _ = sys::send(&a.sock, &bye, &[]);
+                wake(&a.region);
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 //! call exactly once, and the in-flight accounting never lets the rings
 //! overrun.
 
+mod common;
+
 use std::collections::HashMap;
 
 use ipc::{AsyncClient, CallError, ClientConfig, RequestToken, Server, ServerConfig};
@@ -40,8 +42,9 @@ proptest! {
             &name,
             ServerConfig::new().max_clients(1).ring_depth(depth),
         ).unwrap();
-        let mut client =
-            AsyncClient::<[u64; 2], [u64; 2], u64>::connect(&name, ClientConfig::new()).unwrap();
+        let mut client = common::attach_while_serving(&mut server, || {
+            AsyncClient::<[u64; 2], [u64; 2], u64>::connect(&name, ClientConfig::new()).unwrap()
+        });
         let mut held: Vec<(RequestToken, [u64; 2])> = Vec::new();
         // user data -> request value, for calls in flight
         let mut in_flight: HashMap<u64, u64> = HashMap::new();

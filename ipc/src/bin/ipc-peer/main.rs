@@ -3,16 +3,26 @@
 //! handy for checking a host by hand.
 //!
 //! ```text
-//! ipc-peer serve NAME [--max-clients N] [--depth D] [--wait busy|block] [--for-ms MS] [--stall] [--reverse]
+//! ipc-peer serve NAME [--max-clients N] [--depth D] [--wait busy|block] [--for-ms MS] [--stall] [--reverse] [--pair]
 //! ipc-peer call  NAME [--calls N] [--depth D] [--wait busy|block] [--forever]
 //! ipc-peer scribble NAME [--for-ms MS]
+//! ipc-peer attack NAME truncate|header|squat|others
+//! ipc-peer probe ADDRESS HEX
 //! ```
 //!
 //! The server answers `[a, b, c, _]` with `[a, b, 3c + 1, server pid]`.
 //! `--stall` takes requests and never answers; `--reverse` holds a client's
-//! requests until it has sent a full ring and answers them newest first.
+//! requests until it has sent a full ring and answers them newest first;
+//! `--pair` serves [`Pair`] requests instead, answering `{a, b, c}` with
+//! `{a + 1, 2b, c ^ 1}` (for the message-layout tests).
 //! `call` checks every response against its request and prints `ok N`.
-//! `scribble` attaches, then writes random bytes over its own region.
+//! `scribble` attaches, then writes random bytes over its own region, then
+//! calls once and prints the outcome (`after: ...`).
+//! `attack` attaches, then tries to reach beyond its own region (see
+//! `attack.rs`) and stays attached until its stdin closes. `probe` speaks
+//! raw bytes to an abstract socket address (see `attack::probe`).
+
+mod attack;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -21,14 +31,37 @@ use ipc::{AsyncClient, Client, ClientConfig, Server, ServerConfig, WaitStrategy}
 
 type Msg = [u64; 4];
 
+/// The struct message of `serve --pair`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    ipc::zerocopy::FromBytes,
+    ipc::zerocopy::IntoBytes,
+    ipc::zerocopy::Immutable,
+    ipc::Message,
+)]
+#[zerocopy(crate = "ipc::zerocopy")]
+#[repr(C)]
+struct Pair {
+    a: u64,
+    b: u32,
+    c: u32,
+}
+
 const USAGE: &str = "usage:
-  ipc-peer serve NAME [--max-clients N] [--depth D] [--wait busy|block] [--for-ms MS] [--stall] [--reverse]
+  ipc-peer serve NAME [--max-clients N] [--depth D] [--wait busy|block] [--for-ms MS] [--stall] [--reverse] [--pair]
   ipc-peer call NAME [--calls N] [--depth D] [--wait busy|block] [--forever]
-  ipc-peer scribble NAME [--for-ms MS]";
+  ipc-peer scribble NAME [--for-ms MS]
+  ipc-peer attack NAME truncate|header|squat|others
+  ipc-peer probe ADDRESS HEX";
 
 struct Args {
     cmd: String,
     name: String,
+    kind: String,
     max_clients: u32,
     depth: u32,
     wait: WaitStrategy,
@@ -36,19 +69,35 @@ struct Args {
     calls: u64,
     stall: bool,
     reverse: bool,
+    pair: bool,
     forever: bool,
 }
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let cmd = it.next().ok_or("missing command")?;
-    if !matches!(cmd.as_str(), "serve" | "call" | "scribble") {
+    if !matches!(
+        cmd.as_str(),
+        "serve" | "call" | "scribble" | "attack" | "probe"
+    ) {
         return Err(format!("unknown command {cmd:?}"));
     }
     let name = it.next().ok_or("missing segment NAME")?;
+    let kind = if cmd == "attack" {
+        let k = it.next().ok_or("attack needs a KIND")?;
+        if !matches!(k.as_str(), "truncate" | "header" | "squat" | "others") {
+            return Err(format!("unknown attack {k:?}"));
+        }
+        k
+    } else if cmd == "probe" {
+        it.next().ok_or("probe needs HEX bytes")?
+    } else {
+        String::new()
+    };
     let mut a = Args {
         cmd,
         name,
+        kind,
         max_clients: 16,
         depth: 16,
         wait: WaitStrategy::BusyPoll,
@@ -56,6 +105,7 @@ fn parse() -> Result<Args, String> {
         calls: 1000,
         stall: false,
         reverse: false,
+        pair: false,
         forever: false,
     };
     while let Some(flag) = it.next() {
@@ -84,6 +134,7 @@ fn parse() -> Result<Args, String> {
             }
             "--stall" => a.stall = true,
             "--reverse" => a.reverse = true,
+            "--pair" => a.pair = true,
             "--forever" => a.forever = true,
             other => return Err(format!("unknown flag {other:?}")),
         }
@@ -95,7 +146,25 @@ fn answer(req: &Msg, pid: u64) -> Msg {
     [req[0], req[1], req[2].wrapping_mul(3).wrapping_add(1), pid]
 }
 
+fn serve_pair(a: &Args) -> Result<(), String> {
+    let cfg = ServerConfig::new().max_clients(a.max_clients).wait(a.wait);
+    let mut server = Server::<Pair, Pair>::create(&a.name, cfg).map_err(|e| e.to_string())?;
+    println!("ready");
+    loop {
+        if server.wait(Duration::from_millis(20)) {
+            server.serve(64, |_, p| Pair {
+                a: p.a + 1,
+                b: p.b.wrapping_mul(2),
+                c: p.c ^ 1,
+            });
+        }
+    }
+}
+
 fn serve(a: &Args) -> Result<(), String> {
+    if a.pair {
+        return serve_pair(a);
+    }
     let cfg = ServerConfig::new()
         .max_clients(a.max_clients)
         .ring_depth(a.depth)
@@ -179,8 +248,8 @@ fn call(a: &Args) -> Result<(), String> {
 }
 
 fn scribble(a: &Args) -> Result<(), String> {
-    let mut client =
-        Client::<Msg, Msg>::connect(&a.name, ClientConfig::new()).map_err(|e| e.to_string())?;
+    let cfg = ClientConfig::new().call_timeout(Duration::from_secs(30));
+    let mut client = Client::<Msg, Msg>::connect(&a.name, cfg).map_err(|e| e.to_string())?;
     for i in 0..100u64 {
         let r = client.call(&[0, i, i, 0]).map_err(|e| e.to_string())?;
         if r[2] != i * 3 + 1 {
@@ -203,9 +272,38 @@ fn scribble(a: &Args) -> Result<(), String> {
             unsafe { base.add(off).cast::<u64>().write_volatile(x) };
         }
     }
-    // Leave without detaching cleanly: the garbage stays for the server.
-    std::mem::forget(client);
     println!("scribbled");
+    // The server should have cut us off; a call says how.
+    let t0 = Instant::now();
+    match client.call(&[0, 1, 1, 0]) {
+        Ok(r) => println!("after: answered {r:?} in {:?}", t0.elapsed()),
+        Err(e) => println!("after: {e} (in {} ms)", t0.elapsed().as_millis()),
+    }
+    Ok(())
+}
+
+fn attack(a: &Args) -> Result<(), String> {
+    let mut client =
+        Client::<Msg, Msg>::connect(&a.name, ClientConfig::new()).map_err(|e| e.to_string())?;
+    for i in 0..100u64 {
+        let r = client.call(&[0, i, i, 0]).map_err(|e| e.to_string())?;
+        if r[2] != i * 3 + 1 {
+            return Err(format!("bad answer {r:?} before attacking"));
+        }
+    }
+    println!("ready {}", client.slot());
+    let (base, len) = client.own_region_for_fault_injection();
+    let reach = attack::Reach::gather(&a.name, base, len);
+    eprintln!("ipc-peer attack: reach: {}", reach.describe());
+    let (landed, tried) = reach.attack(&a.kind)?;
+    println!("attacked {}: {landed} landed, {tried} tried", a.kind);
+    match client.call(&[0, 7, 7, 0]) {
+        Ok(r) if r[2] == 22 => println!("after: ok"),
+        Ok(r) => println!("after: wrong answer {r:?}"),
+        Err(e) => println!("after: {e}"),
+    }
+    println!("holding");
+    attack::hold();
     Ok(())
 }
 
@@ -220,6 +318,8 @@ fn main() -> ExitCode {
     let result = match args.cmd.as_str() {
         "serve" => serve(&args),
         "call" => call(&args),
+        "attack" => attack(&args),
+        "probe" => attack::probe(&args.name, &args.kind),
         _ => scribble(&args),
     };
     match result {
