@@ -21,7 +21,8 @@
 use std::mem::MaybeUninit;
 
 use crate::error::{CapacityError, TryRecvError, TrySendError};
-use crate::shared::{Control, new_ring, recv_deadline, waiting_receiver, waiting_sender};
+use crate::ring::Ring;
+use crate::shared::{Control, recv_deadline, waiting_receiver, waiting_sender};
 use crate::sync::{Arc, AtomicBool, Ordering, UnsafeCell};
 use crate::{Receiver, Sender, Transport};
 
@@ -34,8 +35,7 @@ struct Slot<T> {
 }
 
 struct Inner<T> {
-    slots: Box<[Slot<T>]>,
-    mask: usize,
+    ring: Ring<Slot<T>>,
     lookahead: usize,
     /// Slots per cache line (a power of two): the consumer clears `full`
     /// flags a line at a time.
@@ -53,7 +53,7 @@ impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
         // Relaxed: `&mut self`, both ends are gone and joined with us
         // through the Arc's reference count.
-        for s in self.slots.iter_mut() {
+        for s in self.ring.slots_mut() {
             if s.full.load(Ordering::Relaxed) {
                 // SAFETY: `full` marks an initialized value nobody else can
                 // reach: both ends are gone.
@@ -87,19 +87,18 @@ impl Transport for FastForward {
     fn try_channel<T: Send>(
         capacity: usize,
     ) -> Result<(FfProducer<T>, FfConsumer<T>), CapacityError> {
-        let slots = new_ring(capacity, || Slot {
+        let ring = Ring::new(capacity, || Slot {
             full: AtomicBool::new(false),
             value: UnsafeCell::new(MaybeUninit::uninit()),
         })?;
-        let size = slots.len();
+        let size = ring.len();
         // Two cache lines of slots ahead, but never more than half the ring.
         let per_line = (64 / size_of::<Slot<T>>().max(1)).max(1);
         let lookahead = (2 * per_line).min(size / 2).max(1);
         // Largest power of two not above `per_line`, and at most half the ring.
         let clear_batch = (1usize << per_line.ilog2()).clamp(1, size / 2);
         let inner = Arc::new(Inner {
-            slots,
-            mask: size - 1,
+            ring,
             lookahead,
             clear_batch,
             ctl: Control::new(),
@@ -127,14 +126,11 @@ impl<T: Send> FfProducer<T> {
         let ahead = self.head + inner.lookahead;
         // Acquire: the consumer's reads of every slot up to `ahead` happen
         // before we overwrite them (it empties in order, Release each).
-        if !inner.slots[ahead & inner.mask].full.load(Ordering::Acquire) {
+        if !inner.ring.at(ahead).full.load(Ordering::Acquire) {
             self.limit = ahead;
             return true;
         }
-        if !inner.slots[self.head & inner.mask]
-            .full
-            .load(Ordering::Acquire)
-        {
+        if !inner.ring.at(self.head).full.load(Ordering::Acquire) {
             self.limit = self.head + 1;
             return true;
         }
@@ -151,7 +147,7 @@ impl<T: Send> Sender<T> for FfProducer<T> {
         if self.head >= self.limit && !self.make_room() {
             return Err(TrySendError::Full(value));
         }
-        let slot = &self.inner.slots[self.head & self.inner.mask];
+        let slot = self.inner.ring.at(self.head);
         // SAFETY: the slot is empty (make_room) so the consumer does not
         // touch its value until we set `full`.
         slot.value.with_mut(|p| unsafe { (*p).write(value) });
@@ -166,7 +162,7 @@ impl<T: Send> Sender<T> for FfProducer<T> {
     fn publish(&mut self) {}
 
     fn capacity(&self) -> usize {
-        self.inner.slots.len()
+        self.inner.ring.len()
     }
 
     waiting_sender!();
@@ -194,7 +190,9 @@ impl<T> FfConsumer<T> {
         while self.cleared < self.tail {
             // Release: our read of the value happens before the producer
             // reuses the slot.
-            inner.slots[self.cleared & inner.mask]
+            inner
+                .ring
+                .at(self.cleared)
                 .full
                 .store(false, Ordering::Release);
             self.cleared += 1;
@@ -206,17 +204,13 @@ impl<T> FfConsumer<T> {
 impl<T: Send> Receiver<T> for FfConsumer<T> {
     #[inline]
     fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        let slot = &self.inner.slots[self.tail & self.inner.mask];
+        let slot = self.inner.ring.at(self.tail);
         // Acquire: pairs with the producer's Release of `full`.
         if !slot.full.load(Ordering::Acquire) {
             // Idle: give back what we read before reporting it.
             self.clear_read();
             let inner = &*self.inner;
-            if inner.ctl.producer_gone()
-                && !inner.slots[self.tail & inner.mask]
-                    .full
-                    .load(Ordering::Acquire)
-            {
+            if inner.ctl.producer_gone() && !inner.ring.at(self.tail).full.load(Ordering::Acquire) {
                 return Err(TryRecvError::Disconnected);
             }
             return Err(TryRecvError::Empty);

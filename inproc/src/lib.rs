@@ -56,6 +56,7 @@ mod fastforward;
 pub mod flux;
 mod lamport;
 mod onesided;
+mod ring;
 pub mod rpc;
 mod shared;
 mod sync;

@@ -20,7 +20,8 @@ use std::mem::MaybeUninit;
 use crossbeam_utils::CachePadded;
 
 use crate::error::{CapacityError, TryRecvError, TrySendError};
-use crate::shared::{Control, new_ring, recv_deadline, waiting_receiver, waiting_sender};
+use crate::ring::Ring;
+use crate::shared::{Control, recv_deadline, waiting_receiver, waiting_sender};
 use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 use crate::{Receiver, Sender, Transport};
 
@@ -33,8 +34,7 @@ struct Slot<T> {
 }
 
 struct Inner<T> {
-    slots: Box<[Slot<T>]>,
-    mask: usize,
+    ring: Ring<Slot<T>>,
     tail: CachePadded<AtomicUsize>,
     ctl: Control,
 }
@@ -50,7 +50,7 @@ impl<T> Drop for Inner<T> {
         // Relaxed: `&mut self`, both ends are gone (Arc count synchronizes).
         let mut pos = self.tail.load(Ordering::Relaxed);
         loop {
-            let slot = &self.slots[pos & self.mask];
+            let slot = self.ring.at(pos);
             if slot.seq.load(Ordering::Relaxed) != pos + 1 {
                 break;
             }
@@ -83,13 +83,12 @@ impl Transport for Onesided {
     fn try_channel<T: Send>(
         capacity: usize,
     ) -> Result<(OnesidedProducer<T>, OnesidedConsumer<T>), CapacityError> {
-        let slots = new_ring(capacity, || Slot {
+        let ring = Ring::new(capacity, || Slot {
             seq: AtomicUsize::new(0),
             value: UnsafeCell::new(MaybeUninit::uninit()),
         })?;
         let inner = Arc::new(Inner {
-            mask: slots.len() - 1,
-            slots,
+            ring,
             tail: CachePadded::new(AtomicUsize::new(0)),
             ctl: Control::new(),
         });
@@ -111,15 +110,15 @@ impl<T: Send> Sender<T> for OnesidedProducer<T> {
         if inner.ctl.consumer_gone() {
             return Err(TrySendError::Disconnected(value));
         }
-        if self.head - self.cached_tail == inner.slots.len() {
+        if self.head - self.cached_tail == inner.ring.len() {
             // Acquire: the consumer's reads of freed slots happen before we
             // overwrite them.
             self.cached_tail = inner.tail.load(Ordering::Acquire);
-            if self.head - self.cached_tail == inner.slots.len() {
+            if self.head - self.cached_tail == inner.ring.len() {
                 return Err(TrySendError::Full(value));
             }
         }
-        let slot = &inner.slots[self.head & inner.mask];
+        let slot = inner.ring.at(self.head);
         // SAFETY: the slot's previous value was consumed (tail passed it).
         slot.value.with_mut(|p| unsafe { (*p).write(value) });
         // Release: the value is visible to the consumer that sees this seq.
@@ -133,7 +132,7 @@ impl<T: Send> Sender<T> for OnesidedProducer<T> {
     fn publish(&mut self) {}
 
     fn capacity(&self) -> usize {
-        self.inner.slots.len()
+        self.inner.ring.len()
     }
 
     waiting_sender!();
@@ -153,7 +152,7 @@ impl<T: Send> Receiver<T> for OnesidedConsumer<T> {
     #[inline]
     fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let inner = &*self.inner;
-        let slot = &inner.slots[self.tail & inner.mask];
+        let slot = inner.ring.at(self.tail);
         // Acquire: pairs with the producer's Release of `seq`.
         if slot.seq.load(Ordering::Acquire) != self.tail + 1 {
             if inner.ctl.producer_gone() && slot.seq.load(Ordering::Acquire) != self.tail + 1 {

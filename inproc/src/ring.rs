@@ -1,0 +1,175 @@
+//! The array every transport keeps its slots in: a power of two of them,
+//! starting on a pair of cache lines, indexed by a running position with a
+//! mask (no division, no bounds check on the data path).
+//!
+//! Why the alignment: a slot that straddles two lines, or a line shared by
+//! the slot one thread is filling and the slot the other has just handed
+//! back, costs a transfer of that line per message. `Vec`'s alignment (that
+//! of the slot, often 8) would put line boundaries anywhere; starting on a
+//! line pair makes the slots of a power-of-two size tile the lines exactly.
+//! Pairs rather than single lines because the adjacent-line prefetcher of
+//! x86-64 pulls lines in pairs (crossbeam's `CachePadded` is 128 bytes for
+//! the same reason).
+
+use std::alloc::{self, Layout};
+use std::ptr::NonNull;
+
+use crate::error::CapacityError;
+
+/// Bytes of the unit the threads hand over: two 64-byte cache lines.
+pub(crate) const LINE_PAIR: usize = 128;
+
+/// A power of two of `S`, aligned to [`LINE_PAIR`], owned.
+pub(crate) struct Ring<S> {
+    ptr: NonNull<S>,
+    mask: usize,
+}
+
+// SAFETY: a Ring owns its slots like a Box<[S]> does.
+unsafe impl<S: Send> Send for Ring<S> {}
+// SAFETY: shared access hands out only `&S`, like &Box<[S]>.
+unsafe impl<S: Sync> Sync for Ring<S> {}
+
+impl<S> Ring<S> {
+    /// The ring of a queue asked to hold `capacity` values: `capacity`
+    /// rounded up to a power of two (at least 2) slots, each made by `make`.
+    /// Refused, rather than wrapped or panicking, when that size does not
+    /// exist or the allocator has no room for it.
+    pub(crate) fn new(capacity: usize, mut make: impl FnMut() -> S) -> Result<Self, CapacityError> {
+        // The largest power of two whose slots fit in one allocation (at
+        // most `isize::MAX` bytes; a multiple of 128 bytes below that stays
+        // below it once rounded up to the alignment).
+        let max = 1usize << ((isize::MAX as usize) / size_of::<S>().max(1)).ilog2();
+        let size = match capacity.max(2).checked_next_power_of_two() {
+            Some(size) if size <= max => size,
+            _ => {
+                return Err(CapacityError::TooLarge {
+                    requested: capacity,
+                    max,
+                });
+            }
+        };
+        let too_large = || CapacityError::TooLarge {
+            requested: capacity,
+            max,
+        };
+        let bytes = size.checked_mul(size_of::<S>()).ok_or_else(too_large)?;
+        let layout = Layout::from_size_align(bytes, LINE_PAIR.max(align_of::<S>()))
+            .map_err(|_| too_large())?;
+        let ptr = if bytes == 0 {
+            NonNull::dangling()
+        } else {
+            // SAFETY: the layout has a non-zero size.
+            let p = unsafe { alloc::alloc(layout) }.cast::<S>();
+            NonNull::new(p).ok_or(CapacityError::OutOfMemory {
+                requested: capacity,
+                bytes,
+            })?
+        };
+        // Frees what was made so far if `make` panics.
+        struct Partial<S> {
+            ptr: NonNull<S>,
+            made: usize,
+            layout: Layout,
+        }
+        impl<S> Drop for Partial<S> {
+            fn drop(&mut self) {
+                // SAFETY: the first `made` slots were written and nothing
+                // else refers to them; the memory came from `alloc` with
+                // `layout` unless it has no size.
+                unsafe {
+                    std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
+                        self.ptr.as_ptr(),
+                        self.made,
+                    ));
+                    if self.layout.size() != 0 {
+                        alloc::dealloc(self.ptr.as_ptr().cast(), self.layout);
+                    }
+                }
+            }
+        }
+        let mut partial = Partial {
+            ptr,
+            made: 0,
+            layout,
+        };
+        while partial.made < size {
+            // SAFETY: slot `made` is inside the allocation of `size` slots
+            // and not yet written.
+            unsafe { ptr.as_ptr().add(partial.made).write(make()) };
+            partial.made += 1;
+        }
+        std::mem::forget(partial);
+        Ok(Self {
+            ptr,
+            mask: size - 1,
+        })
+    }
+
+    /// The slot of running position `pos` (any `usize`: it wraps).
+    #[inline(always)]
+    pub(crate) fn at(&self, pos: usize) -> &S {
+        // SAFETY: `pos & mask` is below the ring's size, and every slot was
+        // initialized in `new`.
+        unsafe { &*self.ptr.as_ptr().add(pos & self.mask) }
+    }
+
+    /// Number of slots (a power of two).
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.mask + 1
+    }
+
+    /// Every slot, for a destructor that owns the ring.
+    pub(crate) fn slots_mut(&mut self) -> &mut [S] {
+        // SAFETY: `len()` initialized slots, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len()) }
+    }
+}
+
+impl<S> Drop for Ring<S> {
+    fn drop(&mut self) {
+        let bytes = self.len() * size_of::<S>();
+        // SAFETY: every slot is initialized and owned by us; the memory came
+        // from `alloc` with this layout (checked in `new`) unless it has no
+        // size.
+        unsafe {
+            std::ptr::drop_in_place(self.slots_mut() as *mut [S]);
+            if bytes != 0 {
+                let layout =
+                    Layout::from_size_align_unchecked(bytes, LINE_PAIR.max(align_of::<S>()));
+                alloc::dealloc(self.ptr.as_ptr().cast(), layout);
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(inproc_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_start_on_a_line_pair_and_wrap_by_mask() {
+        let r = Ring::new(5, || 0u64).unwrap();
+        assert_eq!(r.len(), 8);
+        assert_eq!(r.at(0) as *const u64 as usize % LINE_PAIR, 0);
+        assert!(std::ptr::eq(r.at(3), r.at(11)));
+        assert!(std::ptr::eq(r.at(usize::MAX), r.at(7)));
+    }
+
+    #[test]
+    fn slots_are_dropped_with_the_ring() {
+        let token = std::sync::Arc::new(());
+        let r = Ring::new(3, || token.clone()).unwrap();
+        assert_eq!(std::sync::Arc::strong_count(&token), 5);
+        drop(r);
+        assert_eq!(std::sync::Arc::strong_count(&token), 1);
+    }
+
+    #[test]
+    fn zero_sized_slots_need_no_memory() {
+        let r = Ring::new(16, || ()).unwrap();
+        assert_eq!(r.len(), 16);
+        let _ = r.at(99);
+    }
+}
