@@ -6,17 +6,30 @@
 //! |-----------------|------------|---------------------------------------|
 //! | `slot.value`    | producer   | while `full == false`                 |
 //! | `slot.full`     | producer   | `true` after the value (`Release`)    |
-//! | `slot.full`     | consumer   | `false` after reading it (`Release`), a cache line of slots at a time, oldest first, and whenever it finds the queue empty |
+//! | `slot.full`     | consumer   | `false` after reading it (`Release`): a batch at a time, once it has read the whole batch, oldest first; and at [`sync`](crate::Receiver::sync) |
 //!
-//! *Temporal slipping*: the producer does not look at the slot it is about
-//! to fill but at one `LOOKAHEAD` slots further. If that one is empty, every
-//! slot up to it is (the consumer empties in order), so the producer may
-//! fill them all without touching the consumer's lines again. The two sides
-//! then work on different cache lines unless the queue is nearly full.
+//! The slots are handed back in *batches*: as many slots as fill a whole
+//! number of cache-line pairs ([`Ring::batch`], 8 slots of a `u64`), the
+//! ring starting on a line pair. The consumer clears a batch's flags only
+//! once it has read the whole batch and moved on to the next, and the
+//! producer, when it runs out of known-empty slots, looks at the *last* slot
+//! of its batch: if that one is empty, so is the rest of the batch (the
+//! consumer empties in order), and it fills them all without looking again.
+//! So when the queue is full the producer refills the lines the consumer has
+//! just left while the consumer reads the next ones (*temporal slipping*: the
+//! two work a batch apart), the consumer writes each line once per lap, and
+//! the producer reads one flag per batch. The consumer reads each slot's
+//! flag with its value (one line); only on an empty queue does it poll the
+//! line the producer is filling, as it must to see the next value at once.
+//! It clears no flag there: that line is the producer's, and a write would
+//! take it from the producer, once per message on a queue kept nearly
+//! empty.
 //!
 //! Values are visible to the consumer as soon as `try_send` returns;
-//! [`publish`](crate::Sender::publish) and [`sync`](crate::Receiver::sync)
-//! are no-ops.
+//! [`publish`](crate::Sender::publish) is a no-op. Slots of a batch read
+//! only in part go back at [`sync`](crate::Receiver::sync) (the batch and
+//! waiting operations sync, and dropping the consumer does); until then the
+//! producer may find up to a batch less room than the capacity.
 
 use std::mem::MaybeUninit;
 
@@ -36,10 +49,8 @@ struct Slot<T> {
 
 struct Inner<T> {
     ring: Ring<Slot<T>>,
-    lookahead: usize,
-    /// Slots per cache line (a power of two): the consumer clears `full`
-    /// flags a line at a time.
-    clear_batch: usize,
+    /// Slots handed back at a time (a power of two, [`Ring::batch`]).
+    batch: usize,
     ctl: Control,
 }
 
@@ -91,16 +102,9 @@ impl Transport for FastForward {
             full: AtomicBool::new(false),
             value: UnsafeCell::new(MaybeUninit::uninit()),
         })?;
-        let size = ring.len();
-        // Two cache lines of slots ahead, but never more than half the ring.
-        let per_line = (64 / size_of::<Slot<T>>().max(1)).max(1);
-        let lookahead = (2 * per_line).min(size / 2).max(1);
-        // Largest power of two not above `per_line`, and at most half the ring.
-        let clear_batch = (1usize << per_line.ilog2()).clamp(1, size / 2);
         let inner = Arc::new(Inner {
+            batch: ring.batch(),
             ring,
-            lookahead,
-            clear_batch,
             ctl: Control::new(),
         });
         Ok((
@@ -123,13 +127,16 @@ impl<T: Send> FfProducer<T> {
     #[inline]
     fn make_room(&mut self) -> bool {
         let inner = &*self.inner;
-        let ahead = self.head + inner.lookahead;
-        // Acquire: the consumer's reads of every slot up to `ahead` happen
-        // before we overwrite them (it empties in order, Release each).
-        if !inner.ring.at(ahead).full.load(Ordering::Acquire) {
-            self.limit = ahead;
+        // The last slot of head's batch. Its previous value is older than
+        // every other one in [head, last], so if the consumer has emptied it
+        // (Acquire: after reading it and every older slot, in order, each
+        // with Release), the whole rest of the batch is ours.
+        let last = self.head | (inner.batch - 1);
+        if !inner.ring.at(last).full.load(Ordering::Acquire) {
+            self.limit = last + 1;
             return true;
         }
+        // A batch the consumer returned in part (`sync`). Acquire as above.
         if !inner.ring.at(self.head).full.load(Ordering::Acquire) {
             self.limit = self.head + 1;
             return true;
@@ -144,17 +151,19 @@ impl<T: Send> Sender<T> for FfProducer<T> {
         if self.inner.ctl.consumer_gone() {
             return Err(TrySendError::Disconnected(value));
         }
-        if self.head >= self.limit && !self.make_room() {
+        if self.head == self.limit && !self.make_room() {
             return Err(TrySendError::Full(value));
         }
-        let slot = self.inner.ring.at(self.head);
+        let inner = &*self.inner;
+        let head = self.head;
+        let slot = inner.ring.at(head);
         // SAFETY: the slot is empty (make_room) so the consumer does not
         // touch its value until we set `full`.
         slot.value.with_mut(|p| unsafe { (*p).write(value) });
         // Release: the value is visible to the consumer that sees `full`.
         slot.full.store(true, Ordering::Release);
-        self.head += 1;
-        self.inner.ctl.data.notify_relaxed();
+        self.head = head + 1;
+        inner.ctl.data.notify_relaxed();
         Ok(())
     }
 
@@ -180,23 +189,19 @@ impl<T: Send> FfConsumer<T> {
 
 impl<T> FfConsumer<T> {
     /// Hands every read slot back to the producer, oldest first (the
-    /// producer's lookahead relies on that order).
+    /// producer's look at the end of a batch relies on that order).
     #[inline]
     fn clear_read(&mut self) {
         if self.cleared == self.tail {
             return;
         }
         let inner = &*self.inner;
-        while self.cleared < self.tail {
+        for pos in self.cleared..self.tail {
             // Release: our read of the value happens before the producer
             // reuses the slot.
-            inner
-                .ring
-                .at(self.cleared)
-                .full
-                .store(false, Ordering::Release);
-            self.cleared += 1;
+            inner.ring.at(pos).full.store(false, Ordering::Release);
         }
+        self.cleared = self.tail;
         inner.ctl.space.notify_relaxed();
     }
 }
@@ -204,13 +209,14 @@ impl<T> FfConsumer<T> {
 impl<T: Send> Receiver<T> for FfConsumer<T> {
     #[inline]
     fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        let slot = self.inner.ring.at(self.tail);
+        let inner = &*self.inner;
+        let tail = self.tail;
+        let slot = inner.ring.at(tail);
         // Acquire: pairs with the producer's Release of `full`.
         if !slot.full.load(Ordering::Acquire) {
-            // Idle: give back what we read before reporting it.
-            self.clear_read();
-            let inner = &*self.inner;
-            if inner.ctl.producer_gone() && !inner.ring.at(self.tail).full.load(Ordering::Acquire) {
+            // Nothing is cleared here: the slots read last share the line
+            // the producer is filling now.
+            if inner.ctl.producer_gone() && !slot.full.load(Ordering::Acquire) {
                 return Err(TryRecvError::Disconnected);
             }
             return Err(TryRecvError::Empty);
@@ -218,10 +224,9 @@ impl<T: Send> Receiver<T> for FfConsumer<T> {
         // SAFETY: `full` says the slot holds an initialized value that the
         // producer will not touch until we clear the flag.
         let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
-        self.tail += 1;
-        // Clearing a line's flags together, once we are past it, keeps the
-        // consumer from writing into a line the producer is still filling.
-        if self.tail & (self.inner.clear_batch - 1) == 0 {
+        self.tail = tail + 1;
+        // A batch read to its end goes back whole, once we are past it.
+        if (tail + 1) & (inner.batch - 1) == 0 {
             self.clear_read();
         }
         Ok(value)

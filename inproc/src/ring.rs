@@ -2,14 +2,13 @@
 //! starting on a pair of cache lines, indexed by a running position with a
 //! mask (no division, no bounds check on the data path).
 //!
-//! Why the alignment: a slot that straddles two lines, or a line shared by
-//! the slot one thread is filling and the slot the other has just handed
-//! back, costs a transfer of that line per message. `Vec`'s alignment (that
-//! of the slot, often 8) would put line boundaries anywhere; starting on a
-//! line pair makes the slots of a power-of-two size tile the lines exactly.
-//! Pairs rather than single lines because the adjacent-line prefetcher of
-//! x86-64 pulls lines in pairs (crossbeam's `CachePadded` is 128 bytes for
-//! the same reason).
+//! Why the alignment: the transports hand slots over a batch of whole
+//! line pairs at a time ([`Ring::batch`]). That only keeps the two threads
+//! on different lines if a batch's first slot starts a line pair; `Vec`'s
+//! alignment (that of the slot, often 8) would let every batch share its
+//! first and last line with its neighbours. Pairs rather than single lines
+//! because the adjacent-line prefetcher of x86-64 pulls lines in pairs
+//! (crossbeam's `CachePadded` is 128 bytes for the same reason).
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -125,6 +124,19 @@ impl<S> Ring<S> {
         // SAFETY: `len()` initialized slots, borrowed mutably through `self`.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len()) }
     }
+
+    /// Slots per batch: the fewest that fill a whole number of line pairs
+    /// (so batches that start on a line pair end on one), but no more than
+    /// twice as many as one line pair holds (slots of a size that shares few
+    /// factors with 128 would otherwise need long batches), and no more than
+    /// a quarter of the ring (so a batch held back by the consumer never
+    /// stops the producer for long). A power of two, at least 1.
+    pub(crate) fn batch(&self) -> usize {
+        let s = size_of::<S>().max(1);
+        let whole_pairs = LINE_PAIR >> (s.trailing_zeros().min(LINE_PAIR.trailing_zeros()));
+        let two_pairs = 2 * LINE_PAIR.div_ceil(s).next_power_of_two();
+        whole_pairs.min(two_pairs).min(self.len() / 4).max(1)
+    }
 }
 
 impl<S> Drop for Ring<S> {
@@ -155,6 +167,20 @@ mod tests {
         assert_eq!(r.at(0) as *const u64 as usize % LINE_PAIR, 0);
         assert!(std::ptr::eq(r.at(3), r.at(11)));
         assert!(std::ptr::eq(r.at(usize::MAX), r.at(7)));
+    }
+
+    #[test]
+    fn a_batch_fills_whole_line_pairs() {
+        let r = Ring::new(4096, || [0u8; 16]).unwrap();
+        assert_eq!(r.batch(), 8);
+        let r = Ring::new(4096, || [0u8; 40]).unwrap();
+        // 8 × 40 = 320 bytes: five lines (a 64-byte boundary), the closest
+        // to one pair that ends on a line.
+        assert_eq!(r.batch(), 8);
+        let r = Ring::new(4096, || [0u8; 24]).unwrap();
+        assert_eq!(r.batch() * 24 % LINE_PAIR, 0);
+        let r = Ring::new(4, || [0u8; 16]).unwrap();
+        assert_eq!(r.batch(), 1);
     }
 
     #[test]
