@@ -1,19 +1,35 @@
 //! The onesided queue: a sequence number per slot, and the consumer never
 //! writes a line the producer writes.
 //!
-//! | word          | written by | when                                         |
-//! |---------------|------------|----------------------------------------------|
-//! | `slot.value`  | producer   | before its `seq`                             |
-//! | `slot.seq`    | producer   | `pos + 1` after the value (`Release`)        |
-//! | `tail`        | consumer   | after each receive (`Release`), own line     |
+//! | word          | written by | when                                                        |
+//! |---------------|------------|-------------------------------------------------------------|
+//! | `slot.value`  | producer   | before its `seq`                                            |
+//! | `slot.seq`    | producer   | `pos + 1` after the value (`Release`)                       |
+//! | `tail`        | consumer   | every [`TAIL_EVERY`] slots read, and at `sync` (`Release`), own line |
 //!
 //! The consumer learns that a slot is filled from the slot itself (no shared
-//! head to read), and reports consumption on a line only it writes, which
-//! the producer reads only when its cached copy says the ring is full. The
-//! producer's lines move to the consumer and never come back dirty.
+//! head to read), and reports consumption on a line only it writes. Each side
+//! keeps a copy of what it knows of the other and touches a shared line only
+//! when that copy runs out:
 //!
-//! Values are visible as soon as `try_send` returns; `publish` and `sync`
-//! are no-ops.
+//! * the producer keeps the last `tail` it read and reads the line again
+//!   only when its copy says the ring is full;
+//! * the consumer stores `tail` once per [`TAIL_EVERY`] slots, not once per
+//!   message. A producer waiting for room reads the `tail` line in a loop,
+//!   so each store there costs the consumer a transfer of the line back;
+//!   per message that transfer, not the slots, set the pace (measured with
+//!   8-byte messages, ring of 4096: 7.4 ns per message, against 4.5 once
+//!   per 64 slots). It also hands room back in runs of 64 slots, so the
+//!   producer refills lines the consumer has left while the consumer reads
+//!   the next ones, instead of the two working on one line.
+//!
+//! The producer's lines move to the consumer and never come back dirty.
+//!
+//! Values are visible as soon as `try_send` returns; `publish` is a no-op.
+//! Slots read since the last store of `tail` go back at
+//! [`sync`](crate::Receiver::sync) (the batch and waiting operations sync,
+//! and dropping the consumer does); until then the producer may find up to
+//! [`TAIL_EVERY`]` - 1` slots less room than the capacity.
 
 use std::mem::MaybeUninit;
 
@@ -25,6 +41,12 @@ use crate::shared::{Control, recv_deadline, waiting_receiver, waiting_sender};
 use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 use crate::{Receiver, Sender, Transport};
 
+/// Slots the consumer reads between two stores of `tail` (at most a quarter
+/// of the ring): 64 amortizes a contended line transfer over enough
+/// messages that it no longer shows (64 and 256 measured alike; 8 and 16
+/// no faster than a store per message).
+pub(crate) const TAIL_EVERY: usize = 64;
+
 /// The onesided transport.
 pub struct Onesided;
 
@@ -35,6 +57,8 @@ struct Slot<T> {
 
 struct Inner<T> {
     ring: Ring<Slot<T>>,
+    /// Slots read between two stores of `tail` (a power of two).
+    tail_every: usize,
     tail: CachePadded<AtomicUsize>,
     ctl: Control,
 }
@@ -48,6 +72,7 @@ unsafe impl<T: Send> Send for Inner<T> {}
 impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
         // Relaxed: `&mut self`, both ends are gone (Arc count synchronizes).
+        // The consumer stored its exact position when it was dropped.
         let mut pos = self.tail.load(Ordering::Relaxed);
         loop {
             let slot = self.ring.at(pos);
@@ -66,13 +91,17 @@ impl<T> Drop for Inner<T> {
 pub struct OnesidedProducer<T> {
     inner: Arc<Inner<T>>,
     head: usize,
-    cached_tail: usize,
+    /// The consumer's `tail` as last read, plus the ring's size: positions
+    /// before it are free.
+    limit: usize,
 }
 
 /// Receiving end of a onesided queue.
 pub struct OnesidedConsumer<T> {
     inner: Arc<Inner<T>>,
     tail: usize,
+    /// `tail` as last stored for the producer.
+    stored: usize,
 }
 
 impl Transport for Onesided {
@@ -87,7 +116,9 @@ impl Transport for Onesided {
             seq: AtomicUsize::new(0),
             value: UnsafeCell::new(MaybeUninit::uninit()),
         })?;
+        let size = ring.len();
         let inner = Arc::new(Inner {
+            tail_every: TAIL_EVERY.min(size / 4).max(1),
             ring,
             tail: CachePadded::new(AtomicUsize::new(0)),
             ctl: Control::new(),
@@ -96,9 +127,13 @@ impl Transport for Onesided {
             OnesidedProducer {
                 inner: inner.clone(),
                 head: 0,
-                cached_tail: 0,
+                limit: size,
             },
-            OnesidedConsumer { inner, tail: 0 },
+            OnesidedConsumer {
+                inner,
+                tail: 0,
+                stored: 0,
+            },
         ))
     }
 }
@@ -110,20 +145,21 @@ impl<T: Send> Sender<T> for OnesidedProducer<T> {
         if inner.ctl.consumer_gone() {
             return Err(TrySendError::Disconnected(value));
         }
-        if self.head - self.cached_tail == inner.ring.len() {
+        let head = self.head;
+        if head == self.limit {
             // Acquire: the consumer's reads of freed slots happen before we
             // overwrite them.
-            self.cached_tail = inner.tail.load(Ordering::Acquire);
-            if self.head - self.cached_tail == inner.ring.len() {
+            self.limit = inner.tail.load(Ordering::Acquire) + inner.ring.len();
+            if head == self.limit {
                 return Err(TrySendError::Full(value));
             }
         }
-        let slot = inner.ring.at(self.head);
+        let slot = inner.ring.at(head);
         // SAFETY: the slot's previous value was consumed (tail passed it).
         slot.value.with_mut(|p| unsafe { (*p).write(value) });
         // Release: the value is visible to the consumer that sees this seq.
-        slot.seq.store(self.head + 1, Ordering::Release);
-        self.head += 1;
+        slot.seq.store(head + 1, Ordering::Release);
+        self.head = head + 1;
         inner.ctl.data.notify_relaxed();
         Ok(())
     }
@@ -148,35 +184,55 @@ impl<T: Send> OnesidedConsumer<T> {
     recv_deadline!();
 }
 
+impl<T> OnesidedConsumer<T> {
+    /// Tells the producer how far we have read.
+    #[inline]
+    fn store_tail(&mut self) {
+        if self.stored != self.tail {
+            // Release: our reads of the slots before `tail` happen before
+            // the producer reuses them.
+            self.inner.tail.store(self.tail, Ordering::Release);
+            self.stored = self.tail;
+            self.inner.ctl.space.notify_relaxed();
+        }
+    }
+}
+
 impl<T: Send> Receiver<T> for OnesidedConsumer<T> {
     #[inline]
     fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let inner = &*self.inner;
-        let slot = inner.ring.at(self.tail);
+        let tail = self.tail;
+        let slot = inner.ring.at(tail);
         // Acquire: pairs with the producer's Release of `seq`.
-        if slot.seq.load(Ordering::Acquire) != self.tail + 1 {
-            if inner.ctl.producer_gone() && slot.seq.load(Ordering::Acquire) != self.tail + 1 {
+        if slot.seq.load(Ordering::Acquire) != tail + 1 {
+            if inner.ctl.producer_gone() && slot.seq.load(Ordering::Acquire) != tail + 1 {
                 return Err(TryRecvError::Disconnected);
             }
             return Err(TryRecvError::Empty);
         }
         // SAFETY: seq says the slot holds the value for position `tail`.
         let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
-        self.tail += 1;
-        // Release: our read happens before the producer reuses the slot.
-        inner.tail.store(self.tail, Ordering::Release);
-        inner.ctl.space.notify_relaxed();
+        self.tail = tail + 1;
+        if (tail + 1) & (inner.tail_every - 1) == 0 {
+            self.store_tail();
+        }
         Ok(value)
     }
 
     #[inline]
-    fn sync(&mut self) {}
+    fn sync(&mut self) {
+        self.store_tail();
+    }
 
     waiting_receiver!();
 }
 
 impl<T> Drop for OnesidedConsumer<T> {
     fn drop(&mut self) {
+        // The queue drops what lies at and after the stored tail: it must
+        // be exact.
+        self.store_tail();
         self.inner.ctl.drop_consumer();
     }
 }

@@ -336,12 +336,14 @@ macro_rules! transport_tests {
 transport_tests!(fastforward: FastForward, lamport: Lamport, onesided: Onesided);
 
 /// Lamport publishes only at `publish`, so it has no per-message use.
-/// (Onesided's consumer stores its position per message, so it never holds
-/// room back.)
 mod per_message {
     use super::*;
     #[test]
     fn fastforward_keeps_fifo_without_publish_or_sync() {
         stress_per_message::<FastForward>()
+    }
+    #[test]
+    fn onesided_keeps_fifo_without_publish_or_sync() {
+        stress_per_message::<Onesided>()
     }
 }
