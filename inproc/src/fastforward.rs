@@ -25,6 +25,10 @@
 //! take it from the producer, once per message on a queue kept nearly
 //! empty.
 //!
+//! The producer pushes each batch it has filled towards the shared cache
+//! ([`Ring::demote`]), where the consumer finds it without snooping the
+//! producer's core.
+//!
 //! Values are visible to the consumer as soon as `try_send` returns;
 //! [`publish`](crate::Sender::publish) is a no-op. Slots of a batch read
 //! only in part go back at [`sync`](crate::Receiver::sync) (the batch and
@@ -163,6 +167,10 @@ impl<T: Send> Sender<T> for FfProducer<T> {
         // Release: the value is visible to the consumer that sees `full`.
         slot.full.store(true, Ordering::Release);
         self.head = head + 1;
+        if (head + 1) & (inner.batch - 1) == 0 {
+            // The batch's lines are complete: off to the shared cache.
+            inner.ring.demote(head + 1 - inner.batch, inner.batch);
+        }
         inner.ctl.data.notify_relaxed();
         Ok(())
     }

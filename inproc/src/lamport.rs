@@ -139,6 +139,7 @@ impl<T: Send> Sender<T> for LamportProducer<T> {
             // Release: every value written before is visible to a consumer
             // that acquires this head.
             self.inner.head.store(self.head, Ordering::Release);
+            self.inner.buf.demote_range(self.published, self.head);
             self.published = self.head;
             self.inner.ctl.data.notify_relaxed();
         }

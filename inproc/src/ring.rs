@@ -113,6 +113,54 @@ impl<S> Ring<S> {
         unsafe { &*self.ptr.as_ptr().add(pos & self.mask) }
     }
 
+    /// Hints the CPU to move the cache lines of the `n` slots from position
+    /// `first` (not wrapping the ring's end) out of this core's private
+    /// caches into the shared last-level cache, where the other thread's
+    /// next read finds them without snooping this core: x86's CLDEMOTE. A
+    /// line that the slot after them shares, if any, stays: the caller is
+    /// about to write it, and a line demoted and then written again costs
+    /// more than one left alone. CLDEMOTE is a hint in the NOP space, so
+    /// processors without it execute it as a NOP and no feature check is
+    /// needed. Elsewhere, and under loom, nothing.
+    #[inline(always)]
+    pub(crate) fn demote(&self, first: usize, n: usize) {
+        #[cfg(all(target_arch = "x86_64", not(inproc_loom)))]
+        {
+            let start = self.at(first) as *const S as usize;
+            let end = (start + n * size_of::<S>()) & !63;
+            let mut line = start & !63;
+            while line < end {
+                // SAFETY: CLDEMOTE neither reads nor writes memory (it is a
+                // hint about the line holding `line`, which lies in our
+                // ring) and changes no register or flag.
+                unsafe {
+                    std::arch::asm!(
+                        "cldemote [{0}]",
+                        in(reg) line,
+                        options(nostack, preserves_flags, readonly)
+                    );
+                }
+                line += 64;
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(inproc_loom))))]
+        let _ = (first, n);
+    }
+
+    /// [`demote`](Self::demote) of the slots of positions `[from, to)`, at
+    /// most the whole ring, which may wrap its end.
+    #[inline]
+    pub(crate) fn demote_range(&self, from: usize, to: usize) {
+        let to_end = self.len() - (from & self.mask);
+        let n = to - from;
+        if n <= to_end {
+            self.demote(from, n);
+        } else {
+            self.demote(from, to_end);
+            self.demote(from + to_end, n - to_end);
+        }
+    }
+
     /// Number of slots (a power of two).
     #[inline(always)]
     pub(crate) fn len(&self) -> usize {
