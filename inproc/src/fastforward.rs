@@ -6,41 +6,43 @@
 //! |-----------------|------------|---------------------------------------|
 //! | `slot.value`    | producer   | while `full == false`                 |
 //! | `slot.full`     | producer   | `true` after the value (`Release`)    |
-//! | `slot.full`     | consumer   | `false` after reading it (`Release`): a batch at a time, once it has read the whole batch, oldest first; and at [`sync`](crate::Receiver::sync) |
+//! | `slot.full`     | consumer   | `false` after reading it (`Release`), oldest first: a hand-back of [`Ring::hand_back`] slots at a time, once it has read all of them; and at [`sync`](crate::Receiver::sync) |
+//! | `returned`      | consumer   | at `sync`: every position before it is empty (`Release`), own line |
 //!
-//! The slots are handed back in *batches*: as many slots as fill a whole
-//! number of cache-line pairs ([`Ring::batch`], 8 slots of a `u64`), the
-//! ring starting on a line pair. The consumer clears a batch's flags only
-//! once it has read the whole batch and moved on to the next, and the
-//! producer, when it runs out of known-empty slots, looks at the *last* slot
-//! of its batch: if that one is empty, so is the rest of the batch (the
-//! consumer empties in order), and it fills them all without looking again.
-//! So when the queue is full the producer refills the lines the consumer has
-//! just left while the consumer reads the next ones (*temporal slipping*: the
-//! two work a batch apart), the consumer writes each line once per lap, and
-//! the producer reads one flag per batch. The consumer reads each slot's
-//! flag with its value (one line); only on an empty queue does it poll the
-//! line the producer is filling, as it must to see the next value at once.
-//! It clears no flag there: that line is the producer's, and a write would
-//! take it from the producer, once per message on a queue kept nearly
-//! empty.
+//! The consumer hands slots back in runs of [`Ring::hand_back`] (64 slots),
+//! the ring starting on a cache-line pair: it clears a run's flags once it
+//! has read the whole run and pushes their lines to the shared cache
+//! ([`Ring::demote`]). The producer, out of known-empty slots, reads the
+//! flag of the *last* slot of its run: if that one is empty, so is the rest
+//! of the run (the consumer empties in order), and it fills them all
+//! without looking again. So when the queue is full the producer refills
+//! lines the consumer has left while the consumer reads the next ones
+//! (*temporal slipping*, producer side), the consumer writes each line once
+//! per lap, and the producer reads one flag per run. A run read only in
+//! part goes back at `sync`, which also stores how far on `returned`, a
+//! line the producer reads only when the last flag of its run says full:
+//! `sync` makes all room available, exactly (rpc's "a reply never fails for
+//! lack of room" relies on it), without the producer ever polling the line
+//! the consumer is reading. Between syncs the producer may find up to a run
+//! less room than the capacity, never so little that it waits on slots
+//! the consumer has read: a queue it finds full still holds unread values.
 //!
-//! The producer pushes each batch it has filled towards the shared cache
-//! ([`Ring::demote`]), where the consumer finds it without snooping the
-//! producer's core.
+//! The consumer reads each slot's flag with its value (one line); on an
+//! empty queue it polls the slot it waits for, and clears no flag there
+//! (that line is the producer's). The producer pushes each line pair it has
+//! filled to the shared cache.
 //!
 //! Values are visible to the consumer as soon as `try_send` returns;
-//! [`publish`](crate::Sender::publish) is a no-op. Slots of a batch read
-//! only in part go back at [`sync`](crate::Receiver::sync) (the batch and
-//! waiting operations sync, and dropping the consumer does); until then the
-//! producer may find up to a batch less room than the capacity.
+//! [`publish`](crate::Sender::publish) is a no-op.
 
 use std::mem::MaybeUninit;
+
+use crossbeam_utils::CachePadded;
 
 use crate::error::{CapacityError, TryRecvError, TrySendError};
 use crate::ring::Ring;
 use crate::shared::{Control, recv_deadline, waiting_receiver, waiting_sender};
-use crate::sync::{Arc, AtomicBool, Ordering, UnsafeCell};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering, UnsafeCell};
 use crate::{Receiver, Sender, Transport};
 
 /// The FastForward transport.
@@ -53,8 +55,13 @@ struct Slot<T> {
 
 struct Inner<T> {
     ring: Ring<Slot<T>>,
-    /// Slots handed back at a time (a power of two, [`Ring::batch`]).
+    /// Slots per line-pair batch ([`Ring::batch`]): the producer demotes
+    /// them together.
     batch: usize,
+    /// Slots the consumer hands back at a time ([`Ring::hand_back`]).
+    hand_back: usize,
+    /// Positions before this one were handed back by a `sync`.
+    returned: CachePadded<AtomicUsize>,
     ctl: Control,
 }
 
@@ -108,6 +115,8 @@ impl Transport for FastForward {
         })?;
         let inner = Arc::new(Inner {
             batch: ring.batch(),
+            hand_back: ring.hand_back(),
+            returned: CachePadded::new(AtomicUsize::new(0)),
             ring,
             ctl: Control::new(),
         });
@@ -131,18 +140,20 @@ impl<T: Send> FfProducer<T> {
     #[inline]
     fn make_room(&mut self) -> bool {
         let inner = &*self.inner;
-        // The last slot of head's batch. Its previous value is older than
+        // The last slot of head's run. Its previous value is older than
         // every other one in [head, last], so if the consumer has emptied it
         // (Acquire: after reading it and every older slot, in order, each
-        // with Release), the whole rest of the batch is ours.
-        let last = self.head | (inner.batch - 1);
+        // with Release), the whole rest of the run is ours.
+        let last = self.head | (inner.hand_back - 1);
         if !inner.ring.at(last).full.load(Ordering::Acquire) {
             self.limit = last + 1;
             return true;
         }
-        // A batch the consumer returned in part (`sync`). Acquire as above.
-        if !inner.ring.at(self.head).full.load(Ordering::Acquire) {
-            self.limit = self.head + 1;
+        // A run the consumer handed back in part, at a sync. Acquire: its
+        // clears (and reads) happen before we reuse the slots.
+        let limit = inner.returned.load(Ordering::Acquire) + inner.ring.len();
+        if limit > self.head {
+            self.limit = limit;
             return true;
         }
         false
@@ -197,7 +208,8 @@ impl<T: Send> FfConsumer<T> {
 
 impl<T> FfConsumer<T> {
     /// Hands every read slot back to the producer, oldest first (the
-    /// producer's look at the end of a batch relies on that order).
+    /// producer's look at the end of a run relies on that order), and moves
+    /// their lines to the shared cache, where the producer will want them.
     #[inline]
     fn clear_read(&mut self) {
         if self.cleared == self.tail {
@@ -209,6 +221,7 @@ impl<T> FfConsumer<T> {
             // reuses the slot.
             inner.ring.at(pos).full.store(false, Ordering::Release);
         }
+        inner.ring.demote(self.cleared, self.tail - self.cleared);
         self.cleared = self.tail;
         inner.ctl.space.notify_relaxed();
     }
@@ -219,22 +232,23 @@ impl<T: Send> Receiver<T> for FfConsumer<T> {
     fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let inner = &*self.inner;
         let tail = self.tail;
-        let slot = inner.ring.at(tail);
         // Acquire: pairs with the producer's Release of `full`.
-        if !slot.full.load(Ordering::Acquire) {
+        let filled = |pos| inner.ring.at(pos).full.load(Ordering::Acquire);
+        if !filled(tail) {
             // Nothing is cleared here: the slots read last share the line
             // the producer is filling now.
-            if inner.ctl.producer_gone() && !slot.full.load(Ordering::Acquire) {
+            if inner.ctl.producer_gone() && !filled(tail) {
                 return Err(TryRecvError::Disconnected);
             }
             return Err(TryRecvError::Empty);
         }
+        let slot = inner.ring.at(tail);
         // SAFETY: `full` says the slot holds an initialized value that the
         // producer will not touch until we clear the flag.
         let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
         self.tail = tail + 1;
-        // A batch read to its end goes back whole, once we are past it.
-        if (tail + 1) & (inner.batch - 1) == 0 {
+        // A run read to its end goes back whole, once we are past it.
+        if (tail + 1) & (inner.hand_back - 1) == 0 {
             self.clear_read();
         }
         Ok(value)
@@ -242,7 +256,13 @@ impl<T: Send> Receiver<T> for FfConsumer<T> {
 
     #[inline]
     fn sync(&mut self) {
-        self.clear_read();
+        if self.cleared != self.tail {
+            self.clear_read();
+            // Release: the clears (and our reads) before it happen before
+            // the producer, which reads this instead of our flags, reuses
+            // the slots.
+            self.inner.returned.store(self.cleared, Ordering::Release);
+        }
     }
 
     waiting_receiver!();

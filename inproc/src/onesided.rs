@@ -5,34 +5,35 @@
 //! |---------------|------------|-------------------------------------------------------------|
 //! | `slot.value`  | producer   | before its `seq`                                            |
 //! | `slot.seq`    | producer   | `pos + 1` after the value (`Release`)                       |
-//! | `tail`        | consumer   | every [`TAIL_EVERY`] slots read, and at `sync` (`Release`), own line |
+//! | `tail`        | consumer   | every [`Ring::hand_back`] slots read, and at `sync` (`Release`), own line |
 //!
 //! The consumer learns that a slot is filled from the slot itself (no shared
 //! head to read), and reports consumption on a line only it writes. Each side
 //! keeps a copy of what it knows of the other and touches a shared line only
 //! when that copy runs out:
 //!
-//! * the producer keeps the last `tail` it read and reads the line again
-//!   only when its copy says the ring is full;
-//! * the consumer stores `tail` once per [`TAIL_EVERY`] slots, not once per
-//!   message. A producer waiting for room reads the `tail` line in a loop,
-//!   so each store there costs the consumer a transfer of the line back;
-//!   per message that transfer, not the slots, set the pace (measured with
-//!   8-byte messages, ring of 4096: 7.6 ns per message with a store per
-//!   message, 4.0 every 8 slots, 2.9 every 64). It also hands room back in
-//!   runs of 64 slots, so the producer refills lines the consumer has left
-//!   while the consumer reads the next ones, instead of the two working on
-//!   one line.
+//! * the producer keeps `tail + size` as the end of its known room and reads
+//!   the `tail` line again only when it reaches it;
+//! * the consumer stores `tail` once per hand-back of [`Ring::hand_back`]
+//!   slots (64), not once per message: a producer waiting for room reads the
+//!   line in a loop, so every store there costs the consumer a transfer of
+//!   it (see [`Ring::hand_back`] for what that cost). Room then comes back
+//!   in runs of 64 slots, which the producer refills while the consumer
+//!   reads the next ones (temporal slipping, producer side).
 //!
-//! The producer's lines move to the consumer and never come back dirty; it
-//! pushes each line pair it has filled towards the shared cache
-//! ([`Ring::demote`]), where the consumer finds it.
+//! The producer's lines move to the consumer and never come back dirty: the
+//! producer pushes each line pair it has filled to the shared cache, and the
+//! consumer each run it has read ([`Ring::demote`]), so neither finds the
+//! other's lines in the other's core.
 //!
 //! Values are visible as soon as `try_send` returns; `publish` is a no-op.
 //! Slots read since the last store of `tail` go back at
 //! [`sync`](crate::Receiver::sync) (the batch and waiting operations sync,
-//! and dropping the consumer does); until then the producer may find up to
-//! [`TAIL_EVERY`]` - 1` slots less room than the capacity.
+//! and dropping the consumer does), exactly: rpc's "a reply never fails for
+//! lack of room" relies on it. Between syncs the producer may find up to a
+//! hand-back less room than the capacity, never so little that it waits on
+//! slots the consumer has read: a queue it finds full still holds unread
+//! values.
 
 use std::mem::MaybeUninit;
 
@@ -43,11 +44,6 @@ use crate::ring::Ring;
 use crate::shared::{Control, recv_deadline, waiting_receiver, waiting_sender};
 use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 use crate::{Receiver, Sender, Transport};
-
-/// Slots the consumer reads between two stores of `tail` (at most a quarter
-/// of the ring): 64 amortizes a contended line transfer over enough
-/// messages that it no longer shows (256 measured no faster).
-pub(crate) const TAIL_EVERY: usize = 64;
 
 /// The onesided transport.
 pub struct Onesided;
@@ -62,8 +58,8 @@ struct Inner<T> {
     /// Slots per line-pair batch ([`Ring::batch`]): the producer demotes
     /// them together.
     batch: usize,
-    /// Slots read between two stores of `tail` (a power of two).
-    tail_every: usize,
+    /// Slots read between two stores of `tail` ([`Ring::hand_back`]).
+    hand_back: usize,
     tail: CachePadded<AtomicUsize>,
     ctl: Control,
 }
@@ -124,7 +120,7 @@ impl Transport for Onesided {
         let size = ring.len();
         let inner = Arc::new(Inner {
             batch: ring.batch(),
-            tail_every: TAIL_EVERY.min(size / 4).max(1),
+            hand_back: ring.hand_back(),
             ring,
             tail: CachePadded::new(AtomicUsize::new(0)),
             ctl: Control::new(),
@@ -195,13 +191,16 @@ impl<T: Send> OnesidedConsumer<T> {
 }
 
 impl<T> OnesidedConsumer<T> {
-    /// Tells the producer how far we have read.
+    /// Tells the producer how far we have read, and moves the lines read
+    /// since the last time to the shared cache, where the producer will
+    /// want them.
     #[inline]
     fn store_tail(&mut self) {
         if self.stored != self.tail {
             // Release: our reads of the slots before `tail` happen before
             // the producer reuses them.
             self.inner.tail.store(self.tail, Ordering::Release);
+            self.inner.ring.demote(self.stored, self.tail - self.stored);
             self.stored = self.tail;
             self.inner.ctl.space.notify_relaxed();
         }
@@ -213,18 +212,19 @@ impl<T: Send> Receiver<T> for OnesidedConsumer<T> {
     fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let inner = &*self.inner;
         let tail = self.tail;
-        let slot = inner.ring.at(tail);
         // Acquire: pairs with the producer's Release of `seq`.
-        if slot.seq.load(Ordering::Acquire) != tail + 1 {
-            if inner.ctl.producer_gone() && slot.seq.load(Ordering::Acquire) != tail + 1 {
+        let filled = |pos: usize| inner.ring.at(pos).seq.load(Ordering::Acquire) == pos + 1;
+        if !filled(tail) {
+            if inner.ctl.producer_gone() && !filled(tail) {
                 return Err(TryRecvError::Disconnected);
             }
             return Err(TryRecvError::Empty);
         }
+        let slot = inner.ring.at(tail);
         // SAFETY: seq says the slot holds the value for position `tail`.
         let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
         self.tail = tail + 1;
-        if (tail + 1) & (inner.tail_every - 1) == 0 {
+        if (tail + 1) & (inner.hand_back - 1) == 0 {
             self.store_tail();
         }
         Ok(value)
