@@ -20,7 +20,8 @@ use std::mem::MaybeUninit;
 use crossbeam_utils::CachePadded;
 
 use crate::error::{CapacityError, TryRecvError, TrySendError};
-use crate::shared::{Control, new_ring, recv_deadline, waiting_receiver, waiting_sender};
+use crate::ring::Ring;
+use crate::shared::{Control, recv_deadline, waiting_receiver, waiting_sender};
 use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 use crate::{Receiver, Sender, Transport};
 
@@ -28,8 +29,7 @@ use crate::{Receiver, Sender, Transport};
 pub struct Lamport;
 
 struct Inner<T> {
-    buf: Box<[UnsafeCell<MaybeUninit<T>>]>,
-    mask: usize,
+    buf: Ring<UnsafeCell<MaybeUninit<T>>>,
     head: CachePadded<AtomicUsize>,
     tail: CachePadded<AtomicUsize>,
     ctl: Control,
@@ -53,7 +53,9 @@ impl<T> Drop for Inner<T> {
         for i in tail..head {
             // SAFETY: positions in [tail, head) hold initialized values that
             // were sent and never received.
-            self.buf[i & self.mask].with_mut(|p| unsafe { (*p).assume_init_drop() });
+            self.buf
+                .at(i)
+                .with_mut(|p| unsafe { (*p).assume_init_drop() });
         }
     }
 }
@@ -82,9 +84,8 @@ impl Transport for Lamport {
     fn try_channel<T: Send>(
         capacity: usize,
     ) -> Result<(LamportProducer<T>, LamportConsumer<T>), CapacityError> {
-        let buf = new_ring(capacity, || UnsafeCell::new(MaybeUninit::uninit()))?;
+        let buf = Ring::new(capacity, || UnsafeCell::new(MaybeUninit::uninit()))?;
         let inner = Arc::new(Inner {
-            mask: buf.len() - 1,
             buf,
             head: CachePadded::new(AtomicUsize::new(0)),
             tail: CachePadded::new(AtomicUsize::new(0)),
@@ -124,7 +125,10 @@ impl<T: Send> Sender<T> for LamportProducer<T> {
         }
         // SAFETY: the slot is outside [tail, head) as last synced, so the
         // consumer does not read it until we publish past it.
-        inner.buf[self.head & inner.mask].with_mut(|p| unsafe { (*p).write(value) });
+        inner
+            .buf
+            .at(self.head)
+            .with_mut(|p| unsafe { (*p).write(value) });
         self.head += 1;
         Ok(())
     }
@@ -135,6 +139,7 @@ impl<T: Send> Sender<T> for LamportProducer<T> {
             // Release: every value written before is visible to a consumer
             // that acquires this head.
             self.inner.head.store(self.head, Ordering::Release);
+            self.inner.buf.demote_range(self.published, self.head);
             self.published = self.head;
             self.inner.ctl.data.notify_relaxed();
         }
@@ -180,7 +185,10 @@ impl<T: Send> Receiver<T> for LamportConsumer<T> {
         }
         // SAFETY: tail < published head: initialized, and the producer does
         // not overwrite it before we sync past it.
-        let value = inner.buf[self.tail & inner.mask].with(|p| unsafe { (*p).assume_init_read() });
+        let value = inner
+            .buf
+            .at(self.tail)
+            .with(|p| unsafe { (*p).assume_init_read() });
         self.tail += 1;
         Ok(value)
     }

@@ -3,18 +3,26 @@
 //! Three single-producer single-consumer queues behind one interface
 //! ([`Transport`], [`Sender`], [`Receiver`]):
 //!
-//! * [`FastForward`]: a `full` flag per slot, no shared indices, temporal
-//!   slipping so the two threads work on different cache lines;
+//! * [`FastForward`]: a `full` flag per slot, no shared indices; the
+//!   consumer hands slots back 64 at a time, so the producer refills lines
+//!   the consumer has left (temporal slipping);
 //! * [`Lamport`]: shared head and tail with cached copies and explicit
 //!   batched publication (`publish` / `sync`): one shared write per batch;
 //! * [`Onesided`]: a sequence number per slot; the consumer never writes a
-//!   line the producer writes.
+//!   line the producer writes, and stores its position once per 64 slots.
+//!
+//! Each ring starts on a cache-line pair, and each side pushes the lines it
+//! is done with to the shared cache (CLDEMOTE on x86-64), where the other
+//! side finds them without snooping its core.
 //!
 //! Producer and consumer are separate types and neither is `Clone`, so
 //! "single producer, single consumer" is enforced by the type system. Full
 //! and empty are errors that hand the value back; dropping one end is seen
 //! by the other as `Disconnected`. The waiting operations (`send`, `recv`)
-//! spin with backoff and then park, so a waiting thread can sleep.
+//! spin with backoff and then park, so a waiting thread can sleep. "Full"
+//! means full once the consumer has synced: between syncs FastForward and
+//! onesided may hold back up to 63 read slots, never so many that a
+//! producer waits on them.
 //!
 //! A capacity that cannot be honoured (its power-of-two ring does not fit
 //! in memory, or in `usize` at all) is refused by
@@ -56,6 +64,7 @@ mod fastforward;
 pub mod flux;
 mod lamport;
 mod onesided;
+mod ring;
 pub mod rpc;
 mod shared;
 mod sync;

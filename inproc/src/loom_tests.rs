@@ -1,9 +1,10 @@
 //! `loom` models of the three transports: every interleaving of a producer
 //! and a consumer over a two-slot ring, with enough messages to wrap;
-//! Lamport's batched publication and sync; a three-node Flux mesh; and a
-//! Flux peer dropped while calls to it are in flight. A value read racing
-//! its write is reported by loom's cell tracking; loss, duplication or
-//! reordering fails the asserts.
+//! FastForward's and onesided's hand-back of slots in runs (a ring of 8 in
+//! runs of 2, the consumer never syncing); Lamport's batched publication
+//! and sync; a three-node Flux mesh; and a Flux peer dropped while calls to
+//! it are in flight. A value read racing its write is reported by loom's
+//! cell tracking; loss, duplication or reordering fails the asserts.
 //!
 //! `RUSTFLAGS="--cfg inproc_loom" cargo test -p inproc --lib --release loom`
 
@@ -65,6 +66,59 @@ fn loom_lamport_wraps_in_order() {
 #[test]
 fn loom_onesided_wraps_in_order() {
     fifo::<Onesided>(3);
+}
+
+/// Producer sends `0..n` with `try_send` alone, consumer takes them with
+/// `try_recv` alone and never syncs: how FastForward and onesided are used
+/// per message, their consumer handing slots back a run at a time (2 slots
+/// in a ring of 8). Ten values wrap the ring far enough that the producer
+/// refills a run's second slot, so a hand-back that raced the consumer's
+/// read of it, or one out of order, would be seen; the consumer ends with a
+/// run read in part, which its drop hands back before the queue drops the
+/// rest.
+///
+/// Bounded to three preemptions: unbounded, ten values through a ring of
+/// eight do not finish in minutes. The bound still catches what it is for:
+/// onesided storing `tail` before reading the slot, or FastForward
+/// clearing a run newest first, each fails this model.
+fn fifo_unsynced<T: Transport>(n: usize) {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(3);
+    model.check(move || {
+        let (mut tx, mut rx) = T::channel::<usize>(8);
+        let producer = thread::spawn(move || {
+            for i in 0..n {
+                let mut v = i;
+                while let Err(e) = tx.try_send(v) {
+                    v = e.into_inner();
+                    thread::yield_now();
+                }
+            }
+        });
+        let mut next = 0;
+        while next < n {
+            match rx.try_recv() {
+                Ok(v) => {
+                    assert_eq!(v, next, "out of order or duplicated");
+                    next += 1;
+                }
+                Err(TryRecvError::Empty) => thread::yield_now(),
+                Err(TryRecvError::Disconnected) => panic!("lost {} values", n - next),
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    });
+}
+
+#[test]
+fn loom_fastforward_batches_wrap_in_order_without_sync() {
+    fifo_unsynced::<FastForward>(10);
+}
+
+#[test]
+fn loom_onesided_batches_wrap_in_order_without_sync() {
+    fifo_unsynced::<Onesided>(10);
 }
 
 #[test]

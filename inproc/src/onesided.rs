@@ -1,26 +1,47 @@
 //! The onesided queue: a sequence number per slot, and the consumer never
 //! writes a line the producer writes.
 //!
-//! | word          | written by | when                                         |
-//! |---------------|------------|----------------------------------------------|
-//! | `slot.value`  | producer   | before its `seq`                             |
-//! | `slot.seq`    | producer   | `pos + 1` after the value (`Release`)        |
-//! | `tail`        | consumer   | after each receive (`Release`), own line     |
+//! | word          | written by | when                                                        |
+//! |---------------|------------|-------------------------------------------------------------|
+//! | `slot.value`  | producer   | before its `seq`                                            |
+//! | `slot.seq`    | producer   | `pos + 1` after the value (`Release`)                       |
+//! | `tail`        | consumer   | every [`Ring::hand_back`] slots read, and at `sync` (`Release`), own line |
 //!
 //! The consumer learns that a slot is filled from the slot itself (no shared
-//! head to read), and reports consumption on a line only it writes, which
-//! the producer reads only when its cached copy says the ring is full. The
-//! producer's lines move to the consumer and never come back dirty.
+//! head to read), and reports consumption on a line only it writes. Each side
+//! keeps a copy of what it knows of the other and touches a shared line only
+//! when that copy runs out:
 //!
-//! Values are visible as soon as `try_send` returns; `publish` and `sync`
-//! are no-ops.
+//! * the producer keeps `tail + size` as the end of its known room and reads
+//!   the `tail` line again only when it reaches it;
+//! * the consumer stores `tail` once per hand-back of [`Ring::hand_back`]
+//!   slots (64), not once per message: a producer waiting for room reads the
+//!   line in a loop, so every store there costs the consumer a transfer of
+//!   it (see [`Ring::hand_back`] for what that cost). Room then comes back
+//!   in runs of 64 slots, which the producer refills while the consumer
+//!   reads the next ones (temporal slipping, producer side).
+//!
+//! The producer's lines move to the consumer and never come back dirty: the
+//! producer pushes each line pair it has filled to the shared cache, and the
+//! consumer each run it has read ([`Ring::demote`]), so neither finds the
+//! other's lines in the other's core.
+//!
+//! Values are visible as soon as `try_send` returns; `publish` is a no-op.
+//! Slots read since the last store of `tail` go back at
+//! [`sync`](crate::Receiver::sync) (the batch and waiting operations sync,
+//! and dropping the consumer does), exactly: rpc's "a reply never fails for
+//! lack of room" relies on it. Between syncs the producer may find up to a
+//! hand-back less room than the capacity, never so little that it waits on
+//! slots the consumer has read: a queue it finds full still holds unread
+//! values.
 
 use std::mem::MaybeUninit;
 
 use crossbeam_utils::CachePadded;
 
 use crate::error::{CapacityError, TryRecvError, TrySendError};
-use crate::shared::{Control, new_ring, recv_deadline, waiting_receiver, waiting_sender};
+use crate::ring::Ring;
+use crate::shared::{Control, recv_deadline, waiting_receiver, waiting_sender};
 use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 use crate::{Receiver, Sender, Transport};
 
@@ -33,8 +54,12 @@ struct Slot<T> {
 }
 
 struct Inner<T> {
-    slots: Box<[Slot<T>]>,
-    mask: usize,
+    ring: Ring<Slot<T>>,
+    /// Slots per line-pair batch ([`Ring::batch`]): the producer demotes
+    /// them together.
+    batch: usize,
+    /// Slots read between two stores of `tail` ([`Ring::hand_back`]).
+    hand_back: usize,
     tail: CachePadded<AtomicUsize>,
     ctl: Control,
 }
@@ -48,9 +73,10 @@ unsafe impl<T: Send> Send for Inner<T> {}
 impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
         // Relaxed: `&mut self`, both ends are gone (Arc count synchronizes).
+        // The consumer stored its exact position when it was dropped.
         let mut pos = self.tail.load(Ordering::Relaxed);
         loop {
-            let slot = &self.slots[pos & self.mask];
+            let slot = self.ring.at(pos);
             if slot.seq.load(Ordering::Relaxed) != pos + 1 {
                 break;
             }
@@ -66,13 +92,17 @@ impl<T> Drop for Inner<T> {
 pub struct OnesidedProducer<T> {
     inner: Arc<Inner<T>>,
     head: usize,
-    cached_tail: usize,
+    /// The consumer's `tail` as last read, plus the ring's size: positions
+    /// before it are free.
+    limit: usize,
 }
 
 /// Receiving end of a onesided queue.
 pub struct OnesidedConsumer<T> {
     inner: Arc<Inner<T>>,
     tail: usize,
+    /// `tail` as last stored for the producer.
+    stored: usize,
 }
 
 impl Transport for Onesided {
@@ -83,13 +113,15 @@ impl Transport for Onesided {
     fn try_channel<T: Send>(
         capacity: usize,
     ) -> Result<(OnesidedProducer<T>, OnesidedConsumer<T>), CapacityError> {
-        let slots = new_ring(capacity, || Slot {
+        let ring = Ring::new(capacity, || Slot {
             seq: AtomicUsize::new(0),
             value: UnsafeCell::new(MaybeUninit::uninit()),
         })?;
+        let size = ring.len();
         let inner = Arc::new(Inner {
-            mask: slots.len() - 1,
-            slots,
+            batch: ring.batch(),
+            hand_back: ring.hand_back(),
+            ring,
             tail: CachePadded::new(AtomicUsize::new(0)),
             ctl: Control::new(),
         });
@@ -97,9 +129,13 @@ impl Transport for Onesided {
             OnesidedProducer {
                 inner: inner.clone(),
                 head: 0,
-                cached_tail: 0,
+                limit: size,
             },
-            OnesidedConsumer { inner, tail: 0 },
+            OnesidedConsumer {
+                inner,
+                tail: 0,
+                stored: 0,
+            },
         ))
     }
 }
@@ -111,20 +147,25 @@ impl<T: Send> Sender<T> for OnesidedProducer<T> {
         if inner.ctl.consumer_gone() {
             return Err(TrySendError::Disconnected(value));
         }
-        if self.head - self.cached_tail == inner.slots.len() {
+        let head = self.head;
+        if head == self.limit {
             // Acquire: the consumer's reads of freed slots happen before we
             // overwrite them.
-            self.cached_tail = inner.tail.load(Ordering::Acquire);
-            if self.head - self.cached_tail == inner.slots.len() {
+            self.limit = inner.tail.load(Ordering::Acquire) + inner.ring.len();
+            if head == self.limit {
                 return Err(TrySendError::Full(value));
             }
         }
-        let slot = &inner.slots[self.head & inner.mask];
+        let slot = inner.ring.at(head);
         // SAFETY: the slot's previous value was consumed (tail passed it).
         slot.value.with_mut(|p| unsafe { (*p).write(value) });
         // Release: the value is visible to the consumer that sees this seq.
-        slot.seq.store(self.head + 1, Ordering::Release);
-        self.head += 1;
+        slot.seq.store(head + 1, Ordering::Release);
+        self.head = head + 1;
+        if (head + 1) & (inner.batch - 1) == 0 {
+            // The batch's lines are complete: off to the shared cache.
+            inner.ring.demote(head + 1 - inner.batch, inner.batch);
+        }
         inner.ctl.data.notify_relaxed();
         Ok(())
     }
@@ -133,7 +174,7 @@ impl<T: Send> Sender<T> for OnesidedProducer<T> {
     fn publish(&mut self) {}
 
     fn capacity(&self) -> usize {
-        self.inner.slots.len()
+        self.inner.ring.len()
     }
 
     waiting_sender!();
@@ -149,35 +190,59 @@ impl<T: Send> OnesidedConsumer<T> {
     recv_deadline!();
 }
 
+impl<T> OnesidedConsumer<T> {
+    /// Tells the producer how far we have read, and moves the lines read
+    /// since the last time to the shared cache, where the producer will
+    /// want them.
+    #[inline]
+    fn store_tail(&mut self) {
+        if self.stored != self.tail {
+            // Release: our reads of the slots before `tail` happen before
+            // the producer reuses them.
+            self.inner.tail.store(self.tail, Ordering::Release);
+            self.inner.ring.demote(self.stored, self.tail - self.stored);
+            self.stored = self.tail;
+            self.inner.ctl.space.notify_relaxed();
+        }
+    }
+}
+
 impl<T: Send> Receiver<T> for OnesidedConsumer<T> {
     #[inline]
     fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let inner = &*self.inner;
-        let slot = &inner.slots[self.tail & inner.mask];
+        let tail = self.tail;
         // Acquire: pairs with the producer's Release of `seq`.
-        if slot.seq.load(Ordering::Acquire) != self.tail + 1 {
-            if inner.ctl.producer_gone() && slot.seq.load(Ordering::Acquire) != self.tail + 1 {
+        let filled = |pos: usize| inner.ring.at(pos).seq.load(Ordering::Acquire) == pos + 1;
+        if !filled(tail) {
+            if inner.ctl.producer_gone() && !filled(tail) {
                 return Err(TryRecvError::Disconnected);
             }
             return Err(TryRecvError::Empty);
         }
+        let slot = inner.ring.at(tail);
         // SAFETY: seq says the slot holds the value for position `tail`.
         let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
-        self.tail += 1;
-        // Release: our read happens before the producer reuses the slot.
-        inner.tail.store(self.tail, Ordering::Release);
-        inner.ctl.space.notify_relaxed();
+        self.tail = tail + 1;
+        if (tail + 1) & (inner.hand_back - 1) == 0 {
+            self.store_tail();
+        }
         Ok(value)
     }
 
     #[inline]
-    fn sync(&mut self) {}
+    fn sync(&mut self) {
+        self.store_tail();
+    }
 
     waiting_receiver!();
 }
 
 impl<T> Drop for OnesidedConsumer<T> {
     fn drop(&mut self) {
+        // The queue drops what lies at and after the stored tail: it must
+        // be exact.
+        self.store_tail();
         self.inner.ctl.drop_consumer();
     }
 }

@@ -153,26 +153,6 @@ impl Control {
     }
 }
 
-/// The ring of a queue asked to hold `capacity` values: `capacity` rounded
-/// up to a power of two (at least 2) slots, each made by `slot`. Refused,
-/// rather than wrapped or panicking, when that size does not exist or the
-/// allocator has no room for it.
-pub(crate) fn new_ring<S>(
-    capacity: usize,
-    slot: impl FnMut() -> S,
-) -> Result<Box<[S]>, CapacityError> {
-    // The largest power of two whose slots fit in one allocation (at most
-    // `isize::MAX` bytes).
-    let max = 1usize << ((isize::MAX as usize) / size_of::<S>().max(1)).ilog2();
-    match capacity.max(2).checked_next_power_of_two() {
-        Some(size) if size <= max => new_slots(capacity, size, slot),
-        _ => Err(CapacityError::TooLarge {
-            requested: capacity,
-            max,
-        }),
-    }
-}
-
 /// `n` values made by `make`, or `OutOfMemory` (naming `requested`) when
 /// the allocator refuses, or `TooLarge` when `n` values cannot be one
 /// allocation.

@@ -1,9 +1,11 @@
 //! The queues as the benchmark drives them: one non-blocking attempt per
 //! call ([`Tx::try_send`], [`Rx::try_recv`]), wrapped in busy loops
-//! ([`send_spin`], [`recv_spin`]), so every implementation is measured in
-//! the same spin mode. The inproc transports are adapted by [`Inproc`],
-//! which publishes and syncs every `EVERY` messages; the peers (rtrb,
-//! crossbeam, std) by thin impls of [`Tx`]/[`Rx`].
+//! ([`send_spin`], [`recv_spin`]) of one of two kinds ([`Idle`]: a PAUSE
+//! after every failed attempt, or none), so every implementation is
+//! measured in the same spin mode. The inproc transports are adapted by
+//! [`Inproc`], which publishes and syncs every `EVERY` messages (or only
+//! when the queue is full or empty); the peers (rtrb, crossbeam, std) by
+//! thin impls of [`Tx`]/[`Rx`].
 
 use std::hint::spin_loop;
 use std::marker::PhantomData;
@@ -79,10 +81,48 @@ impl Stall {
     }
 }
 
+/// What a busy loop does after an attempt that found the queue full or
+/// empty, before it tries again.
+pub trait Idle {
+    /// Name in figure ids.
+    const NAME: &'static str;
+    /// What the table says about it.
+    const ABOUT: &'static str;
+    /// Called after every failed attempt.
+    fn idle();
+}
+
+/// Spin with PAUSE: `std::hint::spin_loop()` (the x86 PAUSE instruction)
+/// after every failed attempt, as a well-behaved spin-wait does. On recent
+/// Intel cores a PAUSE lasts on the order of a hundred cycles, so it slows
+/// down whichever side fails more often.
+pub struct Pause;
+
+impl Idle for Pause {
+    const NAME: &'static str = "pause";
+    const ABOUT: &'static str = "spin with PAUSE (a `spin_loop()` hint after every poll that finds the queue full or empty)";
+    #[inline(always)]
+    fn idle() {
+        spin_loop();
+    }
+}
+
+/// Plain busy poll: the next attempt follows at once, so the figure shows
+/// the queue's own cost, including what polling a contended line costs the
+/// other side.
+pub struct Poll;
+
+impl Idle for Poll {
+    const NAME: &'static str = "poll";
+    const ABOUT: &'static str = "plain busy poll (no PAUSE: a failed poll is retried at once)";
+    #[inline(always)]
+    fn idle() {}
+}
+
 /// Sends `m`, spinning while the queue is full (flushing first, so a
 /// batching sender never waits on values it has not published).
 #[inline]
-pub fn send_spin<M>(tx: &mut impl Tx<M>, mut m: M) {
+pub fn send_spin<I: Idle, M>(tx: &mut impl Tx<M>, mut m: M) {
     let mut stall = Stall::new();
     loop {
         match tx.try_send(m) {
@@ -90,7 +130,7 @@ pub fn send_spin<M>(tx: &mut impl Tx<M>, mut m: M) {
             Err(back) => {
                 m = back;
                 tx.flush();
-                spin_loop();
+                I::idle();
                 stall.tick("sender");
             }
         }
@@ -100,21 +140,29 @@ pub fn send_spin<M>(tx: &mut impl Tx<M>, mut m: M) {
 /// Receives a message, spinning while the queue is empty (releasing room
 /// first, so a batching receiver never holds back a waiting sender).
 #[inline]
-pub fn recv_spin<M>(rx: &mut impl Rx<M>) -> M {
+pub fn recv_spin<I: Idle, M>(rx: &mut impl Rx<M>) -> M {
     let mut stall = Stall::new();
     loop {
         if let Some(m) = rx.try_recv() {
             return m;
         }
         rx.release();
-        spin_loop();
+        I::idle();
         stall.tick("receiver");
     }
 }
 
 /// An inproc transport `T` that publishes after every `EVERY` sends and
-/// syncs after every `EVERY` receives (`EVERY = 1`: each message).
+/// syncs after every `EVERY` receives (`EVERY = 1`: each message), and in
+/// any case when the queue is found full or empty ([`send_spin`],
+/// [`recv_spin`]). `EVERY = `[`IDLE_ONLY`]: only then.
 pub struct Inproc<T, const EVERY: usize>(PhantomData<T>);
+
+/// `Inproc`'s `EVERY` for publishing and syncing only when the queue is
+/// found full or empty: how FastForward and onesided are used, since their
+/// values are visible at `try_send` and room comes back as they are read
+/// (a partly read batch waits for a sync).
+pub const IDLE_ONLY: usize = 0;
 
 /// One end of an inproc queue with its count of messages not yet
 /// published (sender) or synced (receiver).
@@ -148,10 +196,12 @@ impl<M, S: Sender<M>, const EVERY: usize> Tx<M> for Paced<S, EVERY> {
     fn try_send(&mut self, m: M) -> Result<(), M> {
         match self.end.try_send(m) {
             Ok(()) => {
-                self.pending += 1;
-                if self.pending == EVERY {
-                    self.end.publish();
-                    self.pending = 0;
+                if EVERY != IDLE_ONLY {
+                    self.pending += 1;
+                    if self.pending == EVERY {
+                        self.end.publish();
+                        self.pending = 0;
+                    }
                 }
                 Ok(())
             }
@@ -172,10 +222,12 @@ impl<M, R: Receiver<M>, const EVERY: usize> Rx<M> for Paced<R, EVERY> {
     fn try_recv(&mut self) -> Option<M> {
         match self.end.try_recv() {
             Ok(m) => {
-                self.pending += 1;
-                if self.pending == EVERY {
-                    self.end.sync();
-                    self.pending = 0;
+                if EVERY != IDLE_ONLY {
+                    self.pending += 1;
+                    if self.pending == EVERY {
+                        self.end.sync();
+                        self.pending = 0;
+                    }
                 }
                 Some(m)
             }
