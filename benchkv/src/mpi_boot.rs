@@ -58,7 +58,16 @@ impl Mpi {
     /// The MPI library's own version line.
     pub fn library(&self) -> String {
         mpi::environment::library_version()
-            .map(|s| s.lines().next().unwrap_or("").trim().to_string())
+            // Open MPI's string carries NUL bytes (C padding): drop them,
+            // or they end up in the JSON and the report.
+            .map(|s| {
+                s.lines()
+                    .next()
+                    .unwrap_or("")
+                    .replace('\0', "")
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_else(|_| "unknown".into())
     }
 
