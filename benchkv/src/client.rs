@@ -169,6 +169,7 @@ impl<const N: usize> Client<N> {
             if n > 0 {
                 idle = 0;
                 last_response = now;
+                // Relaxed: a counter for the progress line only.
                 self.progress.fetch_add(n as u64, Ordering::Relaxed);
                 continue;
             }

@@ -275,6 +275,7 @@ fn start_process(
         }
         // End of output without an error line: after the rank closed its
         // input that is the normal end; before, it died.
+        // Relaxed: a flag; nothing is published through it.
         if !finishing.load(Ordering::Relaxed) {
             fail(died("exited without a word (killed?)".into()));
         }
@@ -360,6 +361,8 @@ fn serve<const N: usize>(spec: ClientSpec, say: &dyn Fn(String)) -> Result<(), E
                 reason: format!("client process: unexpected command {line:?}"),
             })?;
         let start = Instant::now() + Duration::from_nanos(nanos);
+        // Relaxed: a progress counter and a flag; results travel by the
+        // pipe, not through these.
         progress.store(0, Ordering::Relaxed);
         running.store(true, Ordering::Relaxed);
         let r = client.run(start);

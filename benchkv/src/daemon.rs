@@ -197,6 +197,8 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
                     reason: format!("daemon {} stopped: another thread failed", self.index),
                 });
             }
+            // Relaxed (here and below): flags; the daemon's counts reach
+            // the rank through `join`, which synchronizes.
             if !quiesced && self.control.quiesce.load(Ordering::Relaxed) {
                 self.net.quiesce();
                 self.control.quiesced.fetch_add(1, Ordering::Relaxed);

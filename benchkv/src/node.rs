@@ -66,6 +66,7 @@ impl Failures {
 
     /// The first failure, if any thread failed.
     fn check(&self) -> Result<(), Error> {
+        // Relaxed: a flag; the failure itself is read under its lock.
         if !self.control.abort.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -323,6 +324,7 @@ fn run_class<const N: usize>(mpi: &Mpi, p: &Params) -> Result<Option<Report>, Er
         mpi.barrier(&format!("start of run {run}"), run_timeout, || {
             failures.check()
         })?;
+        // Relaxed: a counter for the progress line only.
         progress_ops.store(0, Ordering::Relaxed);
         clients.run(Instant::now() + Duration::from_millis(2))?;
         let mut line = Progress::new(format!("run {}/{}", run + 1, p.runs), rank == 0);
@@ -341,6 +343,8 @@ fn run_class<const N: usize>(mpi: &Mpi, p: &Params) -> Result<Option<Report>, Er
     // Shutdown: quiesce everywhere, then stop.
     mpi.barrier("end of the clients", run_timeout, || failures.check())?;
     clients.finish();
+    // Relaxed: flags (see `Control`); what daemons did comes back by
+    // `join`.
     control.quiesce.store(true, Ordering::Relaxed);
     let deadline = Instant::now() + SETUP_TIMEOUT;
     while control.quiesced.load(Ordering::Relaxed) < d {
