@@ -84,6 +84,9 @@ impl Endpoint {
     }
 }
 
+/// Idle polls per look at the device's asynchronous events.
+const ASYNC_EVERY: u32 = 64;
+
 /// Context numbers, so a handle of one context is refused by another.
 static NEXT_CONTEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
@@ -272,6 +275,8 @@ pub struct Context<U> {
     dirty: Vec<u32>,
     /// Endpoints that failed with calls still to hand back.
     failing: Vec<u32>,
+    /// Polls that found nothing (paces the asynchronous-event check).
+    idle_polls: u32,
     signal_every: u32,
 }
 
@@ -329,6 +334,7 @@ impl<U> Context<U> {
             dropped: Rc::new(RefCell::new(Vec::new())),
             dirty: Vec::new(),
             failing: Vec::new(),
+            idle_polls: ASYNC_EVERY - 1,
             signal_every: (cfg.sq_depth / 4).max(1),
             cfg,
         })
@@ -656,7 +662,13 @@ impl<U> Context<U> {
             if self.cfg.call_timeout.is_some() {
                 self.expire(&mut on_response);
             }
-            self.async_events();
+            // On hardware asking costs a syscall (a `read` of the event
+            // descriptor): ask once per ASYNC_EVERY idle polls. Events are
+            // rare and a failed QP also shows in its next completion.
+            self.idle_polls = self.idle_polls.wrapping_add(1);
+            if self.idle_polls.is_multiple_of(ASYNC_EVERY) {
+                self.async_events();
+            }
         }
         for ep in self.failing.drain(..) {
             let e = &mut self.eps[ep as usize];
