@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::event::AsyncEvent;
-pub use crate::soft::{Progress, WireStats};
+pub use crate::soft::{LinkInfo, LinkKind, Progress, SOFT_LINK_ENV, WireStats};
 
 /// The environment variable tests, examples, benches and benchkv honour.
 pub const ENV: &str = "MLX5_DEVICE";
@@ -191,6 +191,18 @@ impl Context {
     /// [`Error::SoftOnly`] on hardware.
     pub fn wire_stats(&self) -> Result<WireStats, Error> {
         self.inner.backend.wire_stats()
+    }
+
+    /// The software device's links to devices in other processes or
+    /// hosts, each with its peer and kind (shared memory, unix or tcp
+    /// socket); [`Error::SoftOnly`] on hardware.
+    pub fn soft_links(&self) -> Result<Vec<LinkInfo>, Error> {
+        let d = self
+            .inner
+            .backend
+            .soft_device()
+            .ok_or(Error::SoftOnly("soft_links"))?;
+        Ok(d.links())
     }
 
     /// The next asynchronous event of the device, without waiting

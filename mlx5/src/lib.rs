@@ -104,7 +104,7 @@ pub mod wqe;
 
 pub use cq::{Completion, Cq};
 pub use cqe::Kind;
-pub use device::{Context, ENV, Progress, Selection, WireStats};
+pub use device::{Context, ENV, LinkInfo, LinkKind, Progress, SOFT_LINK_ENV, Selection, WireStats};
 pub use faults::Faults;
 pub use mr::{Mr, Pd};
 pub use prm::{Access, QpState, Syndrome};

@@ -37,13 +37,14 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::bell::{self, EventFd};
+use super::shm::{self, Corrupt, Offer, Pipe};
 use super::wire::{
     self, Addr, HDR, HELLO_LEN, K_HELLO, K_REQ, K_RESP, K_WELCOME, REQ_LEN, RESP_LEN, Request,
     Resp, WELCOME_LEN, WIRE_MAGIC, WIRE_VERSION, header, le32,
@@ -155,30 +156,90 @@ const HANDSHAKE: Duration = Duration::from_secs(5);
 /// Counters of a device's wire traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WireStats {
-    /// Links (sockets to other devices) the device holds: those up (one
-    /// that dies is removed in the pass that notices, or at once by
-    /// `drop_peer`).
+    /// Links (to devices in other processes or hosts) the device holds:
+    /// those up (one that dies is removed in the pass that notices, or at
+    /// once by `drop_peer`).
     pub links: usize,
+    /// Of those, the links over shared memory (the rest are sockets): see
+    /// [`LinkKind`].
+    pub shm_links: usize,
     /// REQ and RESP frames sent.
     pub frames_sent: u64,
     /// REQ and RESP frames received.
     pub frames_received: u64,
-    /// `write` calls that sent bytes.
+    /// `write` calls that sent bytes (on a shared-memory link: copies
+    /// into its ring, each published by one store).
     pub writes: u64,
-    /// `read` calls that returned bytes.
+    /// `read` calls that returned bytes (shared memory: copies out of the
+    /// ring).
     pub reads: u64,
+    /// Eventfd writes that woke a sleeping same-host peer (shared-memory
+    /// links only: a busy link makes none).
+    pub wakeups: u64,
     /// Bytes sent and received (frames included).
     pub bytes_sent: u64,
     /// Bytes received.
     pub bytes_received: u64,
 }
 
-/// A socket to another device and its buffers.
+/// How a link carries its frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A unix stream socket (another process of this host, shared memory
+    /// refused or turned off with `MLX5_SOFT_LINK=socket`).
+    Unix,
+    /// A TCP socket (another host, or a device listening on TCP).
+    Tcp,
+    /// Shared-memory rings, the unix socket kept for the handshake and
+    /// liveness (another process of this host; the default there).
+    Shm,
+}
+
+impl std::fmt::Display for LinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkKind::Unix => "unix socket",
+            LinkKind::Tcp => "tcp socket",
+            LinkKind::Shm => "shared memory",
+        })
+    }
+}
+
+/// One link of a software device, as `Context::soft_links` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The peer device's address (`unix:@…` or `tcp:IP:PORT`).
+    pub peer: String,
+    /// How the link carries frames.
+    pub kind: LinkKind,
+    /// Requests sent on it and not yet answered.
+    pub outstanding: usize,
+}
+
+/// A connection to another device, handshake done: the socket, and the
+/// shared-memory rings when both sides chose them.
+pub(crate) struct Conn {
+    pub(crate) stream: Stream,
+    pub(crate) shm: Option<Pipe>,
+}
+
+/// How often a busy shared-memory link looks at its control socket for
+/// the peer's death (a sleeping one is woken by it at once).
+const CONTROL_CHECK: Duration = Duration::from_millis(1);
+
+/// A link to another device and its buffers.
 pub(crate) struct Link {
     pub(crate) id: u64,
     /// The peer device's address.
     pub(crate) peer: [u8; 16],
+    /// The socket: it carries the frames, or, under shared memory, only
+    /// the handshake and the peer's death (EOF).
     stream: Option<Stream>,
+    /// The shared-memory rings that carry the frames instead.
+    shm: Option<Pipe>,
+    kind: LinkKind,
+    /// When to look at a shared-memory link's control socket next.
+    next_check: Instant,
     /// Received bytes; a progress pass borrows it while it handles frames.
     pub(crate) rx: Vec<u8>,
     /// Parsed up to / filled up to.
@@ -240,11 +301,19 @@ pub(crate) fn ack_budget(timeout: u8, retry_cnt: u8) -> Duration {
 }
 
 impl Link {
-    pub(crate) fn new(id: u64, peer: [u8; 16], stream: Stream) -> Link {
+    pub(crate) fn new(id: u64, peer: [u8; 16], c: Conn) -> Link {
+        let kind = match (&c.shm, &c.stream) {
+            (Some(_), _) => LinkKind::Shm,
+            (None, Stream::Unix(_)) => LinkKind::Unix,
+            (None, Stream::Tcp(_)) => LinkKind::Tcp,
+        };
         Link {
             id,
             peer,
-            stream: Some(stream),
+            stream: Some(c.stream),
+            shm: c.shm,
+            kind,
+            next_check: Instant::now(),
             rx: Vec::new(),
             rx_head: 0,
             rx_tail: 0,
@@ -274,6 +343,7 @@ impl Link {
             self.dead = Some(reason);
         }
         self.stream = None;
+        self.shm = None;
         self.tx = Vec::new();
         self.rx = Vec::new();
         self.rx_head = 0;
@@ -336,8 +406,29 @@ impl Link {
         self.stream.as_ref().map(Stream::fd)
     }
 
+    pub(crate) fn kind(&self) -> LinkKind {
+        self.kind
+    }
+
+    /// Whether the socket has bytes to take (a shared-memory link never
+    /// waits for its socket to take bytes: its peer's wake-up does that).
     pub(crate) fn wants_write(&self) -> bool {
-        self.tx_head < self.tx_ready
+        self.shm.is_none() && self.tx_head < self.tx_ready
+    }
+
+    /// The device thread is about to sleep: a same-host peer that sends
+    /// or frees ring space from now on wakes it.
+    pub(crate) fn announce_sleep(&mut self) {
+        if let Some(p) = self.shm.as_mut() {
+            p.announce_sleep();
+        }
+    }
+
+    /// The device thread is awake again.
+    pub(crate) fn awake(&mut self) {
+        if let Some(p) = self.shm.as_mut() {
+            p.awake();
+        }
     }
 
     /// Bytes queued and not yet written.
@@ -345,9 +436,13 @@ impl Link {
         self.tx.len() - self.tx_head
     }
 
-    /// Reads what the socket has (without blocking), at most [`RX_PASS`]
-    /// bytes. Returns bytes read; the link is killed on EOF or error.
-    pub(crate) fn fill(&mut self, st: &mut WireStats) -> usize {
+    /// Reads what the socket (or the shared-memory ring) has, without
+    /// blocking, at most [`RX_PASS`] bytes. Returns bytes read; the link is
+    /// killed on EOF, error, or a ring index the peer cannot have written.
+    pub(crate) fn fill(&mut self, st: &mut WireStats, now: Instant) -> usize {
+        if self.shm.is_some() {
+            return self.fill_shm(st, now);
+        }
         let mut got = 0;
         while got < RX_PASS {
             if self.rx_head == self.rx_tail {
@@ -389,6 +484,79 @@ impl Link {
             return 0;
         }
         got
+    }
+
+    /// `fill` for a shared-memory link: the ring instead of the socket,
+    /// and a look at the socket for the peer's death every
+    /// [`CONTROL_CHECK`].
+    fn fill_shm(&mut self, st: &mut WireStats, now: Instant) -> usize {
+        if now >= self.next_check {
+            self.next_check = now + CONTROL_CHECK;
+            self.check_control();
+        }
+        let mut got = 0;
+        while got < RX_PASS {
+            if self.rx_head == self.rx_tail {
+                self.rx_head = 0;
+                self.rx_tail = 0;
+            }
+            if self.rx_tail == self.rx.len() && !self.make_room() {
+                break;
+            }
+            let Some(p) = self.shm.as_mut() else {
+                return got;
+            };
+            match p.read(&mut self.rx[self.rx_tail..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    st.reads += 1;
+                    st.bytes_received += n as u64;
+                    got += n;
+                    self.rx_tail += n;
+                    if self.rx_tail < self.rx.len() {
+                        break;
+                    }
+                }
+                Err(Corrupt(e)) => {
+                    self.kill(format!("the peer broke the shared-memory ring: {e}"));
+                    return got;
+                }
+            }
+        }
+        // Space came back: a peer asleep with bytes to send wants it.
+        if got > 0
+            && let Some(p) = self.shm.as_mut()
+            && p.nudge()
+        {
+            st.wakeups += 1;
+        }
+        if self.blackhole {
+            self.rx_head = self.rx_tail;
+            return 0;
+        }
+        got
+    }
+
+    /// A shared-memory link's socket carries nothing after the handshake:
+    /// EOF is the peer's death, bytes a broken peer; either kills the link.
+    fn check_control(&mut self) {
+        let Some(s) = self.stream.as_mut() else {
+            return;
+        };
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => self.kill("the peer closed the connection".into()),
+            Ok(_) => self.kill(
+                "protocol error from the peer: bytes on the control socket of a shared-memory link"
+                    .into(),
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => self.kill(format!("the control socket failed: {e}")),
+        }
     }
 
     /// Makes room after the bytes of a full receive buffer: moves them to
@@ -481,6 +649,10 @@ impl Link {
                 self.held.pop_front();
             }
         }
+        if self.shm.is_some() {
+            self.flush_shm(st);
+            return self.held.front().map(|h| h.1);
+        }
         while self.tx_head < self.tx_ready {
             let s = self.stream.as_mut()?;
             match s.write(&self.tx[self.tx_head..self.tx_ready]) {
@@ -497,6 +669,42 @@ impl Link {
                 }
             }
         }
+        self.compact_tx();
+        self.held.front().map(|h| h.1)
+    }
+
+    /// `flush`'s writes for a shared-memory link: into the ring until it
+    /// is full (the rest waits for the peer to free space, which wakes
+    /// this side if it sleeps), then one look at whether the peer sleeps.
+    fn flush_shm(&mut self, st: &mut WireStats) {
+        let mut sent = false;
+        while self.tx_head < self.tx_ready {
+            let Some(p) = self.shm.as_mut() else { return };
+            match p.write(&self.tx[self.tx_head..self.tx_ready]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    st.writes += 1;
+                    st.bytes_sent += n as u64;
+                    self.tx_head += n;
+                    sent = true;
+                }
+                Err(Corrupt(e)) => {
+                    self.kill(format!("the peer broke the shared-memory ring: {e}"));
+                    return;
+                }
+            }
+        }
+        if sent
+            && let Some(p) = self.shm.as_mut()
+            && p.nudge()
+        {
+            st.wakeups += 1;
+        }
+        self.compact_tx();
+    }
+
+    /// Drops the bytes written from the front of `tx`.
+    fn compact_tx(&mut self) {
         if self.tx_head == self.tx.len() {
             self.tx.clear();
             self.tx_head = 0;
@@ -509,12 +717,22 @@ impl Link {
             }
             self.tx_head = 0;
         }
-        self.held.front().map(|h| h.1)
     }
 }
 
-/// Connects to the device at `to` and performs the handshake.
-pub(crate) fn connect(from: [u8; 16], to: Addr) -> Result<Stream, String> {
+/// The eight bytes that carry the connector's memfd and eventfd.
+const SHM_OFFER: [u8; 8] = *b"M5SHMOFR";
+/// The eight bytes that carry the acceptor's eventfd back.
+const SHM_ACCEPT: [u8; 8] = *b"M5SHMACC";
+/// HELLO flag: the connector offers shared-memory rings.
+const HELLO_SHM: u16 = 1;
+
+/// Connects to the device at `to` and performs the handshake. `bell` is
+/// this device's wake-up eventfd when it wants a shared-memory link with
+/// a device of this host (the acceptor may refuse: then the socket
+/// carries the frames).
+pub(crate) fn connect(from: [u8; 16], to: Addr, bell: Option<RawFd>) -> Result<Conn, String> {
+    let bell = bell.filter(|_| matches!(to, Addr::Unix { .. }));
     let stream = match to {
         Addr::Unix { pid, id } => {
             let a = UnixAddr::from_abstract_name(Addr::unix_name(pid, id).as_bytes())
@@ -538,6 +756,8 @@ pub(crate) fn connect(from: [u8; 16], to: Addr) -> Result<Stream, String> {
     hello[..HDR].copy_from_slice(&header(K_HELLO, HELLO_LEN));
     hello[HDR..HDR + 4].copy_from_slice(&WIRE_MAGIC);
     hello[HDR + 4..HDR + 6].copy_from_slice(&WIRE_VERSION.to_le_bytes());
+    let flags = if bell.is_some() { HELLO_SHM } else { 0 };
+    hello[HDR + 6..HDR + 8].copy_from_slice(&flags.to_le_bytes());
     hello[HDR + 8..HDR + 24].copy_from_slice(&from);
     hello[HDR + 24..HDR + 40].copy_from_slice(&to.encode());
     s.write_all(&hello).map_err(fail)?;
@@ -554,13 +774,55 @@ pub(crate) fn connect(from: [u8; 16], to: Addr) -> Result<Stream, String> {
              connection info?)"
         ));
     }
+    let shm = match bell {
+        Some(bell) if w[HDR + 1] == 1 => Some(offer_shm(&s, bell).map_err(|e| {
+            format!("handshake with software device {to} failed: shared memory: {e}")
+        })?),
+        _ => None,
+    };
     s.set_blocking_timeout(None).map_err(fail)?;
-    Ok(s)
+    Ok(Conn { stream: s, shm })
 }
 
-/// The acceptor side of the handshake: reads HELLO, answers WELCOME.
-/// Returns the connector's address.
-fn welcome(s: &mut Stream, me: [u8; 16]) -> io::Result<Option<[u8; 16]>> {
+/// The connector's half of the shared-memory exchange: sends a new sealed
+/// memfd and this side's eventfd, receives the acceptor's eventfd.
+fn offer_shm(s: &Stream, bell: RawFd) -> Result<Pipe, String> {
+    let (offer, memfd) = Offer::create().map_err(|e| format!("creating the rings: {e}"))?;
+    shm::send_fds(s.fd(), &SHM_OFFER, &[memfd.as_raw_fd(), bell]).map_err(|e| e.to_string())?;
+    let mut b = [0u8; 8];
+    let mut fds = shm::recv_fds(s.fd(), &mut b, 1).map_err(|e| e.to_string())?;
+    if b != SHM_ACCEPT || fds.len() != 1 {
+        return Err("the peer did not accept the rings".into());
+    }
+    let peer_bell = fds.pop().expect("one");
+    shm::check_eventfd(&peer_bell)?;
+    Ok(offer.into_pipe(peer_bell))
+}
+
+/// The acceptor's half: receives the memfd and the connector's eventfd,
+/// checks and maps them, sends this side's eventfd.
+fn accept_shm(s: &Stream, bell: RawFd) -> Result<Pipe, String> {
+    let mut b = [0u8; 8];
+    let mut fds: Vec<OwnedFd> = shm::recv_fds(s.fd(), &mut b, 2).map_err(|e| e.to_string())?;
+    if b != SHM_OFFER || fds.len() != 2 {
+        return Err("no rings offered".into());
+    }
+    let peer_bell = fds.pop().expect("two");
+    shm::check_eventfd(&peer_bell)?;
+    let pipe = Pipe::open(&fds[0], peer_bell)?;
+    shm::send_fds(s.fd(), &SHM_ACCEPT, &[bell]).map_err(|e| e.to_string())?;
+    Ok(pipe)
+}
+
+/// The acceptor side of the handshake: reads HELLO, answers WELCOME (and
+/// sets up the shared-memory rings when the connector offers them and
+/// `bell`, this device's eventfd, says this side wants them). Returns the
+/// connector's address and the rings.
+fn welcome(
+    s: &mut Stream,
+    me: [u8; 16],
+    bell: Option<RawFd>,
+) -> io::Result<Option<([u8; 16], Option<Pipe>)>> {
     s.set_blocking_timeout(Some(HANDSHAKE))?;
     let mut h = [0u8; HDR + HELLO_LEN];
     s.read_exact(&mut h)?;
@@ -574,18 +836,30 @@ fn welcome(s: &mut Stream, me: [u8; 16]) -> io::Result<Option<[u8; 16]>> {
     let mut from = [0u8; 16];
     from.copy_from_slice(&b[8..24]);
     let ok = b[24..40] == me && Addr::decode(&from).is_ok();
+    let offered = u16::from_le_bytes([b[6], b[7]]) & HELLO_SHM != 0;
+    let bell = bell.filter(|_| offered && ok && matches!(s, Stream::Unix(_)));
     let mut w = [0u8; HDR + WELCOME_LEN];
     w[..HDR].copy_from_slice(&header(K_WELCOME, WELCOME_LEN));
     w[HDR] = u8::from(!ok);
+    w[HDR + 1] = u8::from(bell.is_some());
     s.write_all(&w)?;
     if !ok {
         return Ok(None);
     }
+    let shm = match bell {
+        // A connector that offered rings and then sent none or bad ones is
+        // refused (the connection closes).
+        Some(bell) => match accept_shm(s, bell) {
+            Ok(p) => Some(p),
+            Err(_) => return Ok(None),
+        },
+        None => None,
+    };
     if let Stream::Tcp(t) = s {
         t.set_nodelay(true)?;
     }
     s.set_blocking_timeout(None)?;
-    Ok(Some(from))
+    Ok(Some((from, shm)))
 }
 
 /// One thread per process accepts connections for every listening device.
@@ -606,7 +880,9 @@ struct Entry {
 /// alive).
 pub(crate) trait Adopt: Send + Sync {
     /// A connection from the device at address `from`.
-    fn adopt(&self, from: [u8; 16], s: Stream);
+    fn adopt(&self, from: [u8; 16], c: Conn);
+    /// The device's wake-up eventfd if it takes shared-memory links.
+    fn shm_bell(&self) -> Option<RawFd>;
 }
 
 static ACCEPTOR: Mutex<Option<&'static Acceptor>> = Mutex::new(None);
@@ -685,8 +961,8 @@ fn accept_loop(a: &'static Acceptor) {
             }
             while let Ok(mut s) = e.listener.accept() {
                 let Some(d) = e.dev.upgrade() else { break };
-                if let Ok(Some(from)) = welcome(&mut s, e.addr) {
-                    d.adopt(from, s);
+                if let Ok(Some((from, shm))) = welcome(&mut s, e.addr, d.shm_bell()) {
+                    d.adopt(from, Conn { stream: s, shm });
                 }
             }
         }
@@ -703,7 +979,11 @@ mod tests {
     fn link() -> (Link, UnixStream) {
         let (a, b) = UnixStream::pair().expect("socket pair");
         a.set_nonblocking(true).expect("nonblocking");
-        (Link::new(1, [0; 16], Stream::Unix(a)), b)
+        let c = Conn {
+            stream: Stream::Unix(a),
+            shm: None,
+        };
+        (Link::new(1, [0; 16], c), b)
     }
 
     fn frame_header(kind: u8, len: u32) -> [u8; HDR] {
@@ -737,7 +1017,7 @@ mod tests {
         peer.write_all(&frame_header(K_REQ, 64 << 20)).unwrap();
         peer.write_all(&[7u8; 1000]).unwrap();
         let mut st = WireStats::default();
-        assert_eq!(l.fill(&mut st), HDR + 1000);
+        assert_eq!(l.fill(&mut st, Instant::now()), HDR + 1000);
         assert!(l.next_frame().is_none(), "the body is still to come");
         assert!(l.rx.len() <= RX_BATCH, "{} bytes", l.rx.len());
         // As the body arrives, the buffer grows by at most what it holds.
@@ -748,7 +1028,7 @@ mod tests {
         });
         let mut arrived = HDR + 1000;
         while arrived < HDR + 1000 + MORE {
-            arrived += l.fill(&mut st);
+            arrived += l.fill(&mut st, Instant::now());
             assert!(l.is_up());
             assert!(l.next_frame().is_none());
             assert!(l.rx.len() <= 2 * arrived.max(RX_BATCH), "{}", l.rx.len());
@@ -763,13 +1043,13 @@ mod tests {
         // A REQ with a payload: refused from its header alone.
         peer.write_all(&frame_header(K_REQ, REQ_LEN as u32 + 1))
             .unwrap();
-        l.fill(&mut st);
+        l.fill(&mut st, Instant::now());
         assert_eq!(l.next_frame(), Some(Err(Bad::ReqOverLimit)));
         // A RESP with data when no READ is in flight: refused.
         let (mut l, mut peer) = link();
         peer.write_all(&frame_header(K_RESP, RESP_LEN as u32 + 1))
             .unwrap();
-        l.fill(&mut st);
+        l.fill(&mut st, Instant::now());
         assert!(matches!(l.next_frame(), Some(Err(Bad::Frame(_)))));
     }
 
@@ -781,13 +1061,13 @@ mod tests {
         l.put_req(&read_request(4000, 1), 0, &[]);
         peer.write_all(&frame_header(K_RESP, (RESP_LEN + 4000) as u32))
             .unwrap();
-        l.fill(&mut st);
+        l.fill(&mut st, Instant::now());
         assert_eq!(l.next_frame(), None, "within the limit: awaits its body");
         let (mut l, mut peer) = link();
         l.put_req(&read_request(4000, 0), 0, &[]);
         peer.write_all(&frame_header(K_RESP, (RESP_LEN + 4001) as u32))
             .unwrap();
-        l.fill(&mut st);
+        l.fill(&mut st, Instant::now());
         assert!(matches!(l.next_frame(), Some(Err(Bad::Frame(_)))));
     }
 }

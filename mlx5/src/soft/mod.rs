@@ -55,7 +55,8 @@
 //! |---|---|
 //! | [`wire`] | the wire codec, pure: addresses, frames in and out of byte buffers |
 //! | [`bell`] | waking and sleeping: eventfd, `ppoll`, the doorbell's [`Bell`] |
-//! | [`link`] | sockets to other processes' devices, their buffers and limits, the handshake, the acceptor thread |
+//! | [`shm`] | a same-host link's shared-memory rings: layout, publish and consume, the sleep handshake, passing descriptors |
+//! | [`link`] | links to other processes' devices (a socket, or shared-memory rings beside it), their buffers and limits, the handshake, the acceptor thread |
 //! | [`state`] | the device's state and tables (the [`state::Fabric`] of every device of the process, one lock), its I/O state, [`state::Shared`] |
 //! | [`responder`] | phase 2: one function per opcode family |
 //! | [`requester`] | phases 1 and 3 for one QP's WQEs |
@@ -68,6 +69,7 @@ mod link;
 mod progress;
 mod requester;
 mod responder;
+mod shm;
 mod state;
 mod wire;
 
@@ -86,7 +88,7 @@ use crate::queue::{ConnInfo, ConnectOpts, CqMem, QpCaps, QpMem, QpTrack, SrqMem}
 use crate::wqe;
 
 pub(crate) use bell::Bell;
-pub use link::WireStats;
+pub use link::{LinkInfo, LinkKind, WireStats};
 pub(crate) use progress::progress;
 use state::{
     Engine, MrEntry, Peer, QPN_BASE, Shared, SoftCq, SoftQp, SoftSrq, State, Target, fabric, insert,
@@ -104,6 +106,14 @@ pub enum Progress {
 }
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// The environment variable that chooses how a software device links to
+/// devices in other processes of its host: `shm` (the default: frames
+/// through shared-memory rings, the unix socket kept for the handshake and
+/// liveness) or `socket` (frames through the unix socket). Read when a
+/// device opens; a link is over shared memory only when both devices
+/// want it. Links to other hosts are TCP either way.
+pub const SOFT_LINK_ENV: &str = "MLX5_SOFT_LINK";
 
 /// A software device.
 pub(crate) struct Device {
@@ -139,6 +149,15 @@ impl Device {
                 (wire::Addr::Tcp { ip, port, id }, Some(l))
             }
         };
+        let shm_links = match std::env::var(SOFT_LINK_ENV).as_deref() {
+            Err(std::env::VarError::NotPresent) | Ok("" | "shm") => true,
+            Ok("socket") => false,
+            _ => {
+                return Err(Error::InvalidAttr(format!(
+                    "{SOFT_LINK_ENV} must be `shm` (the default) or `socket`"
+                )));
+            }
+        };
         let background = match progress {
             Progress::Background => Some(progress::progressor()?),
             Progress::Manual => None,
@@ -160,6 +179,7 @@ impl Device {
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
             manual: progress == Progress::Manual,
+            shm_links,
             dev,
             lock_free_events: has_events,
             engine: Mutex::new(Engine::default()),
@@ -645,9 +665,10 @@ impl Device {
             None => {
                 // Connect without the engine lock (the handshake may take a
                 // while); a link another QP made meanwhile is harmless.
-                let s = link::connect(self.shared.addr, to).map_err(Error::InvalidAttr)?;
+                let bell = self.shared.shm_links.then(|| self.shared.bell.fd());
+                let c = link::connect(self.shared.addr, to, bell).map_err(Error::InvalidAttr)?;
                 let mut guard = lock();
-                let l = progress::add_link(&mut guard, r.gid, s).ok_or_else(|| {
+                let l = progress::add_link(&mut guard, r.gid, c).ok_or_else(|| {
                     Error::InvalidAttr(format!(
                         "software device {to} was dropped by fault injection"
                     ))
@@ -671,8 +692,26 @@ impl Device {
         let eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
         link::WireStats {
             links: eng.links.len(),
+            shm_links: eng
+                .links
+                .iter()
+                .filter(|l| l.kind() == LinkKind::Shm)
+                .count(),
             ..eng.stats
         }
+    }
+
+    pub(crate) fn links(&self) -> Vec<LinkInfo> {
+        let eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        eng.links
+            .iter()
+            .filter(|l| l.is_up())
+            .map(|l| LinkInfo {
+                peer: wire::Addr::decode(&l.peer).map_or_else(|e| e, |a| a.to_string()),
+                kind: l.kind(),
+                outstanding: l.outstanding(),
+            })
+            .collect()
     }
 }
 

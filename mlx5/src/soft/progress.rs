@@ -19,12 +19,12 @@ use crate::wqe::Sge;
 /// Adds a link to `peer` over `s`; `None` (and `s` closed) if fault
 /// injection dropped that peer. Link ids are never reused: a QP whose link
 /// died and was removed finds no link by its id, never another one.
-pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], s: link::Stream) -> Option<&mut Link> {
+pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], c: link::Conn) -> Option<&mut Link> {
     if eng.faults.dropped.contains(&peer) {
         return None;
     }
     eng.next_link += 1;
-    let mut l = Link::new(eng.next_link, peer, s);
+    let mut l = Link::new(eng.next_link, peer, c);
     l.delay = eng.faults.delay;
     eng.links.push(l);
     eng.links.last_mut()
@@ -101,7 +101,7 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
     let mut done = 0;
     dead.clear();
     for link in links.iter_mut().filter(|l| l.is_up()) {
-        let got = link.fill(stats);
+        let got = link.fill(stats, now);
         if got > 0 && link.is_up() {
             done += handle_frames(shared, link, frames, sges, stats, next_timer, now);
             if link.mid_frame() && link.outstanding() > 0 {
@@ -428,7 +428,7 @@ fn run(p: &Progressor) {
         fds.clear();
         let mut timeout = IDLE_SLEEP;
         for d in &devs {
-            let eng = d.engine.lock().unwrap_or_else(|e| e.into_inner());
+            let mut eng = d.engine.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(t) = eng.next_timer {
                 timeout = timeout.min(t.saturating_duration_since(now));
             }
@@ -438,6 +438,9 @@ fn run(p: &Progressor) {
             continue;
         }
         p.bell.sleep(timeout, &mut fds, || pass(&devs));
+        for d in &devs {
+            d.engine.lock().unwrap_or_else(|e| e.into_inner()).awake();
+        }
         // Drop the strong references before sleeping again: a device must
         // be able to go away while the thread idles.
         devs.clear();

@@ -330,10 +330,13 @@ pub(crate) struct Shared {
     /// address; tcp ones at open.
     pub(crate) listening: Mutex<bool>,
     /// Connections the acceptor thread handed over, not yet adopted.
-    pub(crate) pending: Mutex<Vec<([u8; 16], link::Stream)>>,
+    pub(crate) pending: Mutex<Vec<([u8; 16], link::Conn)>>,
     /// Whether `pending` may hold something (spares the hot path a lock).
     pub(crate) has_pending: AtomicBool,
     pub(crate) manual: bool,
+    /// Links to devices of this host use shared-memory rings (unless
+    /// `MLX5_SOFT_LINK=socket`).
+    pub(crate) shm_links: bool,
     /// Where this device's [`State`] lives in the [`Fabric`].
     pub(crate) dev: DevRef,
     /// `State::has_events`, readable without the lock.
@@ -355,7 +358,7 @@ impl Shared {
         self.manual
     }
 
-    pub(crate) fn take_pending(&self) -> Vec<([u8; 16], link::Stream)> {
+    pub(crate) fn take_pending(&self) -> Vec<([u8; 16], link::Conn)> {
         // Acquire: pairs with adopt's Release. Cleared before taking, so a
         // connection pushed meanwhile sets it again.
         // Relaxed load first: the common case (nothing pending) costs no
@@ -482,14 +485,18 @@ impl std::ops::DerefMut for StateGuard {
 
 impl link::Adopt for Shared {
     /// A connection accepted for this device (the acceptor thread).
-    fn adopt(&self, from: [u8; 16], s: link::Stream) {
+    fn adopt(&self, from: [u8; 16], c: link::Conn) {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((from, s));
+            .push((from, c));
         // Release: the push above is visible to whoever sees the flag.
         self.has_pending.store(true, Ordering::Release);
         self.bell.ring();
+    }
+
+    fn shm_bell(&self) -> Option<std::os::fd::RawFd> {
+        self.shm_links.then(|| self.bell.fd())
     }
 }
 
@@ -534,9 +541,11 @@ pub(crate) struct FaultState {
 }
 
 impl Engine {
-    /// Sockets the sleeping device thread must watch.
-    pub(crate) fn poll_fds(&self, fds: &mut Vec<libc::pollfd>) {
-        for l in &self.links {
+    /// Sockets the sleeping device thread must watch; shared-memory links
+    /// are told that it is about to sleep (see [`super::shm`]).
+    pub(crate) fn poll_fds(&mut self, fds: &mut Vec<libc::pollfd>) {
+        for l in &mut self.links {
+            l.announce_sleep();
             if let Some(fd) = l.fd() {
                 let out = if l.wants_write() { libc::POLLOUT } else { 0 };
                 fds.push(libc::pollfd {
@@ -545,6 +554,13 @@ impl Engine {
                     revents: 0,
                 });
             }
+        }
+    }
+
+    /// The device thread woke up: same-host peers stop waking it.
+    pub(crate) fn awake(&mut self) {
+        for l in &mut self.links {
+            l.awake();
         }
     }
 }

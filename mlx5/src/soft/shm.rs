@@ -1,0 +1,786 @@
+//! Shared-memory links: two software devices in different processes of
+//! one host exchange their frames through a pair of single-producer
+//! single-consumer byte rings in a memfd, instead of through their unix
+//! socket. The socket stays as the control channel: the handshake passes
+//! the memfd and each side's wake-up eventfd over it (`SCM_RIGHTS`), and a
+//! peer that dies closes it.
+//!
+//! The rings carry exactly the byte stream the socket would: the same
+//! frames, parsed and validated by the same code ([`super::link`]). Only
+//! the transport differs: a `write` is a copy into the ring and a release
+//! store of its tail, a `read` an acquire load of the tail and a copy out.
+//!
+//! # Layout of the memfd (created and sealed by the connector)
+//!
+//! | offset | bytes | word | written by | read by |
+//! |---|---|---|---|---|
+//! | 0 | 16 | `"M5SHMLNK"`, version u32 = 1, ring bytes u32 (LE) | connector, before it is sent | acceptor, once |
+//! | 128 | 8 | ring 0 tail (bytes published, free-running) | connector, `Release` | acceptor, `Acquire` |
+//! | 256 | 8 | ring 0 head (bytes consumed, free-running) | acceptor, `Release` | connector, `Acquire` |
+//! | 384 | 8 | ring 1 tail | acceptor, `Release` | connector, `Acquire` |
+//! | 512 | 8 | ring 1 head | connector, `Release` | acceptor, `Acquire` |
+//! | 640 | 8 | connector's sleep sequence | connector | acceptor, after a `SeqCst` fence |
+//! | 768 | 8 | acceptor's sleep sequence | acceptor | connector, after a `SeqCst` fence |
+//! | 4096 | R | ring 0 bytes: connector → acceptor | connector, before the tail | acceptor, after it |
+//! | 4096 + R | R | ring 1 bytes: acceptor → connector | acceptor, before the tail | connector, after it |
+//!
+//! Every word sits on its own 128-byte pair of lines (the adjacent-line
+//! prefetcher moves lines in pairs), so a consumer's head store does not
+//! take the line of the producer's tail, and the sleep words, written
+//! only around a sleep, stay shared in both caches while the link is busy.
+//!
+//! # Untrusted indices
+//!
+//! The words are written by another process. Each side keeps its own
+//! index (a producer its tail, a consumer its head) in private memory and
+//! only publishes it; the peer's index is checked before use: a consumer
+//! accepts a tail only if it is at most a ring ahead of its head and not
+//! behind the last tail it saw, a producer a head only if it lies between
+//! the last head it saw and its tail. A peer that breaks this breaks only
+//! its link, with an error; the bytes it wrote are frames, validated like
+//! any socket peer's. The memfd is sealed against shrinking and growing
+//! before it is handed over (the acceptor checks the seals), so a peer
+//! cannot truncate it under the other's mapping.
+//!
+//! # Sleeping (a Dekker handshake per direction)
+//!
+//! A device thread about to sleep makes its sleep sequence odd
+//! ([`Sleeper::announce`]), then (in [`super::bell::Bell::sleep`]) fences
+//! `SeqCst` and makes one more pass over its rings before it blocks on its
+//! eventfd; awake again, it makes the sequence even. A producer that
+//! published bytes, or a consumer that freed space, fences `SeqCst` and
+//! reads the peer's sequence ([`Waker::wants_signal`]): odd and not yet
+//! signalled, it writes the peer's eventfd. Either the sleeper's last pass
+//! sees the bytes (or the space), or the waker sees the odd sequence. A
+//! busy link, whose peer never sleeps, makes no system call.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+
+/// Bytes of each of the two rings.
+pub(crate) const RING: usize = 2 << 20;
+/// Where the rings start (the control words fit in the first page).
+const DATA: usize = 4096;
+const MAGIC: [u8; 8] = *b"M5SHMLNK";
+const VERSION: u32 = 1;
+const TAIL0: usize = 128;
+const HEAD0: usize = 256;
+const TAIL1: usize = 384;
+const HEAD1: usize = 512;
+const SLEEP_CONNECTOR: usize = 640;
+const SLEEP_ACCEPTOR: usize = 768;
+
+/// The size of a link's memfd.
+pub(crate) const fn region_len(ring: usize) -> usize {
+    DATA + 2 * ring
+}
+
+/// An index word of the rings.
+pub(crate) trait Word {
+    fn load(&self, o: Ordering) -> u64;
+    fn store(&self, v: u64, o: Ordering);
+}
+
+impl Word for AtomicU64 {
+    fn load(&self, o: Ordering) -> u64 {
+        AtomicU64::load(self, o)
+    }
+    fn store(&self, v: u64, o: Ordering) {
+        AtomicU64::store(self, v, o)
+    }
+}
+
+/// A ring's bytes.
+pub(crate) trait Bytes {
+    /// Bytes in the ring (a power of two).
+    fn len(&self) -> usize;
+    /// Copies `src` to ring offset `at` (`at + src.len() <= len`).
+    fn put(&self, at: usize, src: &[u8]);
+    /// Copies ring offset `at` into `dst` (`at + dst.len() <= len`).
+    fn get(&self, at: usize, dst: &mut [u8]);
+}
+
+/// The peer broke the ring's protocol (an index it cannot have published).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Corrupt(pub(crate) &'static str);
+
+/// The producer's side of one ring: its tail is private, the consumer's
+/// head is read (and checked) only when the space it knows of runs out.
+#[derive(Debug, Default)]
+pub(crate) struct Producer {
+    tail: u64,
+    head: u64,
+}
+
+impl Producer {
+    /// Copies as much of `src` as fits and publishes it: `Ok(0)` when the
+    /// ring is full (back-pressure: the bytes wait).
+    pub(crate) fn push<W: Word, B: Bytes>(
+        &mut self,
+        tail_w: &W,
+        head_w: &W,
+        ring: &B,
+        src: &[u8],
+    ) -> Result<usize, Corrupt> {
+        let size = ring.len() as u64;
+        if self.tail - self.head + src.len() as u64 > size {
+            // Acquire: pairs with the consumer's Release of its head; the
+            // bytes it consumed were read before the space comes back.
+            let head = head_w.load(Ordering::Acquire);
+            if head.wrapping_sub(self.head) > self.tail - self.head {
+                return Err(Corrupt("the consumer's head is outside the ring"));
+            }
+            self.head = head;
+        }
+        let n = (size - (self.tail - self.head)).min(src.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let at = (self.tail & (size - 1)) as usize;
+        let first = n.min(ring.len() - at);
+        ring.put(at, &src[..first]);
+        if first < n {
+            ring.put(0, &src[first..n]);
+        }
+        self.tail += n as u64;
+        // Release: the bytes above are visible before the tail that
+        // publishes them.
+        tail_w.store(self.tail, Ordering::Release);
+        Ok(n)
+    }
+}
+
+/// The consumer's side of one ring: its head is private, the producer's
+/// tail is checked before any byte is read.
+#[derive(Debug, Default)]
+pub(crate) struct Consumer {
+    head: u64,
+    tail: u64,
+}
+
+impl Consumer {
+    /// Copies what has been published, at most `dst.len()` bytes, and
+    /// returns that space to the producer.
+    pub(crate) fn pop<W: Word, B: Bytes>(
+        &mut self,
+        tail_w: &W,
+        head_w: &W,
+        ring: &B,
+        dst: &mut [u8],
+    ) -> Result<usize, Corrupt> {
+        let size = ring.len() as u64;
+        if self.tail == self.head {
+            // Acquire: pairs with the producer's Release of its tail; the
+            // bytes it published are visible.
+            let tail = tail_w.load(Ordering::Acquire);
+            if tail.wrapping_sub(self.head) > size {
+                return Err(Corrupt("the producer's tail is outside the ring"));
+            }
+            self.tail = tail;
+        }
+        let n = ((self.tail - self.head) as usize).min(dst.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        let at = (self.head & (size - 1)) as usize;
+        let first = n.min(ring.len() - at);
+        ring.get(at, &mut dst[..first]);
+        if first < n {
+            ring.get(0, &mut dst[first..n]);
+        }
+        self.head += n as u64;
+        // Release: the bytes above were read before the producer may
+        // write over them.
+        head_w.store(self.head, Ordering::Release);
+        Ok(n)
+    }
+}
+
+/// The sleeping side of the handshake: its sleep sequence.
+#[derive(Debug, Default)]
+pub(crate) struct Sleeper {
+    seq: u64,
+}
+
+impl Sleeper {
+    /// About to sleep: the sequence becomes odd. The caller fences
+    /// `SeqCst` and looks at its rings once more before it blocks.
+    pub(crate) fn announce<W: Word>(&mut self, w: &W) {
+        if self.seq & 1 == 0 {
+            self.seq += 1;
+            // Relaxed: the sleeper's SeqCst fence orders it.
+            w.store(self.seq, Ordering::Relaxed);
+        }
+    }
+
+    /// Awake: the sequence becomes even (wakers stop signalling).
+    pub(crate) fn awake<W: Word>(&mut self, w: &W) {
+        if self.seq & 1 == 1 {
+            self.seq += 1;
+            // Relaxed: only spares the peer a system call from here on.
+            w.store(self.seq, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The waking side: the last sleep of the peer it signalled.
+#[derive(Debug, Default)]
+pub(crate) struct Waker {
+    signalled: u64,
+}
+
+impl Waker {
+    /// After publishing bytes or freeing space: whether the peer sleeps
+    /// and has not been signalled for this sleep yet.
+    pub(crate) fn wants_signal<W: Word>(&mut self, peer_seq: &W) -> bool {
+        // SeqCst: orders the tail (or head) store before the load of the
+        // peer's sequence (see the module doc).
+        fence(Ordering::SeqCst);
+        // Relaxed: the fence orders it.
+        let s = peer_seq.load(Ordering::Relaxed);
+        if s & 1 == 1 && s != self.signalled {
+            self.signalled = s;
+            return true;
+        }
+        false
+    }
+}
+
+/// A mapping of a link's memfd.
+struct Region {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; every access goes through
+// atomics (the words) or copies of published bytes (the rings).
+unsafe impl Send for Region {}
+
+impl Region {
+    fn map(fd: RawFd, len: usize) -> std::io::Result<Region> {
+        // SAFETY: a fresh shared mapping of `len` bytes of `fd`; the
+        // kernel picks the address.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Region {
+            base: p.cast(),
+            len,
+        })
+    }
+
+    fn word(&self, at: usize) -> &AtomicU64 {
+        debug_assert!(at + 8 <= DATA && at % 8 == 0);
+        // SAFETY: inside the mapping (the control page), 8-aligned (the
+        // mapping is page-aligned), and only ever accessed atomically.
+        unsafe { AtomicU64::from_ptr(self.base.add(at).cast()) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// One ring's bytes inside a [`Region`].
+struct Ring {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a view of a mapping owned by the same `Pipe`; see `Region`.
+unsafe impl Send for Ring {}
+
+impl Bytes for Ring {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn put(&self, at: usize, src: &[u8]) {
+        assert!(at + src.len() <= self.len);
+        // SAFETY: inside the ring (checked above). The consumer does not
+        // read these bytes before the tail publishes them.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(at), src.len()) };
+    }
+    fn get(&self, at: usize, dst: &mut [u8]) {
+        assert!(at + dst.len() <= self.len);
+        // SAFETY: inside the ring (checked above), published by the
+        // producer's tail. A peer that breaks the protocol and writes here
+        // anyway only changes bytes this side validates as frames.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(at), dst.as_mut_ptr(), dst.len()) };
+    }
+}
+
+/// Which side of the link this process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Connector,
+    Acceptor,
+}
+
+/// This side of a shared-memory link: a producer on one ring, a consumer
+/// on the other, its sleep sequence, and the peer's eventfd.
+pub(crate) struct Pipe {
+    region: Region,
+    out: Ring,
+    inn: Ring,
+    out_tail: usize,
+    out_head: usize,
+    in_tail: usize,
+    in_head: usize,
+    my_seq: usize,
+    peer_seq: usize,
+    producer: Producer,
+    consumer: Consumer,
+    sleeper: Sleeper,
+    waker: Waker,
+    peer_bell: OwnedFd,
+}
+
+impl Pipe {
+    fn new(region: Region, ring: usize, role: Role, peer_bell: OwnedFd) -> Pipe {
+        // SAFETY (both): inside the mapping, which is DATA + 2 * ring long.
+        let r0 = Ring {
+            base: unsafe { region.base.add(DATA) },
+            len: ring,
+        };
+        let r1 = Ring {
+            base: unsafe { region.base.add(DATA + ring) },
+            len: ring,
+        };
+        let (out, inn, ot, oh, it, ih, me, peer) = match role {
+            Role::Connector => (
+                r0,
+                r1,
+                TAIL0,
+                HEAD0,
+                TAIL1,
+                HEAD1,
+                SLEEP_CONNECTOR,
+                SLEEP_ACCEPTOR,
+            ),
+            Role::Acceptor => (
+                r1,
+                r0,
+                TAIL1,
+                HEAD1,
+                TAIL0,
+                HEAD0,
+                SLEEP_ACCEPTOR,
+                SLEEP_CONNECTOR,
+            ),
+        };
+        Pipe {
+            region,
+            out,
+            inn,
+            out_tail: ot,
+            out_head: oh,
+            in_tail: it,
+            in_head: ih,
+            my_seq: me,
+            peer_seq: peer,
+            producer: Producer::default(),
+            consumer: Consumer::default(),
+            sleeper: Sleeper::default(),
+            waker: Waker::default(),
+            peer_bell,
+        }
+    }
+
+    /// The acceptor's side: maps the memfd the connector sent, after
+    /// checking it is sealed against resizing, as long as its header says
+    /// and that the header is this version's.
+    pub(crate) fn open(fd: &OwnedFd, peer_bell: OwnedFd) -> Result<Pipe, String> {
+        let raw = fd.as_raw_fd();
+        // SAFETY: plain syscall on a descriptor we own.
+        let seals = unsafe { libc::fcntl(raw, libc::F_GET_SEALS) };
+        if seals < 0 || seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) == 0 {
+            return Err("the link's memory is not sealed against resizing".into());
+        }
+        // SAFETY: fstat into a zeroed struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(raw, &mut st) } != 0 {
+            return Err(format!(
+                "fstat of the link's memory: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut h = [0u8; 16];
+        // SAFETY: reads 16 bytes at offset 0 into a live buffer.
+        let got = unsafe { libc::pread(raw, h.as_mut_ptr().cast(), 16, 0) };
+        if got != 16 || h[..8] != MAGIC || h[8..12] != VERSION.to_le_bytes() {
+            return Err("the link's memory has no valid header".into());
+        }
+        let ring = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
+        if !ring.is_power_of_two() || !(64 << 10..=64 << 20).contains(&ring) {
+            return Err(format!("the link's memory names a bad ring size {ring}"));
+        }
+        if st.st_size as u64 != region_len(ring) as u64 {
+            return Err("the link's memory does not have the size its header says".into());
+        }
+        let region = Region::map(raw, region_len(ring)).map_err(|e| e.to_string())?;
+        Ok(Pipe::new(region, ring, Role::Acceptor, peer_bell))
+    }
+
+    /// Copies what fits of `src` into the outgoing ring: `Ok(0)` when it
+    /// is full.
+    pub(crate) fn write(&mut self, src: &[u8]) -> Result<usize, Corrupt> {
+        let (t, h) = (
+            self.region.word(self.out_tail),
+            self.region.word(self.out_head),
+        );
+        self.producer.push(t, h, &self.out, src)
+    }
+
+    /// Copies what arrived, at most `dst.len()` bytes.
+    pub(crate) fn read(&mut self, dst: &mut [u8]) -> Result<usize, Corrupt> {
+        let (t, h) = (
+            self.region.word(self.in_tail),
+            self.region.word(self.in_head),
+        );
+        self.consumer.pop(t, h, &self.inn, dst)
+    }
+
+    /// After bytes were published or space freed: wakes the peer if it
+    /// sleeps (one eventfd write per sleep). True if it signalled.
+    pub(crate) fn nudge(&mut self) -> bool {
+        if self.waker.wants_signal(self.region.word(self.peer_seq)) {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to the peer's
+            // eventfd (non-blocking: a full counter is EAGAIN, and the
+            // peer is awake anyway then).
+            let _ = unsafe { libc::write(self.peer_bell.as_raw_fd(), one.as_ptr().cast(), 8) };
+            return true;
+        }
+        false
+    }
+
+    /// This side is about to sleep (see the module doc).
+    pub(crate) fn announce_sleep(&mut self) {
+        self.sleeper.announce(self.region.word(self.my_seq));
+    }
+
+    /// This side woke up.
+    pub(crate) fn awake(&mut self) {
+        self.sleeper.awake(self.region.word(self.my_seq));
+    }
+}
+
+/// The connector's mapping before the acceptor's eventfd arrived.
+pub(crate) struct Offer(Region);
+
+impl Offer {
+    /// The connector's side: a new sealed memfd, mapped and initialised,
+    /// and the memfd to send (the pipe is made once the acceptor's
+    /// eventfd arrives: [`Offer::into_pipe`]).
+    pub(crate) fn create() -> std::io::Result<(Offer, OwnedFd)> {
+        // SAFETY: a plain syscall on a NUL-terminated name.
+        let fd = unsafe {
+            libc::memfd_create(
+                c"mlx5-soft-link".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let len = region_len(RING);
+        // SAFETY: plain syscalls on our descriptor.
+        unsafe {
+            if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0
+                || libc::fcntl(
+                    fd.as_raw_fd(),
+                    libc::F_ADD_SEALS,
+                    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let region = Region::map(fd.as_raw_fd(), len)?;
+        let mut h = [0u8; 16];
+        h[..8].copy_from_slice(&MAGIC);
+        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&(RING as u32).to_le_bytes());
+        // SAFETY: the first 16 bytes of a mapping no one else has yet.
+        unsafe { std::ptr::copy_nonoverlapping(h.as_ptr(), region.base, 16) };
+        Ok((Offer(region), fd))
+    }
+
+    /// The connector's pipe, once the acceptor sent its eventfd.
+    pub(crate) fn into_pipe(self, peer_bell: OwnedFd) -> Pipe {
+        Pipe::new(self.0, RING, Role::Connector, peer_bell)
+    }
+}
+
+/// Checks that `fd`, received from a peer, is an eventfd (the only thing
+/// this side will ever write to it), and makes sure writes to it never
+/// block.
+pub(crate) fn check_eventfd(fd: &OwnedFd) -> Result<(), String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| format!("cannot inspect the peer's wake-up descriptor: {e}"))?;
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(format!(
+            "the peer's wake-up descriptor is not an eventfd ({})",
+            link.display()
+        ));
+    }
+    // SAFETY: plain syscalls on a descriptor we own.
+    let ok = unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        fl >= 0 && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
+    };
+    if !ok {
+        return Err("cannot make the peer's wake-up descriptor non-blocking".into());
+    }
+    Ok(())
+}
+
+/// Sends `bytes` and the descriptors `fds` over a unix socket.
+pub(crate) fn send_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    let payload = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; zeroed is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer is `space` bytes, enough for one cmsg
+    // carrying `fds`; the macros stay inside it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(payload as u32) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+    }
+    // SAFETY: msg points at live buffers set up above.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if n as usize != bytes.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "short send of the link's shared-memory offer",
+        ));
+    }
+    Ok(())
+}
+
+/// Receives exactly `buf.len()` bytes and up to `max` descriptors (fewer
+/// bytes, or more descriptors, is an error; every descriptor received is
+/// owned by the result, or closed).
+pub(crate) fn recv_fds(sock: RawFd, buf: &mut [u8], max: usize) -> std::io::Result<Vec<OwnedFd>> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let payload = max * std::mem::size_of::<RawFd>();
+    // SAFETY: a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; zeroed is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg points at live buffers set up above.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walks the control messages the kernel wrote into cbuf.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max {
+        return Err(bad(
+            "too many descriptors in the link's shared-memory offer",
+        ));
+    }
+    if n as usize != buf.len() {
+        return Err(bad("short shared-memory offer"));
+    }
+    Ok(fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    struct Mem(RefCell<Vec<u8>>);
+
+    impl Bytes for Mem {
+        fn len(&self) -> usize {
+            self.0.borrow().len()
+        }
+        fn put(&self, at: usize, src: &[u8]) {
+            self.0.borrow_mut()[at..at + src.len()].copy_from_slice(src);
+        }
+        fn get(&self, at: usize, dst: &mut [u8]) {
+            dst.copy_from_slice(&self.0.borrow()[at..at + dst.len()]);
+        }
+    }
+
+    #[test]
+    fn bytes_cross_every_wrap_offset_in_order_and_a_full_ring_pushes_back() {
+        let ring = Mem(RefCell::new(vec![0; 16]));
+        let (tail, head) = (AtomicU64::new(0), AtomicU64::new(0));
+        let (mut p, mut c) = (Producer::default(), Consumer::default());
+        let mut next_out = 0u8;
+        let mut next_in = 0u8;
+        for round in 0..200usize {
+            let chunk: Vec<u8> = (0..(round % 23))
+                .map(|i| next_out.wrapping_add(i as u8))
+                .collect();
+            let n = p.push(&tail, &head, &ring, &chunk).unwrap();
+            assert!(n <= chunk.len());
+            next_out = next_out.wrapping_add(n as u8);
+            let mut buf = vec![0u8; round % 7 + 1];
+            let got = c.pop(&tail, &head, &ring, &mut buf).unwrap();
+            for &b in &buf[..got] {
+                assert_eq!(b, next_in);
+                next_in = next_in.wrapping_add(1);
+            }
+            assert!(tail.load(Ordering::Relaxed) - head.load(Ordering::Relaxed) <= 16);
+        }
+        // Fill it: the rest waits.
+        let mut total = 0;
+        loop {
+            let n = p.push(&tail, &head, &ring, &[1; 5]).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        assert!(total <= 16);
+        assert_eq!(
+            tail.load(Ordering::Relaxed) - head.load(Ordering::Relaxed),
+            16
+        );
+    }
+
+    #[test]
+    fn indices_a_peer_cannot_have_published_are_refused() {
+        let ring = Mem(RefCell::new(vec![0; 16]));
+        let (tail, head) = (AtomicU64::new(0), AtomicU64::new(0));
+        let mut c = Consumer::default();
+        let mut buf = [0u8; 64];
+        tail.store(17, Ordering::Relaxed);
+        assert!(
+            c.pop(&tail, &head, &ring, &mut buf).is_err(),
+            "a tail past a ring"
+        );
+        tail.store(u64::MAX, Ordering::Relaxed);
+        assert!(
+            c.pop(&tail, &head, &ring, &mut buf).is_err(),
+            "a tail behind the head"
+        );
+        let mut p = Producer::default();
+        p.push(&tail, &head, &ring, &[0; 16]).unwrap();
+        head.store(17, Ordering::Relaxed);
+        assert!(
+            p.push(&tail, &head, &ring, &[0; 1]).is_err(),
+            "a head past the tail"
+        );
+        head.store(u64::MAX, Ordering::Relaxed);
+        assert!(
+            p.push(&tail, &head, &ring, &[0; 1]).is_err(),
+            "a head going back"
+        );
+    }
+
+    #[test]
+    fn a_waker_signals_once_per_sleep() {
+        let seq = AtomicU64::new(0);
+        let (mut s, mut w) = (Sleeper::default(), Waker::default());
+        assert!(!w.wants_signal(&seq), "awake: no signal");
+        s.announce(&seq);
+        assert!(w.wants_signal(&seq));
+        assert!(!w.wants_signal(&seq), "signalled already for this sleep");
+        s.awake(&seq);
+        assert!(!w.wants_signal(&seq));
+        s.announce(&seq);
+        assert!(w.wants_signal(&seq), "a new sleep");
+    }
+
+    #[test]
+    fn a_memfd_crosses_a_socket_and_both_sides_see_each_others_bytes() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (r, memfd) = Offer::create().unwrap();
+        let efd_a = super::super::bell::EventFd::new().unwrap();
+        let efd_b = super::super::bell::EventFd::new().unwrap();
+        send_fds(
+            a.as_raw_fd(),
+            b"SHM1\0\0\0\0",
+            &[memfd.as_raw_fd(), efd_a.raw()],
+        )
+        .unwrap();
+        let mut buf = [0u8; 8];
+        let mut fds = recv_fds(b.as_raw_fd(), &mut buf, 2).unwrap();
+        assert_eq!(&buf, b"SHM1\0\0\0\0");
+        assert_eq!(fds.len(), 2);
+        let bell = fds.pop().unwrap();
+        check_eventfd(&bell).unwrap();
+        let mut acc = Pipe::open(&fds[0], bell).unwrap();
+        let mut con = r.into_pipe(efd_b.dup().unwrap());
+        assert_eq!(con.write(b"hello").unwrap(), 5);
+        let mut got = [0u8; 16];
+        assert_eq!(acc.read(&mut got).unwrap(), 5);
+        assert_eq!(&got[..5], b"hello");
+        assert_eq!(acc.write(b"back").unwrap(), 4);
+        assert_eq!(con.read(&mut got).unwrap(), 4);
+        // A sleeping connector is woken by the acceptor's next bytes.
+        con.announce_sleep();
+        acc.write(b"x").unwrap();
+        assert!(acc.nudge());
+        assert!(!acc.nudge(), "once per sleep");
+        // An unsealed memfd is refused.
+        // SAFETY: plain syscall.
+        let raw = unsafe { libc::memfd_create(c"x".as_ptr(), libc::MFD_CLOEXEC) };
+        // SAFETY: fresh descriptor.
+        let unsealed = unsafe { OwnedFd::from_raw_fd(raw) };
+        let e = Pipe::open(&unsealed, efd_a.dup().unwrap()).err().unwrap();
+        assert!(e.contains("sealed"), "{e}");
+        // A descriptor that is not an eventfd is refused as a bell.
+        assert!(check_eventfd(&unsealed).is_err());
+    }
+}
