@@ -280,7 +280,7 @@ impl Region {
     }
 
     fn word(&self, at: usize) -> &AtomicU64 {
-        debug_assert!(at + 8 <= DATA && at % 8 == 0);
+        debug_assert!(at + 8 <= DATA && at.is_multiple_of(8));
         // SAFETY: inside the mapping (the control page), 8-aligned (the
         // mapping is page-aligned), and only ever accessed atomically.
         unsafe { AtomicU64::from_ptr(self.base.add(at).cast()) }
@@ -350,13 +350,14 @@ pub(crate) struct Pipe {
 
 impl Pipe {
     fn new(region: Region, ring: usize, role: Role, peer_bell: OwnedFd) -> Pipe {
-        // SAFETY (both): inside the mapping, which is DATA + 2 * ring long.
+        // SAFETY: inside the mapping, which is DATA + 2 * ring long.
+        let (b0, b1) = unsafe { (region.base.add(DATA), region.base.add(DATA + ring)) };
         let r0 = Ring {
-            base: unsafe { region.base.add(DATA) },
+            base: b0,
             len: ring,
         };
         let r1 = Ring {
-            base: unsafe { region.base.add(DATA + ring) },
+            base: b1,
             len: ring,
         };
         let (out, inn, ot, oh, it, ih, me, peer) = match role {
