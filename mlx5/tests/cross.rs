@@ -1,5 +1,10 @@
 //! The software device across two OS processes: this test process and an
 //! `mlx5-peer` child it spawns and drives over stdin/stdout.
+//!
+//! Every test runs twice, over each kind of same-host link: `over_shm::*`
+//! (shared-memory rings, the default) and `over_socket::*` (the peer
+//! started with `--link socket`, so the frames go through the unix
+//! socket). `setup` checks that the link is of the kind the test is for.
 
 mod common;
 
@@ -10,14 +15,58 @@ use common::pair::{End, end};
 use mlx5::peer::{PeerProcess, fnv1a as fnv, hex, pattern, stream_len, unhex};
 use mlx5::wqe::{AtomicCas, AtomicFa, Read, Send, SendImm, Write, WriteImm};
 use mlx5::{
-    Access, ConnectOpts, Context, Kind, Progress, QpCaps, QpState, Remote, Selection, Syndrome,
+    Access, ConnectOpts, Context, Kind, LinkKind, Progress, QpCaps, QpState, Remote, Selection,
+    Syndrome,
 };
 
 const PEER: &str = env!("CARGO_BIN_EXE_mlx5-peer");
 
-/// An `mlx5-peer` on `device` with `qps` QPs and an MR of `mr_len` bytes.
+thread_local! {
+    /// The same-host link kind of the running test (each test runs on
+    /// its own thread).
+    static LINK: std::cell::Cell<LinkKind> = const { std::cell::Cell::new(LinkKind::Shm) };
+}
+
+/// Runs test `f` with peers linked over `kind`.
+fn over(kind: LinkKind, f: fn()) {
+    LINK.set(kind);
+    f();
+}
+
+/// An `mlx5-peer` on `device` with `qps` QPs and an MR of `mr_len` bytes,
+/// linking to this process over the running test's link kind.
 fn spawn(device: &str, qps: usize, mr_len: usize, sq: u32, rq: u32) -> PeerProcess {
-    PeerProcess::spawn(PEER, &["--device", device], qps, mr_len, sq, rq)
+    let link = match LINK.get() {
+        LinkKind::Unix => "socket",
+        _ => "shm",
+    };
+    PeerProcess::spawn(
+        PEER,
+        &["--device", device, "--link", link],
+        qps,
+        mr_len,
+        sq,
+        rq,
+    )
+}
+
+/// Asserts that this side's link to `peer` is of the running test's kind
+/// (tcp devices link over tcp whatever the kind).
+fn check_link(ctx: &Context, peer: &mut PeerProcess) {
+    let links = ctx.soft_links().expect("software device");
+    let theirs = peer.cmd("links");
+    let tcp = theirs.contains("tcp@");
+    let want = if tcp { LinkKind::Tcp } else { LINK.get() };
+    assert!(
+        links.iter().any(|l| l.kind == want),
+        "no {want} link: {links:?} (peer: {theirs})"
+    );
+    let tag = match want {
+        LinkKind::Shm => "shm@",
+        LinkKind::Unix => "unix@",
+        LinkKind::Tcp => "tcp@",
+    };
+    assert!(theirs.contains(tag), "the peer's links: {theirs}");
 }
 
 fn unhex_ok(s: &str) -> Vec<u8> {
@@ -46,6 +95,7 @@ fn setup_on(mine: &str, theirs: &str, opts: &ConnectOpts) -> (End, PeerProcess) 
     let mine = me.qp.local_info(opts).expect("info");
     peer.connect(0, &mine);
     me.qp.connect(&peer.infos[0], opts).expect("connect");
+    check_link(&me.ctx, &mut peer);
     (me, peer)
 }
 
@@ -195,7 +245,6 @@ fn every_opcode(device: &str) {
     assert!(ev.starts_with("QpRequestError{qpn:"), "{ev}");
 }
 
-#[test]
 fn every_opcode_across_processes_unix() {
     every_opcode("soft");
 }
@@ -205,7 +254,6 @@ fn every_opcode_across_processes_tcp() {
     every_opcode("soft@tcp:127.0.0.1");
 }
 
-#[test]
 fn peer_killed_mid_stream() {
     let o = ConnectOpts::default();
     let (mut me, mut peer) = setup("soft", &o);
@@ -259,7 +307,6 @@ fn peer_killed_mid_stream() {
     assert!(since < Duration::from_secs(10));
 }
 
-#[test]
 fn rnr_across_processes_retries_in_order() {
     // The peer asks for short RNR waits (timer 1 = 10 µs).
     let ctx = Context::soft(Progress::Background);
@@ -314,7 +361,6 @@ fn rnr_across_processes_retries_in_order() {
     assert_eq!(me.expect(1)[0].status(), Err(Syndrome::RnrRetryExceeded));
 }
 
-#[test]
 fn many_qps_share_one_link() {
     const N: usize = 16;
     let ctx = Context::soft(Progress::Background);
@@ -361,7 +407,6 @@ fn many_qps_share_one_link() {
     assert!(st.frames_sent >= N as u64 && st.frames_received >= N as u64);
 }
 
-#[test]
 fn long_run_wraps_queues_and_checks_every_byte() {
     // 20 000 WRITE_IMMs of 1..=2048 bytes through a 64-WQE send queue and a
     // 128-entry CQ (hundreds of laps each); the peer checks every byte.
@@ -406,7 +451,6 @@ fn long_run_wraps_queues_and_checks_every_byte() {
     assert_eq!(peer.line(), "ok", "the peer's check");
 }
 
-#[test]
 fn partition_times_out_with_transport_retry_exceeded() {
     // ACK timeout 4.096 µs × 2^12 × (1 + 1) ≈ 34 ms.
     let o = ConnectOpts {
@@ -438,7 +482,6 @@ fn ctx_faults(e: &End) -> mlx5::Faults {
     e.ctx.faults().expect("software device")
 }
 
-#[test]
 fn delayed_delivery_still_in_order() {
     let (mut me, mut peer) = setup("soft", &ConnectOpts::default());
     ctx_faults(&me).delay(Duration::from_millis(40));
@@ -459,7 +502,6 @@ fn delayed_delivery_still_in_order() {
     ctx_faults(&me).delay(Duration::ZERO);
 }
 
-#[test]
 fn fail_next_forces_the_syndrome_then_flushes() {
     let (mut me, peer) = setup("soft", &ConnectOpts::default());
     ctx_faults(&me)
@@ -482,7 +524,6 @@ fn fail_next_forces_the_syndrome_then_flushes() {
     );
 }
 
-#[test]
 fn a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link() {
     // A peer that exited: connecting to it is a clear error.
     let ctx = Context::soft(Progress::Background);
@@ -529,7 +570,6 @@ fn a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link() {
     ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
 }
 
-#[test]
 fn manual_progress_across_processes() {
     // Manual on both sides (the peer steps its device between commands).
     let (mut me, mut peer) = setup("soft:manual", &ConnectOpts::default());
@@ -550,7 +590,6 @@ fn manual_progress_across_processes() {
     );
 }
 
-#[test]
 fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
     use std::io::Read as _;
     use std::os::linux::net::SocketAddrExt;
@@ -602,7 +641,6 @@ fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
     ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
 }
 
-#[test]
 fn drop_peer_fails_the_qps_and_refuses_reconnecting() {
     // A peer in another process.
     let (mut me, peer) = setup("soft", &ConnectOpts::default());
@@ -640,8 +678,7 @@ fn drop_peer_fails_the_qps_and_refuses_reconnecting() {
     assert_eq!(a.qp.state(), QpState::Error);
 }
 
-#[test]
-fn an_idle_linked_device_sleeps_and_its_socket_wakes_it() {
+fn an_idle_linked_device_sleeps_and_a_frame_wakes_it() {
     // This side steps its own (manual) device; the peer's device has
     // background progress, the thread measured here, in its own process.
     let (mut me, mut peer) = setup_on("soft:manual", "soft", &ConnectOpts::default());
@@ -656,7 +693,9 @@ fn an_idle_linked_device_sleeps_and_its_socket_wakes_it() {
         "the idle peer's device thread used {used} ticks in 0.5 s"
     );
     // After idling, a READ is answered as soon as its frame arrives: the
-    // socket wakes the sleeping thread (the fallback timer is 100 ms).
+    // socket (or, over shared memory, the eventfd the sender writes when
+    // it finds the peer asleep) wakes the sleeping thread (the fallback
+    // timer is 100 ms).
     let mut waits = Vec::new();
     for _ in 0..9 {
         std::thread::sleep(Duration::from_millis(150));
@@ -743,7 +782,6 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-#[test]
 fn a_hostile_frame_header_allocates_nothing_and_other_links_keep_working() {
     // A working pair between this process and a peer (one link), then a
     // stranger on a second link into the peer's device announces the
@@ -781,7 +819,6 @@ fn a_hostile_frame_header_allocates_nothing_and_other_links_keep_working() {
     );
 }
 
-#[test]
 fn a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout() {
     use std::io::Read as _;
     use std::os::linux::net::SocketAddrExt;
@@ -836,7 +873,6 @@ fn a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout() {
     assert!(waited >= Duration::from_millis(500), "{waited:?}");
 }
 
-#[test]
 fn links_killed_by_bad_frames_are_removed() {
     let (mut me, peer) = setup("soft", &ConnectOpts::default());
     let gid = me.qp.local_info(&ConnectOpts::default()).unwrap().gid;
@@ -862,7 +898,6 @@ fn links_killed_by_bad_frames_are_removed() {
     assert_eq!(me.ctx.wire_stats().unwrap().links, live);
 }
 
-#[test]
 fn a_stranger_that_does_not_read_its_answers_is_cut_off() {
     let (mut me, peer) = setup("soft", &ConnectOpts::default());
     let gid = me.qp.local_info(&ConnectOpts::default()).unwrap().gid;
@@ -900,7 +935,6 @@ fn a_stranger_that_does_not_read_its_answers_is_cut_off() {
     ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
 }
 
-#[test]
 fn large_writes_and_reads_cross_the_link_whole() {
     // Frames far larger than the receive buffer's batch size, within what
     // the QPs connected over the link can accept.
@@ -940,7 +974,6 @@ fn large_writes_and_reads_cross_the_link_whole() {
     );
 }
 
-#[test]
 fn a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up() {
     // QPs a and b share one link to the peer; the link times out (a's
     // request, partitioned) and is removed while b, idle, still names it.
@@ -994,7 +1027,6 @@ fn a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up() {
     );
 }
 
-#[test]
 fn an_answer_on_another_link_completes_nothing() {
     use std::io::Read as _;
     use std::os::linux::net::SocketAddrExt;
@@ -1035,3 +1067,81 @@ fn an_answer_on_another_link_completes_nothing() {
     let c = me.expect(1);
     assert_eq!(c[0].status(), Err(Syndrome::TransportRetryExceeded));
 }
+
+/// Each test over each kind of same-host link.
+macro_rules! over_both {
+    ($($name:ident),* $(,)?) => {
+        mod over_shm {
+            $(#[test]
+            fn $name() {
+                super::over(mlx5::LinkKind::Shm, super::$name);
+            })*
+        }
+        mod over_socket {
+            $(#[test]
+            fn $name() {
+                super::over(mlx5::LinkKind::Unix, super::$name);
+            })*
+        }
+    };
+}
+
+/// A same-host peer that scribbles over the shared-memory rings: this
+/// side cuts that link (its QP fails with `TransportRetryExceeded`), and
+/// its other links and the process carry on.
+#[test]
+fn a_peer_that_corrupts_the_rings_loses_only_its_link() {
+    let (mut me, mut bad) = setup("soft", &ConnectOpts::default());
+    let ctx = me.ctx.clone();
+    let mut other = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let mut good = spawn("soft", 1, 4096, 8, 8);
+    good.connect(0, &other.qp.local_info(&ConnectOpts::default()).unwrap());
+    other
+        .qp
+        .connect(&good.infos[0], &ConnectOpts::default())
+        .unwrap();
+    let read = |e: &mut End, p: &PeerProcess| {
+        e.qp.post_and_ring(&Read::new(p.remote(0), &[e.mr.sge(0, 64)]).signaled())
+            .unwrap();
+        e.expect(1)
+    };
+    assert_eq!(read(&mut me, &bad)[0].status(), Ok(()));
+    assert_eq!(read(&mut other, &good)[0].status(), Ok(()));
+    assert_eq!(ctx.wire_stats().unwrap().shm_links, 2);
+    assert_eq!(bad.cmd("corrupt-rings"), "1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctx.wire_stats().unwrap().shm_links != 1 {
+        assert!(Instant::now() < deadline, "the corrupted link is still up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let c = read(&mut me, &bad);
+    assert_eq!(
+        c[0].status(),
+        Err(Syndrome::TransportRetryExceeded),
+        "{c:?}"
+    );
+    assert_eq!(read(&mut other, &good)[0].status(), Ok(()));
+}
+
+over_both!(
+    every_opcode_across_processes_unix,
+    peer_killed_mid_stream,
+    rnr_across_processes_retries_in_order,
+    many_qps_share_one_link,
+    long_run_wraps_queues_and_checks_every_byte,
+    partition_times_out_with_transport_retry_exceeded,
+    delayed_delivery_still_in_order,
+    fail_next_forces_the_syndrome_then_flushes,
+    a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link,
+    manual_progress_across_processes,
+    a_malformed_frame_after_the_handshake_closes_that_link_only,
+    drop_peer_fails_the_qps_and_refuses_reconnecting,
+    an_idle_linked_device_sleeps_and_a_frame_wakes_it,
+    a_hostile_frame_header_allocates_nothing_and_other_links_keep_working,
+    a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout,
+    links_killed_by_bad_frames_are_removed,
+    a_stranger_that_does_not_read_its_answers_is_cut_off,
+    large_writes_and_reads_cross_the_link_whole,
+    a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up,
+    an_answer_on_another_link_completes_nothing,
+);

@@ -4,12 +4,15 @@
 //! (or a NIC) by hand.
 //!
 //! ```text
-//! mlx5-peer [--device SELECTION] [--manual]
+//! mlx5-peer [--device SELECTION] [--manual] [--link shm|socket]
 //! ```
 //!
 //! `--device` takes an `MLX5_DEVICE` selection (default: `MLX5_DEVICE`, or
 //! `soft`); `--manual` opens the software device with manual progress and
-//! spins it from the command loop (a `soft:manual` selection implies it).
+//! spins it from the command loop (a `soft:manual` selection implies it);
+//! `--link` chooses how the software device links to devices of other
+//! processes of this host (`MLX5_SOFT_LINK`: shared memory by default;
+//! `links` shows what each link is).
 //! Every command answers one line, `ok ...`
 //! or `err <reason>`:
 //!
@@ -25,6 +28,8 @@
 //! | `state I` | `ok STATE` of QP I (`Rts`, `Error`, ...) |
 //! | `event MS` | `ok EVENT` (`Debug` of the next asynchronous event, spaces removed) within MS ms, or `ok none` |
 //! | `stream I N SEED MAXLEN WINDOW` | verifies N WRITE_IMMs on QP I (see `stream` below) |
+//! | `links` | `ok KIND@PEER ...`: the software device's links (`shm`, `unix` or `tcp`, and the peer's address) |
+//! | `corrupt-rings` | fault injection: `ok N` after scribbling over the tail of the N shared-memory rings this device sends on |
 //! | `echo ADDR RKEY` | answers every WRITE_IMM with a WRITE_IMM of the same length and immediate to ADDR on the same QP, until immediate `0xffffffff`; `ok COUNT` |
 //! | `quit` | exits |
 
@@ -35,7 +40,8 @@ use std::time::{Duration, Instant};
 use mlx5::peer::{fnv1a as fnv, hex, pattern, stream_len, unhex};
 use mlx5::wqe::WriteImm;
 use mlx5::{
-    Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Selection,
+    Access, ConnInfo, ConnectOpts, Context, Cq, Kind, LinkKind, Mr, Pd, Progress, Qp, QpCaps,
+    Selection,
 };
 
 struct Peer {
@@ -250,6 +256,24 @@ impl Peer {
                 );
                 self.stream(i, n, seed, maxlen, window)
             }
+            "links" => {
+                let l = self.ctx.soft_links().map_err(e)?;
+                Ok(l.iter()
+                    .map(|l| {
+                        let k = match l.kind {
+                            LinkKind::Shm => "shm",
+                            LinkKind::Unix => "unix",
+                            LinkKind::Tcp => "tcp",
+                        };
+                        format!("{k}@{}", l.peer)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "))
+            }
+            "corrupt-rings" => {
+                let n = self.ctx.faults().map_err(e)?.corrupt_shm_rings();
+                Ok(n.to_string())
+            }
             "echo" => {
                 let (addr, rkey): (u64, u32) = (num(&mut it, "ADDR")?, num(&mut it, "RKEY")?);
                 self.echo(mlx5::Remote { addr, rkey })
@@ -361,9 +385,20 @@ fn main() {
                 }
             },
             "--manual" => manual = true,
+            "--link" => match args.next().as_deref() {
+                Some(k @ ("shm" | "socket")) => {
+                    // SAFETY: at the top of main, before this process
+                    // starts any thread; read when the device opens.
+                    unsafe { std::env::set_var(mlx5::SOFT_LINK_ENV, k) };
+                }
+                _ => {
+                    eprintln!("mlx5-peer: --link needs `shm` or `socket`");
+                    std::process::exit(2);
+                }
+            },
             other => {
                 eprintln!(
-                    "mlx5-peer: unknown argument {other:?} (usage: mlx5-peer [--device SELECTION] [--manual])"
+                    "mlx5-peer: unknown argument {other:?} (usage: mlx5-peer [--device SELECTION] [--manual] [--link shm|socket])"
                 );
                 std::process::exit(2);
             }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::Device;
+use super::link::Link;
 use super::progress::{fail_link, remove_dead_links};
 use super::state::SoftQp;
 use crate::error::Error;
@@ -50,6 +51,17 @@ impl Device {
         for l in &mut eng.links {
             l.delay = d;
         }
+    }
+
+    /// Fault: scribbles over the tail of every shared-memory ring this
+    /// device produces. Returns how many.
+    pub(crate) fn corrupt_shm_rings(&self) -> usize {
+        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        eng.links
+            .iter_mut()
+            .map(Link::corrupt_ring)
+            .filter(|&c| c)
+            .count()
     }
 
     /// Fault knobs of one QP.

@@ -424,6 +424,15 @@ impl Link {
         }
     }
 
+    /// Fault injection: scribbles over this side's outgoing ring tail.
+    /// False if the link has no rings.
+    pub(crate) fn corrupt_ring(&mut self) -> bool {
+        self.shm.as_mut().is_some_and(|p| {
+            p.corrupt();
+            true
+        })
+    }
+
     /// The device thread is awake again.
     pub(crate) fn awake(&mut self) {
         if let Some(p) = self.shm.as_mut() {

@@ -469,6 +469,17 @@ impl Pipe {
         false
     }
 
+    /// Fault injection: publishes a tail a whole ring past anything
+    /// written, which the consumer must refuse.
+    pub(crate) fn corrupt(&mut self) {
+        let bad = self.producer.tail + 2 * self.out.len as u64 + 1;
+        // Relaxed: a deliberate lie; the consumer's check is what is tested.
+        self.region
+            .word(self.out_tail)
+            .store(bad, Ordering::Relaxed);
+        self.nudge();
+    }
+
     /// This side is about to sleep (see the module doc).
     pub(crate) fn announce_sleep(&mut self) {
         self.sleeper.announce(self.region.word(self.my_seq));
