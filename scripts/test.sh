@@ -41,9 +41,11 @@ echo "== loom models (inproc)"
 RUSTFLAGS="--cfg inproc_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
     cargo test -p inproc --lib --release loom
 
-echo "== loom model (mlx5 send and completion queues)"
+echo "== loom models (mlx5 send and completion queues; the shared-memory link)"
 RUSTFLAGS="--cfg mlx5_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
     cargo test -p mlx5 --test queue_model --release
+RUSTFLAGS="--cfg mlx5_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
+    cargo test -p mlx5 --lib --release shm::model
 
 echo "== fuzz targets (mlx5/fuzz): replay of the committed seeds"
 # Each seed once, no fuzzing (scripts/fuzz.sh without --replay fuzzes).

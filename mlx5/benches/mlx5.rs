@@ -10,10 +10,12 @@
 //! `inproc` figures put both ends in this process: two devices with manual
 //! progress, both stepped by the measuring thread, so the figure is the
 //! software device's own cost with no thread hand-off (the `pingpong`
-//! example measures the background-thread mode). `cross` figures talk to
-//! an `mlx5-peer --manual` process over a unix socket; this side's device
-//! is manual too and progressed by the measuring thread, so each process
-//! runs one busy thread (this machine may have two cores). The peer
+//! example measures the background-thread mode). `cross-shm` and
+//! `cross-socket` figures talk to an `mlx5-peer --manual` process of this
+//! host, over the shared-memory link (the default between processes of a
+//! host) and over the unix socket (`--link socket`) respectively; this
+//! side's device is manual too and progressed by the measuring thread, so
+//! each process runs one busy thread (this machine may have two cores). The peer
 //! answers WRITE_IMMs itself (`echo`). `MLX5_DEVICE` is honoured where it
 //! names hardware (the cross figures then need the peer on the same NIC).
 //!
@@ -146,13 +148,21 @@ impl Setup {
         }
     }
 
-    fn cross(qps: usize, depth: u32) -> Setup {
+    fn cross_shm(qps: usize, depth: u32) -> Setup {
+        Setup::cross(qps, depth, "shm")
+    }
+
+    fn cross_socket(qps: usize, depth: u32) -> Setup {
+        Setup::cross(qps, depth, "socket")
+    }
+
+    fn cross(qps: usize, depth: u32, link: &str) -> Setup {
         let ctx = Context::soft(Progress::Manual);
         let mut a = open_end(&ctx, qps, depth);
         let c = caps(depth);
         let mut p = PeerProcess::spawn(
             env!("CARGO_BIN_EXE_mlx5-peer"),
-            &["--device", "soft", "--manual"],
+            &["--device", "soft", "--manual", "--link", link],
             qps,
             2 * MIB,
             c.max_send_wr,
@@ -306,7 +316,8 @@ fn figures() -> Vec<Fig> {
     let mut v = Vec::new();
     for (place, mk) in [
         ("inproc", Setup::inproc as fn(usize, u32) -> Setup),
-        ("cross", Setup::cross),
+        ("cross-shm", Setup::cross_shm),
+        ("cross-socket", Setup::cross_socket),
     ] {
         for (qps, depth, kind, iters) in [
             (1usize, 1u32, FigKind::Latency, 20_000u64),
@@ -390,8 +401,9 @@ fn main() {
         out += &format!("| {} | {value} | {:.0} ns | {note} |\n", f.id, f.ns);
     }
     out += "\ninproc: two devices in this process, manual progress, one thread stepping both. \
-            cross: this process and an `mlx5-peer --manual` process over a unix socket, each \
-            progressing its device from its one measuring thread.\n";
+            cross-shm / cross-socket: this process and an `mlx5-peer --manual` process of this \
+            host, linked over shared-memory rings / over the unix socket, each progressing its \
+            device from its one measuring thread.\n";
     out += "\nwire (this side of the cross figures, criterion and summary runs together):\n\n\
             | setup | frames sent per write call | frames received per read call | bytes per write call |\n\
             |---|---|---|---|\n";
@@ -400,9 +412,17 @@ fn main() {
             continue; // shares its setup (and counters) with bw/cross-read
         }
         let w = f.ctx.wire_stats().expect("software device");
+        let kinds: Vec<String> = f
+            .ctx
+            .soft_links()
+            .expect("software device")
+            .iter()
+            .map(|l| l.kind.to_string())
+            .collect();
         out += &format!(
-            "| {} | {:.2} | {:.2} | {:.0} |\n",
+            "| {} ({}) | {:.2} | {:.2} | {:.0} |\n",
             f.id.replace("-read", "-read+write"),
+            kinds.join(", "),
             w.frames_sent as f64 / w.writes.max(1) as f64,
             w.frames_received as f64 / w.reads.max(1) as f64,
             w.bytes_sent as f64 / w.writes.max(1) as f64,
