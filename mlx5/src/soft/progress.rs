@@ -51,8 +51,11 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     eng.next_timer = None;
     adopt(shared, eng);
     let mut done = 0;
-    if !eng.links.is_empty() {
-        done += receive(shared, eng);
+    // One clock read per pass (a few percent of a cross-process pass on a
+    // VM): the links' deadlines and control checks share it.
+    let now = (!eng.links.is_empty()).then(Instant::now);
+    if let Some(now) = now {
+        done += receive(shared, eng, now);
     }
     eng.work.clear();
     // One lock for every WQE this pass executes (see `Fabric`).
@@ -77,8 +80,10 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
         done += process_qp(shared, eng, &mut fab, qpn);
     }
     drop(fab);
-    if !eng.links.is_empty() {
-        send(shared, eng);
+    if let Some(now) = now
+        && !eng.links.is_empty()
+    {
+        send(shared, eng, now);
     }
     done
 }
@@ -87,8 +92,7 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
 /// (the responder phase) and answered; answers complete WQEs in flight. A
 /// link with requests outstanding and no progress for its ACK timeout is
 /// declared dead.
-fn receive(shared: &Arc<Shared>, eng: &mut Engine) -> usize {
-    let now = Instant::now();
+fn receive(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) -> usize {
     let Engine {
         links,
         sges,
@@ -302,8 +306,7 @@ pub(crate) fn fail_link(s: &mut State, link: u64) {
 }
 
 /// Writes what the links have to send (one `write` per link per pass).
-fn send(shared: &Arc<Shared>, eng: &mut Engine) {
-    let now = Instant::now();
+fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) {
     let Engine {
         links,
         sges,

@@ -415,15 +415,18 @@ fn gather(
             return Err(Syndrome::LocalProt);
         }
         let at = out.len();
-        out.resize(at + sge.len as usize, 0);
+        out.reserve(sge.len as usize);
         // SAFETY: the range lies in a registered region (checked under the
-        // lock that deregistration takes).
+        // lock that deregistration takes); `out` has room for it (reserved
+        // above), and its length covers the bytes only once they are
+        // copied (no zeroing first: the copy is the only write).
         unsafe {
             std::ptr::copy_nonoverlapping(
                 sge.addr as *const u8,
                 out.as_mut_ptr().add(at),
                 sge.len as usize,
-            )
+            );
+            out.set_len(at + sge.len as usize);
         };
     }
     Ok(out.len() as u32)

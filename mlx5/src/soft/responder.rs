@@ -329,15 +329,18 @@ fn read(s: &mut State, t: &Target, req: &Request, out: &mut Vec<u8>) -> Response
         return responder_fatal(s, t.qpn, Syndrome::RemoteAccess);
     }
     let at = out.len();
-    out.resize(at + req.len as usize, 0);
+    out.reserve(req.len as usize);
     if len > 0 {
-        // SAFETY: inside a registered, remotely readable region.
+        // SAFETY: inside a registered, remotely readable region; `out`
+        // has room (reserved above) and its length covers the bytes only
+        // once they are copied.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 req.remote.addr as *const u8,
                 out.as_mut_ptr().add(at),
                 req.len as usize,
-            )
+            );
+            out.set_len(at + req.len as usize);
         };
     }
     Response::Ack { orig: 0 }

@@ -58,7 +58,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 /// Bytes of each of the two rings.
-pub(crate) const RING: usize = 2 << 20;
+pub(crate) const RING: usize = 8 << 20;
 /// Where the rings start (the control words fit in the first page).
 const DATA: usize = 4096;
 const MAGIC: [u8; 8] = *b"M5SHMLNK";
@@ -111,15 +111,81 @@ pub(crate) struct Corrupt(pub(crate) &'static str);
 
 /// The producer's side of one ring: its tail is private, the consumer's
 /// head is read (and checked) only when the space it knows of runs out.
+/// Bytes can be staged (written, not yet published) and published later
+/// in one store, so a pass's frames go out together.
 #[derive(Debug, Default)]
 pub(crate) struct Producer {
+    /// Published up to.
     tail: u64,
+    /// Written beyond `tail`, not yet published.
+    staged: u64,
+    /// The consumer's head, as last read.
     head: u64,
 }
 
 impl Producer {
-    /// Copies as much of `src` as fits and publishes it: `Ok(0)` when the
-    /// ring is full (back-pressure: the bytes wait).
+    /// Free bytes, reading the consumer's head when fewer than `need` are
+    /// known to be free.
+    fn free<W: Word>(&mut self, head_w: &W, size: u64, need: u64) -> Result<u64, Corrupt> {
+        let used = self.tail + self.staged - self.head;
+        if size - used >= need {
+            return Ok(size - used);
+        }
+        // Acquire: pairs with the consumer's Release of its head; the
+        // bytes it consumed were read before the space comes back.
+        let head = head_w.load(Ordering::Acquire);
+        if head.wrapping_sub(self.head) > self.tail - self.head {
+            return Err(Corrupt("the consumer's head is outside the ring"));
+        }
+        self.head = head;
+        Ok(size - (self.tail + self.staged - self.head))
+    }
+
+    fn put<B: Bytes>(&mut self, ring: &B, src: &[u8]) {
+        let size = ring.len() as u64;
+        let at = ((self.tail + self.staged) & (size - 1)) as usize;
+        let first = src.len().min(ring.len() - at);
+        ring.put(at, &src[..first]);
+        if first < src.len() {
+            ring.put(0, &src[first..]);
+        }
+        self.staged += src.len() as u64;
+    }
+
+    /// Stages the concatenation of `parts` if all of it fits (false: it
+    /// does not, nothing is written).
+    pub(crate) fn stage<W: Word, B: Bytes>(
+        &mut self,
+        head_w: &W,
+        ring: &B,
+        parts: &[&[u8]],
+    ) -> Result<bool, Corrupt> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if self.free(head_w, ring.len() as u64, total as u64)? < total as u64 {
+            return Ok(false);
+        }
+        for p in parts {
+            self.put(ring, p);
+        }
+        Ok(true)
+    }
+
+    /// Publishes what was staged. True if there was something.
+    pub(crate) fn publish<W: Word>(&mut self, tail_w: &W) -> bool {
+        if self.staged == 0 {
+            return false;
+        }
+        self.tail += self.staged;
+        self.staged = 0;
+        // Release: the bytes written before are visible before the tail
+        // that publishes them.
+        tail_w.store(self.tail, Ordering::Release);
+        true
+    }
+
+    /// Copies as much of `src` as fits and publishes it (with anything
+    /// staged before): `Ok(0)` when the ring is full (back-pressure: the
+    /// bytes wait).
     pub(crate) fn push<W: Word, B: Bytes>(
         &mut self,
         tail_w: &W,
@@ -127,30 +193,10 @@ impl Producer {
         ring: &B,
         src: &[u8],
     ) -> Result<usize, Corrupt> {
-        let size = ring.len() as u64;
-        if self.tail - self.head + src.len() as u64 > size {
-            // Acquire: pairs with the consumer's Release of its head; the
-            // bytes it consumed were read before the space comes back.
-            let head = head_w.load(Ordering::Acquire);
-            if head.wrapping_sub(self.head) > self.tail - self.head {
-                return Err(Corrupt("the consumer's head is outside the ring"));
-            }
-            self.head = head;
-        }
-        let n = (size - (self.tail - self.head)).min(src.len() as u64) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        let at = (self.tail & (size - 1)) as usize;
-        let first = n.min(ring.len() - at);
-        ring.put(at, &src[..first]);
-        if first < n {
-            ring.put(0, &src[first..n]);
-        }
-        self.tail += n as u64;
-        // Release: the bytes above are visible before the tail that
-        // publishes them.
-        tail_w.store(self.tail, Ordering::Release);
+        let free = self.free(head_w, ring.len() as u64, src.len() as u64)?;
+        let n = free.min(src.len() as u64) as usize;
+        self.put(ring, &src[..n]);
+        self.publish(tail_w);
         Ok(n)
     }
 }
@@ -441,8 +487,20 @@ impl Pipe {
         Ok(Pipe::new(region, ring, Role::Acceptor, peer_bell))
     }
 
-    /// Copies what fits of `src` into the outgoing ring: `Ok(0)` when it
-    /// is full.
+    /// Writes the concatenation of `parts` into the outgoing ring, not
+    /// yet published, if all of it fits.
+    pub(crate) fn stage(&mut self, parts: &[&[u8]]) -> Result<bool, Corrupt> {
+        let h = self.region.word(self.out_head);
+        self.producer.stage(h, &self.out, parts)
+    }
+
+    /// Publishes what was staged. True if there was something.
+    pub(crate) fn publish(&mut self) -> bool {
+        self.producer.publish(self.region.word(self.out_tail))
+    }
+
+    /// Copies what fits of `src` into the outgoing ring and publishes it
+    /// (after anything staged): `Ok(0)` when it is full.
     pub(crate) fn write(&mut self, src: &[u8]) -> Result<usize, Corrupt> {
         let (t, h) = (
             self.region.word(self.out_tail),

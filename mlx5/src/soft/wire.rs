@@ -198,6 +198,12 @@ pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
 /// Appends a REQ frame for `req` with `payload`.
 pub(crate) fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8]) {
     tx.extend_from_slice(&header(K_REQ, REQ_LEN + payload.len()));
+    tx.extend_from_slice(&req_fixed(req, epoch));
+    tx.extend_from_slice(payload);
+}
+
+/// A REQ's fixed part (what follows its header, before the payload).
+pub(crate) fn req_fixed(req: &Request, epoch: u32) -> [u8; REQ_LEN] {
     let mut b = [0u8; REQ_LEN];
     b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
     b[4..8].copy_from_slice(&req.dst_qpn.to_le_bytes());
@@ -211,8 +217,7 @@ pub(crate) fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8
     b[36..40].copy_from_slice(&req.imm.to_le_bytes());
     b[40..48].copy_from_slice(&req.swap_add.to_le_bytes());
     b[48..56].copy_from_slice(&req.compare.to_le_bytes());
-    tx.extend_from_slice(&b);
-    tx.extend_from_slice(payload);
+    b
 }
 
 /// Decodes a REQ body (from `src`): the request, the requester's epoch and
