@@ -411,8 +411,8 @@ fn main() {
             host, linked over shared-memory rings / over the unix socket, each progressing its \
             device from its one measuring thread.\n";
     out += "\nwire (this side of the cross figures, criterion and summary runs together):\n\n\
-            | setup | frames sent per write call | frames received per read call | bytes per write call |\n\
-            |---|---|---|---|\n";
+            | setup | frames sent per write call | frames received per read call | bytes per write call | frames received in place |\n\
+            |---|---|---|---|---|\n";
     for f in figs.iter().filter(|f| f.id.contains("cross")) {
         if f.id.ends_with("-write") {
             continue; // shares its setup (and counters) with bw/cross-read
@@ -426,12 +426,13 @@ fn main() {
             .map(|l| l.kind.to_string())
             .collect();
         out += &format!(
-            "| {} ({}) | {:.2} | {:.2} | {:.0} |\n",
+            "| {} ({}) | {:.2} | {:.2} | {:.0} | {} |\n",
             f.id.replace("-read", "-read+write"),
             kinds.join(", "),
             w.frames_sent as f64 / w.writes.max(1) as f64,
             w.frames_received as f64 / w.reads.max(1) as f64,
             w.bytes_sent as f64 / w.writes.max(1) as f64,
+            w.frames_in_place,
         );
     }
     out += &format!(

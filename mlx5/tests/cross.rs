@@ -974,6 +974,82 @@ fn large_writes_and_reads_cross_the_link_whole() {
     );
 }
 
+fn frames_of_many_sizes_cross_whole_four_in_flight() {
+    // Sizes around the size handled in place in a shared-memory ring
+    // (16 KiB) and up to a few MiB, four in flight, so frames land at many
+    // ring offsets, some wrapping its end (those go through the receive
+    // buffer) and some not (handled in place).
+    const SLOT: usize = 4 << 20;
+    const SIZES: [usize; 8] = [
+        (16 << 10) - 1,
+        16 << 10,
+        100_003,
+        1 << 20,
+        3 << 20,
+        7,
+        777_777,
+        SLOT,
+    ];
+    let ctx = Context::soft(Progress::Background);
+    let mut me = end(&ctx, caps(8, 8), 64, 4 * SLOT, Access::ALL);
+    let mut peer = spawn("soft", 1, 4 * SLOT, 8, 8);
+    let o = ConnectOpts::default();
+    peer.connect(0, &me.qp.local_info(&o).unwrap());
+    me.qp.connect(&peer.infos[0], &o).unwrap();
+    for round in 0..6usize {
+        let sizes: Vec<usize> = (0..4)
+            .map(|k| SIZES[(round * 3 + k) % SIZES.len()])
+            .collect();
+        let seed = |k: usize| (round * 4 + k) as u64;
+        for (k, &n) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..n as u64).map(|i| pattern(seed(k), i)).collect();
+            // SAFETY: no WQE that reads or writes these bytes is in flight.
+            unsafe { me.mr.write(k * SLOT, &data) };
+        }
+        for (k, &n) in sizes.iter().enumerate() {
+            let sge = [me.mr.sge(k * SLOT, n as u32)];
+            let w = Write::new(peer.remote((k * SLOT) as u64), &sge);
+            me.qp.post_and_ring(&w.signaled()).unwrap();
+        }
+        for c in me.expect(4) {
+            assert_eq!(c.status(), Ok(()), "{c:?}");
+        }
+        for (k, &n) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..n as u64).map(|i| pattern(seed(k), i)).collect();
+            assert_eq!(
+                peer.cmd(&format!("hash {} {n}", k * SLOT)),
+                format!("{:016x}", fnv(&data)),
+                "round {round}, WRITE of {n} bytes"
+            );
+            peer.cmd(&format!("fill {} {n} {}", k * SLOT, seed(k) + 100));
+        }
+        for (k, &n) in sizes.iter().enumerate() {
+            let sge = [me.mr.sge(k * SLOT, n as u32)];
+            let r = Read::new(peer.remote((k * SLOT) as u64), &sge);
+            me.qp.post_and_ring(&r.signaled()).unwrap();
+        }
+        for c in me.expect(4) {
+            assert_eq!(c.status(), Ok(()), "{c:?}");
+        }
+        for (k, &n) in sizes.iter().enumerate() {
+            let mut got = vec![0u8; n];
+            // SAFETY: the READs that wrote these bytes have completed.
+            unsafe { me.mr.read(k * SLOT, &mut got) };
+            assert!(
+                got.iter()
+                    .enumerate()
+                    .all(|(i, &x)| x == pattern(seed(k) + 100, i as u64)),
+                "round {round}, READ of {n} bytes"
+            );
+        }
+    }
+    let in_place = ctx.wire_stats().unwrap().frames_in_place;
+    match LINK.get() {
+        LinkKind::Shm => assert!(in_place > 0, "no frame was handled in place"),
+        _ => assert_eq!(in_place, 0),
+    }
+}
+
 fn a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up() {
     // QPs a and b share one link to the peer; the link times out (a's
     // request, partitioned) and is removed while b, idle, still names it.
@@ -1142,6 +1218,7 @@ over_both!(
     links_killed_by_bad_frames_are_removed,
     a_stranger_that_does_not_read_its_answers_is_cut_off,
     large_writes_and_reads_cross_the_link_whole,
+    frames_of_many_sizes_cross_whole_four_in_flight,
     a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up,
     an_answer_on_another_link_completes_nothing,
 );

@@ -180,6 +180,10 @@ pub struct WireStats {
     pub bytes_sent: u64,
     /// Bytes received.
     pub bytes_received: u64,
+    /// Of the frames received, those handled where they lay in a
+    /// shared-memory ring (large ones, whole and not wrapping its end),
+    /// without a copy into the receive buffer.
+    pub frames_in_place: u64,
 }
 
 /// How a link carries its frames.
@@ -222,6 +226,12 @@ pub(crate) struct Conn {
     pub(crate) stream: Stream,
     pub(crate) shm: Option<Pipe>,
 }
+
+/// A frame body this long or longer, whole and contiguous in a
+/// shared-memory ring, is handled where it lies (see
+/// [`Link::direct_frame`]): copying it into the receive buffer first would
+/// cost as much as handling it.
+pub(crate) const DIRECT_MIN: usize = 16 << 10;
 
 /// How often a busy shared-memory link looks at its control socket for
 /// the peer's death (a sleeping one is woken by it at once).
@@ -624,7 +634,11 @@ impl Link {
     /// part and `req_limit`, a RESP at most its fixed part and the longest
     /// READ in flight.
     fn parse_header(&self, at: usize) -> Result<(u8, usize), Bad> {
-        let h = &self.rx[at..at + HDR];
+        self.check_header(&self.rx[at..at + HDR])
+    }
+
+    /// `parse_header` of the header `h`.
+    fn check_header(&self, h: &[u8]) -> Result<(u8, usize), Bad> {
         let len = le32(h, 0) as usize;
         if h[5..8] != [0, 0, 0] {
             return Err(Bad::Frame("malformed frame header"));
@@ -636,6 +650,41 @@ impl Link {
             )),
             k @ (K_REQ | K_RESP) => Ok((k, len)),
             _ => Err(Bad::Frame("malformed frame header")),
+        }
+    }
+
+    /// A large frame (a body of [`DIRECT_MIN`] bytes or more), whole and
+    /// contiguous at the head of a shared-memory ring with nothing
+    /// buffered before it: (kind, body, length), to be handled where it
+    /// lies, without a copy into the receive buffer, and consumed with
+    /// [`Link::consume_direct`]. Anything else (a header to refuse too)
+    /// goes the usual way, through `fill`.
+    pub(crate) fn direct_frame(&mut self) -> Option<(u8, *const u8, usize)> {
+        if self.rx_head != self.rx_tail || self.blackhole {
+            return None;
+        }
+        let p = self.shm.as_mut()?;
+        let h: [u8; HDR] = p.peek_bytes().ok()??;
+        let (kind, len) = self.check_header(&h).ok()?;
+        if len < DIRECT_MIN {
+            return None;
+        }
+        let p = self.shm.as_mut()?;
+        let at = p.peek(HDR + len).ok()??;
+        // SAFETY: peek found HDR + len bytes there.
+        Some((kind, unsafe { at.add(HDR) }, len))
+    }
+
+    /// Consumes the frame `direct_frame` returned, `len` its body length.
+    pub(crate) fn consume_direct(&mut self, len: usize, st: &mut WireStats) {
+        if let Some(p) = self.shm.as_mut() {
+            p.skip(HDR + len);
+            st.reads += 1;
+            st.frames_in_place += 1;
+            st.bytes_received += (HDR + len) as u64;
+            if p.nudge() {
+                st.wakeups += 1;
+            }
         }
     }
 

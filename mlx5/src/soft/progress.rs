@@ -105,7 +105,26 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) -> usize {
     let mut done = 0;
     dead.clear();
     for link in links.iter_mut().filter(|l| l.is_up()) {
-        let got = link.fill(stats, now);
+        while let Some((kind, body, len)) = link.direct_frame() {
+            done += 1;
+            handle_direct(
+                shared,
+                link,
+                (kind, body, len),
+                sges,
+                stats,
+                next_timer,
+                now,
+            );
+            if !link.is_up() {
+                break;
+            }
+        }
+        let got = if link.is_up() {
+            link.fill(stats, now)
+        } else {
+            0
+        };
         if got > 0 && link.is_up() {
             done += handle_frames(shared, link, frames, sges, stats, next_timer, now);
             if link.mid_frame() && link.outstanding() > 0 {
@@ -224,6 +243,71 @@ fn handle_frames(
         }
     }
     done
+}
+
+/// Handles one large frame where it lies in a shared-memory ring (see
+/// `Link::direct_frame`): its fixed part is copied out and decoded, its
+/// payload or data copied straight to its destination, as `handle_frames`
+/// does from the receive buffer.
+fn handle_direct(
+    shared: &Arc<Shared>,
+    link: &mut Link,
+    (kind, body, len): (u8, *const u8, usize),
+    sges: &mut Vec<Sge>,
+    stats: &mut WireStats,
+    next_timer: &mut Option<Instant>,
+    now: Instant,
+) {
+    let fixed_len = if kind == wire::K_REQ {
+        wire::REQ_LEN
+    } else {
+        wire::RESP_LEN
+    };
+    if len < fixed_len {
+        link.kill(format!(
+            "protocol error from the peer: {}",
+            "frame shorter than its fixed part"
+        ));
+        return;
+    }
+    let mut fixed = [0u8; wire::REQ_LEN];
+    // SAFETY: `direct_frame` found `len` published bytes at `body`, which
+    // the peer does not reuse before `consume_direct`; the copies read
+    // them once (a peer that writes them anyway only changes what it
+    // sent).
+    let rest = unsafe {
+        std::ptr::copy_nonoverlapping(body, fixed.as_mut_ptr(), fixed_len);
+        wire::Data::raw(body.add(fixed_len), len - fixed_len)
+    };
+    stats.frames_received += 1;
+    let mut s = shared.lock();
+    let bad = if kind == wire::K_REQ {
+        match wire::req_from(&fixed, rest, link.peer) {
+            Ok((req, epoch, payload)) => {
+                let at = wire::start_resp(&mut link.tx);
+                let r = respond_locked(&mut s, &req, payload, &mut link.tx);
+                wire::finish_resp(&mut link.tx, at, &req, epoch, r);
+                stats.frames_sent += 1;
+                None
+            }
+            Err(e) => Some(e),
+        }
+    } else {
+        match wire::resp_from(&fixed[..wire::RESP_LEN], rest) {
+            Ok(r) => {
+                if link.answers(&r, now) {
+                    on_resp(&mut s, &r, sges, next_timer);
+                }
+                None
+            }
+            Err(e) => Some(e),
+        }
+    };
+    drop(s);
+    link.consume_direct(len, stats);
+    if let Some(e) = bad {
+        link.kill(format!("protocol error from the peer: {e}"));
+    }
 }
 
 /// Sets what a REQ on `link` may carry: the most that one of this device's

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::responder::respond_in_process;
 use super::state::{Engine, Fabric, Inflight, Rnr, Shared, State, Target, rnr_delay, wqebbs_of};
-use super::wire::{Request, Response};
+use super::wire::{Data, Request, Response};
 use crate::cqe::{self, Cqe, Kind};
 use crate::prm::{Access, INLINE_SEG, MAX_DS, QpState, SEG, Syndrome, WQEBB, flags, opcode};
 use crate::queue::QpCaps;
@@ -109,12 +109,19 @@ pub(crate) fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qp
                     let resp = if eng.faults.dropped.contains(&peer.addr) {
                         Response::Nak(Syndrome::TransportRetryExceeded)
                     } else {
-                        respond_in_process(fab, dev, &f.req, &eng.scratch, &mut eng.resp)
+                        respond_in_process(
+                            fab,
+                            dev,
+                            &f.req,
+                            Data::slice(&eng.scratch),
+                            &mut eng.resp,
+                        )
                     };
                     let Some(s) = fab.state(shared.dev) else {
                         break;
                     };
-                    let rnr = complete(s, qpn, &f, resp, &eng.resp, &eng.sges, &mut eng.next_timer);
+                    let data = Data::slice(&eng.resp);
+                    let rnr = complete(s, qpn, &f, resp, data, &eng.sges, &mut eng.next_timer);
                     // An RNR NAK completes nothing: it is not progress (so a
                     // manual `progress_until_idle` ends while a QP waits).
                     if rnr {
@@ -533,7 +540,7 @@ pub(crate) fn complete(
     qpn: u32,
     f: &Inflight,
     resp: Response,
-    data: &[u8],
+    data: Data<'_>,
     sges: &[Sge],
     next_timer: &mut Option<Instant>,
 ) -> bool {
@@ -581,17 +588,17 @@ pub(crate) fn complete(
 /// Phase 3 of an acknowledged WQE: READ data or the atomic's original
 /// value scattered (the whole scatter list validated first: no partial
 /// writes), the send queue advanced, the requester CQE if signaled.
-fn acknowledged(s: &mut State, qpn: u32, f: &Inflight, orig: u64, data: &[u8], sges: &[Sge]) {
+fn acknowledged(s: &mut State, qpn: u32, f: &Inflight, orig: u64, data: Data<'_>, sges: &[Sge]) {
     if f.req.opcode == opcode::RDMA_READ && data.len() != f.req.len as usize {
         fail(s, qpn, f.index, f.wqebbs, Syndrome::RemoteInvalRequest);
         return;
     }
     let pd = s.qp(qpn).expect("present").pd;
     let orig = orig.to_be_bytes();
-    let data: &[u8] = match f.req.opcode {
+    let data = match f.req.opcode {
         opcode::RDMA_READ => data,
-        opcode::ATOMIC_CS | opcode::ATOMIC_FA => &orig,
-        _ => &[],
+        opcode::ATOMIC_CS | opcode::ATOMIC_FA => Data::slice(&orig),
+        _ => Data::slice(&[]),
     };
     if !data.is_empty() || f.req.opcode == opcode::RDMA_READ {
         let mut rest = data.len();
@@ -608,10 +615,10 @@ fn acknowledged(s: &mut State, qpn: u32, f: &Inflight, orig: u64, data: &[u8], s
         }
         let mut rest = data;
         for g in sges {
-            let n = rest.len().min(g.len as usize);
+            let (now, later) = rest.split_at(rest.len().min(g.len as usize));
             // SAFETY: validated above, under the same lock.
-            unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), g.addr as *mut u8, n) };
-            rest = &rest[n..];
+            unsafe { now.copy_to(g.addr as *mut u8) };
+            rest = later;
         }
     }
     let qp = s.qp(qpn).expect("present");

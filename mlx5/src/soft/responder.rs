@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::state::{DevRef, Fabric, State};
-use super::wire::{Request, Response};
+use super::wire::{Data, Request, Response};
 use crate::cqe::{Cqe, Kind};
 use crate::event::AsyncEvent;
 use crate::prm::{Access, INVALID_LKEY, QpState, SEG, Syndrome, opcode};
@@ -139,7 +139,7 @@ pub(crate) fn respond_in_process(
     fab: &mut Fabric,
     to: DevRef,
     req: &Request,
-    payload: &[u8],
+    payload: Data<'_>,
     out: &mut Vec<u8>,
 ) -> Response {
     let Some(s) = fab.state(to) else {
@@ -160,7 +160,7 @@ pub(crate) fn respond_in_process(
 pub(crate) fn respond_locked(
     s: &mut State,
     req: &Request,
-    payload: &[u8],
+    payload: Data<'_>,
     out: &mut Vec<u8>,
 ) -> Response {
     let Some(qp) = s.qp(req.dst_qpn) else {
@@ -233,7 +233,7 @@ impl Target {
 
 /// Executes `req` at its target QP (checked by the caller), by opcode
 /// family.
-fn execute(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> Response {
+fn execute(s: &mut State, req: &Request, payload: Data<'_>, out: &mut Vec<u8>) -> Response {
     let qp = s.qp(req.dst_qpn).expect("checked by the caller");
     let t = Target {
         qpn: req.dst_qpn,
@@ -253,7 +253,7 @@ fn execute(s: &mut State, req: &Request, payload: &[u8], out: &mut Vec<u8>) -> R
 
 /// WRITE and WRITE_IMM: the payload into the remote range; WRITE_IMM also
 /// consumes a receive WQE and completes it with the immediate.
-fn write(s: &mut State, t: &Target, req: &Request, payload: &[u8]) -> Response {
+fn write(s: &mut State, t: &Target, req: &Request, payload: Data<'_>) -> Response {
     let len = payload.len() as u64;
     if len > 0 && !t.remote_ok(s, req, Access::REMOTE_WRITE, len) {
         return responder_fatal(s, t.qpn, Syndrome::RemoteAccess);
@@ -268,14 +268,9 @@ fn write(s: &mut State, t: &Target, req: &Request, payload: &[u8]) -> Response {
     };
     if len > 0 {
         // SAFETY: the range is inside a registered region (checked under
-        // the lock deregistration takes).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                payload.as_ptr(),
-                req.remote.addr as *mut u8,
-                payload.len(),
-            )
-        };
+        // the lock deregistration takes); the payload is in a frame or a
+        // scratch buffer, never in a region.
+        unsafe { payload.copy_to(req.remote.addr as *mut u8) };
     }
     if let Some(r) = recv {
         let c = t.recv_cqe(Kind::RecvWriteImm, &r, req, payload.len());
@@ -286,7 +281,7 @@ fn write(s: &mut State, t: &Target, req: &Request, payload: &[u8]) -> Response {
 
 /// SEND and SEND_IMM: the payload scattered over the next receive WQE,
 /// which must hold it and name locally writable memory.
-fn send(s: &mut State, t: &Target, req: &Request, payload: &[u8]) -> Response {
+fn send(s: &mut State, t: &Target, req: &Request, payload: Data<'_>) -> Response {
     let Some(recv) = take_recv(s, t.qpn) else {
         return t.rnr();
     };
@@ -308,9 +303,10 @@ fn send(s: &mut State, t: &Target, req: &Request, payload: &[u8]) -> Response {
             responder_error(s, t.qpn, &recv, Syndrome::LocalProt);
             return Response::Nak(Syndrome::RemoteOp);
         }
+        let (now, later) = rest.split_at(n);
         // SAFETY: inside a registered, locally writable region.
-        unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), g.addr as *mut u8, n) };
-        rest = &rest[n..];
+        unsafe { now.copy_to(g.addr as *mut u8) };
+        rest = later;
     }
     let kind = if req.opcode == opcode::SEND_IMM {
         Kind::RecvSendImm

@@ -210,6 +210,46 @@ pub(crate) struct Consumer {
 }
 
 impl Consumer {
+    /// Bytes published and not consumed, reading the producer's tail when
+    /// fewer than `need` are known.
+    fn available<W: Word>(&mut self, tail_w: &W, size: u64, need: u64) -> Result<u64, Corrupt> {
+        if self.tail - self.head < need {
+            // Acquire: pairs with the producer's Release of its tail; the
+            // bytes it published are visible.
+            let tail = tail_w.load(Ordering::Acquire);
+            if tail.wrapping_sub(self.head) > size || tail.wrapping_sub(self.tail) > size {
+                return Err(Corrupt("the producer's tail is outside the ring"));
+            }
+            self.tail = tail;
+        }
+        Ok(self.tail - self.head)
+    }
+
+    /// The ring offset of the next `n` bytes if they are published and do
+    /// not wrap (they stay unconsumed: [`Consumer::skip`] consumes them).
+    pub(crate) fn peek<W: Word>(
+        &mut self,
+        tail_w: &W,
+        size: usize,
+        n: usize,
+    ) -> Result<Option<usize>, Corrupt> {
+        if self.available(tail_w, size as u64, n as u64)? < n as u64 {
+            return Ok(None);
+        }
+        let at = (self.head & (size as u64 - 1)) as usize;
+        Ok((at + n <= size).then_some(at))
+    }
+
+    /// Consumes `n` published bytes read in place (`n` at most what
+    /// [`Consumer::peek`] found).
+    pub(crate) fn skip<W: Word>(&mut self, head_w: &W, n: usize) {
+        assert!(n as u64 <= self.tail - self.head);
+        self.head += n as u64;
+        // Release: the bytes were read before the producer may write over
+        // them.
+        head_w.store(self.head, Ordering::Release);
+    }
+
     /// Copies what has been published, at most `dst.len()` bytes, and
     /// returns that space to the producer.
     pub(crate) fn pop<W: Word, B: Bytes>(
@@ -220,15 +260,7 @@ impl Consumer {
         dst: &mut [u8],
     ) -> Result<usize, Corrupt> {
         let size = ring.len() as u64;
-        if self.tail == self.head {
-            // Acquire: pairs with the producer's Release of its tail; the
-            // bytes it published are visible.
-            let tail = tail_w.load(Ordering::Acquire);
-            if tail.wrapping_sub(self.head) > size {
-                return Err(Corrupt("the producer's tail is outside the ring"));
-            }
-            self.tail = tail;
-        }
+        self.available(tail_w, size, 1)?;
         let n = ((self.tail - self.head) as usize).min(dst.len());
         if n == 0 {
             return Ok(0);
@@ -507,6 +539,37 @@ impl Pipe {
             self.region.word(self.out_head),
         );
         self.producer.push(t, h, &self.out, src)
+    }
+
+    /// The first `n` bytes that arrived, if they have and lie contiguous
+    /// in the ring: a pointer to them, valid until [`Pipe::skip`] (the
+    /// producer does not write them before) and while the pipe lives.
+    pub(crate) fn peek(&mut self, n: usize) -> Result<Option<*const u8>, Corrupt> {
+        let t = self.region.word(self.in_tail);
+        let at = self.consumer.peek(t, self.inn.len, n)?;
+        // SAFETY: inside the ring (peek checked that at + n <= len).
+        Ok(at.map(|at| unsafe { self.inn.base.add(at).cast_const() }))
+    }
+
+    /// The first `HDR` bytes that arrived, wrapped or not.
+    pub(crate) fn peek_bytes<const N: usize>(&mut self) -> Result<Option<[u8; N]>, Corrupt> {
+        let t = self.region.word(self.in_tail);
+        if self.consumer.available(t, self.inn.len as u64, N as u64)? < N as u64 {
+            return Ok(None);
+        }
+        let at = (self.consumer.head & (self.inn.len as u64 - 1)) as usize;
+        let mut b = [0u8; N];
+        let first = N.min(self.inn.len - at);
+        self.inn.get(at, &mut b[..first]);
+        if first < N {
+            self.inn.get(0, &mut b[first..]);
+        }
+        Ok(Some(b))
+    }
+
+    /// Consumes `n` bytes read in place.
+    pub(crate) fn skip(&mut self, n: usize) {
+        self.consumer.skip(self.region.word(self.in_head), n);
     }
 
     /// Copies what arrived, at most `dst.len()` bytes.

@@ -50,6 +50,7 @@
 //! request, or bytes of a frame still arriving (a large one takes a while).
 //!
 
+use std::marker::PhantomData;
 use std::net::Ipv4Addr;
 
 use crate::prm::{Syndrome, opcode};
@@ -220,9 +221,88 @@ pub(crate) fn req_fixed(req: &Request, epoch: u32) -> [u8; REQ_LEN] {
     b
 }
 
+/// The bytes a frame carries (a WRITE or SEND payload, READ data), read
+/// only by copying them out: a slice of this device's own buffers, or a
+/// span of a shared-memory ring another process published. The latter is
+/// never made a `&[u8]`: that process could still write it (it would only
+/// change the bytes copied, which are the peer's to choose anyway).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Data<'a> {
+    ptr: *const u8,
+    len: usize,
+    _life: PhantomData<&'a [u8]>,
+}
+
+impl<'a> Data<'a> {
+    pub(crate) fn slice(s: &'a [u8]) -> Data<'a> {
+        Data {
+            ptr: s.as_ptr(),
+            len: s.len(),
+            _life: PhantomData,
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `ptr..ptr + len` is mapped and readable for `'a`.
+    pub(crate) unsafe fn raw(ptr: *const u8, len: usize) -> Data<'a> {
+        Data {
+            ptr,
+            len,
+            _life: PhantomData,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first `n` bytes and the rest (`n <= len`).
+    pub(crate) fn split_at(self, n: usize) -> (Data<'a>, Data<'a>) {
+        assert!(n <= self.len);
+        // SAFETY: n <= len: both halves lie in the readable range.
+        unsafe {
+            (
+                Data::raw(self.ptr, n),
+                Data::raw(self.ptr.add(n), self.len - n),
+            )
+        }
+    }
+
+    /// Copies the bytes to `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `dst..dst + len` is writable and does not overlap the bytes.
+    pub(crate) unsafe fn copy_to(self, dst: *mut u8) {
+        // SAFETY: the source is readable (type invariant); the caller
+        // vouches for the destination.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr, dst, self.len) };
+    }
+}
+
 /// Decodes a REQ body (from `src`): the request, the requester's epoch and
 /// the payload.
-pub(crate) fn get_req(body: &[u8], src: [u8; 16]) -> Result<(Request, u32, &[u8]), &'static str> {
+pub(crate) fn get_req(
+    body: &[u8],
+    src: [u8; 16],
+) -> Result<(Request, u32, Data<'_>), &'static str> {
+    if body.len() < REQ_LEN {
+        return Err("short REQ frame");
+    }
+    req_from(&body[..REQ_LEN], Data::slice(&body[REQ_LEN..]), src)
+}
+
+/// Decodes a REQ from its fixed part and its payload (wherever that is).
+pub(crate) fn req_from<'a>(
+    body: &[u8],
+    payload: Data<'a>,
+    src: [u8; 16],
+) -> Result<(Request, u32, Data<'a>), &'static str> {
     if body.len() < REQ_LEN {
         return Err("short REQ frame");
     }
@@ -242,7 +322,6 @@ pub(crate) fn get_req(body: &[u8], src: [u8; 16]) -> Result<(Request, u32, &[u8]
         compare: le64(body, 48),
         solicited: body[17] & 1 != 0,
     };
-    let payload = &body[REQ_LEN..];
     let carries = matches!(
         req.opcode,
         opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM | opcode::SEND | opcode::SEND_IMM
@@ -290,14 +369,21 @@ pub(crate) struct Resp<'a> {
     pub(crate) epoch: u32,
     pub(crate) psn: u32,
     pub(crate) resp: Response,
-    pub(crate) data: &'a [u8],
+    pub(crate) data: Data<'a>,
 }
 
 pub(crate) fn get_resp(body: &[u8]) -> Result<Resp<'_>, &'static str> {
     if body.len() < RESP_LEN {
         return Err("short RESP frame");
     }
-    let data = &body[RESP_LEN..];
+    resp_from(&body[..RESP_LEN], Data::slice(&body[RESP_LEN..]))
+}
+
+/// Decodes a RESP from its fixed part and its data (wherever that is).
+pub(crate) fn resp_from<'a>(body: &[u8], data: Data<'a>) -> Result<Resp<'a>, &'static str> {
+    if body.len() < RESP_LEN {
+        return Err("short RESP frame");
+    }
     if le32(body, 24) as usize != data.len() {
         return Err("RESP data length disagrees with its header");
     }
