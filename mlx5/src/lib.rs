@@ -66,8 +66,11 @@
 //!
 //! # Across processes
 //!
-//! A software device reaches devices in other processes over a unix
-//! socket, and on other hosts over TCP (`MLX5_DEVICE=soft@tcp`): the same
+//! A software device reaches devices in other processes of its host
+//! through shared-memory rings (the unix socket beside them carries the
+//! handshake and tells of a peer's death; `MLX5_SOFT_LINK=socket` sends
+//! the frames through the socket instead), and on other hosts over TCP
+//! (`MLX5_DEVICE=soft@tcp`): the same
 //! `ConnInfo` exchange connects the QPs. [`Context::faults`] injects
 //! faults (a peer dropped or partitioned, delayed frames, a forced error
 //! CQE, receives withheld). `mlx5-peer` (a binary of this crate) is a

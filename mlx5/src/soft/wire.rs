@@ -25,12 +25,21 @@
 //! Two devices talk over one stream socket (a *link*), whichever side
 //! connected, shared by all their QPs. The connector sends `HELLO` (its
 //! address and the address it wants), the acceptor answers `WELCOME` with a
-//! status; then both sides send `REQ` and `RESP` frames. Every frame is an
+//! status; then both sides send `REQ` and `RESP` frames, through the
+//! socket or, when the connector offered shared memory (`HELLO` flag) and
+//! the acceptor took it (`WELCOME` byte 1), through the two byte rings of
+//! a memfd passed over the socket ([`super::shm`]): the same bytes either
+//! way. Every frame is an
 //! 8-byte header (`body length u32 LE`, `kind u8`, 3 zero bytes) and a body
 //! (all integers little-endian):
 //!
-//! * `HELLO` (1): `"M5SW"`, version u16 = 1, 0 u16, from `[16]`, to `[16]`.
-//! * `WELCOME` (2): status u8 (0 ok, 1 no such device), 7 zero bytes.
+//! * `HELLO` (1): `"M5SW"`, version u16 = 1, flags u16 (bit 0: offers
+//!   shared-memory rings; unix sockets only), from `[16]`, to `[16]`.
+//! * `WELCOME` (2): status u8 (0 ok, 1 no such device), shared memory u8
+//!   (1: taken), 6 zero bytes. When taken, the connector sends
+//!   `"M5SHMOFR"` with the memfd and its wake-up eventfd (`SCM_RIGHTS`),
+//!   the acceptor answers `"M5SHMACC"` with its eventfd; nothing else
+//!   crosses the socket after that.
 //! * `REQ` (3): src QPN u32, dst QPN u32, PSN u32, epoch u32, opcode u8,
 //!   flags u8 (bit 0: solicited event), 2 zero bytes, rkey u32, remote
 //!   address u64, length u32, immediate u32, swap/add u64, compare u64
