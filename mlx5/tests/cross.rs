@@ -1183,10 +1183,14 @@ fn a_peer_that_corrupts_the_rings_loses_only_its_link() {
     };
     assert_eq!(read(&mut me, &bad)[0].status(), Ok(()));
     assert_eq!(read(&mut other, &good)[0].status(), Ok(()));
-    assert_eq!(ctx.wire_stats().unwrap().shm_links, 2);
-    assert_eq!(bad.cmd("corrupt-rings"), "1");
+    // Two devices that connect to each other at once may open two links
+    // (one each way): count rather than assume one per peer.
+    let before = ctx.wire_stats().unwrap().shm_links;
+    assert!(before >= 2, "{before} shared-memory links");
+    let corrupted: usize = bad.cmd("corrupt-rings").parse().unwrap();
+    assert!(corrupted >= 1);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ctx.wire_stats().unwrap().shm_links != 1 {
+    while ctx.wire_stats().unwrap().shm_links != before - corrupted {
         assert!(Instant::now() < deadline, "the corrupted link is still up");
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -10,7 +10,7 @@ use super::bell::Bell;
 use super::link::{self, Link, WireStats};
 use super::requester::{complete, fail, min_timer, process_qp};
 use super::responder::{MAX_RECV_SGE, respond_locked};
-use super::state::{Engine, Shared, State, Target, fabric};
+use super::state::{Engine, Shared, State, Target};
 use super::wire;
 use crate::error::Error;
 use crate::prm::{Access, QpState, Syndrome};
@@ -54,13 +54,14 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     // One clock read per pass (a few percent of a cross-process pass on a
     // VM): the links' deadlines and control checks share it.
     let now = (!eng.links.is_empty()).then(Instant::now);
+    // One lock for every frame and WQE this pass handles (see `Fabric`).
+    let mut st = shared.lock();
     if let Some(now) = now {
-        done += receive(shared, eng, now);
+        done += receive(eng, now, &mut st);
     }
     eng.work.clear();
-    // One lock for every WQE this pass executes (see `Fabric`).
-    let mut fab = fabric();
-    if let Some(s) = fab.state(shared.dev) {
+    {
+        let s: &State = &st;
         for qp in s.qps.iter().flatten() {
             let pi = qp.sq_pi();
             let send = match qp.state {
@@ -77,9 +78,9 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     }
     for i in 0..eng.work.len() {
         let qpn = eng.work[i];
-        done += process_qp(shared, eng, &mut fab, qpn);
+        done += process_qp(shared, eng, &mut st.fabric, qpn);
     }
-    drop(fab);
+    drop(st);
     if let Some(now) = now
         && !eng.links.is_empty()
     {
@@ -92,7 +93,7 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
 /// (the responder phase) and answered; answers complete WQEs in flight. A
 /// link with requests outstanding and no progress for its ACK timeout is
 /// declared dead.
-fn receive(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) -> usize {
+fn receive(eng: &mut Engine, now: Instant, s: &mut State) -> usize {
     let Engine {
         links,
         sges,
@@ -107,15 +108,7 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) -> usize {
     for link in links.iter_mut().filter(|l| l.is_up()) {
         while let Some((kind, body, len)) = link.direct_frame() {
             done += 1;
-            handle_direct(
-                shared,
-                link,
-                (kind, body, len),
-                sges,
-                stats,
-                next_timer,
-                now,
-            );
+            handle_direct(s, link, (kind, body, len), sges, stats, next_timer, now);
             if !link.is_up() {
                 break;
             }
@@ -126,7 +119,7 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) -> usize {
             0
         };
         if got > 0 && link.is_up() {
-            done += handle_frames(shared, link, frames, sges, stats, next_timer, now);
+            done += handle_frames(s, link, frames, sges, stats, next_timer, now);
             if link.mid_frame() && link.outstanding() > 0 {
                 // A frame is arriving (READ data, or frames queued ahead
                 // of the answers): the peer is alive and sending.
@@ -149,11 +142,9 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) -> usize {
         }
     }
     if !dead.is_empty() {
-        let mut s = shared.lock();
         for &id in dead.iter() {
-            done += fail_link_qps(&mut s, id, sges);
+            done += fail_link_qps(s, id, sges);
         }
-        drop(s);
         remove_dead_links(links);
     }
     done
@@ -164,7 +155,7 @@ fn receive(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) -> usize {
 /// does a stranger that leaves more than [`link::STRANGER_TX`] of answers
 /// unread.
 fn handle_frames(
-    shared: &Arc<Shared>,
+    s: &mut State,
     link: &mut Link,
     frames: &mut Vec<(u8, usize, usize)>,
     sges: &mut Vec<Sge>,
@@ -182,7 +173,7 @@ fn handle_frames(
                 // QPs may have connected, or regions grown, since the
                 // limit was set; this header is parsed again.
                 rechecked = true;
-                vouch(&shared.lock(), link);
+                vouch(s, link);
             }
             Err(link::Bad::ReqOverLimit) => {
                 bad = Some("REQ longer than any QP connected to its sender can accept");
@@ -197,7 +188,6 @@ fn handle_frames(
     let mut done = 0;
     if !frames.is_empty() {
         let rx = std::mem::take(&mut link.rx);
-        let mut s = shared.lock();
         for &(kind, a, b) in frames.iter() {
             let body = &rx[a..b];
             stats.frames_received += 1;
@@ -211,7 +201,7 @@ fn handle_frames(
                     }
                 };
                 let at = wire::start_resp(&mut link.tx);
-                let r = respond_locked(&mut s, &req, payload, &mut link.tx);
+                let r = respond_locked(s, &req, payload, &mut link.tx);
                 wire::finish_resp(&mut link.tx, at, &req, epoch, r);
                 stats.frames_sent += 1;
             } else {
@@ -227,17 +217,16 @@ fn handle_frames(
                 // epoch or PSN, or nothing asked) is dropped, and the ACK
                 // timeout runs on.
                 if link.answers(&r, now) {
-                    on_resp(&mut s, &r, sges, next_timer);
+                    on_resp(s, &r, sges, next_timer);
                 }
             }
         }
-        drop(s);
         link.rx = rx;
     }
     if let Some(e) = bad {
         link.kill(format!("protocol error from the peer: {e}"));
     } else if !link.vouched && link.backlog() > link::STRANGER_TX {
-        vouch(&shared.lock(), link);
+        vouch(s, link);
         if !link.vouched {
             link.kill("a stranger that does not read its answers".into());
         }
@@ -250,7 +239,7 @@ fn handle_frames(
 /// payload or data copied straight to its destination, as `handle_frames`
 /// does from the receive buffer.
 fn handle_direct(
-    shared: &Arc<Shared>,
+    s: &mut State,
     link: &mut Link,
     (kind, body, len): (u8, *const u8, usize),
     sges: &mut Vec<Sge>,
@@ -280,12 +269,11 @@ fn handle_direct(
         wire::Data::raw(body.add(fixed_len), len - fixed_len)
     };
     stats.frames_received += 1;
-    let mut s = shared.lock();
     let bad = if kind == wire::K_REQ {
         match wire::req_from(&fixed, rest, link.peer) {
             Ok((req, epoch, payload)) => {
                 let at = wire::start_resp(&mut link.tx);
-                let r = respond_locked(&mut s, &req, payload, &mut link.tx);
+                let r = respond_locked(s, &req, payload, &mut link.tx);
                 wire::finish_resp(&mut link.tx, at, &req, epoch, r);
                 stats.frames_sent += 1;
                 None
@@ -296,14 +284,13 @@ fn handle_direct(
         match wire::resp_from(&fixed[..wire::RESP_LEN], rest) {
             Ok(r) => {
                 if link.answers(&r, now) {
-                    on_resp(&mut s, &r, sges, next_timer);
+                    on_resp(s, &r, sges, next_timer);
                 }
                 None
             }
             Err(e) => Some(e),
         }
     };
-    drop(s);
     link.consume_direct(len, stats);
     if let Some(e) = bad {
         link.kill(format!("protocol error from the peer: {e}"));
