@@ -204,6 +204,7 @@ fn handle_frames(
                 let r = respond_locked(s, &req, payload, &mut link.tx);
                 wire::finish_resp(&mut link.tx, at, &req, epoch, r);
                 stats.frames_sent += 1;
+                link.answer_early(stats);
             } else {
                 let r = match wire::get_resp(body) {
                     Ok(r) => r,
@@ -276,6 +277,7 @@ fn handle_direct(
                 let r = respond_locked(s, &req, payload, &mut link.tx);
                 wire::finish_resp(&mut link.tx, at, &req, epoch, r);
                 stats.frames_sent += 1;
+                link.answer_early(stats);
                 None
             }
             Err(e) => Some(e),
