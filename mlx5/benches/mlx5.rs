@@ -6,6 +6,11 @@
 //! * `rate/*-QxD`: Q QPs with D WRITE_IMMs each in flight, every one echoed
 //!   back: round trips per second.
 //! * `bw/*-read`, `bw/*-write`: 1 MiB RDMA READs / WRITEs, four in flight.
+//! * `bw/floor-cross-core-copy`: no device, the bound of the cross-process
+//!   bandwidth figures: one thread writes 1 MiB chunks into an 8 MiB ring
+//!   and a thread on the other core copies each out, as a payload crosses
+//!   a shared-memory link (written into the ring by one process, copied to
+//!   its destination by the other).
 //!
 //! `inproc` figures put both ends in this process: two devices with manual
 //! progress, both stepped by the measuring thread, so the figure is the
@@ -307,6 +312,67 @@ impl Setup {
     }
 }
 
+/// `iters` 1 MiB chunks through an 8-chunk ring between the two cores
+/// (see the module doc).
+fn cross_core_copy(iters: u64) -> Duration {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const SLOTS: u64 = 8;
+    let ring: Vec<std::cell::UnsafeCell<u8>> = (0..SLOTS as usize * MIB)
+        .map(|_| std::cell::UnsafeCell::new(0))
+        .collect();
+    struct Ring<'a>(&'a [std::cell::UnsafeCell<u8>]);
+    // SAFETY: the producer writes a slot only after the consumer released
+    // it, the consumer reads it only after the producer published it (the
+    // counters below, Acquire/Release).
+    unsafe impl Sync for Ring<'_> {}
+    let ring = Ring(&ring);
+    let (written, read) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (a, b) = benchutil::core_pair();
+    let start = std::sync::Barrier::new(2);
+    let t = std::thread::scope(|sc| {
+        let (ring, written, read, start) = (&ring, &written, &read, &start);
+        sc.spawn(move || {
+            benchutil::pin(b);
+            let mut dst = vec![0u8; MIB];
+            start.wait();
+            for i in 0..iters {
+                // Acquire: the chunk's bytes are visible.
+                while written.load(Ordering::Acquire) <= i {
+                    std::hint::spin_loop();
+                }
+                let at = (i % SLOTS) as usize * MIB;
+                // SAFETY: slot published, not written again before the
+                // Release below.
+                unsafe { std::ptr::copy_nonoverlapping(ring.0[at].get(), dst.as_mut_ptr(), MIB) };
+                // Release: the slot was read before it is reused.
+                read.store(i + 1, Ordering::Release);
+            }
+            std::hint::black_box(&dst);
+        });
+        benchutil::pin(a);
+        let src: Vec<u8> = (0..MIB).map(|i| i as u8).collect();
+        start.wait();
+        let t = Instant::now();
+        for i in 0..iters {
+            // Acquire: the consumer is done with the slot.
+            while i >= SLOTS && read.load(Ordering::Acquire) <= i - SLOTS {
+                std::hint::spin_loop();
+            }
+            let at = (i % SLOTS) as usize * MIB;
+            // SAFETY: the slot is free (checked above) and inside the ring.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), ring.0[at].get(), MIB) };
+            // Release: the bytes are visible before the count.
+            written.store(i + 1, Ordering::Release);
+        }
+        while read.load(Ordering::Acquire) < iters {
+            std::hint::spin_loop();
+        }
+        t.elapsed()
+    });
+    benchutil::unpin(&benchutil::allowed_cpus());
+    t
+}
+
 type Shared<T> = Rc<RefCell<T>>;
 
 struct Fig {
@@ -346,6 +412,15 @@ fn figures() -> Vec<Fig> {
             });
         }
         let s: Shared<Setup> = Rc::new(RefCell::new(mk(1, 4)));
+        if place == "inproc" {
+            v.push(Fig {
+                id: "bw/floor-cross-core-copy".into(),
+                kind: FigKind::Throughput,
+                iters: 200,
+                run: Rc::new(RefCell::new(cross_core_copy)),
+                ctx: s.borrow().near.ctx.clone(),
+            });
+        }
         for read in [true, false] {
             let s = s.clone();
             let ctx = s.borrow().near.ctx.clone();
@@ -388,7 +463,12 @@ fn main() {
     let mut out = m.preamble("mlx5");
     out += "| figure | median | per operation | note |\n|---|---|---|---|\n";
     for f in &m.figures {
-        let (value, note) = if f.id.starts_with("bw/") {
+        let (value, note) = if f.id == "bw/floor-cross-core-copy" {
+            (
+                format!("{:.2} GB/s", f.per_second() * MIB as f64 / 1e9),
+                "no device: 1 MiB chunks written on one core, copied out on the other",
+            )
+        } else if f.id.starts_with("bw/") {
             (
                 format!("{:.2} GB/s", f.per_second() * MIB as f64 / 1e9),
                 "1 MiB per operation, 4 in flight",
@@ -413,7 +493,7 @@ fn main() {
     out += "\nwire (this side of the cross figures, criterion and summary runs together):\n\n\
             | setup | frames sent per write call | frames received per read call | bytes per write call | frames received in place |\n\
             |---|---|---|---|---|\n";
-    for f in figs.iter().filter(|f| f.id.contains("cross")) {
+    for f in figs.iter().filter(|f| f.id.contains("/cross-")) {
         if f.id.ends_with("-write") {
             continue; // shares its setup (and counters) with bw/cross-read
         }
