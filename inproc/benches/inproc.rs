@@ -451,6 +451,30 @@ fn throughput_transports() -> [(&'static str, String); 3] {
     ]
 }
 
+/// The ratios [`table`] shows, declared once for the JSON beside it:
+/// latency rows to the floor, `spsc_throughput` rows to rtrb in the same
+/// loop at the same size, Flux rows to the crossbeam-channel mesh.
+fn declare_ratios(m: &mut Medians) {
+    let figs: Vec<(String, Kind)> = m.figures.iter().map(|f| (f.id.clone(), f.kind)).collect();
+    for (id, kind) in figs {
+        match kind {
+            Kind::Latency if id != "floor/threads" => {
+                m.ratio(&id, "floor/threads", "floor");
+            }
+            Kind::Throughput => {
+                let peer = rtrb_peer(&id).or_else(|| {
+                    let n = id.strip_prefix("flux/")?.rsplit('/').next()?;
+                    Some(format!("flux/crossbeam-mesh/{n}"))
+                });
+                if let Some(p) = peer.filter(|p| *p != id && m.get(p).is_some()) {
+                    m.ratio(&id, &p, "peer");
+                }
+            }
+            Kind::Latency => {}
+        }
+    }
+}
+
 fn table(m: &Medians) -> String {
     let floor = m.ns("floor/threads");
     let mut out = m.preamble("inproc");
@@ -563,7 +587,8 @@ fn main() {
         c.final_summary();
     }
     if !knobs.skip_summary {
-        let m = summary::run(&knobs, summary_items(), benchutil::canary_ns);
-        benchutil::write_report("inproc", &table(&m));
+        let mut m = summary::run(&knobs, summary_items(), benchutil::canary_ns);
+        declare_ratios(&mut m);
+        m.write_report("inproc", &table(&m));
     }
 }
