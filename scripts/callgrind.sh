@@ -9,7 +9,10 @@
 #
 #   scripts/callgrind.sh [SMALL LARGE]     (default 1000 5000)
 #
-# Leaves the table in target/bench-summary/mlx5-instr.md and prints it.
+# Leaves the tables in target/bench-summary/mlx5-instr.md and
+# copyrpc-instr.md and prints them; every row, with the five functions of
+# most self Ir in its larger run (callgrind_annotate), also goes to
+# target/bench-summary/instr.tsv for bench-report.
 source "$(dirname "$0")/common.sh"
 
 ensure_apt valgrind
@@ -57,6 +60,26 @@ ir() {
     echo "$total"
 }
 
+mkdir -p target/bench-summary
+TSV=target/bench-summary/instr.tsv
+: >"$TSV"
+# tsv SUITE LABEL SMALL_IR LARGE_IR OUT: the row for bench-report, then the
+# five functions with the most self Ir in callgrind output OUT.
+tsv() {
+    local suite="$1" label="$2" small="$3" large="$4" out="$5"
+    printf 'row\t%s\t%s\t%s\t%s\t%s\t%s\n' "$suite" "$label" "$SMALL" "$LARGE" "$small" "$large" >>"$TSV"
+    callgrind_annotate "$out" 2>/dev/null | awk '
+        /file:function/ { table = 1; next }
+        table && /^-+$/ { next }
+        table && /^[[:space:]]*$/ { if (n) exit; next }
+        table && /^[[:space:]]*[0-9,]+ / {
+            ir = $1; gsub(",", "", ir)
+            fn = $0; sub(/^[[:space:]]*[0-9,]+ +(\([^)]*\) +)?/, "", fn)
+            printf "top\t%s\t%s\n", ir, fn
+            if (++n == 5) exit
+        }' >>"$TSV"
+}
+
 ROWS=()
 # row LABEL FUNCTION OP: one table row from runs at SMALL and LARGE.
 row() {
@@ -64,6 +87,7 @@ row() {
     echo "== $label: $fn, instr N $op, N = $SMALL and $LARGE" >&2
     small="$(ir "$fn" "$SMALL" "$op")"
     large="$(ir "$fn" "$LARGE" "$op")"
+    tsv mlx5 "$label" "$small" "$large" "$WORK/callgrind.out.$op.$fn.$LARGE"
     if [ "$large" -le "$small" ] || [ "$small" -eq 0 ]; then
         echo "callgrind.sh: $fn counted $small then $large instructions:" \
             "--toggle-collect matched nothing, or the batch does not scale" >&2
@@ -85,7 +109,6 @@ MODEL="$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null 
 HASH="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD -- 2>/dev/null || HASH="$HASH (with uncommitted changes)"
 
-mkdir -p target/bench-summary
 REPORT=target/bench-summary/mlx5-instr.md
 {
     echo "mlx5 instructions per operation (callgrind Ir; per op = (Ir(N=$LARGE) - Ir(N=$SMALL)) / $((LARGE - SMALL)); software device's work not counted)"
@@ -116,6 +139,7 @@ for shape in depth1 8x256; do
     echo "== copyrpc $shape: measured_*, N = $SMALL and $LARGE" >&2
     small="$(ir measured_ "$SMALL" "$shape")"
     large="$(ir measured_ "$LARGE" "$shape")"
+    tsv copyrpc "RPC of 32 bytes, $shape" "$small" "$large" "$WORK/callgrind.out.$shape.measured_.$LARGE"
     per="$(awk -v a="$small" -v b="$large" -v n="$SMALL" -v m="$LARGE" \
         'BEGIN { printf "%.1f", (b - a) / (m - n) }')"
     CROWS+=("| $shape | $per | $small | $large |")

@@ -993,7 +993,7 @@ fn counters_section(run: &Run) -> String {
         let _ = writeln!(
             t,
             "{NOT_AVAILABLE} `perf c2c` contention data: {}.\n",
-            run.c2c.what.trim_end_matches('.')
+            run.c2c.what.trim().trim_end_matches('.')
         );
     }
     t
