@@ -357,7 +357,7 @@ fn instr_text(run: &Run, suite: &str) -> String {
     let mut t = String::from(
         "Instructions per operation from `valgrind --tool=callgrind` (deterministic): \
          (Ir at the larger count − Ir at the smaller) ÷ the difference of the counts.\n\n\
-         | operation | instructions / op | counts | top functions (self Ir, larger run) |\n\
+         | operation | instructions / op | counts | top file:function (self Ir at the larger count) |\n\
          |---|---|---|---|\n",
     );
     for r in rows {
@@ -384,23 +384,22 @@ fn instr_text(run: &Run, suite: &str) -> String {
     t
 }
 
-/// A function name without its file and hash suffix, short enough for a
-/// table cell.
+/// A `file:function` of callgrind_annotate, short enough for a table cell:
+/// the standard library's path without its toolchain hash, the binary's
+/// path dropped. The file matters: LTO inlines a hot path into one
+/// function, and the file says which code its instructions came from.
 fn short_fn(f: &str) -> String {
-    let f = f.rsplit_once(':').map_or(f, |(file, func)| {
-        if file.contains('/') || file.ends_with(".rs") || file == "???" {
-            func
-        } else {
-            f
-        }
-    });
-    let f = f.split(" [").next().unwrap_or(f);
+    let f = f.split(" [").next().unwrap_or(f).trim();
+    let f = match f.find("/library/") {
+        Some(i) if f.starts_with("/rustc/") => &f[i + "/library/".len()..],
+        _ => f,
+    };
     let f = f.replace('|', "/");
-    if f.chars().count() > 80 {
+    if f.chars().count() > 90 {
         let tail: String = f
             .chars()
             .rev()
-            .take(77)
+            .take(87)
             .collect::<Vec<_>>()
             .into_iter()
             .rev()
