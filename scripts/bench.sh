@@ -31,7 +31,7 @@ CALLGRIND_ARGS=()
 BENCHKV_ARGS=()
 if [ "$QUICK" -eq 1 ]; then
     export BENCH_QUICK=1
-    for p in IPC_BENCH INPROC_BENCH MLX5_BENCH COPYRPC_BENCH; do
+    for p in IPC_BENCH PEERS_BENCH INPROC_BENCH MLX5_BENCH COPYRPC_BENCH; do
         export "${p}_ROUNDS=3" "${p}_SKIP_CRITERION=1"
     done
     CALLGRIND_ARGS=(100 500)
@@ -42,6 +42,10 @@ fi
 rm -rf target/bench-summary
 echo "== ipc (cargo bench -p ipc)"
 cargo bench -p ipc --bench ipc -- "$@"
+echo
+echo "== same-host peer: UCX active messages between two processes (peers/, ucx-am-pingpong)"
+cargo build --release -q -p peers
+target/release/ucx-am-pingpong
 echo
 echo "== inproc (cargo bench -p inproc)"
 cargo bench -p inproc --bench inproc -- "$@"

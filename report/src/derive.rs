@@ -216,11 +216,17 @@ pub struct CriticalPath {
     pub implied_ops_per_s: f64,
 }
 
-/// The network round trip figure of a benchkv backend, if a layer measured
-/// it in this run (copyrpc between two processes; UCX-AM is measured only
-/// inside benchkv).
+/// The network round trip figure of a benchkv backend, if a suite measures
+/// it (between two processes, as benchkv's two ranks on one host): copyrpc's
+/// own suite, and UCX-AM through the same `UcxNet` in the `ucx` suite.
+/// `ucx-am` with `UCX_TLS` left to the environment has none.
 pub fn network_figure(backend: &str) -> Option<(&'static str, &'static str)> {
-    (backend == "copyrpc").then_some(("copyrpc", "pingpong/cross-copyrpc"))
+    match backend {
+        "copyrpc" => Some(("copyrpc", "pingpong/cross-copyrpc")),
+        "ucx-am:shm" => Some(("ucx", "pingpong/ucx-am-shm")),
+        "ucx-am:tcp" => Some(("ucx", "pingpong/ucx-am-tcp")),
+        _ => None,
+    }
 }
 
 /// The critical path of `p`, if every hop it takes has a measured figure.

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 /// The schema of `run.json`; bumped when a field changes meaning.
 pub const SCHEMA: &str = "bench-report/1";
 
-/// The suites `scripts/bench.sh` runs, in report order.
-pub const SUITES: [&str; 4] = ["ipc", "inproc", "mlx5", "copyrpc"];
+/// The suites `scripts/bench.sh` runs, in report order (`ucx`: the
+/// UCX-AM same-host peer, `peers/`).
+pub const SUITES: [&str; 5] = ["ipc", "ucx", "inproc", "mlx5", "copyrpc"];
 
 /// Everything one run measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

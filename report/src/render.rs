@@ -194,6 +194,17 @@ fn executive_summary(run: &Run) -> String {
             format::ratio(iox / pp)
         ));
     }
+    if let (Some(pp), Some(ucx)) = (
+        derive::ns(run, "ipc", "pingpong/processes"),
+        derive::ns(run, "ucx", "pingpong/ucx-am-shm"),
+    ) {
+        lines.push(format!(
+            "- UCX active messages over shared memory between the same two processes: {}, {} \
+             ipc's round trip.",
+            format::ns(ucx),
+            format::ratio(ucx / pp)
+        ));
+    }
     if let (Some(pp), Some(floor)) = (
         derive::ns(run, "mlx5", "pingpong/cross-1x1"),
         derive::ns(run, "ipc", "floor/processes"),
@@ -557,6 +568,13 @@ fn suite_plots(
     out
 }
 
+/// What a layer's section shows besides its own suite.
+struct Extra {
+    /// Appended to its Figures subsection.
+    figures: String,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn layer(
     run: &Run,
     name: &str,
@@ -564,6 +582,7 @@ fn layer(
     intro: &str,
     limits: (Vec<Limit>, &str),
     refs: &[(&str, f64)],
+    extra: Extra,
     plots: &mut Vec<(String, String)>,
 ) -> String {
     let mut t = format!("## {section}\n\n{intro}\n\n");
@@ -574,7 +593,13 @@ fn layer(
         }
         return t;
     };
-    let _ = write!(t, "### {}\n\n{}\n", LAYER_SUBSECTIONS[0], figures_table(s));
+    let _ = write!(
+        t,
+        "### {}\n\n{}\n{}",
+        LAYER_SUBSECTIONS[0],
+        figures_table(s),
+        extra.figures
+    );
     let _ = write!(
         t,
         "### {}\n\n{}\n",
@@ -605,6 +630,44 @@ fn floor_refs<'a>(run: &Run, items: &[(&'a str, &'a str)]) -> Vec<(&'a str, f64)
         .collect()
 }
 
+/// The UCX-AM same-host peer (the `ucx` suite, run beside ipc's in the
+/// same pipeline, interleaved with its own floor) against ipc's round trip.
+fn ucx_peer(run: &Run) -> String {
+    let mut t = String::from(
+        "Same-host peer with its own suite (`ucx-am-pingpong`, peers/: UCX active messages \
+         between two processes through benchkv's UcxNet, interleaved with its own \
+         cache-line floor, run right after the ipc suite):\n\n",
+    );
+    let Some(u) = suite(run, "ucx") else {
+        let _ = writeln!(t, "{}", missing_suite_line(run, "ucx"));
+        return t;
+    };
+    let pp = derive::ns(run, "ipc", "pingpong/processes");
+    t += "| figure | min | median | max | vs floor | vs ipc pingpong/processes | note |\n\
+          |---|---|---|---|---|---|---|\n";
+    for f in u.figures.iter().filter(|f| f.name != "floor/processes") {
+        let floor: Vec<String> = f
+            .ratios
+            .iter()
+            .filter(|r| r.role == "floor")
+            .map(|r| speed(r.time_ratio, &r.against))
+            .collect();
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            f.name,
+            format::value(f.min, &f.unit),
+            format::value(f.median, &f.unit),
+            format::value(f.max, &f.unit),
+            floor.join("; "),
+            pp.map_or("ipc not measured".into(), |p| speed(f.ns_per_op / p, "ipc")),
+            f.note.as_deref().unwrap_or("")
+        );
+    }
+    t += "\n";
+    t
+}
+
 fn layer_ipc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
     let refs = floor_refs(run, &[("ipc", "floor/processes")]);
     layer(
@@ -619,6 +682,9 @@ fn layer_ipc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
             "the ping-pong or floor figures the limit is computed from are not in this run.",
         ),
         &refs,
+        Extra {
+            figures: ucx_peer(run),
+        },
         plots,
     )
 }
@@ -637,6 +703,9 @@ fn layer_inproc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
             "the ping-pong or floor figures the limit is computed from are not in this run.",
         ),
         &refs,
+        Extra {
+            figures: String::new(),
+        },
         plots,
     )
 }
@@ -686,6 +755,9 @@ fn layer_mlx5(run: &Run, plots: &mut Vec<(String, String)>) -> String {
              floor between processes, and either figure is missing from this run.",
         ),
         &refs,
+        Extra {
+            figures: String::new(),
+        },
         plots,
     )
 }
@@ -709,6 +781,9 @@ fn layer_copyrpc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
             "the raw WRITE_IMM figures the limit is taken from are not in this run.",
         ),
         &refs,
+        Extra {
+            figures: String::new(),
+        },
         plots,
     )
 }
@@ -877,23 +952,25 @@ fn critical_paths(run: &Run) -> String {
         }
         t += "\n";
     }
-    let unmeasured: Vec<&str> = {
-        let mut v: Vec<&str> = run
-            .benchkv
-            .iter()
-            .filter(|p| derive::network_figure(&p.backend).is_none())
-            .map(|p| p.backend.as_str())
-            .collect();
-        v.dedup();
-        v
-    };
-    if !unmeasured.is_empty() {
-        let _ = writeln!(
-            t,
-            "{NOT_AVAILABLE} critical path of {}: no layer suite measures UCX-AM's network round \
-             trip on its own, so only the measured points stand for it.\n",
-            unmeasured.join(", ")
-        );
+    let mut unmeasured: Vec<String> = run
+        .benchkv
+        .iter()
+        .filter(|p| derive::critical_path(run, p).is_none())
+        .map(|p| match derive::network_figure(&p.backend) {
+            Some((suite, name)) => format!(
+                "{}: its hops need {suite} {name} and ipc's ping-pong, which this run lacks",
+                p.backend
+            ),
+            None => format!(
+                "{}: no suite measures this backend's round trip on its own (UCX_TLS left to \
+                 the environment)",
+                p.backend
+            ),
+        })
+        .collect();
+    unmeasured.dedup();
+    for u in unmeasured {
+        let _ = writeln!(t, "{NOT_AVAILABLE} critical path of {u}.\n");
     }
     t
 }

@@ -173,10 +173,22 @@ fn fixture() -> Run {
             thr("rate/cross-copyrpc-8x256", 200.0),
         ],
     );
+    let ucx = suite(
+        "ucx",
+        vec![
+            lat("floor/processes", 70.0, 80.0, 90.0),
+            with_ratio(
+                lat("pingpong/ucx-am-shm", 900.0, 1000.0, 1100.0),
+                "floor/processes",
+                80.0,
+                "floor",
+            ),
+        ],
+    );
     Run {
         schema: SCHEMA.into(),
         metadata: metadata(),
-        suites: vec![ipc, inproc, mlx5, copyrpc],
+        suites: vec![ipc, ucx, inproc, mlx5, copyrpc],
         missing_suites: Vec::new(),
         instr: parse_instr(
             "row\tmlx5\tpost\t100\t500\t10000\t30000\n\
@@ -212,7 +224,7 @@ fn every_section_is_there_and_filled_by_the_fixtures_measurements() {
     // The only reasons a complete run gives are the machine's.
     for line in r.markdown.lines().filter(|l| l.contains(NOT_AVAILABLE)) {
         assert!(
-            line.contains("perf c2c") || line.contains("callgrind") || line.contains("UCX-AM"),
+            line.contains("perf c2c") || line.contains("callgrind"),
             "{line}"
         );
     }
@@ -247,10 +259,15 @@ fn the_benchkv_critical_path_sums_the_layers_round_trips() {
     // ipc threads 100 ns for every request + half the requests × copyrpc
     // cross 3 µs = 1.60 µs; 2 ranks × 1 client × depth 1 in flight.
     assert!(md.contains("| copyrpc c1 q1 | client ↔ daemon (ipc): 1.00 × 100 ns (ipc pingpong/threads)<br>rank ↔ rank (network): 0.500 × 3.00 µs (copyrpc pingpong/cross-copyrpc) | 1.60 µs | 150 µs | 93.8× | 1.25 M/s | 10.0 k/s | 0.008× |"), "{md}");
-    assert!(
-        md.contains("Not available: critical path of ucx-am:shm"),
-        "{md}"
-    );
+    // UCX-AM's hop is the ucx suite's round trip: 100 ns + 0.5 × 1 µs.
+    assert!(md.contains("| ucx-am:shm c1 q1 | client ↔ daemon (ipc): 1.00 × 100 ns (ipc pingpong/threads)<br>rank ↔ rank (network): 0.500 × 1.00 µs (ucx pingpong/ucx-am-shm) | 600 ns | 20.0 µs | 33.3× |"), "{md}");
+}
+
+#[test]
+fn the_ucx_am_peer_stands_beside_ipc() {
+    let md = render(&fixture()).markdown;
+    assert!(md.contains("| pingpong/ucx-am-shm | 900 ns | 1.00 µs | 1.10 µs | 12.5× floor/processes | 10.0× ipc |"), "{md}");
+    assert!(md.contains("- UCX active messages over shared memory between the same two processes: 1.00 µs, 10.0× ipc's round trip."), "{md}");
 }
 
 #[test]
