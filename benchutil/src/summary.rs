@@ -547,6 +547,14 @@ pub fn run(knobs: &Knobs, items: Vec<Item<'_>>, mut canary: impl FnMut() -> f64)
             counters.start();
             let d = (it.run)(it.iters);
             c.push(counters.stop());
+            // No operation takes no time: a zero is a figure whose clock
+            // was read in the wrong place, and its rate would be infinite.
+            assert!(
+                !d.is_zero(),
+                "{}: {} operations measured as taking no time (its timing is broken)",
+                it.id,
+                it.iters
+            );
             s.push(d.as_nanos() as f64 / it.iters as f64);
         }
         let after = canary();

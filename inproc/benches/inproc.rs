@@ -451,26 +451,37 @@ fn throughput_transports() -> [(&'static str, String); 3] {
     ]
 }
 
-/// The ratios [`table`] shows, declared once for the JSON beside it:
-/// latency rows to the floor, `spsc_throughput` rows to rtrb in the same
-/// loop at the same size, Flux rows to the crossbeam-channel mesh.
+/// The ratios the report shows, declared once for the JSON beside the
+/// table: latency rows to the floor and ping-pong rows to rtrb's and
+/// crossbeam's ping-pong; `spsc_throughput` rows to rtrb, crossbeam's
+/// channel and ArrayQueue in the same loop at the same size (the table
+/// shows the rtrb ratio); Flux rows to the crossbeam-channel mesh.
 fn declare_ratios(m: &mut Medians) {
     let figs: Vec<(String, Kind)> = m.figures.iter().map(|f| (f.id.clone(), f.kind)).collect();
+    let peers = [Rtrb::NAME, CrossbeamChannel::NAME, ArrayQueue::NAME];
     for (id, kind) in figs {
+        let mut against: Vec<(String, &str)> = Vec::new();
         match kind {
             Kind::Latency if id != "floor/threads" => {
-                m.ratio(&id, "floor/threads", "floor");
+                against.push(("floor/threads".into(), "floor"));
+                if id.starts_with("pingpong/") {
+                    against.extend(peers.iter().map(|p| (format!("pingpong/{p}"), "peer")));
+                }
             }
             Kind::Throughput => {
-                let peer = rtrb_peer(&id).or_else(|| {
-                    let n = id.strip_prefix("flux/")?.rsplit('/').next()?;
-                    Some(format!("flux/crossbeam-mesh/{n}"))
-                });
-                if let Some(p) = peer.filter(|p| *p != id && m.get(p).is_some()) {
-                    m.ratio(&id, &p, "peer");
+                if let Some(rtrb) = rtrb_peer(&id) {
+                    against.extend(peers.iter().map(|p| (rtrb.replace(Rtrb::NAME, p), "peer")));
+                } else if let Some(n) = id.strip_prefix("flux/").and_then(|r| r.rsplit('/').next())
+                {
+                    against.push((format!("flux/crossbeam-mesh/{n}"), "peer"));
                 }
             }
             Kind::Latency => {}
+        }
+        for (p, role) in against {
+            if p != id && m.get(&p).is_some() {
+                m.ratio(&id, &p, role);
+            }
         }
     }
 }
