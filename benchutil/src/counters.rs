@@ -75,6 +75,8 @@ impl Availability {
 /// Counters opened for this process.
 pub struct Counters {
     open: Vec<(&'static str, Counter)>,
+    /// Each counter's value at [`Counters::start`].
+    at_start: Vec<u64>,
     availability: Availability,
 }
 
@@ -100,7 +102,11 @@ impl Counters {
                     .push((name.to_string(), format!("perf_event_open({name}): {e}"))),
             }
         }
-        Self { open, availability }
+        Self {
+            at_start: vec![0; open.len()],
+            open,
+            availability,
+        }
     }
 
     /// Which counters opened.
@@ -108,22 +114,28 @@ impl Counters {
         &self.availability
     }
 
-    /// Zeroes and starts every open counter.
+    /// Starts every open counter and notes where it stands.
+    ///
+    /// Counts are differences of two reads rather than counts since a
+    /// reset: a reset clears the process's own count but not what its
+    /// exited threads and children added, which an inherited counter keeps.
     pub fn start(&mut self) {
-        for (_, c) in &mut self.open {
-            // A counter that cannot be reset or enabled reads zero below;
-            // its figure then shows zero for it, which `stop` drops.
-            let _ = c.reset().and_then(|()| c.enable());
+        for ((_, c), s) in self.open.iter_mut().zip(&mut self.at_start) {
+            // A counter that cannot be enabled or read counts nothing here;
+            // `stop` then reports zero for it, which the summary drops.
+            let _ = c.enable();
+            *s = c.read().unwrap_or(0);
         }
     }
 
-    /// Stops every open counter and returns the counts since [`start`](Self::start).
+    /// Stops every open counter and returns the counts since
+    /// [`start`](Self::start).
     pub fn stop(&mut self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
-        for (name, c) in &mut self.open {
+        for ((name, c), s) in self.open.iter_mut().zip(&self.at_start) {
             let _ = c.disable();
             if let Ok(v) = c.read() {
-                out.insert(name.to_string(), v);
+                out.insert(name.to_string(), v.saturating_sub(*s));
             }
         }
         out

@@ -24,8 +24,16 @@ pub fn ns(run: &Run, suite: &str, name: &str) -> Option<f64> {
     fig(run, suite, name).map(|f| f.ns_per_op)
 }
 
-/// Cache-line transfers one ping-pong round trip makes, per protocol: what
-/// the limit of a shared-memory round trip is built from.
+/// What the limit of a shared-memory ping-pong is built from, per
+/// protocol.
+///
+/// Any hand-over makes at least one line change cores: the one the
+/// consumer waits on. A round trip is two hand-overs, so its limit is two
+/// transfers, the cache-line floor itself, whatever else the protocol
+/// moves: lines the consumer reads after the one it waits on are fetched
+/// while that one is in flight (the loads are issued speculatively), so
+/// they add bandwidth, not latency. `lines` says how many lines a round
+/// trip moves in all.
 pub struct Protocol {
     /// The suite.
     pub suite: &'static str,
@@ -33,11 +41,14 @@ pub struct Protocol {
     pub figure: &'static str,
     /// The cache-line floor it is bounded by (same suite).
     pub floor: &'static str,
-    /// Lines that change cores per round trip.
-    pub transfers: u32,
-    /// Why that many.
+    /// Lines that change cores per round trip, in all.
+    pub lines: u32,
+    /// Which lines those are.
     pub why: &'static str,
 }
+
+/// Transfers a round trip waits for in sequence: one per direction.
+pub const SERIAL_TRANSFERS: u32 = 2;
 
 /// The protocols of the ping-pong figures (see each crate's module docs:
 /// ipc's `ring.rs`, inproc's `onesided.rs`, `fastforward.rs`, `lamport.rs`).
@@ -46,7 +57,7 @@ pub const PROTOCOLS: [Protocol; 6] = [
         suite: "ipc",
         figure: "pingpong/processes",
         floor: "floor/processes",
-        transfers: 2,
+        lines: 2,
         why: "the request slot (payload, call id and sequence word share a line) moves to the \
               server, the response slot back; the server's active list and the client's \
               free ids are private",
@@ -55,39 +66,41 @@ pub const PROTOCOLS: [Protocol; 6] = [
         suite: "ipc",
         figure: "pingpong/threads",
         floor: "floor/threads",
-        transfers: 2,
+        lines: 2,
         why: "as between processes: one request slot line, one response slot line",
     },
     Protocol {
         suite: "inproc",
         figure: "pingpong/onesided",
         floor: "floor/threads",
-        transfers: 2,
+        lines: 2,
         why: "one slot line (value and sequence word) each way; the consumer's `tail` line \
-              moves once per 64 slots, which this ignores",
+              moves once per 64 slots, which this leaves out",
     },
     Protocol {
         suite: "inproc",
         figure: "pingpong/fastforward",
         floor: "floor/threads",
-        transfers: 2,
+        lines: 2,
         why: "one slot line (value and full flag) each way; flags go back once per 64-slot run, \
-              which this ignores",
+              which this leaves out",
     },
     Protocol {
         suite: "inproc",
         figure: "pingpong/lamport",
         floor: "floor/threads",
-        transfers: 4,
-        why: "each way the slot line and the published `head` line (synced per message); the \
-              `tail` line moves only when the producer's cached room runs out",
+        lines: 4,
+        why: "each way the published `head` line, which the consumer waits on, and the slot \
+              line it then reads; the `tail` line moves only when the producer's cached room \
+              runs out",
     },
     Protocol {
         suite: "inproc",
         figure: "pingpong/rtrb",
         floor: "floor/threads",
-        transfers: 4,
-        why: "each way the slot line and the producer's write index (rtrb publishes it per push)",
+        lines: 4,
+        why: "each way the producer's write index (published per push), which the consumer \
+              waits on, and the slot line it then reads",
     },
 ];
 
@@ -133,20 +146,23 @@ pub fn cache_line_limits(run: &Run, suite: &str) -> Vec<Limit> {
             let floor = ns(run, p.suite, p.floor)?;
             // The floor is one round trip of two lines (ping, pong).
             let per_transfer = floor / 2.0;
-            let limit = f64::from(p.transfers) * per_transfer;
+            let limit = f64::from(SERIAL_TRANSFERS) * per_transfer;
             Some(Limit {
                 suite: p.suite.into(),
                 figure: p.figure.into(),
                 calculation: format!(
-                    "{} transfers × ({} {} ÷ 2 transfers) = {} × {} = {}",
-                    p.transfers,
+                    "{SERIAL_TRANSFERS} transfers in sequence × ({} {} ÷ 2 transfers) = \
+                     {SERIAL_TRANSFERS} × {} = {}",
                     p.floor,
                     crate::format::ns(floor),
-                    p.transfers,
                     crate::format::ns(per_transfer),
                     crate::format::ns(limit)
                 ),
-                assumption: p.why.into(),
+                assumption: format!(
+                    "{} lines change cores per round trip: {}; the round trip waits for one \
+                     each way",
+                    p.lines, p.why
+                ),
                 limit,
                 measured,
                 unit: "ns".into(),
