@@ -47,6 +47,11 @@ pub fn ratio(x: f64) -> String {
     format!("{}×", sig3(x))
 }
 
+/// `50.7%` of a fraction.
+pub fn percent(x: f64) -> String {
+    format!("{}%", sig3(100.0 * x))
+}
+
 /// Three significant digits (no exponent below 10⁶).
 pub fn sig3(v: f64) -> String {
     let a = v.abs();

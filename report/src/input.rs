@@ -101,6 +101,8 @@ pub struct KvPoint {
     pub mpi: String,
     /// `MLX5_DEVICE` as benchkv saw it.
     pub device_selection: String,
+    /// Every parameter of the point, by name, as benchkv lists them.
+    pub params: Vec<(String, String)>,
 }
 
 /// `perf c2c`: its report's first lines, or why there is none.
@@ -368,5 +370,13 @@ fn kv_point(v: &serde_json::Value) -> Result<KvPoint, String> {
             .as_str()
             .unwrap_or("auto")
             .to_string(),
+        params: md["params"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }

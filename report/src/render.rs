@@ -225,7 +225,7 @@ fn executive_summary(run: &Run) -> String {
     {
         lines.push(format!(
             "- benchkv over {} at 1 client, depth 1: p50 {} against a critical path of {} \
-             summed from the layers' own round trips ({} of it).",
+             summed from the layers' own round trips ({} the path).",
             cp.point.backend,
             format::ns(cp.point.p50_ns as f64),
             format::ns(cp.latency_ns),
@@ -849,8 +849,9 @@ fn layer_benchkv(run: &Run, plots: &mut Vec<(String, String)>) -> String {
                 )
             })
             .collect();
+        // One line per backend (a device's name counts up per point).
         v.sort();
-        v.dedup();
+        v.dedup_by(|a, b| a.split(": ").next() == b.split(": ").next());
         v
     };
     let _ = writeln!(
@@ -885,9 +886,9 @@ fn split_line(run: &Run) -> String {
     format!(
         "{} of requests served on the client's own daemon, {} through Flux, {} over the network \
          (all points)",
-        format::ratio(l as f64 / total).replace('×', " share"),
-        format::ratio(f as f64 / total).replace('×', " share"),
-        format::ratio(r as f64 / total).replace('×', " share"),
+        format::percent(l as f64 / total),
+        format::percent(f as f64 / total),
+        format::percent(r as f64 / total),
     )
 }
 
@@ -1128,11 +1129,16 @@ fn metadata_section(run: &Run) -> String {
         let _ = writeln!(t, "| {k} | {v} |");
     }
     if let Some(p) = run.benchkv.first() {
-        let _ = writeln!(
-            t,
-            "| benchkv daemons per rank | {} |\n| benchkv client processes | {} |\n| benchkv ranks | {} |",
-            p.daemons, p.client_procs, p.ranks
-        );
+        let _ = writeln!(t, "| benchkv ranks | {} |", p.ranks);
+        // Backend, clients and depth vary by point (the benchkv table);
+        // the rest is the sweep's.
+        for (k, v) in p
+            .params
+            .iter()
+            .filter(|(k, _)| !["backend", "clients", "depth"].contains(&k.as_str()))
+        {
+            let _ = writeln!(t, "| benchkv {k} | {v} |");
+        }
     }
     t += "\n";
     t

@@ -111,6 +111,10 @@ fn point(backend: &str, depth: u32, ops: f64, p50: u64) -> KvPoint {
         note: None,
         mpi: "Open MPI v4.1.4".into(),
         device_selection: "soft:manual".into(),
+        params: vec![
+            ("backend".into(), backend.into()),
+            ("keys".into(), "1024".into()),
+        ],
     }
 }
 
