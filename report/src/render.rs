@@ -568,20 +568,20 @@ fn suite_plots(
     out
 }
 
-/// What a layer's section shows besides its own suite.
+/// What a layer's section shows besides its own suite's figures.
 struct Extra {
     /// Appended to its Figures subsection.
     figures: String,
+    /// Vertical lines of its latency plot (its floor): (figure, ns).
+    refs: Vec<(&'static str, f64)>,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn layer(
     run: &Run,
     name: &str,
     section: &str,
     intro: &str,
     limits: (Vec<Limit>, &str),
-    refs: &[(&str, f64)],
     extra: Extra,
     plots: &mut Vec<(String, String)>,
 ) -> String {
@@ -613,7 +613,7 @@ fn layer(
         instr_text(run, name),
         counters_of(s)
     );
-    let files = suite_plots(s, refs, plots);
+    let files = suite_plots(s, &extra.refs, plots);
     let _ = write!(
         t,
         "### {}\n\n{}\n",
@@ -623,7 +623,7 @@ fn layer(
     t
 }
 
-fn floor_refs<'a>(run: &Run, items: &[(&'a str, &'a str)]) -> Vec<(&'a str, f64)> {
+fn floor_refs(run: &Run, items: &[(&str, &'static str)]) -> Vec<(&'static str, f64)> {
     items
         .iter()
         .filter_map(|(suite, name)| derive::ns(run, suite, name).map(|v| (*name, v)))
@@ -681,8 +681,8 @@ fn layer_ipc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
             derive::cache_line_limits(run, "ipc"),
             "the ping-pong or floor figures the limit is computed from are not in this run.",
         ),
-        &refs,
         Extra {
+            refs,
             figures: ucx_peer(run),
         },
         plots,
@@ -702,8 +702,8 @@ fn layer_inproc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
             derive::cache_line_limits(run, "inproc"),
             "the ping-pong or floor figures the limit is computed from are not in this run.",
         ),
-        &refs,
         Extra {
+            refs,
             figures: String::new(),
         },
         plots,
@@ -754,8 +754,8 @@ fn layer_mlx5(run: &Run, plots: &mut Vec<(String, String)>) -> String {
             "the limit of raw RDMA is the NIC's: on the software device it is the cache-line \
              floor between processes, and either figure is missing from this run.",
         ),
-        &refs,
         Extra {
+            refs,
             figures: String::new(),
         },
         plots,
@@ -780,8 +780,8 @@ fn layer_copyrpc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
             derive::copyrpc_limits(run),
             "the raw WRITE_IMM figures the limit is taken from are not in this run.",
         ),
-        &refs,
         Extra {
+            refs,
             figures: String::new(),
         },
         plots,
