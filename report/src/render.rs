@@ -762,6 +762,40 @@ fn layer_mlx5(run: &Run, plots: &mut Vec<(String, String)>) -> String {
     )
 }
 
+/// copyrpc's round trip between two processes against the RPC a user
+/// would pick instead there, UCX active messages (the `ucx` suite).
+fn ucx_vs_copyrpc(run: &Run) -> String {
+    let mut t = String::from(
+        "Against UCX active messages between two processes of the same host (the `ucx` \
+         suite, same pipeline run):\n\n",
+    );
+    let Some(rpc) = derive::ns(run, "copyrpc", "pingpong/cross-copyrpc") else {
+        return String::new();
+    };
+    let peers: Vec<(&str, f64)> = ["pingpong/ucx-am-shm", "pingpong/ucx-am-tcp"]
+        .iter()
+        .filter_map(|n| derive::ns(run, "ucx", n).map(|v| (*n, v)))
+        .collect();
+    if peers.is_empty() {
+        let _ = writeln!(t, "{}", missing_suite_line(run, "ucx"));
+        return t;
+    }
+    t += "| copyrpc pingpong/cross-copyrpc | UCX-AM figure | UCX-AM round trip | copyrpc against it |\n\
+          |---|---|---|---|\n";
+    for (name, v) in peers {
+        let _ = writeln!(
+            t,
+            "| {} | {name} | {} | {} |",
+            format::ns(rpc),
+            format::ns(v),
+            speed(rpc / v, name)
+        );
+    }
+    t += "\nOn the software device copyrpc's round trip is the device's frame path between the \
+          processes; the comparison that matters is on a NIC (docs/analysis/README.md).\n\n";
+    t
+}
+
 fn layer_copyrpc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
     let refs = floor_refs(
         run,
@@ -782,7 +816,7 @@ fn layer_copyrpc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
         ),
         Extra {
             refs,
-            figures: String::new(),
+            figures: ucx_vs_copyrpc(run),
         },
         plots,
     )

@@ -276,6 +276,15 @@ fn the_ucx_am_peer_stands_beside_ipc() {
 }
 
 #[test]
+fn copyrpc_stands_beside_ucx_am_between_the_same_processes() {
+    let md = render(&fixture()).markdown;
+    assert!(
+        md.contains("| 3.00 µs | pingpong/ucx-am-shm | 1.00 µs | 3.00× pingpong/ucx-am-shm |"),
+        "{md}"
+    );
+}
+
+#[test]
 fn missing_hardware_counters_are_one_line_with_the_kernels_reason() {
     let md = render(&fixture()).markdown;
     assert!(md.contains(
