@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions the mlx5 data path costs per posted WQE and per polled CQE
-# (and, below, copyrpc's instructions per RPC),
+# (and, below, copyrpc's instructions per RPC, ipc's per call and
+# inproc's per message of each transport),
 # counted by callgrind in the `instr` example (mlx5/examples/instr.rs):
 # only the calls of `post_batch`, `poll_batch` and `poll_recv_batch` are
 # counted, at two batch sizes, so fixed costs (the doorbell, a poll's
@@ -9,7 +10,10 @@
 #
 #   scripts/callgrind.sh [SMALL LARGE]     (default 1000 5000)
 #
-# Leaves the table in target/bench-summary/mlx5-instr.md and prints it.
+# Leaves the tables in target/bench-summary/mlx5-instr.md and
+# copyrpc-instr.md and prints them; every row, with the five functions of
+# most self Ir in its larger run (callgrind_annotate), also goes to
+# target/bench-summary/instr.tsv for bench-report.
 source "$(dirname "$0")/common.sh"
 
 ensure_apt valgrind
@@ -57,6 +61,29 @@ ir() {
     echo "$total"
 }
 
+mkdir -p target/bench-summary
+TSV=target/bench-summary/instr.tsv
+: >"$TSV"
+# tsv SUITE LABEL SMALL_IR LARGE_IR OUT: the row for bench-report, then the
+# five functions with the most self Ir in callgrind output OUT.
+tsv() {
+    local suite="$1" label="$2" small="$3" large="$4" out="$5"
+    printf 'row\t%s\t%s\t%s\t%s\t%s\t%s\n' "$suite" "$label" "$SMALL" "$LARGE" "$small" "$large" >>"$TSV"
+    # awk reads to the end (no early exit): under pipefail a SIGPIPE of
+    # callgrind_annotate would fail the script.
+    callgrind_annotate "$out" | awk '
+        done { next }
+        /file:function/ { table = 1; next }
+        table && /^-+$/ { next }
+        table && /^[[:space:]]*$/ { if (n) done = 1; next }
+        table && /^[[:space:]]*[0-9,]+ / {
+            ir = $1; gsub(",", "", ir)
+            fn = $0; sub(/^[[:space:]]*[0-9,]+ +(\([^)]*\) +)?/, "", fn)
+            printf "top\t%s\t%s\n", ir, fn
+            if (++n == 5) done = 1
+        }' >>"$TSV"
+}
+
 ROWS=()
 # row LABEL FUNCTION OP: one table row from runs at SMALL and LARGE.
 row() {
@@ -64,6 +91,7 @@ row() {
     echo "== $label: $fn, instr N $op, N = $SMALL and $LARGE" >&2
     small="$(ir "$fn" "$SMALL" "$op")"
     large="$(ir "$fn" "$LARGE" "$op")"
+    tsv mlx5 "$label" "$small" "$large" "$WORK/callgrind.out.$op.$fn.$LARGE"
     if [ "$large" -le "$small" ] || [ "$small" -eq 0 ]; then
         echo "callgrind.sh: $fn counted $small then $large instructions:" \
             "--toggle-collect matched nothing, or the batch does not scale" >&2
@@ -85,7 +113,6 @@ MODEL="$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null 
 HASH="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD -- 2>/dev/null || HASH="$HASH (with uncommitted changes)"
 
-mkdir -p target/bench-summary
 REPORT=target/bench-summary/mlx5-instr.md
 {
     echo "mlx5 instructions per operation (callgrind Ir; per op = (Ir(N=$LARGE) - Ir(N=$SMALL)) / $((LARGE - SMALL)); software device's work not counted)"
@@ -116,6 +143,7 @@ for shape in depth1 8x256; do
     echo "== copyrpc $shape: measured_*, N = $SMALL and $LARGE" >&2
     small="$(ir measured_ "$SMALL" "$shape")"
     large="$(ir measured_ "$LARGE" "$shape")"
+    tsv copyrpc "RPC of 32 bytes, $shape" "$small" "$large" "$WORK/callgrind.out.$shape.measured_.$LARGE"
     per="$(awk -v a="$small" -v b="$large" -v n="$SMALL" -v m="$LARGE" \
         'BEGIN { printf "%.1f", (b - a) / (m - n) }')"
     CROWS+=("| $shape | $per | $small | $large |")
@@ -134,3 +162,41 @@ CREPORT=target/bench-summary/copyrpc-instr.md
 } >"$CREPORT"
 echo
 cat "$CREPORT"
+
+# ipc: instructions per call (client and server on one thread,
+# ipc/examples/call_instr.rs); inproc: per message of each transport (send
+# and receive on one thread, inproc/examples/queue_instr.rs). Both count
+# everything inside their `measured_*` functions.
+echo "== cargo build --release -p ipc --example call_instr -p inproc --example queue_instr" >&2
+cargo build --release -p ipc --example call_instr -p inproc --example queue_instr
+SROWS=()
+# shm_row SUITE EXAMPLE OP LABEL: one row of the shared-memory table.
+shm_row() {
+    local suite="$1" example="$2" op="$3" label="$4" small large per
+    BIN="${CARGO_TARGET_DIR:-target}/release/examples/$example"
+    [ -x "$BIN" ] || { echo "callgrind.sh: $BIN was not built" >&2; exit 1; }
+    echo "== $suite $label: measured_*, N = $SMALL and $LARGE" >&2
+    small="$(ir measured_ "$SMALL" "$op")"
+    large="$(ir measured_ "$LARGE" "$op")"
+    per="$(awk -v a="$small" -v b="$large" -v n="$SMALL" -v m="$LARGE" \
+        'BEGIN { printf "%.1f", (b - a) / (m - n) }')"
+    tsv "$suite" "$label" "$small" "$large" "$WORK/callgrind.out.$op.measured_.$LARGE"
+    SROWS+=("| $suite | $label | $per | $small | $large |")
+}
+shm_row ipc call_instr call "call, 16 bytes each way (client and server)"
+for t in onesided fastforward lamport; do
+    shm_row inproc queue_instr "$t" "message of 8 bytes through $t (send and receive)"
+done
+SREPORT=target/bench-summary/shm-instr.md
+{
+    echo "ipc and inproc instructions per operation (callgrind Ir, both ends on one thread; per op = (Ir(N=$LARGE) - Ir(N=$SMALL)) / $((LARGE - SMALL)))"
+    echo
+    echo "| crate | operation | instructions / op | Ir (N=$SMALL) | Ir (N=$LARGE) |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${SROWS[@]}"
+    echo
+    echo "machine: $(uname -m), ${MODEL:-unknown CPU}; $(valgrind --version); git $HASH"
+    echo "command: scripts/callgrind.sh $SMALL $LARGE: \`valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_*' target/release/examples/{call_instr N, queue_instr N TRANSPORT}\`"
+} >"$SREPORT"
+echo
+cat "$SREPORT"

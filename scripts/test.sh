@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, every test, the loom models, and
-# a replay of the mlx5 and ipc fuzz targets' seeds.
+# The whole test suite: formatting, lints, every test, the loom models, a
+# replay of the mlx5 and ipc fuzz targets' seeds, and the benchmark pipeline
+# in quick mode (run, collect, render, check the report).
 # Works from a clean clone on a fresh Debian machine.
 source "$(dirname "$0")/common.sh"
 
@@ -50,5 +51,9 @@ RUSTFLAGS="--cfg mlx5_loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
 echo "== fuzz targets (mlx5/fuzz): replay of the committed seeds"
 # Each seed once, no fuzzing (scripts/fuzz.sh without --replay fuzzes).
 scripts/fuzz.sh --replay
+
+echo "== the benchmark pipeline, briefly (scripts/bench.sh --quick): every suite, callgrind,"
+echo "   the benchkv sweep, the report, and bench-report check --strict on it"
+"$ROOT/scripts/bench.sh" --quick
 
 echo "all tests passed"

@@ -17,20 +17,11 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 fn read_affinity() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data for which all-zero bits are the empty
-    // set; sched_getaffinity writes at most size_of::<cpu_set_t>() bytes.
-    let (rc, set) = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let rc = libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set);
-        (rc, set)
-    };
-    if rc != 0 {
-        return vec![0];
-    }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: `c` is below CPU_SETSIZE, inside the set.
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect()
+    // core_affinity reads the calling thread's mask (sched_getaffinity).
+    core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![0])
 }
 
 /// The two cores a measurement uses: (client / producer side, server /
@@ -47,15 +38,19 @@ pub fn core_pair() -> (usize, usize) {
 /// If the kernel refuses (a CPU outside this process's set): a figure taken
 /// on the wrong core would be silently wrong.
 pub fn pin(cpu: usize) {
-    set_affinity(&[cpu]);
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        panic!(
+            "sched_setaffinity([{cpu}]): {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Undoes [`pin`]: the calling thread may run on any of `cpus` again.
+///
+/// Written against libc rather than core_affinity: core_affinity sets one
+/// core at a time and has no call that restores a mask of several.
 pub fn unpin(cpus: &[usize]) {
-    set_affinity(cpus);
-}
-
-fn set_affinity(cpus: &[usize]) {
     // SAFETY: an all-zero cpu_set_t is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &c in cpus {

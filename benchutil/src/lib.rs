@@ -16,12 +16,16 @@
 //!   round by round (A B A B, not A A B B), a floor canary before and after
 //!   each round, rounds taken in a slow phase of the host dropped, and the
 //!   median of each figure returned for the bench to turn into its own
-//!   table and ratios ([`write_report`]).
+//!   table and ratios ([`Medians::write_report`], which also leaves every
+//!   figure, its spread, its declared ratios and the run's metadata as JSON
+//!   for `bench-report`);
+//! * **counters** ([`counters`]): hardware and software counters per
+//!   figure through `perf_event_open`, where the kernel allows them.
 //!
 //! A bench's `main` looks like this:
 //!
 //! ```no_run
-//! use benchutil::{Item, Knobs, as_helper, canary_ns, floor_threads, summary, write_report};
+//! use benchutil::{Item, Knobs, as_helper, canary_ns, floor_threads, summary};
 //!
 //! if as_helper(|role, _args| panic!("unknown bench role {role}")) {
 //!     return; // this process was the other side of someone's measurement
@@ -32,13 +36,14 @@
 //!     Item::latency("floor/threads", 200_000, floor_threads),
 //!     // Item::latency("pingpong/mine", 200_000, my_pingpong),
 //! ];
-//! let m = summary::run(&knobs, items, canary_ns);
+//! let mut m = summary::run(&knobs, items, canary_ns);
+//! // let vs_floor = m.ratio("pingpong/mine", "floor/threads", "floor");
 //! let text = format!(
 //!     "{}floor/threads: {:.0} ns\n",
 //!     m.preamble("my"),
 //!     m.ns("floor/threads")
 //! );
-//! write_report("my", &text); // target/bench-summary/my.md
+//! m.write_report("my", &text); // target/bench-summary/my.md and my.json
 //! ```
 //!
 //! Linux only (`sched_setaffinity`, `/dev/shm`, `/proc`).
@@ -47,6 +52,7 @@
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 mod affinity;
+pub mod counters;
 mod floor;
 mod helper;
 pub mod summary;
@@ -56,7 +62,10 @@ pub use floor::{
     Bounce, CANARY_TRIPS, canary_ns, floor_client, floor_processes, floor_server, floor_threads,
 };
 pub use helper::{Helper, ROLE_VAR, as_helper, mono_ns, unique};
-pub use summary::{Figure, Item, Kind, Knobs, Medians, machine, median, verdict, write_report};
+pub use summary::{
+    Figure, FigureRecord, Item, Kind, Knobs, Medians, Metadata, Ratio, SuiteRecord, machine,
+    median, summary_dir, verdict, write_report,
+};
 
 /// Criterion with the settings every suite of this workspace uses: short
 /// (10 samples, 0.5 s warm-up, 2 s measurement) so all layers' suites run in

@@ -553,7 +553,23 @@ fn main() {
             })
         })
         .collect();
-    let m = summary::run(&knobs, items, benchutil::canary_ns);
+    let mut m = summary::run(&knobs, items, benchutil::canary_ns);
+    // Each copyrpc figure against raw WRITE_IMM of the same shape, declared
+    // once for the JSON beside the table.
+    let pairs: Vec<(String, String)> = m
+        .figures
+        .iter()
+        .filter(|f| f.id.contains("-copyrpc"))
+        .map(|f| {
+            let raw =
+                f.id.replace("-copyrpc", "-raw")
+                    .replace("-raw-8x256-eager", "-raw-8x256");
+            (f.id.clone(), raw)
+        })
+        .collect();
+    for (id, raw) in pairs {
+        m.ratio(&id, &raw, "baseline");
+    }
     let mut out = m.preamble("copyrpc");
     out += "| figure | median | per operation | copyrpc ÷ raw | note |\n|---|---|---|---|---|\n";
     let raw_of = |id: &str| -> Option<f64> {
@@ -607,5 +623,5 @@ fn main() {
         benchutil::CANARY_TRIPS / 1000,
         m.canaries_ns()
     );
-    benchutil::write_report("copyrpc", &out);
+    m.write_report("copyrpc", &out);
 }

@@ -30,8 +30,13 @@ fn cpu_of(i: usize) -> usize {
 }
 
 /// Runs `body(i)` on `n` threads pinned round-robin to the allowed CPUs,
-/// all released together; returns the time from release to the last
-/// thread's end, scaled to `iters` calls of the `n × per` made.
+/// all released together; returns the time from the first thread's release
+/// to the last thread's end, scaled to `iters` calls of the `n × per` made.
+///
+/// Each thread takes its own start time as it leaves the barrier: the
+/// releasing thread may be descheduled before it could read the clock
+/// (more threads than cores), and a start taken there could come after the
+/// threads had already finished.
 fn run_threads(
     n: usize,
     iters: u64,
@@ -47,17 +52,18 @@ fn run_threads(
             thread::spawn(move || {
                 pin(cpu_of(i));
                 barrier.wait();
-                body(i, per, &finished)
+                let start = Instant::now();
+                (start, body(i, per, &finished))
             })
         })
         .collect();
     barrier.wait();
-    let t0 = Instant::now();
-    let end = handles
+    let times: Vec<(Instant, Instant)> = handles
         .into_iter()
         .map(|h| h.join().expect("mesh thread"))
-        .max()
-        .expect("threads");
+        .collect();
+    let t0 = times.iter().map(|t| t.0).min().expect("threads");
+    let end = times.iter().map(|t| t.1).max().expect("threads");
     let total = per * n as u64;
     Duration::from_secs_f64((end - t0).as_secs_f64() * iters as f64 / total as f64)
 }

@@ -451,6 +451,41 @@ fn throughput_transports() -> [(&'static str, String); 3] {
     ]
 }
 
+/// The ratios the report shows, declared once for the JSON beside the
+/// table: latency rows to the floor and ping-pong rows to rtrb's and
+/// crossbeam's ping-pong; `spsc_throughput` rows to rtrb, crossbeam's
+/// channel and ArrayQueue in the same loop at the same size (the table
+/// shows the rtrb ratio); Flux rows to the crossbeam-channel mesh.
+fn declare_ratios(m: &mut Medians) {
+    let figs: Vec<(String, Kind)> = m.figures.iter().map(|f| (f.id.clone(), f.kind)).collect();
+    let peers = [Rtrb::NAME, CrossbeamChannel::NAME, ArrayQueue::NAME];
+    for (id, kind) in figs {
+        let mut against: Vec<(String, &str)> = Vec::new();
+        match kind {
+            Kind::Latency if id != "floor/threads" => {
+                against.push(("floor/threads".into(), "floor"));
+                if id.starts_with("pingpong/") {
+                    against.extend(peers.iter().map(|p| (format!("pingpong/{p}"), "peer")));
+                }
+            }
+            Kind::Throughput => {
+                if let Some(rtrb) = rtrb_peer(&id) {
+                    against.extend(peers.iter().map(|p| (rtrb.replace(Rtrb::NAME, p), "peer")));
+                } else if let Some(n) = id.strip_prefix("flux/").and_then(|r| r.rsplit('/').next())
+                {
+                    against.push((format!("flux/crossbeam-mesh/{n}"), "peer"));
+                }
+            }
+            Kind::Latency => {}
+        }
+        for (p, role) in against {
+            if p != id && m.get(&p).is_some() {
+                m.ratio(&id, &p, role);
+            }
+        }
+    }
+}
+
 fn table(m: &Medians) -> String {
     let floor = m.ns("floor/threads");
     let mut out = m.preamble("inproc");
@@ -563,7 +598,8 @@ fn main() {
         c.final_summary();
     }
     if !knobs.skip_summary {
-        let m = summary::run(&knobs, summary_items(), benchutil::canary_ns);
-        benchutil::write_report("inproc", &table(&m));
+        let mut m = summary::run(&knobs, summary_items(), benchutil::canary_ns);
+        declare_ratios(&mut m);
+        m.write_report("inproc", &table(&m));
     }
 }

@@ -326,7 +326,24 @@ fn summary(knobs: &Knobs) {
         }
     }
 
-    let m = summary::run(knobs, items, benchutil::canary_ns);
+    let mut m = summary::run(knobs, items, benchutil::canary_ns);
+    // The ratios the table shows, declared once for the JSON beside it.
+    let ids: Vec<String> = m.figures.iter().map(|f| f.id.clone()).collect();
+    for id in ids.iter().filter(|id| !id.starts_with("server_poll")) {
+        let floor = if id.contains("threads") {
+            "floor/threads"
+        } else {
+            "floor/processes"
+        };
+        if id != floor {
+            m.ratio(id, floor, "floor");
+        }
+        for peer in ["peers/uds", "peers/iceoryx2"] {
+            if id != peer && !id.starts_with("floor/") {
+                m.ratio(id, peer, "peer");
+            }
+        }
+    }
     let floor_t = m.ns("floor/threads");
     let floor_p = m.ns("floor/processes");
     let uds = m.ns("peers/uds");
@@ -382,7 +399,7 @@ fn summary(knobs: &Knobs) {
         benchutil::CANARY_TRIPS / 1000,
         m.canaries_ns()
     );
-    benchutil::write_report("ipc", &out);
+    m.write_report("ipc", &out);
 }
 
 fn main() {

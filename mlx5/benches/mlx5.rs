@@ -520,5 +520,5 @@ fn main() {
         benchutil::CANARY_TRIPS / 1000,
         m.canaries_ns()
     );
-    benchutil::write_report("mlx5", &out);
+    m.write_report("mlx5", &out);
 }

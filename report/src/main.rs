@@ -1,0 +1,73 @@
+//! `bench-report render` and `bench-report check` (see the crate docs).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Turns one run of every layer's benchmarks into the dated analysis report")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Gathers target/bench-summary and writes OUT/<date>/report.md with
+    /// its plots, figures.json and run.json; prints the report's path.
+    Render {
+        /// Where the benches left their output.
+        #[arg(long, default_value = "target/bench-summary")]
+        input: PathBuf,
+        /// The directory the dated report directory goes in.
+        #[arg(long, default_value = "docs/analysis")]
+        out: PathBuf,
+    },
+    /// Checks a report directory: every section there and filled (or with
+    /// its reason), every number the rendering of its run.json.
+    Check {
+        /// The report directory (holding report.md and run.json).
+        dir: PathBuf,
+        /// Only machine-dependent data (hardware counters, perf c2c) may be
+        /// missing.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().cmd {
+        Cmd::Render { input, out } => {
+            let run = match report::input::collect(&input) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("bench-report: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match report::write(&run, &out) {
+                Ok(path) => {
+                    println!("{}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bench-report: write into {}: {e}", out.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Check { dir, strict } => {
+            let problems = report::check::check_dir(&dir, strict);
+            if problems.is_empty() {
+                println!("{}: complete, every number from its run", dir.display());
+                ExitCode::SUCCESS
+            } else {
+                for p in &problems {
+                    eprintln!("bench-report check: {p}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
