@@ -361,8 +361,8 @@ pub fn layers(run: &Run) -> Vec<Layer> {
         },
         Layer {
             name: "mlx5 raw WRITE_IMM (two processes)".into(),
-            pingpong: named(run, "mlx5", "pingpong/cross-1x1"),
-            pipelined: best_pipelined(run, "mlx5", &["rate/cross-"]),
+            pingpong: named(run, "mlx5", "pingpong/cross-shm-1x1"),
+            pipelined: best_pipelined(run, "mlx5", &["rate/cross-shm-"]),
             below: named(run, "ipc", "floor/processes"),
         },
         Layer {

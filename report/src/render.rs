@@ -206,7 +206,7 @@ fn executive_summary(run: &Run) -> String {
         ));
     }
     if let (Some(pp), Some(floor)) = (
-        derive::ns(run, "mlx5", "pingpong/cross-1x1"),
+        derive::ns(run, "mlx5", "pingpong/cross-shm-1x1"),
         derive::ns(run, "ipc", "floor/processes"),
     ) {
         lines.push(format!(
@@ -716,27 +716,49 @@ fn layer_mlx5(run: &Run, plots: &mut Vec<(String, String)>) -> String {
     let d = &run.metadata.device_selection;
     let soft = d.starts_with("soft") || d == "auto";
     if soft
-        && let (Some(pp), Some(floor)) = (
-            derive::ns(run, "mlx5", "pingpong/cross-1x1"),
+        && let (Some(pp), Some(inproc), Some(floor)) = (
+            derive::ns(run, "mlx5", "pingpong/cross-shm-1x1"),
+            derive::ns(run, "mlx5", "pingpong/inproc-1x1"),
             derive::ns(run, "ipc", "floor/processes"),
         )
     {
         limits.push(Limit {
             suite: "mlx5".into(),
-            figure: "pingpong/cross-1x1".into(),
+            figure: "pingpong/cross-shm-1x1".into(),
             calculation: format!(
-                "ipc floor/processes = {} (the software device's frames cross shared memory \
-                 between the two processes)",
-                format::ns(floor)
+                "pingpong/inproc-1x1 {} + ipc floor/processes {} = {}",
+                format::ns(inproc),
+                format::ns(floor),
+                format::ns(inproc + floor)
             ),
-            assumption: "on the software device a WRITE_IMM and its echo are at least one \
-                         cache-line round trip between the two processes; on hardware the \
-                         bound is the NIC's, which only two real hosts measure"
+            assumption: "across processes the software device does at least the work of the \
+                         in-process ping-pong, and its frames cross shared memory once each \
+                         way: one cache-line round trip between the processes more; on \
+                         hardware the bound is the NIC's, which only two real hosts measure"
                 .into(),
-            limit: floor,
+            limit: inproc + floor,
             measured: pp,
             unit: "ns".into(),
         });
+    }
+    if soft && let Some(copy) = derive::ns(run, "mlx5", "bw/floor-cross-core-copy") {
+        for fig in ["bw/cross-shm-write", "bw/cross-shm-read"] {
+            if let Some(bw) = derive::ns(run, "mlx5", fig) {
+                limits.push(Limit {
+                    suite: "mlx5".into(),
+                    figure: fig.into(),
+                    calculation: format!("bw/floor-cross-core-copy = {} per MiB", format::ns(copy)),
+                    assumption: "every byte of a 1 MiB operation between two processes is \
+                                 written on one core and copied out on the other at least \
+                                 once (the shared-memory ring); the floor measures that \
+                                 pipeline with no device"
+                        .into(),
+                    limit: copy,
+                    measured: bw,
+                    unit: "ns".into(),
+                });
+            }
+        }
     }
     layer(
         run,
@@ -745,8 +767,9 @@ fn layer_mlx5(run: &Run, plots: &mut Vec<(String, String)>) -> String {
         &format!(
             "Raw RDMA on the selected device (`cargo bench -p mlx5`, MLX5_DEVICE={}): 8-byte \
              WRITE_IMM ping-pong and rates, 1 MiB READ and WRITE bandwidth, in one process \
-             (`inproc`) and between two (`cross`). These are the baselines copyrpc is measured \
-             against.",
+             (`inproc`) and between two of this host over the shared-memory link \
+             (`cross-shm`) and over the unix socket (`cross-socket`). These are the baselines \
+             copyrpc is measured against.",
             run.metadata.device_selection
         ),
         (

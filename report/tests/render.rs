@@ -159,8 +159,12 @@ fn fixture() -> Run {
     let mlx5 = suite(
         "mlx5",
         vec![
-            lat("pingpong/cross-1x1", 2000.0, 2400.0, 2600.0),
-            thr("rate/cross-8x256", 300.0),
+            lat("pingpong/inproc-1x1", 500.0, 600.0, 700.0),
+            lat("pingpong/cross-shm-1x1", 2000.0, 2400.0, 2600.0),
+            thr("rate/cross-shm-8x256", 300.0),
+            lat("bw/floor-cross-core-copy", 150_000.0, 160_000.0, 170_000.0),
+            lat("bw/cross-shm-write", 190_000.0, 200_000.0, 210_000.0),
+            lat("bw/cross-shm-read", 200_000.0, 210_000.0, 220_000.0),
         ],
     );
     let copyrpc = suite(
@@ -376,4 +380,18 @@ fn instruction_rows_and_their_top_functions_are_parsed() {
     assert_eq!(rows[0].top[0].0, 12000);
     assert!(parse_instr("row\tx\ty\t5\t5\t1\t2\n").is_err());
     assert!(parse_instr("top\t1\tf\n").is_err());
+}
+
+#[test]
+fn mlx5_limits_are_the_in_process_work_plus_a_floor_and_the_cross_core_copy() {
+    let md = render(&fixture()).markdown;
+    // 600 ns in process + the fixture's ipc floor between processes.
+    assert!(
+        md.contains("pingpong/inproc-1x1 600 ns + ipc floor/processes"),
+        "{md}"
+    );
+    assert!(
+        md.contains("bw/floor-cross-core-copy = 160 µs per MiB"),
+        "{md}"
+    );
 }
