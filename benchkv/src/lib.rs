@@ -47,6 +47,7 @@ pub mod client;
 pub mod clients;
 pub mod daemon;
 pub mod error;
+pub mod floor;
 pub mod ipc_link;
 pub mod machine;
 pub mod mpi_boot;

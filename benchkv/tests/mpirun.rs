@@ -128,7 +128,20 @@ fn smoke(backend: &str, transport: &str, extra: &[&str]) {
     assert!(out.contains("verify: 0 mismatch(es)"), "{out}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
-    assert_eq!(report["schema"], "benchkv/1");
+    assert_eq!(report["schema"], "benchkv/2");
+    // The floors of the same run, and the figures against them.
+    let floors = &report["floors"];
+    assert!(floors["cache_line_ns"].as_f64().unwrap() > 0.0, "{floors}");
+    let raw = &floors["write_imm"];
+    assert!(raw["round_trip_p50_ns"].as_u64().unwrap() > 0, "{floors}");
+    assert!(raw["round_trips_per_s"].as_f64().unwrap() > 0.0, "{floors}");
+    assert_eq!(raw["selection"], "soft:manual");
+    assert!(report["vs_floors"]["ops_vs_raw_rate"].as_f64().unwrap() > 0.0);
+    assert!(report["canary"]["before_ns"].as_f64().unwrap() > 0.0);
+    assert!(
+        out.contains("floors (measured before the run): cache-line round trip"),
+        "{out}"
+    );
     assert_eq!(report["mismatches"], 0);
     assert_eq!(report["metadata"]["backend"], backend);
     let t = report["metadata"]["transport"].to_string();
