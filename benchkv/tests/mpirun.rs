@@ -198,6 +198,22 @@ fn bad_parameters_fail_on_every_rank_before_any_work() {
         (&["--value-size", "5000"][..], "--value-size 5000"),
         (&["--backend", "rdma"][..], "unknown backend"),
         (&["--no-such-flag"][..], "--no-such-flag"),
+        (&["--daemons", "0"][..], "--daemons 0"),
+        (&["--read-ratio", "1.5"][..], "--read-ratio 1.5"),
+        (&["--dist", "zipf:0"][..], "unknown key distribution"),
+        (&["sweep", "--clients", "1,0"][..], "--clients 0"),
+        (
+            &["sweep", "--backends", "copyrpc,rdma"][..],
+            "unknown backend",
+        ),
+        (
+            &["sweep", "--depths", "8,100000"][..],
+            "larger than the ipc ring",
+        ),
+        (
+            &["--verify", "--keys", "2", "--clients", "4"][..],
+            "--verify gives each",
+        ),
     ] {
         let (status, out) = run(args, Duration::from_secs(60));
         assert!(!status.success(), "{args:?} succeeded:\n{out}");
@@ -214,6 +230,58 @@ fn bad_parameters_fail_on_every_rank_before_any_work() {
         }
         assert!(!out.contains("| total |"), "{args:?} ran:\n{out}");
     }
+}
+
+/// A `--verify` mismatch fails the run (and a sweep) with a non-zero exit
+/// and says which GET returned what: every shard starts with bytes no
+/// client wrote (the daemons' test fault), so a GET of a key not yet PUT
+/// cannot match.
+#[test]
+fn a_verify_mismatch_fails_the_run() {
+    let _g = serial();
+    let json = temp_json("mismatch.json");
+    let out_dir = temp_json("mismatch-sweep");
+    for args in [
+        &["--backend", "copyrpc", "--json", json.to_str().unwrap()][..],
+        &[
+            "sweep",
+            "--backends",
+            "ucx-am:tcp",
+            "--clients",
+            "1",
+            "--depths",
+            "4",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ][..],
+    ] {
+        let mut c = mpirun(args);
+        c.args([
+            "--verify",
+            "--keys",
+            "100000",
+            "--warmup",
+            "0",
+            "--duration",
+            "0.5",
+        ])
+        .env("BENCHKV_TEST_FAULT", "garbage-store");
+        let mut child = spawn(c);
+        let rx = lines(&mut child);
+        let (status, _) = wait(&mut child, Duration::from_secs(120), "mismatch");
+        let out = drain(&rx);
+        assert!(!status.success(), "{args:?}: a mismatch passed:\n{out}");
+        assert!(
+            out.contains("error: verification failed:") && out.contains("returned writer"),
+            "{args:?}: no mismatch named:\n{out}"
+        );
+    }
+    assert!(
+        !out_dir.join("sweep.csv").exists(),
+        "a failed sweep wrote its CSV"
+    );
+    let _ = std::fs::remove_file(json);
+    let _ = std::fs::remove_dir_all(out_dir);
 }
 
 /// The pid of `rank` among mpirun's children.
