@@ -232,6 +232,78 @@ fn bad_parameters_fail_on_every_rank_before_any_work() {
     }
 }
 
+/// A short sweep writes every point's JSON, the CSV, the SVG of
+/// throughput and p99 per backend, and the summary with the floors of the
+/// same run and each point against them.
+#[test]
+fn a_sweep_writes_its_points_csv_plot_and_floors() {
+    let _g = serial();
+    let dir = temp_json("sweep");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (status, out) = run(
+        &[
+            "sweep",
+            "--backends",
+            "copyrpc,ucx-am:tcp",
+            "--clients",
+            "1",
+            "--depths",
+            "1,4",
+            "--warmup",
+            "0.1",
+            "--duration",
+            "0.3",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{status}\n{out}");
+    let points: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("point-") && n.ends_with(".json"))
+        .collect();
+    assert_eq!(points.len(), 4, "{points:?}");
+    let csv = std::fs::read_to_string(dir.join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(
+        csv.starts_with("backend,transport,clients,depth,ops_per_s,"),
+        "{csv}"
+    );
+    let svg = std::fs::read_to_string(dir.join("sweep.svg")).unwrap();
+    for needle in [
+        "copyrpc ×1 clients",
+        "ucx-am:tcp ×1 clients",
+        "p99 latency",
+        "throughput",
+    ] {
+        assert!(svg.contains(needle), "the plot lacks {needle:?}");
+    }
+    let md = std::fs::read_to_string(dir.join("sweep.md")).unwrap();
+    assert!(
+        md.contains(
+            "floors (measured once per sweep, before the first point): cache-line round trip"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("raw WRITE_IMM (32 B inline) on mlx5 soft"),
+        "{md}"
+    );
+    assert_eq!(md.matches("| copyrpc |").count(), 2, "{md}");
+    // 2 ranks × (1 daemon + 1 client) busy threads.
+    // SAFETY: sysconf reads a system constant.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    assert_eq!(
+        md.contains("threads outnumber cores"),
+        cores < 4,
+        "{cores} cores:\n{md}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A `--verify` mismatch fails the run (and a sweep) with a non-zero exit
 /// and says which GET returned what: every shard starts with bytes no
 /// client wrote (the daemons' test fault), so a GET of a key not yet PUT
