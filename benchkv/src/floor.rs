@@ -525,6 +525,8 @@ fn write_imm(mpi: &Mpi) -> Result<Result<Option<WriteImmFloor>, String>, Error> 
         )));
     }
     if rank > 1 {
+        // The same barriers as ranks 0 and 1, nothing measured.
+        mpi.barrier("raw WRITE_IMM floor connected", DEADLINE, || Ok(()))?;
         mpi.barrier("raw WRITE_IMM floor", DEADLINE, || Ok(()))?;
         return Ok(Ok(None));
     }
