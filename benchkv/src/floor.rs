@@ -41,7 +41,7 @@ use crate::mpi_boot::Mpi;
 
 /// Timed cache-line round trips (some 15 ms at 75 ns, 80 ms in a slow
 /// phase).
-const LINE_TRIPS: u64 = 200_000;
+pub const LINE_TRIPS: u64 = 200_000;
 /// Untimed round trips first.
 const LINE_WARM_UP: u64 = 2_000;
 /// `ping` value that ends the cache-line server.
