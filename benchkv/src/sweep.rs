@@ -19,7 +19,7 @@ use plotters::prelude::*;
 
 use crate::cli::SweepArgs;
 use crate::error::Error;
-use crate::floor::{self, Canary, Floors};
+use crate::floor::{self, Canary, Floors, WriteImmFloor};
 use crate::mpi_boot::Mpi;
 use crate::node;
 use crate::params::Params;
@@ -164,7 +164,7 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
     let csv = out.join("sweep.csv");
     write(&csv, csv_text(&rows).as_bytes())?;
     let svg = out.join("sweep.svg");
-    plot(&svg, &rows).map_err(|reason| Error::Plot {
+    plot(&svg, &rows, floors.as_ref()).map_err(|reason| Error::Plot {
         path: svg.clone(),
         reason,
     })?;
@@ -333,25 +333,53 @@ fn series(rows: &[Row], value: impl Fn(&Row) -> f64) -> Vec<(String, Vec<(f64, f
     out
 }
 
-/// Throughput and p99 latency against the queue depth, side by side.
-pub fn plot(path: &Path, rows: &[Row]) -> Result<(), String> {
+/// Throughput and p99 latency against the queue depth, side by side, with
+/// the raw WRITE_IMM floor of the same sweep as a black line on each
+/// (its pipelined rate; its ping-pong round trip).
+pub fn plot(path: &Path, rows: &[Row], floors: Option<&Floors>) -> Result<(), String> {
     let root = SVGBackend::new(path, (1280, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(640);
     let max_depth = rows.iter().map(|r| r.depth).max().unwrap_or(1).max(2) as f64;
-    /// A panel: title, y axis, the value plotted.
-    type Panel = (&'static str, &'static str, fn(&Row) -> f64);
+    /// A panel: title, y axis, the value plotted, its floor.
+    type Panel = (
+        &'static str,
+        &'static str,
+        fn(&Row) -> f64,
+        fn(&WriteImmFloor) -> (f64, String),
+    );
     let panels: [Panel; 2] = [
-        ("throughput, all ranks", "operations per second", |r| {
-            r.ops_per_s
-        }),
-        ("p99 latency", "microseconds", |r| r.p99_ns as f64 / 1000.0),
+        (
+            "throughput, all ranks",
+            "operations per second",
+            |r| r.ops_per_s,
+            |w| {
+                (
+                    w.round_trips_per_s,
+                    format!("raw WRITE_IMM rate, {} in flight (floor)", w.depth),
+                )
+            },
+        ),
+        (
+            "p99 latency",
+            "microseconds",
+            |r| r.p99_ns as f64 / 1000.0,
+            |w| {
+                (
+                    w.round_trip_p50_ns as f64 / 1000.0,
+                    "raw WRITE_IMM round trip, p50 (floor)".into(),
+                )
+            },
+        ),
     ];
-    for (area, (title, ylabel, value)) in [left, right].into_iter().zip(panels) {
+    let raw = floors.and_then(|f| f.write_imm.as_ref());
+    for (area, (title, ylabel, value, floor)) in [left, right].into_iter().zip(panels) {
         let lines = series(rows, value);
+        let floor = raw.map(floor);
         let ymax = lines
             .iter()
             .flat_map(|(_, v)| v.iter().map(|p| p.1))
+            .chain(floor.as_ref().map(|f| f.0))
             .fold(0.0f64, f64::max)
             * 1.15
             + 1e-9;
@@ -380,6 +408,16 @@ pub fn plot(path: &Path, rows: &[Row]) -> Result<(), String> {
             chart
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| e.to_string())?;
+        }
+        if let Some((y, name)) = floor {
+            chart
+                .draw_series(LineSeries::new(
+                    [(1.0, y), (max_depth * 1.2, y)],
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(|e| e.to_string())?
+                .label(name)
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
         }
         chart
             .configure_series_labels()
@@ -509,6 +547,23 @@ mod tests {
                 row("copyrpc", 1, 8, 20.0),
                 row("ucx-am:tcp", 1, 1, 5.0),
             ],
+            Some(&Floors {
+                measured: "once per sweep, before the first point".into(),
+                cache_line_ns: 80.0,
+                cache_line_between: "ranks 0 and 1".into(),
+                canary_ns: 90.0,
+                write_imm: Some(WriteImmFloor {
+                    device: "soft1".into(),
+                    selection: "soft:manual".into(),
+                    payload_bytes: 32,
+                    round_trips: 10,
+                    round_trip_p50_ns: 7000,
+                    round_trip_mean_ns: 7100.0,
+                    depth: 64,
+                    round_trips_per_s: 50.0,
+                }),
+                write_imm_missing: None,
+            }),
         )
         .unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
@@ -516,6 +571,8 @@ mod tests {
         assert!(svg.contains("copyrpc ×1 clients"));
         assert!(svg.contains("ucx-am:tcp ×1 clients"));
         assert!(svg.contains("p99 latency"));
+        assert!(svg.contains("raw WRITE_IMM rate, 64 in flight (floor)"));
+        assert!(svg.contains("raw WRITE_IMM round trip, p50 (floor)"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }
