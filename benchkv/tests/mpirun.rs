@@ -304,6 +304,41 @@ fn a_sweep_writes_its_points_csv_plot_and_floors() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A device that cannot be opened leaves the run without its raw
+/// WRITE_IMM floor, said so with the reason, when the backend does not
+/// need the device; the cache-line floor is still there.
+#[test]
+fn without_a_device_the_floors_say_why_and_ucx_runs() {
+    let _g = serial();
+    let json = temp_json("no-device.json");
+    let mut c = mpirun(&[
+        "--backend",
+        "ucx-am:shm",
+        "--warmup",
+        "0.1",
+        "--duration",
+        "0.3",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    c.env("MLX5_DEVICE", "mlx5_no_such_device");
+    let mut child = spawn(c);
+    let rx = lines(&mut child);
+    let (status, _) = wait(&mut child, Duration::from_secs(60), "no device");
+    let out = drain(&rx);
+    assert!(status.success(), "{status}\n{out}");
+    assert!(
+        out.contains("no raw WRITE_IMM floor: rank 0 (MLX5_DEVICE=mlx5_no_such_device)"),
+        "{out}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    assert!(report["floors"]["write_imm"].is_null());
+    assert!(report["floors"]["cache_line_ns"].as_f64().unwrap() > 0.0);
+    assert!(report["vs_floors"]["ops_vs_raw_rate"].is_null());
+    let _ = std::fs::remove_file(json);
+}
+
 /// A `--verify` mismatch fails the run (and a sweep) with a non-zero exit
 /// and says which GET returned what: every shard starts with bytes no
 /// client wrote (the daemons' test fault), so a GET of a key not yet PUT
