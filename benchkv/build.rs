@@ -3,6 +3,13 @@
 //! `libucx-dev`), and links libucp. Without them the build stops here with
 //! what to install. No crates.io crate binds the system UCX: the existing
 //! ones build their own, older copy.
+//!
+//! Open MPI is not checked here: cargo runs the build scripts of
+//! dependencies first, and the mpi crate's (rsmpi's mpi-sys) fails
+//! without Open MPI, listing what it probed but no package. So
+//! scripts/benchkv.sh checks for mpicc, mpirun, UCX and libclang before
+//! cargo runs and names the Debian packages (libopenmpi-dev openmpi-bin
+//! libucx-dev libclang-dev).
 
 use std::path::PathBuf;
 
@@ -16,7 +23,7 @@ fn main() {
         Ok(lib) => lib,
         Err(e) => panic!(
             "\n\nbenchkv needs UCX (1.11 or later) with its headers for the ucx-am backend, found through pkg-config (ucx.pc): {e}\n\
-             On Debian or Ubuntu: apt-get install libucx-dev (scripts/test.sh and scripts/bench.sh install it).\n\
+             On Debian or Ubuntu: apt-get install libucx-dev (scripts/test.sh, scripts/bench.sh and scripts/benchkv.sh install it; benchkv also needs libopenmpi-dev openmpi-bin libclang-dev).\n\
              Elsewhere: install UCX and set PKG_CONFIG_PATH to the directory of its ucx.pc.\n\n"
         ),
     };

@@ -68,6 +68,15 @@ pub struct DaemonCounts {
     pub waited: u64,
 }
 
+/// Environment variable of the test fault: set to [`FAULT_GARBAGE_STORE`],
+/// every shard starts filled with bytes no client writes instead of
+/// zeros, so that a verified GET of a key not yet PUT is a mismatch (the
+/// test that a `--verify` mismatch fails the run, end to end). Read once
+/// per daemon at start; nothing on the request path looks at it.
+pub const FAULT_ENV: &str = "BENCHKV_TEST_FAULT";
+/// [`FAULT_ENV`]'s value for shards of garbage.
+pub const FAULT_GARBAGE_STORE: &str = "garbage-store";
+
 /// One daemon's state.
 pub struct Daemon<const N: usize, Net> {
     rank: u32,
@@ -146,10 +155,14 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
         control: Arc<Control>,
     ) -> Daemon<N, Net> {
         let queues = |n: usize| (0..n).map(|_| VecDeque::new()).collect();
+        let mut shard = Shard::new(routing.shard_len(rank, index), value_size);
+        if std::env::var(FAULT_ENV).as_deref() == Ok(FAULT_GARBAGE_STORE) {
+            shard.fill(0xa5);
+        }
         Daemon {
             rank,
             index,
-            shard: Shard::new(routing.shard_len(rank, index), value_size),
+            shard,
             flux_wait: queues(routing.daemons() as usize),
             net_wait: queues(routing.shards() as usize),
             routing,

@@ -32,13 +32,17 @@
 //!
 //! Throughput and latency percentiles per rank and in total, gathered to
 //! rank 0, printed as a table and written as JSON with the machine,
-//! transport and every parameter ([`report`]); `benchkv sweep` adds a CSV
-//! and an SVG plot ([`sweep`]).
+//! transport and every parameter ([`report`]), each against the floors
+//! measured in the same run on the same ranks, cores and device: the
+//! cache-line round trip between the ranks' cores and raw WRITE_IMM on
+//! the copyrpc device ([`floor`]); `benchkv sweep` adds a CSV and an SVG
+//! plot ([`sweep`]).
 //!
 //! # Cost
 //!
 //! `scripts/benchkv.sh` (the end of `scripts/bench.sh`) runs the two-rank
-//! sweep on one host; the README says what bounds each backend there.
+//! sweep on one host; `benchkv/README.md` shows one such sweep against its
+//! floors and says what bounds each backend there.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
@@ -47,6 +51,7 @@ pub mod client;
 pub mod clients;
 pub mod daemon;
 pub mod error;
+pub mod floor;
 pub mod ipc_link;
 pub mod machine;
 pub mod mpi_boot;

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use benchkv::cli::{Cli, Command, RunArgs};
+use benchkv::floor::{self, Canary};
 use benchkv::mpi_boot::Mpi;
 use benchkv::{Error, clients, node, sweep};
 use clap::Parser;
@@ -81,9 +82,16 @@ fn with_mpi(f: impl FnOnce(&Mpi) -> Result<(), Error>) -> ExitCode {
 fn run(mpi: &Mpi, args: &RunArgs) -> Result<(), Error> {
     let params = args.params()?;
     params.check(mpi.size() as usize)?;
-    let Some(report) = node::run(mpi, &params)? else {
+    // The floors and canaries are collectives: every rank takes part.
+    let floors = floor::measure(mpi, "before the run")?;
+    let before = floor::canary(mpi, "canary before the run")?;
+    let report = node::run(mpi, &params)?;
+    let after = floor::canary(mpi, "canary after the run")?;
+    let (Some(report), Some(floors)) = (report, floors) else {
         return Ok(());
     };
+    let canary = before.zip(after).map(|(b, a)| Canary::new(b, a, &floors));
+    let report = report.with_floors(floors, canary);
     print!("{}", report.table());
     let json = serde_json::to_vec_pretty(&report).expect("a report serialises");
     std::fs::write(&args.json, json).map_err(|source| Error::Io {

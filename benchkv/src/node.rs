@@ -445,7 +445,7 @@ fn unpack(parts: &[Vec<u8>], daemons: usize, rank: u32) -> Result<Vec<Vec<u8>>, 
 }
 
 /// An id for this run's ipc segments: rank 0's pid and clock.
-fn unique_id() -> u64 {
+pub(crate) fn unique_id() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);

@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::histogram;
 use crate::daemon::DaemonCounts;
+use crate::floor::{Canary, Floors};
 
 /// The report's schema name and version (the `schema` field).
-pub const SCHEMA: &str = "benchkv/1";
+/// `benchkv/2` added the floors (`floors`, `canary`, `vs_floors`).
+pub const SCHEMA: &str = "benchkv/2";
 
 /// A histogram as (value, count) pairs of its recorded buckets: what
 /// travels over MPI.
@@ -221,9 +223,92 @@ pub struct Report {
     pub bad_status: u64,
     /// The first mismatches or bad statuses, described.
     pub examples: Vec<String>,
+    /// The floors measured in the same run ([`crate::floor`]).
+    pub floors: Option<Floors>,
+    /// Rank 0's canary before and after this run or point.
+    pub canary: Option<Canary>,
+    /// The total figures against the floors.
+    pub vs_floors: Option<Ratios>,
+}
+
+/// The total figures of a run against the floors of the same run: each
+/// a plain ratio (ops/s ÷ floor rate: below 1 is slower than the floor;
+/// latency ÷ floor round trip: above 1 is slower).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Ratios {
+    /// Total ops/s ÷ raw WRITE_IMM round trips per second (pipelined).
+    pub ops_vs_raw_rate: Option<f64>,
+    /// p50 ÷ raw WRITE_IMM ping-pong round trip (its median).
+    pub p50_vs_raw_round_trip: Option<f64>,
+    /// p99 ÷ raw WRITE_IMM ping-pong round trip (its median).
+    pub p99_vs_raw_round_trip: Option<f64>,
+    /// Total ops/s ÷ cache-line round trips per second (one line bounced
+    /// serially between the two cores).
+    pub ops_vs_cache_line_rate: f64,
+    /// p50 ÷ cache-line round trip.
+    pub p50_vs_cache_line: f64,
+}
+
+impl Ratios {
+    /// `total` against `floors`.
+    pub fn of(total: &Figures, floors: &Floors) -> Ratios {
+        let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        let raw = floors.write_imm.as_ref();
+        Ratios {
+            ops_vs_raw_rate: raw.map(|w| div(total.ops_per_s, w.round_trips_per_s)),
+            p50_vs_raw_round_trip: raw
+                .map(|w| div(total.p50_ns as f64, w.round_trip_p50_ns as f64)),
+            p99_vs_raw_round_trip: raw
+                .map(|w| div(total.p99_ns as f64, w.round_trip_p50_ns as f64)),
+            ops_vs_cache_line_rate: total.ops_per_s * floors.cache_line_ns / 1e9,
+            p50_vs_cache_line: div(total.p50_ns as f64, floors.cache_line_ns),
+        }
+    }
+}
+
+/// A ratio as printed (`0.42×`), or `-` when there is none.
+pub fn times(x: Option<f64>) -> String {
+    match x {
+        Some(x) if x >= 100.0 => format!("{x:.0}×"),
+        Some(x) if x >= 10.0 => format!("{x:.1}×"),
+        Some(x) => format!("{x:.2}×"),
+        None => "-".into(),
+    }
+}
+
+/// The floors in one line for tables.
+pub fn floors_line(f: &Floors) -> String {
+    let raw = match (&f.write_imm, &f.write_imm_missing) {
+        (Some(w), _) => format!(
+            "raw WRITE_IMM ({} B inline) on mlx5 {} ({}={}) between ranks 0 and 1: round trip p50 {} (mean {}), {} round trips/s with {} in flight",
+            w.payload_bytes,
+            w.device,
+            mlx5::ENV,
+            w.selection,
+            ns(w.round_trip_p50_ns),
+            ns(w.round_trip_mean_ns as u64),
+            rate(w.round_trips_per_s),
+            w.depth
+        ),
+        (None, Some(why)) => format!("no raw WRITE_IMM floor: {why}"),
+        (None, None) => "no raw WRITE_IMM floor".into(),
+    };
+    format!(
+        "floors (measured {}): cache-line round trip {:.0} ns between {}; {}; canary {:.0} ns",
+        f.measured, f.cache_line_ns, f.cache_line_between, raw, f.canary_ns
+    )
 }
 
 impl Report {
+    /// Attaches the floors of the same run and rank 0's canary around it,
+    /// and the total figures' ratios to them.
+    pub fn with_floors(mut self, floors: Floors, canary: Option<Canary>) -> Report {
+        self.vs_floors = Some(Ratios::of(&self.total, &floors));
+        self.floors = Some(floors);
+        self.canary = canary;
+        self
+    }
+
     /// Merges the ranks' reports (in rank order).
     pub fn build(metadata: Metadata, ranks: &[RankReport]) -> Report {
         let nruns = ranks.iter().map(|r| r.runs.len()).min().unwrap_or(0);
@@ -303,6 +388,9 @@ impl Report {
                 .map(|r| r.bad_status)
                 .sum(),
             examples,
+            floors: None,
+            canary: None,
+            vs_floors: None,
         }
     }
 
@@ -366,6 +454,34 @@ impl Report {
             row(&mut s, &r.rank.to_string(), &r.host, &r.figures);
         }
         row(&mut s, "total", "", &self.total);
+        if let (Some(f), Some(r)) = (&self.floors, &self.vs_floors) {
+            let _ = writeln!(s, "\n{}", floors_line(f));
+            let _ = writeln!(
+                s,
+                "total against them: ops/s ÷ raw WRITE_IMM rate {}, p50 ÷ raw round trip {}, p99 ÷ raw round trip {}, ops/s ÷ cache-line rate {}, p50 ÷ cache-line round trip {}",
+                times(r.ops_vs_raw_rate),
+                times(r.p50_vs_raw_round_trip),
+                times(r.p99_vs_raw_round_trip),
+                times(Some(r.ops_vs_cache_line_rate)),
+                times(Some(r.p50_vs_cache_line)),
+            );
+        }
+        if let Some(c) = &self.canary {
+            let _ = writeln!(
+                s,
+                "canary before/after: {:.0} / {:.0} ns{}",
+                c.before_ns,
+                c.after_ns,
+                if c.slow {
+                    format!(
+                        " (slow phase of the host: over {}× the floors' canary)",
+                        crate::floor::SLOW_FACTOR
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
         if self.runs.len() > 1 {
             let per: Vec<String> = self.run_ops_per_s.iter().map(|&x| rate(x)).collect();
             let _ = writeln!(s, "\nper run (ops/s, all ranks): {}", per.join(", "));
@@ -577,6 +693,89 @@ mod tests {
         assert_eq!(v["runs"][0]["ranks"][1]["host"], "h1");
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r, "the JSON reads back");
+    }
+
+    fn floors(raw: bool) -> Floors {
+        Floors {
+            measured: "before the run".into(),
+            cache_line_ns: 100.0,
+            cache_line_between: "ranks 0 and 1 (processes) on cores 0 and 1".into(),
+            canary_ns: 90.0,
+            write_imm: raw.then(|| crate::floor::WriteImmFloor {
+                device: "soft0".into(),
+                selection: "soft:manual".into(),
+                payload_bytes: 32,
+                round_trips: 1000,
+                round_trip_p50_ns: 500,
+                round_trip_mean_ns: 550.0,
+                depth: 64,
+                round_trips_per_s: 400.0,
+            }),
+            write_imm_missing: (!raw).then(|| "rank 1: no device".into()),
+        }
+    }
+
+    #[test]
+    fn the_json_carries_the_floors_and_the_ratios_to_them() {
+        let r = Report::build(metadata(), &[rank(0, 1000, 100), rank(1, 3000, 300)]);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for k in ["floors", "canary", "vs_floors"] {
+            assert!(v[k].is_null(), "{k} before the floors are attached");
+        }
+        let r = r.with_floors(floors(true), Some(Canary::new(95.0, 300.0, &floors(true))));
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for k in [
+            "measured",
+            "cache_line_ns",
+            "cache_line_between",
+            "canary_ns",
+            "write_imm",
+            "write_imm_missing",
+        ] {
+            assert!(v["floors"].get(k).is_some(), "floors.{k}");
+        }
+        for k in [
+            "device",
+            "selection",
+            "payload_bytes",
+            "round_trips",
+            "round_trip_p50_ns",
+            "round_trip_mean_ns",
+            "depth",
+            "round_trips_per_s",
+        ] {
+            assert!(
+                v["floors"]["write_imm"].get(k).is_some(),
+                "floors.write_imm.{k}"
+            );
+        }
+        assert_eq!(v["canary"]["slow"], true, "300 ns is over twice 90 ns");
+        // 200 ops/s over 400 raw round trips/s; p50 of 3000 ns (rank 1
+        // has three quarters of the operations) over 500 ns.
+        let q = &v["vs_floors"];
+        assert_eq!(q["ops_vs_raw_rate"], 0.5);
+        let p50 = r.total.p50_ns as f64;
+        assert_eq!(q["p50_vs_raw_round_trip"], p50 / 500.0);
+        assert_eq!(q["p50_vs_cache_line"], p50 / 100.0);
+        assert_eq!(q["ops_vs_cache_line_rate"], 200.0 * 100.0 / 1e9);
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r, "the JSON reads back");
+        let t = r.table();
+        assert!(
+            t.contains("floors (measured before the run): cache-line round trip 100 ns"),
+            "{t}"
+        );
+        assert!(t.contains("ops/s ÷ raw WRITE_IMM rate 0.50×"), "{t}");
+        assert!(t.contains("slow phase"), "{t}");
+        // Without a device on a rank: the ratios to it are absent, said so.
+        let r = Report::build(metadata(), &[rank(0, 1000, 100)]).with_floors(floors(false), None);
+        let q = r.vs_floors.as_ref().unwrap();
+        assert_eq!(q.ops_vs_raw_rate, None);
+        assert!(
+            r.table()
+                .contains("no raw WRITE_IMM floor: rank 1: no device")
+        );
+        assert!(r.table().contains("ops/s ÷ raw WRITE_IMM rate -"));
     }
 
     #[test]

@@ -65,6 +65,12 @@ impl Shard {
         Ok(&self.data[self.range(slot)?])
     }
 
+    /// Overwrites every value with `byte` (the test fault of
+    /// [`crate::daemon::FAULT_ENV`]).
+    pub fn fill(&mut self, byte: u8) {
+        self.data.fill(byte);
+    }
+
     /// Replaces the value at `slot` with `value`.
     ///
     /// # Panics
@@ -93,6 +99,15 @@ mod tests {
         assert_eq!(s.get(3).unwrap(), &[0u8; 16]);
         s.put(2, &[5u8; 16]).unwrap();
         assert_eq!(s.get(2).unwrap(), &[5u8; 16], "the last PUT wins");
+    }
+
+    #[test]
+    fn a_filled_shard_holds_the_byte_in_every_value() {
+        let mut s = Shard::new(3, 8);
+        s.fill(0xa5);
+        for slot in 0..3 {
+            assert_eq!(s.get(slot).unwrap(), &[0xa5; 8]);
+        }
     }
 
     #[test]

@@ -3,7 +3,14 @@
 //! interleaved (A B C A B C) so that a slow phase of the host does not fall
 //! on one of them. Rank 0 writes each point's JSON, then `sweep.csv` (one
 //! row per point) and `sweep.svg` (throughput and p99 latency against the
-//! queue depth, a line per backend and client count).
+//! queue depth, a line per backend and client count), and `sweep.md`, the
+//! printed summary.
+//!
+//! The floors ([`crate::floor`]: cache-line round trip between the ranks'
+//! cores, raw WRITE_IMM between the ranks on the copyrpc device) are
+//! measured once per sweep, before the first point, and every point is
+//! reported against them; rank 0's canary is taken before and after every
+//! point, and a point taken in a slow phase of the host is marked.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,10 +19,11 @@ use plotters::prelude::*;
 
 use crate::cli::SweepArgs;
 use crate::error::Error;
+use crate::floor::{self, Canary, Floors, WriteImmFloor};
 use crate::mpi_boot::Mpi;
 use crate::node;
 use crate::params::Params;
-use crate::report::{Report, ns, rate};
+use crate::report::{Report, floors_line, ns, rate, times};
 
 /// One point of the sweep.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,13 +44,32 @@ pub struct Row {
     pub p99_ns: u64,
     /// 99.9th percentile, ns.
     pub p999_ns: u64,
+    /// ops/s ÷ raw WRITE_IMM round trips per second.
+    pub ops_vs_raw_rate: Option<f64>,
+    /// p50 ÷ raw WRITE_IMM round trip.
+    pub p50_vs_raw_round_trip: Option<f64>,
+    /// p99 ÷ raw WRITE_IMM round trip.
+    pub p99_vs_raw_round_trip: Option<f64>,
+    /// p50 ÷ cache-line round trip.
+    pub p50_vs_cache_line: Option<f64>,
+    /// Rank 0's canary before and after the point.
+    pub canary: Option<Canary>,
+    /// The point's note (busy threads outnumber cores, ...).
+    pub note: Option<String>,
     /// The point's JSON file.
     pub json: PathBuf,
 }
 
 impl Row {
     fn of(p: &Params, r: &Report, json: PathBuf) -> Row {
+        let q = r.vs_floors.as_ref();
         Row {
+            ops_vs_raw_rate: q.and_then(|q| q.ops_vs_raw_rate),
+            p50_vs_raw_round_trip: q.and_then(|q| q.p50_vs_raw_round_trip),
+            p99_vs_raw_round_trip: q.and_then(|q| q.p99_vs_raw_round_trip),
+            p50_vs_cache_line: q.map(|q| q.p50_vs_cache_line),
+            canary: r.canary,
+            note: r.metadata.note.clone(),
             backend: p.backend.to_string(),
             transport: r.metadata.transport.first().cloned().unwrap_or_default(),
             clients: p.clients,
@@ -70,13 +97,19 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
             source,
         })?;
     }
+    // Collectives, like the canaries: every rank takes part.
+    let floors = floor::measure(mpi, "once per sweep, before the first point")?;
     let mut rows = Vec::new();
     for (i, p) in points.iter().enumerate() {
+        let before = floor::canary(mpi, "canary before a point")?;
         let report = node::run(mpi, p)?;
+        let after = floor::canary(mpi, "canary after a point")?;
         // Rank 0 alone sees the verdict: it tells the others whether to go
         // on, so that every rank stops at the same point.
         let mut failure = None;
-        if let Some(r) = report {
+        if let (Some(r), Some(floors)) = (report, &floors) {
+            let canary = before.zip(after).map(|(b, a)| Canary::new(b, a, floors));
+            let r = r.with_floors(floors.clone(), canary);
             let name = format!(
                 "point-{:02}-{}-c{}-q{}.json",
                 i + 1,
@@ -91,16 +124,23 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
             )?;
             let row = Row::of(p, &r, path);
             println!(
-                "point {}/{}: {} clients {} depth {}: {} ops/s, p50 {}, p99 {}, p99.9 {}",
+                "point {}/{}: {} clients {} depth {}: {} ops/s ({} the raw WRITE_IMM rate), p50 {} ({} the raw round trip), p99 {}, p99.9 {}{}",
                 i + 1,
                 points.len(),
                 row.backend,
                 row.clients,
                 row.depth,
                 rate(row.ops_per_s),
+                times(row.ops_vs_raw_rate),
                 ns(row.p50_ns),
+                times(row.p50_vs_raw_round_trip),
                 ns(row.p99_ns),
-                ns(row.p999_ns)
+                ns(row.p999_ns),
+                if row.canary.is_some_and(|c| c.slow) {
+                    "; slow phase (canary)"
+                } else {
+                    ""
+                }
             );
             if r.mismatches > 0 || r.bad_status > 0 {
                 failure = Some(Error::Verify {
@@ -124,11 +164,11 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
     let csv = out.join("sweep.csv");
     write(&csv, csv_text(&rows).as_bytes())?;
     let svg = out.join("sweep.svg");
-    plot(&svg, &rows).map_err(|reason| Error::Plot {
+    plot(&svg, &rows, floors.as_ref()).map_err(|reason| Error::Plot {
         path: svg.clone(),
         reason,
     })?;
-    let text = summary(&rows, reports.first(), &csv, &svg);
+    let text = summary(&rows, reports.first(), floors.as_ref(), &csv, &svg);
     print!("{text}");
     write(&out.join("sweep.md"), text.as_bytes())
 }
@@ -152,12 +192,13 @@ fn field(s: &str) -> String {
 
 /// The rows as CSV, with a header line.
 pub fn csv_text(rows: &[Row]) -> String {
-    let mut s =
-        String::from("backend,transport,clients,depth,ops_per_s,p50_ns,p99_ns,p999_ns,json\n");
+    let mut s = String::from(CSV_HEADER);
+    s.push('\n');
+    let ratio = |x: Option<f64>| x.map_or(String::new(), |x| format!("{x:.4}"));
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.0},{},{},{},{}",
+            "{},{},{},{},{:.0},{},{},{},{},{},{},{},{},{},{},{},{}",
             field(&r.backend),
             field(&r.transport),
             r.clients,
@@ -166,15 +207,35 @@ pub fn csv_text(rows: &[Row]) -> String {
             r.p50_ns,
             r.p99_ns,
             r.p999_ns,
+            ratio(r.ops_vs_raw_rate),
+            ratio(r.p50_vs_raw_round_trip),
+            ratio(r.p99_vs_raw_round_trip),
+            ratio(r.p50_vs_cache_line),
+            r.canary
+                .map_or(String::new(), |c| format!("{:.0}", c.before_ns)),
+            r.canary
+                .map_or(String::new(), |c| format!("{:.0}", c.after_ns)),
+            r.canary.map_or(String::new(), |c| c.slow.to_string()),
+            field(r.note.as_deref().unwrap_or("")),
             field(&r.json.display().to_string())
         );
     }
     s
 }
 
+/// The CSV's header line: the ratios are the point's total figures over
+/// the sweep's floors (empty when there is no such floor).
+pub const CSV_HEADER: &str = "backend,transport,clients,depth,ops_per_s,p50_ns,p99_ns,p999_ns,ops_vs_raw_rate,p50_vs_raw_round_trip,p99_vs_raw_round_trip,p50_vs_cache_line,canary_before_ns,canary_after_ns,slow_phase,note,json";
+
 /// The printed summary: the machine once, a table of the points, the
 /// files.
-fn summary(rows: &[Row], first: Option<&Report>, csv: &Path, svg: &Path) -> String {
+fn summary(
+    rows: &[Row],
+    first: Option<&Report>,
+    floors: Option<&Floors>,
+    csv: &Path,
+    svg: &Path,
+) -> String {
     let mut s = String::new();
     if let Some(r) = first {
         let m = &r.metadata;
@@ -198,25 +259,57 @@ fn summary(rows: &[Row], first: Option<&Report>, csv: &Path, svg: &Path) -> Stri
             .collect();
         let _ = writeln!(s, "every point: {}", params.join(" "));
     }
+    if let Some(f) = floors {
+        let _ = writeln!(s, "{}", floors_line(f));
+    }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| backend | transport | clients | depth | ops/s | p50 | p99 | p99.9 |"
+        "| backend | transport | clients | depth | ops/s | ÷ raw rate | p50 | ÷ raw RTT | ÷ line | p99 | ÷ raw RTT | p99.9 | canary |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let canary = r.canary.map_or("-".into(), |c| {
+            format!(
+                "{:.0}/{:.0} ns{}",
+                c.before_ns,
+                c.after_ns,
+                if c.slow { " slow" } else { "" }
+            )
+        });
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.backend,
             r.transport,
             r.clients,
             r.depth,
             rate(r.ops_per_s),
+            times(r.ops_vs_raw_rate),
             ns(r.p50_ns),
+            times(r.p50_vs_raw_round_trip),
+            times(r.p50_vs_cache_line),
             ns(r.p99_ns),
-            ns(r.p999_ns)
+            times(r.p99_vs_raw_round_trip),
+            ns(r.p999_ns),
+            canary
         );
+    }
+    let _ = writeln!(
+        s,
+        "\n÷ raw rate: ops/s over the raw WRITE_IMM round trips per second; ÷ raw RTT: latency over the raw WRITE_IMM round trip (p50); ÷ line: p50 over the cache-line round trip; canary: rank 0's cache-line canary before/after the point (slow: over {}× the floors' one).",
+        floor::SLOW_FACTOR
+    );
+    let mut notes: Vec<(usize, &str)> = Vec::new();
+    for r in rows {
+        if let Some(n) = r.note.as_deref()
+            && !notes.iter().any(|(_, m)| *m == n)
+        {
+            notes.push((r.clients, n));
+        }
+    }
+    for (clients, n) in notes {
+        let _ = writeln!(s, "note ({clients} client(s) per rank): {n}");
     }
     let _ = writeln!(s, "\nCSV: {}\nplot: {}", csv.display(), svg.display());
     s
@@ -240,25 +333,53 @@ fn series(rows: &[Row], value: impl Fn(&Row) -> f64) -> Vec<(String, Vec<(f64, f
     out
 }
 
-/// Throughput and p99 latency against the queue depth, side by side.
-pub fn plot(path: &Path, rows: &[Row]) -> Result<(), String> {
+/// Throughput and p99 latency against the queue depth, side by side, with
+/// the raw WRITE_IMM floor of the same sweep as a black line on each
+/// (its pipelined rate; its ping-pong round trip).
+pub fn plot(path: &Path, rows: &[Row], floors: Option<&Floors>) -> Result<(), String> {
     let root = SVGBackend::new(path, (1280, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(640);
     let max_depth = rows.iter().map(|r| r.depth).max().unwrap_or(1).max(2) as f64;
-    /// A panel: title, y axis, the value plotted.
-    type Panel = (&'static str, &'static str, fn(&Row) -> f64);
+    /// A panel: title, y axis, the value plotted, its floor.
+    type Panel = (
+        &'static str,
+        &'static str,
+        fn(&Row) -> f64,
+        fn(&WriteImmFloor) -> (f64, String),
+    );
     let panels: [Panel; 2] = [
-        ("throughput, all ranks", "operations per second", |r| {
-            r.ops_per_s
-        }),
-        ("p99 latency", "microseconds", |r| r.p99_ns as f64 / 1000.0),
+        (
+            "throughput, all ranks",
+            "operations per second",
+            |r| r.ops_per_s,
+            |w| {
+                (
+                    w.round_trips_per_s,
+                    format!("raw WRITE_IMM rate, {} in flight (floor)", w.depth),
+                )
+            },
+        ),
+        (
+            "p99 latency",
+            "microseconds",
+            |r| r.p99_ns as f64 / 1000.0,
+            |w| {
+                (
+                    w.round_trip_p50_ns as f64 / 1000.0,
+                    "raw WRITE_IMM round trip, p50 (floor)".into(),
+                )
+            },
+        ),
     ];
-    for (area, (title, ylabel, value)) in [left, right].into_iter().zip(panels) {
+    let raw = floors.and_then(|f| f.write_imm.as_ref());
+    for (area, (title, ylabel, value, floor)) in [left, right].into_iter().zip(panels) {
         let lines = series(rows, value);
+        let floor = raw.map(floor);
         let ymax = lines
             .iter()
             .flat_map(|(_, v)| v.iter().map(|p| p.1))
+            .chain(floor.as_ref().map(|f| f.0))
             .fold(0.0f64, f64::max)
             * 1.15
             + 1e-9;
@@ -288,6 +409,16 @@ pub fn plot(path: &Path, rows: &[Row]) -> Result<(), String> {
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| e.to_string())?;
         }
+        if let Some((y, name)) = floor {
+            chart
+                .draw_series(LineSeries::new(
+                    [(1.0, y), (max_depth * 1.2, y)],
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(|e| e.to_string())?
+                .label(name)
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        }
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
@@ -313,6 +444,19 @@ mod tests {
             p50_ns: 1000,
             p99_ns: 5000,
             p999_ns: 9000,
+            ops_vs_raw_rate: Some(0.5),
+            p50_vs_raw_round_trip: Some(2.0),
+            p99_vs_raw_round_trip: None,
+            p50_vs_cache_line: Some(12.5),
+            canary: Some(Canary {
+                before_ns: 80.0,
+                after_ns: 400.0,
+                slow: true,
+            }),
+            note: Some(format!(
+                "{} busy threads on 2 cores: threads outnumber cores",
+                2 * (1 + clients)
+            )),
             json: PathBuf::from("p.json"),
         }
     }
@@ -321,13 +465,60 @@ mod tests {
     fn csv_quotes_fields_with_commas() {
         let t = csv_text(&[row("ucx-am:tcp", 1, 8, 1234.4)]);
         let mut lines = t.lines();
+        assert_eq!(lines.next().unwrap(), CSV_HEADER);
         assert_eq!(
             lines.next().unwrap(),
-            "backend,transport,clients,depth,ops_per_s,p50_ns,p99_ns,p999_ns,json"
+            "ucx-am:tcp,\"UCX 1.13.1, UCX_TLS=tcp, peer failure detection on\",1,8,1234,1000,5000,9000,0.5000,2.0000,,12.5000,80,400,true,4 busy threads on 2 cores: threads outnumber cores,p.json"
         );
         assert_eq!(
-            lines.next().unwrap(),
-            "ucx-am:tcp,\"UCX 1.13.1, UCX_TLS=tcp, peer failure detection on\",1,8,1234,1000,5000,9000,p.json"
+            CSV_HEADER.split(',').count(),
+            t.lines()
+                .nth(1)
+                .unwrap()
+                .replace(
+                    "\"UCX 1.13.1, UCX_TLS=tcp, peer failure detection on\"",
+                    "x"
+                )
+                .split(',')
+                .count(),
+            "a field per column"
+        );
+    }
+
+    #[test]
+    fn the_summary_shows_the_floors_ratios_canaries_and_notes() {
+        let floors = Floors {
+            measured: "once per sweep, before the first point".into(),
+            cache_line_ns: 80.0,
+            cache_line_between: "ranks 0 and 1 (processes) on cores 0 and 1".into(),
+            canary_ns: 90.0,
+            write_imm: None,
+            write_imm_missing: Some("rank 1: no device".into()),
+        };
+        let rows = [row("copyrpc", 1, 8, 2.0), row("copyrpc", 2, 8, 3.0)];
+        let s = summary(
+            &rows,
+            None,
+            Some(&floors),
+            Path::new("c.csv"),
+            Path::new("p.svg"),
+        );
+        assert!(s.contains("floors (measured once per sweep, before the first point): cache-line round trip 80 ns"), "{s}");
+        assert!(s.contains("| ÷ raw rate |"), "{s}");
+        assert!(
+            s.contains("| 0.50× | 1.0 µs | 2.00× | 12.5× | 5.0 µs | - |"),
+            "{s}"
+        );
+        assert!(s.contains("80/400 ns slow"), "{s}");
+        assert!(
+            s.contains(
+                "note (1 client(s) per rank): 4 busy threads on 2 cores: threads outnumber cores"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("note (2 client(s) per rank): 6 busy threads"),
+            "{s}"
         );
     }
 
@@ -356,6 +547,23 @@ mod tests {
                 row("copyrpc", 1, 8, 20.0),
                 row("ucx-am:tcp", 1, 1, 5.0),
             ],
+            Some(&Floors {
+                measured: "once per sweep, before the first point".into(),
+                cache_line_ns: 80.0,
+                cache_line_between: "ranks 0 and 1".into(),
+                canary_ns: 90.0,
+                write_imm: Some(WriteImmFloor {
+                    device: "soft1".into(),
+                    selection: "soft:manual".into(),
+                    payload_bytes: 32,
+                    round_trips: 10,
+                    round_trip_p50_ns: 7000,
+                    round_trip_mean_ns: 7100.0,
+                    depth: 64,
+                    round_trips_per_s: 50.0,
+                }),
+                write_imm_missing: None,
+            }),
         )
         .unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
@@ -363,6 +571,8 @@ mod tests {
         assert!(svg.contains("copyrpc ×1 clients"));
         assert!(svg.contains("ucx-am:tcp ×1 clients"));
         assert!(svg.contains("p99 latency"));
+        assert!(svg.contains("raw WRITE_IMM rate, 64 in flight (floor)"));
+        assert!(svg.contains("raw WRITE_IMM round trip, p50 (floor)"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -128,7 +128,20 @@ fn smoke(backend: &str, transport: &str, extra: &[&str]) {
     assert!(out.contains("verify: 0 mismatch(es)"), "{out}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
-    assert_eq!(report["schema"], "benchkv/1");
+    assert_eq!(report["schema"], "benchkv/2");
+    // The floors of the same run, and the figures against them.
+    let floors = &report["floors"];
+    assert!(floors["cache_line_ns"].as_f64().unwrap() > 0.0, "{floors}");
+    let raw = &floors["write_imm"];
+    assert!(raw["round_trip_p50_ns"].as_u64().unwrap() > 0, "{floors}");
+    assert!(raw["round_trips_per_s"].as_f64().unwrap() > 0.0, "{floors}");
+    assert_eq!(raw["selection"], "soft:manual");
+    assert!(report["vs_floors"]["ops_vs_raw_rate"].as_f64().unwrap() > 0.0);
+    assert!(report["canary"]["before_ns"].as_f64().unwrap() > 0.0);
+    assert!(
+        out.contains("floors (measured before the run): cache-line round trip"),
+        "{out}"
+    );
     assert_eq!(report["mismatches"], 0);
     assert_eq!(report["metadata"]["backend"], backend);
     let t = report["metadata"]["transport"].to_string();
@@ -185,6 +198,22 @@ fn bad_parameters_fail_on_every_rank_before_any_work() {
         (&["--value-size", "5000"][..], "--value-size 5000"),
         (&["--backend", "rdma"][..], "unknown backend"),
         (&["--no-such-flag"][..], "--no-such-flag"),
+        (&["--daemons", "0"][..], "--daemons 0"),
+        (&["--read-ratio", "1.5"][..], "--read-ratio 1.5"),
+        (&["--dist", "zipf:0"][..], "unknown key distribution"),
+        (&["sweep", "--clients", "1,0"][..], "--clients 0"),
+        (
+            &["sweep", "--backends", "copyrpc,rdma"][..],
+            "unknown backend",
+        ),
+        (
+            &["sweep", "--depths", "8,100000"][..],
+            "larger than the ipc ring",
+        ),
+        (
+            &["--verify", "--keys", "2", "--clients", "4"][..],
+            "--verify gives each",
+        ),
     ] {
         let (status, out) = run(args, Duration::from_secs(60));
         assert!(!status.success(), "{args:?} succeeded:\n{out}");
@@ -201,6 +230,165 @@ fn bad_parameters_fail_on_every_rank_before_any_work() {
         }
         assert!(!out.contains("| total |"), "{args:?} ran:\n{out}");
     }
+}
+
+/// A short sweep writes every point's JSON, the CSV, the SVG of
+/// throughput and p99 per backend, and the summary with the floors of the
+/// same run and each point against them.
+#[test]
+fn a_sweep_writes_its_points_csv_plot_and_floors() {
+    let _g = serial();
+    let dir = temp_json("sweep");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (status, out) = run(
+        &[
+            "sweep",
+            "--backends",
+            "copyrpc,ucx-am:tcp",
+            "--clients",
+            "1",
+            "--depths",
+            "1,4",
+            "--warmup",
+            "0.1",
+            "--duration",
+            "0.3",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{status}\n{out}");
+    let points: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("point-") && n.ends_with(".json"))
+        .collect();
+    assert_eq!(points.len(), 4, "{points:?}");
+    let csv = std::fs::read_to_string(dir.join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(
+        csv.starts_with("backend,transport,clients,depth,ops_per_s,"),
+        "{csv}"
+    );
+    let svg = std::fs::read_to_string(dir.join("sweep.svg")).unwrap();
+    for needle in [
+        "copyrpc ×1 clients",
+        "ucx-am:tcp ×1 clients",
+        "p99 latency",
+        "throughput",
+    ] {
+        assert!(svg.contains(needle), "the plot lacks {needle:?}");
+    }
+    let md = std::fs::read_to_string(dir.join("sweep.md")).unwrap();
+    assert!(
+        md.contains(
+            "floors (measured once per sweep, before the first point): cache-line round trip"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("raw WRITE_IMM (32 B inline) on mlx5 soft"),
+        "{md}"
+    );
+    assert_eq!(md.matches("| copyrpc |").count(), 2, "{md}");
+    // 2 ranks × (1 daemon + 1 client) busy threads.
+    // SAFETY: sysconf reads a system constant.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    assert_eq!(
+        md.contains("threads outnumber cores"),
+        cores < 4,
+        "{cores} cores:\n{md}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A device that cannot be opened leaves the run without its raw
+/// WRITE_IMM floor, said so with the reason, when the backend does not
+/// need the device; the cache-line floor is still there.
+#[test]
+fn without_a_device_the_floors_say_why_and_ucx_runs() {
+    let _g = serial();
+    let json = temp_json("no-device.json");
+    let mut c = mpirun(&[
+        "--backend",
+        "ucx-am:shm",
+        "--warmup",
+        "0.1",
+        "--duration",
+        "0.3",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    c.env("MLX5_DEVICE", "mlx5_no_such_device");
+    let mut child = spawn(c);
+    let rx = lines(&mut child);
+    let (status, _) = wait(&mut child, Duration::from_secs(60), "no device");
+    let out = drain(&rx);
+    assert!(status.success(), "{status}\n{out}");
+    assert!(
+        out.contains("no raw WRITE_IMM floor: rank 0 (MLX5_DEVICE=mlx5_no_such_device)"),
+        "{out}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    assert!(report["floors"]["write_imm"].is_null());
+    assert!(report["floors"]["cache_line_ns"].as_f64().unwrap() > 0.0);
+    assert!(report["vs_floors"]["ops_vs_raw_rate"].is_null());
+    let _ = std::fs::remove_file(json);
+}
+
+/// A `--verify` mismatch fails the run (and a sweep) with a non-zero exit
+/// and says which GET returned what: every shard starts with bytes no
+/// client wrote (the daemons' test fault), so a GET of a key not yet PUT
+/// cannot match.
+#[test]
+fn a_verify_mismatch_fails_the_run() {
+    let _g = serial();
+    let json = temp_json("mismatch.json");
+    let out_dir = temp_json("mismatch-sweep");
+    for args in [
+        &["--backend", "copyrpc", "--json", json.to_str().unwrap()][..],
+        &[
+            "sweep",
+            "--backends",
+            "ucx-am:tcp",
+            "--clients",
+            "1",
+            "--depths",
+            "4",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ][..],
+    ] {
+        let mut c = mpirun(args);
+        c.args([
+            "--verify",
+            "--keys",
+            "100000",
+            "--warmup",
+            "0",
+            "--duration",
+            "0.5",
+        ])
+        .env("BENCHKV_TEST_FAULT", "garbage-store");
+        let mut child = spawn(c);
+        let rx = lines(&mut child);
+        let (status, _) = wait(&mut child, Duration::from_secs(120), "mismatch");
+        let out = drain(&rx);
+        assert!(!status.success(), "{args:?}: a mismatch passed:\n{out}");
+        assert!(
+            out.contains("error: verification failed:") && out.contains("returned writer"),
+            "{args:?}: no mismatch named:\n{out}"
+        );
+    }
+    assert!(
+        !out_dir.join("sweep.csv").exists(),
+        "a failed sweep wrote its CSV"
+    );
+    let _ = std::fs::remove_file(json);
+    let _ = std::fs::remove_dir_all(out_dir);
 }
 
 /// The pid of `rank` among mpirun's children.
