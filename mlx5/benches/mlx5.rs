@@ -459,9 +459,27 @@ fn main() {
             })
         })
         .collect();
-    let m = summary::run(&knobs, items, benchutil::canary_ns);
+    let mut m = summary::run(&knobs, items, benchutil::canary_ns);
+    // Each cross-process figure against its in-process twin (the device's
+    // own cost), the socket link against the shared-memory one, and the
+    // bandwidths against the cross-core copy floor.
+    let mut vs_inproc = std::collections::HashMap::new();
+    let ids: Vec<String> = m.figures.iter().map(|f| f.id.clone()).collect();
+    for id in ids.iter().filter(|id| id.contains("/cross-")) {
+        let twin = id
+            .replace("cross-shm-", "inproc-")
+            .replace("cross-socket-", "inproc-");
+        vs_inproc.insert(id.clone(), m.ratio(id, &twin, "baseline"));
+        if id.contains("/cross-socket-") {
+            m.ratio(id, &id.replace("cross-socket-", "cross-shm-"), "peer");
+        }
+        if id.starts_with("bw/") {
+            m.ratio(id, "bw/floor-cross-core-copy", "floor");
+        }
+    }
     let mut out = m.preamble("mlx5");
-    out += "| figure | median | per operation | note |\n|---|---|---|---|\n";
+    out +=
+        "| figure | median | per operation | time ÷ in-process | note |\n|---|---|---|---|---|\n";
     for f in &m.figures {
         let (value, note) = if f.id == "bw/floor-cross-core-copy" {
             (
@@ -484,8 +502,29 @@ fn main() {
                 "8-byte WRITE_IMM each way",
             )
         };
-        out += &format!("| {} | {value} | {:.0} ns | {note} |\n", f.id, f.ns);
+        let vs = vs_inproc
+            .get(&f.id)
+            .map_or(String::new(), |r| format!("{r:.2}×"));
+        out += &format!("| {} | {value} | {:.0} ns | {vs} | {note} |\n", f.id, f.ns);
     }
+    // Issue 15's targets for the shared-memory link, from this run.
+    let (pp, rate, rd, wr) = (
+        vs_inproc["pingpong/cross-shm-1x1"],
+        vs_inproc["rate/cross-shm-8x256"],
+        vs_inproc["bw/cross-shm-read"],
+        vs_inproc["bw/cross-shm-write"],
+    );
+    out += &format!(
+        "\ntargets (shared-memory link against in-process, this run): ping-pong within 1.5× \
+         ({pp:.2}×: {}); 8 × 256 rate at least in-process ({:.2}× its rate: {}); 1 MiB \
+         bandwidth at least 70 % of in-process (READ {:.0} %, WRITE {:.0} %: {})\n",
+        benchutil::verdict(pp <= 1.5),
+        1.0 / rate,
+        benchutil::verdict(rate <= 1.0),
+        100.0 / rd,
+        100.0 / wr,
+        benchutil::verdict(rd <= 1.0 / 0.7 && wr <= 1.0 / 0.7),
+    );
     out += "\ninproc: two devices in this process, manual progress, one thread stepping both. \
             cross-shm / cross-socket: this process and an `mlx5-peer --manual` process of this \
             host, linked over shared-memory rings / over the unix socket, each progressing its \
