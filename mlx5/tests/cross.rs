@@ -693,9 +693,9 @@ fn an_idle_linked_device_sleeps_and_a_frame_wakes_it() {
         "the idle peer's device thread used {used} ticks in 0.5 s"
     );
     // After idling, a READ is answered as soon as its frame arrives: the
-    // socket (or, over shared memory, the eventfd the sender writes when
-    // it finds the peer asleep) wakes the sleeping thread (the fallback
-    // timer is 100 ms).
+    // socket (over shared memory, the wake-up byte the sender puts on it
+    // when it finds the peer asleep) wakes the sleeping thread (the
+    // fallback timer is 100 ms).
     let mut waits = Vec::new();
     for _ in 0..9 {
         std::thread::sleep(Duration::from_millis(150));

@@ -38,16 +38,6 @@ impl EventFd {
         let _ = unsafe { libc::read(self.0.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
     }
 
-    pub(crate) fn raw(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
-
-    /// Another descriptor of the same eventfd.
-    #[cfg(test)]
-    pub(crate) fn dup(&self) -> std::io::Result<std::os::fd::OwnedFd> {
-        self.0.try_clone()
-    }
-
     pub(crate) fn pollfd(&self) -> libc::pollfd {
         libc::pollfd {
             fd: self.0.as_raw_fd(),
@@ -96,12 +86,6 @@ impl Bell {
             sleeping: AtomicBool::new(false),
             efd: EventFd::new()?,
         })
-    }
-
-    /// The eventfd a sleeping device thread polls (handed to same-host
-    /// peers, which write it when they find this side asleep).
-    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
-        self.efd.raw()
     }
 
     /// Rings: wakes the device thread if it sleeps.

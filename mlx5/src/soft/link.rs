@@ -147,7 +147,7 @@ const RX_FIRST: usize = 4 << 10;
 /// is in and within the link's limits, and never by more than it holds.
 const RX_BATCH: usize = 64 << 10;
 /// The most one pass reads from one link (the other links get their turn).
-const RX_PASS: usize = 4 << 20;
+pub(crate) const RX_PASS: usize = 4 << 20;
 /// The unsent bytes (answers) a stranger's link may hold.
 pub(crate) const STRANGER_TX: usize = 64 << 10;
 /// How long connecting and the handshake may take.
@@ -173,8 +173,8 @@ pub struct WireStats {
     /// `read` calls that returned bytes (shared memory: copies out of the
     /// ring).
     pub reads: u64,
-    /// Eventfd writes that woke a sleeping same-host peer (shared-memory
-    /// links only: a busy link makes none).
+    /// Wake-up bytes sent to a sleeping same-host peer (shared-memory
+    /// links only: a busy link sends none).
     pub wakeups: u64,
     /// Bytes sent and received (frames included).
     pub bytes_sent: u64,
@@ -254,6 +254,8 @@ pub(crate) struct Link {
     kind: LinkKind,
     /// When to look at a shared-memory link's control socket next.
     next_check: Instant,
+    /// Look at it in the next pass (the device thread woke up).
+    check_now: bool,
     /// Bytes of frames staged in the ring, not yet published (by the
     /// pass's flush).
     staged: usize,
@@ -334,6 +336,7 @@ impl Link {
             shm: c.shm,
             kind,
             next_check: Instant::now(),
+            check_now: false,
             staged: 0,
             early: (0, 0, 0),
             rx: Vec::new(),
@@ -409,7 +412,7 @@ impl Link {
                     if self.staged >= EAGER && p.publish() {
                         self.early.0 += 1;
                         self.early.1 += std::mem::take(&mut self.staged) as u64;
-                        self.early.2 += u64::from(p.nudge());
+                        self.early.2 += u64::from(self.wake_peer());
                     }
                     return;
                 }
@@ -489,7 +492,37 @@ impl Link {
     pub(crate) fn awake(&mut self) {
         if let Some(p) = self.shm.as_mut() {
             p.awake();
+            // Drain the wake-up bytes (or notice EOF) in the next pass, not
+            // a millisecond later: a readable socket would end every sleep
+            // at once until then.
+            self.check_now = true;
         }
+    }
+
+    /// After publishing bytes or freeing ring space: sends the peer a
+    /// wake-up byte on the control socket if it sleeps (once per sleep;
+    /// never blocking). True if it did.
+    fn wake_peer(&mut self) -> bool {
+        let Some(p) = self.shm.as_mut() else {
+            return false;
+        };
+        if !p.peer_asleep() {
+            return false;
+        }
+        if let Some(s) = &self.stream {
+            // SAFETY: sends one byte from a live buffer on our own socket;
+            // MSG_DONTWAIT: a full buffer (the peer has bytes to read, so it
+            // wakes anyway) is EAGAIN, never a wait.
+            let _ = unsafe {
+                libc::send(
+                    s.fd(),
+                    b"W".as_ptr().cast(),
+                    1,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+        }
+        true
     }
 
     /// Bytes queued and not yet written.
@@ -551,7 +584,8 @@ impl Link {
     /// and a look at the socket for the peer's death every
     /// [`CONTROL_CHECK`].
     fn fill_shm(&mut self, st: &mut WireStats, now: Instant) -> usize {
-        if now >= self.next_check {
+        if self.check_now || now >= self.next_check {
+            self.check_now = false;
             self.next_check = now + CONTROL_CHECK;
             self.check_control();
         }
@@ -585,10 +619,7 @@ impl Link {
             }
         }
         // Space came back: a peer asleep with bytes to send wants it.
-        if got > 0
-            && let Some(p) = self.shm.as_mut()
-            && p.nudge()
-        {
+        if got > 0 && self.wake_peer() {
             st.wakeups += 1;
         }
         if self.blackhole {
@@ -598,25 +629,30 @@ impl Link {
         got
     }
 
-    /// A shared-memory link's socket carries nothing after the handshake:
-    /// EOF is the peer's death, bytes a broken peer; either kills the link.
+    /// A shared-memory link's socket carries only wake-up bytes after the
+    /// handshake: they are drained; EOF is the peer's death.
     fn check_control(&mut self) {
         let Some(s) = self.stream.as_mut() else {
             return;
         };
-        let mut b = [0u8; 1];
-        match s.read(&mut b) {
-            Ok(0) => self.kill("the peer closed the connection".into()),
-            Ok(_) => self.kill(
-                "protocol error from the peer: bytes on the control socket of a shared-memory link"
-                    .into(),
-            ),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => self.kill(format!("the control socket failed: {e}")),
+        // Bytes are wake-ups (any number: a peer that floods them only
+        // wakes this side); drained a bounded amount per look.
+        let mut b = [0u8; 256];
+        for _ in 0..16 {
+            match s.read(&mut b) {
+                Ok(0) => return self.kill("the peer closed the connection".into()),
+                Ok(n) if n < b.len() => return,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return;
+                }
+                Err(e) => return self.kill(format!("the control socket failed: {e}")),
+            }
         }
     }
 
@@ -698,7 +734,7 @@ impl Link {
             st.reads += 1;
             st.frames_in_place += 1;
             st.bytes_received += (HDR + len) as u64;
-            if p.nudge() {
+            if self.wake_peer() {
                 st.wakeups += 1;
             }
         }
@@ -805,10 +841,7 @@ impl Link {
                 }
             }
         }
-        if sent
-            && let Some(p) = self.shm.as_mut()
-            && p.nudge()
-        {
+        if sent && self.wake_peer() {
             st.wakeups += 1;
         }
         self.compact_tx();
@@ -846,19 +879,20 @@ impl Link {
     }
 }
 
-/// The eight bytes that carry the connector's memfd and eventfd.
+/// The eight bytes that carry the connector's memfd.
 const SHM_OFFER: [u8; 8] = *b"M5SHMOFR";
-/// The eight bytes that carry the acceptor's eventfd back.
+/// The eight bytes that say the acceptor mapped it.
 const SHM_ACCEPT: [u8; 8] = *b"M5SHMACC";
 /// HELLO flag: the connector offers shared-memory rings.
 const HELLO_SHM: u16 = 1;
 
-/// Connects to the device at `to` and performs the handshake. `bell` is
-/// this device's wake-up eventfd when it wants a shared-memory link with
-/// a device of this host (the acceptor may refuse: then the socket
+/// Connects to the device at `to` and performs the handshake, within
+/// [`HANDSHAKE`] in all. `shm`: this device wants a shared-memory link
+/// with a device of this host (the acceptor may refuse: then the socket
 /// carries the frames).
-pub(crate) fn connect(from: [u8; 16], to: Addr, bell: Option<RawFd>) -> Result<Conn, String> {
-    let bell = bell.filter(|_| matches!(to, Addr::Unix { .. }));
+pub(crate) fn connect(from: [u8; 16], to: Addr, shm: bool) -> Result<Conn, String> {
+    let deadline = Instant::now() + HANDSHAKE;
+    let shm = shm && matches!(to, Addr::Unix { .. });
     let stream = match to {
         Addr::Unix { pid, id } => {
             let a = UnixAddr::from_abstract_name(Addr::unix_name(pid, id).as_bytes())
@@ -882,13 +916,13 @@ pub(crate) fn connect(from: [u8; 16], to: Addr, bell: Option<RawFd>) -> Result<C
     hello[..HDR].copy_from_slice(&header(K_HELLO, HELLO_LEN));
     hello[HDR..HDR + 4].copy_from_slice(&WIRE_MAGIC);
     hello[HDR + 4..HDR + 6].copy_from_slice(&WIRE_VERSION.to_le_bytes());
-    let flags = if bell.is_some() { HELLO_SHM } else { 0 };
+    let flags = if shm { HELLO_SHM } else { 0 };
     hello[HDR + 6..HDR + 8].copy_from_slice(&flags.to_le_bytes());
     hello[HDR + 8..HDR + 24].copy_from_slice(&from);
     hello[HDR + 24..HDR + 40].copy_from_slice(&to.encode());
     s.write_all(&hello).map_err(fail)?;
     let mut w = [0u8; HDR + WELCOME_LEN];
-    s.read_exact(&mut w).map_err(fail)?;
+    read_exact_by(&mut s, &mut w, deadline).map_err(fail)?;
     if w[..HDR] != header(K_WELCOME, WELCOME_LEN) {
         return Err(format!(
             "handshake with software device {to} failed: not a software device"
@@ -900,58 +934,82 @@ pub(crate) fn connect(from: [u8; 16], to: Addr, bell: Option<RawFd>) -> Result<C
              connection info?)"
         ));
     }
-    let shm = match bell {
-        Some(bell) if w[HDR + 1] == 1 => Some(offer_shm(&s, bell).map_err(|e| {
+    let shm = if shm && w[HDR + 1] == 1 {
+        Some(offer_shm(&mut s, deadline).map_err(|e| {
             format!("handshake with software device {to} failed: shared memory: {e}")
-        })?),
-        _ => None,
+        })?)
+    } else {
+        None
     };
     s.set_blocking_timeout(None).map_err(fail)?;
     Ok(Conn { stream: s, shm })
 }
 
 /// The connector's half of the shared-memory exchange: sends a new sealed
-/// memfd and this side's eventfd, receives the acceptor's eventfd.
-fn offer_shm(s: &Stream, bell: RawFd) -> Result<Pipe, String> {
+/// memfd, waits for the acceptor to take it.
+fn offer_shm(s: &mut Stream, deadline: Instant) -> Result<Pipe, String> {
     let (offer, memfd) = Offer::create().map_err(|e| format!("creating the rings: {e}"))?;
-    shm::send_fds(s.fd(), &SHM_OFFER, &[memfd.as_raw_fd(), bell]).map_err(|e| e.to_string())?;
+    shm::send_fds(s.fd(), &SHM_OFFER, &[memfd.as_raw_fd()]).map_err(|e| e.to_string())?;
     let mut b = [0u8; 8];
-    let mut fds = shm::recv_fds(s.fd(), &mut b, 1).map_err(|e| e.to_string())?;
-    if b != SHM_ACCEPT || fds.len() != 1 {
+    read_exact_by(s, &mut b, deadline).map_err(|e| e.to_string())?;
+    if b != SHM_ACCEPT {
         return Err("the peer did not accept the rings".into());
     }
-    let peer_bell = fds.pop().expect("one");
-    shm::check_eventfd(&peer_bell)?;
-    Ok(offer.into_pipe(peer_bell))
+    Ok(offer.into_pipe())
 }
 
-/// The acceptor's half: receives the memfd and the connector's eventfd,
-/// checks and maps them, sends this side's eventfd.
-fn accept_shm(s: &Stream, bell: RawFd) -> Result<Pipe, String> {
+/// The acceptor's half: receives the memfd, checks and maps it, says so.
+fn accept_shm(s: &mut Stream, deadline: Instant) -> Result<Pipe, String> {
     let mut b = [0u8; 8];
-    let mut fds: Vec<OwnedFd> = shm::recv_fds(s.fd(), &mut b, 2).map_err(|e| e.to_string())?;
-    if b != SHM_OFFER || fds.len() != 2 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err("handshake timed out".into());
+    }
+    s.set_blocking_timeout(Some(left))
+        .map_err(|e| e.to_string())?;
+    let fds: Vec<OwnedFd> = shm::recv_fds(s.fd(), &mut b, 1).map_err(|e| e.to_string())?;
+    if b != SHM_OFFER || fds.len() != 1 {
         return Err("no rings offered".into());
     }
-    let peer_bell = fds.pop().expect("two");
-    shm::check_eventfd(&peer_bell)?;
-    let pipe = Pipe::open(&fds[0], peer_bell)?;
-    shm::send_fds(s.fd(), &SHM_ACCEPT, &[bell]).map_err(|e| e.to_string())?;
+    let pipe = Pipe::open(&fds[0])?;
+    s.write_all(&SHM_ACCEPT).map_err(|e| e.to_string())?;
     Ok(pipe)
 }
 
-/// The acceptor side of the handshake: reads HELLO, answers WELCOME (and
-/// sets up the shared-memory rings when the connector offers them and
-/// `bell`, this device's eventfd, says this side wants them). Returns the
+/// `read_exact` that gives up at `deadline` (a peer that trickles bytes
+/// cannot stretch it: each read waits only for what is left).
+fn read_exact_by(s: &mut Stream, mut buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    while !buf.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "handshake timed out",
+            ));
+        }
+        s.set_blocking_timeout(Some(left))?;
+        match s.read(buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The acceptor side of the handshake, within [`HANDSHAKE`] in all: reads
+/// HELLO, answers WELCOME (and sets up the shared-memory rings when the
+/// connector offers them and `shm` says this side wants them). Returns the
 /// connector's address and the rings.
 fn welcome(
     s: &mut Stream,
     me: [u8; 16],
-    bell: Option<RawFd>,
+    shm: bool,
 ) -> io::Result<Option<([u8; 16], Option<Pipe>)>> {
-    s.set_blocking_timeout(Some(HANDSHAKE))?;
+    let deadline = Instant::now() + HANDSHAKE;
     let mut h = [0u8; HDR + HELLO_LEN];
-    s.read_exact(&mut h)?;
+    read_exact_by(s, &mut h, deadline)?;
     let b = &h[HDR..];
     if h[..HDR] != header(K_HELLO, HELLO_LEN)
         || b[0..4] != WIRE_MAGIC
@@ -963,23 +1021,24 @@ fn welcome(
     from.copy_from_slice(&b[8..24]);
     let ok = b[24..40] == me && Addr::decode(&from).is_ok();
     let offered = u16::from_le_bytes([b[6], b[7]]) & HELLO_SHM != 0;
-    let bell = bell.filter(|_| offered && ok && matches!(s, Stream::Unix(_)));
+    let shm = shm && offered && ok && matches!(s, Stream::Unix(_));
     let mut w = [0u8; HDR + WELCOME_LEN];
     w[..HDR].copy_from_slice(&header(K_WELCOME, WELCOME_LEN));
     w[HDR] = u8::from(!ok);
-    w[HDR + 1] = u8::from(bell.is_some());
+    w[HDR + 1] = u8::from(shm);
     s.write_all(&w)?;
     if !ok {
         return Ok(None);
     }
-    let shm = match bell {
+    let shm = if shm {
         // A connector that offered rings and then sent none or bad ones is
         // refused (the connection closes).
-        Some(bell) => match accept_shm(s, bell) {
+        match accept_shm(s, deadline) {
             Ok(p) => Some(p),
             Err(_) => return Ok(None),
-        },
-        None => None,
+        }
+    } else {
+        None
     };
     if let Stream::Tcp(t) = s {
         t.set_nodelay(true)?;
@@ -1007,8 +1066,8 @@ struct Entry {
 pub(crate) trait Adopt: Send + Sync {
     /// A connection from the device at address `from`.
     fn adopt(&self, from: [u8; 16], c: Conn);
-    /// The device's wake-up eventfd if it takes shared-memory links.
-    fn shm_bell(&self) -> Option<RawFd>;
+    /// Whether the device takes shared-memory links.
+    fn takes_shm(&self) -> bool;
 }
 
 static ACCEPTOR: Mutex<Option<&'static Acceptor>> = Mutex::new(None);
@@ -1087,7 +1146,7 @@ fn accept_loop(a: &'static Acceptor) {
             }
             while let Ok(mut s) = e.listener.accept() {
                 let Some(d) = e.dev.upgrade() else { break };
-                if let Ok(Some((from, shm))) = welcome(&mut s, e.addr, d.shm_bell()) {
+                if let Ok(Some((from, shm))) = welcome(&mut s, e.addr, d.takes_shm()) {
                     d.adopt(from, Conn { stream: s, shm });
                 }
             }

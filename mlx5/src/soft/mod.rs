@@ -665,8 +665,8 @@ impl Device {
             None => {
                 // Connect without the engine lock (the handshake may take a
                 // while); a link another QP made meanwhile is harmless.
-                let bell = self.shared.shm_links.then(|| self.shared.bell.fd());
-                let c = link::connect(self.shared.addr, to, bell).map_err(Error::InvalidAttr)?;
+                let c = link::connect(self.shared.addr, to, self.shared.shm_links)
+                    .map_err(Error::InvalidAttr)?;
                 let mut guard = lock();
                 let l = progress::add_link(&mut guard, r.gid, c).ok_or_else(|| {
                     Error::InvalidAttr(format!(

@@ -105,19 +105,37 @@ fn receive(eng: &mut Engine, now: Instant, s: &mut State) -> usize {
     } = eng;
     let mut done = 0;
     dead.clear();
-    for link in links.iter_mut().filter(|l| l.is_up()) {
-        while let Some((kind, body, len)) = link.direct_frame() {
+    for link in links.iter_mut() {
+        if !link.is_up() {
+            // Killed outside a pass's receive (sending into it): its QPs
+            // are failed below like any other's.
+            dead.push(link.id);
+            continue;
+        }
+        // Large frames where they lie, at most a pass's worth of bytes (the
+        // other links and the QPs get their turn).
+        let mut direct = 0;
+        while direct < link::RX_PASS
+            && let Some((kind, body, len)) = link.direct_frame()
+        {
             done += 1;
+            direct += len;
             handle_direct(s, link, (kind, body, len), sges, stats, next_timer, now);
             if !link.is_up() {
                 break;
             }
         }
-        let got = if link.is_up() {
+        let got = if link.is_up() && direct < link::RX_PASS {
             link.fill(stats, now)
         } else {
             0
         };
+        if got > 0 && link.kind() == link::LinkKind::Shm {
+            // Bytes taken from a ring are work even when no frame is whole
+            // yet: a ring has no readiness to poll, so a thread that slept
+            // now would not be woken for the bytes still in it.
+            done += 1;
+        }
         if got > 0 && link.is_up() {
             done += handle_frames(s, link, frames, sges, stats, next_timer, now);
             if link.mid_frame() && link.outstanding() > 0 {
@@ -189,6 +207,11 @@ fn handle_frames(
     if !frames.is_empty() {
         let rx = std::mem::take(&mut link.rx);
         for &(kind, a, b) in frames.iter() {
+            if !link.is_up() {
+                // Killed while answering (an early flush failed): the
+                // frames after are not executed.
+                break;
+            }
             let body = &rx[a..b];
             stats.frames_received += 1;
             done += 1;
@@ -389,10 +412,13 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) {
         ..
     } = eng;
     dead.clear();
-    for link in links.iter_mut().filter(|l| l.is_up()) {
-        if let Some(t) = link.flush(now, stats) {
+    for link in links.iter_mut() {
+        if link.is_up()
+            && let Some(t) = link.flush(now, stats)
+        {
             min_timer(next_timer, t);
         }
+        // Also a link killed while this pass sent into it (`put_req`).
         if !link.is_up() {
             dead.push(link.id);
         } else if link.outstanding() > 0 {
@@ -511,6 +537,9 @@ fn run(p: &Progressor) {
             eng.poll_fds(&mut fds);
         }
         if timeout.is_zero() {
+            for d in &devs {
+                d.engine.lock().unwrap_or_else(|e| e.into_inner()).awake();
+            }
             continue;
         }
         p.bell.sleep(timeout, &mut fds, || pass(&devs));

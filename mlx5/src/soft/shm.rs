@@ -2,8 +2,8 @@
 //! one host exchange their frames through a pair of single-producer
 //! single-consumer byte rings in a memfd, instead of through their unix
 //! socket. The socket stays as the control channel: the handshake passes
-//! the memfd and each side's wake-up eventfd over it (`SCM_RIGHTS`), and a
-//! peer that dies closes it.
+//! the memfd over it (`SCM_RIGHTS`), a side that finds its peer asleep
+//! sends it a wake-up byte on it, and a peer that dies closes it.
 //!
 //! The rings carry exactly the byte stream the socket would: the same
 //! frames, parsed and validated by the same code ([`super::link`]). Only
@@ -46,13 +46,20 @@
 //!
 //! A device thread about to sleep makes its sleep sequence odd
 //! ([`Sleeper::announce`]), then (in [`super::bell::Bell::sleep`]) fences
-//! `SeqCst` and makes one more pass over its rings before it blocks on its
-//! eventfd; awake again, it makes the sequence even. A producer that
-//! published bytes, or a consumer that freed space, fences `SeqCst` and
-//! reads the peer's sequence ([`Waker::wants_signal`]): odd and not yet
-//! signalled, it writes the peer's eventfd. Either the sleeper's last pass
-//! sees the bytes (or the space), or the waker sees the odd sequence. A
-//! busy link, whose peer never sleeps, makes no system call.
+//! `SeqCst` and makes one more pass over its rings before it blocks in
+//! `ppoll` (its control sockets are in the set); awake again, it makes the
+//! sequence even. A producer that published bytes, or a consumer that freed
+//! space, fences `SeqCst` and reads the peer's sequence
+//! ([`Waker::wants_signal`]): odd and not yet signalled, it sends the peer
+//! one byte on the control socket (`MSG_DONTWAIT`: nothing the peer does to
+//! its end can make this side block). Either the sleeper's last pass sees
+//! the bytes (or the space), or the waker sees the odd sequence. A busy
+//! link, whose peer never sleeps, makes no system call.
+//!
+//! The wake-up goes over the socket, not an eventfd passed to the peer: a
+//! descriptor shared with another process shares its file status flags,
+//! so a peer could make a shared eventfd blocking and hang whoever writes
+//! or drains it; each end of a socket pair is its own.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering, fence};
@@ -413,7 +420,7 @@ pub(crate) enum Role {
 }
 
 /// This side of a shared-memory link: a producer on one ring, a consumer
-/// on the other, its sleep sequence, and the peer's eventfd.
+/// on the other, its sleep sequence, and what it knows of the peer's.
 pub(crate) struct Pipe {
     region: Region,
     out: Ring,
@@ -428,11 +435,10 @@ pub(crate) struct Pipe {
     consumer: Consumer,
     sleeper: Sleeper,
     waker: Waker,
-    peer_bell: OwnedFd,
 }
 
 impl Pipe {
-    fn new(region: Region, ring: usize, role: Role, peer_bell: OwnedFd) -> Pipe {
+    fn new(region: Region, ring: usize, role: Role) -> Pipe {
         // SAFETY: inside the mapping, which is DATA + 2 * ring long.
         let (b0, b1) = unsafe { (region.base.add(DATA), region.base.add(DATA + ring)) };
         let r0 = Ring {
@@ -479,18 +485,18 @@ impl Pipe {
             consumer: Consumer::default(),
             sleeper: Sleeper::default(),
             waker: Waker::default(),
-            peer_bell,
         }
     }
 
     /// The acceptor's side: maps the memfd the connector sent, after
-    /// checking it is sealed against resizing, as long as its header says
-    /// and that the header is this version's.
-    pub(crate) fn open(fd: &OwnedFd, peer_bell: OwnedFd) -> Result<Pipe, String> {
+    /// checking it is sealed against shrinking and growing, as long as its
+    /// header says and that the header is this version's.
+    pub(crate) fn open(fd: &OwnedFd) -> Result<Pipe, String> {
         let raw = fd.as_raw_fd();
         // SAFETY: plain syscall on a descriptor we own.
         let seals = unsafe { libc::fcntl(raw, libc::F_GET_SEALS) };
-        if seals < 0 || seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) == 0 {
+        let both = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        if seals < 0 || seals & both != both {
             return Err("the link's memory is not sealed against resizing".into());
         }
         // SAFETY: fstat into a zeroed struct.
@@ -516,7 +522,7 @@ impl Pipe {
             return Err("the link's memory does not have the size its header says".into());
         }
         let region = Region::map(raw, region_len(ring)).map_err(|e| e.to_string())?;
-        Ok(Pipe::new(region, ring, Role::Acceptor, peer_bell))
+        Ok(Pipe::new(region, ring, Role::Acceptor))
     }
 
     /// Writes the concatenation of `parts` into the outgoing ring, not
@@ -581,18 +587,11 @@ impl Pipe {
         self.consumer.pop(t, h, &self.inn, dst)
     }
 
-    /// After bytes were published or space freed: wakes the peer if it
-    /// sleeps (one eventfd write per sleep). True if it signalled.
-    pub(crate) fn nudge(&mut self) -> bool {
-        if self.waker.wants_signal(self.region.word(self.peer_seq)) {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: writes 8 bytes from a live buffer to the peer's
-            // eventfd (non-blocking: a full counter is EAGAIN, and the
-            // peer is awake anyway then).
-            let _ = unsafe { libc::write(self.peer_bell.as_raw_fd(), one.as_ptr().cast(), 8) };
-            return true;
-        }
-        false
+    /// After bytes were published or space freed: whether the peer
+    /// sleeps and must be woken (once per sleep; the caller sends the
+    /// byte on the control socket).
+    pub(crate) fn peer_asleep(&mut self) -> bool {
+        self.waker.wants_signal(self.region.word(self.peer_seq))
     }
 
     /// Fault injection: publishes a tail a whole ring past anything
@@ -603,7 +602,6 @@ impl Pipe {
         self.region
             .word(self.out_tail)
             .store(bad, Ordering::Relaxed);
-        self.nudge();
     }
 
     /// This side is about to sleep (see the module doc).
@@ -617,13 +615,13 @@ impl Pipe {
     }
 }
 
-/// The connector's mapping before the acceptor's eventfd arrived.
+/// The connector's mapping before the acceptor took it.
 pub(crate) struct Offer(Region);
 
 impl Offer {
     /// The connector's side: a new sealed memfd, mapped and initialised,
-    /// and the memfd to send (the pipe is made once the acceptor's
-    /// eventfd arrives: [`Offer::into_pipe`]).
+    /// and the memfd to send (the pipe is made once the acceptor took
+    /// it: [`Offer::into_pipe`]).
     pub(crate) fn create() -> std::io::Result<(Offer, OwnedFd)> {
         // SAFETY: a plain syscall on a NUL-terminated name.
         let fd = unsafe {
@@ -660,33 +658,10 @@ impl Offer {
         Ok((Offer(region), fd))
     }
 
-    /// The connector's pipe, once the acceptor sent its eventfd.
-    pub(crate) fn into_pipe(self, peer_bell: OwnedFd) -> Pipe {
-        Pipe::new(self.0, RING, Role::Connector, peer_bell)
+    /// The connector's pipe, once the acceptor took the memfd.
+    pub(crate) fn into_pipe(self) -> Pipe {
+        Pipe::new(self.0, RING, Role::Connector)
     }
-}
-
-/// Checks that `fd`, received from a peer, is an eventfd (the only thing
-/// this side will ever write to it), and makes sure writes to it never
-/// block.
-pub(crate) fn check_eventfd(fd: &OwnedFd) -> Result<(), String> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(|e| format!("cannot inspect the peer's wake-up descriptor: {e}"))?;
-    if link.as_os_str() != "anon_inode:[eventfd]" {
-        return Err(format!(
-            "the peer's wake-up descriptor is not an eventfd ({})",
-            link.display()
-        ));
-    }
-    // SAFETY: plain syscalls on a descriptor we own.
-    let ok = unsafe {
-        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        fl >= 0 && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
-    };
-    if !ok {
-        return Err("cannot make the peer's wake-up descriptor non-blocking".into());
-    }
-    Ok(())
 }
 
 /// Sends `bytes` and the descriptors `fds` over a unix socket.
@@ -884,42 +859,45 @@ mod tests {
     fn a_memfd_crosses_a_socket_and_both_sides_see_each_others_bytes() {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let (r, memfd) = Offer::create().unwrap();
-        let efd_a = super::super::bell::EventFd::new().unwrap();
-        let efd_b = super::super::bell::EventFd::new().unwrap();
-        send_fds(
-            a.as_raw_fd(),
-            b"SHM1\0\0\0\0",
-            &[memfd.as_raw_fd(), efd_a.raw()],
-        )
-        .unwrap();
+        send_fds(a.as_raw_fd(), b"SHM1\0\0\0\0", &[memfd.as_raw_fd()]).unwrap();
         let mut buf = [0u8; 8];
-        let mut fds = recv_fds(b.as_raw_fd(), &mut buf, 2).unwrap();
+        let fds = recv_fds(b.as_raw_fd(), &mut buf, 1).unwrap();
         assert_eq!(&buf, b"SHM1\0\0\0\0");
-        assert_eq!(fds.len(), 2);
-        let bell = fds.pop().unwrap();
-        check_eventfd(&bell).unwrap();
-        let mut acc = Pipe::open(&fds[0], bell).unwrap();
-        let mut con = r.into_pipe(efd_b.dup().unwrap());
+        assert_eq!(fds.len(), 1);
+        let mut acc = Pipe::open(&fds[0]).unwrap();
+        let mut con = r.into_pipe();
         assert_eq!(con.write(b"hello").unwrap(), 5);
         let mut got = [0u8; 16];
         assert_eq!(acc.read(&mut got).unwrap(), 5);
         assert_eq!(&got[..5], b"hello");
         assert_eq!(acc.write(b"back").unwrap(), 4);
         assert_eq!(con.read(&mut got).unwrap(), 4);
-        // A sleeping connector is woken by the acceptor's next bytes.
+        // A sleeping connector is to be woken by the acceptor's next bytes.
         con.announce_sleep();
         acc.write(b"x").unwrap();
-        assert!(acc.nudge());
-        assert!(!acc.nudge(), "once per sleep");
-        // An unsealed memfd is refused.
-        // SAFETY: plain syscall.
-        let raw = unsafe { libc::memfd_create(c"x".as_ptr(), libc::MFD_CLOEXEC) };
-        // SAFETY: fresh descriptor.
-        let unsealed = unsafe { OwnedFd::from_raw_fd(raw) };
-        let e = Pipe::open(&unsealed, efd_a.dup().unwrap()).err().unwrap();
-        assert!(e.contains("sealed"), "{e}");
-        // A descriptor that is not an eventfd is refused as a bell.
-        assert!(check_eventfd(&unsealed).is_err());
+        assert!(acc.peer_asleep());
+        assert!(!acc.peer_asleep(), "once per sleep");
+    }
+
+    /// A memfd that can still shrink (or grow) is refused: a peer could
+    /// truncate it under the mapping (SIGBUS).
+    #[test]
+    fn a_memfd_not_sealed_against_both_resizes_is_refused() {
+        for seals in [0, libc::F_SEAL_GROW, libc::F_SEAL_SHRINK] {
+            // SAFETY: plain syscalls; the descriptor is owned below.
+            let fd = unsafe {
+                let raw =
+                    libc::memfd_create(c"x".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
+                assert!(raw >= 0);
+                assert_eq!(libc::ftruncate(raw, region_len(RING) as libc::off_t), 0);
+                if seals != 0 {
+                    assert_eq!(libc::fcntl(raw, libc::F_ADD_SEALS, seals), 0);
+                }
+                OwnedFd::from_raw_fd(raw)
+            };
+            let e = Pipe::open(&fd).err().expect("refused");
+            assert!(e.contains("sealed"), "{e}");
+        }
     }
 }
 
@@ -927,8 +905,9 @@ mod tests {
 /// [`Producer`], [`Consumer`], [`Sleeper`] and [`Waker`] over loom's
 /// atomics and cells, every interleaving (and every value the memory model
 /// allows) of a small configuration explored. The sleeper's side mirrors
-/// `Bell::sleep` (announce, `SeqCst` fence, one more look, block on the
-/// eventfd, modelled by a mutex and a condition variable).
+/// `Bell::sleep` (announce, `SeqCst` fence, one more look, block until
+/// woken: the control socket's wake-up byte, modelled by a mutex and a
+/// condition variable).
 ///
 /// Checked to bite: with the producer's tail store `Relaxed` instead of
 /// `Release`, both tests fail (loom reports the consumer's read of a byte
@@ -982,7 +961,7 @@ mod model {
         /// The consumer's sleep sequence.
         seq: LoomU64,
         ring: Cells,
-        /// The consumer's eventfd.
+        /// The consumer's wake-up (its control socket).
         bell: Mutex<bool>,
         rung: Condvar,
     }

@@ -375,10 +375,14 @@ impl Shared {
 /// Every software device of this process: their [`State`] behind one lock.
 /// A WQE between two devices of this process executes under it once (the
 /// requester's phases and the responder's, in line), and a progress pass
-/// takes it once for all the WQEs it executes: no lock per WQE, and no
-/// order between two devices' locks to keep. The devices' link I/O (their
-/// [`Engine`]s, each behind its own lock, taken before this one)
-/// stays outside it.
+/// takes it once for all the frames it receives and the WQEs it executes:
+/// no lock per WQE, and no order between two devices' locks to keep. A
+/// device's [`Engine`] (its links and buffers) has its own lock, always
+/// taken before this one. A pass reads its links with this lock held (a
+/// socket `read`, or copies out of a shared-memory ring, at most
+/// `link::RX_PASS` bytes per link) and writes them after releasing it; so
+/// on a device with links, another thread's control call (creating a QP,
+/// an async event) can wait for a pass's reads.
 pub(crate) struct Fabric {
     pub(crate) slots: Vec<Option<Slot>>,
 }
@@ -495,8 +499,8 @@ impl link::Adopt for Shared {
         self.bell.ring();
     }
 
-    fn shm_bell(&self) -> Option<std::os::fd::RawFd> {
-        self.shm_links.then(|| self.bell.fd())
+    fn takes_shm(&self) -> bool {
+        self.shm_links
     }
 }
 

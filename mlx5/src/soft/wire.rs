@@ -37,9 +37,9 @@
 //!   shared-memory rings; unix sockets only), from `[16]`, to `[16]`.
 //! * `WELCOME` (2): status u8 (0 ok, 1 no such device), shared memory u8
 //!   (1: taken), 6 zero bytes. When taken, the connector sends
-//!   `"M5SHMOFR"` with the memfd and its wake-up eventfd (`SCM_RIGHTS`),
-//!   the acceptor answers `"M5SHMACC"` with its eventfd; nothing else
-//!   crosses the socket after that.
+//!   `"M5SHMOFR"` with the memfd (`SCM_RIGHTS`), the acceptor answers
+//!   `"M5SHMACC"` once it checked and mapped it; after that only wake-up
+//!   bytes (any value, sent to a peer found asleep) cross the socket.
 //! * `REQ` (3): src QPN u32, dst QPN u32, PSN u32, epoch u32, opcode u8,
 //!   flags u8 (bit 0: solicited event), 2 zero bytes, rkey u32, remote
 //!   address u64, length u32, immediate u32, swap/add u64, compare u64
