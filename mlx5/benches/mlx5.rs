@@ -280,6 +280,11 @@ impl Setup {
     fn bw(&mut self, iters: u64, read: bool) -> Duration {
         let to = self.far_remote();
         let sge = [self.near.mr.sge(0, MIB as u32)];
+        if let Far::Peer(p) = &mut self.far {
+            // A command wakes a peer that idled (it naps then), before the
+            // clock starts.
+            p.cmd("state 0");
+        }
         let t = Instant::now();
         let (mut issued, mut done) = (0u64, 0u64);
         let deadline = Instant::now() + Duration::from_secs(60);

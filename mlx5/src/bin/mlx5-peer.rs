@@ -474,20 +474,37 @@ fn main() {
                 Ok(l) => l,
                 Err(mpsc::TryRecvError::Empty) => {
                     // Spin while traffic flows; nap when it has stopped for
-                    // a millisecond, so an idle peer leaves the CPU alone.
+                    // a millisecond, so an idle peer leaves the CPU alone;
+                    // after 50 ms, wait for a command in 5 ms naps (an idle
+                    // peer's wake-ups would otherwise disturb the other
+                    // processes' measurements: a bench keeps several).
                     if peer.ctx.progress().unwrap_or(0) > 0 {
                         idle = 0;
+                        continue;
+                    }
+                    idle += 1;
+                    if idle == 64 {
+                        idle_since = Instant::now();
+                    }
+                    if idle <= 64 || !idle.is_multiple_of(64) {
+                        continue;
+                    }
+                    let quiet = idle_since.elapsed();
+                    if quiet > Duration::from_millis(50) {
+                        match rx.recv_timeout(Duration::from_millis(5)) {
+                            Ok(l) => {
+                                idle = 0;
+                                l
+                            }
+                            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
                     } else {
-                        idle += 1;
-                        if idle == 64 {
-                            idle_since = Instant::now();
-                        } else if idle.is_multiple_of(64)
-                            && idle_since.elapsed() > Duration::from_millis(1)
-                        {
+                        if quiet > Duration::from_millis(1) {
                             std::thread::sleep(Duration::from_micros(200));
                         }
+                        continue;
                     }
-                    continue;
                 }
                 Err(mpsc::TryRecvError::Disconnected) => return,
             }
