@@ -12,8 +12,10 @@
 //! `inproc`: both ends in this process on two software devices with manual
 //! progress, stepped by the measuring thread (the device's and copyrpc's
 //! own cost, no thread hand-off). `cross`: this process and a helper
-//! process (this bench binary re-executed) over a unix socket, each running
-//! one busy thread that steps its own manual device.
+//! process (this bench binary re-executed), their devices linked the
+//! software device's way between processes of a host (shared-memory rings;
+//! `MLX5_SOFT_LINK=socket` for the unix socket), each running one busy
+//! thread that steps its own manual device.
 //!
 //! Knobs: `COPYRPC_BENCH_ROUNDS` (default 7), `COPYRPC_BENCH_SKIP_CRITERION`,
 //! `COPYRPC_BENCH_SKIP_SUMMARY`.
@@ -616,8 +618,9 @@ fn main() {
         benchutil::verdict(r_x >= 1.5),
     );
     out += "\ninproc: two devices in this process, manual progress, one thread stepping both ends. \
-            cross: this process and a helper process over a unix socket, each progressing its \
-            device from its one busy thread.\n";
+            cross: this process and a helper process, their devices linked through shared \
+            memory (the software device's default between processes of a host), each \
+            progressing its device from its one busy thread.\n";
     out += &format!(
         "\ncanary (floor/threads, {}k trips) per round, ns: {:?}\n",
         benchutil::CANARY_TRIPS / 1000,
