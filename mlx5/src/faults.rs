@@ -76,6 +76,15 @@ impl Faults {
         self.dev.corrupt_shm_rings()
     }
 
+    /// From now on, publishes a consumer head that no reader can have
+    /// reached on every shared-memory ring this device reads, as a peer
+    /// process that scribbles over its own index would: each peer cuts
+    /// that link when it next needs room in the ring (its QPs fail with
+    /// `TransportRetryExceeded`) and carries on. Returns the rings.
+    pub fn corrupt_shm_heads(&self) -> usize {
+        self.dev.corrupt_shm_heads()
+    }
+
     /// The next WQE `qp` executes completes with an error CQE carrying
     /// `syndrome`, and the QP enters ERROR (its later WQEs are flushed).
     pub fn fail_next(&self, qp: &Qp, syndrome: Syndrome) -> Result<(), Error> {

@@ -1203,6 +1203,38 @@ fn a_peer_that_corrupts_the_rings_loses_only_its_link() {
     assert_eq!(read(&mut other, &good)[0].status(), Ok(()));
 }
 
+/// A same-host peer that publishes impossible heads on the ring this side
+/// writes: once this side needs room in the ring (after about a ring of
+/// WRITEs) it refuses the head and cuts the link; every WRITE completes
+/// (the first ones, or `TransportRetryExceeded` and flushes), none hangs.
+#[test]
+fn a_peer_that_lies_about_its_head_fails_the_writes_instead_of_hanging() {
+    let (mut me, mut bad) = setup("soft", &ConnectOpts::default());
+    assert!(bad.cmd("corrupt-heads").parse::<usize>().unwrap() >= 1);
+    // 12 MiB of WRITEs through an 8 MiB ring.
+    const N: usize = 12;
+    for _ in 0..N {
+        let sge = [me.mr.sge(0, 1 << 20)];
+        me.qp
+            .post_and_ring(&Write::new(bad.remote(0), &sge).signaled())
+            .unwrap();
+    }
+    let c = me.expect(N);
+    assert!(
+        c.iter()
+            .any(|c| c.status() == Err(Syndrome::TransportRetryExceeded)),
+        "{c:?}"
+    );
+    assert!(
+        c.iter().all(|c| matches!(
+            c.status(),
+            Ok(()) | Err(Syndrome::TransportRetryExceeded | Syndrome::WrFlush)
+        )),
+        "{c:?}"
+    );
+    assert_eq!(me.qp.state(), QpState::Error);
+}
+
 over_both!(
     every_opcode_across_processes_unix,
     peer_killed_mid_stream,

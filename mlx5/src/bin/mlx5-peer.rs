@@ -30,6 +30,7 @@
 //! | `stream I N SEED MAXLEN WINDOW` | verifies N WRITE_IMMs on QP I (see `stream` below) |
 //! | `links` | `ok KIND@PEER ...`: the software device's links (`shm`, `unix` or `tcp`, and the peer's address) |
 //! | `corrupt-rings` | fault injection: `ok N` after scribbling over the tail of the N shared-memory rings this device sends on |
+//! | `corrupt-heads` | fault injection: `ok N`; from now on the device publishes impossible heads on the N shared-memory rings it reads |
 //! | `echo ADDR RKEY` | answers every WRITE_IMM with a WRITE_IMM of the same length and immediate to ADDR on the same QP, until immediate `0xffffffff`; `ok COUNT` |
 //! | `quit` | exits |
 
@@ -272,6 +273,10 @@ impl Peer {
             }
             "corrupt-rings" => {
                 let n = self.ctx.faults().map_err(e)?.corrupt_shm_rings();
+                Ok(n.to_string())
+            }
+            "corrupt-heads" => {
+                let n = self.ctx.faults().map_err(e)?.corrupt_shm_heads();
                 Ok(n.to_string())
             }
             "echo" => {

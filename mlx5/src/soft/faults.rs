@@ -64,6 +64,17 @@ impl Device {
             .count()
     }
 
+    /// Fault: impossible heads on every shared-memory ring this device
+    /// reads. Returns how many.
+    pub(crate) fn corrupt_shm_heads(&self) -> usize {
+        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        eng.links
+            .iter_mut()
+            .map(Link::corrupt_head)
+            .filter(|&c| c)
+            .count()
+    }
+
     /// Fault knobs of one QP.
     pub(crate) fn qp_fault(&self, qpn: u32, f: impl FnOnce(&mut SoftQp)) -> Result<(), Error> {
         let mut s = self.shared.lock();

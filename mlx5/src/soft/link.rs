@@ -488,6 +488,15 @@ impl Link {
         })
     }
 
+    /// Fault injection: publishes impossible heads on the ring this side
+    /// reads from now on. False if the link has no rings.
+    pub(crate) fn corrupt_head(&mut self) -> bool {
+        self.shm.as_mut().is_some_and(|p| {
+            p.corrupt_head();
+            true
+        })
+    }
+
     /// The device thread is awake again.
     pub(crate) fn awake(&mut self) {
         if let Some(p) = self.shm.as_mut() {

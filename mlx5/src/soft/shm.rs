@@ -435,6 +435,8 @@ pub(crate) struct Pipe {
     consumer: Consumer,
     sleeper: Sleeper,
     waker: Waker,
+    /// Fault injection: publish impossible heads from now on.
+    lie_head: bool,
 }
 
 impl Pipe {
@@ -485,6 +487,7 @@ impl Pipe {
             consumer: Consumer::default(),
             sleeper: Sleeper::default(),
             waker: Waker::default(),
+            lie_head: false,
         }
     }
 
@@ -576,6 +579,7 @@ impl Pipe {
     /// Consumes `n` bytes read in place.
     pub(crate) fn skip(&mut self, n: usize) {
         self.consumer.skip(self.region.word(self.in_head), n);
+        self.lie();
     }
 
     /// Copies what arrived, at most `dst.len()` bytes.
@@ -584,7 +588,26 @@ impl Pipe {
             self.region.word(self.in_tail),
             self.region.word(self.in_head),
         );
-        self.consumer.pop(t, h, &self.inn, dst)
+        let n = self.consumer.pop(t, h, &self.inn, dst)?;
+        self.lie();
+        Ok(n)
+    }
+
+    /// Fault injection: from now on, every head this side publishes is one
+    /// no consumer can have reached (a ring and more past the tail), which
+    /// the producer must refuse when it next needs space.
+    pub(crate) fn corrupt_head(&mut self) {
+        self.lie_head = true;
+        self.lie();
+    }
+
+    fn lie(&self) {
+        if self.lie_head {
+            let bad = self.consumer.head + 4 * self.inn.len as u64 + 1;
+            // Relaxed: a deliberate lie; the producer's check is what is
+            // tested.
+            self.region.word(self.in_head).store(bad, Ordering::Relaxed);
+        }
     }
 
     /// After bytes were published or space freed: whether the peer
