@@ -78,3 +78,47 @@ pub fn criterion() -> criterion::Criterion {
         .measurement_time(std::time::Duration::from_secs(2))
         .configure_from_args()
 }
+
+/// A figure both criterion and the interleaved summary measure, with the
+/// same closure (shared: each calls it in turn), as the mlx5 and copyrpc
+/// suites declare theirs.
+pub struct SharedFigure {
+    /// Criterion's `group/function` name, and the summary's.
+    pub id: String,
+    /// What its time means.
+    pub kind: Kind,
+    /// Operations per summary round.
+    pub iters: u64,
+    /// Performs `n` operations and returns how long they took.
+    pub run: std::rc::Rc<std::cell::RefCell<dyn FnMut(u64) -> std::time::Duration>>,
+}
+
+/// Runs `figures` as criterion benchmarks (unless `knobs.skip_criterion`),
+/// then through [`summary::run`] with [`canary_ns`] as the canary; `None`
+/// when `knobs.skip_summary`.
+pub fn criterion_then_summary<'a>(
+    knobs: &Knobs,
+    figures: impl IntoIterator<Item = &'a SharedFigure> + Clone,
+) -> Option<Medians> {
+    if !knobs.skip_criterion {
+        let mut c = criterion();
+        for f in figures.clone() {
+            let run = f.run.clone();
+            c.bench_function(&f.id, |b| b.iter_custom(|n| (run.borrow_mut())(n)));
+        }
+        c.final_summary();
+    }
+    if knobs.skip_summary {
+        return None;
+    }
+    let items = figures
+        .into_iter()
+        .map(|f| {
+            let run = f.run.clone();
+            Item::new(f.id.clone(), f.kind, f.iters, move |n| {
+                (run.borrow_mut())(n)
+            })
+        })
+        .collect();
+    Some(summary::run(knobs, items, canary_ns))
+}

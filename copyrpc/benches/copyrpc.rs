@@ -25,8 +25,8 @@ use std::io::BufRead;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use benchutil::summary::{self, Item, Kind as FigKind, Knobs};
-use benchutil::{Helper, as_helper};
+use benchutil::summary::{Kind as FigKind, Knobs};
+use benchutil::{Helper, SharedFigure, as_helper};
 use copyrpc::{Config, Context, Endpoint, EndpointInfo, Limits};
 use mlx5::wqe::WriteImm;
 use mlx5::{Access, ConnInfo, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote};
@@ -462,15 +462,8 @@ fn copyrpc_echo_role(args: &[String]) {
 
 type RunFn = Rc<RefCell<dyn FnMut(u64) -> Duration>>;
 
-struct Fig {
-    id: String,
-    kind: FigKind,
-    iters: u64,
-    run: RunFn,
-}
-
-fn fig(id: String, kind: FigKind, iters: u64, run: RunFn) -> Fig {
-    Fig {
+fn fig(id: String, kind: FigKind, iters: u64, run: RunFn) -> SharedFigure {
+    SharedFigure {
         id,
         kind,
         iters,
@@ -478,7 +471,7 @@ fn fig(id: String, kind: FigKind, iters: u64, run: RunFn) -> Fig {
     }
 }
 
-fn figures() -> Vec<Fig> {
+fn figures() -> Vec<SharedFigure> {
     let mut v = Vec::new();
     for place in ["inproc", "cross"] {
         for (qps, depth, kind, iters) in [
@@ -535,27 +528,9 @@ fn main() {
     }
     let knobs = Knobs::from_env("COPYRPC_BENCH", 7);
     let figs = figures();
-    if !knobs.skip_criterion {
-        let mut c = benchutil::criterion();
-        for f in &figs {
-            let run = f.run.clone();
-            c.bench_function(&f.id, |b| b.iter_custom(|n| (run.borrow_mut())(n)));
-        }
-        c.final_summary();
-    }
-    if knobs.skip_summary {
+    let Some(mut m) = benchutil::criterion_then_summary(&knobs, &figs) else {
         return;
-    }
-    let items: Vec<Item<'_>> = figs
-        .iter()
-        .map(|f| {
-            let run = f.run.clone();
-            Item::new(f.id.clone(), f.kind, f.iters, move |n| {
-                (run.borrow_mut())(n)
-            })
-        })
-        .collect();
-    let mut m = summary::run(&knobs, items, benchutil::canary_ns);
+    };
     // Each copyrpc figure against raw WRITE_IMM of the same shape, declared
     // once for the JSON beside the table.
     let pairs: Vec<(String, String)> = m

@@ -31,7 +31,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use benchutil::summary::{self, Item, Kind as FigKind, Knobs};
+use benchutil::SharedFigure;
+use benchutil::summary::{Kind as FigKind, Knobs};
 use mlx5::peer::PeerProcess;
 use mlx5::wqe::{Read, Write, WriteImm};
 use mlx5::{
@@ -381,10 +382,7 @@ fn cross_core_copy(iters: u64) -> Duration {
 type Shared<T> = Rc<RefCell<T>>;
 
 struct Fig {
-    id: String,
-    kind: FigKind,
-    iters: u64,
-    run: Rc<RefCell<dyn FnMut(u64) -> Duration>>,
+    fig: SharedFigure,
     /// This side's device (for its wire counters).
     ctx: Context,
 }
@@ -409,20 +407,24 @@ fn figures() -> Vec<Fig> {
                 format!("rate/{place}-{qps}x{depth}")
             };
             v.push(Fig {
-                id: name,
-                kind,
-                iters,
-                run: Rc::new(RefCell::new(move |n| s.borrow_mut().rate(n))),
+                fig: SharedFigure {
+                    id: name,
+                    kind,
+                    iters,
+                    run: Rc::new(RefCell::new(move |n| s.borrow_mut().rate(n))),
+                },
                 ctx,
             });
         }
         let s: Shared<Setup> = Rc::new(RefCell::new(mk(1, 4)));
         if place == "inproc" {
             v.push(Fig {
-                id: "bw/floor-cross-core-copy".into(),
-                kind: FigKind::Throughput,
-                iters: 200,
-                run: Rc::new(RefCell::new(cross_core_copy)),
+                fig: SharedFigure {
+                    id: "bw/floor-cross-core-copy".into(),
+                    kind: FigKind::Throughput,
+                    iters: 200,
+                    run: Rc::new(RefCell::new(cross_core_copy)),
+                },
                 ctx: s.borrow().near.ctx.clone(),
             });
         }
@@ -430,10 +432,12 @@ fn figures() -> Vec<Fig> {
             let s = s.clone();
             let ctx = s.borrow().near.ctx.clone();
             v.push(Fig {
-                id: format!("bw/{place}-{}", if read { "read" } else { "write" }),
-                kind: FigKind::Throughput,
-                iters: 200,
-                run: Rc::new(RefCell::new(move |n| s.borrow_mut().bw(n, read))),
+                fig: SharedFigure {
+                    id: format!("bw/{place}-{}", if read { "read" } else { "write" }),
+                    kind: FigKind::Throughput,
+                    iters: 200,
+                    run: Rc::new(RefCell::new(move |n| s.borrow_mut().bw(n, read))),
+                },
                 ctx,
             });
         }
@@ -444,27 +448,9 @@ fn figures() -> Vec<Fig> {
 fn main() {
     let knobs = Knobs::from_env("MLX5_BENCH", 7);
     let figs = figures();
-    if !knobs.skip_criterion {
-        let mut c = benchutil::criterion();
-        for f in &figs {
-            let run = f.run.clone();
-            c.bench_function(&f.id, |b| b.iter_custom(|n| (run.borrow_mut())(n)));
-        }
-        c.final_summary();
-    }
-    if knobs.skip_summary {
+    let Some(mut m) = benchutil::criterion_then_summary(&knobs, figs.iter().map(|f| &f.fig)) else {
         return;
-    }
-    let items: Vec<Item<'_>> = figs
-        .iter()
-        .map(|f| {
-            let run = f.run.clone();
-            Item::new(f.id.clone(), f.kind, f.iters, move |n| {
-                (run.borrow_mut())(n)
-            })
-        })
-        .collect();
-    let mut m = summary::run(&knobs, items, benchutil::canary_ns);
+    };
     // Each cross-process figure against its in-process twin (the device's
     // own cost), the socket link against the shared-memory one, and the
     // bandwidths against the cross-core copy floor.
@@ -537,8 +523,8 @@ fn main() {
     out += "\nwire (this side of the cross figures, criterion and summary runs together):\n\n\
             | setup | frames sent per write call | frames received per read call | bytes per write call | frames received in place |\n\
             |---|---|---|---|---|\n";
-    for f in figs.iter().filter(|f| f.id.contains("/cross-")) {
-        if f.id.ends_with("-write") {
+    for f in figs.iter().filter(|f| f.fig.id.contains("/cross-")) {
+        if f.fig.id.ends_with("-write") {
             continue; // shares its setup (and counters) with bw/cross-read
         }
         let w = f.ctx.wire_stats().expect("software device");
@@ -551,7 +537,7 @@ fn main() {
             .collect();
         out += &format!(
             "| {} ({}) | {:.2} | {:.2} | {:.0} | {} |\n",
-            f.id.replace("-read", "-read+write"),
+            f.fig.id.replace("-read", "-read+write"),
             kinds.join(", "),
             w.frames_sent as f64 / w.writes.max(1) as f64,
             w.frames_received as f64 / w.reads.max(1) as f64,
