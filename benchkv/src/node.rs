@@ -491,7 +491,7 @@ fn metadata(mpi: &Mpi, p: &Params, ranks: &[RankReport]) -> Metadata {
         ucx_tls_env: std::env::var("UCX_TLS").ok(),
         mpi: mpi.library(),
         git: machine::git(),
-        date: crate::report::utc_now(),
+        date: benchutil::summary::utc_now(),
         busy_threads_per_host: busy,
         note: (!notes.is_empty()).then(|| notes.join("; ")),
         params: p

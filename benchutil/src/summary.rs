@@ -475,11 +475,16 @@ impl Metadata {
     }
 }
 
-/// The current time, UTC, as `YYYY-MM-DDTHH:MM:SSZ`.
+/// The current time, UTC, as `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339).
 pub fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+/// `secs` since the epoch as RFC 3339 UTC.
+pub fn rfc3339(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -681,6 +686,13 @@ pub fn write_report(name: &str, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
