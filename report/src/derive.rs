@@ -337,7 +337,7 @@ pub fn layers(run: &Run) -> Vec<Layer> {
         .iter()
         .filter(|p| p.backend == "copyrpc")
         .filter_map(|p| {
-            let m = crate::render::median(&p.run_ops_per_s);
+            let m = crate::format::median(&p.run_ops_per_s);
             (m > 0.0).then(|| {
                 (
                     format!("benchkv copyrpc c{} q{}", p.clients, p.depth),

@@ -68,6 +68,12 @@ pub fn sig3(v: f64) -> String {
     }
 }
 
+/// Median of `xs` (0 when empty).
+pub fn median(xs: &[f64]) -> f64 {
+    let m = benchutil::median(xs);
+    if m.is_nan() { 0.0 } else { m }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

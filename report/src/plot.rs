@@ -1,9 +1,9 @@
 //! The report's SVG plots (plotters, rendered to strings so the report
 //! stays a pure function of the run).
 //!
-//! Values span orders of magnitude (a 75 ns floor beside a 100 µs Unix
-//! socket), so both axes of values are log10, labelled in the figure's
-//! unit.
+//! Values span orders of magnitude (a cache-line floor of a few hundred
+//! nanoseconds beside a Unix socket's tens of microseconds), so both axes
+//! of values are log10, labelled in the figure's unit.
 
 use std::collections::BTreeMap;
 
@@ -131,7 +131,7 @@ pub fn sweep(points: &[KvPoint]) -> String {
         type Get = fn(&KvPoint) -> f64;
         let panels: [(&DrawingArea<_, _>, &str, &str, Get); 2] = [
             (&left, "throughput", "ops/s", |p| {
-                crate::render::median(&p.run_ops_per_s)
+                crate::format::median(&p.run_ops_per_s)
             }),
             (&right, "p99 latency", "ns", |p| p.p99_ns as f64),
         ];

@@ -96,11 +96,7 @@ pub struct OutRatio {
     pub time_ratio: f64,
 }
 
-/// Median of `xs` (0 when empty).
-pub fn median(xs: &[f64]) -> f64 {
-    let m = benchutil::median(xs);
-    if m.is_nan() { 0.0 } else { m }
-}
+pub use crate::format::median;
 
 fn suite<'a>(run: &'a Run, name: &str) -> Option<&'a SuiteRecord> {
     run.suites.iter().find(|s| s.suite == name)
