@@ -179,10 +179,10 @@ pub fn check_dir(dir: &Path, strict: bool) -> Vec<String> {
     if again.figures != figs {
         problems.push("figures.json is not the figures of run.json".into());
     }
-    for (file, _) in &again.plots {
+    for (file, svg) in &again.plots {
         match std::fs::read_to_string(dir.join(file)) {
-            Ok(s) if s.starts_with("<svg") => {}
-            Ok(_) => problems.push(format!("{file} is not an SVG")),
+            Ok(s) if s == *svg => {}
+            Ok(_) => problems.push(format!("{file} is not the plot of run.json")),
             Err(e) => problems.push(format!("{file}: {e}")),
         }
     }

@@ -374,6 +374,29 @@ fn the_check_finds_a_number_typed_into_the_report() {
 }
 
 #[test]
+fn the_check_finds_an_edited_plot() {
+    let run = fixture();
+    let dir = std::env::temp_dir().join(format!("bench-report-plot-{}", std::process::id()));
+    let path = report::write(&run, &dir).unwrap();
+    let rdir = path.parent().unwrap();
+    let svg = std::fs::read_dir(rdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "svg"))
+        .expect("the fixture has plots");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    std::fs::write(&svg, text.replacen("<svg", "<svg data-edited=\"1\"", 1)).unwrap();
+    let problems = check_dir(rdir, true);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("is not the plot of run.json")),
+        "{problems:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn instruction_rows_and_their_top_functions_are_parsed() {
     let rows: Vec<InstrRow> = fixture().instr;
     assert_eq!(rows[0].per_op, 50.0);
