@@ -158,6 +158,9 @@ pub struct UcxNet<U> {
     setup: NetSetup,
     out: Vec<u8>,
     drained: Vec<u8>,
+    /// Swapped with the inbox's completions each drain, so neither vector
+    /// gives up its capacity (no allocation per poll).
+    spare_completions: Vec<(u32, sys::ucs_status_t)>,
     failed: Option<String>,
     quiet: bool,
     peer_errors: bool,
@@ -322,17 +325,15 @@ impl<U> UcxNet<U> {
         serve: &mut impl FnMut(&[u8], &mut [u8]) -> usize,
         done: &mut impl FnMut(U, &[u8]),
     ) -> Result<usize, NetError> {
-        let (completions, failed, bad) = {
+        let mut completions = std::mem::take(&mut self.spare_completions);
+        let (failed, bad) = {
             // SAFETY: no progress call is running, so no callback holds the
             // inbox; this reference ends with the block.
             let inbox = unsafe { &mut *self.inbox };
-            (
-                std::mem::take(&mut inbox.completions),
-                std::mem::take(&mut inbox.failed),
-                inbox.bad.take(),
-            )
+            std::mem::swap(&mut inbox.completions, &mut completions);
+            (std::mem::take(&mut inbox.failed), inbox.bad.take())
         };
-        for (id, status) in completions {
+        for (id, status) in completions.drain(..) {
             let slot = self.slots[id as usize];
             // SAFETY: the send completed: UCX no longer reads the slot and
             // its callback has run; we are the only user.
@@ -355,6 +356,7 @@ impl<U> UcxNet<U> {
                 ));
             }
         }
+        self.spare_completions = completions;
         for (peer, status) in failed {
             if self.failed.is_none() {
                 self.failed = Some(format!(
@@ -477,6 +479,7 @@ impl<U> Bootstrap for UcxNet<U> {
             setup: setup.clone(),
             out: vec![0; setup.max_response()],
             drained: Vec::new(),
+            spare_completions: Vec::new(),
             failed: None,
             quiet: false,
             peer_errors,
