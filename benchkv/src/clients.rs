@@ -145,9 +145,13 @@ impl Clients {
 
     /// Ends every client (after its last run) and waits for it.
     pub fn finish(self) {
-        // Relaxed: the readers see it before the end of output it
-        // announces, which comes through the pipe after this store.
-        self.finishing.store(true, Ordering::Relaxed);
+        // Release, paired with the reader's Acquire after EOF: the store
+        // comes before this thread closes the children's input, which is
+        // what makes them exit and their output end. The memory model has
+        // no edge through a pipe; the close and the read are system calls,
+        // full barriers on every platform Linux runs on, which is what the
+        // reader actually relies on to see `true` after such an EOF.
+        self.finishing.store(true, Ordering::Release);
         for w in self.workers {
             match w {
                 Worker::Thread { start, handle } => {
@@ -275,8 +279,8 @@ fn start_process(
         }
         // End of output without an error line: after the rank closed its
         // input that is the normal end; before, it died.
-        // Relaxed: a flag; nothing is published through it.
-        if !finishing.load(Ordering::Relaxed) {
+        // Acquire: pairs with `finish`'s Release (see there).
+        if !finishing.load(Ordering::Acquire) {
             fail(died("exited without a word (killed?)".into()));
         }
     })?;

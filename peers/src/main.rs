@@ -78,12 +78,13 @@ fn echo_role(args: &[String]) {
         // this process keeps progressing, so the last reply leaves.
         std::thread::spawn(move || {
             for _ in std::io::stdin().lines() {}
-            // Release/Acquire: only a stop signal, no data rides on it.
-            closed.store(true, Ordering::Release);
+            // Relaxed: only a stop signal, no data rides on it.
+            closed.store(true, Ordering::Relaxed);
         });
     }
     let mut stopped = false;
-    while !closed.load(Ordering::Acquire) {
+    // Relaxed: see the store.
+    while !closed.load(Ordering::Relaxed) {
         let r = net.poll(
             &mut |req, out| {
                 stopped |= req.first() == Some(&STOP);
