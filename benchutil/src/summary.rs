@@ -185,6 +185,9 @@ pub struct Medians {
     pub quick: bool,
     /// The ratios the bench reports, declared with [`Medians::ratio`].
     pub ratios: Vec<Ratio>,
+    /// Parameters the bench adds to its record's metadata
+    /// ([`Medians::param`]).
+    pub params: BTreeMap<String, String>,
 }
 
 /// A ratio a bench reports: its figure against another figure of the same
@@ -267,8 +270,18 @@ impl Medians {
         time_ratio
     }
 
+    /// Records `key = value` in the metadata of this suite's record (what
+    /// the bench learned at run time, such as the device it opened).
+    pub fn param(&mut self, key: &str, value: impl Into<String>) {
+        self.params.insert(key.to_string(), value.into());
+    }
+
     /// The machine-readable record of this summary as suite `name`.
     pub fn record(&self, name: &str) -> SuiteRecord {
+        let mut metadata = Metadata::collect();
+        metadata
+            .params
+            .extend(self.params.iter().map(|(k, v)| (k.clone(), v.clone())));
         let figures = self
             .figures
             .iter()
@@ -276,7 +289,7 @@ impl Medians {
             .collect();
         SuiteRecord {
             suite: name.to_string(),
-            metadata: Metadata::collect(),
+            metadata,
             rounds: self.rounds(),
             dropped: self.dropped(),
             all_slow: self.all_slow,
@@ -616,6 +629,7 @@ pub fn run(knobs: &Knobs, items: Vec<Item<'_>>, mut canary: impl FnMut() -> f64)
         counters: counters.availability().clone(),
         quick: knobs.quick,
         ratios: Vec::new(),
+        params: BTreeMap::new(),
     }
 }
 

@@ -451,6 +451,10 @@ fn main() {
     let Some(mut m) = benchutil::criterion_then_summary(&knobs, figs.iter().map(|f| &f.fig)) else {
         return;
     };
+    // What the figures ran on, for the report (MLX5_DEVICE is honoured in
+    // process only where it names a NIC).
+    m.param("mlx5_inproc_device", figs[0].ctx.name());
+    m.param("mlx5_cross_device", "software device (always)");
     // Each cross-process figure against its in-process twin (the device's
     // own cost), the socket link against the shared-memory one, and the
     // bandwidths against the cross-core copy floor.

@@ -24,6 +24,12 @@ enum Cmd {
         #[arg(long, default_value = "docs/analysis")]
         out: PathBuf,
     },
+    /// Renders a report directory again from its own run.json (after a
+    /// change of the renderer; the measurements stay what they were).
+    Rerender {
+        /// The report directory (holding run.json).
+        dir: PathBuf,
+    },
     /// Checks a report directory: every section there and filled (or with
     /// its reason), every number the rendering of its run.json.
     Check {
@@ -47,6 +53,29 @@ fn main() -> ExitCode {
                 }
             };
             match report::write(&run, &out) {
+                Ok(path) => {
+                    println!("{}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bench-report: write into {}: {e}", out.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Rerender { dir } => {
+            let run: report::input::Run = match std::fs::read_to_string(dir.join("run.json"))
+                .map_err(|e| e.to_string())
+                .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("bench-report: {}/run.json: {e}", dir.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            let out = dir.parent().unwrap_or(std::path::Path::new("."));
+            match report::write(&run, out) {
                 Ok(path) => {
                     println!("{}", path.display());
                     ExitCode::SUCCESS

@@ -258,13 +258,11 @@ fn executive_summary(run: &Run) -> String {
     s
 }
 
-fn device_clause(run: &Run) -> String {
-    let d = &run.metadata.device_selection;
-    if d.starts_with("soft") || d == "auto" {
-        ", software device: its frames cross shared-memory rings, so this floor is its bound".into()
-    } else {
-        format!(", device {d}")
-    }
+/// The mlx5 suite's cross-process figures always run on the software
+/// device (`mlx5/benches/mlx5.rs` opens it for them whatever `MLX5_DEVICE`
+/// says: a NIC's cross-process figures need a second host).
+fn device_clause(_run: &Run) -> String {
+    ", software device: its frames cross shared-memory rings, so this floor is its bound".into()
 }
 
 // ------------------------------------------------------------- layers ----
@@ -709,15 +707,12 @@ fn layer_inproc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
 fn layer_mlx5(run: &Run, plots: &mut Vec<(String, String)>) -> String {
     let refs = floor_refs(run, &[("ipc", "floor/processes")]);
     let mut limits = Vec::new();
-    let d = &run.metadata.device_selection;
-    let soft = d.starts_with("soft") || d == "auto";
-    if soft
-        && let (Some(pp), Some(inproc), Some(floor)) = (
-            derive::ns(run, "mlx5", "pingpong/cross-shm-1x1"),
-            derive::ns(run, "mlx5", "pingpong/inproc-1x1"),
-            derive::ns(run, "ipc", "floor/processes"),
-        )
-    {
+    // The cross figures are the software device's (see `device_clause`).
+    if let (Some(pp), Some(inproc), Some(floor)) = (
+        derive::ns(run, "mlx5", "pingpong/cross-shm-1x1"),
+        derive::ns(run, "mlx5", "pingpong/inproc-1x1"),
+        derive::ns(run, "ipc", "floor/processes"),
+    ) {
         limits.push(Limit {
             suite: "mlx5".into(),
             figure: "pingpong/cross-shm-1x1".into(),
@@ -737,7 +732,7 @@ fn layer_mlx5(run: &Run, plots: &mut Vec<(String, String)>) -> String {
             unit: "ns".into(),
         });
     }
-    if soft && let Some(copy) = derive::ns(run, "mlx5", "bw/floor-cross-core-copy") {
+    if let Some(copy) = derive::ns(run, "mlx5", "bw/floor-cross-core-copy") {
         for fig in ["bw/cross-shm-write", "bw/cross-shm-read"] {
             if let Some(bw) = derive::ns(run, "mlx5", fig) {
                 limits.push(Limit {
@@ -761,12 +756,18 @@ fn layer_mlx5(run: &Run, plots: &mut Vec<(String, String)>) -> String {
         "mlx5",
         SECTIONS[3],
         &format!(
-            "Raw RDMA on the selected device (`cargo bench -p mlx5`, MLX5_DEVICE={}): 8-byte \
-             WRITE_IMM ping-pong and rates, 1 MiB READ and WRITE bandwidth, in one process \
-             (`inproc`) and between two of this host over the shared-memory link \
-             (`cross-shm`) and over the unix socket (`cross-socket`). These are the baselines \
+            "Raw RDMA (`cargo bench -p mlx5`, MLX5_DEVICE={}): 8-byte WRITE_IMM ping-pong and \
+             rates, 1 MiB READ and WRITE bandwidth, in one process (`inproc`, on {}) and \
+             between two of this host over the software device's shared-memory link \
+             (`cross-shm`) and over its unix socket (`cross-socket`). These are the baselines \
              copyrpc is measured against.",
-            run.metadata.device_selection
+            run.metadata.device_selection,
+            suite(run, "mlx5")
+                .and_then(|s| s.metadata.params.get("mlx5_inproc_device"))
+                .map_or(
+                    "the device the suite opened (not recorded by this run)",
+                    |d| { d.as_str() }
+                )
         ),
         (
             limits,
@@ -1197,25 +1198,20 @@ fn metadata_section(run: &Run) -> String {
     t
 }
 
+/// The link of the mlx5 and copyrpc suites' cross-process figures (always
+/// the software device's), and benchkv's copyrpc transport as benchkv
+/// reported the device it opened (`MLX5_DEVICE` may name a NIC there).
 fn link_kind(run: &Run) -> String {
-    let d = &run.metadata.device_selection;
-    if d.starts_with("soft") || d == "auto" {
-        let kv = run
-            .benchkv
-            .iter()
-            .find(|p| p.backend == "copyrpc")
-            .and_then(|p| p.transport.first())
-            .map_or(String::new(), |t| format!("; benchkv: {t}"));
-        format!(
-            "software device: frames over shared-memory rings between processes of one host, no NIC{kv}"
-        )
-    } else {
-        run.benchkv
-            .iter()
-            .find(|p| p.backend == "copyrpc")
-            .and_then(|p| p.transport.first().cloned())
-            .unwrap_or_else(|| format!("hardware device {d} (benchkv did not report its link)"))
-    }
+    let kv = run
+        .benchkv
+        .iter()
+        .find(|p| p.backend == "copyrpc")
+        .and_then(|p| p.transport.first())
+        .map_or(String::new(), |t| format!("; benchkv: {t}"));
+    format!(
+        "mlx5 and copyrpc cross-process figures: software device, frames over shared-memory \
+         rings between processes of one host{kv}"
+    )
 }
 
 // ------------------------------------------------------- figures.json ----

@@ -418,3 +418,18 @@ fn mlx5_limits_are_the_in_process_work_plus_a_floor_and_the_cross_core_copy() {
         "{md}"
     );
 }
+
+#[test]
+fn a_nic_named_by_mlx5_device_leaves_the_software_devices_cross_limits_in() {
+    // The cross-process figures always run on the software device, so a
+    // NIC in MLX5_DEVICE (the in-process figures' device) changes nothing
+    // there.
+    let mut run = fixture();
+    run.metadata.device_selection = "mlx5_0".into();
+    let md = render(&run).markdown;
+    assert!(
+        md.contains("pingpong/inproc-1x1 600 ns + ipc floor/processes"),
+        "{md}"
+    );
+    assert!(md.contains("software device: its frames cross shared-memory rings"));
+}
