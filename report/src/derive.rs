@@ -7,6 +7,7 @@
 
 use benchutil::{FigureRecord, Kind};
 
+use crate::format;
 use crate::input::{KvPoint, Run};
 
 /// A figure of suite `suite` named `name`, if the run has it.
@@ -378,4 +379,55 @@ pub fn layers(run: &Run) -> Vec<Layer> {
             below: named(run, "copyrpc", "pingpong/cross-copyrpc"),
         },
     ]
+}
+/// The limits of mlx5's cross-process figures, which always run on the
+/// software device: the ping-pong is at least the in-process one plus a
+/// cache-line round trip between the processes, a 1 MiB operation at least
+/// the cross-core copy floor.
+pub fn mlx5_limits(run: &Run) -> Vec<Limit> {
+    let mut limits = Vec::new();
+    if let (Some(pp), Some(inproc), Some(floor)) = (
+        ns(run, "mlx5", "pingpong/cross-shm-1x1"),
+        ns(run, "mlx5", "pingpong/inproc-1x1"),
+        ns(run, "ipc", "floor/processes"),
+    ) {
+        limits.push(Limit {
+            suite: "mlx5".into(),
+            figure: "pingpong/cross-shm-1x1".into(),
+            calculation: format!(
+                "pingpong/inproc-1x1 {} + ipc floor/processes {} = {}",
+                format::ns(inproc),
+                format::ns(floor),
+                format::ns(inproc + floor)
+            ),
+            assumption: "across processes the software device does at least the work of the \
+                         in-process ping-pong, and its frames cross shared memory once each \
+                         way: one cache-line round trip between the processes more; on \
+                         hardware the bound is the NIC's, which only two real hosts measure"
+                .into(),
+            limit: inproc + floor,
+            measured: pp,
+            unit: "ns".into(),
+        });
+    }
+    if let Some(copy) = ns(run, "mlx5", "bw/floor-cross-core-copy") {
+        for fig in ["bw/cross-shm-write", "bw/cross-shm-read"] {
+            if let Some(bw) = ns(run, "mlx5", fig) {
+                limits.push(Limit {
+                    suite: "mlx5".into(),
+                    figure: fig.into(),
+                    calculation: format!("bw/floor-cross-core-copy = {} per MiB", format::ns(copy)),
+                    assumption: "every byte of a 1 MiB operation between two processes is \
+                                 written on one core and copied out on the other at least \
+                                 once (the shared-memory ring); the floor measures that \
+                                 pipeline with no device"
+                        .into(),
+                    limit: copy,
+                    measured: bw,
+                    unit: "ns".into(),
+                });
+            }
+        }
+    }
+    limits
 }

@@ -165,6 +165,7 @@ fn executive_summary(run: &Run) -> String {
     let limits: Vec<Limit> = ["ipc", "inproc"]
         .iter()
         .flat_map(|l| derive::cache_line_limits(run, l))
+        .chain(derive::mlx5_limits(run))
         .chain(derive::copyrpc_limits(run))
         .collect();
     for l in &limits {
@@ -706,51 +707,7 @@ fn layer_inproc(run: &Run, plots: &mut Vec<(String, String)>) -> String {
 
 fn layer_mlx5(run: &Run, plots: &mut Vec<(String, String)>) -> String {
     let refs = floor_refs(run, &[("ipc", "floor/processes")]);
-    let mut limits = Vec::new();
-    // The cross figures are the software device's (see `device_clause`).
-    if let (Some(pp), Some(inproc), Some(floor)) = (
-        derive::ns(run, "mlx5", "pingpong/cross-shm-1x1"),
-        derive::ns(run, "mlx5", "pingpong/inproc-1x1"),
-        derive::ns(run, "ipc", "floor/processes"),
-    ) {
-        limits.push(Limit {
-            suite: "mlx5".into(),
-            figure: "pingpong/cross-shm-1x1".into(),
-            calculation: format!(
-                "pingpong/inproc-1x1 {} + ipc floor/processes {} = {}",
-                format::ns(inproc),
-                format::ns(floor),
-                format::ns(inproc + floor)
-            ),
-            assumption: "across processes the software device does at least the work of the \
-                         in-process ping-pong, and its frames cross shared memory once each \
-                         way: one cache-line round trip between the processes more; on \
-                         hardware the bound is the NIC's, which only two real hosts measure"
-                .into(),
-            limit: inproc + floor,
-            measured: pp,
-            unit: "ns".into(),
-        });
-    }
-    if let Some(copy) = derive::ns(run, "mlx5", "bw/floor-cross-core-copy") {
-        for fig in ["bw/cross-shm-write", "bw/cross-shm-read"] {
-            if let Some(bw) = derive::ns(run, "mlx5", fig) {
-                limits.push(Limit {
-                    suite: "mlx5".into(),
-                    figure: fig.into(),
-                    calculation: format!("bw/floor-cross-core-copy = {} per MiB", format::ns(copy)),
-                    assumption: "every byte of a 1 MiB operation between two processes is \
-                                 written on one core and copied out on the other at least \
-                                 once (the shared-memory ring); the floor measures that \
-                                 pipeline with no device"
-                        .into(),
-                    limit: copy,
-                    measured: bw,
-                    unit: "ns".into(),
-                });
-            }
-        }
-    }
+    let limits = derive::mlx5_limits(run);
     layer(
         run,
         "mlx5",
@@ -1243,6 +1200,7 @@ fn figures_file(run: &Run) -> FiguresFile {
     let limits: Vec<Limit> = ["ipc", "inproc"]
         .iter()
         .flat_map(|l| derive::cache_line_limits(run, l))
+        .chain(derive::mlx5_limits(run))
         .chain(derive::copyrpc_limits(run))
         .collect();
     for l in limits {

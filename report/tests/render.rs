@@ -433,3 +433,22 @@ fn a_nic_named_by_mlx5_device_leaves_the_software_devices_cross_limits_in() {
     );
     assert!(md.contains("software device: its frames cross shared-memory rings"));
 }
+
+#[test]
+fn figures_json_carries_every_limit_mlx5_included() {
+    let r = render(&fixture());
+    let limits: Vec<&str> = r
+        .figures
+        .figures
+        .iter()
+        .filter(|f| f.suite == "limit")
+        .map(|f| f.name.as_str())
+        .collect();
+    for want in [
+        "mlx5 pingpong/cross-shm-1x1",
+        "mlx5 bw/cross-shm-write",
+        "copyrpc pingpong/cross-copyrpc",
+    ] {
+        assert!(limits.contains(&want), "{want} missing from {limits:?}");
+    }
+}
