@@ -721,6 +721,31 @@ fn an_idle_linked_device_sleeps_and_a_frame_wakes_it() {
     );
 }
 
+/// A fake software device listening at a made-up address: the address
+/// and its listener.
+fn fake_device(id: u32) -> ([u8; 16], std::os::unix::net::UnixListener) {
+    use std::os::linux::net::SocketAddrExt;
+    let gid = made_up_address(id);
+    let a = std::os::unix::net::SocketAddr::from_abstract_name(unix_name(&gid)).unwrap();
+    (
+        gid,
+        std::os::unix::net::UnixListener::bind_addr(&a).unwrap(),
+    )
+}
+
+/// Accepts one connection on a fake device's listener and answers its
+/// HELLO with a WELCOME that takes no shared memory (frames on the socket).
+fn accept_as_device(l: &std::os::unix::net::UnixListener) -> std::os::unix::net::UnixStream {
+    use std::io::Read as _;
+    let (mut s, _) = l.accept().unwrap();
+    let mut hello = [0u8; 48];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(hello[..8], [40, 0, 0, 0, 1, 0, 0, 0], "a HELLO");
+    s.write_all(&[8, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    s
+}
+
 /// The abstract unix socket name of the software device at `gid`.
 fn unix_name(gid: &[u8; 16]) -> String {
     assert_eq!(gid[..5], *b"SOFT\x01", "a unix software device address");
@@ -821,19 +846,11 @@ fn a_hostile_frame_header_allocates_nothing_and_other_links_keep_working() {
 
 fn a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout() {
     use std::io::Read as _;
-    use std::os::linux::net::SocketAddrExt;
     // A fake device: welcomes the connection, answers the first REQ with
     // a RESP one PSN ahead, then stays silent with the socket open.
-    let gid = made_up_address(77);
-    let a = std::os::unix::net::SocketAddr::from_abstract_name(unix_name(&gid)).unwrap();
-    let l = std::os::unix::net::UnixListener::bind_addr(&a).unwrap();
+    let (gid, l) = fake_device(77);
     let fake = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut hello = [0u8; 48];
-        s.read_exact(&mut hello).unwrap();
-        assert_eq!(hello[..8], [40, 0, 0, 0, 1, 0, 0, 0]);
-        s.write_all(&[8, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
-            .unwrap();
+        let mut s = accept_as_device(&l);
         let mut h = [0u8; 8];
         s.read_exact(&mut h).unwrap();
         assert_eq!(h[4], 3, "a REQ");
@@ -1105,17 +1122,10 @@ fn a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up() {
 
 fn an_answer_on_another_link_completes_nothing() {
     use std::io::Read as _;
-    use std::os::linux::net::SocketAddrExt;
     // A fake device that takes a WRITE and never answers it.
-    let gid = made_up_address(78);
-    let a = std::os::unix::net::SocketAddr::from_abstract_name(unix_name(&gid)).unwrap();
-    let l = std::os::unix::net::UnixListener::bind_addr(&a).unwrap();
+    let (gid, l) = fake_device(78);
     let fake = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut hello = [0u8; 48];
-        s.read_exact(&mut hello).unwrap();
-        s.write_all(&[8, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
-            .unwrap();
+        let mut s = accept_as_device(&l);
         let mut req = [0u8; 8 + 56 + 4];
         s.read_exact(&mut req).unwrap();
         s
