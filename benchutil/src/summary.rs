@@ -702,6 +702,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn counters_are_summed_over_rounds_per_operation_and_silent_ones_left_out() {
+        let r1: BTreeMap<String, u64> = [
+            ("instructions".to_string(), 1000),
+            ("page_faults".to_string(), 0),
+        ]
+        .into();
+        let r2: BTreeMap<String, u64> = [
+            ("instructions".to_string(), 3000),
+            ("page_faults".to_string(), 0),
+        ]
+        .into();
+        let p = per_op(&[&r1, &r2], 100);
+        assert_eq!(
+            p.get("instructions"),
+            Some(&20.0),
+            "4000 over 2 x 100 operations"
+        );
+        assert!(!p.contains_key("page_faults"), "a counter that never ran");
+        assert!(per_op(&[], 100).is_empty());
+    }
+
+    #[test]
     fn dates_are_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
