@@ -405,6 +405,8 @@ fn many_qps_share_one_link() {
     let st = ctx.wire_stats().unwrap();
     assert_eq!(st.links, 1, "{st:?}");
     assert!(st.frames_sent >= N as u64 && st.frames_received >= N as u64);
+    let shm = if LINK.get() == LinkKind::Shm { 1 } else { 0 };
+    assert_eq!(st.shm_links, shm, "{st:?}");
 }
 
 fn long_run_wraps_queues_and_checks_every_byte() {
@@ -579,6 +581,8 @@ fn manual_progress_across_processes() {
         .unwrap();
     // expect() steps the manual device while it waits.
     ok_one(&mut me, mlx5::wqe::opcode::RDMA_READ);
+    // Neither side ever sleeps: not one wake-up went over the link.
+    assert_eq!(me.ctx.wire_stats().unwrap().wakeups, 0);
     let mut b = [0u8; 256];
     // SAFETY: the WQEs that wrote these bytes have completed (their
     // completions were polled) and none is in flight to them.
@@ -710,6 +714,10 @@ fn an_idle_linked_device_sleeps_and_a_frame_wakes_it() {
     // Median under 20 ms: a thread that only woke on its timer would put
     // it near 50 ms.
     assert!(waits[4] < Duration::from_millis(20), "{waits:?}");
+    // Over shared memory it was this side's wake-up byte that woke it.
+    if LINK.get() == LinkKind::Shm {
+        assert!(me.ctx.wire_stats().unwrap().wakeups > 0);
+    }
     let mut b = [0u8; 64];
     // SAFETY: the WQEs that wrote these bytes have completed (their
     // completions were polled) and none is in flight to them.
