@@ -417,13 +417,15 @@ impl<U> UcxNet<U> {
             h[4..8].copy_from_slice(&(self.setup.me() as u32).to_le_bytes());
             h[8..16].copy_from_slice(&q[at + 4..at + 12]);
             at += FRAME + len;
-            let m = serve(body, &mut out);
-            n += 1;
+            // A request from a daemon this rank has no endpoint to is not
+            // executed (it could not be answered either).
             if from >= self.eps.len() {
                 self.failed
                     .get_or_insert_with(|| format!("a request from unknown daemon {from}"));
                 continue;
             }
+            let m = serve(body, &mut out);
+            n += 1;
             if let Err(e) = self.send(from, h, &out[..m]) {
                 result = Err(e);
                 break;
