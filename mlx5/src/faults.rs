@@ -67,11 +67,11 @@ impl Faults {
         self.dev.set_delay(d);
     }
 
-    /// Writes an index no producer can have published (a tail a whole
-    /// ring ahead) into every shared-memory ring this device sends on, as
-    /// a peer process that scribbles over the rings would: each peer must
-    /// cut that link, with `TransportRetryExceeded` for what was in
-    /// flight, and carry on. Returns the rings corrupted.
+    /// Seals a record no producer can have written (longer than the ring)
+    /// at the next record's place of every shared-memory ring this device
+    /// sends on, as a peer process that scribbles over the rings would:
+    /// each peer must cut that link, with `TransportRetryExceeded` for what
+    /// was in flight, and carry on. Returns the rings corrupted.
     pub fn corrupt_shm_rings(&self) -> usize {
         self.dev.corrupt_shm_rings()
     }

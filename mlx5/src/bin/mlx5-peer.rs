@@ -29,7 +29,7 @@
 //! | `event MS` | `ok EVENT` (`Debug` of the next asynchronous event, spaces removed) within MS ms, or `ok none` |
 //! | `stream I N SEED MAXLEN WINDOW` | verifies N WRITE_IMMs on QP I (see `stream` below) |
 //! | `links` | `ok KIND@PEER ...`: the software device's links (`shm`, `unix` or `tcp`, and the peer's address) |
-//! | `corrupt-rings` | fault injection: `ok N` after scribbling over the tail of the N shared-memory rings this device sends on |
+//! | `corrupt-rings` | fault injection: `ok N` after sealing an impossible record in each of the N shared-memory rings this device sends on |
 //! | `corrupt-heads` | fault injection: `ok N`; from now on the device publishes impossible heads on the N shared-memory rings it reads |
 //! | `echo ADDR RKEY` | answers every WRITE_IMM with a WRITE_IMM of the same length and immediate to ADDR on the same QP, until immediate `0xffffffff`; `ok COUNT` |
 //! | `quit` | exits |

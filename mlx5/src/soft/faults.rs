@@ -53,7 +53,7 @@ impl Device {
         }
     }
 
-    /// Fault: scribbles over the tail of every shared-memory ring this
+    /// Fault: seals an impossible record in every shared-memory ring this
     /// device produces. Returns how many.
     pub(crate) fn corrupt_shm_rings(&self) -> usize {
         let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());

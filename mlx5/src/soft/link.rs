@@ -479,8 +479,8 @@ impl Link {
         }
     }
 
-    /// Fault injection: scribbles over this side's outgoing ring tail.
-    /// False if the link has no rings.
+    /// Fault injection: seals an impossible record in this side's outgoing
+    /// ring. False if the link has no rings.
     pub(crate) fn corrupt_ring(&mut self) -> bool {
         self.shm.as_mut().is_some_and(|p| {
             p.corrupt();

@@ -7,40 +7,55 @@
 //!
 //! The rings carry exactly the byte stream the socket would: the same
 //! frames, parsed and validated by the same code ([`super::link`]). Only
-//! the transport differs: a `write` is a copy into the ring and a release
-//! store of its tail, a `read` an acquire load of the tail and a copy out.
+//! the transport differs: a `write` is a copy into the ring as one
+//! *record*, a `read` a copy out of the records that arrived.
+//!
+//! # Records
+//!
+//! A ring is a sequence of records, each at a 16-byte aligned position:
+//! a 16-byte header, then its bytes, then padding to the next multiple of
+//! 16. The header's second word is the record's length; its first, the
+//! *seal*, is the record's free-running ring position XOR a constant,
+//! stored `Release` after everything else. A consumer knows where the next
+//! record will start and waits on that seal: the word it polls shares its
+//! cache line with the record's first bytes, so a small frame reaches the
+//! other core in the one line transfer, and the producer writes no index
+//! the consumer polls. (A tail index, as the first version of this link
+//! had, costs every message a second line on each side: the producer takes
+//! the tail's line back from the consumer that polls it, and the consumer
+//! misses on the tail and then, in sequence, on the bytes.) A stale word
+//! left by an earlier lap cannot pass for a seal: it names a position a
+//! whole ring earlier.
 //!
 //! # Layout of the memfd (created and sealed by the connector)
 //!
 //! | offset | bytes | word | written by | read by |
 //! |---|---|---|---|---|
-//! | 0 | 16 | `"M5SHMLNK"`, version u32 = 1, ring bytes u32 (LE) | connector, before it is sent | acceptor, once |
-//! | 128 | 8 | ring 0 tail (bytes published, free-running) | connector, `Release` | acceptor, `Acquire` |
+//! | 0 | 16 | `"M5SHMLNK"`, version u32 = 2, ring bytes u32 (LE) | connector, before it is sent | acceptor, once |
 //! | 256 | 8 | ring 0 head (bytes consumed, free-running) | acceptor, `Release` | connector, `Acquire` |
-//! | 384 | 8 | ring 1 tail | acceptor, `Release` | connector, `Acquire` |
 //! | 512 | 8 | ring 1 head | connector, `Release` | acceptor, `Acquire` |
 //! | 640 | 8 | connector's sleep sequence | connector | acceptor, after a `SeqCst` fence |
 //! | 768 | 8 | acceptor's sleep sequence | acceptor | connector, after a `SeqCst` fence |
-//! | 4096 | R | ring 0 bytes: connector → acceptor | connector, before the tail | acceptor, after it |
-//! | 4096 + R | R | ring 1 bytes: acceptor → connector | acceptor, before the tail | connector, after it |
+//! | 4096 | R | ring 0 records: connector → acceptor | connector, seal last (`Release`) | acceptor, seal first (`Acquire`) |
+//! | 4096 + R | R | ring 1 records: acceptor → connector | acceptor | connector |
 //!
 //! Every word sits on its own 128-byte pair of lines (the adjacent-line
 //! prefetcher moves lines in pairs), so a consumer's head store does not
-//! take the line of the producer's tail, and the sleep words, written
-//! only around a sleep, stay shared in both caches while the link is busy.
+//! take a line the producer writes, and the sleep words, written only
+//! around a sleep, stay shared in both caches while the link is busy.
 //!
-//! # Untrusted indices
+//! # Untrusted memory
 //!
-//! The words are written by another process. Each side keeps its own
-//! index (a producer its tail, a consumer its head) in private memory and
-//! only publishes it; the peer's index is checked before use: a consumer
-//! accepts a tail only if it is at most a ring ahead of its head and not
-//! behind the last tail it saw, a producer a head only if it lies between
-//! the last head it saw and its tail. A peer that breaks this breaks only
-//! its link, with an error; the bytes it wrote are frames, validated like
-//! any socket peer's. The memfd is sealed against shrinking and growing
-//! before it is handed over (the acceptor checks the seals), so a peer
-//! cannot truncate it under the other's mapping.
+//! The rings and words are written by another process. Each side keeps
+//! its own positions in private memory and only publishes them; what the
+//! peer wrote is checked before use: a consumer accepts a record only if
+//! its seal names the position it expects and the record lies inside the
+//! space it has returned to the producer, a producer a head only if it
+//! lies between the last head it saw and its own tail. A peer that breaks
+//! this breaks only its link, with an error; the bytes it wrote are
+//! frames, validated like any socket peer's. The memfd is sealed against
+//! shrinking and growing before it is handed over (the acceptor checks the
+//! seals), so a peer cannot truncate it under the other's mapping.
 //!
 //! # Sleeping (a Dekker handshake per direction)
 //!
@@ -48,12 +63,12 @@
 //! ([`Sleeper::announce`]), then (in [`super::bell::Bell::sleep`]) fences
 //! `SeqCst` and makes one more pass over its rings before it blocks in
 //! `ppoll` (its control sockets are in the set); awake again, it makes the
-//! sequence even. A producer that published bytes, or a consumer that freed
-//! space, fences `SeqCst` and reads the peer's sequence
+//! sequence even. A producer that published a record, or a consumer that
+//! freed space, fences `SeqCst` and reads the peer's sequence
 //! ([`Waker::wants_signal`]): odd and not yet signalled, it sends the peer
 //! one byte on the control socket (`MSG_DONTWAIT`: nothing the peer does to
 //! its end can make this side block). Either the sleeper's last pass sees
-//! the bytes (or the space), or the waker sees the odd sequence. A busy
+//! the record (or the space), or the waker sees the odd sequence. A busy
 //! link, whose peer never sleeps, makes no system call.
 //!
 //! The wake-up goes over the socket, not an eventfd passed to the peer: a
@@ -69,17 +84,25 @@ pub(crate) const RING: usize = 8 << 20;
 /// Where the rings start (the control words fit in the first page).
 const DATA: usize = 4096;
 const MAGIC: [u8; 8] = *b"M5SHMLNK";
-const VERSION: u32 = 1;
-const TAIL0: usize = 128;
+const VERSION: u32 = 2;
 const HEAD0: usize = 256;
-const TAIL1: usize = 384;
 const HEAD1: usize = 512;
 const SLEEP_CONNECTOR: usize = 640;
 const SLEEP_ACCEPTOR: usize = 768;
+/// A record's header: seal and length.
+const REC: u64 = 16;
+/// XORed into a record's position to make its seal (so that the zeros of
+/// a fresh ring, or small numbers in old bytes, are no seal).
+const SEAL: u64 = 0x6d35_7368_6d72_6563;
 
 /// The size of a link's memfd.
 pub(crate) const fn region_len(ring: usize) -> usize {
     DATA + 2 * ring
+}
+
+/// The ring bytes a record of `n` bytes takes: header, bytes, padding.
+const fn record_len(n: u64) -> u64 {
+    (REC + n + 15) & !15
 }
 
 /// An index word of the rings (std's atomics here; loom's in the model).
@@ -102,14 +125,17 @@ impl Word for AtomicU64 {
     }
 }
 
-/// A ring's bytes.
+/// A ring's memory: bytes, and the header words of the records in it.
 pub(crate) trait Bytes {
-    /// Bytes in the ring (a power of two).
+    type W: Word;
+    /// Bytes in the ring (a power of two, at least 32).
     fn len(&self) -> usize;
     /// Copies `src` to ring offset `at` (`at + src.len() <= len`).
     fn put(&self, at: usize, src: &[u8]);
     /// Copies ring offset `at` into `dst` (`at + dst.len() <= len`).
     fn get(&self, at: usize, dst: &mut [u8]);
+    /// The header word at ring offset `at` (a multiple of 8).
+    fn word(&self, at: usize) -> &Self::W;
 }
 
 /// The peer broke the ring's protocol (an index it cannot have published).
@@ -118,23 +144,24 @@ pub(crate) struct Corrupt(pub(crate) &'static str);
 
 /// The producer's side of one ring: its tail is private, the consumer's
 /// head is read (and checked) only when the space it knows of runs out.
-/// Bytes can be staged (written, not yet published) and published later
-/// in one store, so a pass's frames go out together.
+/// Bytes can be staged (written into the next record, not yet published)
+/// and published later as one record, so a pass's frames go out together.
 #[derive(Debug, Default)]
 pub(crate) struct Producer {
-    /// Published up to.
+    /// Published up to (where the next record's header goes; a multiple
+    /// of 16).
     tail: u64,
-    /// Written beyond `tail`, not yet published.
+    /// Bytes written into the next record, not yet published.
     staged: u64,
     /// The consumer's head, as last read.
     head: u64,
 }
 
 impl Producer {
-    /// Free bytes, reading the consumer's head when fewer than `need` are
-    /// known to be free.
-    fn free<W: Word>(&mut self, head_w: &W, size: u64, need: u64) -> Result<u64, Corrupt> {
-        let used = self.tail + self.staged - self.head;
+    /// Free ring bytes after the tail, reading the consumer's head when
+    /// fewer than `need` are known to be free.
+    fn room<W: Word>(&mut self, head_w: &W, size: u64, need: u64) -> Result<u64, Corrupt> {
+        let used = self.tail - self.head;
         if size - used >= need {
             return Ok(size - used);
         }
@@ -145,12 +172,12 @@ impl Producer {
             return Err(Corrupt("the consumer's head is outside the ring"));
         }
         self.head = head;
-        Ok(size - (self.tail + self.staged - self.head))
+        Ok(size - (self.tail - self.head))
     }
 
     fn put<B: Bytes>(&mut self, ring: &B, src: &[u8]) {
         let size = ring.len() as u64;
-        let at = ((self.tail + self.staged) & (size - 1)) as usize;
+        let at = ((self.tail + REC + self.staged) & (size - 1)) as usize;
         let first = src.len().min(ring.len() - at);
         ring.put(at, &src[..first]);
         if first < src.len() {
@@ -167,8 +194,9 @@ impl Producer {
         ring: &B,
         parts: &[&[u8]],
     ) -> Result<bool, Corrupt> {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        if self.free(head_w, ring.len() as u64, total as u64)? < total as u64 {
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let need = record_len(self.staged + total);
+        if total > max_record(ring) || self.room(head_w, ring.len() as u64, need)? < need {
             return Ok(false);
         }
         for p in parts {
@@ -177,112 +205,168 @@ impl Producer {
         Ok(true)
     }
 
-    /// Publishes what was staged. True if there was something.
-    pub(crate) fn publish<W: Word>(&mut self, tail_w: &W) -> bool {
+    /// Publishes what was staged as one record. True if there was
+    /// something.
+    pub(crate) fn publish<B: Bytes>(&mut self, ring: &B) -> bool {
         if self.staged == 0 {
             return false;
         }
-        self.tail += self.staged;
+        let at = (self.tail & (ring.len() as u64 - 1)) as usize;
+        // Relaxed: the seal's Release below publishes it with the bytes.
+        ring.word(at + 8).store(self.staged, Ordering::Relaxed);
+        // Release: the bytes and the length written before are visible
+        // before the seal that publishes them.
+        ring.word(at).store(self.tail ^ SEAL, Ordering::Release);
+        self.tail += record_len(self.staged);
         self.staged = 0;
-        // Release: the bytes written before are visible before the tail
-        // that publishes them.
-        tail_w.store(self.tail, Ordering::Release);
         true
     }
 
-    /// Copies as much of `src` as fits and publishes it (with anything
-    /// staged before): `Ok(0)` when the ring is full (back-pressure: the
-    /// bytes wait).
+    /// Copies as much of `src` as fits (at most [`max_record`] bytes a
+    /// record) and publishes it with anything staged before: `Ok(0)` when
+    /// the ring is full (back-pressure: the bytes wait).
     pub(crate) fn push<W: Word, B: Bytes>(
         &mut self,
-        tail_w: &W,
         head_w: &W,
         ring: &B,
         src: &[u8],
     ) -> Result<usize, Corrupt> {
-        let free = self.free(head_w, ring.len() as u64, src.len() as u64)?;
-        let n = free.min(src.len() as u64) as usize;
+        let want = (src.len() as u64).min(max_record(ring) - self.staged.min(max_record(ring)));
+        let room = self.room(head_w, ring.len() as u64, record_len(self.staged + want))?;
+        // The most bytes whose record fits in `room`.
+        let fit = (room & !15).saturating_sub(REC + self.staged);
+        let n = want.min(fit) as usize;
         self.put(ring, &src[..n]);
-        self.publish(tail_w);
+        self.publish(ring);
         Ok(n)
     }
 }
 
-/// The consumer's side of one ring: its head is private, the producer's
-/// tail is checked before any byte is read.
+/// The most bytes one record carries: half a ring, so that a consumer
+/// copying one out leaves the producer room for the next.
+fn max_record<B: Bytes>(ring: &B) -> u64 {
+    ring.len() as u64 / 2
+}
+
+/// The consumer's side of one ring: its head is private; a record is read
+/// only once its seal is checked.
 #[derive(Debug, Default)]
 pub(crate) struct Consumer {
+    /// Consumed up to (inside the current record, or at its end).
     head: u64,
-    tail: u64,
+    /// Where the current record's bytes end (the next record's header is
+    /// at the next multiple of 16).
+    end: u64,
+    /// The head last published to the producer.
+    released: u64,
 }
 
 impl Consumer {
-    /// Bytes published and not consumed, reading the producer's tail when
-    /// fewer than `need` are known.
-    fn available<W: Word>(&mut self, tail_w: &W, size: u64, need: u64) -> Result<u64, Corrupt> {
-        if self.tail - self.head < need {
-            // Acquire: pairs with the producer's Release of its tail; the
-            // bytes it published are visible.
-            let tail = tail_w.load(Ordering::Acquire);
-            if tail.wrapping_sub(self.head) > size || tail.wrapping_sub(self.tail) > size {
-                return Err(Corrupt("the producer's tail is outside the ring"));
-            }
-            self.tail = tail;
+    /// Unconsumed bytes of the current record; when it is used up, looks
+    /// at the next record's seal and enters that record if it is sealed.
+    fn current<B: Bytes>(&mut self, ring: &B) -> Result<u64, Corrupt> {
+        if self.head < self.end {
+            return Ok(self.end - self.head);
         }
-        Ok(self.tail - self.head)
+        let size = ring.len() as u64;
+        let pos = (self.end + 15) & !15;
+        let at = (pos & (size - 1)) as usize;
+        // Acquire: pairs with the producer's Release of the seal; the
+        // record's length and bytes are visible.
+        if ring.word(at).load(Ordering::Acquire) != pos ^ SEAL {
+            return Ok(0);
+        }
+        // Relaxed: ordered by the seal's Acquire.
+        let len = ring.word(at + 8).load(Ordering::Relaxed);
+        // The producer may write only the space this side returned.
+        if len == 0 || len > size || pos + record_len(len) > self.released + size {
+            return Err(Corrupt("a record outside the ring's free space"));
+        }
+        self.head = pos + REC;
+        self.end = self.head + len;
+        Ok(len)
     }
 
-    /// The ring offset of the next `n` bytes if they are published and do
-    /// not wrap (they stay unconsumed: [`Consumer::skip`] consumes them).
-    pub(crate) fn peek<W: Word>(
-        &mut self,
-        tail_w: &W,
-        size: usize,
-        n: usize,
-    ) -> Result<Option<usize>, Corrupt> {
-        if self.available(tail_w, size as u64, n as u64)? < n as u64 {
-            return Ok(None);
-        }
-        let at = (self.head & (size as u64 - 1)) as usize;
-        Ok((at + n <= size).then_some(at))
-    }
-
-    /// Consumes `n` published bytes read in place (`n` at most what
-    /// [`Consumer::peek`] found).
-    pub(crate) fn skip<W: Word>(&mut self, head_w: &W, n: usize) {
-        assert!(n as u64 <= self.tail - self.head);
-        self.head += n as u64;
+    /// Returns the space consumed so far to the producer: up to the head,
+    /// or, with the record used up, its padding too (else a producer that
+    /// needs that much would wait for a consumer waiting for it).
+    fn release<W: Word>(&mut self, head_w: &W) {
+        self.released = if self.head == self.end {
+            (self.end + 15) & !15
+        } else {
+            self.head
+        };
         // Release: the bytes were read before the producer may write over
         // them.
-        head_w.store(self.head, Ordering::Release);
+        head_w.store(self.released, Ordering::Release);
     }
 
-    /// Copies what has been published, at most `dst.len()` bytes, and
-    /// returns that space to the producer.
+    fn copy<B: Bytes>(&self, ring: &B, dst: &mut [u8]) {
+        let at = (self.head & (ring.len() as u64 - 1)) as usize;
+        let first = dst.len().min(ring.len() - at);
+        ring.get(at, &mut dst[..first]);
+        if first < dst.len() {
+            let n = dst.len();
+            ring.get(0, &mut dst[first..n]);
+        }
+    }
+
+    /// The ring offset of the next `n` bytes if they arrived in one record
+    /// and do not wrap (they stay unconsumed: [`Consumer::skip`] consumes
+    /// them).
+    pub(crate) fn peek<B: Bytes>(&mut self, ring: &B, n: usize) -> Result<Option<usize>, Corrupt> {
+        if self.current(ring)? < n as u64 {
+            return Ok(None);
+        }
+        let at = (self.head & (ring.len() as u64 - 1)) as usize;
+        Ok((at + n <= ring.len()).then_some(at))
+    }
+
+    /// The next `N` bytes if they arrived in one record (wrapped or not),
+    /// not consumed.
+    pub(crate) fn peek_bytes<B: Bytes, const N: usize>(
+        &mut self,
+        ring: &B,
+    ) -> Result<Option<[u8; N]>, Corrupt> {
+        if self.current(ring)? < N as u64 {
+            return Ok(None);
+        }
+        let mut b = [0u8; N];
+        self.copy(ring, &mut b);
+        Ok(Some(b))
+    }
+
+    /// Consumes `n` bytes read in place (`n` at most what
+    /// [`Consumer::peek`] found).
+    pub(crate) fn skip<W: Word>(&mut self, head_w: &W, n: usize) {
+        assert!(n as u64 <= self.end - self.head);
+        self.head += n as u64;
+        self.release(head_w);
+    }
+
+    /// Copies what has arrived, at most `dst.len()` bytes (across records),
+    /// and returns that space to the producer.
     pub(crate) fn pop<W: Word, B: Bytes>(
         &mut self,
-        tail_w: &W,
         head_w: &W,
         ring: &B,
         dst: &mut [u8],
     ) -> Result<usize, Corrupt> {
-        let size = ring.len() as u64;
-        self.available(tail_w, size, 1)?;
-        let n = ((self.tail - self.head) as usize).min(dst.len());
-        if n == 0 {
-            return Ok(0);
+        let mut got = 0;
+        while got < dst.len() {
+            let avail = self.current(ring)?;
+            if avail == 0 {
+                break;
+            }
+            let n = (avail as usize).min(dst.len() - got);
+            self.copy(ring, &mut dst[got..got + n]);
+            self.head += n as u64;
+            got += n;
         }
-        let at = (self.head & (size - 1)) as usize;
-        let first = n.min(ring.len() - at);
-        ring.get(at, &mut dst[..first]);
-        if first < n {
-            ring.get(0, &mut dst[first..n]);
+        if got > 0 {
+            self.release(head_w);
         }
-        self.head += n as u64;
-        // Release: the bytes above were read before the producer may
-        // write over them.
-        head_w.store(self.head, Ordering::Release);
-        Ok(n)
+        Ok(got)
     }
 }
 
@@ -320,10 +404,10 @@ pub(crate) struct Waker {
 }
 
 impl Waker {
-    /// After publishing bytes or freeing space: whether the peer sleeps
+    /// After publishing a record or freeing space: whether the peer sleeps
     /// and has not been signalled for this sleep yet.
     pub(crate) fn wants_signal<W: Word>(&mut self, peer_seq: &W) -> bool {
-        // SeqCst: orders the tail (or head) store before the load of the
+        // SeqCst: orders the seal (or head) store before the load of the
         // peer's sequence (see the module doc).
         peer_seq.fence();
         // Relaxed: the fence orders it.
@@ -384,7 +468,8 @@ impl Drop for Region {
     }
 }
 
-/// One ring's bytes inside a [`Region`].
+/// One ring's memory inside a [`Region`] (or, in tests, a heap buffer
+/// that outlives it).
 struct Ring {
     base: *mut u8,
     len: usize,
@@ -394,21 +479,30 @@ struct Ring {
 unsafe impl Send for Ring {}
 
 impl Bytes for Ring {
+    type W = AtomicU64;
     fn len(&self) -> usize {
         self.len
     }
     fn put(&self, at: usize, src: &[u8]) {
         assert!(at + src.len() <= self.len);
         // SAFETY: inside the ring (checked above). The consumer does not
-        // read these bytes before the tail publishes them.
+        // read these bytes before the seal publishes them.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(at), src.len()) };
     }
     fn get(&self, at: usize, dst: &mut [u8]) {
         assert!(at + dst.len() <= self.len);
         // SAFETY: inside the ring (checked above), published by the
-        // producer's tail. A peer that breaks the protocol and writes here
+        // producer's seal. A peer that breaks the protocol and writes here
         // anyway only changes bytes this side validates as frames.
         unsafe { std::ptr::copy_nonoverlapping(self.base.add(at), dst.as_mut_ptr(), dst.len()) };
+    }
+    fn word(&self, at: usize) -> &AtomicU64 {
+        assert!(at + 8 <= self.len && at.is_multiple_of(8));
+        // SAFETY: inside the ring, 8-aligned (the ring starts on a page);
+        // a header word is accessed atomically by both sides (an honest
+        // producer writes a header's position with plain copies only a
+        // ring after the consumer passed it; see the module doc).
+        unsafe { AtomicU64::from_ptr(self.base.add(at).cast()) }
     }
 }
 
@@ -425,9 +519,7 @@ pub(crate) struct Pipe {
     region: Region,
     out: Ring,
     inn: Ring,
-    out_tail: usize,
     out_head: usize,
-    in_tail: usize,
     in_head: usize,
     my_seq: usize,
     peer_seq: usize,
@@ -451,35 +543,15 @@ impl Pipe {
             base: b1,
             len: ring,
         };
-        let (out, inn, ot, oh, it, ih, me, peer) = match role {
-            Role::Connector => (
-                r0,
-                r1,
-                TAIL0,
-                HEAD0,
-                TAIL1,
-                HEAD1,
-                SLEEP_CONNECTOR,
-                SLEEP_ACCEPTOR,
-            ),
-            Role::Acceptor => (
-                r1,
-                r0,
-                TAIL1,
-                HEAD1,
-                TAIL0,
-                HEAD0,
-                SLEEP_ACCEPTOR,
-                SLEEP_CONNECTOR,
-            ),
+        let (out, inn, oh, ih, me, peer) = match role {
+            Role::Connector => (r0, r1, HEAD0, HEAD1, SLEEP_CONNECTOR, SLEEP_ACCEPTOR),
+            Role::Acceptor => (r1, r0, HEAD1, HEAD0, SLEEP_ACCEPTOR, SLEEP_CONNECTOR),
         };
         Pipe {
             region,
             out,
             inn,
-            out_tail: ot,
             out_head: oh,
-            in_tail: it,
             in_head: ih,
             my_seq: me,
             peer_seq: peer,
@@ -528,8 +600,8 @@ impl Pipe {
         Ok(Pipe::new(region, ring, Role::Acceptor))
     }
 
-    /// Writes the concatenation of `parts` into the outgoing ring, not
-    /// yet published, if all of it fits.
+    /// Writes the concatenation of `parts` into the next outgoing record,
+    /// not yet published, if all of it fits.
     pub(crate) fn stage(&mut self, parts: &[&[u8]]) -> Result<bool, Corrupt> {
         let h = self.region.word(self.out_head);
         self.producer.stage(h, &self.out, parts)
@@ -537,43 +609,29 @@ impl Pipe {
 
     /// Publishes what was staged. True if there was something.
     pub(crate) fn publish(&mut self) -> bool {
-        self.producer.publish(self.region.word(self.out_tail))
+        self.producer.publish(&self.out)
     }
 
     /// Copies what fits of `src` into the outgoing ring and publishes it
     /// (after anything staged): `Ok(0)` when it is full.
     pub(crate) fn write(&mut self, src: &[u8]) -> Result<usize, Corrupt> {
-        let (t, h) = (
-            self.region.word(self.out_tail),
-            self.region.word(self.out_head),
-        );
-        self.producer.push(t, h, &self.out, src)
+        let h = self.region.word(self.out_head);
+        self.producer.push(h, &self.out, src)
     }
 
-    /// The first `n` bytes that arrived, if they have and lie contiguous
-    /// in the ring: a pointer to them, valid until [`Pipe::skip`] (the
-    /// producer does not write them before) and while the pipe lives.
+    /// The first `n` bytes that arrived, if they have, in one record, and
+    /// lie contiguous in the ring: a pointer to them, valid until
+    /// [`Pipe::skip`] (the producer does not write them before) and while
+    /// the pipe lives.
     pub(crate) fn peek(&mut self, n: usize) -> Result<Option<*const u8>, Corrupt> {
-        let t = self.region.word(self.in_tail);
-        let at = self.consumer.peek(t, self.inn.len, n)?;
+        let at = self.consumer.peek(&self.inn, n)?;
         // SAFETY: inside the ring (peek checked that at + n <= len).
         Ok(at.map(|at| unsafe { self.inn.base.add(at).cast_const() }))
     }
 
-    /// The first `HDR` bytes that arrived, wrapped or not.
+    /// The first `N` bytes that arrived, if in one record (wrapped or not).
     pub(crate) fn peek_bytes<const N: usize>(&mut self) -> Result<Option<[u8; N]>, Corrupt> {
-        let t = self.region.word(self.in_tail);
-        if self.consumer.available(t, self.inn.len as u64, N as u64)? < N as u64 {
-            return Ok(None);
-        }
-        let at = (self.consumer.head & (self.inn.len as u64 - 1)) as usize;
-        let mut b = [0u8; N];
-        let first = N.min(self.inn.len - at);
-        self.inn.get(at, &mut b[..first]);
-        if first < N {
-            self.inn.get(0, &mut b[first..]);
-        }
-        Ok(Some(b))
+        self.consumer.peek_bytes(&self.inn)
     }
 
     /// Consumes `n` bytes read in place.
@@ -584,11 +642,8 @@ impl Pipe {
 
     /// Copies what arrived, at most `dst.len()` bytes.
     pub(crate) fn read(&mut self, dst: &mut [u8]) -> Result<usize, Corrupt> {
-        let (t, h) = (
-            self.region.word(self.in_tail),
-            self.region.word(self.in_head),
-        );
-        let n = self.consumer.pop(t, h, &self.inn, dst)?;
+        let h = self.region.word(self.in_head);
+        let n = self.consumer.pop(h, &self.inn, dst)?;
         self.lie();
         Ok(n)
     }
@@ -617,14 +672,17 @@ impl Pipe {
         self.waker.wants_signal(self.region.word(self.peer_seq))
     }
 
-    /// Fault injection: publishes a tail a whole ring past anything
-    /// written, which the consumer must refuse.
+    /// Fault injection: seals, at the next record's place, a record longer
+    /// than the ring, which the consumer must refuse.
     pub(crate) fn corrupt(&mut self) {
-        let bad = self.producer.tail + 2 * self.out.len as u64 + 1;
-        // Relaxed: a deliberate lie; the consumer's check is what is tested.
-        self.region
-            .word(self.out_tail)
-            .store(bad, Ordering::Relaxed);
+        let tail = self.producer.tail;
+        let at = (tail & (self.out.len as u64 - 1)) as usize;
+        // Relaxed, then Release: a deliberate lie, published like a
+        // record; the consumer's check is what is tested.
+        self.out
+            .word(at + 8)
+            .store(2 * self.out.len as u64 + 1, Ordering::Relaxed);
+        self.out.word(at).store(tail ^ SEAL, Ordering::Release);
     }
 
     /// This side is about to sleep (see the module doc).
@@ -780,88 +838,140 @@ pub(crate) fn recv_fds(sock: RawFd, buf: &mut [u8], max: usize) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
 
-    struct Mem(RefCell<Vec<u8>>);
-
-    impl Bytes for Mem {
-        fn len(&self) -> usize {
-            self.0.borrow().len()
-        }
-        fn put(&self, at: usize, src: &[u8]) {
-            self.0.borrow_mut()[at..at + src.len()].copy_from_slice(src);
-        }
-        fn get(&self, at: usize, dst: &mut [u8]) {
-            dst.copy_from_slice(&self.0.borrow()[at..at + dst.len()]);
-        }
+    /// A ring over heap memory (the buffer must outlive it).
+    fn heap(len: usize) -> (Vec<AtomicU64>, Ring) {
+        let mut mem: Vec<AtomicU64> = (0..len / 8).map(|_| AtomicU64::new(0)).collect();
+        let ring = Ring {
+            base: mem.as_mut_ptr().cast(),
+            len,
+        };
+        (mem, ring)
     }
 
     #[test]
     fn bytes_cross_every_wrap_offset_in_order_and_a_full_ring_pushes_back() {
-        let ring = Mem(RefCell::new(vec![0; 16]));
-        let (tail, head) = (AtomicU64::new(0), AtomicU64::new(0));
+        let (_mem, ring) = heap(64);
+        let head = AtomicU64::new(0);
         let (mut p, mut c) = (Producer::default(), Consumer::default());
         let mut next_out = 0u8;
         let mut next_in = 0u8;
-        for round in 0..200usize {
+        for round in 0..400usize {
             let chunk: Vec<u8> = (0..(round % 23))
                 .map(|i| next_out.wrapping_add(i as u8))
                 .collect();
-            let n = p.push(&tail, &head, &ring, &chunk).unwrap();
+            let n = p.push(&head, &ring, &chunk).unwrap();
             assert!(n <= chunk.len());
             next_out = next_out.wrapping_add(n as u8);
             let mut buf = vec![0u8; round % 7 + 1];
-            let got = c.pop(&tail, &head, &ring, &mut buf).unwrap();
+            let got = c.pop(&head, &ring, &mut buf).unwrap();
             for &b in &buf[..got] {
                 assert_eq!(b, next_in);
                 next_in = next_in.wrapping_add(1);
             }
-            assert!(tail.load(Ordering::Relaxed) - head.load(Ordering::Relaxed) <= 16);
+            assert!(p.tail - head.load(Ordering::Relaxed) <= 64);
         }
-        // Fill it: the rest waits.
+        // Drain it, then fill it: the rest waits.
+        let mut buf = [0u8; 64];
+        while c.pop(&head, &ring, &mut buf).unwrap() > 0 {}
         let mut total = 0;
         loop {
-            let n = p.push(&tail, &head, &ring, &[1; 5]).unwrap();
+            let n = p.push(&head, &ring, &[1; 5]).unwrap();
             if n == 0 {
                 break;
             }
             total += n;
         }
-        assert!(total <= 16);
-        assert_eq!(
-            tail.load(Ordering::Relaxed) - head.load(Ordering::Relaxed),
-            16
-        );
+        assert!(total <= 64);
+        assert!(p.tail - head.load(Ordering::Relaxed) <= 64);
+        assert!(64 - (p.tail - head.load(Ordering::Relaxed)) < record_len(1));
+        // Drained, every byte arrives once.
+        let mut rest = Vec::new();
+        loop {
+            let n = c.pop(&head, &ring, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(rest.len(), total);
+        assert!(rest.iter().all(|&b| b == 1));
     }
 
     #[test]
-    fn indices_a_peer_cannot_have_published_are_refused() {
-        let ring = Mem(RefCell::new(vec![0; 16]));
-        let (tail, head) = (AtomicU64::new(0), AtomicU64::new(0));
-        let mut c = Consumer::default();
+    fn staged_bytes_are_one_record_and_arrive_only_once_published() {
+        let (_mem, ring) = heap(256);
+        let head = AtomicU64::new(0);
+        let (mut p, mut c) = (Producer::default(), Consumer::default());
+        assert!(p.stage(&head, &ring, &[b"ab", b"cd"]).unwrap());
+        assert!(p.stage(&head, &ring, &[b"ef"]).unwrap());
+        let mut buf = [0u8; 16];
+        assert_eq!(c.pop(&head, &ring, &mut buf).unwrap(), 0, "not published");
+        assert!(p.publish(&ring));
+        assert!(!p.publish(&ring), "nothing more staged");
+        assert_eq!(c.peek_bytes::<_, 6>(&ring).unwrap(), Some(*b"abcdef"));
+        assert_eq!(c.peek(&ring, 7).unwrap(), None, "only six bytes");
+        let at = c.peek(&ring, 6).unwrap().expect("in one record");
+        assert_eq!(at, REC as usize);
+        c.skip(&head, 6);
+        assert_eq!(head.load(Ordering::Relaxed), REC + 6);
+        // A frame too large for half a ring is never staged whole.
+        assert!(!p.stage(&head, &ring, &[&[0; 129]]).unwrap());
+        // Records a frame was split over are read across, not peeked.
+        assert_eq!(p.push(&head, &ring, b"gh").unwrap(), 2);
+        assert_eq!(p.push(&head, &ring, b"ij").unwrap(), 2);
+        assert_eq!(c.peek(&ring, 4).unwrap(), None);
+        assert_eq!(c.pop(&head, &ring, &mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"ghij");
+    }
+
+    #[test]
+    fn what_a_peer_cannot_have_published_is_refused() {
         let mut buf = [0u8; 64];
-        tail.store(17, Ordering::Relaxed);
+        // A seal at the right place over a record longer than the ring.
+        let (_mem, ring) = heap(64);
+        let head = AtomicU64::new(0);
+        ring.word(8).store(65, Ordering::Relaxed);
+        ring.word(0).store(SEAL, Ordering::Release);
+        let mut c = Consumer::default();
         assert!(
-            c.pop(&tail, &head, &ring, &mut buf).is_err(),
-            "a tail past a ring"
+            c.pop(&head, &ring, &mut buf).is_err(),
+            "a record past a ring"
         );
-        tail.store(u64::MAX, Ordering::Relaxed);
-        assert!(
-            c.pop(&tail, &head, &ring, &mut buf).is_err(),
-            "a tail behind the head"
-        );
+        // A record that runs into bytes not yet returned to the producer.
+        let (_mem, ring) = heap(64);
         let mut p = Producer::default();
-        p.push(&tail, &head, &ring, &[0; 16]).unwrap();
-        head.store(17, Ordering::Relaxed);
+        assert_eq!(p.push(&head, &ring, &[7; 8]).unwrap(), 8);
+        let mut c = Consumer::default();
+        assert_eq!(c.peek(&ring, 8).unwrap(), Some(REC as usize));
+        ring.word(40).store(48, Ordering::Relaxed);
+        ring.word(32).store(32 ^ SEAL, Ordering::Release);
+        c.skip(&head, 8);
         assert!(
-            p.push(&tail, &head, &ring, &[0; 1]).is_err(),
+            c.pop(&head, &ring, &mut buf).is_err(),
+            "over unreturned space"
+        );
+        // An empty record.
+        let (_mem, ring) = heap(64);
+        ring.word(0).store(SEAL, Ordering::Release);
+        assert!(Consumer::default().pop(&head, &ring, &mut buf).is_err());
+        // A stale record of the lap before is no record.
+        let (_mem, ring) = heap(64);
+        ring.word(8).store(1, Ordering::Relaxed);
+        ring.word(0).store(64 ^ SEAL, Ordering::Release);
+        assert_eq!(Consumer::default().pop(&head, &ring, &mut buf).unwrap(), 0);
+        // Heads the producer cannot accept.
+        let (_mem, ring) = heap(64);
+        let head = AtomicU64::new(0);
+        let mut p = Producer::default();
+        p.push(&head, &ring, &[0; 32]).unwrap();
+        head.store(49, Ordering::Relaxed);
+        assert!(
+            p.push(&head, &ring, &[0; 32]).is_err(),
             "a head past the tail"
         );
         head.store(u64::MAX, Ordering::Relaxed);
-        assert!(
-            p.push(&tail, &head, &ring, &[0; 1]).is_err(),
-            "a head going back"
-        );
+        assert!(p.push(&head, &ring, &[0; 32]).is_err(), "a head going back");
     }
 
     #[test]
@@ -932,7 +1042,7 @@ mod tests {
 /// woken: the control socket's wake-up byte, modelled by a mutex and a
 /// condition variable).
 ///
-/// Checked to bite: with the producer's tail store `Relaxed` instead of
+/// Checked to bite: with the producer's seal store `Relaxed` instead of
 /// `Release`, both tests fail (loom reports the consumer's read of a byte
 /// being written); without the waker's `SeqCst` fence, the sleep test
 /// fails with a deadlock (the lost wake-up).
@@ -957,10 +1067,14 @@ mod model {
         }
     }
 
-    /// Ring bytes whose every access loom checks for races.
-    struct Cells(Vec<UnsafeCell<u8>>);
+    /// Ring bytes whose every access loom checks for races, and the
+    /// records' header words as loom atomics beside them (in the real ring
+    /// they overlay the bytes; an honest peer never writes a header's
+    /// place with plain copies while the other side may read it).
+    struct Cells(Vec<UnsafeCell<u8>>, Vec<LoomU64>);
 
     impl Bytes for Cells {
+        type W = LoomU64;
         fn len(&self) -> usize {
             self.0.len()
         }
@@ -976,10 +1090,12 @@ mod model {
                 *d = self.0[at + i].with(|p| unsafe { *p });
             }
         }
+        fn word(&self, at: usize) -> &LoomU64 {
+            &self.1[at / 8]
+        }
     }
 
     struct Link {
-        tail: LoomU64,
         head: LoomU64,
         /// The consumer's sleep sequence.
         seq: LoomU64,
@@ -991,22 +1107,24 @@ mod model {
 
     fn link(bytes: usize) -> Arc<Link> {
         Arc::new(Link {
-            tail: LoomU64::new(0),
             head: LoomU64::new(0),
             seq: LoomU64::new(0),
-            ring: Cells((0..bytes).map(|_| UnsafeCell::new(0)).collect()),
+            ring: Cells(
+                (0..bytes).map(|_| UnsafeCell::new(0)).collect(),
+                (0..bytes / 8).map(|_| LoomU64::new(0)).collect(),
+            ),
             bell: Mutex::new(false),
             rung: Condvar::new(),
         })
     }
 
-    /// Five bytes through a two-byte ring in pushes of up to three: the
-    /// ring wraps and pushes back; the consumer gets every byte once, in
-    /// order, and never reads a byte being written.
+    /// Five bytes through a 32-byte ring (one record at a time) in pushes
+    /// of up to three: the ring wraps and pushes back; the consumer gets
+    /// every byte once, in order, and never reads a byte being written.
     #[test]
     fn bytes_arrive_in_order_through_a_full_ring() {
         loom::model(|| {
-            let l = link(2);
+            let l = link(32);
             let p = l.clone();
             let producer = loom::thread::spawn(move || {
                 let mut prod = Producer::default();
@@ -1014,9 +1132,7 @@ mod model {
                 let mut sent = 0;
                 while sent < data.len() {
                     let end = (sent + 3).min(data.len());
-                    let n = prod
-                        .push(&p.tail, &p.head, &p.ring, &data[sent..end])
-                        .unwrap();
+                    let n = prod.push(&p.head, &p.ring, &data[sent..end]).unwrap();
                     sent += n;
                     if n == 0 {
                         loom::thread::yield_now();
@@ -1027,7 +1143,7 @@ mod model {
             let mut got = Vec::new();
             while got.len() < 5 {
                 let mut b = [0u8; 2];
-                let n = cons.pop(&l.tail, &l.head, &l.ring, &mut b).unwrap();
+                let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
                 got.extend_from_slice(&b[..n]);
                 if n == 0 {
                     loom::thread::yield_now();
@@ -1044,14 +1160,14 @@ mod model {
     #[test]
     fn a_sleeping_consumer_is_always_woken() {
         loom::model(|| {
-            let l = link(2);
+            let l = link(32);
             let p = l.clone();
             let producer = loom::thread::spawn(move || {
                 let mut prod = Producer::default();
                 let mut waker = Waker::default();
                 let mut signals = 0;
                 for b in [7u8, 8] {
-                    while prod.push(&p.tail, &p.head, &p.ring, &[b]).unwrap() == 0 {
+                    while prod.push(&p.head, &p.ring, &[b]).unwrap() == 0 {
                         loom::thread::yield_now();
                     }
                     if waker.wants_signal(&p.seq) {
@@ -1068,7 +1184,7 @@ mod model {
             let mut sleeps = 0;
             while got.len() < 2 {
                 let mut b = [0u8; 2];
-                let n = cons.pop(&l.tail, &l.head, &l.ring, &mut b).unwrap();
+                let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
                 if n > 0 {
                     got.extend_from_slice(&b[..n]);
                     continue;
@@ -1076,7 +1192,7 @@ mod model {
                 // Bell::sleep: announce, fence, one more look, block.
                 sleeper.announce(&l.seq);
                 l.seq.fence();
-                let n = cons.pop(&l.tail, &l.head, &l.ring, &mut b).unwrap();
+                let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
                 if n == 0 {
                     sleeps += 1;
                     let mut rung = l.bell.lock().unwrap();
