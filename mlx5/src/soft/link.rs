@@ -541,59 +541,12 @@ impl Link {
 
     /// Reads what the socket (or the shared-memory ring) has, without
     /// blocking, at most [`RX_PASS`] bytes. Returns bytes read; the link is
-    /// killed on EOF, error, or a ring index the peer cannot have written.
+    /// killed on EOF, error, or ring memory the peer cannot have written.
+    /// A shared-memory link also looks at its socket for the peer's death
+    /// every [`CONTROL_CHECK`], and wakes a peer asleep with bytes to send
+    /// once it took some (space came back).
     pub(crate) fn fill(&mut self, st: &mut WireStats, now: Instant) -> usize {
-        if self.shm.is_some() {
-            return self.fill_shm(st, now);
-        }
-        let mut got = 0;
-        while got < RX_PASS {
-            if self.rx_head == self.rx_tail {
-                self.rx_head = 0;
-                self.rx_tail = 0;
-            }
-            if self.rx_tail == self.rx.len() && !self.make_room() {
-                break;
-            }
-            let Some(s) = self.stream.as_mut() else {
-                return got;
-            };
-            match s.read(&mut self.rx[self.rx_tail..]) {
-                Ok(0) => {
-                    self.kill("the peer closed the connection".into());
-                    return got;
-                }
-                Ok(n) => {
-                    st.reads += 1;
-                    st.bytes_received += n as u64;
-                    got += n;
-                    self.rx_tail += n;
-                    if self.rx_tail < self.rx.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.kill(format!("reading from the peer failed: {e}"));
-                    return got;
-                }
-            }
-        }
-        if self.blackhole {
-            // Partitioned: what arrives is lost, and does not count as an
-            // answer (the ACK timeout runs on).
-            self.rx_head = self.rx_tail;
-            return 0;
-        }
-        got
-    }
-
-    /// `fill` for a shared-memory link: the ring instead of the socket,
-    /// and a look at the socket for the peer's death every
-    /// [`CONTROL_CHECK`].
-    fn fill_shm(&mut self, st: &mut WireStats, now: Instant) -> usize {
-        if self.check_now || now >= self.next_check {
+        if self.shm.is_some() && (self.check_now || now >= self.next_check) {
             self.check_now = false;
             self.next_check = now + CONTROL_CHECK;
             self.check_control();
@@ -607,10 +560,23 @@ impl Link {
             if self.rx_tail == self.rx.len() && !self.make_room() {
                 break;
             }
-            let Some(p) = self.shm.as_mut() else {
-                return got;
+            let dst = &mut self.rx[self.rx_tail..];
+            let r = match (self.shm.as_mut(), self.stream.as_mut()) {
+                (Some(p), _) => p
+                    .read(dst)
+                    .map_err(|Corrupt(e)| format!("the peer broke the shared-memory ring: {e}")),
+                (None, Some(s)) => loop {
+                    match s.read(dst) {
+                        Ok(0) => break Err("the peer closed the connection".into()),
+                        Ok(n) => break Ok(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(0),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(format!("reading from the peer failed: {e}")),
+                    }
+                },
+                (None, None) => return got,
             };
-            match p.read(&mut self.rx[self.rx_tail..]) {
+            match r {
                 Ok(0) => break,
                 Ok(n) => {
                     st.reads += 1;
@@ -621,17 +587,18 @@ impl Link {
                         break;
                     }
                 }
-                Err(Corrupt(e)) => {
-                    self.kill(format!("the peer broke the shared-memory ring: {e}"));
+                Err(reason) => {
+                    self.kill(reason);
                     return got;
                 }
             }
         }
-        // Space came back: a peer asleep with bytes to send wants it.
-        if got > 0 && self.wake_peer() {
+        if got > 0 && self.shm.is_some() && self.wake_peer() {
             st.wakeups += 1;
         }
         if self.blackhole {
+            // Partitioned: what arrives is lost, and does not count as an
+            // answer (the ACK timeout runs on).
             self.rx_head = self.rx_tail;
             return 0;
         }

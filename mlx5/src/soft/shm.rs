@@ -196,7 +196,9 @@ impl Producer {
     ) -> Result<bool, Corrupt> {
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let need = record_len(self.staged + total);
-        if total > max_record(ring) || self.room(head_w, ring.len() as u64, need)? < need {
+        if self.staged + total > max_record(ring)
+            || self.room(head_w, ring.len() as u64, need)? < need
+        {
             return Ok(false);
         }
         for p in parts {
@@ -278,7 +280,8 @@ impl Consumer {
         }
         // Relaxed: ordered by the seal's Acquire.
         let len = ring.word(at + 8).load(Ordering::Relaxed);
-        // The producer may write only the space this side returned.
+        // The producer may write only the space this side returned (the
+        // bound on `len` first: it keeps `record_len` from overflowing).
         if len == 0 || len > size || pos + record_len(len) > self.released + size {
             return Err(Corrupt("a record outside the ring's free space"));
         }
@@ -919,8 +922,12 @@ mod tests {
             record_len(6),
             "a used-up record is returned with its padding"
         );
-        // A frame too large for half a ring is never staged whole.
+        // A record is at most half a ring, staged bytes included.
         assert!(!p.stage(&head, &ring, &[&[0; 129]]).unwrap());
+        assert!(p.stage(&head, &ring, &[&[0; 100]]).unwrap());
+        assert!(!p.stage(&head, &ring, &[&[0; 29]]).unwrap());
+        assert!(p.publish(&ring));
+        assert_eq!(c.pop(&head, &ring, &mut [0; 128]).unwrap(), 100);
         // Records a frame was split over are read across, not peeked.
         assert_eq!(p.push(&head, &ring, b"gh").unwrap(), 2);
         assert_eq!(p.push(&head, &ring, b"ij").unwrap(), 2);
