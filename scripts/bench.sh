@@ -103,9 +103,5 @@ echo
 echo "== the report (bench-report render)"
 cargo build --release -q -p report
 REPORT="$(target/release/bench-report render --input target/bench-summary --out "$OUT")"
-if [ "$QUICK" -eq 1 ]; then
-    target/release/bench-report check --strict "$(dirname "$REPORT")"
-else
-    target/release/bench-report check "$(dirname "$REPORT")"
-fi
+target/release/bench-report check --strict "$(dirname "$REPORT")"
 echo "$REPORT"

@@ -132,6 +132,42 @@ pub fn check_markdown(md: &str, strict: bool) -> Vec<String> {
     problems
 }
 
+/// The figures a text quotes: a number directly followed by `×`, or by a
+/// space and a unit of time, rate or share (`8 × 256`, a shape, is none).
+pub fn figures_in(text: &str) -> Vec<String> {
+    const UNITS: [&str; 8] = ["ns", "µs", "ms", "GB/s", "M/s", "k/s", "%", "M calls/s"];
+    let mut out = Vec::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let starts = b[i].is_ascii_digit()
+            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.'));
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < b.len()
+            && (b[j].is_ascii_digit()
+                || (b[j] == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit)))
+        {
+            j += 1;
+        }
+        let rest = &text[j..];
+        if rest.starts_with('×') {
+            out.push(text[i..j + '×'.len_utf8()].to_string());
+        } else if let Some(u) = rest.strip_prefix(' ').and_then(|r| {
+            UNITS.iter().find(|u| {
+                r.starts_with(*u) && !r[u.len()..].starts_with(|c: char| c.is_alphanumeric())
+            })
+        }) {
+            out.push(format!("{} {u}", &text[i..j]));
+        }
+        i = j.max(i + 1);
+    }
+    out
+}
+
 /// Whether every reason in `text` is about hardware counters or a
 /// machine-dependent tool.
 fn is_hardware_only(text: &str) -> bool {
@@ -178,6 +214,16 @@ pub fn check_dir(dir: &Path, strict: bool) -> Vec<String> {
     }
     if again.figures != figs {
         problems.push("figures.json is not the figures of run.json".into());
+    }
+    if let Ok(c) = std::fs::read_to_string(dir.join("commentary.md")) {
+        for f in figures_in(&c) {
+            if !md.contains(&f) {
+                problems.push(format!(
+                    "commentary.md quotes {f:?}, which report.md does not print: \
+                     quote the report's figures as printed"
+                ));
+            }
+        }
     }
     for (file, svg) in &again.plots {
         match std::fs::read_to_string(dir.join(file)) {

@@ -374,6 +374,55 @@ fn the_check_finds_a_number_typed_into_the_report() {
 }
 
 #[test]
+fn the_check_finds_a_commentary_figure_the_report_does_not_print() {
+    let run = fixture();
+    let dir = std::env::temp_dir().join(format!("bench-report-comm-{}", std::process::id()));
+    let path = report::write(&run, &dir).unwrap();
+    let rdir = path.parent().unwrap();
+    let md = std::fs::read_to_string(&path).unwrap();
+    let printed = report::check::figures_in(&md);
+    let quoted = printed.first().expect("the fixture prints figures").clone();
+    std::fs::write(rdir.join("commentary.md"), format!("It took {quoted}.\n")).unwrap();
+    assert_eq!(check_dir(rdir, true), Vec::<String>::new());
+    std::fs::write(rdir.join("commentary.md"), "It took 1.2345× as long.\n").unwrap();
+    let problems = check_dir(rdir, true);
+    assert!(
+        problems.iter().any(|p| p.contains("1.2345×")),
+        "{problems:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn figures_are_numbers_with_a_ratio_sign_or_a_unit() {
+    let f = report::check::figures_in(
+        "8 × 256 in flight at 4.09 M/s, 1.20× the floor, 487 ns, 75 %, v1.2 nsx 3 nsec",
+    );
+    assert_eq!(f, ["4.09 M/s", "1.20×", "487 ns", "75 %"]);
+}
+
+/// Every committed report is still the rendering of its run, and its
+/// commentary quotes only figures it prints.
+#[test]
+fn the_committed_reports_pass_the_strict_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/analysis");
+    let mut seen = 0;
+    for e in std::fs::read_dir(&root).unwrap() {
+        let dir = e.unwrap().path();
+        if dir.join("run.json").exists() {
+            seen += 1;
+            assert_eq!(
+                check_dir(&dir, true),
+                Vec::<String>::new(),
+                "{}",
+                dir.display()
+            );
+        }
+    }
+    assert!(seen > 0, "no committed report under {}", root.display());
+}
+
+#[test]
 fn the_check_finds_an_edited_plot() {
     let run = fixture();
     let dir = std::env::temp_dir().join(format!("bench-report-plot-{}", std::process::id()));
