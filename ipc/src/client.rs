@@ -438,7 +438,7 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         let mut spun = 0u32;
         loop {
             // At least one look per batch; no more spinning than configured.
-            let batch = SPIN_BATCH.min(spins - spun).max(1);
+            let batch = spins.map_or(SPIN_BATCH, |s| SPIN_BATCH.min(s - spun).max(1));
             for _ in 0..batch {
                 if self.core.response_ready() {
                     return Ok(());
@@ -459,9 +459,11 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
                     after: timeout,
                 });
             }
-            spun = spun.saturating_add(batch).min(spins);
-            if spun >= spins {
-                self.sleep_once(Duration::from_nanos(d - now));
+            if let Some(s) = spins {
+                spun = spun.saturating_add(batch).min(s);
+                if spun >= s {
+                    self.sleep_once(Duration::from_nanos(d - now));
+                }
             }
         }
     }

@@ -29,10 +29,13 @@ impl WaitStrategy {
         matches!(self, Self::Block { .. })
     }
 
-    pub(crate) fn spins(self) -> u32 {
+    /// Looks before sleeping; `None`: never sleeps (a count of `u32::MAX`
+    /// standing for "never" ran out after a few idle minutes in one long
+    /// wait, and a busy-polling side then slept where no one wakes it).
+    pub(crate) fn spins(self) -> Option<u32> {
         match self {
-            Self::BusyPoll => u32::MAX,
-            Self::Block { spins } => spins,
+            Self::BusyPoll => None,
+            Self::Block { spins } => Some(spins),
         }
     }
 }

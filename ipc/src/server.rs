@@ -347,11 +347,11 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
             if self.has_work() {
                 return true;
             }
-            spun = spun.saturating_add(1);
+            spun = spun.wrapping_add(1);
             if spun.is_multiple_of(256) && deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
-            if spun < spins {
+            if spins.is_none_or(|s| spun < s) {
                 std::hint::spin_loop();
                 continue;
             }

@@ -441,6 +441,34 @@ fn blocking_waits_work_across_processes_and_idle_server_sleeps() {
     assert_eq!(late.call(&[0, 8, 8, 0]).unwrap()[2], 25);
 }
 
+/// Both sides sleep at once (no spinning): every reply must wake the
+/// client through its futex. A lost wake-up is caught only by the client's
+/// bounded sleep (half the server timeout, 10 s here), so one in these
+/// calls would take the loop past the bound below; without it they take
+/// milliseconds.
+#[test]
+fn a_client_that_sleeps_at_once_is_woken_by_every_reply() {
+    let name = name("sleepers");
+    let _server = ServerThread::start(
+        &name,
+        ServerConfig::new().wait(WaitStrategy::Block { spins: 0 }),
+    );
+    let cfg = ClientConfig::new()
+        .wait(WaitStrategy::Block { spins: 0 })
+        .server_timeout(Duration::from_secs(20));
+    let mut client = Client::<Msg, Msg>::connect(&name, cfg).unwrap();
+    let t = Instant::now();
+    for i in 0..300 {
+        assert_eq!(client.call(&[0, i, i, 0]).unwrap()[2], 3 * i + 1);
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "{} calls took {:?}: a wake-up was lost",
+            i + 1,
+            t.elapsed()
+        );
+    }
+}
+
 #[test]
 fn server_shutdown_fails_calls_and_frees_the_name() {
     let name = name("shutdown");
