@@ -852,6 +852,8 @@ fn a_hostile_frame_header_allocates_nothing_and_other_links_keep_working() {
     );
 }
 
+/// (A fake device that refuses rings: one link kind, so not `over_both`.)
+#[test]
 fn a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout() {
     use std::io::Read as _;
     // A fake device: welcomes the connection, answers the first REQ with
@@ -1128,6 +1130,8 @@ fn a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up() {
     );
 }
 
+/// (A fake device that refuses rings: one link kind, so not `over_both`.)
+#[test]
 fn an_answer_on_another_link_completes_nothing() {
     use std::io::Read as _;
     // A fake device that takes a WRITE and never answers it.
@@ -1160,6 +1164,81 @@ fn an_answer_on_another_link_completes_nothing() {
     s.write_all(&resp).unwrap();
     let c = me.expect(1);
     assert_eq!(c[0].status(), Err(Syndrome::TransportRetryExceeded));
+}
+
+/// A QP destroyed with a request in flight, and a new QP that reuses its
+/// number on the same link: the old request's answer must not complete
+/// the new QP's (both start at PSN 0; the epoch tells them apart).
+#[test]
+fn an_answer_for_a_destroyed_qp_completes_nothing_of_its_successor() {
+    use std::io::Read as _;
+    let (gid, l) = fake_device(79);
+    let (took, took_rx) = std::sync::mpsc::channel();
+    let (answer, answer_rx) = std::sync::mpsc::channel::<()>();
+    let fake = std::thread::spawn(move || {
+        let mut s = accept_as_device(&l);
+        let mut reqs = Vec::new();
+        for _ in 0..2 {
+            let mut h = [0u8; 8];
+            s.read_exact(&mut h).unwrap();
+            assert_eq!(h[4], 3, "a REQ");
+            let mut body = vec![0u8; u32::from_le_bytes(h[..4].try_into().unwrap()) as usize];
+            s.read_exact(&mut body).unwrap();
+            reqs.push(body);
+            took.send(()).unwrap();
+        }
+        answer_rx.recv().unwrap();
+        // ACK the first request only: the destroyed QP's.
+        let a = &reqs[0];
+        let mut resp = vec![32, 0, 0, 0, 4, 0, 0, 0];
+        resp.extend_from_slice(&a[0..4]); // requester QPN
+        resp.extend_from_slice(&a[12..16]); // epoch
+        resp.extend_from_slice(&a[8..12]); // PSN
+        resp.extend_from_slice(&[0u8; 20]); // ACK, no data
+        s.write_all(&resp).unwrap();
+        s
+    });
+    let ctx = Context::soft(Progress::Background);
+    let pd = mlx5::Pd::new(&ctx).unwrap();
+    let mut cq = mlx5::Cq::new(&ctx, 64).unwrap();
+    let mr = pd.alloc_mr(4096, Access::ALL).unwrap();
+    let info = mlx5::ConnInfo {
+        qpn: 0x100,
+        psn: 0,
+        lid: 0,
+        gid,
+    };
+    let o = ConnectOpts::default();
+    let mut old = mlx5::Qp::builder(&pd, &cq, &cq)
+        .caps(caps(8, 8))
+        .build()
+        .unwrap();
+    old.connect(&info, &o).unwrap();
+    old.post_and_ring(&Write::inline(mr.remote(0), b"old").signaled())
+        .unwrap();
+    took_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let qpn = old.qpn();
+    drop(old);
+    let mut new = mlx5::Qp::builder(&pd, &cq, &cq)
+        .caps(caps(8, 8))
+        .build()
+        .unwrap();
+    assert_eq!(new.qpn(), qpn, "the number is reused");
+    new.connect(&info, &o).unwrap();
+    new.post_and_ring(&Write::inline(mr.remote(0), b"new").signaled())
+        .unwrap();
+    took_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    answer.send(()).unwrap();
+    let _open = fake.join().expect("the fake device");
+    let mut got = Vec::new();
+    cq.poll_until(1, Duration::from_secs(5), |c| got.push(*c))
+        .unwrap();
+    assert_eq!(got.len(), 1, "no completion within 5 s");
+    assert_eq!(
+        got[0].status(),
+        Err(Syndrome::TransportRetryExceeded),
+        "the old request's ACK completed the new one"
+    );
 }
 
 /// Each test over each kind of same-host link.
@@ -1268,11 +1347,9 @@ over_both!(
     drop_peer_fails_the_qps_and_refuses_reconnecting,
     an_idle_linked_device_sleeps_and_a_frame_wakes_it,
     a_hostile_frame_header_allocates_nothing_and_other_links_keep_working,
-    a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout,
     links_killed_by_bad_frames_are_removed,
     a_stranger_that_does_not_read_its_answers_is_cut_off,
     large_writes_and_reads_cross_the_link_whole,
     frames_of_many_sizes_cross_whole_four_in_flight,
     a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up,
-    an_answer_on_another_link_completes_nothing,
 );

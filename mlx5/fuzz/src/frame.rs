@@ -11,8 +11,10 @@
 //!
 //! So that `REQ` and `RESP` frames reach more than the "unknown QP" checks,
 //! the `HELLO` may claim to come from a made-up device `F` (flag
-//! [`flags::CLAIM_PEER`]), and a fresh QP `v` (number [`V_QPN`], epoch 0,
-//! sequence numbers from 0) is connected to `F`'s QP [`FAKE_QPN`] over this
+//! [`flags::CLAIM_PEER`]), and a fresh QP `v` (number [`V_QPN`],
+//! sequence numbers from 0; its epoch, which changes from one `v` to the
+//! next, is read from its first request, and the epoch of every `RESP` in
+//! the input counts from it: 0 is `v`'s) is connected to `F`'s QP [`FAKE_QPN`] over this
 //! very link: `REQ`s from `FAKE_QPN` to `V_QPN` execute against `v` (it
 //! has receives posted, and remote rights on a region mapped at the fixed
 //! address [`REGION`], rkey [`REGION_RKEY`]), and with
@@ -193,6 +195,39 @@ pub fn resp(
     b[24..28].copy_from_slice(&(data.len() as u32).to_le_bytes());
     b.extend_from_slice(data);
     frame(4, &b)
+}
+
+/// The epoch of the first `REQ` the device sent on `s` (`v`'s first
+/// request).
+fn first_req_epoch(s: &mut UnixStream) -> u32 {
+    use std::io::Read as _;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut h = [0u8; 8];
+    s.read_exact(&mut h).expect("v's REQ header");
+    assert_eq!(h[4], 3, "v's first frame is a REQ");
+    let mut body = vec![0u8; u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize];
+    s.read_exact(&mut body).expect("v's REQ");
+    s.set_read_timeout(None).expect("timeout");
+    u32::from_le_bytes([body[12], body[13], body[14], body[15]])
+}
+
+/// Adds `epoch` to the epoch of every whole `RESP` frame at the front of
+/// `b` (up to the first frame that does not parse).
+fn rebase_resp_epochs(b: &mut [u8], epoch: u32) {
+    let mut i = 0usize;
+    while let Some(h) = b.get(i..i + 8) {
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let Some(end) = (i + 8).checked_add(len).filter(|&e| e <= b.len()) else {
+            break;
+        };
+        if h[4] == 4 && len >= 8 {
+            let at = i + 8 + 4;
+            let e = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+            b[at..at + 4].copy_from_slice(&e.wrapping_add(epoch).to_le_bytes());
+        }
+        i = end;
+    }
 }
 
 /// Anonymous memory at a fixed address, unmapped on drop.
@@ -377,8 +412,13 @@ impl Fixture {
             s.read_exact(&mut w).expect("WELCOME");
             assert_eq!(w, WELCOME_OK, "the device refused a well-formed HELLO");
             self.wait_adopted(&mut s, links);
+            let mut bytes = bytes.to_vec();
             if f & flags::CLAIM_PEER != 0 {
-                v = Some(self.make_v(f & flags::V_REQUESTS != 0));
+                let requests = f & flags::V_REQUESTS != 0;
+                v = Some(self.make_v(requests));
+                if requests {
+                    rebase_resp_epochs(&mut bytes, first_req_epoch(&mut s));
+                }
             }
             let (first, second) = bytes.split_at(split.min(bytes.len()));
             for part in [first, second] {

@@ -511,7 +511,10 @@ impl Device {
             sq_sent: 0,
             psn: 0,
             epsn: 0,
-            epoch: 0,
+            // Unique on this device (mod 2^32), not 0 for every QP: a new
+            // QP that reuses a destroyed one's number on the same link must
+            // not take the old one's answers (same QPN, same PSN 0).
+            epoch: s.fresh_epoch(),
             inflight: VecDeque::new(),
             inflight_sges: VecDeque::new(),
             fail_next: None,
@@ -548,6 +551,12 @@ impl Device {
             None => None,
         };
         let mut s = self.shared.lock();
+        // A fresh epoch for what the QP sends after a RESET (see `add_qp`).
+        let fresh_epoch = if to == QpState::Reset {
+            s.fresh_epoch()
+        } else {
+            0
+        };
         let qp = s
             .qp(qpn)
             .ok_or(Error::Mismatch("QP is not on this device"))?;
@@ -572,7 +581,7 @@ impl Device {
                 qp.sq_sent = 0;
                 qp.psn = 0;
                 qp.epsn = 0;
-                qp.epoch = qp.epoch.wrapping_add(1);
+                qp.epoch = fresh_epoch;
                 qp.inflight.clear();
                 qp.inflight_sges.clear();
                 qp.fail_next = None;

@@ -148,7 +148,9 @@ pub(crate) struct SoftQp {
     /// Next request sequence number this QP sends / expects to receive.
     pub(crate) psn: u32,
     pub(crate) epsn: u32,
-    /// Bumped on RESET: answers to an earlier incarnation are ignored.
+    /// Carried by every REQ and echoed by its RESP: unique on this device
+    /// per QP creation and RESET, so answers to a destroyed QP that had
+    /// this number, or to this QP before a RESET, are ignored.
     pub(crate) epoch: u32,
     /// Requests sent over a link and not yet answered, oldest first, and
     /// the scatter lists of the READs and atomics among them.
@@ -238,8 +240,10 @@ pub(crate) struct State {
     /// the lock when there are none (it is asked on every idle poll).
     pub(crate) has_events: Arc<AtomicBool>,
     pub(crate) next_pd: u32,
-    /// The next [`SoftQp::incarnation`].
+    /// The last [`SoftQp::incarnation`] given out.
     pub(crate) next_incarnation: u64,
+    /// The next [`SoftQp::epoch`] (0 for the device's first QP).
+    pub(crate) next_epoch: u32,
     pub(crate) mrs: Vec<Option<MrEntry>>,
     pub(crate) mr_gen: Vec<u8>,
     pub(crate) cqs: Vec<Option<SoftCq>>,
@@ -255,6 +259,13 @@ unsafe impl Send for State {}
 pub(crate) const QPN_BASE: u32 = 0x100;
 
 impl State {
+    /// An epoch no QP of this device had (until 2^32 creations and resets).
+    pub(crate) fn fresh_epoch(&mut self) -> u32 {
+        let e = self.next_epoch;
+        self.next_epoch = e.wrapping_add(1);
+        e
+    }
+
     pub(crate) fn qp(&mut self, qpn: u32) -> Option<&mut SoftQp> {
         let i = qpn.checked_sub(QPN_BASE)? as usize;
         self.qps.get_mut(i)?.as_mut()
