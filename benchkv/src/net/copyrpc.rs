@@ -182,7 +182,7 @@ impl<U> Network<U> for CopyrpcNet<U> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::route::Routing;
 
@@ -195,6 +195,41 @@ mod tests {
             max_inflight: 256,
             ucx_tls: None,
         }
+    }
+
+    /// Polls `net` (serving nothing) until it fails (the error) or
+    /// `within` passes (`None`).
+    pub(crate) fn error_within<N: Network<u32>>(
+        net: &mut N,
+        within: std::time::Duration,
+    ) -> Option<String> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if let Err(e) = net.poll(&mut |_, _| 0, &mut |_, _| {}) {
+                return Some(e.0);
+            }
+        }
+        None
+    }
+
+    /// Two ranks' daemons in this process, on two software devices: a
+    /// call to a daemon whose side is gone fails the caller's poll within
+    /// seconds (what makes a rank exit when its peer dies, rather than
+    /// hang; under mpirun the launcher may end the job first).
+    #[test]
+    fn a_call_to_a_dead_peer_fails_the_poll_within_seconds() {
+        let mut s1 = setup(64);
+        s1.rank = 1;
+        let (mut a, blob_a) = CopyrpcNet::<u32>::prepare(&setup(64)).unwrap();
+        let (mut b, blob_b) = CopyrpcNet::<u32>::prepare(&s1).unwrap();
+        let blobs = vec![blob_a, blob_b];
+        a.connect(&blobs).unwrap();
+        b.connect(&blobs).unwrap();
+        drop(b);
+        a.call(1, &[0u8; 24], 7).unwrap();
+        let e = error_within(&mut a, std::time::Duration::from_secs(10))
+            .expect("no error 10 s after the peer went away");
+        assert!(e.contains("endpoint 0"), "{e}");
     }
 
     #[test]

@@ -789,6 +789,23 @@ mod tests {
         a.call(1, b"x", 5).unwrap();
     }
 
+    /// Over tcp (peer failure detection on), a call to a worker that is
+    /// gone fails the caller's poll within seconds.
+    #[test]
+    fn a_call_to_a_dead_peer_fails_the_poll_within_seconds() {
+        let (mut a, blob_a) = UcxNet::<u32>::prepare(&setup(0, "tcp")).unwrap();
+        let (mut b, blob_b) = UcxNet::<u32>::prepare(&setup(1, "tcp")).unwrap();
+        let blobs = vec![blob_a, blob_b];
+        a.connect(&blobs).unwrap();
+        b.connect(&blobs).unwrap();
+        drop(b);
+        a.call(1, b"x", 7).unwrap();
+        let e =
+            crate::net::copyrpc::tests::error_within(&mut a, std::time::Duration::from_secs(10))
+                .expect("no error 10 s after the peer went away");
+        assert!(!e.is_empty());
+    }
+
     #[test]
     fn peer_failure_detection_is_off_only_for_shared_memory_alone() {
         assert!(peer_failure_detection(None));
