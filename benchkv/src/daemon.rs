@@ -76,6 +76,10 @@ pub struct DaemonCounts {
 pub const FAULT_ENV: &str = "BENCHKV_TEST_FAULT";
 /// [`FAULT_ENV`]'s value for shards of garbage.
 pub const FAULT_GARBAGE_STORE: &str = "garbage-store";
+/// [`FAULT_ENV`]'s value for a network that takes two calls in flight per
+/// destination (instead of 256): requests to the other rank must wait for
+/// room, the path no normal short run reaches (read once, at setup).
+pub const FAULT_TIGHT_NETWORK: &str = "tight-network";
 
 /// One daemon's state.
 pub struct Daemon<const N: usize, Net> {

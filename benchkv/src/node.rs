@@ -140,7 +140,13 @@ fn serve<const N: usize, Net: Bootstrap + Network<Token>>(
         rank,
         daemon: index,
         value_size: s.params.value_size,
-        max_inflight: NET_INFLIGHT,
+        max_inflight: if std::env::var(crate::daemon::FAULT_ENV).as_deref()
+            == Ok(crate::daemon::FAULT_TIGHT_NETWORK)
+        {
+            2
+        } else {
+            NET_INFLIGHT
+        },
         ucx_tls,
     };
     let (mut net, blob) = Net::prepare(&setup).map_err(net_err)?;

@@ -101,6 +101,16 @@ fn temp_json(name: &str) -> PathBuf {
 /// A short verified run of `backend`: both ranks measured something, no
 /// mismatch, and the report names the transport.
 fn smoke(backend: &str, transport: &str, extra: &[&str]) {
+    smoke_with(backend, transport, extra, None);
+}
+
+/// `smoke` with `BENCHKV_TEST_FAULT` set to `fault`; returns the report.
+fn smoke_with(
+    backend: &str,
+    transport: &str,
+    extra: &[&str],
+    fault: Option<&str>,
+) -> serde_json::Value {
     let _g = serial();
     let json = temp_json(&format!("{}.json", backend.replace(':', "-")));
     let mut args = extra.to_vec();
@@ -123,7 +133,14 @@ fn smoke(backend: &str, transport: &str, extra: &[&str]) {
         "--json",
         json.to_str().unwrap(),
     ]);
-    let (status, out) = run(&args, Duration::from_secs(120));
+    let mut c = mpirun(&args);
+    if let Some(f) = fault {
+        c.env("BENCHKV_TEST_FAULT", f);
+    }
+    let mut child = spawn(c);
+    let rx = lines(&mut child);
+    let (status, _) = wait(&mut child, Duration::from_secs(120), backend);
+    let out = drain(&rx);
     assert!(status.success(), "{backend}: {status}\n{out}");
     assert!(out.contains("verify: 0 mismatch(es)"), "{out}");
     let report: serde_json::Value =
@@ -165,6 +182,26 @@ fn smoke(backend: &str, transport: &str, extra: &[&str]) {
         }
     }
     let _ = std::fs::remove_file(json);
+    report
+}
+
+/// With two calls in flight per destination, requests to the other rank
+/// wait for room: they are all answered (the clients finish every call
+/// they made) and every GET still returns the last PUT.
+#[test]
+fn requests_that_wait_for_room_are_answered_not_dropped() {
+    for (backend, transport) in [("copyrpc", "mlx5 soft"), ("ucx-am:tcp", "UCX_TLS=tcp")] {
+        let report = smoke_with(backend, transport, &[], Some("tight-network"));
+        let waited: u64 = (0..2)
+            .flat_map(|r| report["daemons"][r].as_array().unwrap().clone())
+            .map(|d| d["waited"].as_u64().unwrap())
+            .sum();
+        assert!(
+            waited > 0,
+            "{backend}: no request waited: {}",
+            report["daemons"]
+        );
+    }
 }
 
 #[test]
