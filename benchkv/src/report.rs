@@ -665,6 +665,28 @@ mod tests {
         assert_eq!(back, r, "the JSON reads back");
     }
 
+    /// The point the analysis report's parser is tested on
+    /// (`report/tests/fixtures`, from a real run) is still what this
+    /// crate writes: it reads back, and writes back the same fields. A
+    /// change of the JSON fails here until the fixture (and the report's
+    /// parser, and `SCHEMA`) follow.
+    #[test]
+    fn the_report_crates_fixture_is_this_schema() {
+        let text = include_str!("../../report/tests/fixtures/benchkv-point.json");
+        let fixture: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(fixture["schema"], SCHEMA);
+        let r: Report = serde_json::from_value(fixture.clone()).expect("reads back");
+        let again = serde_json::to_value(&r).unwrap();
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&again), keys(&fixture));
+        assert_eq!(keys(&again["metadata"]), keys(&fixture["metadata"]));
+        assert_eq!(keys(&again["total"]), keys(&fixture["total"]));
+    }
+
     fn floors(raw: bool) -> Floors {
         Floors {
             measured: "before the run".into(),

@@ -297,8 +297,18 @@ pub fn parse_c2c(text: &str) -> C2c {
     }
 }
 
-/// The fields the report uses from one benchkv point's JSON.
-fn kv_point(v: &serde_json::Value) -> Result<KvPoint, String> {
+/// The `schema` of the benchkv point JSON this report reads.
+pub const BENCHKV_SCHEMA: &str = "benchkv/2";
+
+/// The fields the report uses from one benchkv point's JSON (another
+/// schema, or a field missing, is an error: nothing is guessed).
+pub fn kv_point(v: &serde_json::Value) -> Result<KvPoint, String> {
+    if v["schema"].as_str() != Some(BENCHKV_SCHEMA) {
+        return Err(format!(
+            "schema {} is not {BENCHKV_SCHEMA}, the one this report reads",
+            v["schema"]
+        ));
+    }
     let md = &v["metadata"];
     let param = |name: &str| -> Result<String, String> {
         md["params"]
@@ -319,14 +329,16 @@ fn kv_point(v: &serde_json::Value) -> Result<KvPoint, String> {
     let u = |x: &serde_json::Value, what: &str| {
         x.as_u64().ok_or_else(|| format!("{what} is not a count"))
     };
-    let strs = |x: &serde_json::Value| -> Vec<String> {
+    let strs = |x: &serde_json::Value, what: &str| -> Result<Vec<String>, String> {
         x.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
+            .ok_or_else(|| format!("no {what}"))?
+            .iter()
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("{what}: not text"))
             })
-            .unwrap_or_default()
+            .collect()
     };
     let total = &v["total"];
     let (mut local, mut flux, mut remote) = (0, 0, 0);
@@ -342,12 +354,12 @@ fn kv_point(v: &serde_json::Value) -> Result<KvPoint, String> {
             .as_str()
             .ok_or("no metadata.backend")?
             .to_string(),
-        transport: strs(&md["transport"]),
+        transport: strs(&md["transport"], "metadata.transport")?,
         clients: num("clients")?,
         depth: num("depth")?,
         daemons: num("daemons")?,
         client_procs: param("client_procs")? == "true",
-        ranks: md["hosts"].as_array().map_or(0, |h| h.len() as u32),
+        ranks: md["hosts"].as_array().ok_or("no metadata.hosts")?.len() as u32,
         run_ops_per_s: v["run_ops_per_s"]
             .as_array()
             .ok_or("no run_ops_per_s")?
@@ -363,12 +375,12 @@ fn kv_point(v: &serde_json::Value) -> Result<KvPoint, String> {
         note: md["note"].as_str().map(str::to_string),
         mpi: md["mpi"]
             .as_str()
-            .unwrap_or("unknown")
+            .ok_or("no metadata.mpi")?
             .trim_end_matches('\0')
             .to_string(),
         device_selection: md["device_selection"]
             .as_str()
-            .unwrap_or("auto")
+            .ok_or("no metadata.device_selection")?
             .to_string(),
         params: md["params"]
             .as_array()
