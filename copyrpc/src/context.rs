@@ -469,6 +469,9 @@ impl<U> Context<U> {
     pub fn call(&mut self, ep: Endpoint, payload: &[u8], user_data: U) -> Result<(), CallError<U>> {
         let refuse = |kind, user_data| Err(CallError { kind, user_data });
         let timeout = self.cfg.call_timeout;
+        if ep.ctx != self.id {
+            return refuse(CallErrorKind::WrongContext, user_data);
+        }
         let Some(i) = self.slot(ep) else {
             return refuse(CallErrorKind::NotConnected, user_data);
         };

@@ -108,9 +108,9 @@ pub enum CallErrorKind {
     /// The endpoint failed.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
-    /// The request came from another context (the handle was dropped: its
-    /// own context tells the caller it was dropped).
-    #[error("the request belongs to another context")]
+    /// The endpoint belongs to another context (an endpoint handle is
+    /// only valid with the context that made it).
+    #[error("the endpoint belongs to another context")]
     WrongContext,
 }
 

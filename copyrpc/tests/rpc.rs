@@ -399,6 +399,14 @@ fn impossible_configurations_are_refused() {
 }
 
 #[test]
+fn a_call_on_another_contexts_endpoint_is_refused_with_its_data() {
+    let (mut a, b) = pair::<u8>(Progress::Manual, 1, config(Limits::default()));
+    let e = a.ctx.call(b.eps[0], b"hi", 9).unwrap_err();
+    assert_eq!(e.kind, copyrpc::CallErrorKind::WrongContext);
+    assert_eq!(e.user_data, 9);
+}
+
+#[test]
 fn a_request_replied_through_another_context_is_refused_and_its_caller_told() {
     let (mut a, mut b) = pair::<u8>(Progress::Manual, 1, config(Limits::default()));
     let (_c, mut d) = pair::<u8>(Progress::Manual, 1, config(Limits::default()));
