@@ -305,6 +305,33 @@ fn disconnection<T: Transport>() {
     drop(tx);
     drop(rx);
     assert_eq!(drops.load(Ordering::Relaxed), 5);
+
+    // The same with values read and not yet handed back (no `sync`): the
+    // consumer's drop hands them back, and neither end drops them again,
+    // whichever end goes first.
+    for (consumer_first, reads) in [(false, 1), (true, 1), (false, 3), (true, 3)] {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (mut tx, mut rx) = T::channel::<Counted>(8);
+        for _ in 0..5 {
+            assert!(tx.try_send(Counted(drops.clone())).is_ok());
+        }
+        tx.publish();
+        for _ in 0..reads {
+            drop(rx.try_recv().unwrap());
+        }
+        if consumer_first {
+            drop(rx);
+            drop(tx);
+        } else {
+            drop(tx);
+            drop(rx);
+        }
+        assert_eq!(
+            drops.load(Ordering::Relaxed),
+            5,
+            "{reads} read, consumer first: {consumer_first}"
+        );
+    }
 }
 
 fn waiting_with_timeout<T: Transport>() {
