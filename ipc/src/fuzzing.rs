@@ -272,6 +272,8 @@ pub fn wire(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Replays the committed seed corpus of both targets (what
     /// `scripts/fuzz-ipc.sh replay` does under libFuzzer, here without it).
     #[test]
@@ -290,5 +292,40 @@ mod tests {
             }
         }
         assert!(n >= 8, "only {n} corpus files");
+    }
+
+    /// A client that sends wake-ups without requests (it would keep a
+    /// blocking server's epoll readable, and the server awake) is evicted;
+    /// one wake-up per request, the most a correct client sends, is not.
+    #[test]
+    fn a_client_flooding_wake_ups_is_evicted() {
+        let name = format!("ipc-wake-flood-{}", std::process::id());
+        let cfg = ServerConfig::new()
+            .max_clients(MAX_CLIENTS)
+            .ring_depth(4)
+            .wait(crate::WaitStrategy::Block { spins: 0 });
+        let mut server = Server::<Msg, Msg>::create(&name, cfg).expect("create server");
+        let mut good = RawClient::attach(&mut server, &name, Hello::new(true).as_bytes())
+            .expect("a correct client attaches");
+        let flood = RawClient::attach(&mut server, &name, Hello::new(true).as_bytes())
+            .expect("a second client attaches");
+        for i in 0..50u64 {
+            good.core.try_call(&[i, i], i).expect("room");
+            let _ = sys::send(&good.sock, &[WAKE], &[]);
+            let (token, req) = loop {
+                if let Some(t) = server.recv() {
+                    break t;
+                }
+            };
+            server.reply(token, answer(&req)).unwrap();
+            assert_eq!(good.core.try_complete(), Ok(Some((i, answer(&[i, i])))));
+        }
+        for _ in 0..16 {
+            let _ = sys::send(&flood.sock, &[WAKE; 64], &[]);
+        }
+        server.refresh();
+        assert_eq!(server.evictions(), 1, "the flood was not evicted");
+        assert_eq!(server.attached_clients(), 1);
+        drop(flood);
     }
 }

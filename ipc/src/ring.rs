@@ -366,6 +366,16 @@ where
         }
     }
 
+    /// Requests taken from this client so far.
+    pub(crate) fn taken(&self) -> u64 {
+        self.req.pos
+    }
+
+    /// The client's ring depth.
+    pub(crate) fn depth(&self) -> u32 {
+        self.depth
+    }
+
     /// Whether a request is waiting that may be taken now, or the ring is
     /// corrupt (which [`try_recv`](Self::try_recv) then reports).
     #[inline(always)]

@@ -73,6 +73,11 @@ struct Attached<Req, Resp> {
     region: RegionMap,
     sock: OwnedFd,
     blocking: bool,
+    /// Wake-up bytes received: a correct client sends at most one per
+    /// request it publishes, so more than the requests taken plus those
+    /// that can be waiting in its ring is a flood (a client that keeps the
+    /// socket readable would keep a blocking server from ever sleeping).
+    wakes: u64,
 }
 
 struct SlotState<Req, Resp> {
@@ -532,6 +537,16 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                                 let why = "it sent descriptors on its connection".to_owned();
                                 return self.evict(i, why);
                             }
+                            a.wakes += n as u64;
+                            let allowed = a.served.taken() + 2 * u64::from(a.served.depth());
+                            if a.wakes > allowed {
+                                let why = format!(
+                                    "it sent {} wake-ups for {} requests (a flood)",
+                                    a.wakes,
+                                    a.served.taken()
+                                );
+                                return self.evict(i, why);
+                            }
                         }
                         Err(e) if would_block(&e) => return,
                         // ECONNRESET and the like: it is gone.
@@ -595,6 +610,7 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
             region,
             sock,
             blocking: hello.blocking(),
+            wakes: 0,
         });
         st.attach = st.attach.wrapping_add(1);
         self.active.push(i);
