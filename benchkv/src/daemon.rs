@@ -51,8 +51,8 @@ pub struct Control {
     pub abort: AtomicBool,
 }
 
-/// What a daemon did, for the report.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a daemon did, for the report (its JSON fields are these names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DaemonCounts {
     /// Client requests executed on this shard.
     pub local: u64,

@@ -35,7 +35,7 @@ use crate::net::ucx::UcxNet;
 use crate::net::{Bootstrap, NetError, NetSetup, Network};
 use crate::params::{Backend, Params};
 use crate::progress::Progress;
-use crate::report::{Counts, Metadata, RankReport, RankRun, Report, hist_pairs};
+use crate::report::{Metadata, RankReport, RankRun, Report, hist_pairs};
 use crate::route::{KeySpace, Routing};
 use crate::wire::{self, KvReq, KvResp};
 
@@ -368,7 +368,7 @@ fn run_class<const N: usize>(mpi: &Mpi, p: &Params) -> Result<Option<Report>, Er
     let mut counts = Vec::new();
     for h in daemons {
         match h.join() {
-            Ok(Some(c)) => counts.push(Counts::from(c)),
+            Ok(Some(c)) => counts.push(c),
             Ok(None) => {}
             Err(_) => failures.fail(Error::Aborted {
                 rank,

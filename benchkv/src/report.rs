@@ -8,7 +8,6 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::client::histogram;
-use crate::daemon::DaemonCounts;
 use crate::floor::{Canary, Floors};
 
 /// The report's schema name and version (the `schema` field).
@@ -66,35 +65,8 @@ pub struct RankReport {
     pub daemons: Vec<Counts>,
 }
 
-/// [`DaemonCounts`] in the report.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Counts {
-    /// Client requests executed on the daemon's own shard.
-    pub local: u64,
-    /// Client requests forwarded through Flux.
-    pub flux: u64,
-    /// Client requests forwarded over the network.
-    pub remote: u64,
-    /// Flux requests of other daemons executed.
-    pub served_flux: u64,
-    /// Network requests of other ranks executed.
-    pub served_remote: u64,
-    /// Requests that waited for room.
-    pub waited: u64,
-}
-
-impl From<DaemonCounts> for Counts {
-    fn from(c: DaemonCounts) -> Counts {
-        Counts {
-            local: c.local,
-            flux: c.flux,
-            remote: c.remote,
-            served_flux: c.served_flux,
-            served_remote: c.served_remote,
-            waited: c.waited,
-        }
-    }
-}
+/// What one daemon did, as the report carries it.
+pub use crate::daemon::DaemonCounts as Counts;
 
 /// Throughput and latency of one group of operations.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
