@@ -276,15 +276,13 @@ fn handle_direct(
     } else {
         wire::RESP_LEN
     };
-    if len < fixed_len {
-        link.kill(format!(
-            "protocol error from the peer: {}",
-            "frame shorter than its fixed part"
-        ));
-        return;
-    }
+    // `direct_frame` returns bodies of DIRECT_MIN bytes or more, longer
+    // than either fixed part (checked at compile time below).
+    const _: () = assert!(link::DIRECT_MIN >= wire::REQ_LEN && link::DIRECT_MIN >= wire::RESP_LEN);
+    debug_assert!(len >= fixed_len);
     let mut fixed = [0u8; wire::REQ_LEN];
-    // SAFETY: `direct_frame` found `len` published bytes at `body`, which
+    // SAFETY: `direct_frame` found `len` (>= `fixed_len`, above) published
+    // bytes at `body`, which
     // the peer does not reuse before `consume_direct`; the copies read
     // them once (a peer that writes them anyway only changes what it
     // sent).
