@@ -277,15 +277,14 @@ fn handle_direct(
         wire::RESP_LEN
     };
     // `direct_frame` returns bodies of DIRECT_MIN bytes or more, longer
-    // than either fixed part (checked at compile time below).
+    // than either fixed part (checked at compile time).
     const _: () = assert!(link::DIRECT_MIN >= wire::REQ_LEN && link::DIRECT_MIN >= wire::RESP_LEN);
     debug_assert!(len >= fixed_len);
     let mut fixed = [0u8; wire::REQ_LEN];
     // SAFETY: `direct_frame` found `len` (>= `fixed_len`, above) published
-    // bytes at `body`, which
-    // the peer does not reuse before `consume_direct`; the copies read
-    // them once (a peer that writes them anyway only changes what it
-    // sent).
+    // bytes at `body`, which the peer does not reuse before
+    // `consume_direct`; the copies read them once (a peer that writes them
+    // anyway only changes what it sent).
     let rest = unsafe {
         std::ptr::copy_nonoverlapping(body, fixed.as_mut_ptr(), fixed_len);
         wire::Data::raw(body.add(fixed_len), len - fixed_len)
