@@ -4,8 +4,9 @@
 //! median of the rest reported.
 //!
 //! Why: on the shared two-core machines this workspace is measured on, the
-//! host has phases lasting seconds in which the cache-line floor jumps from
-//! about 75 ns to 350–430 ns. Interleaving puts every figure into every
+//! host has phases lasting seconds in which the cache-line floor jumps to
+//! several times its usual value (every report lists the canary of each
+//! round). Interleaving puts every figure into every
 //! phase alike, so ratios taken between figures of one round stay honest,
 //! and the canary tells which rounds to distrust (DESIGN.md, decision 12).
 //!

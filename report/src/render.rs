@@ -980,7 +980,10 @@ fn critical_paths(run: &Run) -> String {
             ),
         })
         .collect();
-    unmeasured.dedup();
+    // Points of one backend are not adjacent (the sweep interleaves
+    // backends): each line once, in first-seen order.
+    let mut seen = std::collections::HashSet::new();
+    unmeasured.retain(|u| seen.insert(u.clone()));
     for u in unmeasured {
         let _ = writeln!(t, "{NOT_AVAILABLE} critical path of {u}.\n");
     }

@@ -501,3 +501,14 @@ fn figures_json_carries_every_limit_mlx5_included() {
         assert!(limits.contains(&want), "{want} missing from {limits:?}");
     }
 }
+
+/// A callgrind row whose instruction count did not grow with the
+/// operations (the toggle matched nothing) is refused, not printed as
+/// "0 instructions per operation".
+#[test]
+fn an_instruction_row_that_counted_nothing_is_refused() {
+    use report::input::parse_instr;
+    assert!(parse_instr("row\tmlx5\tpost\t1000\t5000\t100\t500\n").is_ok());
+    let e = parse_instr("row\tmlx5\tpost\t1000\t5000\t100\t100\n").unwrap_err();
+    assert!(e.contains("do not grow"), "{e}");
+}
