@@ -342,7 +342,7 @@ fn malformed_endpoint_info_and_mismatched_limits_are_clear_errors() {
     let e = a.ctx.call(nobody, b"x", 1).unwrap_err();
     assert_eq!(
         (e.kind, e.user_data),
-        (copyrpc::CallErrorKind::NotConnected, 1)
+        (copyrpc::CallErrorKind::WrongContext, 1)
     );
 }
 
