@@ -208,10 +208,9 @@ fn executive_summary(run: &Run) -> String {
     ) {
         lines.push(format!(
             "- mlx5 raw WRITE_IMM ping-pong between two processes: {} ({} the cache-line \
-             floor between processes{}).",
+             floor between processes{DEVICE_CLAUSE}).",
             format::ns(pp),
             format::ratio(pp / floor),
-            device_clause(run)
         ));
     }
     for cp in run
@@ -262,9 +261,10 @@ fn executive_summary(run: &Run) -> String {
 /// The mlx5 suite's cross-process figures always run on the software
 /// device (`mlx5/benches/mlx5.rs` opens it for them whatever `MLX5_DEVICE`
 /// says: a NIC's cross-process figures need a second host).
-fn device_clause(_run: &Run) -> String {
-    ", software device: its frames cross shared-memory rings, so this floor is its bound".into()
-}
+/// (A constant, not a function of the run: `MLX5_DEVICE` does not change
+/// it.)
+const DEVICE_CLAUSE: &str =
+    ", software device: its frames cross shared-memory rings, so this floor is its bound";
 
 // ------------------------------------------------------------- layers ----
 
