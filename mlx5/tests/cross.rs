@@ -594,6 +594,47 @@ fn manual_progress_across_processes() {
     );
 }
 
+/// A manual device keeps the ACKs of a pass that only answered for its
+/// next pass: in a ping-pong, each side's ACK and its next request leave
+/// in one store (or one `write`), and every request still completes.
+fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
+    const N: u32 = 300;
+    let (mut me, mut peer) = setup("soft:manual", &ConnectOpts::default());
+    peer.cmd("recv 0 4 0 0");
+    for _ in 0..4 {
+        me.qp.post_recv(&[]).unwrap();
+    }
+    let back = me.mr.remote(0);
+    peer.send(&format!("echo {} {}", back.addr, back.rkey));
+    let before = me.ctx.wire_stats().unwrap();
+    for i in 0..=N {
+        // Every request signaled: each must be ACKed to complete.
+        let stop = i == N;
+        let imm = if stop { u32::MAX } else { i };
+        me.qp
+            .post_and_ring(&WriteImm::inline(peer.remote(0), &i.to_le_bytes(), imm).signaled())
+            .unwrap();
+        let want = if stop { 1 } else { 2 };
+        for c in me.expect(want) {
+            assert_eq!(c.status(), Ok(()), "{c:?}");
+            if c.kind == Kind::RecvWriteImm {
+                assert_eq!(c.imm, i);
+                me.qp.post_recv(&[]).unwrap();
+            }
+        }
+    }
+    assert_eq!(peer.line(), format!("ok {N}"));
+    let after = me.ctx.wire_stats().unwrap();
+    let frames = after.frames_sent - before.frames_sent;
+    let writes = after.writes - before.writes;
+    // N + 1 requests and N ACKs of the echoes.
+    assert_eq!(frames, u64::from(2 * N + 1));
+    assert!(
+        writes <= u64::from(N + N / 10),
+        "{writes} stores for {frames} frames: ACKs went alone"
+    );
+}
+
 fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
     use std::io::Read as _;
     use std::os::linux::net::SocketAddrExt;
@@ -1343,6 +1384,7 @@ over_both!(
     fail_next_forces_the_syndrome_then_flushes,
     a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link,
     manual_progress_across_processes,
+    a_manual_ping_pong_sends_each_ack_with_the_next_request,
     a_malformed_frame_after_the_handshake_closes_that_link_only,
     drop_peer_fails_the_qps_and_refuses_reconnecting,
     an_idle_linked_device_sleeps_and_a_frame_wakes_it,

@@ -236,6 +236,9 @@ pub(crate) const DIRECT_MIN: usize = 16 << 10;
 /// Staged bytes from which a frame is published at once rather than at the
 /// pass's flush.
 const EAGER: usize = 64 << 10;
+/// The most answer bytes a manual device's pass defers (ACKs and short READ
+/// data; more goes at once).
+const DEFER_MAX: usize = 4 << 10;
 
 /// How often a busy shared-memory link looks at its control socket for
 /// the peer's death (a sleeping one is woken by it at once).
@@ -296,6 +299,11 @@ pub(crate) struct Link {
     pub(crate) blackhole: bool,
     /// Fault: hold what is sent for this long.
     pub(crate) delay: Duration,
+    /// A REQ was queued since the last flush.
+    req_queued: bool,
+    /// The answers in `tx` were kept back by the last pass (see
+    /// [`Link::defer_answers`]): the next flush sends them.
+    answers_deferred: bool,
 }
 
 /// Why the next frame cannot be taken.
@@ -355,6 +363,8 @@ impl Link {
             timeout: ack_budget(14, 7),
             blackhole: false,
             delay: Duration::ZERO,
+            req_queued: false,
+            answers_deferred: false,
         }
     }
 
@@ -383,6 +393,7 @@ impl Link {
 
     /// Appends a REQ frame for `req` and remembers it until answered.
     pub(crate) fn put_req(&mut self, req: &Request, epoch: u32, payload: &[u8]) {
+        self.req_queued = true;
         if self.sent.is_empty() {
             self.last_progress = Instant::now();
         }
@@ -739,6 +750,8 @@ impl Link {
     /// Writes what may be written now (one `write` call when the socket
     /// takes it all). Returns the next time held bytes may go.
     pub(crate) fn flush(&mut self, now: Instant, st: &mut WireStats) -> Option<Instant> {
+        self.req_queued = false;
+        self.answers_deferred = false;
         if self.blackhole {
             self.tx.clear();
             self.tx_head = 0;
@@ -838,6 +851,27 @@ impl Link {
         }
     }
 
+    /// Whether a manual device's pass keeps this link's answers for its
+    /// next pass instead of sending them now: when the pass queued only
+    /// answers (a few ACKs, no request of its own), and the last pass did
+    /// not defer them already. The application that just got the requests'
+    /// completions usually answers at once, and its next pass then sends
+    /// the ACKs and its requests together, as one store into the ring (one
+    /// cache line for the peer to fetch, not two) or one `write`. At most
+    /// one pass: a pass that receives nothing still sends them, and
+    /// dropping the device sends what is left.
+    pub(crate) fn defer_answers(&mut self) -> bool {
+        let defer = !self.answers_deferred
+            && !self.req_queued
+            && self.backlog() > 0
+            && self.backlog() <= DEFER_MAX
+            && self.delay.is_zero()
+            && self.held.is_empty()
+            && !self.blackhole;
+        self.answers_deferred = defer;
+        defer
+    }
+
     /// Drops the bytes written from the front of `tx`.
     fn compact_tx(&mut self) {
         if self.tx_head == self.tx.len() {
@@ -851,6 +885,16 @@ impl Link {
                 h.0 -= self.tx_head;
             }
             self.tx_head = 0;
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Answers a manual device's last pass deferred: their requests
+        // were executed, so the peer's WQEs complete.
+        if self.answers_deferred && self.is_up() {
+            self.flush(Instant::now(), &mut WireStats::default());
         }
     }
 }
@@ -1230,5 +1274,68 @@ mod tests {
             .unwrap();
         l.fill(&mut st, Instant::now());
         assert!(matches!(l.next_frame(), Some(Err(Bad::Frame(_)))));
+    }
+
+    /// Whatever the peer end of `link()` has received, without waiting.
+    fn received(peer: &mut UnixStream) -> Vec<u8> {
+        peer.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        loop {
+            match peer.read(&mut b) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return got,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn answers_are_deferred_one_pass_at_most() {
+        let (mut l, mut peer) = link();
+        let mut st = WireStats::default();
+        let now = Instant::now();
+        // Nothing queued: nothing to defer.
+        assert!(!l.defer_answers());
+        l.tx.extend_from_slice(b"ack one");
+        assert!(l.defer_answers());
+        assert!(received(&mut peer).is_empty(), "kept back");
+        // The next pass sends them, with whatever it added.
+        l.tx.extend_from_slice(b" ack two");
+        assert!(!l.defer_answers(), "deferred once already");
+        l.flush(now, &mut st);
+        assert_eq!(received(&mut peer), b"ack one ack two");
+        assert_eq!(st.writes, 1);
+        // Answers after the flush may be deferred again.
+        l.tx.extend_from_slice(b"three");
+        assert!(l.defer_answers());
+        l.flush(now, &mut st);
+        assert_eq!(received(&mut peer), b"three");
+    }
+
+    #[test]
+    fn answers_go_at_once_with_a_request_or_when_long() {
+        let (mut l, mut peer) = link();
+        let mut st = WireStats::default();
+        l.tx.extend_from_slice(b"ack");
+        l.put_req(&read_request(8, 0), 0, &[]);
+        assert!(
+            !l.defer_answers(),
+            "a request goes now, and the answers with it"
+        );
+        l.flush(Instant::now(), &mut st);
+        assert!(received(&mut peer).starts_with(b"ack"));
+        l.tx.resize(DEFER_MAX + 1, 0);
+        assert!(!l.defer_answers(), "READ data over the bound goes now");
+    }
+
+    #[test]
+    fn a_dropped_link_sends_the_answers_it_deferred() {
+        let (mut l, mut peer) = link();
+        l.tx.extend_from_slice(b"last ack");
+        assert!(l.defer_answers());
+        drop(l);
+        assert_eq!(received(&mut peer), b"last ack");
     }
 }
