@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
-use crate::params::{self, Backend, Dist, Params};
+use crate::params::{self, Backend, Dist, IdleYield, Params};
 
 /// Two-node KV daemon benchmark, launched with mpirun: copyrpc against UCX
 /// active messages.
@@ -76,6 +76,11 @@ pub struct WorkloadArgs {
     /// so that the ipc layer is crossed between processes.
     #[arg(long)]
     pub client_procs: bool,
+    /// When an idle daemon or client yields its core: auto (at once when
+    /// the busy threads of the ranks on a host outnumber its cores, else
+    /// never), never, or after N empty rounds.
+    #[arg(long, default_value = "auto")]
+    pub idle_yield: String,
 }
 
 /// `benchkv run`.
@@ -142,6 +147,7 @@ impl WorkloadArgs {
             runs: self.runs,
             seed: self.seed,
             verify: self.verify,
+            idle_yield: IdleYield::parse(&self.idle_yield)?,
         })
     }
 }
@@ -212,6 +218,14 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("unknown backend")
+        );
+        let cli = parse(&["--idle-yield", "0"]).unwrap();
+        assert!(
+            cli.run
+                .params()
+                .unwrap_err()
+                .to_string()
+                .contains("--idle-yield")
         );
         let cli = parse(&["--dist", "zipf:0"]).unwrap();
         assert!(cli.run.params().is_err());

@@ -29,8 +29,6 @@ use crate::workload::{Op, OpKind, OpStream};
 
 /// A client that gets no response for this long fails the run.
 pub const STALL: Duration = Duration::from_secs(30);
-/// Empty polls before a client yields its core.
-const IDLE_POLLS: u32 = 64;
 /// Mismatches described in full (the rest are counted).
 pub const EXAMPLES: usize = 8;
 
@@ -154,6 +152,7 @@ impl<const N: usize> Client<N> {
             examples: Vec::new(),
         };
         let mut idle = 0u32;
+        let idle_rounds = p.idle_yield.rounds();
         let mut last_response = Instant::now();
         let mut rounds = 0u32;
         loop {
@@ -187,10 +186,12 @@ impl<const N: usize> Client<N> {
                     self.slots.len() - self.free.len()
                 )));
             }
-            idle += 1;
-            if idle >= IDLE_POLLS {
-                std::thread::yield_now();
-                idle = 0;
+            if let Some(n) = idle_rounds {
+                idle += 1;
+                if idle >= n {
+                    std::thread::yield_now();
+                    idle = 0;
+                }
             }
         }
     }

@@ -24,6 +24,7 @@ use inproc::flux::{FluxError, FluxNode};
 use crate::error::Error;
 use crate::ipc_link::{Front, Token};
 use crate::net::{NetError, Network, Refused};
+use crate::params::IdleYield;
 use crate::route::Routing;
 use crate::store::Shard;
 use crate::wire::{self, KvReq, KvResp, ReqHeader, Status};
@@ -31,8 +32,6 @@ use crate::workload::OpKind;
 
 /// Client requests taken per round before the other sources are served.
 pub const BATCH: usize = 32;
-/// Empty rounds before a daemon yields its core.
-const IDLE_ROUNDS: u32 = 64;
 
 /// A Flux node of a rank's daemon mesh.
 pub type Flux<const N: usize> = FluxNode<Onesided, KvReq<N>, KvResp<N>, Token>;
@@ -97,6 +96,8 @@ pub struct Daemon<const N: usize, Net> {
     waiting: usize,
     counts: DaemonCounts,
     control: Arc<Control>,
+    /// Empty rounds in a row before yielding the core; `None`: never.
+    idle_rounds: Option<u32>,
 }
 
 /// Executes a request on `shard`, which is daemon `daemon` of `rank`;
@@ -157,6 +158,7 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
         flux: Flux<N>,
         net: Net,
         control: Arc<Control>,
+        idle_yield: IdleYield,
     ) -> Daemon<N, Net> {
         let queues = |n: usize| (0..n).map(|_| VecDeque::new()).collect();
         let mut shard = Shard::new(routing.shard_len(rank, index), value_size);
@@ -176,6 +178,7 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
             waiting: 0,
             counts: DaemonCounts::default(),
             control,
+            idle_rounds: idle_yield.rounds(),
         }
     }
 
@@ -228,10 +231,12 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
             if self.control.stop.load(Ordering::Relaxed) {
                 return Ok(self.counts);
             }
-            idle += 1;
-            if idle >= IDLE_ROUNDS {
-                std::thread::yield_now();
-                idle = 0;
+            if let Some(n) = self.idle_rounds {
+                idle += 1;
+                if idle >= n {
+                    std::thread::yield_now();
+                    idle = 0;
+                }
             }
         }
     }

@@ -162,6 +162,7 @@ fn serve<const N: usize, Net: Bootstrap + Network<Token>>(
         s.flux,
         net,
         s.control,
+        s.params.idle_yield,
     );
     s.ready_tx
         .send((index, daemon.transport()))
@@ -216,6 +217,18 @@ fn collect<T>(
 
 fn run_class<const N: usize>(mpi: &Mpi, p: &Params) -> Result<Option<Report>, Error> {
     let (rank, ranks) = (mpi.rank(), mpi.size());
+    // The idle policy: how many busy threads share this rank's cores.
+    let me = machine::host();
+    let here = mpi
+        .all_gather_bytes(me.as_bytes())
+        .iter()
+        .filter(|h| h.as_slice() == me.as_bytes())
+        .count();
+    let cores = machine::cpus_online().min(machine::cpus_allowed());
+    let p = &Params {
+        idle_yield: p.idle_yield.resolve(here * (p.daemons + p.clients), cores),
+        ..p.clone()
+    };
     let d = p.daemons;
     let routing = Routing::new(ranks, d as u32, p.keys);
     let run_id = mpi.broadcast_u64(if rank == 0 { unique_id() } else { 0 });
@@ -470,11 +483,18 @@ fn metadata(mpi: &Mpi, p: &Params, ranks: &[RankReport]) -> Metadata {
     let cores = machine::cpus_online();
     let allowed: Vec<usize> = ranks.iter().map(|r| r.cpus_allowed).collect();
     let mut notes = Vec::new();
+    let idle = match p.idle_yield.rounds() {
+        Some(1) => "idle threads yield their core at once".to_string(),
+        Some(n) => format!("idle threads yield their core after {n} empty rounds"),
+        None => "idle threads never yield".to_string(),
+    };
     if busy > cores {
         notes.push(format!(
-            "{busy} busy threads ({per_host} rank(s) × ({} daemons + {} clients)) on {cores} cores: threads outnumber cores",
-            p.daemons, p.clients
+            "{busy} busy threads ({per_host} rank(s) × ({} daemons + {} clients)) on {cores} cores: threads outnumber cores; {idle}",
+            p.daemons, p.clients,
         ));
+    } else if p.idle_yield.rounds().is_some() {
+        notes.push(idle);
     }
     if let Some(min) = allowed
         .iter()

@@ -132,6 +132,70 @@ impl fmt::Display for Dist {
     }
 }
 
+/// When a daemon or client with nothing to do gives its core away
+/// (`sched_yield`), so that a thread with work sharing the core runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdleYield {
+    /// Decided by each rank when the run starts: at once (after one empty
+    /// round) when the busy threads of the ranks on its host outnumber its
+    /// cores, else never.
+    Auto,
+    /// Never: every thread has a core of its own.
+    Never,
+    /// After this many empty rounds in a row.
+    After(u32),
+}
+
+/// Most empty rounds `--idle-yield` may ask for.
+pub const MAX_IDLE_ROUNDS: u32 = 1 << 20;
+
+impl IdleYield {
+    /// Parses `auto`, `never` or a number of empty rounds (1 or more).
+    pub fn parse(s: &str) -> Result<IdleYield, Error> {
+        match s {
+            "auto" => Ok(IdleYield::Auto),
+            "never" => Ok(IdleYield::Never),
+            n => match n.parse::<u32>() {
+                Ok(n @ 1..=MAX_IDLE_ROUNDS) => Ok(IdleYield::After(n)),
+                _ => Err(Error::Params(format!(
+                    "--idle-yield {s:?} (expected auto, never, or empty rounds 1..={MAX_IDLE_ROUNDS})"
+                ))),
+            },
+        }
+    }
+
+    /// `Auto` decided for `busy` busy threads on `cores` cores; the
+    /// others as they are.
+    pub fn resolve(self, busy: usize, cores: usize) -> IdleYield {
+        match self {
+            IdleYield::Auto if busy > cores => IdleYield::After(1),
+            IdleYield::Auto => IdleYield::Never,
+            other => other,
+        }
+    }
+
+    /// Empty rounds before yielding; `None`: never. An unresolved `Auto`
+    /// yields at once (the choice for a shared core, which is safe when
+    /// nothing is known).
+    pub fn rounds(self) -> Option<u32> {
+        match self {
+            IdleYield::Auto => Some(1),
+            IdleYield::Never => None,
+            IdleYield::After(n) => Some(n),
+        }
+    }
+}
+
+impl fmt::Display for IdleYield {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdleYield::Auto => f.write_str("auto"),
+            IdleYield::Never => f.write_str("never"),
+            IdleYield::After(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// One run's parameters (per rank unless said otherwise).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Params {
@@ -164,6 +228,9 @@ pub struct Params {
     pub seed: u64,
     /// Check every GET against the last PUT of its key.
     pub verify: bool,
+    /// When idle daemons and clients yield their core (resolved by each
+    /// rank when the run starts; reports show what it decided).
+    pub idle_yield: IdleYield,
 }
 
 impl Default for Params {
@@ -183,6 +250,7 @@ impl Default for Params {
             runs: 1,
             seed: 1,
             verify: false,
+            idle_yield: IdleYield::Auto,
         }
     }
 }
@@ -279,6 +347,7 @@ impl Params {
             ("runs", self.runs.to_string()),
             ("seed", self.seed.to_string()),
             ("verify", self.verify.to_string()),
+            ("idle_yield", self.idle_yield.to_string()),
         ]
     }
 }
@@ -432,5 +501,29 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("x").is_err());
         assert!(parse_seconds("inf").is_err());
+    }
+
+    #[test]
+    fn the_idle_policy_parses_and_resolves_by_the_threads_per_core() {
+        assert_eq!(IdleYield::parse("auto").unwrap(), IdleYield::Auto);
+        assert_eq!(IdleYield::parse("never").unwrap(), IdleYield::Never);
+        assert_eq!(IdleYield::parse("64").unwrap(), IdleYield::After(64));
+        for bad in ["0", "-1", "x", "", "1048577"] {
+            let e = IdleYield::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--idle-yield"), "{bad}: {e}");
+        }
+        // Auto: at once when the busy threads outnumber the cores, else
+        // never; a policy given is kept.
+        assert_eq!(IdleYield::Auto.resolve(4, 2), IdleYield::After(1));
+        assert_eq!(IdleYield::Auto.resolve(2, 2), IdleYield::Never);
+        assert_eq!(IdleYield::Never.resolve(8, 2), IdleYield::Never);
+        assert_eq!(IdleYield::After(7).resolve(1, 64), IdleYield::After(7));
+        assert_eq!(IdleYield::After(7).rounds(), Some(7));
+        assert_eq!(IdleYield::Never.rounds(), None);
+        for y in [IdleYield::Auto, IdleYield::Never, IdleYield::After(3)] {
+            assert_eq!(IdleYield::parse(&y.to_string()).unwrap(), y);
+        }
+        let pairs = Params::default().pairs();
+        assert!(pairs.contains(&("idle_yield", "auto".to_string())));
     }
 }

@@ -254,7 +254,8 @@ fn summary(
         let params: Vec<String> = m
             .params
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "backend" | "clients" | "depth"))
+            // The idle policy may differ by point: the notes say it.
+            .filter(|(k, _)| !matches!(k.as_str(), "backend" | "clients" | "depth" | "idle_yield"))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let _ = writeln!(s, "every point: {}", params.join(" "));

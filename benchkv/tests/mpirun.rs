@@ -238,6 +238,7 @@ fn bad_parameters_fail_on_every_rank_before_any_work() {
         (&["--daemons", "0"][..], "--daemons 0"),
         (&["--read-ratio", "1.5"][..], "--read-ratio 1.5"),
         (&["--dist", "zipf:0"][..], "unknown key distribution"),
+        (&["--idle-yield", "0"][..], "--idle-yield"),
         (&["sweep", "--clients", "1,0"][..], "--clients 0"),
         (
             &["sweep", "--backends", "copyrpc,rdma"][..],
