@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlx5::wqe::WriteImm;
-use mlx5::{Access, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote, Srq};
+use mlx5::{Access, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote, Srq, Syndrome};
 
 use crate::error::{CallError, CallErrorKind, EndpointError, Error, ReplyError, RpcError};
 use crate::info::EndpointInfo;
@@ -275,6 +275,9 @@ pub struct Context<U> {
     dirty: Vec<u32>,
     /// Endpoints that failed with calls still to hand back.
     failing: Vec<u32>,
+    /// Endpoints with a flushed WQE this poll, failed once the
+    /// asynchronous events were read (see [`Context::poll`]).
+    flushed: Vec<u32>,
     /// Polls that found nothing (paces the asynchronous-event check).
     idle_polls: u32,
     signal_every: u32,
@@ -334,6 +337,7 @@ impl<U> Context<U> {
             dropped: Rc::new(RefCell::new(Vec::new())),
             dirty: Vec::new(),
             failing: Vec::new(),
+            flushed: Vec::new(),
             idle_polls: ASYNC_EVERY - 1,
             signal_every: (cfg.sq_depth / 4).max(1),
             cfg,
@@ -617,6 +621,7 @@ impl<U> Context<U> {
             arrived,
             dirty,
             failing,
+            flushed,
             ..
         } = self;
         let n = cq.poll(64, |c| {
@@ -631,6 +636,11 @@ impl<U> Context<U> {
                     }
                 }
                 (Kind::Send { .. }, Ok(())) => {}
+                (_, Err(Syndrome::WrFlush)) => {
+                    if e.failed.is_none() && !flushed.contains(&ep) {
+                        flushed.push(ep);
+                    }
+                }
                 (_, Err(syndrome)) => {
                     if e.fail(EndpointError::Completion {
                         endpoint: ep,
@@ -655,22 +665,51 @@ impl<U> Context<U> {
                 dirty.push(ep);
             }
         })?;
+        if !self.flushed.is_empty() {
+            // A flushed WQE only says that its QP is in ERROR: the cause is
+            // an earlier failed completion (already recorded) or an
+            // asynchronous event (a bad request this QP answered): read
+            // those first, so the endpoint reports the cause.
+            self.async_events();
+            for ep in std::mem::take(&mut self.flushed) {
+                if self.eps[ep as usize].fail(EndpointError::Completion {
+                    endpoint: ep,
+                    syndrome: Syndrome::WrFlush,
+                }) {
+                    self.failing.push(ep);
+                }
+            }
+        }
         if self.srq.outstanding() * 2 < self.srq.depth() {
             while self.srq.outstanding() < self.srq.depth() {
                 self.srq.post_recv(&[])?;
             }
         }
         if n == 0 {
+            let flushing = !self.dirty.is_empty();
             self.flush();
+            let stepped = flushing && self.step_device;
+            if stepped {
+                // A manual device executes what was posted only when
+                // stepped: step it now, so an idle loop's batches leave in
+                // this poll, not the next one (the caller may yield its
+                // core in between).
+                self.dev.progress()?;
+            }
             if self.cfg.call_timeout.is_some() {
                 self.expire(&mut on_response);
             }
             // On hardware asking costs a syscall (a `read` of the event
             // descriptor): ask once per ASYNC_EVERY idle polls. Events are
-            // rare and a failed QP also shows in its next completion.
-            self.idle_polls = self.idle_polls.wrapping_add(1);
-            if self.idle_polls.is_multiple_of(ASYNC_EVERY) {
-                self.async_events();
+            // rare and a failed QP also shows in its next completion. Not
+            // right after a step: the completions it made are read first
+            // (the next poll), since a failed WQE's completion says more
+            // than the QP's event.
+            if !stepped {
+                self.idle_polls = self.idle_polls.wrapping_add(1);
+                if self.idle_polls.is_multiple_of(ASYNC_EVERY) {
+                    self.async_events();
+                }
             }
         }
         for ep in self.failing.drain(..) {
