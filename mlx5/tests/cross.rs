@@ -51,10 +51,18 @@ fn spawn(device: &str, qps: usize, mr_len: usize, sq: u32, rq: u32) -> PeerProce
 }
 
 /// Asserts that this side's link to `peer` is of the running test's kind
-/// (tcp devices link over tcp whatever the kind).
+/// (tcp devices link over tcp whatever the kind), and that each side has
+/// that one link: the peer connected first, so this side's connect must
+/// find the link the peer opened, not open a second one.
 fn check_link(ctx: &Context, peer: &mut PeerProcess) {
     let links = ctx.soft_links().expect("software device");
     let theirs = peer.cmd("links");
+    assert_eq!(links.len(), 1, "{links:?}");
+    let theirs_n = theirs
+        .split_whitespace()
+        .filter(|w| ["shm@", "unix@", "tcp@"].iter().any(|k| w.starts_with(k)))
+        .count();
+    assert_eq!(theirs_n, 1, "the peer's links: {theirs}");
     let tcp = theirs.contains("tcp@");
     let want = if tcp { LinkKind::Tcp } else { LINK.get() };
     assert!(

@@ -1088,6 +1088,8 @@ pub(crate) trait Adopt: Send + Sync {
     fn adopt(&self, from: [u8; 16], c: Conn);
     /// Whether the device takes shared-memory links.
     fn takes_shm(&self) -> bool;
+    /// The acceptor thread starts (`true`) or ends a handshake for it.
+    fn accepting(&self, started: bool);
 }
 
 static ACCEPTOR: Mutex<Option<&'static Acceptor>> = Mutex::new(None);
@@ -1166,9 +1168,11 @@ fn accept_loop(a: &'static Acceptor) {
             }
             while let Ok(mut s) = e.listener.accept() {
                 let Some(d) = e.dev.upgrade() else { break };
+                d.accepting(true);
                 if let Ok(Some((from, shm))) = welcome(&mut s, e.addr, d.takes_shm()) {
                     d.adopt(from, Conn { stream: s, shm });
                 }
+                d.accepting(false);
             }
         }
     }

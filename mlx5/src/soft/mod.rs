@@ -75,7 +75,7 @@ mod wire;
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -178,6 +178,7 @@ impl Device {
             listening: Mutex::new(false),
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
+            accepting: AtomicUsize::new(0),
             manual: progress == Progress::Manual,
             shm_links,
             dev,
@@ -630,6 +631,10 @@ impl Drop for Device {
     }
 }
 
+/// The longest a QP's connect waits for a handshake the acceptor thread is
+/// in the middle of (see `Device::resolve`).
+const ACCEPT_WAIT: Duration = Duration::from_millis(100);
+
 impl Device {
     /// Finds the device a connection info names: in this process, or over
     /// a link (connecting one if none is up).
@@ -652,6 +657,16 @@ impl Device {
         }
         let budget = link::ack_budget(opts.timeout, opts.retry_cnt);
         let lock = || self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        // A peer that connected to this device a moment ago (its QP was
+        // connected first) may have its WELCOME while the acceptor thread
+        // has not handed the link over yet: wait for that handover (briefly:
+        // a stranger's slow handshake must not hold this up), or this side
+        // would open a second link to the same peer, and answers and
+        // requests would not share one.
+        let wait_until = Instant::now() + ACCEPT_WAIT;
+        while self.shared.accepting.load(Ordering::Acquire) > 0 && Instant::now() < wait_until {
+            std::thread::yield_now();
+        }
         let existing = {
             let mut guard = lock();
             let eng = &mut *guard;

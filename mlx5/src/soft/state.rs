@@ -5,7 +5,7 @@
 //! and the acceptor hold of it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -344,6 +344,9 @@ pub(crate) struct Shared {
     pub(crate) pending: Mutex<Vec<([u8; 16], link::Conn)>>,
     /// Whether `pending` may hold something (spares the hot path a lock).
     pub(crate) has_pending: AtomicBool,
+    /// Handshakes the acceptor thread is in, for this device: a connector
+    /// may already have its WELCOME while the link is not yet in `pending`.
+    pub(crate) accepting: AtomicUsize,
     pub(crate) manual: bool,
     /// Links to devices of this host use shared-memory rings (unless
     /// `MLX5_SOFT_LINK=socket`).
@@ -512,6 +515,16 @@ impl link::Adopt for Shared {
 
     fn takes_shm(&self) -> bool {
         self.shm_links
+    }
+
+    fn accepting(&self, started: bool) {
+        // Release/Acquire: a `resolve` that sees the count back at zero
+        // sees the `pending` push before it.
+        if started {
+            self.accepting.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.accepting.fetch_sub(1, Ordering::Release);
+        }
     }
 }
 
