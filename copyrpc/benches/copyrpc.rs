@@ -290,6 +290,10 @@ fn raw_echo_role(args: &[String]) {
                 break;
             }
         }
+        // The ACKs of the last pass (the stop's) leave with the next one:
+        // step until idle before blocking on stdin, or the near side's
+        // link would time out waiting for them.
+        let _ = e.ctx.progress_until_idle();
         println!("done");
     }
 }
@@ -429,6 +433,8 @@ impl Rpc {
             while !back {
                 self.near.poll(|_, _| back = true).expect("poll");
             }
+            // The ACK of the stop's reply leaves with the next step.
+            let _ = self.near.device().progress_until_idle();
             assert_eq!(h.line().trim(), "done");
         }
         el

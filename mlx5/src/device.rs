@@ -163,12 +163,15 @@ impl Context {
     /// what it can (RNR retries count one attempt per call). Returns the
     /// number of WQEs (send and flushed receive) processed. Hardware and
     /// background devices need no stepping; on hardware this is
-    /// [`Error::SoftOnly`].
+    /// [`Error::SoftOnly`]. The answers to the requests a step receives
+    /// from another process may leave with the next step (see
+    /// [`Progress::Manual`]).
     pub fn progress(&self) -> Result<usize, Error> {
         self.inner.backend.progress()
     }
 
-    /// Calls [`Context::progress`] until it reports no work.
+    /// Calls [`Context::progress`] until it reports no work (its last step
+    /// sends the answers the steps before deferred).
     pub fn progress_until_idle(&self) -> Result<usize, Error> {
         let mut total = 0;
         loop {

@@ -643,6 +643,42 @@ fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
     );
 }
 
+/// A manual device dropped right after the pass that received a request
+/// (its ACK deferred to the next pass, which never comes) sends the ACK as
+/// its links close: the peer's WQE completes, its QP stays in RTS, and only
+/// then does it see the link close.
+fn a_dropped_manual_device_sends_the_acks_it_deferred() {
+    let (mut me, mut peer) = setup("soft:manual", &ConnectOpts::default());
+    peer.cmd("recv 0 4 0 0");
+    for _ in 0..4 {
+        me.qp.post_recv(&[]).unwrap();
+    }
+    let back = me.mr.remote(0);
+    peer.send(&format!("echo {} {}", back.addr, back.rkey));
+    // A message and the stop together: the peer echoes the first and
+    // leaves its echo loop (its device is still stepped).
+    me.qp
+        .post(&WriteImm::inline(peer.remote(0), b"one", 1))
+        .unwrap();
+    me.qp
+        .post(&WriteImm::inline(peer.remote(0), b"stop", u32::MAX))
+        .unwrap();
+    me.qp.ring_doorbell();
+    let c = me.expect(1);
+    assert_eq!((c[0].kind, c[0].imm), (Kind::RecvWriteImm, 1));
+    assert_eq!(peer.line(), "ok 1");
+    drop(me);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peer.cmd("links").contains('@') {
+        assert!(
+            Instant::now() < deadline,
+            "the peer never saw the link close"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(peer.cmd("state 0"), "Rts", "the echo's WQE was not ACKed");
+}
+
 fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
     use std::io::Read as _;
     use std::os::linux::net::SocketAddrExt;
@@ -1393,6 +1429,7 @@ over_both!(
     a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link,
     manual_progress_across_processes,
     a_manual_ping_pong_sends_each_ack_with_the_next_request,
+    a_dropped_manual_device_sends_the_acks_it_deferred,
     a_malformed_frame_after_the_handshake_closes_that_link_only,
     drop_peer_fails_the_qps_and_refuses_reconnecting,
     an_idle_linked_device_sleeps_and_a_frame_wakes_it,

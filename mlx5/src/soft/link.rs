@@ -259,6 +259,9 @@ pub(crate) struct Link {
     next_check: Instant,
     /// Look at it in the next pass (the device thread woke up).
     check_now: bool,
+    /// The control socket said the peer is gone: what it published in the
+    /// ring before is read, then the link dies.
+    peer_closed: bool,
     /// Bytes of frames staged in the ring, not yet published (by the
     /// pass's flush).
     staged: usize,
@@ -301,6 +304,10 @@ pub(crate) struct Link {
     pub(crate) delay: Duration,
     /// A REQ was queued since the last flush.
     req_queued: bool,
+    /// An answer was queued since the last flush.
+    answered: bool,
+    /// The last flush left bytes unwritten (ring or socket full).
+    carried: bool,
     /// The answers in `tx` were kept back by the last pass (see
     /// [`Link::defer_answers`]): the next flush sends them.
     answers_deferred: bool,
@@ -363,7 +370,10 @@ impl Link {
             timeout: ack_budget(14, 7),
             blackhole: false,
             delay: Duration::ZERO,
+            peer_closed: false,
             req_queued: false,
+            answered: false,
+            carried: false,
             answers_deferred: false,
         }
     }
@@ -604,6 +614,11 @@ impl Link {
                 }
             }
         }
+        if self.peer_closed && got == 0 && self.is_up() {
+            // Everything the peer published before it went is read.
+            self.kill("the peer closed the connection".into());
+            return 0;
+        }
         if got > 0 && self.shm.is_some() && self.wake_peer() {
             st.wakeups += 1;
         }
@@ -617,7 +632,9 @@ impl Link {
     }
 
     /// A shared-memory link's socket carries only wake-up bytes after the
-    /// handshake: they are drained; EOF is the peer's death.
+    /// handshake: they are drained; EOF is the peer's death (the link dies
+    /// once the ring is read empty: frames published before it, such as
+    /// the answers a dropped device sends, are handled first).
     fn check_control(&mut self) {
         let Some(s) = self.stream.as_mut() else {
             return;
@@ -627,7 +644,10 @@ impl Link {
         let mut b = [0u8; 256];
         for _ in 0..16 {
             match s.read(&mut b) {
-                Ok(0) => return self.kill("the peer closed the connection".into()),
+                Ok(0) => {
+                    self.peer_closed = true;
+                    return;
+                }
                 Ok(n) if n < b.len() => return,
                 Ok(_) => {}
                 Err(e)
@@ -751,7 +771,15 @@ impl Link {
     /// takes it all). Returns the next time held bytes may go.
     pub(crate) fn flush(&mut self, now: Instant, st: &mut WireStats) -> Option<Instant> {
         self.req_queued = false;
+        self.answered = false;
         self.answers_deferred = false;
+        let next = self.write_out(now, st);
+        self.carried = self.backlog() > 0;
+        next
+    }
+
+    /// `flush`'s writing: what is ready goes to the ring or the socket.
+    fn write_out(&mut self, now: Instant, st: &mut WireStats) -> Option<Instant> {
         if self.blackhole {
             self.tx.clear();
             self.tx_head = 0;
@@ -836,10 +864,13 @@ impl Link {
         self.compact_tx();
     }
 
-    /// Over shared memory, once `EAGER` bytes of answers are queued (READ
-    /// data), sends them now rather than at the pass's flush, so the peer
-    /// copies them out while this side reads the next ones.
+    /// Called after each answer is queued: notes it (see
+    /// [`Link::defer_answers`]) and, over shared memory, once `EAGER` bytes
+    /// of answers are queued (READ data), sends them now rather than at the
+    /// pass's flush, so the peer copies them out while this side reads the
+    /// next ones.
     pub(crate) fn answer_early(&mut self, st: &mut WireStats) {
+        self.answered = true;
         if self.shm.is_some()
             && self.backlog() >= EAGER
             && self.delay.is_zero()
@@ -852,17 +883,20 @@ impl Link {
     }
 
     /// Whether a manual device's pass keeps this link's answers for its
-    /// next pass instead of sending them now: when the pass queued only
-    /// answers (a few ACKs, no request of its own), and the last pass did
-    /// not defer them already. The application that just got the requests'
-    /// completions usually answers at once, and its next pass then sends
-    /// the ACKs and its requests together, as one store into the ring (one
-    /// cache line for the peer to fetch, not two) or one `write`. At most
-    /// one pass: a pass that receives nothing still sends them, and
-    /// dropping the device sends what is left.
+    /// next pass instead of sending them now: when all this link has to
+    /// send is answers the pass queued (a few ACKs, no request of its own,
+    /// nothing a full ring or socket left over), and the last pass did not
+    /// defer them already. An application that posts on seeing the
+    /// requests' completions, before its next pass, then gets the ACKs and
+    /// its requests sent together, as one store into the ring (one cache
+    /// line for the peer to fetch, not two) or one `write`. At most one
+    /// pass: the next pass sends them whatever it does, and dropping the
+    /// device sends what is left.
     pub(crate) fn defer_answers(&mut self) -> bool {
         let defer = !self.answers_deferred
+            && self.answered
             && !self.req_queued
+            && !self.carried
             && self.backlog() > 0
             && self.backlog() <= DEFER_MAX
             && self.delay.is_zero()
@@ -1303,16 +1337,19 @@ mod tests {
         // Nothing queued: nothing to defer.
         assert!(!l.defer_answers());
         l.tx.extend_from_slice(b"ack one");
+        l.answer_early(&mut st);
         assert!(l.defer_answers());
         assert!(received(&mut peer).is_empty(), "kept back");
         // The next pass sends them, with whatever it added.
         l.tx.extend_from_slice(b" ack two");
+        l.answer_early(&mut st);
         assert!(!l.defer_answers(), "deferred once already");
         l.flush(now, &mut st);
         assert_eq!(received(&mut peer), b"ack one ack two");
         assert_eq!(st.writes, 1);
         // Answers after the flush may be deferred again.
         l.tx.extend_from_slice(b"three");
+        l.answer_early(&mut st);
         assert!(l.defer_answers());
         l.flush(now, &mut st);
         assert_eq!(received(&mut peer), b"three");
@@ -1323,6 +1360,7 @@ mod tests {
         let (mut l, mut peer) = link();
         let mut st = WireStats::default();
         l.tx.extend_from_slice(b"ack");
+        l.answer_early(&mut st);
         l.put_req(&read_request(8, 0), 0, &[]);
         assert!(
             !l.defer_answers(),
@@ -1331,13 +1369,35 @@ mod tests {
         l.flush(Instant::now(), &mut st);
         assert!(received(&mut peer).starts_with(b"ack"));
         l.tx.resize(DEFER_MAX + 1, 0);
+        l.answer_early(&mut st);
         assert!(!l.defer_answers(), "READ data over the bound goes now");
+    }
+
+    #[test]
+    fn only_answers_of_this_pass_are_deferred() {
+        let (mut l, _peer) = link();
+        let mut st = WireStats::default();
+        // Bytes queued without an answer: nothing to defer.
+        l.tx.extend_from_slice(b"not an answer");
+        assert!(!l.defer_answers(), "no answer was queued");
+        // A flush that leaves bytes behind (the socket is full): the next
+        // pass sends them, and its answers with them, at once.
+        l.tx.resize(16 << 20, 7);
+        l.flush(Instant::now(), &mut st);
+        assert!(l.backlog() > 0, "the socket took 16 MiB at once");
+        // A small leftover (under the bound on deferred bytes).
+        l.tx.truncate(l.tx_head + 100);
+        l.tx_ready = l.tx.len();
+        l.tx.extend_from_slice(b"ack");
+        l.answer_early(&mut st);
+        assert!(!l.defer_answers(), "bytes a full socket left over go now");
     }
 
     #[test]
     fn a_dropped_link_sends_the_answers_it_deferred() {
         let (mut l, mut peer) = link();
         l.tx.extend_from_slice(b"last ack");
+        l.answer_early(&mut WireStats::default());
         assert!(l.defer_answers());
         drop(l);
         assert_eq!(received(&mut peer), b"last ack");

@@ -101,7 +101,13 @@ pub enum Progress {
     /// when work stops, then sleeps until the next doorbell.
     Background,
     /// Nothing happens until [`crate::Context::progress`] is called: tests step
-    /// the device deterministically.
+    /// the device deterministically, and one-thread applications poll it.
+    /// Across processes such a device answers (ACKs) a peer's requests at
+    /// the pass that executes them or at the next one (sent with the
+    /// requests the application posts in between): keep stepping it, or
+    /// call [`crate::Context::progress_until_idle`] before blocking on
+    /// something else, so the peer's WQEs complete; dropping the device
+    /// sends what is left.
     Manual,
 }
 

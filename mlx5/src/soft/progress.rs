@@ -410,9 +410,11 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) {
     } = eng;
     dead.clear();
     for link in links.iter_mut() {
-        if link.is_up() && shared.manual && link.defer_answers() {
-            // Sent by the next pass (see `Link::defer_answers`).
-        } else if link.is_up()
+        // A manual device's answers may wait for the next pass (see
+        // `Link::defer_answers`).
+        let defer = shared.manual && link.is_up() && link.defer_answers();
+        if !defer
+            && link.is_up()
             && let Some(t) = link.flush(now, stats)
         {
             min_timer(next_timer, t);
