@@ -11,8 +11,9 @@
 //!
 //! The loop, every round: up to [`BATCH`] client requests, Flux responses
 //! and requests, a network poll, the waiting queues. A round with nothing
-//! to do counts towards yielding the CPU (other busy threads may need it
-//! on an oversubscribed host).
+//! to do counts towards yielding the CPU, as the idle policy says
+//! (`--idle-yield`: other busy threads may need it on a host whose cores
+//! they share).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -33,7 +33,7 @@ use crate::mpi_boot::Mpi;
 use crate::net::copyrpc::CopyrpcNet;
 use crate::net::ucx::UcxNet;
 use crate::net::{Bootstrap, NetError, NetSetup, Network};
-use crate::params::{Backend, Params};
+use crate::params::{self, Backend, Params};
 use crate::progress::Progress;
 use crate::report::{Metadata, RankReport, RankRun, Report, hist_pairs};
 use crate::route::{KeySpace, Routing};
@@ -217,16 +217,22 @@ fn collect<T>(
 
 fn run_class<const N: usize>(mpi: &Mpi, p: &Params) -> Result<Option<Report>, Error> {
     let (rank, ranks) = (mpi.rank(), mpi.size());
-    // The idle policy: how many busy threads share this rank's cores.
+    // The idle policy: whether this rank's busy threads share cores.
     let me = machine::host();
     let here = mpi
         .all_gather_bytes(me.as_bytes())
         .iter()
         .filter(|h| h.as_slice() == me.as_bytes())
         .count();
-    let cores = machine::cpus_online().min(machine::cpus_allowed());
+    let per_rank = p.daemons + p.clients;
+    let shared = params::shares_cores(
+        here * per_rank,
+        machine::cpus_online(),
+        per_rank,
+        machine::cpus_allowed(),
+    );
     let p = &Params {
-        idle_yield: p.idle_yield.resolve(here * (p.daemons + p.clients), cores),
+        idle_yield: p.idle_yield.resolve(shared),
         ..p.clone()
     };
     let d = p.daemons;
@@ -483,18 +489,11 @@ fn metadata(mpi: &Mpi, p: &Params, ranks: &[RankReport]) -> Metadata {
     let cores = machine::cpus_online();
     let allowed: Vec<usize> = ranks.iter().map(|r| r.cpus_allowed).collect();
     let mut notes = Vec::new();
-    let idle = match p.idle_yield.rounds() {
-        Some(1) => "idle threads yield their core at once".to_string(),
-        Some(n) => format!("idle threads yield their core after {n} empty rounds"),
-        None => "idle threads never yield".to_string(),
-    };
     if busy > cores {
         notes.push(format!(
-            "{busy} busy threads ({per_host} rank(s) × ({} daemons + {} clients)) on {cores} cores: threads outnumber cores; {idle}",
+            "{busy} busy threads ({per_host} rank(s) × ({} daemons + {} clients)) on {cores} cores: threads outnumber cores",
             p.daemons, p.clients,
         ));
-    } else if p.idle_yield.rounds().is_some() {
-        notes.push(idle);
     }
     if let Some(min) = allowed
         .iter()
@@ -506,6 +505,9 @@ fn metadata(mpi: &Mpi, p: &Params, ranks: &[RankReport]) -> Metadata {
             "a rank may run on only {min} CPU(s) for its {per_rank} busy threads (mpirun binds ranks to cores by default; --bind-to none lifts it)"
         ));
     }
+    // Always: the policy is part of what a figure means (rank 0's; each
+    // rank decides its own, the same way).
+    notes.push(p.idle_yield.describe());
     Metadata {
         cpu: machine::cpu(),
         cores,

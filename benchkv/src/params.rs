@@ -136,9 +136,9 @@ impl fmt::Display for Dist {
 /// (`sched_yield`), so that a thread with work sharing the core runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IdleYield {
-    /// Decided by each rank when the run starts: at once (after one empty
-    /// round) when the busy threads of the ranks on its host outnumber its
-    /// cores, else never.
+    /// Decided by each rank when it starts (once for all its runs): at
+    /// once (after one empty round) when its threads share cores (see
+    /// [`shares_cores`]), else never.
     Auto,
     /// Never: every thread has a core of its own.
     Never,
@@ -164,13 +164,22 @@ impl IdleYield {
         }
     }
 
-    /// `Auto` decided for `busy` busy threads on `cores` cores; the
-    /// others as they are.
-    pub fn resolve(self, busy: usize, cores: usize) -> IdleYield {
+    /// `Auto` decided (`shared`: the rank's busy threads share cores);
+    /// the others as they are.
+    pub fn resolve(self, shared: bool) -> IdleYield {
         match self {
-            IdleYield::Auto if busy > cores => IdleYield::After(1),
+            IdleYield::Auto if shared => IdleYield::After(1),
             IdleYield::Auto => IdleYield::Never,
             other => other,
+        }
+    }
+
+    /// What the reports say of the policy.
+    pub fn describe(self) -> String {
+        match self.rounds() {
+            Some(1) => "idle threads yield their core at once".into(),
+            Some(n) => format!("idle threads yield their core after {n} empty rounds"),
+            None => "idle threads never yield their core".into(),
         }
     }
 
@@ -194,6 +203,14 @@ impl fmt::Display for IdleYield {
             IdleYield::After(n) => write!(f, "{n}"),
         }
     }
+}
+
+/// Whether a rank's busy threads share cores: `host_busy` busy threads of
+/// all the ranks on its host against the host's `online` CPUs, or its own
+/// `per_rank` against the CPUs it may run on (`allowed`: mpirun may bind
+/// it to fewer).
+pub fn shares_cores(host_busy: usize, online: usize, per_rank: usize, allowed: usize) -> bool {
+    host_busy > online || per_rank > allowed
 }
 
 /// One run's parameters (per rank unless said otherwise).
@@ -512,12 +529,25 @@ mod tests {
             let e = IdleYield::parse(bad).unwrap_err().to_string();
             assert!(e.contains("--idle-yield"), "{bad}: {e}");
         }
-        // Auto: at once when the busy threads outnumber the cores, else
-        // never; a policy given is kept.
-        assert_eq!(IdleYield::Auto.resolve(4, 2), IdleYield::After(1));
-        assert_eq!(IdleYield::Auto.resolve(2, 2), IdleYield::Never);
-        assert_eq!(IdleYield::Never.resolve(8, 2), IdleYield::Never);
-        assert_eq!(IdleYield::After(7).resolve(1, 64), IdleYield::After(7));
+        // Auto: at once when threads share cores, else never; a policy
+        // given is kept.
+        assert_eq!(IdleYield::Auto.resolve(true), IdleYield::After(1));
+        assert_eq!(IdleYield::Auto.resolve(false), IdleYield::Never);
+        assert_eq!(IdleYield::Never.resolve(true), IdleYield::Never);
+        assert_eq!(IdleYield::After(7).resolve(false), IdleYield::After(7));
+        // Two ranks of 3 threads on 8 CPUs share none, even bound to 4
+        // each; on 4 CPUs, or bound to 2, they do.
+        assert!(!shares_cores(6, 8, 3, 4));
+        assert!(shares_cores(6, 4, 3, 4));
+        assert!(shares_cores(6, 8, 3, 2));
+        assert_eq!(
+            IdleYield::Never.describe(),
+            "idle threads never yield their core"
+        );
+        assert_eq!(
+            IdleYield::After(1).describe(),
+            "idle threads yield their core at once"
+        );
         assert_eq!(IdleYield::After(7).rounds(), Some(7));
         assert_eq!(IdleYield::Never.rounds(), None);
         for y in [IdleYield::Auto, IdleYield::Never, IdleYield::After(3)] {

@@ -25,6 +25,32 @@ fn ping_pong_round_trips_in_order_with_user_data() {
     }
 }
 
+/// On manual devices, one poll of the caller that finds nothing flushes
+/// the call and steps the device, so the call has left when the poll
+/// returns: the other side receives it without the caller polling again,
+/// and its reply comes back within one more poll of each side.
+#[test]
+fn an_idle_poll_sends_the_call_it_flushes() {
+    let (mut a, mut b) = pair::<u64>(Progress::Manual, 1, config(Limits::default()));
+    a.ctx.call(a.eps[0], b"ping", 7).unwrap();
+    assert_eq!(a.poll(), 0);
+    b.poll();
+    let req = b
+        .ctx
+        .recv()
+        .expect("the call arrived after one poll of the caller");
+    assert_eq!(req.data(), b"ping");
+    b.ctx.reply(req, b"pong").unwrap();
+    assert_eq!(b.poll(), 0);
+    a.poll();
+    assert_eq!(
+        a.done.len(),
+        1,
+        "the reply arrived after one poll of the server"
+    );
+    assert_eq!(a.done[0].1.as_deref().unwrap(), b"pong");
+}
+
 #[test]
 fn many_endpoints_each_get_their_own_replies() {
     let (mut a, mut b) = pair::<(usize, u32)>(Progress::Manual, 16, config(Limits::default()));

@@ -820,8 +820,24 @@ fn layer_benchkv(run: &Run, plots: &mut Vec<(String, String)>) -> String {
         return t;
     }
     t += &format!("### {}\n\n", LAYER_SUBSECTIONS[0]);
-    if let Some(n) = run.benchkv.iter().find_map(|p| p.note.as_deref()) {
-        let _ = writeln!(t, "benchkv notes: {n}.\n");
+    // Notes differ by point (threads per core, the idle policy): each
+    // distinct one once, with the client counts it holds for.
+    let mut notes: Vec<(&str, Vec<u32>)> = Vec::new();
+    for p in &run.benchkv {
+        let Some(n) = p.note.as_deref() else { continue };
+        match notes.iter_mut().find(|(m, _)| *m == n) {
+            Some((_, cs)) if !cs.contains(&p.clients) => cs.push(p.clients),
+            Some(_) => {}
+            None => notes.push((n, vec![p.clients])),
+        }
+    }
+    for (n, cs) in &notes {
+        let cs: Vec<String> = cs.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            t,
+            "benchkv notes ({} client(s) per rank): {n}.\n",
+            cs.join(", ")
+        );
     }
     t += "| backend | clients | depth | ops/s min | median | max | p50 | p99 | p99.9 | vs copyrpc (rate) |\n\
           |---|---|---|---|---|---|---|---|---|---|\n";
@@ -1144,12 +1160,12 @@ fn metadata_section(run: &Run) -> String {
     }
     if let Some(p) = run.benchkv.first() {
         let _ = writeln!(t, "| benchkv ranks | {} |", p.ranks);
-        // Backend, clients and depth vary by point (the benchkv table);
-        // the rest is the sweep's.
+        // Backend, clients and depth vary by point (the benchkv table), and
+        // so may the idle policy (the notes above); the rest is the sweep's.
         for (k, v) in p
             .params
             .iter()
-            .filter(|(k, _)| !["backend", "clients", "depth"].contains(&k.as_str()))
+            .filter(|(k, _)| !["backend", "clients", "depth", "idle_yield"].contains(&k.as_str()))
         {
             let _ = writeln!(t, "| benchkv {k} | {v} |");
         }
