@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 
 use crate::error::Error;
 use crate::ipc_link::{Link, LinkCallError};
-use crate::params::Params;
+use crate::params::{Idler, Params};
 use crate::route::KeySpace;
 use crate::value;
 use crate::wire::{KvReq, KvResp, Status};
@@ -151,8 +151,7 @@ impl<const N: usize> Client<N> {
             bad_status: 0,
             examples: Vec::new(),
         };
-        let mut idle = 0u32;
-        let idle_rounds = p.idle_yield.rounds();
+        let mut idler = Idler::new(p.idle_yield);
         let mut last_response = Instant::now();
         let mut rounds = 0u32;
         loop {
@@ -166,7 +165,7 @@ impl<const N: usize> Client<N> {
             let n = self.collect(measure_from, end, &mut out)?;
             rounds = rounds.wrapping_add(1);
             if n > 0 {
-                idle = 0;
+                idler.busy();
                 last_response = now;
                 // Relaxed: a counter for the progress line only.
                 self.progress.fetch_add(n as u64, Ordering::Relaxed);
@@ -186,13 +185,7 @@ impl<const N: usize> Client<N> {
                     self.slots.len() - self.free.len()
                 )));
             }
-            if let Some(n) = idle_rounds {
-                idle += 1;
-                if idle >= n {
-                    std::thread::yield_now();
-                    idle = 0;
-                }
-            }
+            idler.idle();
         }
     }
 

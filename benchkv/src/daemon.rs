@@ -25,7 +25,7 @@ use inproc::flux::{FluxError, FluxNode};
 use crate::error::Error;
 use crate::ipc_link::{Front, Token};
 use crate::net::{NetError, Network, Refused};
-use crate::params::IdleYield;
+use crate::params::{IdleYield, Idler};
 use crate::route::Routing;
 use crate::store::Shard;
 use crate::wire::{self, KvReq, KvResp, ReqHeader, Status};
@@ -97,8 +97,8 @@ pub struct Daemon<const N: usize, Net> {
     waiting: usize,
     counts: DaemonCounts,
     control: Arc<Control>,
-    /// Empty rounds in a row before yielding the core; `None`: never.
-    idle_rounds: Option<u32>,
+    /// When an empty round yields the core.
+    idler: Idler,
 }
 
 /// Executes a request on `shard`, which is daemon `daemon` of `rank`;
@@ -179,7 +179,7 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
             waiting: 0,
             counts: DaemonCounts::default(),
             control,
-            idle_rounds: idle_yield.rounds(),
+            idler: Idler::new(idle_yield),
         }
     }
 
@@ -207,7 +207,6 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
 
     /// Runs until told to stop; returns what it did.
     pub fn run(mut self) -> Result<DaemonCounts, Error> {
-        let mut idle = 0u32;
         let mut quiesced = false;
         loop {
             let work = self.round()?;
@@ -226,19 +225,13 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
                 quiesced = true;
             }
             if work > 0 {
-                idle = 0;
+                self.idler.busy();
                 continue;
             }
             if self.control.stop.load(Ordering::Relaxed) {
                 return Ok(self.counts);
             }
-            if let Some(n) = self.idle_rounds {
-                idle += 1;
-                if idle >= n {
-                    std::thread::yield_now();
-                    idle = 0;
-                }
-            }
+            self.idler.idle();
         }
     }
 

@@ -205,6 +205,40 @@ impl fmt::Display for IdleYield {
     }
 }
 
+/// A busy loop's empty rounds, counted to give the core away as an
+/// [`IdleYield`] says.
+#[derive(Debug)]
+pub struct Idler {
+    after: Option<u32>,
+    empty: u32,
+}
+
+impl Idler {
+    /// Counting for `policy`.
+    pub fn new(policy: IdleYield) -> Idler {
+        Idler {
+            after: policy.rounds(),
+            empty: 0,
+        }
+    }
+
+    /// A round that did something.
+    pub fn busy(&mut self) {
+        self.empty = 0;
+    }
+
+    /// A round that found nothing: yields the core when the policy says.
+    pub fn idle(&mut self) {
+        if let Some(n) = self.after {
+            self.empty += 1;
+            if self.empty >= n {
+                std::thread::yield_now();
+                self.empty = 0;
+            }
+        }
+    }
+}
+
 /// Whether a rank's busy threads share cores: `host_busy` busy threads of
 /// all the ranks on its host against the host's `online` CPUs, or its own
 /// `per_rank` against the CPUs it may run on (`allowed`: mpirun may bind
