@@ -531,7 +531,9 @@ impl Link {
 
     /// After publishing bytes or freeing ring space: sends the peer a
     /// wake-up byte on the control socket if it sleeps (once per sleep;
-    /// never blocking). True if it did.
+    /// never blocking). True if the peer was woken: the byte went, or the
+    /// socket was full (the peer has bytes to read, so it wakes anyway);
+    /// not when the socket failed (the peer is gone).
     fn wake_peer(&mut self) -> bool {
         let Some(p) = self.shm.as_mut() else {
             return false;
@@ -539,20 +541,20 @@ impl Link {
         if !p.peer_asleep() {
             return false;
         }
-        if let Some(s) = &self.stream {
-            // SAFETY: sends one byte from a live buffer on our own socket;
-            // MSG_DONTWAIT: a full buffer (the peer has bytes to read, so it
-            // wakes anyway) is EAGAIN, never a wait.
-            let _ = unsafe {
-                libc::send(
-                    s.fd(),
-                    b"W".as_ptr().cast(),
-                    1,
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-        }
-        true
+        let Some(s) = &self.stream else {
+            return false;
+        };
+        // SAFETY: sends one byte from a live buffer on our own socket;
+        // MSG_DONTWAIT: a full buffer is EAGAIN, never a wait.
+        let sent = unsafe {
+            libc::send(
+                s.fd(),
+                b"W".as_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        sent == 1 || io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
     /// Bytes queued and not yet written.
