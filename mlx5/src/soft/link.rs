@@ -306,8 +306,6 @@ pub(crate) struct Link {
     req_queued: bool,
     /// An answer was queued since the last flush.
     answered: bool,
-    /// The last flush left bytes unwritten (ring or socket full).
-    carried: bool,
     /// The answers in `tx` were kept back by the last pass (see
     /// [`Link::defer_answers`]): the next flush sends them.
     answers_deferred: bool,
@@ -373,7 +371,6 @@ impl Link {
             peer_closed: false,
             req_queued: false,
             answered: false,
-            carried: false,
             answers_deferred: false,
         }
     }
@@ -564,7 +561,9 @@ impl Link {
 
     /// Reads what the socket (or the shared-memory ring) has, without
     /// blocking, at most [`RX_PASS`] bytes. Returns bytes read; the link is
-    /// killed on EOF, error, or ring memory the peer cannot have written.
+    /// killed on an error or ring memory the peer cannot have written, and
+    /// once the peer is gone (EOF on the socket, or on a shared-memory
+    /// link's control socket) at the first fill that reads nothing more.
     /// A shared-memory link also looks at its socket for the peer's death
     /// every [`CONTROL_CHECK`], and wakes a peer asleep with bytes to send
     /// once it took some (space came back).
@@ -590,7 +589,12 @@ impl Link {
                     .map_err(|Corrupt(e)| format!("the peer broke the shared-memory ring: {e}")),
                 (None, Some(s)) => loop {
                     match s.read(dst) {
-                        Ok(0) => break Err("the peer closed the connection".into()),
+                        Ok(0) => {
+                            // Gone: the link dies at the next fill that
+                            // reads nothing, once what arrived is handled.
+                            self.peer_closed = true;
+                            break Ok(0);
+                        }
                         Ok(n) => break Ok(n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(0),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -660,7 +664,12 @@ impl Link {
                 {
                     return;
                 }
-                Err(e) => return self.kill(format!("the control socket failed: {e}")),
+                // A peer that closed with wake-up bytes unread leaves
+                // ECONNRESET, not EOF: gone all the same, ring read first.
+                Err(_) => {
+                    self.peer_closed = true;
+                    return;
+                }
             }
         }
     }
@@ -775,13 +784,6 @@ impl Link {
         self.req_queued = false;
         self.answered = false;
         self.answers_deferred = false;
-        let next = self.write_out(now, st);
-        self.carried = self.backlog() > 0;
-        next
-    }
-
-    /// `flush`'s writing: what is ready goes to the ring or the socket.
-    fn write_out(&mut self, now: Instant, st: &mut WireStats) -> Option<Instant> {
         if self.blackhole {
             self.tx.clear();
             self.tx_head = 0;
@@ -898,7 +900,7 @@ impl Link {
         let defer = !self.answers_deferred
             && self.answered
             && !self.req_queued
-            && !self.carried
+            && self.tx_head == self.tx_ready
             && self.backlog() > 0
             && self.backlog() <= DEFER_MAX
             && self.delay.is_zero()
@@ -1314,6 +1316,30 @@ mod tests {
             .unwrap();
         l.fill(&mut st, Instant::now());
         assert!(matches!(l.next_frame(), Some(Err(Bad::Frame(_)))));
+    }
+
+    #[test]
+    fn frames_that_arrived_before_the_peer_closed_are_handled_before_the_link_dies() {
+        let (mut l, mut peer) = link();
+        let mut st = WireStats::default();
+        // Frames filling the first receive buffer exactly, then EOF: the
+        // read after them sees the close in the same fill.
+        let frame = HDR + REQ_LEN;
+        let n = RX_FIRST / frame;
+        assert_eq!(n * frame, RX_FIRST, "frames fill the buffer exactly");
+        for _ in 0..n {
+            peer.write_all(&frame_header(K_REQ, REQ_LEN as u32))
+                .unwrap();
+            peer.write_all(&[0u8; REQ_LEN]).unwrap();
+        }
+        drop(peer);
+        assert_eq!(l.fill(&mut st, Instant::now()), RX_FIRST);
+        assert!(l.is_up(), "killed with {n} frames unread");
+        for _ in 0..n {
+            assert!(matches!(l.next_frame(), Some(Ok(_))));
+        }
+        assert_eq!(l.fill(&mut st, Instant::now()), 0);
+        assert!(!l.is_up(), "the close ends the link once nothing is left");
     }
 
     /// Whatever the peer end of `link()` has received, without waiting.
