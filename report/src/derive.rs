@@ -400,8 +400,10 @@ pub fn mlx5_limits(run: &Run) -> Vec<Limit> {
                 format::ns(floor),
                 format::ns(inproc + floor)
             ),
-            assumption: "across processes the software device does at least the work of the \
-                         in-process ping-pong, and its frames cross shared memory once each \
+            assumption: "an estimate, not a strict bound: across processes the software \
+                         device does the work of the in-process ping-pong (whose figure also \
+                         holds passes that find nothing, which a peer polling on its own core \
+                         does not wait for), and its frames cross shared memory once each \
                          way: one cache-line round trip between the processes more; on \
                          hardware the bound is the NIC's, which only two real hosts measure"
                 .into(),
