@@ -272,6 +272,34 @@ fn the_benchkv_critical_path_sums_the_layers_round_trips() {
     assert!(md.contains("| ucx-am:shm c1 q1 | client ↔ daemon (ipc): 1.00 × 100 ns (ipc pingpong/threads)<br>rank ↔ rank (network): 0.500 × 1.00 µs (ucx pingpong/ucx-am-shm) | 600 ns | 20.0 µs | 33.3× |"), "{md}");
 }
 
+/// benchkv notes differ by point (threads per core, idle policy): each
+/// distinct note once, with the client counts it holds for; the idle
+/// policy is not listed as a parameter of the whole sweep.
+#[test]
+fn benchkv_notes_are_shown_per_client_count() {
+    let mut run = fixture();
+    let note = |c: u32| Some(format!("{} busy threads on 2 cores", 2 * (1 + c)));
+    for p in &mut run.benchkv {
+        p.note = note(1);
+        p.params.push(("idle_yield".into(), "1".into()));
+    }
+    let mut two = point("copyrpc", 1, 20_000.0, 150_000);
+    two.clients = 2;
+    two.note = note(2);
+    run.benchkv.push(two);
+    let md = render(&run).markdown;
+    assert!(
+        md.contains("benchkv notes (1 client(s) per rank): 4 busy threads on 2 cores."),
+        "{md}"
+    );
+    assert!(
+        md.contains("benchkv notes (2 client(s) per rank): 6 busy threads on 2 cores."),
+        "{md}"
+    );
+    assert_eq!(md.matches("benchkv notes (1 client(s)").count(), 1, "{md}");
+    assert!(!md.contains("benchkv idle_yield"), "{md}");
+}
+
 #[test]
 fn the_ucx_am_peer_stands_beside_ipc() {
     let md = render(&fixture()).markdown;
