@@ -602,11 +602,10 @@ fn manual_progress_across_processes() {
     );
 }
 
-/// A manual device keeps the ACKs of a pass that only answered for its
-/// next pass: in a ping-pong, each side's ACK and its next request leave
-/// in one store (or one `write`), and every request still completes.
-fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
-    const N: u32 = 300;
+/// Manual devices on both sides, four receives posted on each, and the
+/// peer in its `echo` loop: each WRITE_IMM sent to it comes back with the
+/// same immediate, until immediate `u32::MAX`.
+fn echo_setup() -> (End, PeerProcess) {
     let (mut me, mut peer) = setup("soft:manual", &ConnectOpts::default());
     peer.cmd("recv 0 4 0 0");
     for _ in 0..4 {
@@ -614,6 +613,15 @@ fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
     }
     let back = me.mr.remote(0);
     peer.send(&format!("echo {} {}", back.addr, back.rkey));
+    (me, peer)
+}
+
+/// A manual device keeps the ACKs of a pass that only answered for its
+/// next pass: in a ping-pong, each side's ACK and its next request leave
+/// in one store (or one `write`), and every request still completes.
+fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
+    const N: u32 = 300;
+    let (mut me, mut peer) = echo_setup();
     let before = me.ctx.wire_stats().unwrap();
     for i in 0..=N {
         // Every request signaled: each must be ACKed to complete.
@@ -648,13 +656,7 @@ fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
 /// its links close: the peer's WQE completes, its QP stays in RTS, and only
 /// then does it see the link close.
 fn a_dropped_manual_device_sends_the_acks_it_deferred() {
-    let (mut me, mut peer) = setup("soft:manual", &ConnectOpts::default());
-    peer.cmd("recv 0 4 0 0");
-    for _ in 0..4 {
-        me.qp.post_recv(&[]).unwrap();
-    }
-    let back = me.mr.remote(0);
-    peer.send(&format!("echo {} {}", back.addr, back.rkey));
+    let (mut me, mut peer) = echo_setup();
     // A message and the stop together: the peer echoes the first and
     // leaves its echo loop (its device is still stepped).
     me.qp

@@ -52,16 +52,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match report::write(&run, &out) {
-                Ok(path) => {
-                    println!("{}", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("bench-report: write into {}: {e}", out.display());
-                    ExitCode::FAILURE
-                }
-            }
+            written(&run, &out)
         }
         Cmd::Rerender { dir } => {
             let run: report::input::Run = match std::fs::read_to_string(dir.join("run.json"))
@@ -75,16 +66,7 @@ fn main() -> ExitCode {
                 }
             };
             let out = dir.parent().unwrap_or(std::path::Path::new("."));
-            match report::write(&run, out) {
-                Ok(path) => {
-                    println!("{}", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("bench-report: write into {}: {e}", out.display());
-                    ExitCode::FAILURE
-                }
-            }
+            written(&run, out)
         }
         Cmd::Check { dir, strict } => {
             let problems = report::check::check_dir(&dir, strict);
@@ -97,6 +79,20 @@ fn main() -> ExitCode {
                 }
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// Writes the report of `run` under `out` and prints its path.
+fn written(run: &report::input::Run, out: &std::path::Path) -> ExitCode {
+    match report::write(run, out) {
+        Ok(path) => {
+            println!("{}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench-report: write into {}: {e}", out.display());
+            ExitCode::FAILURE
         }
     }
 }
