@@ -219,8 +219,7 @@ impl Raw {
             }
         }
         let (mut answers, mut replies) = (Vec::new(), Vec::new());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut spins = 0u64;
+        let mut stall = benchutil::SpinLimit::new(Duration::from_secs(60));
         while done < iters {
             answers.clear();
             let _ = self.near.ctx.progress();
@@ -247,15 +246,7 @@ impl Raw {
                 replies.clear();
                 b.echo(back, &mut replies);
             }
-            // The clock every 1024 spins: one read per spin would be part
-            // of every round trip measured.
-            spins += 1;
-            if spins.is_multiple_of(1024) {
-                assert!(
-                    Instant::now() < deadline,
-                    "raw rate stalled at {done}/{iters}"
-                );
-            }
+            assert!(!stall.passed(), "raw rate stalled at {done}/{iters}");
         }
         let el = t.elapsed();
         if let RawFar::Helper(h, _) = &mut self.far {
@@ -393,8 +384,7 @@ impl Rpc {
         let t = Instant::now();
         let (mut issued, mut done) = (0u64, 0u64);
         let mut stop = false;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut spins = 0u64;
+        let mut stall = benchutil::SpinLimit::new(Duration::from_secs(60));
         while done < iters {
             for &ep in &self.eps {
                 while issued < iters && self.near.in_flight(ep) < self.depth {
@@ -414,15 +404,7 @@ impl Rpc {
             if let RpcFar::Local(b) = &mut self.far {
                 serve(b, &mut stop);
             }
-            // The clock every 1024 spins: one read per spin would be part
-            // of every round trip measured.
-            spins += 1;
-            if spins.is_multiple_of(1024) {
-                assert!(
-                    Instant::now() < deadline,
-                    "copyrpc rate stalled at {done}/{iters}"
-                );
-            }
+            assert!(!stall.passed(), "copyrpc rate stalled at {done}/{iters}");
         }
         let el = t.elapsed();
         if let RpcFar::Helper(h) = &mut self.far {

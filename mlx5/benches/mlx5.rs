@@ -221,8 +221,7 @@ impl Setup {
         }
         let mut replies: Vec<(usize, u32)> = Vec::new();
         let mut answers: Vec<usize> = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut spins = 0u64;
+        let mut stall = benchutil::SpinLimit::new(Duration::from_secs(60));
         while done < iters {
             self.near.step();
             let q0 = self.near.qpn0;
@@ -258,12 +257,7 @@ impl Setup {
                     b.ping(i, back, imm);
                 }
             }
-            // The clock every 1024 spins: one read per spin would be part
-            // of every round trip measured.
-            spins += 1;
-            if spins.is_multiple_of(1024) {
-                assert!(Instant::now() < deadline, "rate: stalled at {done}/{iters}");
-            }
+            assert!(!stall.passed(), "rate: stalled at {done}/{iters}");
         }
         let el = t.elapsed();
         if let Far::Peer(p) = &mut self.far {
