@@ -326,6 +326,7 @@ fn disconnection<T: Transport>() {
             drop(tx);
             drop(rx);
         }
+        // Relaxed: both ends were dropped on this thread.
         assert_eq!(
             drops.load(Ordering::Relaxed),
             5,

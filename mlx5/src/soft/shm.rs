@@ -872,6 +872,7 @@ mod tests {
                 assert_eq!(b, next_in);
                 next_in = next_in.wrapping_add(1);
             }
+            // Relaxed (here and below): one thread plays both sides.
             assert!(p.tail - head.load(Ordering::Relaxed) <= 64);
         }
         // Drain it, then fill it: the rest waits.
@@ -917,6 +918,7 @@ mod tests {
         let at = c.peek(&ring, 6).unwrap().expect("in one record");
         assert_eq!(at, REC as usize);
         c.skip(&head, 6);
+        // Relaxed: one thread plays both sides.
         assert_eq!(
             head.load(Ordering::Relaxed),
             record_len(6),
