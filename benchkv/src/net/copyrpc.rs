@@ -182,8 +182,9 @@ impl<U> Network<U> for CopyrpcNet<U> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::net::testing::error_within;
     use crate::route::Routing;
 
     fn setup(value_size: usize) -> NetSetup {
@@ -195,21 +196,6 @@ pub(crate) mod tests {
             max_inflight: 256,
             ucx_tls: None,
         }
-    }
-
-    /// Polls `net` (serving nothing) until it fails (the error) or
-    /// `within` passes (`None`).
-    pub(crate) fn error_within<N: Network<u32>>(
-        net: &mut N,
-        within: std::time::Duration,
-    ) -> Option<String> {
-        let start = std::time::Instant::now();
-        while start.elapsed() < within {
-            if let Err(e) = net.poll(&mut |_, _| 0, &mut |_, _| {}) {
-                return Some(e.0);
-            }
-        }
-        None
     }
 
     /// Two ranks' daemons in this process, on two software devices: a

@@ -11,6 +11,27 @@
 pub mod copyrpc;
 pub mod ucx;
 
+/// What the backends' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Network;
+
+    /// Polls `net` (serving nothing) until it fails (the error) or
+    /// `within` passes (`None`).
+    pub(crate) fn error_within<N: Network<u32>>(
+        net: &mut N,
+        within: std::time::Duration,
+    ) -> Option<String> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if let Err(e) = net.poll(&mut |_, _| 0, &mut |_, _| {}) {
+                return Some(e.0);
+            }
+        }
+        None
+    }
+}
+
 use crate::route::Routing;
 use crate::wire::{REQ_HDR, RESP_HDR};
 

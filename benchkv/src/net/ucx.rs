@@ -800,9 +800,8 @@ mod tests {
         b.connect(&blobs).unwrap();
         drop(b);
         a.call(1, b"x", 7).unwrap();
-        let e =
-            crate::net::copyrpc::tests::error_within(&mut a, std::time::Duration::from_secs(10))
-                .expect("no error 10 s after the peer went away");
+        let e = crate::net::testing::error_within(&mut a, std::time::Duration::from_secs(10))
+            .expect("no error 10 s after the peer went away");
         assert!(!e.is_empty());
     }
 
