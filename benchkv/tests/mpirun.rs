@@ -164,6 +164,21 @@ fn smoke_with(
     let t = report["metadata"]["transport"].to_string();
     assert!(t.contains(transport), "transport {t} lacks {transport}");
     assert_eq!(report["metadata"]["hosts"].as_array().unwrap().len(), 2);
+    // The idle policy was decided (`auto` is not what ran) and the note
+    // says what it was.
+    let idle = report["metadata"]["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == "idle_yield")
+        .map(|p| p[1].as_str().unwrap().to_string())
+        .expect("idle_yield among the parameters");
+    let note = report["metadata"]["note"].as_str().unwrap_or_default();
+    match idle.as_str() {
+        "never" => assert!(note.contains("idle threads never yield"), "{note}"),
+        "auto" => panic!("the idle policy was not decided"),
+        _ => assert!(note.contains("idle threads yield their core"), "{note}"),
+    }
     for rank in 0..2 {
         let r = &report["summary"][rank];
         assert_eq!(r["rank"], rank);
