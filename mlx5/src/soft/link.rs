@@ -873,7 +873,7 @@ impl Link {
     /// of answers are queued (READ data), sends them now rather than at the
     /// pass's flush, so the peer copies them out while this side reads the
     /// next ones.
-    pub(crate) fn answer_early(&mut self, st: &mut WireStats) {
+    pub(crate) fn on_answer(&mut self, st: &mut WireStats) {
         self.answered = true;
         if self.shm.is_some()
             && self.backlog() >= EAGER
@@ -1365,19 +1365,19 @@ mod tests {
         // Nothing queued: nothing to defer.
         assert!(!l.defer_answers());
         l.tx.extend_from_slice(b"ack one");
-        l.answer_early(&mut st);
+        l.on_answer(&mut st);
         assert!(l.defer_answers());
         assert!(received(&mut peer).is_empty(), "kept back");
         // The next pass sends them, with whatever it added.
         l.tx.extend_from_slice(b" ack two");
-        l.answer_early(&mut st);
+        l.on_answer(&mut st);
         assert!(!l.defer_answers(), "deferred once already");
         l.flush(now, &mut st);
         assert_eq!(received(&mut peer), b"ack one ack two");
         assert_eq!(st.writes, 1);
         // Answers after the flush may be deferred again.
         l.tx.extend_from_slice(b"three");
-        l.answer_early(&mut st);
+        l.on_answer(&mut st);
         assert!(l.defer_answers());
         l.flush(now, &mut st);
         assert_eq!(received(&mut peer), b"three");
@@ -1388,7 +1388,7 @@ mod tests {
         let (mut l, mut peer) = link();
         let mut st = WireStats::default();
         l.tx.extend_from_slice(b"ack");
-        l.answer_early(&mut st);
+        l.on_answer(&mut st);
         l.put_req(&read_request(8, 0), 0, &[]);
         assert!(
             !l.defer_answers(),
@@ -1397,7 +1397,7 @@ mod tests {
         l.flush(Instant::now(), &mut st);
         assert!(received(&mut peer).starts_with(b"ack"));
         l.tx.resize(DEFER_MAX + 1, 0);
-        l.answer_early(&mut st);
+        l.on_answer(&mut st);
         assert!(!l.defer_answers(), "READ data over the bound goes now");
     }
 
@@ -1417,7 +1417,7 @@ mod tests {
         l.tx.truncate(l.tx_head + 100);
         l.tx_ready = l.tx.len();
         l.tx.extend_from_slice(b"ack");
-        l.answer_early(&mut st);
+        l.on_answer(&mut st);
         assert!(!l.defer_answers(), "bytes a full socket left over go now");
     }
 
@@ -1425,7 +1425,7 @@ mod tests {
     fn a_dropped_link_sends_the_answers_it_deferred() {
         let (mut l, mut peer) = link();
         l.tx.extend_from_slice(b"last ack");
-        l.answer_early(&mut WireStats::default());
+        l.on_answer(&mut WireStats::default());
         assert!(l.defer_answers());
         drop(l);
         assert_eq!(received(&mut peer), b"last ack");

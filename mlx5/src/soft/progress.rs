@@ -227,7 +227,7 @@ fn handle_frames(
                 let r = respond_locked(s, &req, payload, &mut link.tx);
                 wire::finish_resp(&mut link.tx, at, &req, epoch, r);
                 stats.frames_sent += 1;
-                link.answer_early(stats);
+                link.on_answer(stats);
             } else {
                 let r = match wire::get_resp(body) {
                     Ok(r) => r,
@@ -297,7 +297,7 @@ fn handle_direct(
                 let r = respond_locked(s, &req, payload, &mut link.tx);
                 wire::finish_resp(&mut link.tx, at, &req, epoch, r);
                 stats.frames_sent += 1;
-                link.answer_early(stats);
+                link.on_answer(stats);
                 None
             }
             Err(e) => Some(e),
