@@ -46,8 +46,8 @@ use std::time::{Duration, Instant};
 use super::bell::{self, EventFd};
 use super::shm::{self, Corrupt, Offer, Pipe};
 use super::wire::{
-    self, Addr, HDR, HELLO_LEN, K_HELLO, K_REQ, K_RESP, K_WELCOME, REQ_LEN, RESP_LEN, Request,
-    Resp, WELCOME_LEN, WIRE_MAGIC, WIRE_VERSION, header, le32,
+    self, Addr, Data, HDR, HELLO_LEN, K_HELLO, K_REQ, K_RESP, K_WELCOME, REQ_LEN, RESP_LEN,
+    Request, Resp, Response, WELCOME_LEN, WIRE_MAGIC, WIRE_VERSION, header, le32,
 };
 use crate::error::Error;
 use crate::prm::opcode;
@@ -421,7 +421,8 @@ impl Link {
             && !self.blackhole
         {
             let h = wire::header(K_REQ, REQ_LEN + payload.len());
-            match p.stage(&[&h, &wire::req_fixed(req, epoch), payload]) {
+            let fixed = wire::req_fixed(req, epoch);
+            match p.stage(&[Data::slice(&h), Data::slice(&fixed), Data::slice(payload)]) {
                 Ok(true) => {
                     self.staged += h.len() + REQ_LEN + payload.len();
                     // A large frame goes at once, so the peer copies it
@@ -442,6 +443,59 @@ impl Link {
             }
         }
         wire::put_req(&mut self.tx, req, epoch, payload);
+    }
+
+    /// Appends the RESP answering `req` (with `data`, a READ's, copied
+    /// once): over shared memory with nothing queued ahead, READ data of
+    /// [`DIRECT_MIN`] bytes or more goes straight into the ring, not
+    /// through `tx` (one copy of it fewer; published by the pass's flush,
+    /// or at once when large, as [`Link::put_req`] does). Then
+    /// [`Link::on_answer`].
+    pub(crate) fn put_resp(
+        &mut self,
+        req: &Request,
+        epoch: u32,
+        r: Response,
+        data: Data<'_>,
+        st: &mut WireStats,
+    ) {
+        if data.len() >= DIRECT_MIN
+            && let Some(p) = self.shm.as_mut()
+            && self.tx_head == self.tx.len()
+            && self.delay.is_zero()
+            && !self.blackhole
+        {
+            let h = wire::header(K_RESP, RESP_LEN + data.len());
+            let fixed = wire::resp_fixed(req, epoch, r, data.len());
+            match p.stage(&[Data::slice(&h), Data::slice(&fixed), data]) {
+                Ok(true) => {
+                    self.staged += h.len() + fixed.len() + data.len();
+                    self.answered = true;
+                    if self.staged >= EAGER && p.publish() {
+                        self.early.0 += 1;
+                        self.early.1 += std::mem::take(&mut self.staged) as u64;
+                        self.early.2 += u64::from(self.wake_peer());
+                    }
+                    return;
+                }
+                Ok(false) => {}
+                Err(Corrupt(e)) => {
+                    self.kill(format!("the peer broke the shared-memory ring: {e}"));
+                    return;
+                }
+            }
+        }
+        let at = wire::start_resp(&mut self.tx);
+        let n = self.tx.len();
+        self.tx.reserve(data.len());
+        // SAFETY: `tx` has room for the bytes (reserved above) and its
+        // length covers them only once they are copied.
+        unsafe {
+            data.copy_to(self.tx.as_mut_ptr().add(n));
+            self.tx.set_len(n + data.len());
+        }
+        wire::finish_resp(&mut self.tx, at, req, epoch, r);
+        self.on_answer(st);
     }
 
     /// Whether `r` answers the oldest request unanswered on this link; if
@@ -900,6 +954,7 @@ impl Link {
         let defer = !self.answers_deferred
             && self.answered
             && !self.req_queued
+            && self.staged == 0
             && self.tx_head == self.tx_ready
             && self.backlog() > 0
             && self.backlog() <= DEFER_MAX
@@ -1233,6 +1288,20 @@ mod tests {
         (Link::new(1, [0; 16], c), b)
     }
 
+    /// A link over one side of a shared-memory pipe, the other side's
+    /// pipe, and the control socket's other end.
+    fn shm_link() -> (Link, Pipe, UnixStream) {
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        let (offer, memfd) = shm::Offer::create().expect("memfd");
+        let far = Pipe::open(&memfd).expect("open");
+        let c = Conn {
+            stream: Stream::Unix(a),
+            shm: Some(offer.into_pipe()),
+        };
+        (Link::new(1, [0; 16], c), far, b)
+    }
+
     fn frame_header(kind: u8, len: u32) -> [u8; HDR] {
         let mut h = [0u8; HDR];
         h[0..4].copy_from_slice(&len.to_le_bytes());
@@ -1429,5 +1498,46 @@ mod tests {
         assert!(l.defer_answers());
         drop(l);
         assert_eq!(received(&mut peer), b"last ack");
+    }
+
+    #[test]
+    fn large_read_data_goes_into_the_ring_in_order_with_what_is_queued() {
+        let (mut l, mut far, _control) = shm_link();
+        let mut st = WireStats::default();
+        let data: Vec<u8> = (0..DIRECT_MIN + 5).map(|i| i as u8).collect();
+        let ack = Response::Ack { orig: 0 };
+        let frame = |req: &Request, data: &[u8]| {
+            let mut f = wire::header(K_RESP, RESP_LEN + data.len()).to_vec();
+            f.extend_from_slice(&wire::resp_fixed(req, 3, ack, data.len()));
+            f.extend_from_slice(data);
+            f
+        };
+        // Large, nothing queued: staged in the ring, `tx` untouched.
+        let (big, small) = (read_request(data.len() as u32, 0), read_request(8, 1));
+        l.put_resp(&big, 3, ack, Data::slice(&data), &mut st);
+        assert_eq!(l.tx.len(), 0, "the data went straight into the ring");
+        assert!(!l.defer_answers(), "staged READ data is not held back");
+        // Small: through `tx`, behind it.
+        l.put_resp(&small, 3, ack, Data::slice(&data[..8]), &mut st);
+        assert!(l.backlog() > 0);
+        // Large again, with bytes queued ahead: behind them, in `tx`.
+        let third = read_request(data.len() as u32, 2);
+        l.put_resp(&third, 3, ack, Data::slice(&data), &mut st);
+        assert!(l.backlog() > data.len());
+        l.flush(Instant::now(), &mut st);
+        let want = [
+            frame(&big, &data),
+            frame(&small, &data[..8]),
+            frame(&third, &data),
+        ]
+        .concat();
+        let mut got = vec![0u8; want.len()];
+        let mut n = 0;
+        while n < got.len() {
+            let k = far.read(&mut got[n..]).expect("ring");
+            assert!(k > 0, "{n} of {} bytes arrived", want.len());
+            n += k;
+        }
+        assert_eq!(got, want);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::bell::Bell;
 use super::link::{self, Link, WireStats};
 use super::requester::{complete, fail, min_timer, process_qp};
-use super::responder::{MAX_RECV_SGE, respond_locked};
+use super::responder::{MAX_RECV_SGE, respond};
 use super::state::{Engine, Shared, State, Target};
 use super::wire;
 use crate::error::Error;
@@ -223,11 +223,7 @@ fn handle_frames(
                         break;
                     }
                 };
-                let at = wire::start_resp(&mut link.tx);
-                let r = respond_locked(s, &req, payload, &mut link.tx);
-                wire::finish_resp(&mut link.tx, at, &req, epoch, r);
-                stats.frames_sent += 1;
-                link.on_answer(stats);
+                answer(s, link, &req, epoch, payload, stats);
             } else {
                 let r = match wire::get_resp(body) {
                     Ok(r) => r,
@@ -256,6 +252,20 @@ fn handle_frames(
         }
     }
     done
+}
+
+/// Executes a REQ that arrived on `link` and queues its answer there.
+fn answer(
+    s: &mut State,
+    link: &mut Link,
+    req: &wire::Request,
+    epoch: u32,
+    payload: wire::Data<'_>,
+    stats: &mut WireStats,
+) {
+    let (r, data) = respond(s, req, payload);
+    link.put_resp(req, epoch, r, data, stats);
+    stats.frames_sent += 1;
 }
 
 /// Handles one large frame where it lies in a shared-memory ring (see
@@ -293,11 +303,7 @@ fn handle_direct(
     let bad = if kind == wire::K_REQ {
         match wire::req_from(&fixed, rest, link.peer) {
             Ok((req, epoch, payload)) => {
-                let at = wire::start_resp(&mut link.tx);
-                let r = respond_locked(s, &req, payload, &mut link.tx);
-                wire::finish_resp(&mut link.tx, at, &req, epoch, r);
-                stats.frames_sent += 1;
-                link.on_answer(stats);
+                answer(s, link, &req, epoch, payload, stats);
                 None
             }
             Err(e) => Some(e),

@@ -163,8 +163,29 @@ pub(crate) fn respond_locked(
     payload: Data<'_>,
     out: &mut Vec<u8>,
 ) -> Response {
+    let (r, data) = respond(s, req, payload);
+    let at = out.len();
+    out.reserve(data.len());
+    // SAFETY: `out` has room for the bytes (reserved above) and its length
+    // covers them only once they are copied.
+    unsafe {
+        data.copy_to(out.as_mut_ptr().add(at));
+        out.set_len(at + data.len());
+    }
+    r
+}
+
+/// [`respond_locked`], the READ data left where it lies: in a region of
+/// this device, readable while the state stays locked (deregistration
+/// takes the lock), which the `'s` borrow holds.
+pub(crate) fn respond<'s>(
+    s: &'s mut State,
+    req: &Request,
+    payload: Data<'_>,
+) -> (Response, Data<'s>) {
+    let none = Data::slice(&[]);
     let Some(qp) = s.qp(req.dst_qpn) else {
-        return Response::NoAnswer;
+        return (Response::NoAnswer, none);
     };
     if !matches!(qp.state, QpState::Rtr | QpState::Rts)
         || !qp
@@ -172,18 +193,18 @@ pub(crate) fn respond_locked(
             .as_ref()
             .is_some_and(|p| p.addr == req.src && p.qpn == req.src_qpn)
     {
-        return Response::NoAnswer;
+        return (Response::NoAnswer, none);
     }
     if req.psn != qp.epsn {
-        return Response::OutOfSequence;
+        return (Response::OutOfSequence, none);
     }
-    let r = execute(s, req, payload, out);
+    let (r, data) = execute(s, req, payload);
     if !matches!(r, Response::Rnr { .. } | Response::NoAnswer)
         && let Some(qp) = s.qp(req.dst_qpn)
     {
         qp.epsn = qp.epsn.wrapping_add(1);
     }
-    r
+    (r, data)
 }
 
 /// The target QP's side of a request, read once.
@@ -232,8 +253,8 @@ impl Target {
 }
 
 /// Executes `req` at its target QP (checked by the caller), by opcode
-/// family.
-fn execute(s: &mut State, req: &Request, payload: Data<'_>, out: &mut Vec<u8>) -> Response {
+/// family; a READ's data is returned where it lies (see [`respond`]).
+fn execute<'s>(s: &mut State, req: &Request, payload: Data<'_>) -> (Response, Data<'s>) {
     let qp = s.qp(req.dst_qpn).expect("checked by the caller");
     let t = Target {
         qpn: req.dst_qpn,
@@ -242,12 +263,16 @@ fn execute(s: &mut State, req: &Request, payload: Data<'_>, out: &mut Vec<u8>) -
         recv_cq: qp.recv_cq,
         min_rnr_timer: qp.min_rnr_timer,
     };
+    let none = Data::slice(&[]);
     match req.opcode {
-        opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM => write(s, &t, req, payload),
-        opcode::SEND | opcode::SEND_IMM => send(s, &t, req, payload),
-        opcode::RDMA_READ => read(s, &t, req, out),
-        opcode::ATOMIC_CS | opcode::ATOMIC_FA => atomic(s, &t, req),
-        _ => responder_fatal(s, t.qpn, Syndrome::RemoteInvalRequest),
+        opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM => (write(s, &t, req, payload), none),
+        opcode::SEND | opcode::SEND_IMM => (send(s, &t, req, payload), none),
+        opcode::RDMA_READ => read(s, &t, req),
+        opcode::ATOMIC_CS | opcode::ATOMIC_FA => (atomic(s, &t, req), none),
+        _ => (
+            responder_fatal(s, t.qpn, Syndrome::RemoteInvalRequest),
+            none,
+        ),
     }
 }
 
@@ -319,27 +344,22 @@ fn send(s: &mut State, t: &Target, req: &Request, payload: Data<'_>) -> Response
 }
 
 /// READ: the remote range appended to `out`.
-fn read(s: &mut State, t: &Target, req: &Request, out: &mut Vec<u8>) -> Response {
+fn read<'s>(s: &mut State, t: &Target, req: &Request) -> (Response, Data<'s>) {
     let len = u64::from(req.len);
-    if len > 0 && !t.remote_ok(s, req, Access::REMOTE_READ, len) {
-        return responder_fatal(s, t.qpn, Syndrome::RemoteAccess);
+    if len == 0 {
+        return (Response::Ack { orig: 0 }, Data::slice(&[]));
     }
-    let at = out.len();
-    out.reserve(req.len as usize);
-    if len > 0 {
-        // SAFETY: inside a registered, remotely readable region; `out`
-        // has room (reserved above) and its length covers the bytes only
-        // once they are copied.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                req.remote.addr as *const u8,
-                out.as_mut_ptr().add(at),
-                req.len as usize,
-            );
-            out.set_len(at + req.len as usize);
-        };
+    if !t.remote_ok(s, req, Access::REMOTE_READ, len) {
+        return (
+            responder_fatal(s, t.qpn, Syndrome::RemoteAccess),
+            Data::slice(&[]),
+        );
     }
-    Response::Ack { orig: 0 }
+    // SAFETY: inside a registered, remotely readable region (checked
+    // above), which stays registered while the caller holds the state
+    // lock (see `respond`).
+    let data = unsafe { Data::raw(req.remote.addr as *const u8, req.len as usize) };
+    (Response::Ack { orig: 0 }, data)
 }
 
 /// Compare-and-swap and fetch-and-add on 8 aligned bytes, in host byte

@@ -79,6 +79,8 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
+use super::wire::Data;
+
 /// Bytes of each of the two rings.
 pub(crate) const RING: usize = 8 << 20;
 /// Where the rings start (the control words fit in the first page).
@@ -132,6 +134,14 @@ pub(crate) trait Bytes {
     fn len(&self) -> usize;
     /// Copies `src` to ring offset `at` (`at + src.len() <= len`).
     fn put(&self, at: usize, src: &[u8]);
+    /// Copies `src` (bytes that may be another's memory, never made a
+    /// slice) to ring offset `at` (`at + src.len() <= len`).
+    fn put_data(&self, at: usize, src: Data<'_>) {
+        let mut v = vec![0u8; src.len()];
+        // SAFETY: `v` is a fresh buffer of `src.len()` bytes.
+        unsafe { src.copy_to(v.as_mut_ptr()) };
+        self.put(at, &v);
+    }
     /// Copies ring offset `at` into `dst` (`at + dst.len() <= len`).
     fn get(&self, at: usize, dst: &mut [u8]);
     /// The header word at ring offset `at` (a multiple of 8).
@@ -175,13 +185,13 @@ impl Producer {
         Ok(size - (self.tail - self.head))
     }
 
-    fn put<B: Bytes>(&mut self, ring: &B, src: &[u8]) {
+    fn put<B: Bytes>(&mut self, ring: &B, src: Data<'_>) {
         let size = ring.len() as u64;
         let at = ((self.tail + REC + self.staged) & (size - 1)) as usize;
-        let first = src.len().min(ring.len() - at);
-        ring.put(at, &src[..first]);
-        if first < src.len() {
-            ring.put(0, &src[first..]);
+        let (first, rest) = src.split_at(src.len().min(ring.len() - at));
+        ring.put_data(at, first);
+        if !rest.is_empty() {
+            ring.put_data(0, rest);
         }
         self.staged += src.len() as u64;
     }
@@ -192,7 +202,7 @@ impl Producer {
         &mut self,
         head_w: &W,
         ring: &B,
-        parts: &[&[u8]],
+        parts: &[Data<'_>],
     ) -> Result<bool, Corrupt> {
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let need = record_len(self.staged + total);
@@ -201,7 +211,7 @@ impl Producer {
         {
             return Ok(false);
         }
-        for p in parts {
+        for &p in parts {
             self.put(ring, p);
         }
         Ok(true)
@@ -238,7 +248,7 @@ impl Producer {
         // The most bytes whose record fits in `room`.
         let fit = (room & !15).saturating_sub(REC + self.staged);
         let n = want.min(fit) as usize;
-        self.put(ring, &src[..n]);
+        self.put(ring, Data::slice(&src[..n]));
         self.publish(ring);
         Ok(n)
     }
@@ -492,6 +502,13 @@ impl Bytes for Ring {
         // read these bytes before the seal publishes them.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(at), src.len()) };
     }
+    fn put_data(&self, at: usize, src: Data<'_>) {
+        assert!(at + src.len() <= self.len);
+        // SAFETY: inside the ring (checked above), not yet published; the
+        // source is a frame's bytes or a registered region's, never this
+        // ring's unpublished part.
+        unsafe { src.copy_to(self.base.add(at)) };
+    }
     fn get(&self, at: usize, dst: &mut [u8]) {
         assert!(at + dst.len() <= self.len);
         // SAFETY: inside the ring (checked above), published by the
@@ -605,7 +622,7 @@ impl Pipe {
 
     /// Writes the concatenation of `parts` into the next outgoing record,
     /// not yet published, if all of it fits.
-    pub(crate) fn stage(&mut self, parts: &[&[u8]]) -> Result<bool, Corrupt> {
+    pub(crate) fn stage(&mut self, parts: &[Data<'_>]) -> Result<bool, Corrupt> {
         let h = self.region.word(self.out_head);
         self.producer.stage(h, &self.out, parts)
     }
@@ -907,8 +924,9 @@ mod tests {
         let (_mem, ring) = heap(256);
         let head = AtomicU64::new(0);
         let (mut p, mut c) = (Producer::default(), Consumer::default());
-        assert!(p.stage(&head, &ring, &[b"ab", b"cd"]).unwrap());
-        assert!(p.stage(&head, &ring, &[b"ef"]).unwrap());
+        let d = Data::slice;
+        assert!(p.stage(&head, &ring, &[d(b"ab"), d(b"cd")]).unwrap());
+        assert!(p.stage(&head, &ring, &[d(b"ef")]).unwrap());
         let mut buf = [0u8; 16];
         assert_eq!(c.pop(&head, &ring, &mut buf).unwrap(), 0, "not published");
         assert!(p.publish(&ring));
@@ -925,9 +943,10 @@ mod tests {
             "a used-up record is returned with its padding"
         );
         // A record is at most half a ring, staged bytes included.
-        assert!(!p.stage(&head, &ring, &[&[0; 129]]).unwrap());
-        assert!(p.stage(&head, &ring, &[&[0; 100]]).unwrap());
-        assert!(!p.stage(&head, &ring, &[&[0; 29]]).unwrap());
+        let d = Data::slice;
+        assert!(!p.stage(&head, &ring, &[d(&[0; 129])]).unwrap());
+        assert!(p.stage(&head, &ring, &[d(&[0; 100])]).unwrap());
+        assert!(!p.stage(&head, &ring, &[d(&[0; 29])]).unwrap());
         assert!(p.publish(&ring));
         assert_eq!(c.pop(&head, &ring, &mut [0; 128]).unwrap(), 100);
         // Records a frame was split over are read across, not peeked.

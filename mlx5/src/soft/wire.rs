@@ -353,7 +353,13 @@ pub(crate) fn start_resp(tx: &mut Vec<u8>) -> usize {
 pub(crate) fn finish_resp(tx: &mut [u8], at: usize, req: &Request, epoch: u32, r: Response) {
     let data = tx.len() - at - HDR - RESP_LEN;
     tx[at..at + HDR].copy_from_slice(&header(K_RESP, RESP_LEN + data));
-    let b = &mut tx[at + HDR..at + HDR + RESP_LEN];
+    tx[at + HDR..at + HDR + RESP_LEN].copy_from_slice(&resp_fixed(req, epoch, r, data));
+}
+
+/// The fixed part of the RESP answering `req`, followed by `data` bytes of
+/// READ data.
+pub(crate) fn resp_fixed(req: &Request, epoch: u32, r: Response, data: usize) -> [u8; RESP_LEN] {
+    let mut b = [0u8; RESP_LEN];
     b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
     b[4..8].copy_from_slice(&epoch.to_le_bytes());
     b[8..12].copy_from_slice(&req.psn.to_le_bytes());
@@ -366,10 +372,9 @@ pub(crate) fn finish_resp(tx: &mut [u8], at: usize, req: &Request, epoch: u32, r
     };
     b[12] = status;
     b[13] = arg;
-    b[14..16].fill(0);
     b[16..24].copy_from_slice(&orig.to_le_bytes());
     b[24..28].copy_from_slice(&(data as u32).to_le_bytes());
-    b[28..32].fill(0);
+    b
 }
 
 /// A decoded RESP.
