@@ -127,6 +127,18 @@ fn every_opcode(device: &str) {
     ok_one(&mut me, opcode::RDMA_WRITE);
     assert_eq!(peer.cmd("hash 4096 8192"), format!("{:016x}", fnv(&data)));
 
+    // WRITE gathered from two SGEs, in list order.
+    let sges = [me.mr.sge(5000, 3000), me.mr.sge(100, 1000)];
+    me.qp
+        .post_and_ring(&Write::new(peer.remote(40000), &sges).signaled())
+        .unwrap();
+    ok_one(&mut me, opcode::RDMA_WRITE);
+    let gathered = [&data[5000..8000], &data[100..1100]].concat();
+    assert_eq!(
+        peer.cmd("hash 40000 4000"),
+        format!("{:016x}", fnv(&gathered))
+    );
+
     // WRITE inline.
     me.qp
         .post_and_ring(&Write::inline(peer.remote(100), b"inline bytes").signaled())

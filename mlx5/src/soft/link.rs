@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::bell::{self, EventFd};
+use super::requester::MAX_PARTS;
 use super::shm::{self, Corrupt, Offer, Pipe};
 use super::wire::{
     self, Addr, Data, HDR, HELLO_LEN, K_HELLO, K_REQ, K_RESP, K_WELCOME, REQ_LEN, RESP_LEN,
@@ -398,8 +399,10 @@ impl Link {
         self.read_max = 0;
     }
 
-    /// Appends a REQ frame for `req` and remembers it until answered.
-    pub(crate) fn put_req(&mut self, req: &Request, epoch: u32, payload: &[u8]) {
+    /// Appends a REQ frame for `req`, its payload the concatenation of
+    /// `payload` (at most [`MAX_PARTS`] parts, each copied once), and
+    /// remembers it until answered.
+    pub(crate) fn put_req(&mut self, req: &Request, epoch: u32, payload: &[Data<'_>]) {
         self.req_queued = true;
         if self.sent.is_empty() {
             self.last_progress = Instant::now();
@@ -413,18 +416,23 @@ impl Link {
             self.read_max = self.read_max.max(req.len);
         }
         // Over shared memory with nothing queued ahead, the frame goes
-        // straight into the ring (published by the pass's flush): one copy
-        // of the payload fewer.
+        // straight into the ring (published by the pass's flush): the
+        // payload is copied once, from where it lies.
         if let Some(p) = self.shm.as_mut()
             && self.tx_head == self.tx.len()
             && self.delay.is_zero()
             && !self.blackhole
         {
-            let h = wire::header(K_REQ, REQ_LEN + payload.len());
+            let len: usize = payload.iter().map(Data::len).sum();
+            let h = wire::header(K_REQ, REQ_LEN + len);
             let fixed = wire::req_fixed(req, epoch);
-            match p.stage(&[Data::slice(&h), Data::slice(&fixed), Data::slice(payload)]) {
+            let mut parts = [Data::slice(&[]); 2 + MAX_PARTS];
+            parts[0] = Data::slice(&h);
+            parts[1] = Data::slice(&fixed);
+            parts[2..2 + payload.len()].copy_from_slice(payload);
+            match p.stage(&parts[..2 + payload.len()]) {
                 Ok(true) => {
-                    self.staged += h.len() + REQ_LEN + payload.len();
+                    self.staged += h.len() + REQ_LEN + len;
                     // A large frame goes at once, so the peer copies it
                     // out while this side gathers the next one (batching
                     // saves nothing at that size).

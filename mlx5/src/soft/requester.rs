@@ -106,6 +106,7 @@ pub(crate) fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qp
             Step::Remote(mut f, peer) => match peer.target {
                 Target::Local(dev) => {
                     eng.resp.clear();
+                    copy_segs(&mut eng.scratch, &eng.segs);
                     let resp = if eng.faults.dropped.contains(&peer.addr) {
                         Response::Nak(Syndrome::TransportRetryExceeded)
                     } else {
@@ -142,7 +143,9 @@ pub(crate) fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qp
                         done += 1;
                         continue;
                     };
-                    link.put_req(&f.req, epoch, &eng.scratch);
+                    let mut parts = [Data::slice(&[]); MAX_PARTS];
+                    let n = payload_parts(&eng.scratch, &eng.segs, &mut parts);
+                    link.put_req(&f.req, epoch, &parts[..n]);
                     eng.stats.frames_sent += 1;
                     let qp = s.qp(qpn).expect("present");
                     qp.sq_sent = qp.sq_sent.wrapping_add(f.wqebbs);
@@ -391,52 +394,82 @@ fn scatter_list(body: &[u8], op: u8, max_sge: usize, sges: &mut Vec<Sge>) -> Res
     Ok(if is_atomic { 8 } else { total as u32 })
 }
 
-/// A WRITE's or SEND's payload, inline or gathered from the QP's PD's
-/// regions, into `out`; its length.
+/// The most parts a WQE's payload has: its inline bytes, or its gather
+/// list (at most 16 entries, see `QpCaps`).
+pub(crate) const MAX_PARTS: usize = 16;
+
+/// A WRITE's or SEND's payload: inline bytes copied into `inline`, or the
+/// gather list checked against the QP's PD's regions and left in `segs`,
+/// not copied (the bytes are read where they lie, with the state still
+/// locked, when the request goes out: see [`payload_parts`]); its length.
 fn gather(
     s: &State,
     body: &[u8],
     pd: u32,
     caps: &QpCaps,
-    out: &mut Vec<u8>,
+    inline: &mut Vec<u8>,
+    segs: &mut Vec<(u64, u32)>,
 ) -> Result<u32, Syndrome> {
     if !body.is_empty() && be32(body, 0) & INLINE_SEG != 0 {
         let len = (be32(body, 0) & !INLINE_SEG) as usize;
         if len > caps.max_inline as usize || 4 + len > body.len() {
             return Err(Syndrome::LocalQpOp);
         }
-        out.extend_from_slice(&body[4..4 + len]);
+        inline.extend_from_slice(&body[4..4 + len]);
         return Ok(len as u32);
     }
-    if body.len() / SEG > caps.max_send_sge as usize {
+    if body.len() / SEG > (caps.max_send_sge as usize).min(MAX_PARTS) {
         return Err(Syndrome::LocalQpOp);
     }
+    let mut total = 0u64;
     for seg in body.chunks_exact(SEG) {
         let sge = read_data(seg);
         if sge.len == 0 {
             continue;
         }
-        if s.mr(sge.lkey, pd, sge.addr, u64::from(sge.len)).is_none()
-            || out.len() + sge.len as usize > 1 << 31
-        {
+        total += u64::from(sge.len);
+        if s.mr(sge.lkey, pd, sge.addr, u64::from(sge.len)).is_none() || total > 1 << 31 {
             return Err(Syndrome::LocalProt);
         }
-        let at = out.len();
-        out.reserve(sge.len as usize);
-        // SAFETY: the range lies in a registered region (checked under the
-        // lock that deregistration takes); `out` has room for it (reserved
-        // above), and its length covers the bytes only once they are
-        // copied (no zeroing first: the copy is the only write).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                sge.addr as *const u8,
-                out.as_mut_ptr().add(at),
-                sge.len as usize,
-            );
-            out.set_len(at + sge.len as usize);
-        };
+        segs.push((sge.addr, sge.len));
     }
-    Ok(out.len() as u32)
+    Ok(total as u32)
+}
+
+/// The payload `gather` left as parts: the inline bytes, or the gather
+/// list's ranges; how many.
+///
+/// The ranges are read where they lie: `gather` checked them against
+/// registered regions under the state lock, which the caller still holds
+/// (deregistration takes it).
+fn payload_parts<'a>(inline: &'a [u8], segs: &[(u64, u32)], parts: &mut [Data<'a>]) -> usize {
+    if !inline.is_empty() {
+        parts[0] = Data::slice(inline);
+        return 1;
+    }
+    for (p, &(addr, len)) in parts.iter_mut().zip(segs) {
+        // SAFETY: a registered range, see above.
+        *p = unsafe { Data::raw(addr as *const u8, len as usize) };
+    }
+    segs.len()
+}
+
+/// Appends the gather list's bytes to `out` (a peer in this process takes
+/// the payload as one slice).
+fn copy_segs(out: &mut Vec<u8>, segs: &[(u64, u32)]) {
+    let mut parts = [Data::slice(&[]); MAX_PARTS];
+    let n = payload_parts(&[], segs, &mut parts);
+    for d in &parts[..n] {
+        let at = out.len();
+        out.reserve(d.len());
+        // SAFETY: `out` has room (reserved above) and its length covers
+        // the bytes only once they are copied (no zeroing first: the copy
+        // is the only write).
+        unsafe {
+            d.copy_to(out.as_mut_ptr().add(at));
+            out.set_len(at + d.len());
+        }
+    }
 }
 
 /// Phase 1: decode, validate, gather (the WQE at `sq_sent`). Changes
@@ -495,12 +528,13 @@ fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step
     };
     let body = &w.bytes[payload_at..w.ds * SEG];
     eng.scratch.clear();
+    eng.segs.clear();
     eng.sges.clear();
     let len = match w.opcode {
         opcode::RDMA_READ | opcode::ATOMIC_CS | opcode::ATOMIC_FA => {
             scatter_list(body, w.opcode, caps.max_send_sge as usize, &mut eng.sges)
         }
-        _ => gather(s, body, pd, &caps, &mut eng.scratch),
+        _ => gather(s, body, pd, &caps, &mut eng.scratch, &mut eng.segs),
     };
     match len {
         Ok(len) => req.len = len,

@@ -544,7 +544,10 @@ impl Drop for Shared {
 #[derive(Default)]
 pub(crate) struct Engine {
     pub(crate) work: Vec<u32>,
+    /// A WQE's inline payload, or its gathered one where a copy is needed.
     pub(crate) scratch: Vec<u8>,
+    /// A WQE's gather list, validated and not yet copied: (address, bytes).
+    pub(crate) segs: Vec<(u64, u32)>,
     pub(crate) resp: Vec<u8>,
     pub(crate) sges: Vec<Sge>,
     pub(crate) frames: Vec<(u8, usize, usize)>,

@@ -206,10 +206,20 @@ pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Appends a REQ frame for `req` with `payload`.
-pub(crate) fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[u8]) {
-    tx.extend_from_slice(&header(K_REQ, REQ_LEN + payload.len()));
+pub(crate) fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[Data<'_>]) {
+    let len: usize = payload.iter().map(Data::len).sum();
+    tx.extend_from_slice(&header(K_REQ, REQ_LEN + len));
     tx.extend_from_slice(&req_fixed(req, epoch));
-    tx.extend_from_slice(payload);
+    tx.reserve(len);
+    for d in payload {
+        let at = tx.len();
+        // SAFETY: `tx` has room (reserved above) and its length covers
+        // the bytes only once they are copied.
+        unsafe {
+            d.copy_to(tx.as_mut_ptr().add(at));
+            tx.set_len(at + d.len());
+        }
+    }
 }
 
 /// A REQ's fixed part (what follows its header, before the payload).
