@@ -6,6 +6,9 @@
 //! * `rate/*-QxD`: Q QPs with D WRITE_IMMs each in flight, every one echoed
 //!   back: round trips per second.
 //! * `bw/*-read`, `bw/*-write`: 1 MiB RDMA READs / WRITEs, four in flight.
+//! * `progress/*-idle`: one `Context::progress` pass of this side's
+//!   device with nothing to do (one QP connected, nothing in flight): what
+//!   polling costs an application between messages.
 //! * `bw/floor-cross-core-copy`: no device, the bound of the cross-process
 //!   bandwidth figures: one thread writes 1 MiB chunks into an 8 MiB ring
 //!   and a thread on the other core copies each out, as a payload crosses
@@ -271,6 +274,15 @@ impl Setup {
         el
     }
 
+    /// `iters` progress passes of this side's device with nothing to do.
+    fn idle(&mut self, iters: u64) -> Duration {
+        let t = Instant::now();
+        for _ in 0..iters {
+            self.near.step();
+        }
+        t.elapsed()
+    }
+
     /// `iters` 1 MiB READs or WRITEs, [`BW_DEPTH`] in flight.
     fn bw(&mut self, iters: u64, read: bool) -> Duration {
         let to = self.far_remote();
@@ -410,6 +422,19 @@ fn figures() -> Vec<Fig> {
                 ctx,
             });
         }
+        {
+            let s: Shared<Setup> = Rc::new(RefCell::new(mk(1, 1)));
+            let ctx = s.borrow().near.ctx.clone();
+            v.push(Fig {
+                fig: SharedFigure {
+                    id: format!("progress/{place}-idle"),
+                    kind: FigKind::Latency,
+                    iters: 200_000,
+                    run: Rc::new(RefCell::new(move |n| s.borrow_mut().idle(n))),
+                },
+                ctx,
+            });
+        }
         let s: Shared<Setup> = Rc::new(RefCell::new(mk(1, 4)));
         if place == "inproc" {
             v.push(Fig {
@@ -480,6 +505,11 @@ fn main() {
                 format!("{:.2} GB/s", f.per_second() * MIB as f64 / 1e9),
                 "1 MiB per operation, 4 in flight",
             )
+        } else if f.id.starts_with("progress/") {
+            (
+                format!("{:.0} ns", f.ns),
+                "one progress pass with nothing to do",
+            )
         } else if f.kind == FigKind::Latency {
             (
                 format!("{:.2} µs", f.ns / 1e3),
@@ -537,8 +567,10 @@ fn main() {
             | setup | frames sent per write call | frames received per read call | bytes per write call | frames received in place |\n\
             |---|---|---|---|---|\n";
     for f in figs.iter().filter(|f| f.fig.id.contains("/cross-")) {
-        if f.fig.id.ends_with("-write") {
-            continue; // shares its setup (and counters) with bw/cross-read
+        if f.fig.id.ends_with("-write") || f.fig.id.starts_with("progress/") {
+            // bw/*-write shares its setup (and counters) with bw/*-read; an
+            // idle pass sends nothing.
+            continue;
         }
         let w = f.ctx.wire_stats().expect("software device");
         let kinds: Vec<String> = f
