@@ -76,6 +76,16 @@ impl Faults {
         self.dev.corrupt_shm_rings()
     }
 
+    /// Publishes, in every shared-memory ring this device sends on, a
+    /// well-framed REQ of 16 KiB whose fixed part disagrees with its
+    /// length, as a buggy or hostile peer process would: a frame that size
+    /// is handled where it lies in the ring, and each peer must refuse it
+    /// there, cut that link (`TransportRetryExceeded` for what was in
+    /// flight) and carry on. Returns the rings written.
+    pub fn send_malformed_large_frames(&self) -> usize {
+        self.dev.send_malformed_large_frames()
+    }
+
     /// From now on, publishes a consumer head that no reader can have
     /// reached on every shared-memory ring this device reads, as a peer
     /// process that scribbles over its own index would: each peer cuts

@@ -1399,6 +1399,66 @@ fn a_peer_that_corrupts_the_rings_loses_only_its_link() {
     assert_eq!(read(&mut other, &good)[0].status(), Ok(()));
 }
 
+/// A same-host peer that publishes a malformed REQ large enough to be
+/// handled where it lies in the ring: this side refuses it there, cuts
+/// that link only, and carries on.
+#[test]
+fn a_malformed_large_frame_in_the_ring_loses_only_its_link() {
+    let (mut me, mut bad) = setup("soft", &ConnectOpts::default());
+    let ctx = me.ctx.clone();
+    let mut other = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let mut good = spawn("soft", 1, 4096, 8, 8);
+    good.connect(0, &other.qp.local_info(&ConnectOpts::default()).unwrap());
+    other
+        .qp
+        .connect(&good.infos[0], &ConnectOpts::default())
+        .unwrap();
+    let write = |e: &mut End, p: &PeerProcess| {
+        e.qp.post_and_ring(&Write::inline(p.remote(0), b"still here").signaled())
+            .unwrap();
+        e.expect(1)
+    };
+    assert_eq!(write(&mut me, &bad)[0].status(), Ok(()));
+    assert_eq!(write(&mut other, &good)[0].status(), Ok(()));
+    // The peer echoes one large WRITE_IMM: its REQ raises what this side
+    // accepts on the link (until then a large REQ is refused from its
+    // header, before the in-place path).
+    bad.cmd("recv 0 2 0 0");
+    me.qp.post_recv(&[]).unwrap();
+    let back = me.mr.remote(0);
+    bad.send(&format!("echo {} {}", back.addr, back.rkey));
+    let sge = [me.mr.sge(0, 20_000)];
+    me.qp
+        .post_and_ring(&WriteImm::new(bad.remote(0), &sge, 1).signaled())
+        .unwrap();
+    let c = me.expect(2);
+    assert!(c.iter().all(|c| c.status().is_ok()), "{c:?}");
+    me.qp
+        .post_and_ring(&WriteImm::new(bad.remote(0), &[], u32::MAX).signaled())
+        .unwrap();
+    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE_IMM);
+    assert_eq!(bad.line(), "ok 1");
+    let before = ctx.wire_stats().unwrap();
+    let sent: usize = bad.cmd("malformed-large").parse().unwrap();
+    assert!(sent >= 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctx.wire_stats().unwrap().shm_links != before.shm_links - sent {
+        assert!(Instant::now() < deadline, "the link is still up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        ctx.wire_stats().unwrap().frames_in_place > before.frames_in_place,
+        "the frame was not handled in place"
+    );
+    let c = write(&mut me, &bad);
+    assert_eq!(
+        c[0].status(),
+        Err(Syndrome::TransportRetryExceeded),
+        "{c:?}"
+    );
+    assert_eq!(write(&mut other, &good)[0].status(), Ok(()));
+}
+
 /// A same-host peer that publishes impossible heads on the ring this side
 /// writes: once this side needs room in the ring (after about a ring of
 /// WRITEs) it refuses the head and cuts the link; every WRITE completes

@@ -30,6 +30,7 @@
 //! | `stream I N SEED MAXLEN WINDOW` | verifies N WRITE_IMMs on QP I (see `stream` below) |
 //! | `links` | `ok KIND@PEER ...`: the software device's links (`shm`, `unix` or `tcp`, and the peer's address) |
 //! | `corrupt-rings` | fault injection: `ok N` after sealing an impossible record in each of the N shared-memory rings this device sends on |
+//! | `malformed-large` | fault injection: `ok N` after publishing a 16 KiB REQ whose fixed part disagrees with its length in each of the N shared-memory rings this device sends on |
 //! | `corrupt-heads` | fault injection: `ok N`; from now on the device publishes impossible heads on the N shared-memory rings it reads |
 //! | `echo ADDR RKEY` | answers every WRITE_IMM with a WRITE_IMM of the same length and immediate to ADDR on the same QP, until immediate `0xffffffff`; `ok COUNT` |
 //! | `quit` | exits |
@@ -273,6 +274,10 @@ impl Peer {
             }
             "corrupt-rings" => {
                 let n = self.ctx.faults().map_err(e)?.corrupt_shm_rings();
+                Ok(n.to_string())
+            }
+            "malformed-large" => {
+                let n = self.ctx.faults().map_err(e)?.send_malformed_large_frames();
                 Ok(n.to_string())
             }
             "corrupt-heads" => {

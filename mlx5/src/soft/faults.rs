@@ -64,6 +64,18 @@ impl Device {
             .count()
     }
 
+    /// Fault: a malformed large REQ into every shared-memory ring this
+    /// device produces. Returns how many.
+    pub(crate) fn send_malformed_large_frames(&self) -> usize {
+        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        eng.links
+            .iter_mut()
+            .filter(|l| l.is_up())
+            .map(Link::send_malformed_large)
+            .filter(|&c| c)
+            .count()
+    }
+
     /// Fault: impossible heads on every shared-memory ring this device
     /// reads. Returns how many.
     pub(crate) fn corrupt_shm_heads(&self) -> usize {

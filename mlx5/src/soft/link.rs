@@ -568,6 +568,27 @@ impl Link {
         })
     }
 
+    /// Fault injection: publishes a REQ frame of [`DIRECT_MIN`] payload
+    /// bytes whose fixed part says 100 (a frame the peer handles where it
+    /// lies in the ring, and must refuse). False if the link has no rings
+    /// or no room.
+    pub(crate) fn send_malformed_large(&mut self) -> bool {
+        let Some(p) = self.shm.as_mut() else {
+            return false;
+        };
+        let h = header(K_REQ, REQ_LEN + DIRECT_MIN);
+        let mut fixed = [0u8; REQ_LEN];
+        fixed[16] = opcode::RDMA_WRITE;
+        fixed[32..36].copy_from_slice(&100u32.to_le_bytes());
+        let zeros = vec![0u8; DIRECT_MIN];
+        let parts = [Data::slice(&h), Data::slice(&fixed), Data::slice(&zeros)];
+        if !matches!(p.stage(&parts), Ok(true)) || !p.publish() {
+            return false;
+        }
+        self.wake_peer();
+        true
+    }
+
     /// Fault injection: publishes impossible heads on the ring this side
     /// reads from now on. False if the link has no rings.
     pub(crate) fn corrupt_head(&mut self) -> bool {
