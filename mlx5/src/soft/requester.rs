@@ -252,8 +252,10 @@ fn flush_cqe(kind: Kind, qpn: u32, index: u16, srqn: u32) -> Cqe {
     }
 }
 
-/// A WQE copied out of the send queue, its control segment decoded.
-struct Wqe {
+/// A WQE copied out of the send queue, its control segment decoded. One
+/// per device (`Engine::wqe`), reused: a WQE's bytes are copied in over
+/// the last one's, never zeroed first (only its `ds * 16` are read).
+pub(crate) struct Wqe {
     /// Its bytes (`ds * 16` of them are the WQE's).
     bytes: [u8; MAX_DS * SEG + SEG],
     ds: usize,
@@ -263,6 +265,20 @@ struct Wqe {
     flags: u8,
     /// The immediate, host order.
     imm: u32,
+}
+
+impl Default for Wqe {
+    fn default() -> Wqe {
+        Wqe {
+            bytes: [0u8; MAX_DS * SEG + SEG],
+            ds: 0,
+            index: 0,
+            wqebbs: 0,
+            opcode: 0,
+            flags: 0,
+            imm: 0,
+        }
+    }
 }
 
 /// A malformed WQE: where it is and what it spans as far as the device is
@@ -278,20 +294,11 @@ struct Malformed {
 /// claim covers the next posted WQE's control segment (executing it would
 /// swallow that WQE, whose poster would never see it complete) is
 /// malformed: `LocalQpOp`, over what the device takes it to span.
-fn read_wqe(s: &mut State, qpn: u32) -> Result<Wqe, Malformed> {
+fn read_wqe(s: &mut State, qpn: u32, w: &mut Wqe) -> Result<(), Malformed> {
     let qp = s.qp(qpn).expect("caller checked");
     let pos = qp.sq_sent;
     let posted = u32::from(qp.sq_pi().wrapping_sub(pos as u16));
     let mask = qp.sq_cnt - 1;
-    let mut w = Wqe {
-        bytes: [0u8; MAX_DS * SEG + SEG],
-        ds: 0,
-        index: 0,
-        wqebbs: 0,
-        opcode: 0,
-        flags: 0,
-        imm: 0,
-    };
     let off = (pos & mask) as usize * WQEBB;
     // SAFETY: a WQEBB inside the SQ buffer, device-owned (posted).
     unsafe { std::ptr::copy_nonoverlapping(qp.sq_buf.add(off), w.bytes.as_mut_ptr(), SEG) };
@@ -344,7 +351,7 @@ fn read_wqe(s: &mut State, qpn: u32) -> Result<Wqe, Malformed> {
             std::ptr::copy_nonoverlapping(qp.sq_buf.add(o), w.bytes.as_mut_ptr().add(dst), n)
         };
     }
-    Ok(w)
+    Ok(())
 }
 
 /// The remote address (and atomic) segments of WQE `w` into `req`; where
@@ -475,16 +482,14 @@ fn copy_segs(out: &mut Vec<u8>, segs: &[(u64, u32)]) {
 /// Phase 1: decode, validate, gather (the WQE at `sq_sent`). Changes
 /// nothing: the caller applies the step.
 fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step {
-    let w = match read_wqe(s, qpn) {
-        Ok(w) => w,
-        Err(m) => {
-            return Step::Fail {
-                index: m.index,
-                wqebbs: m.wqebbs,
-                syndrome: Syndrome::LocalQpOp,
-            };
-        }
-    };
+    if let Err(m) = read_wqe(s, qpn, &mut eng.wqe) {
+        return Step::Fail {
+            index: m.index,
+            wqebbs: m.wqebbs,
+            syndrome: Syndrome::LocalQpOp,
+        };
+    }
+    let w = &eng.wqe;
     let (index, wqebbs) = (w.index, w.wqebbs);
     let fail = |syndrome| Step::Fail {
         index,
@@ -523,7 +528,7 @@ fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step
         compare: 0,
         solicited: w.flags & flags::SOLICITED != 0,
     };
-    let Some(payload_at) = address_segments(&w, &mut req) else {
+    let Some(payload_at) = address_segments(w, &mut req) else {
         return fail(Syndrome::LocalQpOp);
     };
     let body = &w.bytes[payload_at..w.ds * SEG];

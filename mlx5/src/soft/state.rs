@@ -544,6 +544,8 @@ impl Drop for Shared {
 #[derive(Default)]
 pub(crate) struct Engine {
     pub(crate) work: Vec<u32>,
+    /// The WQE phase 1 is decoding.
+    pub(crate) wqe: super::requester::Wqe,
     /// A WQE's inline payload, or its gathered one where a copy is needed.
     pub(crate) scratch: Vec<u8>,
     /// A WQE's gather list, validated and not yet copied: (address, bytes).
