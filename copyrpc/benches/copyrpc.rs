@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use benchutil::summary::{Kind as FigKind, Knobs};
 use benchutil::{Helper, SharedFigure, as_helper};
 use copyrpc::{Config, Context, Endpoint, EndpointInfo, Limits};
+use mlx5::peer::{hex, unhex};
 use mlx5::wqe::WriteImm;
 use mlx5::{Access, ConnInfo, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote};
 
@@ -138,17 +139,6 @@ struct Raw {
     depth: u32,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
 /// `info HEX... ADDR RKEY`: a raw end's QPs and buffer.
 fn raw_line(e: &RawEnd) -> String {
     let infos: Vec<String> = e.infos().iter().map(|i| hex(&i.encode())).collect();
@@ -160,7 +150,7 @@ fn parse_raw_line(l: &str) -> (Vec<ConnInfo>, Remote) {
     let n = w.len() - 2;
     let infos = w[..n]
         .iter()
-        .map(|h| ConnInfo::decode(&unhex(h)).expect("conn info"))
+        .map(|h| ConnInfo::decode(&unhex(h).expect("hex")).expect("conn info"))
         .collect();
     let remote = Remote {
         addr: w[n].parse().expect("addr"),

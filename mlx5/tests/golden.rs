@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use mlx5::cqe::{self, CQE_SIZE, Cqe, Kind, Syndrome};
+use mlx5::peer::hex;
 use mlx5::wqe::{
     self, AtomicCas, AtomicFa, Nop, Read, Remote, SEG, Send, SendImm, Sge, WQEBB, WqeBuild, Write,
     WriteImm,
@@ -56,10 +57,6 @@ fn name_values(command: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `-` for no bytes, as `golden.c` expects.
 fn hex_arg(bytes: &[u8]) -> String {
     if bytes.is_empty() {
@@ -70,11 +67,7 @@ fn hex_arg(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len().is_multiple_of(2), "odd hex string {s:?}");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
+    mlx5::peer::unhex(s).unwrap_or_else(|| panic!("not hex: {s:?}"))
 }
 
 /// Asserts `rust == c`, naming the case and every differing byte offset.
