@@ -1238,6 +1238,23 @@ fn acceptor() -> Result<&'static Acceptor, Error> {
     Ok(a)
 }
 
+/// A handshake the acceptor thread has under way for a device (see
+/// [`Adopt::accepting`]): ended when dropped, however the handshake ends.
+struct Handshake<'a>(&'a dyn Adopt);
+
+impl<'a> Handshake<'a> {
+    fn start(d: &'a dyn Adopt) -> Handshake<'a> {
+        d.accepting(true);
+        Handshake(d)
+    }
+}
+
+impl Drop for Handshake<'_> {
+    fn drop(&mut self) {
+        self.0.accepting(false);
+    }
+}
+
 /// Starts accepting for `dev` on `l`.
 pub(crate) fn listen(l: Listener, dev: Weak<dyn Adopt>, addr: [u8; 16]) -> Result<(), Error> {
     let a = acceptor()?;
@@ -1290,11 +1307,10 @@ fn accept_loop(a: &'static Acceptor) {
             }
             while let Ok(mut s) = e.listener.accept() {
                 let Some(d) = e.dev.upgrade() else { break };
-                d.accepting(true);
+                let _handshake = Handshake::start(&*d);
                 if let Ok(Some((from, shm))) = welcome(&mut s, e.addr, d.takes_shm()) {
                     d.adopt(from, Conn { stream: s, shm });
                 }
-                d.accepting(false);
             }
         }
     }
