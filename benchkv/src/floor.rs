@@ -312,10 +312,11 @@ impl SharedLine {
 /// 64 Ki spins, so the check costs nothing measurable).
 fn wait_for(word: &AtomicU64, want: u64, deadline: Instant) -> bool {
     let mut spins = 0u32;
+    let mut p = benchutil::Patience::new();
     // Acquire: pairs with the other side's Release store, as in every
     // queue protocol of the workspace (and benchutil's floor).
     while word.load(Ordering::Acquire) != want {
-        std::hint::spin_loop();
+        p.wait();
         spins = spins.wrapping_add(1);
         if spins & 0xffff == 0 && Instant::now() > deadline {
             return false;
@@ -350,6 +351,7 @@ fn line_client(b: &Bounce, deadline: Instant) -> Option<Duration> {
 fn line_server(b: &Bounce, deadline: Instant) -> Option<()> {
     let mut last = 0;
     let mut spins = 0u32;
+    let mut p = benchutil::Patience::new();
     loop {
         // Acquire/Release: the pair benchutil's floor_server uses.
         let v = b.ping.load(Ordering::Acquire);
@@ -359,8 +361,9 @@ fn line_server(b: &Bounce, deadline: Instant) -> Option<()> {
             if v == LINE_STOP {
                 return Some(());
             }
+            p = benchutil::Patience::new();
         }
-        std::hint::spin_loop();
+        p.wait();
         spins = spins.wrapping_add(1);
         if spins & 0xffff == 0 && Instant::now() > deadline {
             return None;

@@ -19,8 +19,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn mpirun(args: &[&str]) -> Command {
+    mpirun_bound(&["--bind-to", "none"], args)
+}
+
+/// `mpirun` with the binding options `bind`.
+fn mpirun_bound(bind: &[&str], args: &[&str]) -> Command {
     let mut c = Command::new("mpirun");
-    c.args(["-n", "2", "--oversubscribe", "--bind-to", "none"])
+    c.args(["-n", "2", "--oversubscribe"])
+        .args(bind)
         .arg(env!("CARGO_BIN_EXE_benchkv"))
         .args(args)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -239,6 +245,49 @@ fn ucx_over_shared_memory_verifies() {
 #[test]
 fn client_processes_verify() {
     smoke("copyrpc", "mlx5 soft", &["--client-procs"]);
+}
+
+/// Open MPI's default for two ranks: each bound to one core, so each
+/// rank's daemon and client (and the floor's two canary threads) share
+/// one CPU. The floors and the run complete (a pure spin between two
+/// threads of one CPU would hand over once per time slice) and the note
+/// says why threads yield.
+#[test]
+fn ranks_bound_to_one_core_each_run_and_say_so() {
+    let _g = serial();
+    let json = temp_json("bound.json");
+    let args = [
+        "--backend",
+        "copyrpc",
+        "--depth",
+        "2",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "0.5",
+        "--verify",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let mut child = spawn(mpirun_bound(
+        &["--bind-to", "core", "--map-by", "core"],
+        &args,
+    ));
+    let rx = lines(&mut child);
+    let (status, took) = wait(&mut child, Duration::from_secs(60), "bound run");
+    let out = drain(&rx);
+    assert!(status.success(), "{status} after {took:?}\n{out}");
+    assert!(out.contains("verify: 0 mismatch(es)"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    let note = report["metadata"]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("may run on only 1 CPU"), "{note}");
+    assert!(note.contains("idle threads yield their core"), "{note}");
+    assert!(
+        out.contains("each on the one core mpirun bound it to"),
+        "{out}"
+    );
+    let _ = std::fs::remove_file(json);
 }
 
 #[test]

@@ -9,6 +9,11 @@
 //! between threads ([`floor_threads`]) and between processes
 //! ([`floor_processes`]); the two should agree.
 //!
+//! Both ends spin, and yield once a wait outlasts [`crate::PATIENCE`]
+//! spins: when the two share one CPU (a process bound to one core), the
+//! figure is then the cost of handing the line over through the scheduler,
+//! not a time slice per trip.
+//!
 //! It is also the summary's canary ([`canary_ns`]): a short floor before
 //! and after each round reveals a slow phase of the host.
 
@@ -19,6 +24,7 @@ use memmap2::MmapMut;
 
 use crate::affinity::{core_pair, pin};
 use crate::helper::{Helper, unique};
+use crate::spin::Patience;
 
 /// Role name of the helper process that serves [`floor_processes`].
 pub(crate) const ROLE: &str = "floor";
@@ -64,8 +70,9 @@ pub fn floor_client(b: &Bounce, iters: u64, start: u64) -> Duration {
         // Release/Acquire: the pair every queue protocol of the workspace
         // uses to hand over a value.
         b.ping.store(i, Ordering::Release);
+        let mut p = Patience::new();
         while b.pong.load(Ordering::Acquire) != i {
-            std::hint::spin_loop();
+            p.wait();
         }
     }
     t0.elapsed()
@@ -75,6 +82,7 @@ pub fn floor_client(b: &Bounce, iters: u64, start: u64) -> Duration {
 /// `stop`.
 pub fn floor_server(b: &Bounce, stop: u64) {
     let mut last = 0;
+    let mut p = Patience::new();
     loop {
         let v = b.ping.load(Ordering::Acquire);
         if v != last {
@@ -83,8 +91,9 @@ pub fn floor_server(b: &Bounce, stop: u64) {
             if v == stop {
                 return;
             }
+            p = Patience::new();
         }
-        std::hint::spin_loop();
+        p.wait();
     }
 }
 

@@ -63,7 +63,7 @@ pub use floor::{
     Bounce, CANARY_TRIPS, canary_ns, floor_client, floor_processes, floor_server, floor_threads,
 };
 pub use helper::{Helper, ROLE_VAR, as_helper, mono_ns, unique};
-pub use spin::SpinLimit;
+pub use spin::{PATIENCE, Patience, SpinLimit};
 pub use summary::{
     Figure, FigureRecord, Item, Kind, Knobs, Medians, Metadata, Ratio, SuiteRecord, machine,
     median, summary_dir, verdict, write_report,

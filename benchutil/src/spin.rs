@@ -1,4 +1,5 @@
-//! A stall guard for measured busy loops.
+//! Busy loops: a stall guard for measured ones ([`SpinLimit`]), and a
+//! wait that still works when the partner shares the core ([`Patience`]).
 
 use std::time::{Duration, Instant};
 
@@ -40,9 +41,84 @@ impl SpinLimit {
     }
 }
 
+/// Waits of a spinning loop that must also work when its partner shares
+/// its core (a process that mpirun bound to one CPU, a one-CPU machine):
+/// [`Patience::wait`] spins ([`std::hint::spin_loop`]) for its first
+/// [`PATIENCE`] calls, far longer than a partner on another core takes to
+/// answer, then gives the core away (`sched_yield`) at every call, so a
+/// partner on the same core runs instead of waiting for a time slice.
+#[derive(Debug, Default)]
+pub struct Patience {
+    spins: u32,
+}
+
+/// Spins before [`Patience`] starts yielding.
+pub const PATIENCE: u32 = 256;
+
+impl Patience {
+    /// A fresh wait.
+    pub fn new() -> Patience {
+        Patience { spins: 0 }
+    }
+
+    /// One turn of the wait.
+    #[inline]
+    pub fn wait(&mut self) {
+        if self.spins < PATIENCE {
+            self.spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Whether the wait has started yielding.
+    pub fn yielding(&self) -> bool {
+        self.spins >= PATIENCE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patience_spins_then_yields() {
+        let mut p = Patience::new();
+        for _ in 0..PATIENCE {
+            assert!(!p.yielding());
+            p.wait();
+        }
+        assert!(p.yielding());
+        p.wait();
+        assert!(p.yielding());
+    }
+
+    #[test]
+    fn two_threads_on_one_cpu_bounce_a_line_in_reasonable_time() {
+        // Both ends of the floor pinned to one CPU: a pure spin would hand
+        // the line over once per time slice (20 000 trips: minutes).
+        let cpu = crate::allowed_cpus()[0];
+        let b = std::sync::Arc::new(crate::Bounce::new());
+        let server = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                crate::pin(cpu);
+                crate::floor_server(&b, u64::MAX);
+            })
+        };
+        crate::pin(cpu);
+        let t = Instant::now();
+        crate::floor_client(&b, 20_000, 0);
+        b.ping.store(u64::MAX, std::sync::atomic::Ordering::Release);
+        server.join().unwrap();
+        crate::unpin(&crate::allowed_cpus());
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{:?} for 20 000 trips on one CPU",
+            t.elapsed()
+        );
+    }
 
     #[test]
     fn the_clock_is_read_every_1024_spins_and_the_limit_is_seen() {
