@@ -56,9 +56,18 @@ ARGS=("$@")
 if [ ${#ARGS[@]} -eq 0 ]; then
     ARGS=(--clients 1,2 --depths 1,8,32 --warmup 0.5 --duration 2)
 fi
-# Both ranks on this host, free to use every core (mpirun would otherwise
-# bind each rank to one); copyrpc's software device stepped by its daemon.
-MLX5_DEVICE=soft:manual mpirun -n 2 --oversubscribe --bind-to none \
+# Both ranks on this host, each bound to cores of its own (half the
+# host's each), as two nodes would be: left free to use every core, the
+# scheduler placed the ranks' busy threads differently from run to run and
+# the low-depth points moved with it. On a one-CPU host both share it.
+# copyrpc's software device is stepped by its daemon.
+CPUS="$(nproc)"
+if [ "$CPUS" -ge 2 ]; then
+    PLACE=(--map-by "slot:PE=$((CPUS / 2))" --bind-to core)
+else
+    PLACE=(--oversubscribe --bind-to none)
+fi
+MLX5_DEVICE=soft:manual mpirun -n 2 "${PLACE[@]}" \
     target/release/benchkv sweep \
     --backends copyrpc,ucx-am:tcp,ucx-am:shm --out "$OUT" "${ARGS[@]}"
 cp "$OUT/sweep.md" target/bench-summary/benchkv.md
