@@ -76,6 +76,11 @@ pub struct Floors {
     /// Rank 0's canary at the same time, ns: the reference for the
     /// canaries of each point.
     pub canary_ns: f64,
+    /// Between what the canary runs: two threads of rank 0 on two of its
+    /// cores, or on its one CPU (a hand-off through the scheduler, not a
+    /// cache-line round trip). Empty in reports written before it existed.
+    #[serde(default)]
+    pub canary_between: String,
     /// Raw WRITE_IMM between ranks 0 and 1, when both could open the
     /// device.
     pub write_imm: Option<WriteImmFloor>,
@@ -143,10 +148,24 @@ pub fn measure(mpi: &Mpi, measured: &str) -> Result<Option<Floors>, Error> {
             cache_line_ns,
             cache_line_between,
             canary_ns,
+            canary_between: canary_between(),
             write_imm,
             write_imm_missing,
         }
     }))
+}
+
+/// Between what this rank's canary runs (see [`Floors::canary_between`]).
+fn canary_between() -> String {
+    let (c0, c1) = benchutil::core_pair();
+    if c0 == c1 {
+        format!(
+            "two threads of rank 0 sharing its one CPU, {c0}: a hand-off through the scheduler, \
+             not a cache-line round trip"
+        )
+    } else {
+        format!("two threads of rank 0 on cores {c0} and {c1}")
+    }
 }
 
 /// Rank 0's canary (a collective; the other ranks wait, asleep, at a
@@ -668,6 +687,7 @@ mod tests {
             cache_line_ns: 80.0,
             cache_line_between: "ranks 0 and 1 (processes) on cores 0 and 1".into(),
             canary_ns: 100.0,
+            canary_between: "two threads of rank 0 on cores 0 and 1".into(),
             write_imm: None,
             write_imm_missing: Some("rank 1: no device".into()),
         }

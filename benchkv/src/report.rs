@@ -266,8 +266,17 @@ pub fn floors_line(f: &Floors) -> String {
         (None, None) => "no raw WRITE_IMM floor".into(),
     };
     format!(
-        "floors (measured {}): cache-line round trip {:.0} ns between {}; {}; canary {:.0} ns",
-        f.measured, f.cache_line_ns, f.cache_line_between, raw, f.canary_ns
+        "floors (measured {}): cache-line round trip {:.0} ns between {}; {}; canary {:.0} ns{}",
+        f.measured,
+        f.cache_line_ns,
+        f.cache_line_between,
+        raw,
+        f.canary_ns,
+        if f.canary_between.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", f.canary_between)
+        }
     )
 }
 
@@ -665,6 +674,7 @@ mod tests {
             cache_line_ns: 100.0,
             cache_line_between: "ranks 0 and 1 (processes) on cores 0 and 1".into(),
             canary_ns: 90.0,
+            canary_between: "two threads of rank 0 on cores 0 and 1".into(),
             write_imm: raw.then(|| crate::floor::WriteImmFloor {
                 device: "soft0".into(),
                 selection: "soft:manual".into(),
@@ -693,6 +703,7 @@ mod tests {
             "cache_line_ns",
             "cache_line_between",
             "canary_ns",
+            "canary_between",
             "write_imm",
             "write_imm_missing",
         ] {

@@ -493,6 +493,7 @@ mod tests {
             cache_line_ns: 80.0,
             cache_line_between: "ranks 0 and 1 (processes) on cores 0 and 1".into(),
             canary_ns: 90.0,
+            canary_between: "two threads of rank 0 on cores 0 and 1".into(),
             write_imm: None,
             write_imm_missing: Some("rank 1: no device".into()),
         };
@@ -553,6 +554,7 @@ mod tests {
                 cache_line_ns: 80.0,
                 cache_line_between: "ranks 0 and 1".into(),
                 canary_ns: 90.0,
+                canary_between: "two threads of rank 0 on cores 0 and 1".into(),
                 write_imm: Some(WriteImmFloor {
                     device: "soft1".into(),
                     selection: "soft:manual".into(),

@@ -287,6 +287,15 @@ fn ranks_bound_to_one_core_each_run_and_say_so() {
         out.contains("each on the one core mpirun bound it to"),
         "{out}"
     );
+    // The canary's two threads share rank 0's one CPU: said so.
+    assert!(
+        out.contains("sharing its one CPU")
+            && report["floors"]["canary_between"]
+                .as_str()
+                .unwrap()
+                .contains("not a cache-line round trip"),
+        "{out}"
+    );
     let _ = std::fs::remove_file(json);
 }
 
