@@ -56,14 +56,15 @@ ARGS=("$@")
 if [ ${#ARGS[@]} -eq 0 ]; then
     ARGS=(--clients 1,2 --depths 1,8,32 --warmup 0.5 --duration 2)
 fi
-# Both ranks on this host, each bound to cores of its own (half the
-# host's each), as two nodes would be: left free to use every core, the
-# scheduler placed the ranks' busy threads differently from run to run and
-# the low-depth points moved with it. On a one-CPU host both share it.
-# copyrpc's software device is stepped by its daemon.
+# Both ranks on this host, each bound to CPUs of its own (half the
+# host's logical CPUs each, hardware threads counted as CPUs), as two nodes
+# would be: left free to use every core, the scheduler placed the ranks'
+# busy threads differently from run to run and the low-depth points moved
+# with it. On a one-CPU host both share it. copyrpc's software device is
+# stepped by its daemon.
 CPUS="$(nproc)"
 if [ "$CPUS" -ge 2 ]; then
-    PLACE=(--map-by "slot:PE=$((CPUS / 2))" --bind-to core)
+    PLACE=(--use-hwthread-cpus --map-by "slot:PE=$((CPUS / 2))" --bind-to hwthread)
 else
     PLACE=(--oversubscribe --bind-to none)
 fi

@@ -337,7 +337,8 @@ fn wait_for(word: &AtomicU64, want: u64, deadline: Instant) -> bool {
     while word.load(Ordering::Acquire) != want {
         p.wait();
         spins = spins.wrapping_add(1);
-        if spins & 0xffff == 0 && Instant::now() > deadline {
+        // Once yielding, a turn may take a time slice: look every turn.
+        if (spins & 0xffff == 0 || p.yielding()) && Instant::now() > deadline {
             return false;
         }
     }
@@ -384,7 +385,7 @@ fn line_server(b: &Bounce, deadline: Instant) -> Option<()> {
         }
         p.wait();
         spins = spins.wrapping_add(1);
-        if spins & 0xffff == 0 && Instant::now() > deadline {
+        if (spins & 0xffff == 0 || p.yielding()) && Instant::now() > deadline {
             return None;
         }
     }

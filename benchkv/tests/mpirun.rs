@@ -247,9 +247,9 @@ fn client_processes_verify() {
     smoke("copyrpc", "mlx5 soft", &["--client-procs"]);
 }
 
-/// Open MPI's default for two ranks: each bound to one core, so each
-/// rank's daemon and client (and the floor's two canary threads) share
-/// one CPU. The floors and the run complete (a pure spin between two
+/// Each rank bound to one logical CPU (Open MPI's default for two ranks
+/// binds each to a core), so each rank's daemon and client (and the
+/// floor's two canary threads) share one CPU. The floors and the run complete (a pure spin between two
 /// threads of one CPU would hand over once per time slice) and the note
 /// says why threads yield.
 #[test]
@@ -269,10 +269,15 @@ fn ranks_bound_to_one_core_each_run_and_say_so() {
         "--json",
         json.to_str().unwrap(),
     ];
-    let mut child = spawn(mpirun_bound(
-        &["--bind-to", "core", "--map-by", "core"],
-        &args,
-    ));
+    // One logical CPU per rank, hyperthreads or not.
+    let one_cpu = [
+        "--use-hwthread-cpus",
+        "--map-by",
+        "slot:PE=1",
+        "--bind-to",
+        "hwthread",
+    ];
+    let mut child = spawn(mpirun_bound(&one_cpu, &args));
     let rx = lines(&mut child);
     let (status, took) = wait(&mut child, Duration::from_secs(60), "bound run");
     let out = drain(&rx);

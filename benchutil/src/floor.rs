@@ -10,9 +10,9 @@
 //! ([`floor_processes`]); the two should agree.
 //!
 //! Both ends spin, and yield once a wait outlasts [`crate::PATIENCE`]
-//! spins: when the two share one CPU (a process bound to one core), the
-//! figure is then the cost of handing the line over through the scheduler,
-//! not a time slice per trip.
+//! spins, or at once when [`floor_threads`] finds both on one CPU (a
+//! process bound to one core): the figure is then the cost of handing the
+//! line over through the scheduler, not a time slice per trip.
 //!
 //! It is also the summary's canary ([`canary_ns`]): a short floor before
 //! and after each round reveals a slow phase of the host.
@@ -24,7 +24,7 @@ use memmap2::MmapMut;
 
 use crate::affinity::{core_pair, pin};
 use crate::helper::{Helper, unique};
-use crate::spin::Patience;
+use crate::spin::{PATIENCE, Patience};
 
 /// Role name of the helper process that serves [`floor_processes`].
 pub(crate) const ROLE: &str = "floor";
@@ -65,12 +65,17 @@ impl Default for Bounce {
 /// Client side of the floor: round trips `start + 1 ..= start + iters`
 /// of the ping word to the pong word and back. Returns the elapsed time.
 pub fn floor_client(b: &Bounce, iters: u64, start: u64) -> Duration {
+    client(b, iters, start, PATIENCE)
+}
+
+/// [`floor_client`], spinning `spins` times per wait before yielding.
+fn client(b: &Bounce, iters: u64, start: u64, spins: u32) -> Duration {
     let t0 = Instant::now();
     for i in start + 1..=start + iters {
         // Release/Acquire: the pair every queue protocol of the workspace
         // uses to hand over a value.
         b.ping.store(i, Ordering::Release);
-        let mut p = Patience::new();
+        let mut p = Patience::spinning(spins);
         while b.pong.load(Ordering::Acquire) != i {
             p.wait();
         }
@@ -81,8 +86,13 @@ pub fn floor_client(b: &Bounce, iters: u64, start: u64) -> Duration {
 /// Server side of the floor: echoes `ping` into `pong` until it echoed
 /// `stop`.
 pub fn floor_server(b: &Bounce, stop: u64) {
+    server(b, stop, PATIENCE);
+}
+
+/// [`floor_server`], spinning `spins` times per wait before yielding.
+fn server(b: &Bounce, stop: u64, spins: u32) {
     let mut last = 0;
-    let mut p = Patience::new();
+    let mut p = Patience::spinning(spins);
     loop {
         let v = b.ping.load(Ordering::Acquire);
         if v != last {
@@ -91,7 +101,7 @@ pub fn floor_server(b: &Bounce, stop: u64) {
             if v == stop {
                 return;
             }
-            p = Patience::new();
+            p = Patience::spinning(spins);
         }
         p.wait();
     }
@@ -101,19 +111,21 @@ pub fn floor_server(b: &Bounce, stop: u64) {
 /// pinned to the two cores of [`core_pair`] (this thread stays pinned).
 pub fn floor_threads(iters: u64) -> Duration {
     let (c0, c1) = core_pair();
+    // Sharing one CPU, the partner runs only when this thread yields.
+    let spins = if c0 == c1 { 0 } else { PATIENCE };
     let b = std::sync::Arc::new(Bounce::new());
-    let server = {
+    let srv = {
         let b = b.clone();
         std::thread::spawn(move || {
             pin(c1);
-            floor_server(&b, STOP);
+            server(&b, STOP, spins);
         })
     };
     pin(c0);
-    floor_client(&b, WARM_UP, 0);
-    let d = floor_client(&b, iters, WARM_UP);
+    client(&b, WARM_UP, 0, spins);
+    let d = client(&b, iters, WARM_UP, spins);
     b.ping.store(STOP, Ordering::Release);
-    server.join().expect("floor server thread");
+    srv.join().expect("floor server thread");
     d
 }
 

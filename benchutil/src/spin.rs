@@ -47,24 +47,38 @@ impl SpinLimit {
 /// [`PATIENCE`] calls, far longer than a partner on another core takes to
 /// answer, then gives the core away (`sched_yield`) at every call, so a
 /// partner on the same core runs instead of waiting for a time slice.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Patience {
     spins: u32,
+    limit: u32,
 }
 
 /// Spins before [`Patience`] starts yielding.
 pub const PATIENCE: u32 = 256;
 
+impl Default for Patience {
+    fn default() -> Patience {
+        Patience::new()
+    }
+}
+
 impl Patience {
-    /// A fresh wait.
+    /// A fresh wait: [`PATIENCE`] spins, then yields.
     pub fn new() -> Patience {
-        Patience { spins: 0 }
+        Patience::spinning(PATIENCE)
+    }
+
+    /// A fresh wait that spins `limit` times before it yields: 0 when
+    /// the partner is known to share this thread's CPU (spinning cannot
+    /// help it run).
+    pub fn spinning(limit: u32) -> Patience {
+        Patience { spins: 0, limit }
     }
 
     /// One turn of the wait.
     #[inline]
     pub fn wait(&mut self) {
-        if self.spins < PATIENCE {
+        if self.spins < self.limit {
             self.spins += 1;
             std::hint::spin_loop();
         } else {
@@ -74,7 +88,7 @@ impl Patience {
 
     /// Whether the wait has started yielding.
     pub fn yielding(&self) -> bool {
-        self.spins >= PATIENCE
+        self.spins >= self.limit
     }
 }
 
@@ -92,6 +106,7 @@ mod tests {
         assert!(p.yielding());
         p.wait();
         assert!(p.yielding());
+        assert!(Patience::spinning(0).yielding(), "no spin at all");
     }
 
     #[test]
