@@ -450,6 +450,10 @@ fn gather(
 /// registered regions under the state lock, which the caller still holds
 /// (deregistration takes it).
 fn payload_parts<'a>(inline: &'a [u8], segs: &[(u64, u32)], parts: &mut [Data<'a>]) -> usize {
+    debug_assert!(
+        segs.len() <= parts.len(),
+        "gather caps the list at MAX_PARTS"
+    );
     if !inline.is_empty() {
         parts[0] = Data::slice(inline);
         return 1;

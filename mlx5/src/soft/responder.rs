@@ -198,12 +198,19 @@ pub(crate) fn respond<'s>(
     if req.psn != qp.epsn {
         return (Response::OutOfSequence, none);
     }
-    let (r, data) = execute(s, req, payload);
+    let (r, read) = execute(s, req, payload);
     if !matches!(r, Response::Rnr { .. } | Response::NoAnswer)
         && let Some(qp) = s.qp(req.dst_qpn)
     {
         qp.epsn = qp.epsn.wrapping_add(1);
     }
+    let data = match read {
+        // SAFETY: `read` checked the range against a registered, remotely
+        // readable region, which stays registered while `s` is borrowed
+        // (deregistration takes the state lock the borrow stands for).
+        Some((addr, len)) => unsafe { Data::raw(addr as *const u8, len) },
+        None => none,
+    };
     (r, data)
 }
 
@@ -253,8 +260,9 @@ impl Target {
 }
 
 /// Executes `req` at its target QP (checked by the caller), by opcode
-/// family; a READ's data is returned where it lies (see [`respond`]).
-fn execute<'s>(s: &mut State, req: &Request, payload: Data<'_>) -> (Response, Data<'s>) {
+/// family; a READ's data is returned as the checked range it lies in
+/// (address, length), which [`respond`] reads while the state is locked.
+fn execute(s: &mut State, req: &Request, payload: Data<'_>) -> (Response, Option<(u64, usize)>) {
     let qp = s.qp(req.dst_qpn).expect("checked by the caller");
     let t = Target {
         qpn: req.dst_qpn,
@@ -263,15 +271,14 @@ fn execute<'s>(s: &mut State, req: &Request, payload: Data<'_>) -> (Response, Da
         recv_cq: qp.recv_cq,
         min_rnr_timer: qp.min_rnr_timer,
     };
-    let none = Data::slice(&[]);
     match req.opcode {
-        opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM => (write(s, &t, req, payload), none),
-        opcode::SEND | opcode::SEND_IMM => (send(s, &t, req, payload), none),
+        opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM => (write(s, &t, req, payload), None),
+        opcode::SEND | opcode::SEND_IMM => (send(s, &t, req, payload), None),
         opcode::RDMA_READ => read(s, &t, req),
-        opcode::ATOMIC_CS | opcode::ATOMIC_FA => (atomic(s, &t, req), none),
+        opcode::ATOMIC_CS | opcode::ATOMIC_FA => (atomic(s, &t, req), None),
         _ => (
             responder_fatal(s, t.qpn, Syndrome::RemoteInvalRequest),
-            none,
+            None,
         ),
     }
 }
@@ -343,23 +350,20 @@ fn send(s: &mut State, t: &Target, req: &Request, payload: Data<'_>) -> Response
     Response::Ack { orig: 0 }
 }
 
-/// READ: the remote range appended to `out`.
-fn read<'s>(s: &mut State, t: &Target, req: &Request) -> (Response, Data<'s>) {
+/// READ: the remote range, checked (the data goes where [`respond`]'s
+/// caller puts it).
+fn read(s: &mut State, t: &Target, req: &Request) -> (Response, Option<(u64, usize)>) {
     let len = u64::from(req.len);
     if len == 0 {
-        return (Response::Ack { orig: 0 }, Data::slice(&[]));
+        return (Response::Ack { orig: 0 }, None);
     }
     if !t.remote_ok(s, req, Access::REMOTE_READ, len) {
-        return (
-            responder_fatal(s, t.qpn, Syndrome::RemoteAccess),
-            Data::slice(&[]),
-        );
+        return (responder_fatal(s, t.qpn, Syndrome::RemoteAccess), None);
     }
-    // SAFETY: inside a registered, remotely readable region (checked
-    // above), which stays registered while the caller holds the state
-    // lock (see `respond`).
-    let data = unsafe { Data::raw(req.remote.addr as *const u8, req.len as usize) };
-    (Response::Ack { orig: 0 }, data)
+    (
+        Response::Ack { orig: 0 },
+        Some((req.remote.addr, req.len as usize)),
+    )
 }
 
 /// Compare-and-swap and fetch-and-add on 8 aligned bytes, in host byte

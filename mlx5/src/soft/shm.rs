@@ -135,7 +135,9 @@ pub(crate) trait Bytes {
     /// Copies `src` to ring offset `at` (`at + src.len() <= len`).
     fn put(&self, at: usize, src: &[u8]);
     /// Copies `src` (bytes that may be another's memory, never made a
-    /// slice) to ring offset `at` (`at + src.len() <= len`).
+    /// slice) to ring offset `at` (`at + src.len() <= len`). This default
+    /// goes through a temporary buffer, for the loom model's cells; the
+    /// real ring copies straight in.
     fn put_data(&self, at: usize, src: Data<'_>) {
         let mut v = vec![0u8; src.len()];
         // SAFETY: `v` is a fresh buffer of `src.len()` bytes.
