@@ -502,7 +502,7 @@ fn metadata(mpi: &Mpi, p: &Params, ranks: &[RankReport]) -> Metadata {
         .filter(|&m| m < per_rank.min(cores))
     {
         notes.push(format!(
-            "a rank may run on only {min} CPU(s) for its {per_rank} busy threads (mpirun binds ranks to cores by default; --bind-to none lifts it)"
+            "a rank may run on only {min} CPU(s) for its {per_rank} busy threads (as mpirun bound it: by default, or as asked; --bind-to none lifts that)"
         ));
     }
     // Always: the policy is part of what a figure means (rank 0's; each
