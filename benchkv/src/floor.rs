@@ -223,7 +223,7 @@ fn cache_line(mpi: &Mpi) -> Result<(f64, String), Error> {
         ));
     }
     let id = mpi.broadcast_u64(if rank == 0 {
-        crate::node::unique_id()
+        crate::machine::unique_id()
     } else {
         0
     });

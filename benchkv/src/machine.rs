@@ -63,3 +63,12 @@ fn read_trim(path: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
 }
+
+/// An id for names this run creates on the host (ipc segments, the
+/// floor's file): this process's pid and the clock.
+pub(crate) fn unique_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (u64::from(std::process::id()) << 32) ^ nanos
+}

@@ -237,7 +237,7 @@ fn run_class<const N: usize>(mpi: &Mpi, p: &Params) -> Result<Option<Report>, Er
     };
     let d = p.daemons;
     let routing = Routing::new(ranks, d as u32, p.keys);
-    let run_id = mpi.broadcast_u64(if rank == 0 { unique_id() } else { 0 });
+    let run_id = mpi.broadcast_u64(if rank == 0 { machine::unique_id() } else { 0 });
     let control = Arc::new(Control::default());
     let clients_abort = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Failures {
@@ -467,14 +467,6 @@ fn unpack(parts: &[Vec<u8>], daemons: usize, rank: u32) -> Result<Vec<Vec<u8>>, 
         }
     }
     Ok(out)
-}
-
-/// An id for this run's ipc segments: rank 0's pid and clock.
-pub(crate) fn unique_id() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    (u64::from(std::process::id()) << 32) ^ nanos
 }
 
 fn metadata(mpi: &Mpi, p: &Params, ranks: &[RankReport]) -> Metadata {
