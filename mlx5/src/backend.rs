@@ -128,9 +128,12 @@ impl Backend {
 
     /// One step of the software device.
     pub(crate) fn progress(&self) -> Result<usize, Error> {
-        let d = self.soft_device().ok_or(Error::SoftOnly(
-            "stepping the device (hardware progresses by itself)",
-        ))?;
+        // The error only when there is one: this runs every poll.
+        let Some(d) = self.soft_device() else {
+            return Err(Error::SoftOnly(
+                "stepping the device (hardware progresses by itself)",
+            ));
+        };
         Ok(d.progress())
     }
 
