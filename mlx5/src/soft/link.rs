@@ -416,41 +416,26 @@ impl Link {
             self.read_max = self.read_max.max(req.len);
         }
         // Over shared memory with nothing queued ahead, the frame goes
-        // straight into the ring (published by the pass's flush): the
-        // payload is copied once, from where it lies.
-        if let Some(p) = self.shm.as_mut()
-            && self.tx_head == self.tx.len()
-            && self.delay.is_zero()
-            && !self.blackhole
-        {
-            let len: usize = payload.iter().map(Data::len).sum();
-            let h = wire::header(K_REQ, REQ_LEN + len);
-            let fixed = wire::req_fixed(req, epoch);
+        // straight into the ring, else into `tx`: either way the payload
+        // is copied once, from where it lies.
+        let len: usize = payload.iter().map(Data::len).sum();
+        let h = wire::header(K_REQ, REQ_LEN + len);
+        let fixed = wire::req_fixed(req, epoch);
+        if self.can_stage() {
             let mut parts = [Data::slice(&[]); 2 + MAX_PARTS];
             parts[0] = Data::slice(&h);
             parts[1] = Data::slice(&fixed);
             parts[2..2 + payload.len()].copy_from_slice(payload);
-            match p.stage(&parts[..2 + payload.len()]) {
-                Ok(true) => {
-                    self.staged += h.len() + REQ_LEN + len;
-                    // A large frame goes at once, so the peer copies it
-                    // out while this side gathers the next one (batching
-                    // saves nothing at that size).
-                    if self.staged >= EAGER && p.publish() {
-                        self.early.0 += 1;
-                        self.early.1 += std::mem::take(&mut self.staged) as u64;
-                        self.early.2 += u64::from(self.wake_peer());
-                    }
-                    return;
-                }
-                Ok(false) => {}
-                Err(Corrupt(e)) => {
-                    self.kill(format!("the peer broke the shared-memory ring: {e}"));
-                    return;
-                }
+            if self.stage(&parts[..2 + payload.len()]) {
+                return;
             }
         }
-        wire::put_req(&mut self.tx, req, epoch, payload);
+        self.tx.reserve(HDR + REQ_LEN + len);
+        self.tx.extend_from_slice(&h);
+        self.tx.extend_from_slice(&fixed);
+        for d in payload {
+            d.append_to(&mut self.tx);
+        }
     }
 
     /// Appends the RESP answering `req` (with `data`, a READ's, copied
@@ -467,43 +452,56 @@ impl Link {
         data: Data<'_>,
         st: &mut WireStats,
     ) {
-        if data.len() >= DIRECT_MIN
-            && let Some(p) = self.shm.as_mut()
-            && self.tx_head == self.tx.len()
-            && self.delay.is_zero()
-            && !self.blackhole
-        {
+        if data.len() >= DIRECT_MIN && self.can_stage() {
             let h = wire::header(K_RESP, RESP_LEN + data.len());
             let fixed = wire::resp_fixed(req, epoch, r, data.len());
-            match p.stage(&[Data::slice(&h), Data::slice(&fixed), data]) {
-                Ok(true) => {
-                    self.staged += h.len() + fixed.len() + data.len();
-                    self.answered = true;
-                    if self.staged >= EAGER && p.publish() {
-                        self.early.0 += 1;
-                        self.early.1 += std::mem::take(&mut self.staged) as u64;
-                        self.early.2 += u64::from(self.wake_peer());
-                    }
-                    return;
-                }
-                Ok(false) => {}
-                Err(Corrupt(e)) => {
-                    self.kill(format!("the peer broke the shared-memory ring: {e}"));
-                    return;
-                }
+            if self.stage(&[Data::slice(&h), Data::slice(&fixed), data]) {
+                self.answered = true;
+                return;
             }
         }
         let at = wire::start_resp(&mut self.tx);
-        let n = self.tx.len();
-        self.tx.reserve(data.len());
-        // SAFETY: `tx` has room for the bytes (reserved above) and its
-        // length covers them only once they are copied.
-        unsafe {
-            data.copy_to(self.tx.as_mut_ptr().add(n));
-            self.tx.set_len(n + data.len());
-        }
+        data.append_to(&mut self.tx);
         wire::finish_resp(&mut self.tx, at, req, epoch, r);
         self.on_answer(st);
+    }
+
+    /// Whether a frame may go straight into the outgoing ring: a
+    /// shared-memory link with nothing queued ahead in `tx` (so order is
+    /// kept), no delay and no blackhole.
+    fn can_stage(&self) -> bool {
+        self.shm.is_some()
+            && self.tx_head == self.tx.len()
+            && self.delay.is_zero()
+            && !self.blackhole
+    }
+
+    /// Stages one frame, the concatenation of `parts`, into the outgoing
+    /// ring ([`Link::can_stage`] said it may); it is published by the
+    /// pass's flush, or at once once [`EAGER`] bytes are staged (the peer
+    /// copies a large frame out while this side makes the next). True if
+    /// the frame is taken care of: staged, or the link killed because the
+    /// peer broke the ring; false if it must go through `tx` (no room).
+    fn stage(&mut self, parts: &[Data<'_>]) -> bool {
+        let Some(p) = self.shm.as_mut() else {
+            return false;
+        };
+        match p.stage(parts) {
+            Ok(true) => {
+                self.staged += parts.iter().map(Data::len).sum::<usize>();
+                if self.staged >= EAGER && p.publish() {
+                    self.early.0 += 1;
+                    self.early.1 += std::mem::take(&mut self.staged) as u64;
+                    self.early.2 += u64::from(self.wake_peer());
+                }
+                true
+            }
+            Ok(false) => false,
+            Err(Corrupt(e)) => {
+                self.kill(format!("the peer broke the shared-memory ring: {e}"));
+                true
+            }
+        }
     }
 
     /// Whether `r` answers the oldest request unanswered on this link; if

@@ -471,15 +471,7 @@ fn copy_segs(out: &mut Vec<u8>, segs: &[(u64, u32)]) {
     let mut parts = [Data::slice(&[]); MAX_PARTS];
     let n = payload_parts(&[], segs, &mut parts);
     for d in &parts[..n] {
-        let at = out.len();
-        out.reserve(d.len());
-        // SAFETY: `out` has room (reserved above) and its length covers
-        // the bytes only once they are copied (no zeroing first: the copy
-        // is the only write).
-        unsafe {
-            d.copy_to(out.as_mut_ptr().add(at));
-            out.set_len(at + d.len());
-        }
+        d.append_to(out);
     }
 }
 

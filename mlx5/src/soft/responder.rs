@@ -164,14 +164,7 @@ pub(crate) fn respond_locked(
     out: &mut Vec<u8>,
 ) -> Response {
     let (r, data) = respond(s, req, payload);
-    let at = out.len();
-    out.reserve(data.len());
-    // SAFETY: `out` has room for the bytes (reserved above) and its length
-    // covers them only once they are copied.
-    unsafe {
-        data.copy_to(out.as_mut_ptr().add(at));
-        out.set_len(at + data.len());
-    }
+    data.append_to(out);
     r
 }
 

@@ -205,23 +205,6 @@ pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Appends a REQ frame for `req` with `payload`.
-pub(crate) fn put_req(tx: &mut Vec<u8>, req: &Request, epoch: u32, payload: &[Data<'_>]) {
-    let len: usize = payload.iter().map(Data::len).sum();
-    tx.extend_from_slice(&header(K_REQ, REQ_LEN + len));
-    tx.extend_from_slice(&req_fixed(req, epoch));
-    tx.reserve(len);
-    for d in payload {
-        let at = tx.len();
-        // SAFETY: `tx` has room (reserved above) and its length covers
-        // the bytes only once they are copied.
-        unsafe {
-            d.copy_to(tx.as_mut_ptr().add(at));
-            tx.set_len(at + d.len());
-        }
-    }
-}
-
 /// A REQ's fixed part (what follows its header, before the payload).
 pub(crate) fn req_fixed(req: &Request, epoch: u32) -> [u8; REQ_LEN] {
     let mut b = [0u8; REQ_LEN];
@@ -289,6 +272,20 @@ impl<'a> Data<'a> {
                 Data::raw(self.ptr, n),
                 Data::raw(self.ptr.add(n), self.len - n),
             )
+        }
+    }
+
+    /// Appends the bytes to `out`.
+    pub(crate) fn append_to(self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.reserve(self.len);
+        // SAFETY: `out` has room for the bytes (reserved above) and its
+        // length covers them only once they are copied (no zeroing first:
+        // the copy is the only write); a Vec's spare capacity never
+        // overlaps readable bytes.
+        unsafe {
+            self.copy_to(out.as_mut_ptr().add(at));
+            out.set_len(at + self.len);
         }
     }
 
