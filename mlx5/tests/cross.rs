@@ -1358,20 +1358,28 @@ macro_rules! over_both {
     };
 }
 
-/// A same-host peer that scribbles over the shared-memory rings: this
-/// side cuts that link (its QP fails with `TransportRetryExceeded`), and
-/// its other links and the process carry on.
-#[test]
-fn a_peer_that_corrupts_the_rings_loses_only_its_link() {
-    let (mut me, mut bad) = setup("soft", &ConnectOpts::default());
-    let ctx = me.ctx.clone();
-    let mut other = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+/// QP 0 of a peer that a test will turn bad, and, on the same background
+/// device here, another end connected to a second, good peer: (me, bad,
+/// other, good).
+fn bad_and_good_peers() -> (End, PeerProcess, End, PeerProcess) {
+    let (me, bad) = setup("soft", &ConnectOpts::default());
+    let mut other = end(&me.ctx, caps(8, 8), 64, 4096, Access::ALL);
     let mut good = spawn("soft", 1, 4096, 8, 8);
     good.connect(0, &other.qp.local_info(&ConnectOpts::default()).unwrap());
     other
         .qp
         .connect(&good.infos[0], &ConnectOpts::default())
         .unwrap();
+    (me, bad, other, good)
+}
+
+/// A same-host peer that scribbles over the shared-memory rings: this
+/// side cuts that link (its QP fails with `TransportRetryExceeded`), and
+/// its other links and the process carry on.
+#[test]
+fn a_peer_that_corrupts_the_rings_loses_only_its_link() {
+    let (mut me, mut bad, mut other, good) = bad_and_good_peers();
+    let ctx = me.ctx.clone();
     let read = |e: &mut End, p: &PeerProcess| {
         e.qp.post_and_ring(&Read::new(p.remote(0), &[e.mr.sge(0, 64)]).signaled())
             .unwrap();
@@ -1404,15 +1412,8 @@ fn a_peer_that_corrupts_the_rings_loses_only_its_link() {
 /// that link only, and carries on.
 #[test]
 fn a_malformed_large_frame_in_the_ring_loses_only_its_link() {
-    let (mut me, mut bad) = setup("soft", &ConnectOpts::default());
+    let (mut me, mut bad, mut other, good) = bad_and_good_peers();
     let ctx = me.ctx.clone();
-    let mut other = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
-    let mut good = spawn("soft", 1, 4096, 8, 8);
-    good.connect(0, &other.qp.local_info(&ConnectOpts::default()).unwrap());
-    other
-        .qp
-        .connect(&good.infos[0], &ConnectOpts::default())
-        .unwrap();
     let write = |e: &mut End, p: &PeerProcess| {
         e.qp.post_and_ring(&Write::inline(p.remote(0), b"still here").signaled())
             .unwrap();
