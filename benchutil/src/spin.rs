@@ -125,6 +125,7 @@ mod tests {
         crate::pin(cpu);
         let t = Instant::now();
         crate::floor_client(&b, 20_000, 0);
+        // Release: the stop value, as floor_threads publishes it.
         b.ping.store(u64::MAX, std::sync::atomic::Ordering::Release);
         server.join().unwrap();
         crate::unpin(&crate::allowed_cpus());

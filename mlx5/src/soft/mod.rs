@@ -670,6 +670,9 @@ impl Device {
         // would open a second link to the same peer, and answers and
         // requests would not share one.
         let wait_until = Instant::now() + ACCEPT_WAIT;
+        // Acquire: pairs with the Release that ends a handshake (see
+        // `Adopt::accepting`): a count seen at zero means the link it
+        // adopted is in `pending` for the lookup below.
         while self.shared.accepting.load(Ordering::Acquire) > 0 && Instant::now() < wait_until {
             std::thread::yield_now();
         }
