@@ -706,7 +706,7 @@ impl Link {
             self.kill("the peer closed the connection".into());
             return 0;
         }
-        if got > 0 && self.shm.is_some() && self.wake_peer() {
+        if self.shm.as_mut().is_some_and(Pipe::take_freed) && self.wake_peer() {
             st.wakeups += 1;
         }
         if self.blackhole {

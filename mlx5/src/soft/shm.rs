@@ -27,11 +27,23 @@
 //! left by an earlier lap cannot pass for a seal: it names a position a
 //! whole ring earlier.
 //!
+//! A *rewind* record has the length word `u64::MAX` and no bytes: the
+//! next record starts at the beginning of the ring's next lap. A producer
+//! writes one before a new record that would start [`REWIND_AT`] or more
+//! into the ring, once the head shows the consumer took everything (it
+//! reads the head for this at most once per `REWIND_AT / 16` bytes it
+//! publishes). A link whose consumer keeps up thus stays in the first
+//! lines of each ring, which stay in both cores' caches; the rest of the
+//! ring is there for bursts and large frames. A consumer accepts a rewind
+//! only past the ring's start and where its own published head is (the
+//! only place the producer can have written one), and returns the skipped
+//! rest of the lap at once.
+//!
 //! # Layout of the memfd (created and sealed by the connector)
 //!
 //! | offset | bytes | word | written by | read by |
 //! |---|---|---|---|---|
-//! | 0 | 16 | `"M5SHMLNK"`, version u32 = 2, ring bytes u32 (LE) | connector, before it is sent | acceptor, once |
+//! | 0 | 16 | `"M5SHMLNK"`, version u32 = 3, ring bytes u32 (LE) | connector, before it is sent | acceptor, once |
 //! | 256 | 8 | ring 0 head (bytes consumed, free-running) | acceptor, `Release` | connector, `Acquire` |
 //! | 512 | 8 | ring 1 head | connector, `Release` | acceptor, `Acquire` |
 //! | 640 | 8 | connector's sleep sequence | connector | acceptor, after a `SeqCst` fence |
@@ -86,7 +98,7 @@ pub(crate) const RING: usize = 8 << 20;
 /// Where the rings start (the control words fit in the first page).
 const DATA: usize = 4096;
 const MAGIC: [u8; 8] = *b"M5SHMLNK";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEAD0: usize = 256;
 const HEAD1: usize = 512;
 const SLEEP_CONNECTOR: usize = 640;
@@ -96,6 +108,15 @@ const REC: u64 = 16;
 /// XORed into a record's position to make its seal (so that the zeros of
 /// a fresh ring, or small numbers in old bytes, are no seal).
 const SEAL: u64 = 0x6d35_7368_6d72_6563;
+/// The length word of a *rewind* record: no bytes; the next record starts
+/// at the beginning of the ring's next lap.
+const REWIND: u64 = u64::MAX;
+/// How far into a ring a producer goes before it rewinds (when its
+/// consumer has taken everything): a link that carries small messages
+/// keeps its records in the first lines of each ring, which stay in both
+/// cores' caches, instead of walking through megabytes of lines last
+/// touched a lap ago.
+const REWIND_AT: u64 = 64 << 10;
 
 /// The size of a link's memfd.
 pub(crate) const fn region_len(ring: usize) -> usize {
@@ -167,9 +188,24 @@ pub(crate) struct Producer {
     staged: u64,
     /// The consumer's head, as last read.
     head: u64,
+    /// Rewind once a new record would start this far into the ring (0:
+    /// never).
+    rewind_at: u64,
+    /// Do not look at the consumer's head for a rewind before the tail
+    /// reaches this (it was behind when last looked at).
+    rewind_next: u64,
 }
 
 impl Producer {
+    /// A producer that rewinds to the start of the ring once it is
+    /// `rewind_at` bytes into it and its consumer has taken everything.
+    pub(crate) fn rewinding(rewind_at: u64) -> Producer {
+        Producer {
+            rewind_at,
+            ..Producer::default()
+        }
+    }
+
     /// Free ring bytes after the tail, reading the consumer's head when
     /// fewer than `need` are known to be free.
     fn room<W: Word>(&mut self, head_w: &W, size: u64, need: u64) -> Result<u64, Corrupt> {
@@ -177,6 +213,11 @@ impl Producer {
         if size - used >= need {
             return Ok(size - used);
         }
+        self.read_head(head_w)?;
+        Ok(size - (self.tail - self.head))
+    }
+
+    fn read_head<W: Word>(&mut self, head_w: &W) -> Result<(), Corrupt> {
         // Acquire: pairs with the consumer's Release of its head; the
         // bytes it consumed were read before the space comes back.
         let head = head_w.load(Ordering::Acquire);
@@ -184,7 +225,39 @@ impl Producer {
             return Err(Corrupt("the consumer's head is outside the ring"));
         }
         self.head = head;
-        Ok(size - (self.tail - self.head))
+        Ok(())
+    }
+
+    /// Before a new record: past `rewind_at`, with everything published
+    /// taken by the consumer, publishes a rewind record and moves the tail
+    /// to the start of the ring's next lap. The head is read for this at
+    /// most once per `rewind_at / 16` bytes published (it costs a line
+    /// transfer), so a busy link seldom looks.
+    fn rewind<W: Word, B: Bytes>(&mut self, head_w: &W, ring: &B) -> Result<(), Corrupt> {
+        let size = ring.len() as u64;
+        let off = self.tail & (size - 1);
+        if self.staged != 0 || self.rewind_at == 0 || off < self.rewind_at {
+            return Ok(());
+        }
+        if self.head != self.tail {
+            if self.tail < self.rewind_next {
+                return Ok(());
+            }
+            self.read_head(head_w)?;
+            if self.head != self.tail {
+                self.rewind_next = self.tail + (self.rewind_at / 16).max(REC);
+                return Ok(());
+            }
+        }
+        // The consumer is at the tail: the rest of this lap is free, and
+        // the header fits (the tail is 16-aligned, `off` below the size).
+        let at = off as usize;
+        // Relaxed: published by the seal's Release.
+        ring.word(at + 8).store(REWIND, Ordering::Relaxed);
+        // Release: the length word is visible before the seal.
+        ring.word(at).store(self.tail ^ SEAL, Ordering::Release);
+        self.tail = (self.tail | (size - 1)) + 1;
+        Ok(())
     }
 
     fn put<B: Bytes>(&mut self, ring: &B, src: Data<'_>) {
@@ -206,6 +279,7 @@ impl Producer {
         ring: &B,
         parts: &[Data<'_>],
     ) -> Result<bool, Corrupt> {
+        self.rewind(head_w, ring)?;
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let need = record_len(self.staged + total);
         if self.staged + total > max_record(ring)
@@ -245,6 +319,7 @@ impl Producer {
         ring: &B,
         src: &[u8],
     ) -> Result<usize, Corrupt> {
+        self.rewind(head_w, ring)?;
         let want = (src.len() as u64).min(max_record(ring) - self.staged.min(max_record(ring)));
         let room = self.room(head_w, ring.len() as u64, record_len(self.staged + want))?;
         // The most bytes whose record fits in `room`.
@@ -277,21 +352,43 @@ pub(crate) struct Consumer {
 
 impl Consumer {
     /// Unconsumed bytes of the current record; when it is used up, looks
-    /// at the next record's seal and enters that record if it is sealed.
+    /// at the next record's seal and enters that record if it is sealed
+    /// (passing a rewind record to the record after it).
     fn current<B: Bytes>(&mut self, ring: &B) -> Result<u64, Corrupt> {
         if self.head < self.end {
             return Ok(self.end - self.head);
         }
         let size = ring.len() as u64;
-        let pos = (self.end + 15) & !15;
-        let at = (pos & (size - 1)) as usize;
+        let mut pos = (self.end + 15) & !15;
+        let mut at = (pos & (size - 1)) as usize;
         // Acquire: pairs with the producer's Release of the seal; the
         // record's length and bytes are visible.
         if ring.word(at).load(Ordering::Acquire) != pos ^ SEAL {
             return Ok(0);
         }
         // Relaxed: ordered by the seal's Acquire.
-        let len = ring.word(at + 8).load(Ordering::Relaxed);
+        let mut len = ring.word(at + 8).load(Ordering::Relaxed);
+        if len == REWIND {
+            // A producer rewinds only past the ring's start and only once
+            // it saw everything before returned (this side returns a
+            // record's space as it leaves it, so that is the head it last
+            // published).
+            if at == 0 || self.released != pos {
+                return Err(Corrupt("a rewind record the producer cannot have written"));
+            }
+            pos = (pos | (size - 1)) + 1;
+            self.head = pos;
+            self.end = pos;
+            at = 0;
+            // Acquire, Relaxed: as for the first record.
+            if ring.word(at).load(Ordering::Acquire) != pos ^ SEAL {
+                return Ok(0);
+            }
+            len = ring.word(at + 8).load(Ordering::Relaxed);
+            if len == REWIND {
+                return Err(Corrupt("a rewind record the producer cannot have written"));
+            }
+        }
         // The producer may write only the space this side returned (the
         // bound on `len` first: it keeps `record_len` from overflowing).
         if len == 0 || len > size || pos + record_len(len) > self.released + size {
@@ -304,16 +401,23 @@ impl Consumer {
 
     /// Returns the space consumed so far to the producer: up to the head,
     /// or, with the record used up, its padding too (else a producer that
-    /// needs that much would wait for a consumer waiting for it).
-    fn release<W: Word>(&mut self, head_w: &W) {
-        self.released = if self.head == self.end {
+    /// needs that much would wait for a consumer waiting for it); and the
+    /// rest of a lap a rewind record skipped. True if that is more than
+    /// was returned before.
+    fn release<W: Word>(&mut self, head_w: &W) -> bool {
+        let to = if self.head == self.end {
             (self.end + 15) & !15
         } else {
             self.head
         };
+        if to == self.released {
+            return false;
+        }
+        self.released = to;
         // Release: the bytes were read before the producer may write over
         // them.
         head_w.store(self.released, Ordering::Release);
+        true
     }
 
     fn copy<B: Bytes>(&self, ring: &B, dst: &mut [u8]) {
@@ -360,7 +464,8 @@ impl Consumer {
     }
 
     /// Copies what has arrived, at most `dst.len()` bytes (across records),
-    /// and returns that space to the producer.
+    /// and returns that space (and any a rewind record skipped) to the
+    /// producer.
     pub(crate) fn pop<W: Word, B: Bytes>(
         &mut self,
         head_w: &W,
@@ -378,9 +483,7 @@ impl Consumer {
             self.head += n as u64;
             got += n;
         }
-        if got > 0 {
-            self.release(head_w);
-        }
+        self.release(head_w);
         Ok(got)
     }
 }
@@ -547,6 +650,8 @@ pub(crate) struct Pipe {
     peer_seq: usize,
     producer: Producer,
     consumer: Consumer,
+    /// Reads returned ring space since [`Pipe::take_freed`] last looked.
+    freed: bool,
     sleeper: Sleeper,
     waker: Waker,
     /// Fault injection: publish impossible heads from now on.
@@ -577,8 +682,9 @@ impl Pipe {
             in_head: ih,
             my_seq: me,
             peer_seq: peer,
-            producer: Producer::default(),
+            producer: Producer::rewinding(REWIND_AT.min(ring as u64 / 4)),
             consumer: Consumer::default(),
+            freed: false,
             sleeper: Sleeper::default(),
             waker: Waker::default(),
             lie_head: false,
@@ -665,9 +771,17 @@ impl Pipe {
     /// Copies what arrived, at most `dst.len()` bytes.
     pub(crate) fn read(&mut self, dst: &mut [u8]) -> Result<usize, Corrupt> {
         let h = self.region.word(self.in_head);
+        let before = self.consumer.released;
         let n = self.consumer.pop(h, &self.inn, dst)?;
+        self.freed |= self.consumer.released != before;
         self.lie();
         Ok(n)
+    }
+
+    /// Whether reads returned space to the producer since the last call
+    /// (bytes taken, or a lap a rewind record skipped).
+    pub(crate) fn take_freed(&mut self) -> bool {
+        std::mem::take(&mut self.freed)
     }
 
     /// Fault injection: from now on, every head this side publishes is one
@@ -960,6 +1074,92 @@ mod tests {
     }
 
     #[test]
+    fn a_producer_rewinds_once_its_consumer_caught_up_and_never_before() {
+        let (_mem, ring) = heap(1024);
+        let head = AtomicU64::new(0);
+        let (mut p, mut c) = (Producer::rewinding(256), Consumer::default());
+        let mut buf = [0u8; 64];
+        let mut next = 0u8;
+        // Records of 48 bytes take 64: the fifth would start 256 in. The
+        // consumer keeps up: it starts the ring again, every fourth time.
+        for i in 0..12u64 {
+            let chunk: Vec<u8> = (0..48).map(|k| next.wrapping_add(k)).collect();
+            assert_eq!(p.push(&head, &ring, &chunk).unwrap(), 48);
+            let at = (p.tail - record_len(48)) & 1023;
+            assert_eq!(at, (i % 4) * 64, "record {i}");
+            assert_eq!(c.pop(&head, &ring, &mut buf).unwrap(), 48);
+            assert_eq!(buf[..48], chunk[..]);
+            next = next.wrapping_add(48);
+        }
+        // Relaxed (here and below): one thread plays both sides.
+        assert_eq!(head.load(Ordering::Relaxed), p.tail, "all returned");
+        // A consumer behind: no rewind; the producer goes on into the
+        // ring and looks at the head again only a while later.
+        let (_mem, ring) = heap(1024);
+        let head = AtomicU64::new(0);
+        let (mut p, mut c) = (Producer::rewinding(256), Consumer::default());
+        for _ in 0..6 {
+            assert_eq!(p.push(&head, &ring, &[1; 48]).unwrap(), 48);
+        }
+        assert_eq!(p.tail, 6 * 64, "no rewind with five records unread");
+        let mut got = 0;
+        while got < 6 * 48 {
+            let n = c.pop(&head, &ring, &mut buf).unwrap();
+            assert!(n > 0);
+            got += n;
+        }
+        // The head was read at 320 (consumer behind): next look at 336.
+        assert_eq!(p.rewind_next, 5 * 64 + 16);
+        assert_eq!(p.push(&head, &ring, &[2; 8]).unwrap(), 8);
+        assert_eq!(p.tail, 1024 + record_len(8), "caught up: rewound");
+        assert_eq!(c.pop(&head, &ring, &mut buf).unwrap(), 8);
+        assert_eq!(buf[..8], [2; 8]);
+        assert_eq!(head.load(Ordering::Relaxed), p.tail);
+    }
+
+    #[test]
+    fn a_rewind_record_a_producer_cannot_have_written_is_refused() {
+        let mut buf = [0u8; 64];
+        // At the ring's start.
+        let (_mem, ring) = heap(256);
+        let head = AtomicU64::new(0);
+        ring.word(8).store(REWIND, Ordering::Relaxed);
+        ring.word(0).store(SEAL, Ordering::Release);
+        assert!(Consumer::default().pop(&head, &ring, &mut buf).is_err());
+        // Over bytes this side has not returned yet (the producer cannot
+        // have seen its head there).
+        let (_mem, ring) = heap(256);
+        let mut p = Producer::default();
+        assert_eq!(p.push(&head, &ring, &[7; 8]).unwrap(), 8);
+        ring.word(40).store(REWIND, Ordering::Relaxed);
+        ring.word(32).store(32 ^ SEAL, Ordering::Release);
+        let mut c = Consumer::default();
+        assert_eq!(c.peek(&ring, 8).unwrap(), Some(REC as usize));
+        assert!(c.peek(&ring, 9).unwrap().is_none());
+        // Read without returning it: `current` moves on unreleased.
+        c.head += 8;
+        assert!(
+            c.pop(&head, &ring, &mut buf).is_err(),
+            "rewind over unreturned space"
+        );
+        // Two rewinds in a row.
+        let (_mem, ring) = heap(256);
+        let head = AtomicU64::new(0);
+        let mut p = Producer::default();
+        let mut c = Consumer::default();
+        assert_eq!(p.push(&head, &ring, &[7; 8]).unwrap(), 8);
+        assert_eq!(c.pop(&head, &ring, &mut buf).unwrap(), 8);
+        ring.word(40).store(REWIND, Ordering::Relaxed);
+        ring.word(32).store(32 ^ SEAL, Ordering::Release);
+        ring.word(8).store(REWIND, Ordering::Relaxed);
+        ring.word(0).store(256 ^ SEAL, Ordering::Release);
+        assert!(
+            c.pop(&head, &ring, &mut buf).is_err(),
+            "a rewind to a rewind"
+        );
+    }
+
+    #[test]
     fn what_a_peer_cannot_have_published_is_refused() {
         let mut buf = [0u8; 64];
         // A seal at the right place over a record longer than the ring.
@@ -1188,6 +1388,51 @@ mod model {
             producer.join().unwrap();
             assert_eq!(got, [1, 2, 3, 4, 5]);
         });
+    }
+
+    /// Five bytes through a 64-byte ring whose producer rewinds once it is
+    /// 32 bytes in (the second record's place) and finds the consumer
+    /// caught up: whether it rewinds or not depends on the interleaving;
+    /// either way every byte arrives once, in order, and no byte is read
+    /// while written.
+    #[test]
+    fn bytes_arrive_in_order_across_rewinds() {
+        // Outside the model: whether some interleaving rewound (three
+        // records end at 96 without a rewind, later with one).
+        static REWOUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        loom::model(|| {
+            let l = link(64);
+            let p = l.clone();
+            let producer = loom::thread::spawn(move || {
+                let mut prod = Producer::rewinding(32);
+                let data = [1u8, 2, 3, 4, 5];
+                let mut sent = 0;
+                while sent < data.len() {
+                    let end = (sent + 2).min(data.len());
+                    let n = prod.push(&p.head, &p.ring, &data[sent..end]).unwrap();
+                    sent += n;
+                    if n == 0 {
+                        loom::thread::yield_now();
+                    }
+                }
+                if prod.tail > 96 {
+                    REWOUND.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let mut cons = Consumer::default();
+            let mut got = Vec::new();
+            while got.len() < 5 {
+                let mut b = [0u8; 2];
+                let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
+                got.extend_from_slice(&b[..n]);
+                if n == 0 {
+                    loom::thread::yield_now();
+                }
+            }
+            producer.join().unwrap();
+            assert_eq!(got, [1, 2, 3, 4, 5]);
+        });
+        assert!(REWOUND.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     /// A consumer that goes to sleep while the producer publishes is
