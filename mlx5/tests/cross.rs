@@ -424,7 +424,9 @@ fn many_qps_share_one_link() {
     }
     let st = ctx.wire_stats().unwrap();
     assert_eq!(st.links, 1, "{st:?}");
-    assert!(st.frames_sent >= N as u64 && st.frames_received >= N as u64);
+    // A REQ per WRITE; their ACKs, queued together, may share frames.
+    assert!(st.frames_sent >= N as u64, "{st:?}");
+    assert!((1..=st.frames_sent).contains(&st.frames_received), "{st:?}");
     let shm = if LINK.get() == LinkKind::Shm { 1 } else { 0 };
     assert_eq!(st.shm_links, shm, "{st:?}");
 }
@@ -713,7 +715,7 @@ fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
     from[8..12].copy_from_slice(&1u32.to_le_bytes());
     let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
     hello.extend_from_slice(b"M5SW");
-    hello.extend_from_slice(&[1, 0, 0, 0]);
+    hello.extend_from_slice(&[2, 0, 0, 0]);
     hello.extend_from_slice(&from);
     hello.extend_from_slice(&info.gid);
     s.write_all(&hello).unwrap();
@@ -880,7 +882,7 @@ fn stranger(to: &[u8; 16], id: u32) -> std::os::unix::net::UnixStream {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
     hello.extend_from_slice(b"M5SW");
-    hello.extend_from_slice(&[1, 0, 0, 0]);
+    hello.extend_from_slice(&[2, 0, 0, 0]);
     hello.extend_from_slice(&made_up_address(id));
     hello.extend_from_slice(to);
     s.write_all(&hello).unwrap();

@@ -164,7 +164,8 @@ pub struct WireStats {
     /// Of those, the links over shared memory (the rest are sockets): see
     /// [`LinkKind`].
     pub shm_links: usize,
-    /// REQ and RESP frames sent.
+    /// REQ and RESP frames sent (plain ACKs queued together travel as one
+    /// frame).
     pub frames_sent: u64,
     /// REQ and RESP frames received.
     pub frames_received: u64,
@@ -285,6 +286,13 @@ pub(crate) struct Link {
     /// Requests sent and not yet answered, oldest first: the peer answers
     /// every REQ with one RESP, in order, so only the front can be next.
     sent: VecDeque<Sent>,
+    /// Where in `tx` the last frame queued starts, if it is a plain ACK a
+    /// next one may be folded into (see [`wire::fold_ack`]); any other
+    /// frame queued, and any move of `tx`'s bytes, clears it.
+    last_ack: Option<usize>,
+    /// The requests the last RESP [`Link::answers`] accepted answered
+    /// before the one it names.
+    implied: Vec<Sent>,
     /// The longest READ among `sent` since it was last empty: what a RESP
     /// may carry.
     read_max: u32,
@@ -323,10 +331,10 @@ pub(crate) enum Bad {
 
 /// A request sent on a link, as its answer names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Sent {
-    qpn: u32,
-    epoch: u32,
-    psn: u32,
+pub(crate) struct Sent {
+    pub(crate) qpn: u32,
+    pub(crate) epoch: u32,
+    pub(crate) psn: u32,
 }
 
 /// The default time without an answer before a link is declared dead:
@@ -362,6 +370,8 @@ impl Link {
             held: VecDeque::new(),
             dead: None,
             sent: VecDeque::new(),
+            last_ack: None,
+            implied: Vec::new(),
             read_max: 0,
             req_limit: 0,
             vouched: false,
@@ -394,6 +404,7 @@ impl Link {
         self.rx_tail = 0;
         self.tx_head = 0;
         self.tx_ready = 0;
+        self.last_ack = None;
         self.held.clear();
         self.sent = VecDeque::new();
         self.read_max = 0;
@@ -430,6 +441,7 @@ impl Link {
                 return;
             }
         }
+        self.last_ack = None;
         self.tx.reserve(HDR + REQ_LEN + len);
         self.tx.extend_from_slice(&h);
         self.tx.extend_from_slice(&fixed);
@@ -456,13 +468,29 @@ impl Link {
             let h = wire::header(K_RESP, RESP_LEN + data.len());
             let fixed = wire::resp_fixed(req, epoch, r, data.len());
             if self.stage(&[Data::slice(&h), Data::slice(&fixed), data]) {
+                st.frames_sent += 1;
                 self.answered = true;
                 return;
             }
         }
+        let plain = r == (Response::Ack { orig: 0 }) && data.is_empty();
+        // A plain ACK after a plain ACK still queued (not yet written, not
+        // held back by a delay) rides in it.
+        if plain
+            && let Some(at) = self.last_ack
+            && at >= self.tx_head
+            && self.held.is_empty()
+            && self.delay.is_zero()
+            && wire::fold_ack(&mut self.tx[at..], req, epoch)
+        {
+            self.on_answer(st);
+            return;
+        }
         let at = wire::start_resp(&mut self.tx);
         data.append_to(&mut self.tx);
         wire::finish_resp(&mut self.tx, at, req, epoch, r);
+        self.last_ack = plain.then_some(at);
+        st.frames_sent += 1;
         self.on_answer(st);
     }
 
@@ -507,21 +535,31 @@ impl Link {
     /// Whether `r` answers the oldest request unanswered on this link; if
     /// so it is progress (the ACK clock restarts). Any other RESP is stale
     /// or forged: it answers nothing and must be ignored.
+    /// A `RESP` carrying `more` plain ACKs answers that many requests
+    /// before the one it names: [`Link::implied`] lists them, oldest first.
     pub(crate) fn answers(&mut self, r: &Resp<'_>, now: Instant) -> bool {
         let it = Sent {
             qpn: r.qpn,
             epoch: r.epoch,
             psn: r.psn,
         };
-        if self.sent.front() != Some(&it) {
+        let n = usize::from(r.more);
+        if self.sent.get(n) != Some(&it) {
             return false;
         }
+        self.implied.clear();
+        self.implied.extend(self.sent.drain(..n));
         self.sent.pop_front();
         if self.sent.is_empty() {
             self.read_max = 0;
         }
         self.last_progress = now;
         true
+    }
+
+    /// See [`Link::answers`].
+    pub(crate) fn implied(&self) -> &[Sent] {
+        &self.implied
     }
 
     /// Requests sent and not yet answered.
@@ -869,6 +907,7 @@ impl Link {
             self.tx.clear();
             self.tx_head = 0;
             self.tx_ready = 0;
+            self.last_ack = None;
             self.held.clear();
             return None;
         }
@@ -998,7 +1037,9 @@ impl Link {
             self.tx.clear();
             self.tx_head = 0;
             self.tx_ready = 0;
+            self.last_ack = None;
         } else if self.tx_head > (1 << 20) && self.tx_head * 2 > self.tx.len() {
+            self.last_ack = None;
             self.tx.drain(..self.tx_head);
             self.tx_ready -= self.tx_head;
             for h in &mut self.held {
@@ -1541,6 +1582,110 @@ mod tests {
         assert!(l.defer_answers());
         drop(l);
         assert_eq!(received(&mut peer), b"last ack");
+    }
+
+    /// A WRITE request of `qpn` at `psn`.
+    fn write_request(qpn: u32, psn: u32) -> Request {
+        Request {
+            opcode: opcode::RDMA_WRITE,
+            src_qpn: qpn,
+            ..read_request(0, psn)
+        }
+    }
+
+    #[test]
+    fn plain_acks_queued_together_share_a_frame_and_nothing_else_does() {
+        let (mut l, mut peer) = link();
+        let mut st = WireStats::default();
+        let ack = Response::Ack { orig: 0 };
+        let no = Data::slice(&[]);
+        // Three plain ACKs (two QPs): one frame naming the last, more = 2.
+        l.put_resp(&write_request(0x100, 7), 1, ack, no, &mut st);
+        l.put_resp(&write_request(0x100, 8), 1, ack, no, &mut st);
+        l.put_resp(&write_request(0x200, 3), 4, ack, no, &mut st);
+        assert_eq!(l.tx.len(), HDR + RESP_LEN);
+        assert_eq!(st.frames_sent, 1);
+        let r = wire::get_resp(&l.tx[HDR..]).expect("a RESP");
+        assert_eq!((r.qpn, r.epoch, r.psn, r.more), (0x200, 4, 3, 2));
+        assert_eq!(r.resp, ack);
+        // A NAK, an atomic's original value, READ data: frames of their
+        // own, and no plain ACK rides in them.
+        l.put_resp(
+            &write_request(0x100, 9),
+            1,
+            Response::OutOfSequence,
+            no,
+            &mut st,
+        );
+        l.put_resp(&write_request(0x100, 10), 1, ack, no, &mut st);
+        l.put_resp(
+            &write_request(0x100, 11),
+            1,
+            Response::Ack { orig: 5 },
+            no,
+            &mut st,
+        );
+        l.put_resp(&write_request(0x100, 12), 1, ack, no, &mut st);
+        l.put_resp(&read_request(2, 13), 1, ack, Data::slice(b"xy"), &mut st);
+        l.put_resp(&write_request(0x100, 14), 1, ack, no, &mut st);
+        assert_eq!(st.frames_sent, 7);
+        // A request queued after an ACK: the next ACK does not jump it.
+        l.put_req(&write_request(0x100, 0), 0, &[]);
+        l.put_resp(&write_request(0x100, 15), 1, ack, no, &mut st);
+        assert_eq!(st.frames_sent, 8, "answers stay behind the request");
+        // Written out: later ACKs start a new frame.
+        l.flush(Instant::now(), &mut st);
+        assert!(!received(&mut peer).is_empty());
+        assert_eq!(l.backlog(), 0);
+        l.put_resp(&write_request(0x100, 16), 1, ack, no, &mut st);
+        l.put_resp(&write_request(0x100, 17), 1, ack, no, &mut st);
+        assert_eq!(st.frames_sent, 9);
+        assert_eq!(l.backlog(), HDR + RESP_LEN);
+        // A frame full of answers takes no more.
+        let at = l.tx.len() - RESP_LEN;
+        l.tx[at + 14..at + 16].copy_from_slice(&u16::MAX.to_le_bytes());
+        l.put_resp(&write_request(0x100, 18), 1, ack, no, &mut st);
+        assert_eq!(st.frames_sent, 10);
+    }
+
+    #[test]
+    fn a_resp_with_more_answers_the_requests_before_the_one_it_names() {
+        let (mut l, _peer) = link();
+        let now = Instant::now();
+        for psn in 0..4 {
+            l.put_req(&write_request(0x100 + psn % 2, psn), 9, &[]);
+        }
+        let named = |qpn, psn, more| wire::Resp {
+            more,
+            ..wire::Resp::ack(qpn, 9, psn)
+        };
+        // Names a request further on than it counts, or past the last: no
+        // answer (stale or forged), nothing taken off.
+        assert!(!l.answers(&named(0x101, 1, 0), now));
+        assert!(!l.answers(&named(0x101, 3, 4), now));
+        assert!(!l.answers(&named(0x100, 2, 1), now));
+        assert_eq!(l.outstanding(), 4);
+        // The third request, with the two before it.
+        assert!(l.answers(&named(0x100, 2, 2), now));
+        let implied: Vec<(u32, u32)> = l.implied().iter().map(|s| (s.qpn, s.psn)).collect();
+        assert_eq!(implied, [(0x100, 0), (0x101, 1)]);
+        assert_eq!(l.outstanding(), 1);
+        assert!(l.answers(&named(0x101, 3, 0), now));
+        assert!(l.implied().is_empty());
+        assert_eq!(l.outstanding(), 0);
+        // `more` on anything but a plain ACK is malformed.
+        for (status, orig, data) in [(2u8, 0u64, 0u32), (0, 5, 0), (0, 0, 4)] {
+            let mut b = wire::resp_fixed(&write_request(0x100, 4), 9, Response::Ack { orig }, 0);
+            b[12] = status;
+            b[14] = 1;
+            b[24..28].copy_from_slice(&data.to_le_bytes());
+            let mut body = b.to_vec();
+            body.resize(RESP_LEN + data as usize, 0);
+            assert!(
+                wire::get_resp(&body).is_err(),
+                "status {status} orig {orig} data {data}"
+            );
+        }
     }
 
     #[test]

@@ -236,9 +236,7 @@ fn handle_frames(
                 // link is progress; a stale or forged one (wrong QPN,
                 // epoch or PSN, or nothing asked) is dropped, and the ACK
                 // timeout runs on.
-                if link.answers(&r, now) {
-                    on_resp(s, &r, sges, next_timer);
-                }
+                on_answer(s, link, &r, sges, next_timer, now);
             }
         }
         link.rx = rx;
@@ -265,7 +263,6 @@ fn answer(
 ) {
     let (r, data) = respond(s, req, payload);
     link.put_resp(req, epoch, r, data, stats);
-    stats.frames_sent += 1;
 }
 
 /// Handles one large frame where it lies in a shared-memory ring (see
@@ -311,9 +308,7 @@ fn handle_direct(
     } else {
         match wire::resp_from(&fixed[..wire::RESP_LEN], rest) {
             Ok(r) => {
-                if link.answers(&r, now) {
-                    on_resp(s, &r, sges, next_timer);
-                }
+                on_answer(s, link, &r, sges, next_timer, now);
                 None
             }
             Err(e) => Some(e),
@@ -355,6 +350,24 @@ fn vouch(s: &State, link: &mut Link) {
 
 /// An answer from a link: completes the oldest request in flight on its
 /// QP if it answers that one (anything else is stale and ignored).
+/// A RESP that arrived on `link`: if it answers the oldest requests there
+/// (see [`Link::answers`]), each is completed, oldest first.
+fn on_answer(
+    s: &mut State,
+    link: &mut Link,
+    r: &wire::Resp<'_>,
+    sges: &mut Vec<Sge>,
+    timer: &mut Option<Instant>,
+    now: Instant,
+) {
+    if link.answers(r, now) {
+        for a in link.implied() {
+            on_resp(s, &wire::Resp::ack(a.qpn, a.epoch, a.psn), sges, timer);
+        }
+        on_resp(s, r, sges, timer);
+    }
+}
+
 fn on_resp(s: &mut State, r: &wire::Resp<'_>, sges: &mut Vec<Sge>, timer: &mut Option<Instant>) {
     let Some(qp) = s.qp(r.qpn) else { return };
     if qp.epoch != r.epoch || qp.inflight.front().is_none_or(|f| f.req.psn != r.psn) {

@@ -33,7 +33,7 @@
 //! 8-byte header (`body length u32 LE`, `kind u8`, 3 zero bytes) and a body
 //! (all integers little-endian):
 //!
-//! * `HELLO` (1): `"M5SW"`, version u16 = 1, flags u16 (bit 0: offers
+//! * `HELLO` (1): `"M5SW"`, version u16 = 2, flags u16 (bit 0: offers
 //!   shared-memory rings; unix sockets only), from `[16]`, to `[16]`.
 //! * `WELCOME` (2): status u8 (0 ok, 1 no such device), shared memory u8
 //!   (1: taken), 6 zero bytes. When taken, the connector sends
@@ -47,14 +47,19 @@
 //! * `RESP` (4): requester QPN u32, epoch u32, PSN u32, status u8 (0 ACK,
 //!   1 RNR NAK, 2 NAK, 3 out of sequence, 4 no answer: the target QP
 //!   dropped it as a NIC drops a packet it cannot take), argument u8 (RNR timer or
-//!   syndrome), 2 zero bytes, atomic original value u64, data length u32,
+//!   syndrome), more u16, atomic original value u64, data length u32,
 //!   0 u32 (32 bytes), then the READ data.
 //!
-//! The responder answers every `REQ` with exactly one `RESP`, in the order
-//! the requests arrived, so a link's answers come in the order its
-//! requests were sent. A `RESP` that does not answer the oldest request
-//! still unanswered on its link (QPN, epoch and PSN) is stale or forged:
-//! it is dropped and is not progress. Progress, which restarts the ACK
+//! The responder answers every `REQ`, in the order the requests arrived,
+//! so a link's answers come in the order its requests were sent. Each
+//! answer is one `RESP`, except that consecutive *plain* ACKs (status 0,
+//! original value 0, no data: every WRITE and SEND, and whatever else has
+//! nothing more to say) queued together travel as one: a `RESP` with
+//! `more` = k answers the k + 1 oldest requests unanswered on its link,
+//! and names (QPN, epoch, PSN) the newest of them. A `RESP` that does not
+//! name the oldest request still unanswered on its link (or, with `more`,
+//! the one k after it) is stale or forged: it is dropped and is not
+//! progress. `more` on anything but a plain ACK is a malformed frame. Progress, which restarts the ACK
 //! clock of a link with requests outstanding, is an answer to that oldest
 //! request, or bytes of a frame still arriving (a large one takes a while).
 //!
@@ -148,7 +153,7 @@ pub(crate) const RESP_LEN: usize = 32;
 /// The RC message limit: the most a REQ payload or READ can carry.
 pub(crate) const MAX_MSG: u64 = 1 << 31;
 pub(crate) const WIRE_MAGIC: [u8; 4] = *b"M5SW";
-pub(crate) const WIRE_VERSION: u16 = 1;
+pub(crate) const WIRE_VERSION: u16 = 2;
 
 /// A request as it travels from requester to responder.
 #[derive(Clone, Copy, Debug)]
@@ -384,6 +389,32 @@ pub(crate) fn resp_fixed(req: &Request, epoch: u32, r: Response, data: usize) ->
     b
 }
 
+/// Whether a RESP fixed part at the start of `b` (a whole `RESP_LEN`)
+/// is a plain ACK: status ACK, original value 0, no data.
+fn plain_ack(b: &[u8]) -> bool {
+    b[12] == 0 && b[13] == 0 && le64(b, 16) == 0 && le32(b, 24) == 0
+}
+
+/// Folds a plain ACK of `req` into the plain-ACK `RESP` frame `frame`
+/// (its header and fixed part, unsent): it then answers one request more,
+/// and names `req`. False (nothing changed) if `frame` is no such frame or
+/// already carries as many answers as `more` counts.
+pub(crate) fn fold_ack(frame: &mut [u8], req: &Request, epoch: u32) -> bool {
+    if frame.len() != HDR + RESP_LEN || frame[..HDR] != header(K_RESP, RESP_LEN) {
+        return false;
+    }
+    let b = &mut frame[HDR..];
+    let more = u16::from_le_bytes([b[14], b[15]]);
+    if !plain_ack(b) || more == u16::MAX {
+        return false;
+    }
+    b[0..4].copy_from_slice(&req.src_qpn.to_le_bytes());
+    b[4..8].copy_from_slice(&epoch.to_le_bytes());
+    b[8..12].copy_from_slice(&req.psn.to_le_bytes());
+    b[14..16].copy_from_slice(&(more + 1).to_le_bytes());
+    true
+}
+
 /// A decoded RESP.
 pub(crate) struct Resp<'a> {
     pub(crate) qpn: u32,
@@ -391,6 +422,23 @@ pub(crate) struct Resp<'a> {
     pub(crate) psn: u32,
     pub(crate) resp: Response,
     pub(crate) data: Data<'a>,
+    /// The plain ACKs it carries for the requests sent before the one it
+    /// names (see the module doc).
+    pub(crate) more: u16,
+}
+
+impl Resp<'_> {
+    /// The plain ACK of one request.
+    pub(crate) fn ack(qpn: u32, epoch: u32, psn: u32) -> Resp<'static> {
+        Resp {
+            qpn,
+            epoch,
+            psn,
+            resp: Response::Ack { orig: 0 },
+            data: Data::slice(&[]),
+            more: 0,
+        }
+    }
 }
 
 pub(crate) fn get_resp(body: &[u8]) -> Result<Resp<'_>, &'static str> {
@@ -408,6 +456,10 @@ pub(crate) fn resp_from<'a>(body: &[u8], data: Data<'a>) -> Result<Resp<'a>, &'s
     if le32(body, 24) as usize != data.len() {
         return Err("RESP data length disagrees with its header");
     }
+    let more = u16::from_le_bytes([body[14], body[15]]);
+    if more > 0 && !plain_ack(body) {
+        return Err("a RESP answering several requests that is not a plain ACK");
+    }
     let resp = match body[12] {
         0 => Response::Ack {
             orig: le64(body, 16),
@@ -424,5 +476,6 @@ pub(crate) fn resp_from<'a>(body: &[u8], data: Data<'a>) -> Result<Resp<'a>, &'s
         psn: le32(body, 8),
         resp,
         data,
+        more,
     })
 }
