@@ -284,7 +284,8 @@ pub(crate) struct Link {
     /// Why the link is down (it is never reused once down).
     pub(crate) dead: Option<String>,
     /// Requests sent and not yet answered, oldest first: the peer answers
-    /// every REQ with one RESP, in order, so only the front can be next.
+    /// every REQ, in order (one RESP each, or plain ACKs folded into one
+    /// RESP that counts them), so the next answer starts at the front.
     sent: VecDeque<Sent>,
     /// Where in `tx` the last frame queued starts, if it is a plain ACK a
     /// next one may be folded into (see [`wire::fold_ack`]); any other
@@ -1646,6 +1647,11 @@ mod tests {
         l.tx[at + 14..at + 16].copy_from_slice(&u16::MAX.to_le_bytes());
         l.put_resp(&write_request(0x100, 18), 1, ack, no, &mut st);
         assert_eq!(st.frames_sent, 10);
+        // Partly written (a socket took some of its bytes): sealed.
+        l.tx_head = l.tx.len() - 4;
+        l.tx_ready = l.tx.len();
+        l.put_resp(&write_request(0x100, 19), 1, ack, no, &mut st);
+        assert_eq!(st.frames_sent, 11);
     }
 
     #[test]

@@ -232,10 +232,10 @@ fn handle_frames(
                         break;
                     }
                 };
-                // Only an answer to the oldest request unanswered on this
-                // link is progress; a stale or forged one (wrong QPN,
-                // epoch or PSN, or nothing asked) is dropped, and the ACK
-                // timeout runs on.
+                // Only an answer to the oldest requests unanswered on
+                // this link is progress; a stale or forged one (wrong QPN,
+                // epoch, PSN or count, or nothing asked) is dropped, and
+                // the ACK timeout runs on.
                 on_answer(s, link, &r, sges, next_timer, now);
             }
         }
@@ -348,8 +348,6 @@ fn vouch(s: &State, link: &mut Link) {
     link.req_limit = most.min(wire::MAX_MSG) as u32;
 }
 
-/// An answer from a link: completes the oldest request in flight on its
-/// QP if it answers that one (anything else is stale and ignored).
 /// A RESP that arrived on `link`: if it answers the oldest requests there
 /// (see [`Link::answers`]), each is completed, oldest first.
 fn on_answer(
@@ -368,6 +366,8 @@ fn on_answer(
     }
 }
 
+/// One answer: completes the oldest request in flight on its QP if it
+/// answers that one (anything else is stale and ignored).
 fn on_resp(s: &mut State, r: &wire::Resp<'_>, sges: &mut Vec<Sge>, timer: &mut Option<Instant>) {
     let Some(qp) = s.qp(r.qpn) else { return };
     if qp.epoch != r.epoch || qp.inflight.front().is_none_or(|f| f.req.psn != r.psn) {

@@ -30,7 +30,8 @@
 //! A *rewind* record has the length word `u64::MAX` and no bytes: the
 //! next record starts at the beginning of the ring's next lap. A producer
 //! writes one before a new record that would start [`REWIND_AT`] or more
-//! into the ring, once the head shows the consumer took everything (it
+//! into the ring and is no longer than the lap behind it, once the head
+//! shows the consumer took everything (it
 //! reads the head for this at most once per `REWIND_AT / 16` bytes it
 //! publishes). A link whose consumer keeps up thus stays in the first
 //! lines of each ring, which stay in both cores' caches; the rest of the
@@ -176,7 +177,8 @@ pub(crate) trait Bytes {
 pub(crate) struct Corrupt(pub(crate) &'static str);
 
 /// The producer's side of one ring: its tail is private, the consumer's
-/// head is read (and checked) only when the space it knows of runs out.
+/// head is read (and checked) only when the space it knows of runs out,
+/// and, now and then, to see whether it may rewind.
 /// Bytes can be staged (written into the next record, not yet published)
 /// and published later as one record, so a pass's frames go out together.
 #[derive(Debug, Default)]
@@ -228,15 +230,24 @@ impl Producer {
         Ok(())
     }
 
-    /// Before a new record: past `rewind_at`, with everything published
-    /// taken by the consumer, publishes a rewind record and moves the tail
-    /// to the start of the ring's next lap. The head is read for this at
-    /// most once per `rewind_at / 16` bytes published (it costs a line
-    /// transfer), so a busy link seldom looks.
-    fn rewind<W: Word, B: Bytes>(&mut self, head_w: &W, ring: &B) -> Result<(), Corrupt> {
+    /// Before a new record of `need` ring bytes: past `rewind_at`, with
+    /// everything published taken by the consumer, publishes a rewind
+    /// record and moves the tail to the start of the ring's next lap. The
+    /// head is read for this at most once per `rewind_at / 16` bytes
+    /// published (it costs a line transfer), so a busy link seldom looks.
+    /// A record longer than the lap behind the tail does not rewind: until
+    /// the consumer passes the rewind only that much of the new lap is
+    /// known free, and the record would go split, through `tx`, instead of
+    /// whole (where the consumer can take a large frame in place).
+    fn rewind<W: Word, B: Bytes>(
+        &mut self,
+        head_w: &W,
+        ring: &B,
+        need: u64,
+    ) -> Result<(), Corrupt> {
         let size = ring.len() as u64;
         let off = self.tail & (size - 1);
-        if self.staged != 0 || self.rewind_at == 0 || off < self.rewind_at {
+        if self.staged != 0 || self.rewind_at == 0 || off < self.rewind_at || need > off {
             return Ok(());
         }
         if self.head != self.tail {
@@ -279,9 +290,9 @@ impl Producer {
         ring: &B,
         parts: &[Data<'_>],
     ) -> Result<bool, Corrupt> {
-        self.rewind(head_w, ring)?;
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let need = record_len(self.staged + total);
+        self.rewind(head_w, ring, need)?;
         if self.staged + total > max_record(ring)
             || self.room(head_w, ring.len() as u64, need)? < need
         {
@@ -319,8 +330,8 @@ impl Producer {
         ring: &B,
         src: &[u8],
     ) -> Result<usize, Corrupt> {
-        self.rewind(head_w, ring)?;
         let want = (src.len() as u64).min(max_record(ring) - self.staged.min(max_record(ring)));
+        self.rewind(head_w, ring, record_len(self.staged + want))?;
         let room = self.room(head_w, ring.len() as u64, record_len(self.staged + want))?;
         // The most bytes whose record fits in `room`.
         let fit = (room & !15).saturating_sub(REC + self.staged);
@@ -384,10 +395,9 @@ impl Consumer {
             if ring.word(at).load(Ordering::Acquire) != pos ^ SEAL {
                 return Ok(0);
             }
+            // (A rewind right after a rewind is refused below: longer
+            // than the ring.)
             len = ring.word(at + 8).load(Ordering::Relaxed);
-            if len == REWIND {
-                return Err(Corrupt("a rewind record the producer cannot have written"));
-            }
         }
         // The producer may write only the space this side returned (the
         // bound on `len` first: it keeps `record_len` from overflowing).
@@ -402,22 +412,21 @@ impl Consumer {
     /// Returns the space consumed so far to the producer: up to the head,
     /// or, with the record used up, its padding too (else a producer that
     /// needs that much would wait for a consumer waiting for it); and the
-    /// rest of a lap a rewind record skipped. True if that is more than
-    /// was returned before.
-    fn release<W: Word>(&mut self, head_w: &W) -> bool {
+    /// rest of a lap a rewind record skipped. Stores the head only if it
+    /// moved.
+    fn release<W: Word>(&mut self, head_w: &W) {
         let to = if self.head == self.end {
             (self.end + 15) & !15
         } else {
             self.head
         };
         if to == self.released {
-            return false;
+            return;
         }
         self.released = to;
         // Release: the bytes were read before the producer may write over
         // them.
         head_w.store(self.released, Ordering::Release);
-        true
     }
 
     fn copy<B: Bytes>(&self, ring: &B, dst: &mut [u8]) {
@@ -1115,6 +1124,39 @@ mod tests {
         assert_eq!(c.pop(&head, &ring, &mut buf).unwrap(), 8);
         assert_eq!(buf[..8], [2; 8]);
         assert_eq!(head.load(Ordering::Relaxed), p.tail);
+        // A record longer than the lap behind the tail does not rewind: it
+        // goes whole where it is (after a rewind only that much of the new
+        // lap would be known free).
+        let (_mem, ring) = heap(1024);
+        let head = AtomicU64::new(0);
+        let (mut p, mut c) = (Producer::rewinding(256), Consumer::default());
+        let mut big = [0u8; 400];
+        for _ in 0..4 {
+            assert_eq!(p.push(&head, &ring, &[3; 48]).unwrap(), 48);
+            assert_eq!(c.pop(&head, &ring, &mut buf).unwrap(), 48);
+        }
+        assert_eq!(p.tail, 256);
+        assert!(p.stage(&head, &ring, &[Data::slice(&[4; 300])]).unwrap());
+        assert!(p.publish(&ring));
+        assert_eq!(
+            p.tail,
+            256 + record_len(300),
+            "320 bytes past 256: no rewind"
+        );
+        assert_eq!(c.pop(&head, &ring, &mut big).unwrap(), 300);
+        assert_eq!(big[..300], [4; 300]);
+        // A read that only passes a rewind returns the skipped lap.
+        let (_mem, ring) = heap(1024);
+        let head = AtomicU64::new(0);
+        let (mut p, mut c) = (Producer::rewinding(256), Consumer::default());
+        for _ in 0..4 {
+            assert_eq!(p.push(&head, &ring, &[5; 48]).unwrap(), 48);
+            assert_eq!(c.pop(&head, &ring, &mut buf).unwrap(), 48);
+        }
+        p.rewind(&head, &ring, record_len(48)).unwrap();
+        assert_eq!(p.tail, 1024, "rewound, nothing after it yet");
+        assert_eq!(c.pop(&head, &ring, &mut buf).unwrap(), 0);
+        assert_eq!(head.load(Ordering::Relaxed), 1024, "the lap is returned");
     }
 
     #[test]
