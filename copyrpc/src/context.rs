@@ -601,13 +601,21 @@ impl<U> Context<U> {
     /// their user data; requests queue for [`Context::recv`]; errors fail
     /// their endpoint, whose calls in flight come back with the error),
     /// reposts receives, answers dropped requests, and, when nothing new
-    /// arrived, flushes dirty endpoints and expires timed-out calls.
-    /// Returns the completions handled.
+    /// arrived, flushes dirty endpoints and expires timed-out calls. On a
+    /// manual software device that holds answers for its next step, dirty
+    /// endpoints are flushed before that step, so their batches leave with
+    /// the answers. Returns the completions handled.
     pub fn poll(
         &mut self,
         mut on_response: impl FnMut(U, Result<&[u8], RpcError>),
     ) -> Result<usize, Error> {
         if self.step_device {
+            // The device keeps the answers of its last step (ACKs) for this
+            // one: batches queued since (replies, most often) go with them,
+            // one record or `write`, instead of in a step of their own.
+            if !self.dirty.is_empty() && self.dev.answers_held() {
+                self.flush();
+            }
             self.dev.progress()?;
         }
         if !self.dropped.borrow().is_empty() {

@@ -122,6 +122,28 @@ fn calls_across_processes_come_back_intact() {
     stream(&mut ctx, &eps, 2000, 32);
 }
 
+/// At one call in flight each call leaves with the ACK of the reply before
+/// it: the device holds that ACK for its next step, and `poll` posts the
+/// queued call before the step. One ring record (or `write`) per call,
+/// not two.
+#[test]
+fn a_call_leaves_with_the_ack_of_the_last_reply() {
+    const N: u64 = 300;
+    let (mut ctx, eps, _peer) = setup(Config::default(), 1);
+    stream(&mut ctx, &eps, 20, 1);
+    let before = ctx.device().wire_stats().unwrap();
+    stream(&mut ctx, &eps, N, 1);
+    let after = ctx.device().wire_stats().unwrap();
+    let (writes, frames) = (
+        after.writes - before.writes,
+        after.frames_sent - before.frames_sent,
+    );
+    assert!(
+        writes <= N + N / 10,
+        "{writes} writes for {N} calls ({frames} frames): the ACKs went alone"
+    );
+}
+
 /// Calls `n` on `ep` and polls until each came back; returns the results
 /// by user data.
 fn fail_all(ctx: &mut Context<u64>, ep: Endpoint, n: u64) -> Vec<(u64, Result<Vec<u8>, RpcError>)> {

@@ -137,6 +137,11 @@ impl Backend {
         Ok(d.progress())
     }
 
+    /// Whether a manual software device holds answers for its next step.
+    pub(crate) fn answers_held(&self) -> bool {
+        self.soft_device().is_some_and(|d| d.answers_held())
+    }
+
     /// The software device's address, printable.
     pub(crate) fn soft_address(&self) -> Option<String> {
         self.soft_device().map(|d| d.address_string())

@@ -170,6 +170,16 @@ impl Context {
         self.inner.backend.progress()
     }
 
+    /// Whether a manual software device holds answers (ACKs, short READ
+    /// data) back for its next [`Context::progress`], which sends them
+    /// whatever it does (see [`Progress::Manual`]): what is posted before
+    /// that step leaves with them, in one ring record or `write`. A caller
+    /// that batches its posts may post now rather than after the step.
+    /// Always false on hardware and with background progress.
+    pub fn answers_held(&self) -> bool {
+        self.inner.backend.answers_held()
+    }
+
     /// Calls [`Context::progress`] until it reports no work (its last step
     /// sends the answers the steps before deferred).
     pub fn progress_until_idle(&self) -> Result<usize, Error> {

@@ -652,6 +652,10 @@ fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
                 me.qp.post_recv(&[]).unwrap();
             }
         }
+        if !stop {
+            // The step that brought the echo kept its ACK for the next.
+            assert!(me.ctx.answers_held(), "echo {i}: its ACK is held");
+        }
     }
     assert_eq!(peer.line(), format!("ok {N}"));
     let after = me.ctx.wire_stats().unwrap();

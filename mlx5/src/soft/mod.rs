@@ -721,6 +721,16 @@ impl Device {
 }
 
 impl Device {
+    /// Whether a manual device keeps answers for its next pass (see
+    /// `Link::defer_answers`).
+    pub(crate) fn answers_held(&self) -> bool {
+        if !self.shared.manual {
+            return false;
+        }
+        let eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        eng.links.iter().any(link::Link::answers_held)
+    }
+
     pub(crate) fn wire_stats(&self) -> link::WireStats {
         let eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
         link::WireStats {
