@@ -31,14 +31,13 @@
 //! next record starts at the beginning of the ring's next lap. A producer
 //! writes one before a new record that would start [`REWIND_AT`] or more
 //! into the ring and is no longer than the lap behind it, once the head
-//! shows the consumer took everything (it
-//! reads the head for this at most once per `REWIND_AT / 16` bytes it
-//! publishes). A link whose consumer keeps up thus stays in the first
-//! lines of each ring, which stay in both cores' caches; the rest of the
-//! ring is there for bursts and large frames. A consumer accepts a rewind
-//! only past the ring's start and where its own published head is (the
-//! only place the producer can have written one), and returns the skipped
-//! rest of the lap at once.
+//! shows the consumer took everything (it reads the head for this at most
+//! once per `REWIND_AT / 16` bytes it publishes). A link whose consumer
+//! keeps up thus stays in the first lines of each ring, which stay in
+//! both cores' caches; the rest of the ring is there for bursts and large
+//! frames. A consumer accepts a rewind only past the ring's start and
+//! where its own published head is (the only place the producer can have
+//! written one), and returns the skipped rest of the lap at once.
 //!
 //! # Layout of the memfd (created and sealed by the connector)
 //!
