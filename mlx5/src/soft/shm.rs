@@ -1160,6 +1160,8 @@ mod tests {
 
     #[test]
     fn a_rewind_record_a_producer_cannot_have_written_is_refused() {
+        // The forged headers are stored as a producer stores them (length
+        // Relaxed, seal Release); one thread plays both sides.
         let mut buf = [0u8; 64];
         // At the ring's start.
         let (_mem, ring) = heap(256);
@@ -1404,31 +1406,58 @@ mod model {
             let l = link(32);
             let p = l.clone();
             let producer = loom::thread::spawn(move || {
-                let mut prod = Producer::default();
-                let data = [1u8, 2, 3, 4, 5];
-                let mut sent = 0;
-                while sent < data.len() {
-                    let end = (sent + 3).min(data.len());
-                    let n = prod.push(&p.head, &p.ring, &data[sent..end]).unwrap();
-                    sent += n;
-                    if n == 0 {
-                        loom::thread::yield_now();
-                    }
-                }
+                push_all(&mut Producer::default(), &p, &[1, 2, 3, 4, 5], 3);
             });
-            let mut cons = Consumer::default();
-            let mut got = Vec::new();
-            while got.len() < 5 {
-                let mut b = [0u8; 2];
-                let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
-                got.extend_from_slice(&b[..n]);
-                if n == 0 {
-                    loom::thread::yield_now();
-                }
-            }
+            assert_eq!(pop_all(&l, 5, 2), [1, 2, 3, 4, 5]);
             producer.join().unwrap();
-            assert_eq!(got, [1, 2, 3, 4, 5]);
         });
+    }
+
+    /// Pushes `data` in pushes of up to `chunk` bytes, yielding while the
+    /// ring is full.
+    fn push_all(prod: &mut Producer, l: &Link, data: &[u8], chunk: usize) {
+        let mut sent = 0;
+        while sent < data.len() {
+            let end = (sent + chunk).min(data.len());
+            let n = prod.push(&l.head, &l.ring, &data[sent..end]).unwrap();
+            sent += n;
+            if n == 0 {
+                loom::thread::yield_now();
+            }
+        }
+    }
+
+    /// Pops `want` bytes in reads of up to `chunk`, yielding while none
+    /// have arrived.
+    fn pop_all(l: &Link, want: usize, chunk: usize) -> Vec<u8> {
+        let mut cons = Consumer::default();
+        let mut got = Vec::new();
+        let mut b = vec![0u8; chunk];
+        while got.len() < want {
+            let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
+            got.extend_from_slice(&b[..n]);
+            if n == 0 {
+                loom::thread::yield_now();
+            }
+        }
+        got
+    }
+
+    /// Runs `body` (a producer thread's work on a 64-byte ring whose
+    /// producer rewinds 32 bytes in, returning its final tail, and a
+    /// consumer's checks) under loom, and checks that some interleaving
+    /// rewound: three records end at 96 without a rewind, later with one.
+    fn model_with_rewinds(body: impl Fn(Arc<Link>) -> u64 + Send + Sync + 'static) {
+        // Outside the model (a std atomic, not a loom one): Relaxed, read
+        // once every interleaving has run.
+        let rewound = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = rewound.clone();
+        loom::model(move || {
+            if body(link(64)) > 96 {
+                seen.store(true, Ordering::Relaxed);
+            }
+        });
+        assert!(rewound.load(Ordering::Relaxed), "no interleaving rewound");
     }
 
     /// Five bytes through a 64-byte ring whose producer rewinds once it is
@@ -1438,42 +1467,16 @@ mod model {
     /// while written.
     #[test]
     fn bytes_arrive_in_order_across_rewinds() {
-        // Outside the model: whether some interleaving rewound (three
-        // records end at 96 without a rewind, later with one).
-        static REWOUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        loom::model(|| {
-            let l = link(64);
+        model_with_rewinds(|l| {
             let p = l.clone();
             let producer = loom::thread::spawn(move || {
                 let mut prod = Producer::rewinding(32);
-                let data = [1u8, 2, 3, 4, 5];
-                let mut sent = 0;
-                while sent < data.len() {
-                    let end = (sent + 2).min(data.len());
-                    let n = prod.push(&p.head, &p.ring, &data[sent..end]).unwrap();
-                    sent += n;
-                    if n == 0 {
-                        loom::thread::yield_now();
-                    }
-                }
-                if prod.tail > 96 {
-                    REWOUND.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+                push_all(&mut prod, &p, &[1, 2, 3, 4, 5], 2);
+                prod.tail
             });
-            let mut cons = Consumer::default();
-            let mut got = Vec::new();
-            while got.len() < 5 {
-                let mut b = [0u8; 2];
-                let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
-                got.extend_from_slice(&b[..n]);
-                if n == 0 {
-                    loom::thread::yield_now();
-                }
-            }
-            producer.join().unwrap();
-            assert_eq!(got, [1, 2, 3, 4, 5]);
+            assert_eq!(pop_all(&l, 5, 2), [1, 2, 3, 4, 5]);
+            producer.join().unwrap()
         });
-        assert!(REWOUND.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     /// As above with records staged in parts and then published (the
@@ -1481,9 +1484,7 @@ mod model {
     /// before a staged record keeps every byte in order.
     #[test]
     fn staged_records_arrive_in_order_across_rewinds() {
-        static REWOUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        loom::model(|| {
-            let l = link(64);
+        model_with_rewinds(|l| {
             let p = l.clone();
             let producer = loom::thread::spawn(move || {
                 let mut prod = Producer::rewinding(32);
@@ -1494,24 +1495,11 @@ mod model {
                     }
                     assert!(prod.publish(&p.ring));
                 }
-                if prod.tail > 96 {
-                    REWOUND.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+                prod.tail
             });
-            let mut cons = Consumer::default();
-            let mut got = Vec::new();
-            while got.len() < 6 {
-                let mut b = [0u8; 4];
-                let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
-                got.extend_from_slice(&b[..n]);
-                if n == 0 {
-                    loom::thread::yield_now();
-                }
-            }
-            producer.join().unwrap();
-            assert_eq!(got, [1, 2, 3, 4, 5, 6]);
+            assert_eq!(pop_all(&l, 6, 4), [1, 2, 3, 4, 5, 6]);
+            producer.join().unwrap()
         });
-        assert!(REWOUND.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     /// A consumer that goes to sleep while the producer publishes is
