@@ -674,12 +674,6 @@ impl Link {
         sent == 1 || io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
-    /// Whether the last pass kept answers back for the next one (see
-    /// [`Link::defer_answers`]) and they are still waiting.
-    pub(crate) fn answers_held(&self) -> bool {
-        self.answers_deferred && self.backlog() > 0
-    }
-
     /// Bytes queued and not yet written.
     pub(crate) fn backlog(&self) -> usize {
         self.tx.len() - self.tx_head

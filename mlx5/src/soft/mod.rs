@@ -184,6 +184,7 @@ impl Device {
             listening: Mutex::new(false),
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
+            answers_held: AtomicBool::new(false),
             accepting: AtomicUsize::new(0),
             manual: progress == Progress::Manual,
             shm_links,
@@ -724,11 +725,10 @@ impl Device {
     /// Whether a manual device keeps answers for its next pass (see
     /// `Link::defer_answers`).
     pub(crate) fn answers_held(&self) -> bool {
-        if !self.shared.manual {
-            return false;
-        }
-        let eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
-        eng.links.iter().any(link::Link::answers_held)
+        // Relaxed: a hint for the thread that steps the device (the flag is
+        // written at the end of its own passes); nothing is published
+        // through it.
+        self.shared.answers_held.load(Ordering::Relaxed)
     }
 
     pub(crate) fn wire_stats(&self) -> link::WireStats {

@@ -3,6 +3,7 @@
 //! that runs passes for every background device and sleeps when there is
 //! nothing to do.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -85,8 +86,20 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
         && !eng.links.is_empty()
     {
         send(shared, eng, now);
+    } else {
+        set_answers_held(shared, false);
     }
     done
+}
+
+/// Records whether answers wait for the next pass (`Device::answers_held`),
+/// writing the shared flag only when it changes.
+fn set_answers_held(shared: &Shared, held: bool) {
+    // Relaxed: a hint read by the thread that runs these passes (see
+    // `Device::answers_held`).
+    if shared.answers_held.load(Ordering::Relaxed) != held {
+        shared.answers_held.store(held, Ordering::Relaxed);
+    }
 }
 
 /// Reads every link and handles the frames: requests are executed here
@@ -428,10 +441,12 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) {
         ..
     } = eng;
     dead.clear();
+    let mut held = false;
     for link in links.iter_mut() {
         // A manual device's answers may wait for the next pass (see
         // `Link::defer_answers`).
         let defer = shared.manual && link.is_up() && link.defer_answers();
+        held |= defer;
         if !defer
             && link.is_up()
             && let Some(t) = link.flush(now, stats)
@@ -445,6 +460,7 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) {
             min_timer(next_timer, link.last_progress + link.timeout);
         }
     }
+    set_answers_held(shared, held);
     if !dead.is_empty() {
         let mut s = shared.lock();
         for &id in dead.iter() {

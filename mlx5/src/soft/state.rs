@@ -344,6 +344,10 @@ pub(crate) struct Shared {
     pub(crate) pending: Mutex<Vec<([u8; 16], link::Conn)>>,
     /// Whether `pending` may hold something (spares the hot path a lock).
     pub(crate) has_pending: AtomicBool,
+    /// Whether the last pass of a manual device kept answers back for the
+    /// next one (see `Link::defer_answers`; spares `answers_held` the
+    /// engine's lock).
+    pub(crate) answers_held: AtomicBool,
     /// Handshakes the acceptor thread is in, for this device: a connector
     /// may already have its WELCOME while the link is not yet in `pending`.
     pub(crate) accepting: AtomicUsize,
