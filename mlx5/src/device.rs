@@ -171,7 +171,8 @@ impl Context {
     }
 
     /// Whether a manual software device holds answers (ACKs, short READ
-    /// data) back for its next [`Context::progress`], which sends them
+    /// data), as its last step left them, back for its next
+    /// [`Context::progress`], which sends them
     /// whatever it does (see [`Progress::Manual`]): what is posted before
     /// that step leaves with them, in one ring record or `write`. A caller
     /// that batches its posts may post now rather than after the step.
