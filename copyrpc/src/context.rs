@@ -43,7 +43,8 @@ pub struct Config {
     pub inline_max: u32,
     /// A call without a reply after this long comes back with
     /// [`RpcError::Timeout`] (`None`: never; a dead peer is still detected
-    /// by the transport).
+    /// by the transport). Deadlines are looked at in every poll that finds
+    /// no completion and in every 64th that does.
     pub call_timeout: Option<Duration>,
     /// QP attributes for connecting.
     pub connect: ConnectOpts,
@@ -86,6 +87,9 @@ impl Endpoint {
 
 /// Idle polls per look at the device's asynchronous events.
 const ASYNC_EVERY: u32 = 64;
+/// Polls with completions per look at the calls' deadlines (idle polls
+/// look every time): a context that never goes idle still times calls out.
+const EXPIRE_EVERY: u32 = 64;
 
 /// Context numbers, so a handle of one context is refused by another.
 static NEXT_CONTEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -144,7 +148,10 @@ struct EndpointState<U> {
     slots: Vec<(u16, Slot<U>)>,
     free: Vec<u16>,
     /// Calls in issue order with their deadlines (one timeout for all, so
-    /// they are sorted).
+    /// they are sorted). Entries of calls already answered leave from the
+    /// front as answers come ([`EndpointState::prune_deadlines`]), so it
+    /// holds about the calls in flight, not every call of the last
+    /// `call_timeout`.
     deadlines: VecDeque<(u32, Instant)>,
     unsignaled: u32,
     dirty: bool,
@@ -154,6 +161,27 @@ struct EndpointState<U> {
 }
 
 impl<U> EndpointState<U> {
+    /// Whether call `id` still waits for its answer.
+    fn waiting(&self, id: u32) -> bool {
+        self.slots
+            .get((id & 0xffff) as usize)
+            .is_some_and(|(generation, s)| {
+                u32::from(*generation) == id >> 16 && matches!(s, Slot::Waiting(_))
+            })
+    }
+
+    /// Drops the deadlines of answered calls from the front (answers come
+    /// mostly in call order): without this they would stay until their
+    /// deadline passed, `call_timeout` worth of calls per endpoint.
+    fn prune_deadlines(&mut self) {
+        while let Some(&(id, _)) = self.deadlines.front() {
+            if self.waiting(id) {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+    }
+
     fn send_ring(&self) -> RawRing {
         RawRing {
             base: self.send.as_ptr(),
@@ -280,6 +308,8 @@ pub struct Context<U> {
     flushed: Vec<u32>,
     /// Polls that found nothing (paces the asynchronous-event check).
     idle_polls: u32,
+    /// Polls that found completions, counted for [`EXPIRE_EVERY`].
+    busy_polls: u32,
     signal_every: u32,
 }
 
@@ -339,6 +369,7 @@ impl<U> Context<U> {
             failing: Vec::new(),
             flushed: Vec::new(),
             idle_polls: ASYNC_EVERY - 1,
+            busy_polls: 0,
             signal_every: (cfg.sq_depth / 4).max(1),
             cfg,
         })
@@ -719,6 +750,11 @@ impl<U> Context<U> {
                     self.async_events();
                 }
             }
+        } else if self.cfg.call_timeout.is_some() {
+            self.busy_polls = self.busy_polls.wrapping_add(1);
+            if self.busy_polls.is_multiple_of(EXPIRE_EVERY) {
+                self.expire(&mut on_response);
+            }
         }
         for ep in self.failing.drain(..) {
             let e = &mut self.eps[ep as usize];
@@ -760,19 +796,20 @@ impl<U> Context<U> {
     fn expire(&mut self, on_response: &mut impl FnMut(U, Result<&[u8], RpcError>)) {
         let mut now = None;
         for e in &mut self.eps {
+            // Answered calls first: the clock is read only for a front
+            // call that still waits.
+            e.prune_deadlines();
             while let Some(&(id, deadline)) = e.deadlines.front() {
                 let now = *now.get_or_insert_with(Instant::now);
                 if deadline > now {
                     break;
                 }
                 e.deadlines.pop_front();
-                let (generation, slot) = &mut e.slots[(id & 0xffff) as usize];
-                if u32::from(*generation) == id >> 16
-                    && let Slot::Waiting(_) = slot
-                    && let Slot::Waiting(u) = std::mem::replace(slot, Slot::Abandoned)
-                {
+                let slot = &mut e.slots[(id & 0xffff) as usize].1;
+                if let Slot::Waiting(u) = std::mem::replace(slot, Slot::Abandoned) {
                     on_response(u, Err(RpcError::Timeout));
                 }
+                e.prune_deadlines();
             }
         }
     }
@@ -866,6 +903,7 @@ fn on_batch<U>(
         let slot = std::mem::replace(&mut e.slots[idx].1, Slot::Free);
         e.free.push(idx as u16);
         e.conn.call_done();
+        e.prune_deadlines();
         if let Slot::Waiting(u) = slot {
             let data = ring.bytes(m.offset as usize, m.len as usize);
             on_response(
@@ -956,4 +994,63 @@ fn flush_endpoint<U>(e: &mut EndpointState<U>, ep: u32, cfg: &Config, signal_eve
         e.qp.ring_doorbell();
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two contexts on manual software devices of this process, one
+    /// endpoint each, connected.
+    fn pair() -> (Context<u32>, Context<u32>, Endpoint, Endpoint) {
+        let cfg = Config {
+            call_timeout: Some(Duration::from_secs(10)),
+            ..Config::default()
+        };
+        let (da, db) = (
+            mlx5::Context::soft(Progress::Manual),
+            mlx5::Context::soft(Progress::Manual),
+        );
+        let (mut a, mut b) = (
+            Context::new(&da, cfg).unwrap(),
+            Context::new(&db, cfg).unwrap(),
+        );
+        let (ea, eb) = (a.endpoint().unwrap(), b.endpoint().unwrap());
+        let (ia, ib) = (a.local_info(ea).unwrap(), b.local_info(eb).unwrap());
+        a.connect(ea, &ib).unwrap();
+        b.connect(eb, &ia).unwrap();
+        (a, b, ea, eb)
+    }
+
+    /// Answered calls leave the deadline queue as their answers come, not
+    /// `call_timeout` later: a busy endpoint's queue holds about its calls
+    /// in flight (it held every call of the last 10 s before).
+    #[test]
+    fn answered_calls_leave_the_deadline_queue() {
+        let (mut a, mut b, ea, _) = pair();
+        let mut answered = 0;
+        let start = Instant::now();
+        for i in 0..2000u32 {
+            a.call(ea, &i.to_le_bytes(), i).unwrap();
+            if i % 4 != 3 {
+                continue;
+            }
+            while answered <= i {
+                a.poll(|_, r| {
+                    r.unwrap();
+                    answered += 1;
+                })
+                .unwrap();
+                b.poll(|_, _| {}).unwrap();
+                while let Some(req) = b.recv() {
+                    let d = req.data().to_vec();
+                    b.reply(req, &d).unwrap();
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "no progress");
+            }
+            let queued = a.eps[ea.idx as usize].deadlines.len();
+            assert!(queued <= 4, "{queued} deadlines queued after call {i}");
+        }
+        assert_eq!(answered, 2000);
+    }
 }

@@ -242,6 +242,51 @@ fn deferred_replies_out_of_order_reach_their_callers() {
     }
 }
 
+/// A call that gets no answer times out even when no poll of its
+/// context is ever idle (answers to other calls, on another endpoint whose
+/// ring the held request does not block, keep coming): deadlines are also
+/// looked at in polls that find completions.
+#[test]
+fn a_call_times_out_while_every_poll_finds_answers() {
+    let timeout = std::time::Duration::from_millis(50);
+    let cfg = copyrpc::Config {
+        call_timeout: Some(timeout),
+        ..config(Limits::default())
+    };
+    let (mut a, mut b) = pair::<u32>(Progress::Manual, 2, cfg);
+    a.ctx.call(a.eps[0], b"hold", 0).unwrap();
+    let mut held = Vec::new();
+    let start = std::time::Instant::now();
+    let mut i = 0u32;
+    while !a.done.iter().any(|(u, _)| *u == 0) {
+        i += 1;
+        a.ctx.call(a.eps[1], &i.to_le_bytes(), i).unwrap();
+        a.ctx.flush();
+        let found = a.poll();
+        // From the second round on, each poll of `a` finds the answer to
+        // the call before: none is idle.
+        assert!(i < 2 || found > 0, "poll {i} of the caller was idle");
+        b.poll();
+        while let Some(r) = b.ctx.recv() {
+            if r.data() == b"hold" {
+                held.push(r);
+            } else {
+                let d = r.data().to_vec();
+                b.ctx.reply(r, &d).unwrap();
+            }
+        }
+        b.poll();
+        assert!(
+            start.elapsed() < common::TIMEOUT,
+            "no timeout after {i} busy polls"
+        );
+    }
+    assert!(start.elapsed() >= timeout);
+    assert_eq!(held.len(), 1, "the held call reached the server");
+    let timed_out: Vec<_> = a.done.iter().filter(|(_, r)| r.is_err()).collect();
+    assert_eq!(timed_out, [&(0, Err(RpcError::Timeout))]);
+}
+
 #[test]
 fn a_request_dropped_unanswered_tells_its_caller() {
     let (mut a, mut b) = pair::<u8>(Progress::Manual, 1, config(Limits::default()));
