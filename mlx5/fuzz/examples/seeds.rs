@@ -5,6 +5,9 @@
 //! cargo run --manifest-path mlx5/fuzz/Cargo.toml --example seeds
 //! ```
 //!
+//! With `--check` it writes and runs nothing: it fails when the committed
+//! files differ from what it would write (`scripts/fuzz.sh --replay` asks).
+//!
 //! Each seed is a small, meaningful program: one of each opcode, each error
 //! the device must answer, ring wrap, the two handshake modes, frames split
 //! across reads. None is a crasher: every frame length is small (a header
@@ -598,6 +601,35 @@ fn frame_seeds() -> Vec<(&'static str, u8, u16, Vec<u8>)> {
             ]
             .concat(),
         ),
+        // Folded plain ACKs (`more`): answering v's three requests at
+        // once (its READ gets no data: it fails), naming a request that is
+        // not the k-th unanswered one (stale, dropped), counting past what
+        // is outstanding (stale), and `more` on a NAK (malformed: the link
+        // dies).
+        (
+            "folded-ack-answers-all-of-v",
+            CLAIM_PEER | V_REQUESTS,
+            0,
+            frame::resp_more(V_QPN, 0, 2, 0, 2),
+        ),
+        (
+            "folded-ack-names-the-wrong-request",
+            CLAIM_PEER | V_REQUESTS,
+            0,
+            frame::resp_more(V_QPN, 0, 2, 0, 1),
+        ),
+        (
+            "folded-ack-past-the-outstanding",
+            CLAIM_PEER | V_REQUESTS,
+            0,
+            frame::resp_more(V_QPN, 0, 9, 0, 7),
+        ),
+        (
+            "more-on-a-nak",
+            CLAIM_PEER | V_REQUESTS,
+            0,
+            frame::resp_more(V_QPN, 0, 1, 2, 1),
+        ),
         (
             "read-answer-of-wrong-length",
             CLAIM_PEER | V_REQUESTS,
@@ -642,39 +674,99 @@ fn put(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).expect("write seed");
 }
 
+/// Seeds of one target: file names and bytes.
+type Seeds = Vec<(&'static str, Vec<u8>)>;
+
+/// Every seed's file name and bytes, per target directory.
+fn corpus() -> Vec<(&'static str, Seeds)> {
+    let wqe = wqe_seeds()
+        .into_iter()
+        .map(|(name, ops)| {
+            let mut w = Writer::default();
+            for op in &ops {
+                op.encode(&mut w);
+            }
+            let mut r = mlx5_fuzz::input::Reader::new(&w.0);
+            let back: Vec<Op> =
+                std::iter::from_fn(|| (!r.is_empty()).then(|| Op::decode(&mut r))).collect();
+            assert_eq!(back, ops, "{name}: the encoding reads back");
+            (name, w.0)
+        })
+        .collect();
+    let frames = frame_seeds()
+        .into_iter()
+        .map(|(name, flags, split, bytes)| {
+            let mut w = Writer::default();
+            w.u8(flags).u16(split).bytes(&bytes);
+            (name, w.0)
+        })
+        .collect();
+    vec![("wqe", wqe), ("frame", frames)]
+}
+
+/// The committed files that differ from what this program writes (a
+/// changed wire format leaves old seeds that only hit the first check),
+/// and the ones it would not write.
+fn stale(root: &Path, corpus: &[(&str, Seeds)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (t, seeds) in corpus {
+        let dir = root.join(t);
+        for (name, bytes) in seeds {
+            match std::fs::read(dir.join(name)) {
+                Ok(b) if &b == bytes => {}
+                Ok(_) => out.push(format!("{t}/{name}: differs")),
+                Err(e) => out.push(format!("{t}/{name}: {e}")),
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if !seeds.iter().any(|(n, _)| *n == f) {
+                out.push(format!("{t}/{f}: not written by this program"));
+            }
+        }
+    }
+    out
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    for t in ["wqe", "frame"] {
+    let corpus = corpus();
+    if std::env::args().any(|a| a == "--check") {
+        let bad = stale(&root, &corpus);
+        if !bad.is_empty() {
+            eprintln!(
+                "the committed seeds are not what examples/seeds.rs writes \
+                 (run it without --check and commit the result):"
+            );
+            for b in &bad {
+                eprintln!("  {b}");
+            }
+            std::process::exit(1);
+        }
+        println!("the committed seeds are up to date");
+        return;
+    }
+    for (t, seeds) in &corpus {
         let d = root.join(t);
         if d.exists() {
             std::fs::remove_dir_all(&d).expect("clear old seeds");
         }
         std::fs::create_dir_all(&d).expect("seed dir");
-    }
-    let wqe = wqe_seeds();
-    for (name, ops) in &wqe {
-        let mut w = Writer::default();
-        for op in ops {
-            op.encode(&mut w);
+        for (name, bytes) in seeds {
+            put(&d, name, bytes);
+            match *t {
+                "wqe" => mlx5_fuzz::wqe::run(bytes),
+                _ => mlx5_fuzz::frame::run(bytes),
+            }
         }
-        let mut r = mlx5_fuzz::input::Reader::new(&w.0);
-        let back: Vec<Op> =
-            std::iter::from_fn(|| (!r.is_empty()).then(|| Op::decode(&mut r))).collect();
-        assert_eq!(&back, ops, "{name}: the encoding reads back");
-        put(&root.join("wqe"), name, &w.0);
-        mlx5_fuzz::wqe::run(&w.0);
-    }
-    let frames = frame_seeds();
-    for (name, flags, split, bytes) in &frames {
-        let mut w = Writer::default();
-        w.u8(*flags).u16(*split).bytes(bytes);
-        put(&root.join("frame"), name, &w.0);
-        mlx5_fuzz::frame::run(&w.0);
     }
     println!(
         "{} wqe seeds, {} frame seeds written to {} and run",
-        wqe.len(),
-        frames.len(),
+        corpus[0].1.len(),
+        corpus[1].1.len(),
         root.display()
     );
 }

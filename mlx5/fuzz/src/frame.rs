@@ -197,6 +197,17 @@ pub fn resp(
     frame(4, &b)
 }
 
+/// `RESP` with `more` = `more` (bytes 14..16): with status 0, no original
+/// value and no data, the folded plain ACK that answers the `more + 1`
+/// oldest requests unanswered on the link, naming the newest (`psn`); with
+/// anything else, a malformed frame.
+pub fn resp_more(qpn: u32, epoch: u32, psn: u32, status: u8, more: u16) -> Vec<u8> {
+    let mut f = resp(qpn, epoch, psn, status, 0, 0, &[]);
+    // The 8-byte frame header, then the body's bytes 14..16.
+    f[8 + 14..8 + 16].copy_from_slice(&more.to_le_bytes());
+    f
+}
+
 /// The epoch of the first `REQ` the device sent on `s` (`v`'s first
 /// request).
 fn first_req_epoch(s: &mut UnixStream) -> u32 {
