@@ -1446,14 +1446,15 @@ mod model {
     /// Runs `body` (a producer thread's work on a 64-byte ring whose
     /// producer rewinds 32 bytes in, returning its final tail, and a
     /// consumer's checks) under loom, and checks that some interleaving
-    /// rewound: three records end at 96 without a rewind, later with one.
-    fn model_with_rewinds(body: impl Fn(Arc<Link>) -> u64 + Send + Sync + 'static) {
+    /// rewound: the records end at `plain_end` without a rewind (96 for
+    /// three one-line records), later with one.
+    fn model_with_rewinds(plain_end: u64, body: impl Fn(Arc<Link>) -> u64 + Send + Sync + 'static) {
         // Outside the model (a std atomic, not a loom one): Relaxed, read
         // once every interleaving has run.
         let rewound = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = rewound.clone();
         loom::model(move || {
-            if body(link(64)) > 96 {
+            if body(link(64)) > plain_end {
                 seen.store(true, Ordering::Relaxed);
             }
         });
@@ -1467,7 +1468,7 @@ mod model {
     /// while written.
     #[test]
     fn bytes_arrive_in_order_across_rewinds() {
-        model_with_rewinds(|l| {
+        model_with_rewinds(96, |l| {
             let p = l.clone();
             let producer = loom::thread::spawn(move || {
                 let mut prod = Producer::rewinding(32);
@@ -1484,7 +1485,7 @@ mod model {
     /// before a staged record keeps every byte in order.
     #[test]
     fn staged_records_arrive_in_order_across_rewinds() {
-        model_with_rewinds(|l| {
+        model_with_rewinds(96, |l| {
             let p = l.clone();
             let producer = loom::thread::spawn(move || {
                 let mut prod = Producer::rewinding(32);
@@ -1502,62 +1503,116 @@ mod model {
         });
     }
 
+    /// Records read in place (the link's way for large frames: `peek`,
+    /// read at the ring offset it gives, `skip`), whole or a byte at a
+    /// time after a `peek_bytes` look, across rewinds: every byte once, in
+    /// order, never read while written.
+    #[test]
+    fn records_read_in_place_arrive_in_order_across_rewinds() {
+        model_with_rewinds(96, |l| {
+            let p = l.clone();
+            let producer = loom::thread::spawn(move || {
+                let mut prod = Producer::rewinding(32);
+                push_all(&mut prod, &p, &[1, 2, 3, 4, 5], 2);
+                prod.tail
+            });
+            let mut cons = Consumer::default();
+            let mut got = Vec::new();
+            while got.len() < 5 {
+                if let Some(at) = cons.peek(&l.ring, 2).unwrap() {
+                    let mut b = [0u8; 2];
+                    l.ring.get(at, &mut b);
+                    cons.skip(&l.head, 2);
+                    got.extend_from_slice(&b);
+                } else if let Some([b]) = cons.peek_bytes::<_, 1>(&l.ring).unwrap() {
+                    let at = cons
+                        .peek(&l.ring, 1)
+                        .unwrap()
+                        .expect("the byte peek_bytes saw");
+                    let mut x = [0u8];
+                    l.ring.get(at, &mut x);
+                    assert_eq!(x[0], b);
+                    cons.skip(&l.head, 1);
+                    got.push(b);
+                } else {
+                    loom::thread::yield_now();
+                }
+            }
+            assert_eq!(got, [1, 2, 3, 4, 5]);
+            producer.join().unwrap()
+        });
+    }
+
     /// A consumer that goes to sleep while the producer publishes is
     /// always woken (a lost wake-up would leave it blocked: loom reports
     /// the deadlock), and a producer signals at most once per sleep.
     #[test]
     fn a_sleeping_consumer_is_always_woken() {
         loom::model(|| {
-            let l = link(32);
-            let p = l.clone();
-            let producer = loom::thread::spawn(move || {
-                let mut prod = Producer::default();
-                let mut waker = Waker::default();
-                let mut signals = 0;
-                for b in [7u8, 8] {
-                    while prod.push(&p.head, &p.ring, &[b]).unwrap() == 0 {
-                        loom::thread::yield_now();
-                    }
-                    if waker.wants_signal(&p.seq) {
-                        signals += 1;
-                        *p.bell.lock().unwrap() = true;
-                        p.rung.notify_one();
-                    }
-                }
-                signals
-            });
-            let mut cons = Consumer::default();
-            let mut sleeper = Sleeper::default();
-            let mut got = Vec::new();
-            let mut sleeps = 0;
-            while got.len() < 2 {
-                let mut b = [0u8; 2];
-                let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
-                if n > 0 {
-                    got.extend_from_slice(&b[..n]);
-                    continue;
-                }
-                // Bell::sleep: announce, fence, one more look, block.
-                sleeper.announce(&l.seq);
-                l.seq.fence();
-                let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
-                if n == 0 {
-                    sleeps += 1;
-                    let mut rung = l.bell.lock().unwrap();
-                    while !*rung {
-                        rung = l.rung.wait(rung).unwrap();
-                    }
-                    *rung = false;
-                }
-                got.extend_from_slice(&b[..n]);
-                sleeper.awake(&l.seq);
-            }
-            let signals = producer.join().unwrap();
-            assert_eq!(got, [7, 8]);
-            assert!(
-                signals <= 2 && sleeps <= signals,
-                "{sleeps} sleeps, {signals} signals"
-            );
+            sleeping_consumer(link(32), Producer::default());
         });
+    }
+
+    /// As above, with a producer that rewinds 32 bytes into a 64-byte ring
+    /// (the second record goes to the ring's start when the consumer,
+    /// asleep or not, took the first).
+    #[test]
+    fn a_sleeping_consumer_is_woken_across_rewinds() {
+        model_with_rewinds(64, |l| sleeping_consumer(l, Producer::rewinding(32)));
+    }
+
+    /// Two one-byte records from `prod` to a consumer that sleeps (the
+    /// `Bell::sleep` handshake) whenever it finds nothing; returns the
+    /// producer's final tail.
+    fn sleeping_consumer(l: Arc<Link>, mut prod: Producer) -> u64 {
+        let p = l.clone();
+        let producer = loom::thread::spawn(move || {
+            let mut waker = Waker::default();
+            let mut signals = 0;
+            for b in [7u8, 8] {
+                while prod.push(&p.head, &p.ring, &[b]).unwrap() == 0 {
+                    loom::thread::yield_now();
+                }
+                if waker.wants_signal(&p.seq) {
+                    signals += 1;
+                    *p.bell.lock().unwrap() = true;
+                    p.rung.notify_one();
+                }
+            }
+            (signals, prod.tail)
+        });
+        let mut cons = Consumer::default();
+        let mut sleeper = Sleeper::default();
+        let mut got = Vec::new();
+        let mut sleeps = 0;
+        while got.len() < 2 {
+            let mut b = [0u8; 2];
+            let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
+            if n > 0 {
+                got.extend_from_slice(&b[..n]);
+                continue;
+            }
+            // Bell::sleep: announce, fence, one more look, block.
+            sleeper.announce(&l.seq);
+            l.seq.fence();
+            let n = cons.pop(&l.head, &l.ring, &mut b).unwrap();
+            if n == 0 {
+                sleeps += 1;
+                let mut rung = l.bell.lock().unwrap();
+                while !*rung {
+                    rung = l.rung.wait(rung).unwrap();
+                }
+                *rung = false;
+            }
+            got.extend_from_slice(&b[..n]);
+            sleeper.awake(&l.seq);
+        }
+        let (signals, tail) = producer.join().unwrap();
+        assert_eq!(got, [7, 8]);
+        assert!(
+            signals <= 2 && sleeps <= signals,
+            "{sleeps} sleeps, {signals} signals"
+        );
+        tail
     }
 }
