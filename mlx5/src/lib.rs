@@ -112,7 +112,7 @@ pub use faults::Faults;
 pub use mr::{Mr, Pd};
 pub use prm::{Access, QpState, Syndrome};
 pub use qp::{Qp, QpBuilder, WqeIndex};
-pub use queue::{ConnInfo, ConnectOpts, Mtu, QpCaps};
+pub use queue::{ConnInfo, ConnectOpts, MAX_SQ_WQEBBS, Mtu, QpCaps};
 pub use srq::Srq;
 // The builders (`Write`, `Send`, `Read`, ...) stay in `wqe`: at the root,
 // `use mlx5::*` would shadow `std::marker::Send` and the `io` traits.

@@ -20,6 +20,11 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use crate::error::Error;
 use crate::prm::{Access, MAX_DS, QpState, SEG};
 
+/// The largest send queue, in WQEBBs: the WQE counter of doorbells and
+/// completions is 16 bits, so a queue of 2^16 could not tell full from
+/// empty (ConnectX allows 2^15).
+pub const MAX_SQ_WQEBBS: u64 = 1 << 15;
+
 /// Queue sizes and limits of a QP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QpCaps {
@@ -55,7 +60,16 @@ impl QpCaps {
         sges.max(inline).max(4)
     }
 
-    pub(crate) fn validate(&self) -> Result<(), Error> {
+    /// WQEBBs of the send queue these caps make: room for `max_send_wr`
+    /// WQEs of the largest size, rounded up to a power of two.
+    pub fn sq_wqebbs(&self) -> u64 {
+        (u64::from(self.max_send_wr) * crate::wqe::wqebbs(self.max_ds()) as u64).next_power_of_two()
+    }
+
+    /// Checks the caps as [`crate::QpBuilder::build`] does: sizes within
+    /// the device's limits, a WQE that fits, and a send queue of at most
+    /// [`MAX_SQ_WQEBBS`].
+    pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::InvalidAttr(m));
         if self.max_send_wr == 0 || self.max_send_wr > 1 << 14 {
             return bad(format!("max_send_wr {} (1..=16384)", self.max_send_wr));
@@ -71,6 +85,15 @@ impl QpCaps {
                 "max_inline {} makes WQEs over {} bytes",
                 self.max_inline,
                 MAX_DS * SEG
+            ));
+        }
+        if self.sq_wqebbs() > MAX_SQ_WQEBBS {
+            return bad(format!(
+                "max_send_wr {} of WQEs up to {} WQEBBs makes a send queue of {} WQEBBs \
+                 (at most {MAX_SQ_WQEBBS}: the WQE counter is 16 bits)",
+                self.max_send_wr,
+                crate::wqe::wqebbs(self.max_ds()),
+                self.sq_wqebbs()
             ));
         }
         Ok(())

@@ -1296,3 +1296,65 @@ fn destroying_a_busy_qp_is_safe_and_its_number_can_be_reused() {
     assert_eq!(b.expect(1)[0].imm, 5);
     drop((ctx, mr));
 }
+
+/// A send queue is at most `MAX_SQ_WQEBBS` (2^15) WQEBBs: the WQE counter
+/// of doorbells and completions is 16 bits. Caps that need more are
+/// refused at build; a queue of exactly that size, filled to the last
+/// WQEBB three times (past the counter's wrap), completes every round.
+#[test]
+fn the_send_queue_stays_within_the_16_bit_wqe_counter() {
+    assert_eq!(mlx5::MAX_SQ_WQEBBS, 1 << 15);
+    let ctx = Context::soft(Progress::Manual);
+    let pd = mlx5::Pd::new(&ctx).unwrap();
+    let cq = mlx5::Cq::new(&ctx, 64).unwrap();
+    // 200 inline bytes make WQEs of 4 WQEBBs: 8192 of them fill 2^15.
+    let full = QpCaps {
+        max_send_wr: 8192,
+        max_inline: 200,
+        ..QpCaps::default()
+    };
+    assert_eq!(full.sq_wqebbs(), 1 << 15);
+    for too_big in [
+        QpCaps {
+            max_send_wr: 8193,
+            ..full
+        },
+        QpCaps {
+            max_send_wr: 16384,
+            max_inline: 512,
+            ..full
+        },
+    ] {
+        let e = mlx5::Qp::builder(&pd, &cq, &cq)
+            .caps(too_big)
+            .build()
+            .expect_err("a send queue over 2^15 WQEBBs");
+        assert!(
+            matches!(&e, Error::InvalidAttr(m) if m.contains("16 bits")),
+            "{e}"
+        );
+    }
+    let (mut a, b) = pair_with(Progress::Manual, full, 64);
+    let data = [7u8; 200];
+    for round in 0..3u8 {
+        assert_eq!(a.qp.sq_free(), 1 << 15, "round {round}");
+        let mut last = None;
+        for i in 0..8192 {
+            let w = Write::inline(b.mr.remote(0), &data);
+            last = Some(if i == 8191 {
+                a.qp.post(&w.signaled()).unwrap()
+            } else {
+                a.qp.post(&w).unwrap()
+            });
+        }
+        assert_eq!(a.qp.sq_free(), 0, "round {round}: the queue is full");
+        a.qp.ring_doorbell();
+        let c = a.expect(1);
+        assert_eq!(
+            (c[0].status(), c[0].wqe_counter),
+            (Ok(()), last.unwrap()),
+            "round {round}"
+        );
+    }
+    assert_eq!(read(&b, 0, 200), data);
+}

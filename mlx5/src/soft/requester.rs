@@ -688,7 +688,10 @@ fn retry_later(
     });
     let (exceeded, wait) = match resp {
         Response::Rnr { timer } => {
-            r.attempts += 1;
+            // Saturating: with rnr_retry 7 (forever) a responder that never
+            // posts a receive NAKs without end (2^32 NAKs are 12 hours at
+            // the shortest timer).
+            r.attempts = r.attempts.saturating_add(1);
             (
                 (rnr_retry != 7 && r.attempts > u32::from(rnr_retry))
                     .then_some(Syndrome::RnrRetryExceeded),
@@ -696,7 +699,7 @@ fn retry_later(
             )
         }
         _ => {
-            r.lost += 1;
+            r.lost = r.lost.saturating_add(1);
             (
                 (r.lost > u32::from(retry_cnt)).then_some(Syndrome::TransportRetryExceeded),
                 ack_timeout,
