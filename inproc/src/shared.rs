@@ -85,9 +85,13 @@ impl Signal {
                 continue;
             }
             {
+                // The thread that sleeps now: an end may have moved to
+                // another thread since it last slept (waking the old one
+                // would leave this one to its park timeout).
+                let me = std::thread::current();
                 let mut t = self.thread.lock().unwrap_or_else(|e| e.into_inner());
-                if t.is_none() {
-                    *t = Some(std::thread::current());
+                if t.as_ref().is_none_or(|t| t.id() != me.id()) {
+                    *t = Some(me);
                 }
             }
             // Relaxed + SeqCst fence: `sleeping = true` is ordered before
@@ -257,3 +261,29 @@ macro_rules! recv_deadline {
 }
 
 pub(crate) use {recv_deadline, waiting_receiver, waiting_sender};
+
+#[cfg(all(test, not(inproc_loom)))]
+mod tests {
+    use super::*;
+
+    /// The thread a wake-up goes to is the one that sleeps now, not the
+    /// first that ever slept: a channel end can move between threads.
+    #[test]
+    fn the_sleeper_recorded_is_the_last_thread_that_slept() {
+        let s = std::sync::Arc::new(Signal::new());
+        let slept_on = |s: std::sync::Arc<Signal>| {
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_millis(5);
+                assert!(s.wait_until(Some(deadline), || None::<()>).is_none());
+                std::thread::current().id()
+            })
+            .join()
+            .unwrap()
+        };
+        let first = slept_on(s.clone());
+        let second = slept_on(s.clone());
+        assert_ne!(first, second);
+        let recorded = s.thread.lock().unwrap().as_ref().map(|t| t.id());
+        assert_eq!(recorded, Some(second));
+    }
+}
