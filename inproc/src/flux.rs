@@ -10,7 +10,8 @@
 //! [`FluxNode::try_recv`] publish everything pending (so a busy node batches
 //! and an idle one flushes at once), [`FluxNode::flush`] does it on demand,
 //! and a node that is never idle still publishes (and returns request
-//! slots) every quarter of a queue, so it cannot hold its peers up.
+//! slots) every quarter of a queue, and all its replies every 16 it sends,
+//! so it cannot hold its peers up, even one with a single call in flight.
 //!
 //! A peer that is dropped does not swallow the calls made to it: `poll`
 //! hands each one it never answered back, with its user data and a
@@ -113,7 +114,16 @@ pub struct FluxNode<T: Transport, Req: Send, Resp: Send, U> {
     callers: Vec<Option<Caller<T, Req, Resp, U>>>,
     responders: Vec<Option<Responder<T, Req, Resp>>>,
     cursor: usize,
+    /// Replies sent since the responders were last flushed (see
+    /// [`REPLY_FLUSH`]).
+    replies: u32,
 }
+
+/// Replies a node sends, to any peers, between flushes of all its
+/// responders: a node that is never idle publishes each response queue
+/// every quarter of it, which alone would hold the reply to a peer with
+/// fewer calls in flight until the node polls, flushes or runs idle.
+const REPLY_FLUSH: u32 = 16;
 
 /// Builds a mesh of `n` nodes; move node `i` to thread `i`.
 ///
@@ -153,6 +163,7 @@ pub fn try_mesh<T: Transport, Req: Send, Resp: Send, U>(
             callers: (0..n).map(|_| None).collect(),
             responders: (0..n).map(|_| None).collect(),
             cursor: 0,
+            replies: 0,
         })
         .collect();
     for i in 0..n {
@@ -311,7 +322,15 @@ impl<T: Transport, Req: Send, Resp: Send, U> FluxNode<T, Req, Resp, U> {
         self.responders[to]
             .as_mut()
             .expect("a call this node took came from one of its peers")
-            .reply(token, resp)
+            .reply(token, resp)?;
+        self.replies += 1;
+        if self.replies == REPLY_FLUSH {
+            self.replies = 0;
+            for r in self.responders.iter_mut().flatten() {
+                r.flush();
+            }
+        }
+        Ok(())
     }
 
     /// Publishes every pending call, notification and reply.

@@ -352,6 +352,39 @@ fn busy_responder_never_starves_its_caller<T: Transport>() {
     }
 }
 
+/// A Flux node kept busy by one peer (never idle, never polling or
+/// flushing) still answers another peer that has a single call in flight:
+/// its replies are all published every 16 it sends, not only each
+/// response queue every quarter of itself. (The light caller's reply
+/// waited for the node to go idle before, under Lamport.)
+fn busy_node_answers_a_light_caller<T: Transport>() {
+    let mut nodes = flux::mesh::<T, u32, u32, u32>(3, FluxConfig::default());
+    let mut server = nodes.pop().unwrap();
+    let mut heavy = nodes.pop().unwrap();
+    let mut light = nodes.pop().unwrap();
+    light.call(2, 7, 70).unwrap();
+    light.flush();
+    let mut answered = None;
+    for round in 0..200 {
+        // One request from `heavy` each round, taken before the server
+        // looks again: the server never finds its queues empty.
+        if heavy.call(2, round, round).is_ok() {
+            heavy.flush();
+        }
+        let req = server.try_recv().expect("a request is always waiting");
+        let x = *req.data();
+        req.reply(x + 1).unwrap();
+        heavy.poll(|_, _, r| assert!(r.is_ok()));
+        light.poll(|from, u, r| answered = Some((round, from, u, r)));
+        if answered.is_some() {
+            break;
+        }
+    }
+    let (round, from, u, r) = answered.expect("the light caller got no reply in 200 rounds");
+    assert_eq!((from, u, r), (2, 70, Ok(8)));
+    assert!(round < 20, "answered only in round {round}");
+}
+
 macro_rules! flux_tests {
     ($($m:ident: $t:ty),*) => {$(
         mod $m {
@@ -364,6 +397,7 @@ macro_rules! flux_tests {
             #[test] fn deferred_reply_is_answered_only_by_its_own_node() { super::deferred_reply_is_answered_only_by_its_own_node::<$t>() }
             #[test] fn reply_never_fails_when_call_was_admitted() { rpc_pair_reserves_reply_room::<$t>() }
             #[test] fn busy_responder_never_starves_its_caller() { super::busy_responder_never_starves_its_caller::<$t>() }
+            #[test] fn busy_node_answers_a_light_caller() { super::busy_node_answers_a_light_caller::<$t>() }
         }
     )*};
 }
