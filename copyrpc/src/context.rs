@@ -90,6 +90,10 @@ const ASYNC_EVERY: u32 = 64;
 /// Polls with completions per look at the calls' deadlines (idle polls
 /// look every time): a context that never goes idle still times calls out.
 const EXPIRE_EVERY: u32 = 64;
+/// Polls with completions per flush of the batches queued (idle polls
+/// flush every time): under constant load, calls and replies still leave,
+/// each batch after at most this many polls.
+const FLUSH_EVERY: u32 = 4;
 
 /// Context numbers, so a handle of one context is refused by another.
 static NEXT_CONTEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -308,7 +312,8 @@ pub struct Context<U> {
     flushed: Vec<u32>,
     /// Polls that found nothing (paces the asynchronous-event check).
     idle_polls: u32,
-    /// Polls that found completions, counted for [`EXPIRE_EVERY`].
+    /// Polls that found completions, counted for [`FLUSH_EVERY`] and
+    /// [`EXPIRE_EVERY`].
     busy_polls: u32,
     signal_every: u32,
 }
@@ -500,7 +505,8 @@ impl<U> Context<U> {
 
     /// Queues a call of `payload` on `ep`; its reply (or error) comes back
     /// with `user_data` through [`Context::poll`]. The request leaves at
-    /// the next idle poll or [`Context::flush`].
+    /// the next idle poll (or within four busy ones) or
+    /// [`Context::flush`].
     pub fn call(&mut self, ep: Endpoint, payload: &[u8], user_data: U) -> Result<(), CallError<U>> {
         let refuse = |kind, user_data| Err(CallError { kind, user_data });
         let timeout = self.cfg.call_timeout;
@@ -632,7 +638,9 @@ impl<U> Context<U> {
     /// their user data; requests queue for [`Context::recv`]; errors fail
     /// their endpoint, whose calls in flight come back with the error),
     /// reposts receives, answers dropped requests, and, when nothing new
-    /// arrived, flushes dirty endpoints and expires timed-out calls. On a
+    /// arrived, flushes dirty endpoints and expires timed-out calls (a
+    /// poll that found completions does both too, every 4th and 64th
+    /// time, so constant load does not hold batches or deadlines). On a
     /// manual software device that holds answers for its next step, dirty
     /// endpoints are flushed before that step, so their batches leave with
     /// the answers. Returns the completions handled.
@@ -725,10 +733,19 @@ impl<U> Context<U> {
             }
         }
         if n == 0 {
+            // Asynchronous events before this poll's flush and step: every
+            // completion of the steps so far has been read (none was left),
+            // and a failed WQE's completion says more than its QP's event.
+            // On hardware asking costs a syscall (a `read` of the event
+            // descriptor): once per ASYNC_EVERY idle polls. Events are rare
+            // and a failed QP also shows in its next completion.
+            self.idle_polls = self.idle_polls.wrapping_add(1);
+            if self.idle_polls.is_multiple_of(ASYNC_EVERY) {
+                self.async_events();
+            }
             let flushing = !self.dirty.is_empty();
             self.flush();
-            let stepped = flushing && self.step_device;
-            if stepped {
+            if flushing && self.step_device {
                 // A manual device executes what was posted only when
                 // stepped: step it now, so an idle loop's batches leave in
                 // this poll, not the next one (the caller may yield its
@@ -738,21 +755,12 @@ impl<U> Context<U> {
             if self.cfg.call_timeout.is_some() {
                 self.expire(&mut on_response);
             }
-            // On hardware asking costs a syscall (a `read` of the event
-            // descriptor): ask once per ASYNC_EVERY idle polls. Events are
-            // rare and a failed QP also shows in its next completion. Not
-            // right after a step: the completions it made are read first
-            // (the next poll), since a failed WQE's completion says more
-            // than the QP's event.
-            if !stepped {
-                self.idle_polls = self.idle_polls.wrapping_add(1);
-                if self.idle_polls.is_multiple_of(ASYNC_EVERY) {
-                    self.async_events();
-                }
-            }
-        } else if self.cfg.call_timeout.is_some() {
+        } else {
             self.busy_polls = self.busy_polls.wrapping_add(1);
-            if self.busy_polls.is_multiple_of(EXPIRE_EVERY) {
+            if !self.dirty.is_empty() && self.busy_polls.is_multiple_of(FLUSH_EVERY) {
+                self.flush();
+            }
+            if self.cfg.call_timeout.is_some() && self.busy_polls.is_multiple_of(EXPIRE_EVERY) {
                 self.expire(&mut on_response);
             }
         }

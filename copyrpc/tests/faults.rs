@@ -102,6 +102,69 @@ fn a_remote_access_error_fails_both_endpoints_and_returns_every_call() {
     assert_eq!((e.kind, e.user_data), (CallErrorKind::Endpoint(want_a), 9));
 }
 
+/// A responder's QP failure, which only its asynchronous event reports,
+/// is noticed even when every idle poll flushes and steps the device
+/// (calls keep being queued on another endpoint): the events are read
+/// before the step, not only in idle polls that did not step.
+#[test]
+fn an_async_failure_is_noticed_while_every_idle_poll_steps() {
+    let cfg = config(Limits::default());
+    let (da, db) = (
+        mlx5::Context::soft(Progress::Manual),
+        mlx5::Context::soft(Progress::Manual),
+    );
+    let mut a = Side::<u32> {
+        ctx: Context::new(&da, cfg).unwrap(),
+        eps: Vec::new(),
+        done: Vec::new(),
+    };
+    let mut b = Side::<u32> {
+        ctx: Context::new(&db, cfg).unwrap(),
+        eps: Vec::new(),
+        done: Vec::new(),
+    };
+    let mut pairs = Vec::new();
+    for k in 0..2 {
+        let (ea, eb) = (a.ctx.endpoint().unwrap(), b.ctx.endpoint().unwrap());
+        let (ia, mut ib) = (a.ctx.local_info(ea).unwrap(), b.ctx.local_info(eb).unwrap());
+        if k == 0 {
+            ib.ring_rkey ^= 0x100; // a key the peer never registered
+        }
+        a.ctx.connect(ea, &ib).unwrap();
+        b.ctx.connect(eb, &ia).unwrap();
+        pairs.push((ea, eb));
+    }
+    let (ea0, eb0) = pairs[0];
+    let eb1 = pairs[1].1;
+    // One bad WRITE_IMM into b's ring: b's QP of endpoint 0 fails as the
+    // responder (an event only; b has nothing in flight there).
+    a.ctx.call(ea0, b"bad", 0).unwrap();
+    a.poll();
+    assert!(b.ctx.endpoint_error(eb0).is_none());
+    // a never answers: a poll of b finds at most the completion of a
+    // signaled send; each that finds nothing flushes the call just queued
+    // on endpoint 1 and steps the device.
+    let mut polls = 0;
+    while b.ctx.endpoint_error(eb0).is_none() {
+        assert!(polls < 2 * 64, "not noticed in {polls} polls");
+        b.ctx.call(eb1, b"keep", polls).unwrap();
+        b.poll();
+        polls += 1;
+    }
+    assert!(
+        matches!(
+            b.ctx.endpoint_error(eb0),
+            Some(EndpointError::Async {
+                endpoint: 0,
+                event: AsyncEvent::QpAccessError { .. }
+            })
+        ),
+        "{:?}",
+        b.ctx.endpoint_error(eb0)
+    );
+    assert!(b.ctx.endpoint_error(eb1).is_none());
+}
+
 #[test]
 fn a_dropped_peer_fails_calls_with_transport_retry_exceeded() {
     let (mut a, b) = pair::<u32>(Progress::Manual, 1, config(Limits::default()));

@@ -287,6 +287,41 @@ fn a_call_times_out_while_every_poll_finds_answers() {
     assert_eq!(timed_out, [&(0, Err(RpcError::Timeout))]);
 }
 
+/// A call queued without a flush leaves even when every poll of its
+/// context finds completions (requests from the other side, on another
+/// endpoint, arrive in each): busy polls flush too, every fourth.
+#[test]
+fn a_queued_call_leaves_while_every_poll_finds_requests() {
+    let (mut a, mut b) = pair::<u32>(Progress::Manual, 2, config(Limits::default()));
+    a.ctx.call(a.eps[0], b"queued", 0).unwrap();
+    let mut busy_polls = 0;
+    let mut arrived = false;
+    while !arrived {
+        assert!(
+            busy_polls <= 8,
+            "the call did not leave in {busy_polls} busy polls"
+        );
+        // `b` keeps `a` busy: a call on endpoint 1 every round, sent and
+        // executed at once (in this process it lands in `a`'s ring and CQ).
+        b.ctx.call(b.eps[1], b"busy", 1).unwrap();
+        b.ctx.flush();
+        b.poll();
+        assert!(a.poll() > 0, "a poll of `a` found nothing");
+        busy_polls += 1;
+        while let Some(r) = a.ctx.recv() {
+            a.ctx.reply(r, b"ok").unwrap();
+        }
+        b.poll();
+        while let Some(r) = b.ctx.recv() {
+            assert_eq!(r.data(), b"queued");
+            arrived = true;
+            b.ctx.reply(r, b"done").unwrap();
+        }
+    }
+    run(&mut a, &mut b, echo, |a, _| !a.done.is_empty());
+    assert_eq!(a.done, [(0, Ok(b"done".to_vec()))]);
+}
+
 #[test]
 fn a_request_dropped_unanswered_tells_its_caller() {
     let (mut a, mut b) = pair::<u8>(Progress::Manual, 1, config(Limits::default()));
