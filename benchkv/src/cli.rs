@@ -69,6 +69,11 @@ pub struct WorkloadArgs {
     /// client then uses keys of its own); a mismatch fails the run.
     #[arg(long)]
     pub verify: bool,
+    /// Time every daemon round (two reads of the CPU's time-stamp counter
+    /// each, counted in the times) and print what busy and idle rounds
+    /// cost: where a daemon's time goes.
+    #[arg(long)]
+    pub round_costs: bool,
     /// Daemon threads per rank.
     #[arg(long, default_value_t = 1)]
     pub daemons: usize,
@@ -148,6 +153,7 @@ impl WorkloadArgs {
             seed: self.seed,
             verify: self.verify,
             idle_yield: IdleYield::parse(&self.idle_yield)?,
+            round_costs: self.round_costs,
         })
     }
 }

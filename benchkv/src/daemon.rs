@@ -66,6 +66,76 @@ pub struct DaemonCounts {
     pub served_remote: u64,
     /// Times a request had to wait for room (Flux or network).
     pub waited: u64,
+    /// The time its rounds took, with `--round-costs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<RoundCosts>,
+}
+
+/// What a daemon's rounds cost (`--round-costs`): rounds that did
+/// something and rounds that found nothing, and the time each kind took in
+/// all, over the daemon's whole run (warm-up included). Read with the
+/// CPU's time-stamp counter (scaled to ns over the run) where there is one,
+/// else the monotonic clock; the two reads per round count in the times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RoundCosts {
+    /// Rounds that did some work.
+    pub busy_rounds: u64,
+    /// Their time in all, ns.
+    pub busy_ns: u64,
+    /// Rounds that found nothing to do.
+    pub idle_rounds: u64,
+    /// Their time in all, ns.
+    pub idle_ns: u64,
+}
+
+/// Times rounds in ticks of [`ticks`], scaled to ns at the end.
+struct RoundClock {
+    start: (std::time::Instant, u64),
+    busy: (u64, u64),
+    idle: (u64, u64),
+}
+
+/// A cheap monotonic tick: the time-stamp counter on x86-64.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn ticks() -> u64 {
+    // SAFETY: RDTSC reads a counter; no memory is touched.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_rdtsc()
+    }
+}
+
+/// A monotonic tick elsewhere: ns since the first call.
+#[cfg(not(target_arch = "x86_64"))]
+fn ticks() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
+impl RoundClock {
+    fn new() -> RoundClock {
+        RoundClock {
+            start: (std::time::Instant::now(), ticks()),
+            busy: (0, 0),
+            idle: (0, 0),
+        }
+    }
+
+    /// The costs so far, in ns (ticks scaled by the wall time they spanned).
+    fn costs(&self) -> RoundCosts {
+        let spanned = ticks().wrapping_sub(self.start.1).max(1);
+        let per_tick = self.start.0.elapsed().as_nanos() as f64 / spanned as f64;
+        let ns = |t: u64| (t as f64 * per_tick) as u64;
+        RoundCosts {
+            busy_rounds: self.busy.0,
+            busy_ns: ns(self.busy.1),
+            idle_rounds: self.idle.0,
+            idle_ns: ns(self.idle.1),
+        }
+    }
 }
 
 /// Environment variable of the test fault: set to [`FAULT_GARBAGE_STORE`],
@@ -99,6 +169,8 @@ pub struct Daemon<const N: usize, Net> {
     control: Arc<Control>,
     /// When an empty round yields the core.
     idler: Idler,
+    /// With `--round-costs`, what the rounds took.
+    clock: Option<RoundClock>,
 }
 
 /// Executes a request on `shard`, which is daemon `daemon` of `rank`;
@@ -160,6 +232,7 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
         net: Net,
         control: Arc<Control>,
         idle_yield: IdleYield,
+        round_costs: bool,
     ) -> Daemon<N, Net> {
         let queues = |n: usize| (0..n).map(|_| VecDeque::new()).collect();
         let mut shard = Shard::new(routing.shard_len(rank, index), value_size);
@@ -180,6 +253,7 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
             counts: DaemonCounts::default(),
             control,
             idler: Idler::new(idle_yield),
+            clock: round_costs.then(RoundClock::new),
         }
     }
 
@@ -209,7 +283,7 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
     pub fn run(mut self) -> Result<DaemonCounts, Error> {
         let mut quiesced = false;
         loop {
-            let work = self.round()?;
+            let work = self.timed_round()?;
             // Relaxed: flags only; nothing is published through them.
             if self.control.abort.load(Ordering::Relaxed) {
                 return Err(Error::Aborted {
@@ -229,10 +303,28 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
                 continue;
             }
             if self.control.stop.load(Ordering::Relaxed) {
+                self.counts.rounds = self.clock.as_ref().map(RoundClock::costs);
                 return Ok(self.counts);
             }
             self.idler.idle();
         }
+    }
+
+    /// [`Daemon::round`], timed with `--round-costs`.
+    #[inline]
+    fn timed_round(&mut self) -> Result<usize, Error> {
+        if self.clock.is_none() {
+            return self.round();
+        }
+        let t0 = ticks();
+        let work = self.round()?;
+        let dt = ticks().wrapping_sub(t0);
+        if let Some(c) = &mut self.clock {
+            let kind = if work > 0 { &mut c.busy } else { &mut c.idle };
+            kind.0 += 1;
+            kind.1 += dt;
+        }
+        Ok(work)
     }
 
     /// One round of the loop; returns how much was done.

@@ -163,6 +163,7 @@ fn serve<const N: usize, Net: Bootstrap + Network<Token>>(
         net,
         s.control,
         s.params.idle_yield,
+        s.params.round_costs,
     );
     s.ready_tx
         .send((index, daemon.transport()))

@@ -282,6 +282,9 @@ pub struct Params {
     /// When idle daemons and clients yield their core (resolved by each
     /// rank when the run starts; reports show what it decided).
     pub idle_yield: IdleYield,
+    /// Time every daemon round (see [`crate::daemon::RoundCosts`]).
+    #[serde(default)]
+    pub round_costs: bool,
 }
 
 impl Default for Params {
@@ -302,6 +305,7 @@ impl Default for Params {
             seed: 1,
             verify: false,
             idle_yield: IdleYield::Auto,
+            round_costs: false,
         }
     }
 }
@@ -399,6 +403,7 @@ impl Params {
             ("seed", self.seed.to_string()),
             ("verify", self.verify.to_string()),
             ("idle_yield", self.idle_yield.to_string()),
+            ("round_costs", self.round_costs.to_string()),
         ]
     }
 }

@@ -375,6 +375,35 @@ impl Report {
         }
     }
 
+    /// With `--round-costs`, a line per daemon: its busy and idle rounds,
+    /// what each kind cost on average, and its busy time per request it
+    /// handled (its clients' and other daemons'). Empty without.
+    pub fn rounds_lines(&self) -> String {
+        let mut s = String::new();
+        for (rank, daemons) in self.daemons.iter().enumerate() {
+            for (d, c) in daemons.iter().enumerate() {
+                let Some(r) = c.rounds else { continue };
+                if s.is_empty() {
+                    s += "daemon rounds (--round-costs; over the whole run, warm-up included; \
+                          each round's two counter reads included):\n";
+                }
+                let mean = |t: u64, n: u64| ns(t / n.max(1));
+                let handled = c.local + c.flux + c.remote + c.served_flux + c.served_remote;
+                let _ = writeln!(
+                    s,
+                    "rank {rank} daemon {d}: {} busy rounds of {} on average, {} idle rounds of {}; \
+                     busy time per request handled {}",
+                    rate(r.busy_rounds as f64),
+                    mean(r.busy_ns, r.busy_rounds),
+                    rate(r.idle_rounds as f64),
+                    mean(r.idle_ns, r.idle_rounds),
+                    mean(r.busy_ns, handled),
+                );
+            }
+        }
+        s
+    }
+
     /// The printed table: a heading line, one row per rank and the total
     /// (all runs merged), then each run's total throughput.
     pub fn table(&self) -> String {
@@ -435,6 +464,10 @@ impl Report {
             row(&mut s, &r.rank.to_string(), &r.host, &r.figures);
         }
         row(&mut s, "total", "", &self.total);
+        let rounds = self.rounds_lines();
+        if !rounds.is_empty() {
+            let _ = write!(s, "\n{rounds}");
+        }
         if let (Some(f), Some(r)) = (&self.floors, &self.vs_floors) {
             let _ = writeln!(s, "\n{}", floors_line(f));
             let _ = writeln!(
@@ -599,6 +632,45 @@ mod tests {
         let t = r.table();
         assert!(t.contains("| total |"), "{t}");
         assert!(t.contains("note: 4 busy threads"), "{t}");
+    }
+
+    /// With `--round-costs` the table has a line per daemon with its
+    /// rounds' mean costs and busy time per request, and the JSON carries
+    /// them (`daemons[rank][d].rounds`); without, neither (the JSON of a
+    /// plain run is unchanged).
+    #[test]
+    fn round_costs_are_printed_and_carried_only_when_measured() {
+        let plain = Report::build(metadata(), &[rank(0, 1000, 100), rank(1, 3000, 300)]);
+        assert!(plain.rounds_lines().is_empty());
+        assert!(!plain.table().contains("daemon rounds"));
+        let v = serde_json::to_value(&plain).unwrap();
+        assert!(v["daemons"][0][0].get("rounds").is_none(), "{v}");
+        let mut r1 = rank(1, 3000, 300);
+        r1.daemons[0] = Counts {
+            local: 600,
+            served_remote: 400,
+            rounds: Some(crate::daemon::RoundCosts {
+                busy_rounds: 500,
+                busy_ns: 1_000_000,
+                idle_rounds: 2000,
+                idle_ns: 400_000,
+            }),
+            ..Counts::default()
+        };
+        let timed = Report::build(metadata(), &[rank(0, 1000, 100), r1]);
+        let t = timed.table();
+        assert!(
+            t.contains(
+                "rank 1 daemon 0: 500 busy rounds of 2.0 µs on average, 2.0 k idle rounds of \
+                 200 ns; busy time per request handled 1.0 µs"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("rank 0 daemon 0"), "{t}");
+        let v = serde_json::to_value(&timed).unwrap();
+        assert_eq!(v["daemons"][1][0]["rounds"]["busy_ns"], 1_000_000);
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, timed, "the JSON reads back");
     }
 
     #[test]
