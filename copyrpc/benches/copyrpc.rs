@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 use benchutil::summary::{Kind as FigKind, Knobs};
 use benchutil::{Helper, SharedFigure, as_helper};
 use copyrpc::{Config, Context, Endpoint, EndpointInfo, Limits};
-use mlx5::peer::{hex, unhex};
-use mlx5::wqe::WriteImm;
-use mlx5::{Access, ConnInfo, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote};
+use mlx5::peer::{WriteImmEnd, hex, unhex};
+use mlx5::{ConnInfo, Kind, Progress, QpCaps, Remote};
 
 const PAYLOAD: usize = 32;
 const STOP: u32 = u32::MAX;
@@ -38,94 +37,16 @@ const STOP: u32 = u32::MAX;
 // ---------------------------------------------------------------- raw ----
 
 /// One end of the raw baseline: QPs with private receive queues, every
-/// 16th WRITE_IMM signaled.
-struct RawEnd {
-    ctx: mlx5::Context,
-    _pd: Pd,
-    cq: Cq,
-    qps: Vec<Qp>,
-    mr: Mr,
-    sent: Vec<u32>,
-    qpn0: u32,
-}
+/// 16th WRITE_IMM signaled, PAYLOAD bytes each.
+type RawEnd = WriteImmEnd;
 
 fn raw_end(ctx: &mlx5::Context, qps: usize, depth: u32) -> RawEnd {
-    let pd = Pd::new(ctx).expect("pd");
     let caps = QpCaps {
         max_send_wr: (depth * 2 + 32).max(64),
         max_recv_wr: depth,
         ..QpCaps::default()
     };
-    let cq = Cq::new(
-        ctx,
-        ((caps.max_send_wr + caps.max_recv_wr) * qps as u32 * 2).next_power_of_two(),
-    )
-    .expect("cq");
-    let qps: Vec<Qp> = (0..qps)
-        .map(|_| Qp::builder(&pd, &cq, &cq).caps(caps).build().expect("qp"))
-        .collect();
-    let mr = pd.alloc_mr(1 << 16, Access::ALL).expect("mr");
-    RawEnd {
-        ctx: ctx.clone(),
-        _pd: pd,
-        cq,
-        sent: vec![0; qps.len()],
-        qpn0: qps[0].qpn(),
-        qps,
-        mr,
-    }
-}
-
-impl RawEnd {
-    fn infos(&self) -> Vec<ConnInfo> {
-        self.qps
-            .iter()
-            .map(|q| q.local_info(&ConnectOpts::default()).expect("info"))
-            .collect()
-    }
-
-    fn connect(&mut self, far: &[ConnInfo], depth: u32) {
-        for (qp, info) in self.qps.iter_mut().zip(far) {
-            qp.connect(info, &ConnectOpts::default()).expect("connect");
-            for _ in 0..depth {
-                qp.post_recv(&[]).expect("recv");
-            }
-        }
-    }
-
-    fn ping(&mut self, i: usize, to: Remote, imm: u32) {
-        self.sent[i] = self.sent[i].wrapping_add(1);
-        let bytes = [imm as u8; PAYLOAD];
-        let w = WriteImm::inline(to, &bytes, imm);
-        let w = if self.sent[i].is_multiple_of(16) {
-            w.signaled()
-        } else {
-            w
-        };
-        self.qps[i].post_and_ring(&w).expect("post");
-    }
-
-    /// Steps the device and answers every WRITE_IMM that arrived with one
-    /// back to `to` (same immediate); returns the immediates seen.
-    fn echo(&mut self, to: Remote, seen: &mut Vec<(usize, u32)>) {
-        let _ = self.ctx.progress();
-        let q0 = self.qpn0;
-        self.cq
-            .poll(256, |c| {
-                if c.kind == Kind::RecvWriteImm {
-                    seen.push(((c.qpn - q0) as usize, c.imm));
-                } else {
-                    assert!(c.status().is_ok(), "{c:?}");
-                }
-            })
-            .expect("poll");
-        for &(i, imm) in seen.iter() {
-            self.qps[i].post_recv(&[]).expect("recv");
-            if imm != STOP {
-                self.ping(i, to, imm);
-            }
-        }
-    }
+    WriteImmEnd::open(ctx, qps, caps, 1 << 16, PAYLOAD)
 }
 
 enum RawFar {
@@ -234,7 +155,7 @@ impl Raw {
             }
             if let RawFar::Local(b) = &mut self.far {
                 replies.clear();
-                b.echo(back, &mut replies);
+                b.echo(back, STOP, &mut replies);
             }
             assert!(!stall.passed(), "raw rate stalled at {done}/{iters}");
         }
@@ -266,7 +187,7 @@ fn raw_echo_role(args: &[String]) {
         }
         loop {
             seen.clear();
-            e.echo(back, &mut seen);
+            e.echo(back, STOP, &mut seen);
             if seen.iter().any(|&(_, imm)| imm == STOP) {
                 break;
             }

@@ -36,26 +36,15 @@ use std::time::{Duration, Instant};
 
 use benchutil::SharedFigure;
 use benchutil::summary::{Kind as FigKind, Knobs};
-use mlx5::peer::PeerProcess;
-use mlx5::wqe::{Read, Write, WriteImm};
-use mlx5::{
-    Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote,
-    Selection,
-};
+use mlx5::peer::{PeerProcess, WriteImmEnd};
+use mlx5::wqe::{Read, Write};
+use mlx5::{ConnectOpts, Context, Kind, Progress, QpCaps, Remote, Selection};
 
 const MIB: usize = 1 << 20;
 const BW_DEPTH: usize = 4;
 
-/// One end: device, CQ, QPs, a 2 MiB buffer.
-struct End {
-    ctx: Context,
-    _pd: Pd,
-    cq: Cq,
-    qps: Vec<Qp>,
-    mr: Mr,
-    sent: Vec<u32>,
-    qpn0: u32,
-}
+/// One end: device, CQ, QPs, a 2 MiB buffer; WRITE_IMMs of 8 bytes.
+type End = WriteImmEnd;
 
 fn caps(depth: u32) -> QpCaps {
     QpCaps {
@@ -66,57 +55,7 @@ fn caps(depth: u32) -> QpCaps {
 }
 
 fn open_end(ctx: &Context, qps: usize, depth: u32) -> End {
-    let pd = Pd::new(ctx).expect("pd");
-    let c = caps(depth);
-    let cq = Cq::new(
-        ctx,
-        ((c.max_send_wr + c.max_recv_wr) * qps as u32 * 2).next_power_of_two(),
-    )
-    .expect("cq");
-    let qps: Vec<Qp> = (0..qps)
-        .map(|_| Qp::builder(&pd, &cq, &cq).caps(c).build().expect("qp"))
-        .collect();
-    let mr = pd.alloc_mr(2 * MIB, Access::ALL).expect("mr");
-    let qpn0 = qps[0].qpn();
-    End {
-        ctx: ctx.clone(),
-        _pd: pd,
-        cq,
-        sent: vec![0; qps.len()],
-        qps,
-        mr,
-        qpn0,
-    }
-}
-
-fn infos(e: &End) -> Vec<ConnInfo> {
-    e.qps
-        .iter()
-        .map(|q| q.local_info(&ConnectOpts::default()).expect("info"))
-        .collect()
-}
-
-impl End {
-    /// Posts one 8-byte WRITE_IMM on QP `i` (every 16th signaled, so the
-    /// send queue is retired without a CQE per message).
-    fn ping(&mut self, i: usize, to: Remote, imm: u32) {
-        self.sent[i] = self.sent[i].wrapping_add(1);
-        let bytes = imm.to_le_bytes();
-        let w = WriteImm::inline(to, &bytes, imm);
-        let w = if self.sent[i].is_multiple_of(16) {
-            w.signaled()
-        } else {
-            w
-        };
-        self.qps[i].post_and_ring(&w).expect("post");
-    }
-
-    fn step(&self) {
-        if !self.ctx.is_soft() {
-            return;
-        }
-        let _ = self.ctx.progress();
-    }
+    WriteImmEnd::open(ctx, qps, caps(depth), 2 * MIB, 8)
 }
 
 /// The far end: the other end in this process, or an `mlx5-peer`.
@@ -140,16 +79,10 @@ impl Setup {
         };
         let mut a = open_end(&open(), qps, depth);
         let mut b = open_end(&open(), qps, depth);
-        let o = ConnectOpts::default();
-        let (ia, ib) = (infos(&a), infos(&b));
-        for i in 0..qps {
-            a.qps[i].connect(&ib[i], &o).expect("connect");
-            b.qps[i].connect(&ia[i], &o).expect("connect");
-            for _ in 0..depth.max(BW_DEPTH as u32) {
-                a.qps[i].post_recv(&[]).expect("recv");
-                b.qps[i].post_recv(&[]).expect("recv");
-            }
-        }
+        let (ia, ib) = (a.infos(), b.infos());
+        let recvs = depth.max(BW_DEPTH as u32);
+        a.connect(&ib, recvs);
+        b.connect(&ia, recvs);
         Setup {
             near: a,
             far: Far::Local(b),
@@ -179,7 +112,7 @@ impl Setup {
         );
         let far = p.infos.clone();
         let o = ConnectOpts::default();
-        let mine = infos(&a);
+        let mine = a.infos();
         for i in 0..qps {
             p.connect(i, &mine[i]);
             a.qps[i].connect(&far[i], &o).expect("connect");

@@ -8,11 +8,134 @@
 //! the binary's documentation. The byte pattern and hash the peer uses to
 //! fill and check memory ([`pattern`], [`fnv1a`], [`stream_len`]) are here
 //! so both sides compute the same thing.
+//!
+//! [`WriteImmEnd`] is the near end the benches of this crate and of
+//! copyrpc use for their raw WRITE_IMM figures: QPs on one CQ that post
+//! small inline WRITE_IMMs and echo the ones that arrive.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use crate::{ConnInfo, Remote};
+use crate::wqe::WriteImm;
+use crate::{Access, ConnInfo, ConnectOpts, Context, Cq, Kind, Mr, Pd, Qp, QpCaps, Remote};
+
+/// One end of a raw WRITE_IMM exchange: `qps` QPs sharing one CQ (sends
+/// and receives, with private receive queues), one registered buffer,
+/// every 16th WRITE_IMM signaled so the send queue retires without a CQE
+/// per message. Panics on any verbs error (bench and test use).
+pub struct WriteImmEnd {
+    /// The device.
+    pub ctx: Context,
+    _pd: Pd,
+    /// The one CQ of every QP.
+    pub cq: Cq,
+    /// The QPs, numbered from `qpn0` on a fresh device.
+    pub qps: Vec<Qp>,
+    /// The buffer (all rights).
+    pub mr: Mr,
+    /// The first QP's number: a completion's QP index is `qpn - qpn0`.
+    pub qpn0: u32,
+    payload: usize,
+    sent: Vec<u32>,
+}
+
+impl WriteImmEnd {
+    /// The largest payload of [`WriteImmEnd::ping`].
+    pub const MAX_PAYLOAD: usize = 64;
+
+    /// `qps` QPs of `caps` on one CQ large enough for all of their queues,
+    /// a buffer of `mr_len` bytes; each WRITE_IMM carries `payload` inline
+    /// bytes (at most [`WriteImmEnd::MAX_PAYLOAD`], the immediate's low
+    /// byte repeated).
+    pub fn open(ctx: &Context, qps: usize, caps: QpCaps, mr_len: usize, payload: usize) -> Self {
+        assert!(
+            payload <= Self::MAX_PAYLOAD && payload <= caps.max_inline as usize,
+            "payload {payload} (at most {} and max_inline)",
+            Self::MAX_PAYLOAD
+        );
+        let pd = Pd::new(ctx).expect("pd");
+        let cq = Cq::new(
+            ctx,
+            ((caps.max_send_wr + caps.max_recv_wr) * qps as u32 * 2).next_power_of_two(),
+        )
+        .expect("cq");
+        let qps: Vec<Qp> = (0..qps)
+            .map(|_| Qp::builder(&pd, &cq, &cq).caps(caps).build().expect("qp"))
+            .collect();
+        let mr = pd.alloc_mr(mr_len, Access::ALL).expect("mr");
+        WriteImmEnd {
+            ctx: ctx.clone(),
+            _pd: pd,
+            cq,
+            sent: vec![0; qps.len()],
+            qpn0: qps[0].qpn(),
+            qps,
+            mr,
+            payload,
+        }
+    }
+
+    /// Each QP's connection info.
+    pub fn infos(&self) -> Vec<ConnInfo> {
+        self.qps
+            .iter()
+            .map(|q| q.local_info(&ConnectOpts::default()).expect("info"))
+            .collect()
+    }
+
+    /// Connects QP `i` to `far[i]` and posts `recvs` receives on it.
+    pub fn connect(&mut self, far: &[ConnInfo], recvs: u32) {
+        for (qp, info) in self.qps.iter_mut().zip(far) {
+            qp.connect(info, &ConnectOpts::default()).expect("connect");
+            for _ in 0..recvs {
+                qp.post_recv(&[]).expect("recv");
+            }
+        }
+    }
+
+    /// Posts one WRITE_IMM on QP `i` to `to` with immediate `imm`.
+    pub fn ping(&mut self, i: usize, to: Remote, imm: u32) {
+        self.sent[i] = self.sent[i].wrapping_add(1);
+        let bytes = [imm as u8; Self::MAX_PAYLOAD];
+        let w = WriteImm::inline(to, &bytes[..self.payload], imm);
+        let w = if self.sent[i].is_multiple_of(16) {
+            w.signaled()
+        } else {
+            w
+        };
+        self.qps[i].post_and_ring(&w).expect("post");
+    }
+
+    /// Steps a software device once (nothing on hardware).
+    pub fn step(&self) {
+        if self.ctx.is_soft() {
+            let _ = self.ctx.progress();
+        }
+    }
+
+    /// Steps the device and answers every WRITE_IMM that arrived with one
+    /// back to `to` (same immediate) on its QP, except immediate `stop`;
+    /// `seen` gets (QP index, immediate) of each.
+    pub fn echo(&mut self, to: Remote, stop: u32, seen: &mut Vec<(usize, u32)>) {
+        self.step();
+        let q0 = self.qpn0;
+        self.cq
+            .poll(256, |c| {
+                if c.kind == Kind::RecvWriteImm {
+                    seen.push(((c.qpn - q0) as usize, c.imm));
+                } else {
+                    assert!(c.status().is_ok(), "{c:?}");
+                }
+            })
+            .expect("poll");
+        for &(i, imm) in seen.iter() {
+            self.qps[i].post_recv(&[]).expect("recv");
+            if imm != stop {
+                self.ping(i, to, imm);
+            }
+        }
+    }
+}
 
 /// The test pattern: byte `i` of stream `seed`.
 pub fn pattern(seed: u64, i: u64) -> u8 {
