@@ -225,14 +225,25 @@ fn requests_that_wait_for_room_are_answered_not_dropped() {
     }
 }
 
+/// Also with `--round-costs`: every daemon's rounds were timed and the
+/// JSON carries them (the other smoke runs go without, and carry none).
 #[test]
 fn copyrpc_on_the_software_device_verifies() {
-    smoke("copyrpc", "mlx5 soft", &[]);
+    let report = smoke_with("copyrpc", "mlx5 soft", &["--round-costs"], None);
+    for rank in 0..2 {
+        for d in report["daemons"][rank].as_array().unwrap() {
+            let r = &d["rounds"];
+            for k in ["busy_rounds", "busy_ns", "idle_rounds", "idle_ns"] {
+                assert!(r[k].as_u64().unwrap() > 0, "rounds.{k}: {d}");
+            }
+        }
+    }
 }
 
 #[test]
 fn ucx_over_tcp_verifies() {
-    smoke("ucx-am:tcp", "UCX_TLS=tcp", &[]);
+    let report = smoke_with("ucx-am:tcp", "UCX_TLS=tcp", &[], None);
+    assert!(report["daemons"][0][0].get("rounds").is_none());
 }
 
 #[test]
