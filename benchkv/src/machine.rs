@@ -2,25 +2,17 @@
 
 /// This host's name.
 pub fn host() -> String {
-    read_trim("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into())
+    benchutil::host_name()
 }
 
 /// The CPU model (first `model name` of `/proc/cpuinfo`).
 pub fn cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
+    benchutil::cpu_model()
 }
 
 /// The kernel release.
 pub fn kernel() -> String {
-    read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into())
+    benchutil::kernel_release()
 }
 
 /// CPUs this process may run on (its affinity: `mpirun` binds each rank
@@ -55,13 +47,6 @@ pub fn git() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
-}
-
-fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
 }
 
 /// An id for names this run creates on the host (ipc segments, the

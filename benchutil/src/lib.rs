@@ -55,6 +55,7 @@ mod affinity;
 pub mod counters;
 mod floor;
 mod helper;
+mod host;
 mod spin;
 pub mod summary;
 
@@ -63,6 +64,7 @@ pub use floor::{
     Bounce, CANARY_TRIPS, canary_ns, floor_client, floor_processes, floor_server, floor_threads,
 };
 pub use helper::{Helper, ROLE_VAR, as_helper, mono_ns, unique};
+pub use host::{cpu_model, host_name, kernel_release};
 pub use spin::{PATIENCE, Patience, SpinLimit};
 pub use summary::{
     Figure, FigureRecord, Item, Kind, Knobs, Medians, Metadata, Ratio, SuiteRecord, machine,

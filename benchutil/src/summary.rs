@@ -424,19 +424,6 @@ impl Metadata {
     /// This process's view of the machine, now.
     pub fn collect() -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split(':').nth(1))
-            .map(str::trim)
-            .unwrap_or("unknown CPU")
-            .to_string();
-        let read = |p: &str| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        };
         let root = workspace_root();
         let cmd = |prog: &str, args: &[&str]| {
             std::process::Command::new(prog)
@@ -467,8 +454,8 @@ impl Metadata {
         params.insert("canary_trips".into(), crate::CANARY_TRIPS.to_string());
         params.insert("quick_divisor".into(), QUICK_DIVISOR.to_string());
         Self {
-            host: read("/proc/sys/kernel/hostname"),
-            cpu,
+            host: crate::host_name(),
+            cpu: crate::cpu_model(),
             cores_online: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .max(
@@ -479,7 +466,7 @@ impl Metadata {
                 ),
             cpus_allowed: allowed_cpus(),
             core_pair: crate::core_pair(),
-            kernel: read("/proc/sys/kernel/osrelease"),
+            kernel: crate::kernel_release(),
             toolchain: cmd("rustc", &["-V"]).unwrap_or_else(|| "unknown".into()),
             git,
             device_selection: std::env::var("MLX5_DEVICE").unwrap_or_else(|_| "auto".into()),
@@ -668,19 +655,12 @@ pub fn median(xs: &[f64]) -> f64 {
 /// The machine in one line: "Intel(R) Xeon(R) Processor, 2 CPUs usable,
 /// kernel 6.1.0, host vm" and the like.
 pub fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(str::trim)
-        .unwrap_or("unknown CPU");
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     format!(
-        "{model}, {} CPUs usable, kernel {}, host {}",
+        "{}, {} CPUs usable, kernel {}, host {}",
+        crate::cpu_model(),
         allowed_cpus().len(),
-        read("/proc/sys/kernel/osrelease").trim(),
-        read("/proc/sys/kernel/hostname").trim()
+        crate::kernel_release(),
+        crate::host_name()
     )
 }
 
