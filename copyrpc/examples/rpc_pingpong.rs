@@ -1,6 +1,7 @@
 //! Two processes calling each other over copyrpc.
 //!
-//! In two terminals (the software device links them through a unix socket;
+//! In two terminals (the software devices link them over shared memory,
+//! the default on one host;
 //! on a NIC set `MLX5_DEVICE=mlx5_0` and run them on two hosts):
 //!
 //! ```text

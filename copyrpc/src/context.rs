@@ -10,7 +10,8 @@
 //!
 //! Doorbells are adaptive: [`Context::poll`] flushes every dirty endpoint
 //! whenever it finds no new completion, so a lone call leaves at once and,
-//! under load, calls made between two idle polls share one WRITE_IMM.
+//! under load, calls made between two flushes (idle polls, and every
+//! fourth poll that finds completions) share one WRITE_IMM.
 //! [`Context::flush`] flushes explicitly.
 
 use std::cell::RefCell;

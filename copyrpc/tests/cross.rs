@@ -1,5 +1,6 @@
 //! copyrpc between two OS processes: this test and a `copyrpc-peer` it
-//! spawns, software devices linked by a unix socket.
+//! spawns, software devices linked over shared memory (the default link
+//! between processes of one host; the unix socket carries the handshake).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};

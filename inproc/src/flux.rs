@@ -6,9 +6,10 @@
 //! therefore never shares a queue end with a third thread, and every queue
 //! stays single-producer single-consumer.
 //!
-//! Sends are not published one by one: [`FluxNode::poll`] and an idle
-//! [`FluxNode::try_recv`] publish everything pending (so a busy node batches
-//! and an idle one flushes at once), [`FluxNode::flush`] does it on demand,
+//! Sends are not published one by one: [`FluxNode::poll`] publishes
+//! everything pending, an idle [`FluxNode::try_recv`] the pending replies
+//! and returned request slots (so a busy node batches and an idle one
+//! flushes at once), [`FluxNode::flush`] does it on demand,
 //! and a node that is never idle still publishes (and returns request
 //! slots) every quarter of a queue, and all its replies every 16 it sends,
 //! so it cannot hold its peers up, even one with a single call in flight.

@@ -4,16 +4,18 @@
 //! ([`Transport`], [`Sender`], [`Receiver`]):
 //!
 //! * [`FastForward`]: a `full` flag per slot, no shared indices; the
-//!   consumer hands slots back 64 at a time, so the producer refills lines
+//!   consumer hands slots back 64 at a time (a quarter of a smaller
+//!   ring), so the producer refills lines
 //!   the consumer has left (temporal slipping);
 //! * [`Lamport`]: shared head and tail with cached copies and explicit
 //!   batched publication (`publish` / `sync`): one shared write per batch;
 //! * [`Onesided`]: a sequence number per slot; the consumer never writes a
 //!   line the producer writes, and stores its position once per 64 slots.
 //!
-//! Each ring starts on a cache-line pair, and each side pushes the lines it
-//! is done with to the shared cache (CLDEMOTE on x86-64), where the other
-//! side finds them without snooping its core.
+//! Each ring starts on a cache-line pair, and each side (the producer only,
+//! for Lamport) pushes the lines it is done with to the shared cache
+//! (CLDEMOTE on x86-64), where the other side finds them without snooping
+//! its core.
 //!
 //! Producer and consumer are separate types and neither is `Clone`, so
 //! "single producer, single consumer" is enforced by the type system. Full

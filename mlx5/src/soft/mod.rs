@@ -6,8 +6,9 @@
 //!
 //! 1. *Requester, local phase*: read the doorbell record, copy the WQE out
 //!    of the ring, decode and validate it (opcode, `ds`, index, QPN, inline
-//!    length, SGE count), validate local keys and gather the payload into a
-//!    scratch buffer.
+//!    length, SGE count), and validate the gather list's local keys (the
+//!    payload is read where it lies, in registered memory or the WQE's
+//!    inline bytes, when the frame or the peer's memory is written).
 //! 2. *Responder phase*: check the target QP's state and peer, the rkey,
 //!    bounds and access flags, take a receive WQE (RQ or SRQ) when the
 //!    opcode consumes one, write target memory or read it, write the
