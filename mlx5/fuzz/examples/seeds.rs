@@ -440,6 +440,28 @@ fn wqe_seeds() -> Vec<(&'static str, Vec<Op>)> {
                 Op::Poll(A, 1),
             ],
         ),
+        (
+            // Found by the fuzzer: A's zero-length WRITE_IMM meets a B
+            // without receives (RNR NAK), then B moves to ERROR on a WQE
+            // of an opcode the device does not execute (BIND_MW), so the
+            // retry goes unanswered and waits for the ACK timeout; the end
+            // check must not expect A's NOP to retire it.
+            "write-imm-to-a-peer-that-fails-mid-retry",
+            vec![
+                build(A, write(at(Own, 0), Payload::Sges(vec![]), Some(7)), false),
+                Op::Raw {
+                    side: B,
+                    fix: Fix {
+                        index: true,
+                        ..Fix::default()
+                    },
+                    bytes: vec![
+                        0, 0, 0, 0x18, 0x18, 0x18, 0x18, 0x18, 0x18, 8, 0, 4, 4, 0, 0, 1, 0, 0, 64,
+                        0, 0, 0, 0, 0,
+                    ],
+                },
+            ],
+        ),
     ]
 }
 

@@ -24,7 +24,9 @@
 //!   builders wrote is never refused as malformed (`LocalQpOp`);
 //! * the `canary` and `foreign` regions never change;
 //! * at the end (all rung, the devices stepped until idle): a QP still in
-//!   RTS retires its whole send queue when a signaled NOP completes, and
+//!   RTS, its peer too, retires its whole send queue when a signaled NOP
+//!   completes (a peer in ERROR drops requests unanswered, so what was sent
+//!   to it waits for the ACK timeout, as on hardware, and the NOP with it), and
 //!   after `to_error` every send and receive WQE has completed, except
 //!   unsignaled WQEs that succeeded with no later completion to retire
 //!   them (as on hardware), and `sq_free` says exactly that.
@@ -1114,8 +1116,15 @@ impl Harness {
         self.settle(SETTLE_ROUNDS);
         self.a.poll_all();
         self.b.poll_all();
+        // A peer in ERROR drops requests without an answer: what it was
+        // sent waits for the ACK timeout (much longer than the settling),
+        // and the NOP behind it.
+        let peer_rts = [
+            self.b.qp.state() == QpState::Rts,
+            self.a.qp.state() == QpState::Rts,
+        ];
         for (i, e) in [&mut self.a, &mut self.b].into_iter().enumerate() {
-            if nop[i] && e.qp.state() == QpState::Rts && !e.shadow.desync {
+            if nop[i] && peer_rts[i] && e.qp.state() == QpState::Rts && !e.shadow.desync {
                 assert!(e.shadow.sq.is_empty(), "left: {:?}", e.shadow.sq);
                 assert_eq!(e.qp.sq_free(), e.shadow.sq_cnt, "the NOP retired the ring");
             }
