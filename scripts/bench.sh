@@ -11,9 +11,10 @@
 # --quick runs every suite briefly (summary only, 3 rounds, 1/20 of each
 # figure's operations; short callgrind counts; a two-depth benchkv sweep)
 # and writes the report under target/analysis/<date>-quick/ unless --out
-# says otherwise, then checks it (bench-report check --strict): the whole
-# pipeline, run, collect, render, in a few minutes, for CI. Its numbers are
-# not for comparison.
+# says otherwise: the whole pipeline, run, collect, render, in a few
+# minutes, for CI. Its numbers are not for comparison. Every run, full or
+# quick, ends with bench-report check --strict on its report (a failed
+# check stops the script before it prints the report's path).
 source "$(dirname "$0")/common.sh"
 
 QUICK=0

@@ -15,11 +15,10 @@ source "$(dirname "$0")/common.sh"
 
 IPC_FUZZ_TARGETS=(server_reads wire)
 
+# The pinned cargo-fuzz and the C++ compiler libFuzzer needs, as
+# scripts/fuzz.sh gets them (common.sh).
 ipc_fuzz_ensure_cargo_fuzz() {
-    if ! cargo fuzz --version >/dev/null 2>&1; then
-        echo "installing cargo-fuzz" >&2
-        cargo install cargo-fuzz --locked
-    fi
+    ensure_cargo_fuzz
 }
 
 # ipc_fuzz TARGET ARGS...: cargo fuzz run in ipc/fuzz; libFuzzer writes new

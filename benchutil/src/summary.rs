@@ -371,7 +371,8 @@ impl FigureRecord {
 /// The JSON a bench leaves in `target/bench-summary/<suite>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SuiteRecord {
-    /// The suite (`ipc`, `inproc`, `mlx5`, `copyrpc`).
+    /// The suite (`ipc`, `inproc`, `mlx5`, `copyrpc`, `ucx` for the same-host
+    /// UCX-AM peer).
     pub suite: String,
     /// Where and how it ran.
     pub metadata: Metadata,

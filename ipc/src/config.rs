@@ -9,10 +9,13 @@ pub enum WaitStrategy {
     /// waiting process.
     #[default]
     BusyPoll,
-    /// Spin `spins` times, then sleep in a futex wait on a shared word until
-    /// the other side wakes it. An idle process costs no CPU; a wake-up
-    /// costs a system call on both sides (the `pingpong/processes-blocking`
-    /// benchmark measures the round trip; README quotes it).
+    /// Spin `spins` times, then sleep until the other side wakes it: a
+    /// client in a futex wait on a word of its region, the server in
+    /// `epoll_wait` on its connections (a client that publishes a request
+    /// to a sleeping server sends a wake-up byte). An idle process costs no
+    /// CPU; a wake-up costs a system call on both sides (the
+    /// `pingpong/processes-blocking` benchmark measures the round trip; the
+    /// analysis report quotes it).
     Block {
         /// Checks of the shared word before going to sleep.
         spins: u32,
@@ -89,7 +92,7 @@ impl ServerConfig {
     /// How often a busy server looks at its connections: new clients are
     /// attached, departed or dead ones released, wake-ups drained. One
     /// `epoll_wait` per interval (checked every 1024 polls against a coarse
-    /// clock of 1–4 ms resolution), so a killed client's slot is free again
+    /// clock of one kernel tick: 1–4 ms, 10 ms with HZ=100), so a killed client's slot is free again
     /// within about this time plus one clock tick while the server polls. A
     /// server blocked in [`wait`](crate::Server::wait) sees them at once.
     pub fn liveness_interval(mut self, every: Duration) -> Self {

@@ -80,7 +80,8 @@
 //!
 //! A cross-process synchronous call costs about two cache-line transfers;
 //! `cargo bench -p ipc` measures it against the cache-line floor, Unix
-//! sockets and iceoryx2 in the same run (figures in the repository README).
+//! sockets and iceoryx2 in the same run (figures in the analysis report,
+//! `docs/analysis/<date>/report.md`, section ipc).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]

@@ -5,13 +5,14 @@
 //!   gathered from the benches' own output); `report.md` and
 //!   `figures.json` must be exactly that rendering, so no number in them
 //!   was typed in or edited after the run. Commentary goes in a separate
-//!   file (`commentary.md`), which the check leaves alone.
+//!   file (`commentary.md`), which is not re-rendered, but every figure it
+//!   quotes must appear in `report.md` exactly as printed.
 //! * Every section and subsection exists, in order, and none is empty: each
 //!   holds content or a one-line reason starting with
 //!   [`NOT_AVAILABLE`](crate::render::NOT_AVAILABLE).
 //! * With `strict`, only the places whose data depends on the machine
-//!   (hardware counters, `perf c2c`, benchkv under callgrind) may consist of
-//!   a reason alone; every other part must hold measured content (a table,
+//!   (hardware counters, `perf c2c`) and benchkv's "where the time goes"
+//!   (benchkv is never run under callgrind) may consist of a reason alone; every other part must hold measured content (a table,
 //!   a plot, a list of figures), beside which a reason may name what part
 //!   of it is missing.
 

@@ -14,8 +14,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Gathers target/bench-summary and writes OUT/<date>/report.md with
-    /// its plots, figures.json and run.json; prints the report's path.
+    /// Gathers target/bench-summary and writes OUT/<date>/report.md
+    /// (OUT/<date>-quick/ for a quick run) with its plots, figures.json and
+    /// run.json; prints the report's path.
     Render {
         /// Where the benches left their output.
         #[arg(long, default_value = "target/bench-summary")]
@@ -35,8 +36,8 @@ enum Cmd {
     Check {
         /// The report directory (holding report.md and run.json).
         dir: PathBuf,
-        /// Only machine-dependent data (hardware counters, perf c2c) may be
-        /// missing.
+        /// Only machine-dependent data (hardware counters, perf c2c) and
+        /// benchkv's instruction counts (never measured) may be missing.
         #[arg(long)]
         strict: bool,
     },
