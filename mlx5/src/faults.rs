@@ -45,6 +45,15 @@ impl Faults {
         self.dev.drop_peer(peer.gid);
     }
 
+    /// The next QP connected to a device in another process opens a link of
+    /// its own even if one to that device is up, as two devices that
+    /// connect to each other at the same moment do (each side's connect
+    /// finds no link and opens one): the case where both sides must choose
+    /// the same link to send on.
+    pub fn open_a_second_link_on_next_connect(&self) {
+        self.dev.fresh_link_next();
+    }
+
     /// Silently discards every frame to and from the device `peer` names,
     /// as a network partition does: QPs with requests outstanding to it
     /// fail with `TransportRetryExceeded` once their ACK timeout

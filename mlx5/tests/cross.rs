@@ -681,6 +681,54 @@ fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
     );
 }
 
+/// Two devices that connect to each other at the same moment each open a
+/// link (forced here: this side opens a second one after the peer's): both
+/// then send on the link whose connector has the lower address, so the
+/// ACKs still leave with the next request in one store or `write` (each
+/// side on its own link, no answer would share a record with a request).
+fn two_links_to_one_peer_still_carry_each_ack_with_a_request() {
+    const N: u32 = 300;
+    let o = ConnectOpts::default();
+    let ctx = Context::open(Selection::parse("soft:manual").expect("selection")).expect("device");
+    let mut me = end(&ctx, caps(64, 64), 256, 1 << 20, Access::ALL);
+    let mut peer = spawn("soft:manual", 1, 1 << 20, 64, 64);
+    peer.connect(0, &me.qp.local_info(&o).expect("info"));
+    ctx.faults().unwrap().open_a_second_link_on_next_connect();
+    me.qp.connect(&peer.infos[0], &o).expect("connect");
+    peer.cmd("recv 0 4 0 0");
+    for _ in 0..4 {
+        me.qp.post_recv(&[]).unwrap();
+    }
+    let back = me.mr.remote(0);
+    peer.send(&format!("echo {} {}", back.addr, back.rkey));
+    let before = me.ctx.wire_stats().unwrap();
+    for i in 0..=N {
+        let stop = i == N;
+        let imm = if stop { u32::MAX } else { i };
+        me.qp
+            .post_and_ring(&WriteImm::inline(peer.remote(0), &i.to_le_bytes(), imm).signaled())
+            .unwrap();
+        let want = if stop { 1 } else { 2 };
+        for c in me.expect(want) {
+            assert_eq!(c.status(), Ok(()), "{c:?}");
+            if c.kind == Kind::RecvWriteImm {
+                assert_eq!(c.imm, i);
+                me.qp.post_recv(&[]).unwrap();
+            }
+        }
+    }
+    assert_eq!(peer.line(), format!("ok {N}"));
+    let after = me.ctx.wire_stats().unwrap();
+    assert_eq!(after.links, 2, "{after:?}");
+    let frames = after.frames_sent - before.frames_sent;
+    let writes = after.writes - before.writes;
+    assert_eq!(frames, u64::from(2 * N + 1));
+    assert!(
+        writes <= u64::from(N + N / 10),
+        "{writes} stores for {frames} frames: requests and answers on different links"
+    );
+}
+
 /// A manual device dropped right after the pass that received a request
 /// (its ACK deferred to the next pass, which never comes) sends the ACK as
 /// its links close: the peer's WQE completes, its QP stays in RTS, and only
@@ -1522,6 +1570,7 @@ over_both!(
     a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link,
     manual_progress_across_processes,
     a_manual_ping_pong_sends_each_ack_with_the_next_request,
+    two_links_to_one_peer_still_carry_each_ack_with_a_request,
     a_dropped_manual_device_sends_the_acks_it_deferred,
     a_malformed_frame_after_the_handshake_closes_that_link_only,
     drop_peer_fails_the_qps_and_refuses_reconnecting,

@@ -44,6 +44,13 @@ impl Device {
         any
     }
 
+    /// Fault: the next connect opens its own link (see
+    /// `Faults::open_a_second_link_on_next_connect`).
+    pub(crate) fn fresh_link_next(&self) {
+        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        eng.faults.fresh_link = true;
+    }
+
     /// Fault: hold every frame sent for `d`.
     pub(crate) fn set_delay(&self, d: Duration) {
         let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());

@@ -251,6 +251,8 @@ pub(crate) struct Link {
     pub(crate) id: u64,
     /// The peer device's address.
     pub(crate) peer: [u8; 16],
+    /// This device connected (sent `HELLO`); false for a link it accepted.
+    pub(crate) outgoing: bool,
     /// The socket: it carries the frames, or, under shared memory, only
     /// the handshake and the peer's death (EOF).
     stream: Option<Stream>,
@@ -355,6 +357,7 @@ impl Link {
         Link {
             id,
             peer,
+            outgoing: false,
             stream: Some(c.stream),
             shm: c.shm,
             kind,

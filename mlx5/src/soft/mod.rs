@@ -687,13 +687,22 @@ impl Device {
                 )));
             }
             progress::adopt(&self.shared, eng);
-            eng.links
-                .iter_mut()
-                .find(|l| l.is_up() && l.peer == r.gid)
-                .map(|l| {
-                    l.timeout = l.timeout.min(budget);
-                    l.id
-                })
+            if std::mem::take(&mut eng.faults.fresh_link) {
+                None
+            } else {
+                eng.preferred_link(self.shared.addr, r.gid)
+                    .or_else(|| {
+                        eng.links
+                            .iter()
+                            .find(|l| l.is_up() && l.peer == r.gid)
+                            .map(|l| l.id)
+                    })
+                    .and_then(|id| eng.links.iter_mut().find(|l| l.id == id))
+                    .map(|l| {
+                        l.timeout = l.timeout.min(budget);
+                        l.id
+                    })
+            }
         };
         let id = match existing {
             Some(id) => id,
@@ -703,7 +712,7 @@ impl Device {
                 let c = link::connect(self.shared.addr, to, self.shared.shm_links)
                     .map_err(Error::InvalidAttr)?;
                 let mut guard = lock();
-                let l = progress::add_link(&mut guard, r.gid, c).ok_or_else(|| {
+                let l = progress::add_link(&mut guard, r.gid, c, true).ok_or_else(|| {
                     Error::InvalidAttr(format!(
                         "software device {to} was dropped by fault injection"
                     ))

@@ -20,13 +20,22 @@ use crate::wqe::Sge;
 /// Adds a link to `peer` over `s`; `None` (and `s` closed) if fault
 /// injection dropped that peer. Link ids are never reused: a QP whose link
 /// died and was removed finds no link by its id, never another one.
-pub(crate) fn add_link(eng: &mut Engine, peer: [u8; 16], c: link::Conn) -> Option<&mut Link> {
+pub(crate) fn add_link(
+    eng: &mut Engine,
+    peer: [u8; 16],
+    c: link::Conn,
+    outgoing: bool,
+) -> Option<&mut Link> {
     if eng.faults.dropped.contains(&peer) {
         return None;
     }
     eng.next_link += 1;
     let mut l = Link::new(eng.next_link, peer, c);
     l.delay = eng.faults.delay;
+    l.outgoing = outgoing;
+    if eng.links.iter().any(|o| o.is_up() && o.peer == peer) {
+        eng.dup_links = true;
+    }
     eng.links.push(l);
     eng.links.last_mut()
 }
@@ -40,7 +49,7 @@ pub(crate) fn remove_dead_links(links: &mut Vec<Link>) {
 /// Adopts the connections the acceptor thread accepted.
 pub(crate) fn adopt(shared: &Shared, eng: &mut Engine) {
     for (peer, s) in shared.take_pending() {
-        add_link(eng, peer, s);
+        add_link(eng, peer, s, false);
     }
 }
 

@@ -133,7 +133,21 @@ pub(crate) fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qp
                     }
                     done += 1;
                 }
-                Target::Link(id) => {
+                Target::Link(mut id) => {
+                    // Two links to this peer (both devices connected at
+                    // once): send on the one both prefer, so the peer's
+                    // answers ride with its requests. A QP moves only with
+                    // nothing in flight, which keeps its order.
+                    if eng.dup_links
+                        && !busy
+                        && let Some(p) = eng.preferred_link(shared.addr, peer.addr)
+                        && p != id
+                    {
+                        id = p;
+                        if let Some(q) = s.qp(qpn).and_then(|q| q.peer.as_mut()) {
+                            q.target = Target::Link(p);
+                        }
+                    }
                     let link = eng.links.iter_mut().find(|l| l.id == id && l.is_up());
                     let Some(link) = link else {
                         if busy {

@@ -564,6 +564,9 @@ pub(crate) struct Engine {
     /// Sockets to devices in other processes.
     pub(crate) links: Vec<Link>,
     pub(crate) next_link: u64,
+    /// Two links to one peer came up at some point (both devices connected
+    /// at once): QPs then send on the preferred one ([`Engine::preferred_link`]).
+    pub(crate) dup_links: bool,
     pub(crate) stats: WireStats,
     pub(crate) faults: FaultState,
 }
@@ -575,9 +578,24 @@ pub(crate) struct FaultState {
     pub(crate) dropped: Vec<[u8; 16]>,
     /// Hold every frame sent for this long.
     pub(crate) delay: Duration,
+    /// The next connect opens a link of its own.
+    pub(crate) fresh_link: bool,
 }
 
 impl Engine {
+    /// Of the links up to `peer`, the one both devices send on: the one
+    /// whose connector has the lower address (this device's own when its
+    /// address is the lower), so that a device's requests and its answers
+    /// to the peer's share records. `None` when no such link is up.
+    pub(crate) fn preferred_link(&self, me: [u8; 16], peer: [u8; 16]) -> Option<u64> {
+        let outgoing = me < peer;
+        self.links
+            .iter()
+            .filter(|l| l.is_up() && l.peer == peer && l.outgoing == outgoing)
+            .map(|l| l.id)
+            .min()
+    }
+
     /// Sockets the sleeping device thread must watch; shared-memory links
     /// are told that it is about to sleep (see [`super::shm`]).
     pub(crate) fn poll_fds(&mut self, fds: &mut Vec<libc::pollfd>) {
