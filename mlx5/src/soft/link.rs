@@ -571,6 +571,13 @@ impl Link {
         self.sent.len()
     }
 
+    /// Whether a request of QP `qpn` is still unanswered on this link
+    /// (after an RNR NAK the QP's own list is empty while the requests it
+    /// sent behind the NAKed one still wait here for their answers).
+    pub(crate) fn awaits(&self, qpn: u32) -> bool {
+        self.sent.iter().any(|s| s.qpn == qpn)
+    }
+
     /// Whether part of a frame is buffered: one is arriving (the bytes
     /// after the last whole frame a pass handled).
     pub(crate) fn mid_frame(&self) -> bool {

@@ -136,13 +136,29 @@ pub(crate) fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qp
                 Target::Link(mut id) => {
                     // Two links to this peer (both devices connected at
                     // once): send on the one both prefer, so the peer's
-                    // answers ride with its requests. A QP moves only with
-                    // nothing in flight, which keeps its order.
+                    // answers ride with its requests. A QP moves only from
+                    // a link that is up (one that died fails its QPs, as
+                    // always) and awaits nothing of it (answers, stale ones
+                    // after an RNR NAK too, come back on the link the
+                    // requests went out on: the order holds); the new
+                    // link's ACK timeout is at most the QP's, as at connect.
                     if eng.dup_links
                         && !busy
                         && let Some(p) = eng.preferred_link(shared.addr, peer.addr)
                         && p != id
+                        && eng
+                            .links
+                            .iter()
+                            .any(|l| l.id == id && l.is_up() && !l.awaits(qpn))
                     {
+                        let budget = s
+                            .qp(qpn)
+                            .map(|q| q.ack_timeout * (u32::from(q.retry_cnt.min(7)) + 1));
+                        if let (Some(b), Some(l)) =
+                            (budget, eng.links.iter_mut().find(|l| l.id == p))
+                        {
+                            l.timeout = l.timeout.min(b);
+                        }
                         id = p;
                         if let Some(q) = s.qp(qpn).and_then(|q| q.peer.as_mut()) {
                             q.target = Target::Link(p);
