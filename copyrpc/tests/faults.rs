@@ -27,28 +27,39 @@ fn wait_done<U>(side: &mut Side<U>, n: usize, other: Option<&mut dyn FnMut()>) {
     }
 }
 
-#[test]
-fn a_remote_access_error_fails_both_endpoints_and_returns_every_call() {
+/// Two contexts on manual software devices of this process, no endpoints.
+fn manual_sides() -> (Side<u32>, Side<u32>) {
     let cfg = config(Limits::default());
-    let (da, db) = (
-        mlx5::Context::soft(Progress::Manual),
-        mlx5::Context::soft(Progress::Manual),
-    );
-    let mut a = Side::<u32> {
-        ctx: Context::new(&da, cfg).unwrap(),
+    let side = || Side::<u32> {
+        ctx: Context::new(&mlx5::Context::soft(Progress::Manual), cfg).unwrap(),
         eps: Vec::new(),
         done: Vec::new(),
     };
-    let mut b = Side::<u32> {
-        ctx: Context::new(&db, cfg).unwrap(),
-        eps: Vec::new(),
-        done: Vec::new(),
-    };
+    (side(), side())
+}
+
+/// A new endpoint on each side, connected to the other; with `bad_key`,
+/// `a`'s is given a ring key `b` never registered, so `a`'s first write
+/// fails both QPs (`b`'s as the responder, through an async event only).
+fn connect_endpoints(
+    a: &mut Side<u32>,
+    b: &mut Side<u32>,
+    bad_key: bool,
+) -> (copyrpc::Endpoint, copyrpc::Endpoint) {
     let (ea, eb) = (a.ctx.endpoint().unwrap(), b.ctx.endpoint().unwrap());
     let (ia, mut ib) = (a.ctx.local_info(ea).unwrap(), b.ctx.local_info(eb).unwrap());
-    ib.ring_rkey ^= 0x100; // a key the peer never registered
+    if bad_key {
+        ib.ring_rkey ^= 0x100;
+    }
     a.ctx.connect(ea, &ib).unwrap();
     b.ctx.connect(eb, &ia).unwrap();
+    (ea, eb)
+}
+
+#[test]
+fn a_remote_access_error_fails_both_endpoints_and_returns_every_call() {
+    let (mut a, mut b) = manual_sides();
+    let (ea, eb) = connect_endpoints(&mut a, &mut b, true);
     // b has calls in flight too: they must come back when its QP fails.
     for i in 0..3 {
         b.ctx.call(eb, b"b", 100 + i).unwrap();
@@ -108,34 +119,9 @@ fn a_remote_access_error_fails_both_endpoints_and_returns_every_call() {
 /// before the step, not only in idle polls that did not step.
 #[test]
 fn an_async_failure_is_noticed_while_every_idle_poll_steps() {
-    let cfg = config(Limits::default());
-    let (da, db) = (
-        mlx5::Context::soft(Progress::Manual),
-        mlx5::Context::soft(Progress::Manual),
-    );
-    let mut a = Side::<u32> {
-        ctx: Context::new(&da, cfg).unwrap(),
-        eps: Vec::new(),
-        done: Vec::new(),
-    };
-    let mut b = Side::<u32> {
-        ctx: Context::new(&db, cfg).unwrap(),
-        eps: Vec::new(),
-        done: Vec::new(),
-    };
-    let mut pairs = Vec::new();
-    for k in 0..2 {
-        let (ea, eb) = (a.ctx.endpoint().unwrap(), b.ctx.endpoint().unwrap());
-        let (ia, mut ib) = (a.ctx.local_info(ea).unwrap(), b.ctx.local_info(eb).unwrap());
-        if k == 0 {
-            ib.ring_rkey ^= 0x100; // a key the peer never registered
-        }
-        a.ctx.connect(ea, &ib).unwrap();
-        b.ctx.connect(eb, &ia).unwrap();
-        pairs.push((ea, eb));
-    }
-    let (ea0, eb0) = pairs[0];
-    let eb1 = pairs[1].1;
+    let (mut a, mut b) = manual_sides();
+    let (ea0, eb0) = connect_endpoints(&mut a, &mut b, true);
+    let (_, eb1) = connect_endpoints(&mut a, &mut b, false);
     // One bad WRITE_IMM into b's ring: b's QP of endpoint 0 fails as the
     // responder (an event only; b has nothing in flight there).
     a.ctx.call(ea0, b"bad", 0).unwrap();

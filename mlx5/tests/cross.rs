@@ -327,18 +327,10 @@ fn peer_killed_mid_stream() {
     assert!(since < Duration::from_secs(10));
 }
 
-fn rnr_across_processes_retries_in_order() {
-    // The peer asks for short RNR waits (timer 1 = 10 µs).
-    let ctx = Context::soft(Progress::Background);
-    let mut me = end(&ctx, caps(64, 64), 256, 1 << 16, Access::ALL);
-    let mut peer = spawn("soft", 1, 1 << 16, 64, 64);
-    let o = ConnectOpts::default();
-    peer.cmd(&format!(
-        "connect 0 {} 1",
-        hex(&me.qp.local_info(&o).unwrap().encode())
-    ));
-    me.qp.connect(&peer.infos[0], &o).unwrap();
-    // Eight WRITE_IMMs pipelined into a QP with no receives.
+/// Eight signaled WRITE_IMMs pipelined into the peer's QP 0, which has no
+/// receives (RNR NAKs): nothing completes until receives arrive, one at a
+/// time; then every WQE completes, in order.
+fn pipelined_into_no_receives(me: &mut End, peer: &mut PeerProcess) {
     for i in 0..8u32 {
         me.qp
             .post(&WriteImm::inline(peer.remote(u64::from(i) * 8), &i.to_le_bytes(), i).signaled())
@@ -347,18 +339,41 @@ fn rnr_across_processes_retries_in_order() {
     me.qp.ring_doorbell();
     std::thread::sleep(Duration::from_millis(50));
     assert!(me.drain().is_empty(), "nothing completes without receives");
-    // Receives arrive one at a time; every WQE completes, in order.
     for k in 0..8 {
         peer.cmd("recv 0 1 0 0");
         let c = peer.cmd("poll 1 5000");
         assert!(c.ends_with(&format!("/4/{k}/ok")), "{c}");
     }
     let c = me.expect(8);
-    assert!(c.iter().all(|c| c.status().is_ok()));
+    assert!(c.iter().all(|c| c.status().is_ok()), "{c:?}");
     let idx: Vec<u16> = c.iter().map(|c| c.wqe_counter).collect();
     let mut sorted = idx.clone();
     sorted.sort();
     assert_eq!(idx, sorted);
+}
+
+/// A background device here and a peer connected to it that asks for short
+/// RNR waits (timer 1 = 10 µs); with `second_link`, this side opens a link
+/// of its own beside the peer's.
+fn rnr_setup(second_link: bool) -> (End, PeerProcess) {
+    let ctx = Context::soft(Progress::Background);
+    let mut me = end(&ctx, caps(64, 64), 256, 1 << 16, Access::ALL);
+    let mut peer = spawn("soft", 1, 1 << 16, 64, 64);
+    let o = ConnectOpts::default();
+    peer.cmd(&format!(
+        "connect 0 {} 1",
+        hex(&me.qp.local_info(&o).unwrap().encode())
+    ));
+    if second_link {
+        ctx.faults().unwrap().open_a_second_link_on_next_connect();
+    }
+    me.qp.connect(&peer.infos[0], &o).unwrap();
+    (me, peer)
+}
+
+fn rnr_across_processes_retries_in_order() {
+    let (mut me, mut peer) = rnr_setup(false);
+    pipelined_into_no_receives(&mut me, &mut peer);
 
     // With rnr_retry = 1 and receives withheld: RnrRetryExceeded.
     let ctx = Context::soft(Progress::Background);
@@ -633,25 +648,33 @@ fn manual_progress_across_processes() {
 /// same immediate, until immediate `u32::MAX`.
 fn echo_setup() -> (End, PeerProcess) {
     let (mut me, mut peer) = setup("soft:manual", &ConnectOpts::default());
+    start_echo(&mut me, &mut peer);
+    (me, peer)
+}
+
+/// Four receives posted on each side, and the peer in its `echo` loop.
+fn start_echo(me: &mut End, peer: &mut PeerProcess) {
     peer.cmd("recv 0 4 0 0");
     for _ in 0..4 {
         me.qp.post_recv(&[]).unwrap();
     }
     let back = me.mr.remote(0);
     peer.send(&format!("echo {} {}", back.addr, back.rkey));
-    (me, peer)
 }
 
-/// A manual device keeps the ACKs of a pass that only answered for its
-/// next pass: in a ping-pong, each side's ACK and its next request leave
-/// in one store (or one `write`), and every request still completes.
-fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
-    const N: u32 = 300;
-    let (mut me, mut peer) = echo_setup();
+/// `n` signaled WRITE_IMMs to the echoing peer, each waited for with its
+/// echo, then the stop; `each` runs after every round trip but the last.
+/// Returns the frames and the stores (or `write`s) this side made.
+fn echo_ping_pong(
+    me: &mut End,
+    peer: &mut PeerProcess,
+    n: u32,
+    mut each: impl FnMut(&End, u32),
+) -> (u64, u64) {
     let before = me.ctx.wire_stats().unwrap();
-    for i in 0..=N {
+    for i in 0..=n {
         // Every request signaled: each must be ACKed to complete.
-        let stop = i == N;
+        let stop = i == n;
         let imm = if stop { u32::MAX } else { i };
         me.qp
             .post_and_ring(&WriteImm::inline(peer.remote(0), &i.to_le_bytes(), imm).signaled())
@@ -665,14 +688,27 @@ fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
             }
         }
         if !stop {
-            // The step that brought the echo kept its ACK for the next.
-            assert!(me.ctx.answers_held(), "echo {i}: its ACK is held");
+            each(me, i);
         }
     }
-    assert_eq!(peer.line(), format!("ok {N}"));
+    assert_eq!(peer.line(), format!("ok {n}"));
     let after = me.ctx.wire_stats().unwrap();
-    let frames = after.frames_sent - before.frames_sent;
-    let writes = after.writes - before.writes;
+    (
+        after.frames_sent - before.frames_sent,
+        after.writes - before.writes,
+    )
+}
+
+/// A manual device keeps the ACKs of a pass that only answered for its
+/// next pass: in a ping-pong, each side's ACK and its next request leave
+/// in one store (or one `write`), and every request still completes.
+fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
+    const N: u32 = 300;
+    let (mut me, mut peer) = echo_setup();
+    let (frames, writes) = echo_ping_pong(&mut me, &mut peer, N, |me, i| {
+        // The step that brought the echo kept its ACK for the next.
+        assert!(me.ctx.answers_held(), "echo {i}: its ACK is held");
+    });
     // N + 1 requests and N ACKs of the echoes.
     assert_eq!(frames, u64::from(2 * N + 1));
     assert!(
@@ -695,33 +731,10 @@ fn two_links_to_one_peer_still_carry_each_ack_with_a_request() {
     peer.connect(0, &me.qp.local_info(&o).expect("info"));
     ctx.faults().unwrap().open_a_second_link_on_next_connect();
     me.qp.connect(&peer.infos[0], &o).expect("connect");
-    peer.cmd("recv 0 4 0 0");
-    for _ in 0..4 {
-        me.qp.post_recv(&[]).unwrap();
-    }
-    let back = me.mr.remote(0);
-    peer.send(&format!("echo {} {}", back.addr, back.rkey));
-    let before = me.ctx.wire_stats().unwrap();
-    for i in 0..=N {
-        let stop = i == N;
-        let imm = if stop { u32::MAX } else { i };
-        me.qp
-            .post_and_ring(&WriteImm::inline(peer.remote(0), &i.to_le_bytes(), imm).signaled())
-            .unwrap();
-        let want = if stop { 1 } else { 2 };
-        for c in me.expect(want) {
-            assert_eq!(c.status(), Ok(()), "{c:?}");
-            if c.kind == Kind::RecvWriteImm {
-                assert_eq!(c.imm, i);
-                me.qp.post_recv(&[]).unwrap();
-            }
-        }
-    }
-    assert_eq!(peer.line(), format!("ok {N}"));
-    let after = me.ctx.wire_stats().unwrap();
-    assert_eq!(after.links, 2, "{after:?}");
-    let frames = after.frames_sent - before.frames_sent;
-    let writes = after.writes - before.writes;
+    start_echo(&mut me, &mut peer);
+    let (frames, writes) = echo_ping_pong(&mut me, &mut peer, N, |_, _| {});
+    let st = me.ctx.wire_stats().unwrap();
+    assert_eq!(st.links, 2, "{st:?}");
     assert_eq!(frames, u64::from(2 * N + 1));
     assert!(
         writes <= u64::from(N + N / 10),
@@ -737,38 +750,9 @@ fn two_links_to_one_peer_still_carry_each_ack_with_a_request() {
 /// resent requests, comes from review: this test did not fail without
 /// it in four runs.)
 fn rnr_over_two_links_retries_in_order() {
-    let ctx = Context::soft(Progress::Background);
-    let mut me = end(&ctx, caps(64, 64), 256, 1 << 16, Access::ALL);
-    let mut peer = spawn("soft", 1, 1 << 16, 64, 64);
-    let o = ConnectOpts::default();
-    peer.cmd(&format!(
-        "connect 0 {} 1",
-        hex(&me.qp.local_info(&o).unwrap().encode())
-    ));
-    ctx.faults().unwrap().open_a_second_link_on_next_connect();
-    me.qp.connect(&peer.infos[0], &o).unwrap();
-    for round in 0..3u32 {
-        for i in 0..8u32 {
-            me.qp
-                .post(
-                    &WriteImm::inline(peer.remote(u64::from(i) * 8), &i.to_le_bytes(), i)
-                        .signaled(),
-                )
-                .unwrap();
-        }
-        me.qp.ring_doorbell();
-        std::thread::sleep(Duration::from_millis(20));
-        for k in 0..8 {
-            peer.cmd("recv 0 1 0 0");
-            let c = peer.cmd("poll 1 5000");
-            assert!(c.ends_with(&format!("/4/{k}/ok")), "round {round}: {c}");
-        }
-        let c = me.expect(8);
-        assert!(c.iter().all(|c| c.status().is_ok()), "round {round}: {c:?}");
-        let idx: Vec<u16> = c.iter().map(|c| c.wqe_counter).collect();
-        let mut sorted = idx.clone();
-        sorted.sort();
-        assert_eq!(idx, sorted, "round {round}");
+    let (mut me, mut peer) = rnr_setup(true);
+    for _ in 0..3 {
+        pipelined_into_no_receives(&mut me, &mut peer);
     }
     assert_eq!(me.ctx.wire_stats().unwrap().links, 2);
 }

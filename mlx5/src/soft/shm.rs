@@ -1443,6 +1443,24 @@ mod model {
         got
     }
 
+    /// Runs `produce` on a producer thread with a producer that rewinds 32
+    /// bytes in, and `consume` on this thread; returns the producer's
+    /// final tail (for [`model_with_rewinds`]).
+    fn rewinding_pair(
+        l: Arc<Link>,
+        produce: impl FnOnce(&mut Producer, &Link) + Send + 'static,
+        consume: impl FnOnce(&Link),
+    ) -> u64 {
+        let p = l.clone();
+        let producer = loom::thread::spawn(move || {
+            let mut prod = Producer::rewinding(32);
+            produce(&mut prod, &p);
+            prod.tail
+        });
+        consume(&l);
+        producer.join().unwrap()
+    }
+
     /// Runs `body` (a producer thread's work on a 64-byte ring whose
     /// producer rewinds 32 bytes in, returning its final tail, and a
     /// consumer's checks) under loom, and checks that some interleaving
@@ -1469,14 +1487,11 @@ mod model {
     #[test]
     fn bytes_arrive_in_order_across_rewinds() {
         model_with_rewinds(96, |l| {
-            let p = l.clone();
-            let producer = loom::thread::spawn(move || {
-                let mut prod = Producer::rewinding(32);
-                push_all(&mut prod, &p, &[1, 2, 3, 4, 5], 2);
-                prod.tail
-            });
-            assert_eq!(pop_all(&l, 5, 2), [1, 2, 3, 4, 5]);
-            producer.join().unwrap()
+            rewinding_pair(
+                l,
+                |prod, p| push_all(prod, p, &[1, 2, 3, 4, 5], 2),
+                |l| assert_eq!(pop_all(l, 5, 2), [1, 2, 3, 4, 5]),
+            )
         });
     }
 
@@ -1486,20 +1501,19 @@ mod model {
     #[test]
     fn staged_records_arrive_in_order_across_rewinds() {
         model_with_rewinds(96, |l| {
-            let p = l.clone();
-            let producer = loom::thread::spawn(move || {
-                let mut prod = Producer::rewinding(32);
-                for rec in [[1u8, 2], [3, 4], [5, 6]] {
-                    let parts = [Data::slice(&rec[..1]), Data::slice(&rec[1..])];
-                    while !prod.stage(&p.head, &p.ring, &parts).unwrap() {
-                        loom::thread::yield_now();
+            rewinding_pair(
+                l,
+                |prod, p| {
+                    for rec in [[1u8, 2], [3, 4], [5, 6]] {
+                        let parts = [Data::slice(&rec[..1]), Data::slice(&rec[1..])];
+                        while !prod.stage(&p.head, &p.ring, &parts).unwrap() {
+                            loom::thread::yield_now();
+                        }
+                        assert!(prod.publish(&p.ring));
                     }
-                    assert!(prod.publish(&p.ring));
-                }
-                prod.tail
-            });
-            assert_eq!(pop_all(&l, 6, 4), [1, 2, 3, 4, 5, 6]);
-            producer.join().unwrap()
+                },
+                |l| assert_eq!(pop_all(l, 6, 4), [1, 2, 3, 4, 5, 6]),
+            )
         });
     }
 
@@ -1510,36 +1524,35 @@ mod model {
     #[test]
     fn records_read_in_place_arrive_in_order_across_rewinds() {
         model_with_rewinds(96, |l| {
-            let p = l.clone();
-            let producer = loom::thread::spawn(move || {
-                let mut prod = Producer::rewinding(32);
-                push_all(&mut prod, &p, &[1, 2, 3, 4, 5], 2);
-                prod.tail
-            });
-            let mut cons = Consumer::default();
-            let mut got = Vec::new();
-            while got.len() < 5 {
-                if let Some(at) = cons.peek(&l.ring, 2).unwrap() {
-                    let mut b = [0u8; 2];
-                    l.ring.get(at, &mut b);
-                    cons.skip(&l.head, 2);
-                    got.extend_from_slice(&b);
-                } else if let Some([b]) = cons.peek_bytes::<_, 1>(&l.ring).unwrap() {
-                    let at = cons
-                        .peek(&l.ring, 1)
-                        .unwrap()
-                        .expect("the byte peek_bytes saw");
-                    let mut x = [0u8];
-                    l.ring.get(at, &mut x);
-                    assert_eq!(x[0], b);
-                    cons.skip(&l.head, 1);
-                    got.push(b);
-                } else {
-                    loom::thread::yield_now();
-                }
-            }
-            assert_eq!(got, [1, 2, 3, 4, 5]);
-            producer.join().unwrap()
+            rewinding_pair(
+                l,
+                |prod, p| push_all(prod, p, &[1, 2, 3, 4, 5], 2),
+                |l| {
+                    let mut cons = Consumer::default();
+                    let mut got = Vec::new();
+                    while got.len() < 5 {
+                        if let Some(at) = cons.peek(&l.ring, 2).unwrap() {
+                            let mut b = [0u8; 2];
+                            l.ring.get(at, &mut b);
+                            cons.skip(&l.head, 2);
+                            got.extend_from_slice(&b);
+                        } else if let Some([b]) = cons.peek_bytes::<_, 1>(&l.ring).unwrap() {
+                            let at = cons
+                                .peek(&l.ring, 1)
+                                .unwrap()
+                                .expect("the byte peek_bytes saw");
+                            let mut x = [0u8];
+                            l.ring.get(at, &mut x);
+                            assert_eq!(x[0], b);
+                            cons.skip(&l.head, 1);
+                            got.push(b);
+                        } else {
+                            loom::thread::yield_now();
+                        }
+                    }
+                    assert_eq!(got, [1, 2, 3, 4, 5]);
+                },
+            )
         });
     }
 
