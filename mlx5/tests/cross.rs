@@ -443,13 +443,9 @@ fn many_qps_share_one_link() {
     // (how many depends on timing), but every frame one side sent the
     // other received: all WRITEs completed, so every answer arrived.
     assert_eq!(st.frames_sent, N as u64, "{st:?}");
-    let theirs: Vec<u64> = peer
-        .cmd("wire")
-        .split(' ')
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let theirs = peer_wire(&mut peer);
     assert_eq!(
-        theirs,
+        theirs[..2],
         [st.frames_received, st.frames_sent],
         "the peer's frames sent and received against ours: {st:?}"
     );
@@ -800,11 +796,8 @@ fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
     let a = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
     let mut s = std::os::unix::net::UnixStream::connect_addr(&a).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // A well-formed HELLO from a made-up device (unix kind, pid 1).
-    let mut from = [0u8; 16];
-    from[0..4].copy_from_slice(b"SOFT");
-    from[4] = 1;
-    from[8..12].copy_from_slice(&1u32.to_le_bytes());
+    // A well-formed HELLO from a made-up device of this process.
+    let from = made_up_address(1);
     let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
     hello.extend_from_slice(b"M5SW");
     hello.extend_from_slice(&[2, 0, 0, 0]);
@@ -922,16 +915,79 @@ fn an_idle_linked_device_sleeps_and_a_frame_wakes_it() {
     );
 }
 
-/// A fake software device listening at a made-up address: the address
-/// and its listener.
-fn fake_device(id: u32) -> ([u8; 16], std::os::unix::net::UnixListener) {
-    use std::os::linux::net::SocketAddrExt;
-    let gid = made_up_address(id);
-    let a = std::os::unix::net::SocketAddr::from_abstract_name(unix_name(&gid)).unwrap();
-    (
-        gid,
-        std::os::unix::net::UnixListener::bind_addr(&a).unwrap(),
-    )
+/// A fake software device at a made-up address, served by this process:
+/// the address, the listener, and the child process the address names. A
+/// connector checks that the process listening on a unix address is the
+/// one the address names, so a child (`sleep`, killed when the guard
+/// drops) binds the name with its pid and listens, as a device of its
+/// would; the socket is this process's too, and this process accepts on it.
+fn fake_device(id: u32) -> ([u8; 16], std::os::unix::net::UnixListener, ChildGuard) {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::process::CommandExt as _;
+    let id = 0x7f00_0000 + id;
+    // SAFETY: a plain socket call; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = sock.as_raw_fd();
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("600");
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe calls (getpid, bind, listen) on stack data.
+    unsafe {
+        cmd.pre_exec(move || {
+            // SAFETY: all-zero is a valid `sockaddr_un`.
+            let mut a: libc::sockaddr_un = std::mem::zeroed();
+            a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            // An abstract name: a leading NUL, then `mlx5-soft.PID.ID`.
+            let mut n = 1;
+            let mut put = |b: &[u8]| {
+                for &c in b {
+                    a.sun_path[n] = c as libc::c_char;
+                    n += 1;
+                }
+            };
+            let mut digits = [0u8; 10];
+            let mut num = |v: u32, put: &mut dyn FnMut(&[u8])| {
+                let mut i = digits.len();
+                let mut v = v;
+                loop {
+                    i -= 1;
+                    digits[i] = b'0' + (v % 10) as u8;
+                    v /= 10;
+                    if v == 0 {
+                        break;
+                    }
+                }
+                put(&digits[i..]);
+            };
+            put(b"mlx5-soft.");
+            num(libc::getpid() as u32, &mut put);
+            put(b".");
+            num(id, &mut put);
+            let len = std::mem::size_of::<libc::sa_family_t>() + n;
+            if libc::bind(raw, (&raw const a).cast(), len as libc::socklen_t) != 0
+                || libc::listen(raw, 16) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = ChildGuard(cmd.spawn().expect("spawning the fake device's process"));
+    let gid = unix_address(child.0.id(), id);
+    (gid, std::os::unix::net::UnixListener::from(sock), child)
+}
+
+/// Kills and reaps a child process when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Accepts one connection on a fake device's listener and answers its
@@ -954,12 +1010,20 @@ fn unix_name(gid: &[u8; 16]) -> String {
     format!("mlx5-soft.{}.{}", word(8), word(12))
 }
 
-/// A unix software device address of a process that does not exist here.
+/// A unix software device address of a device that does not exist: this
+/// process's (a device checks that a local connector, or the listener it
+/// connects to, is the process the address names), with a device number
+/// above any real device's.
 fn made_up_address(id: u32) -> [u8; 16] {
+    unix_address(std::process::id(), 0x7f00_0000 + id)
+}
+
+/// The unix software device address of device `id` of process `pid`.
+fn unix_address(pid: u32, id: u32) -> [u8; 16] {
     let mut g = [0u8; 16];
     g[0..4].copy_from_slice(b"SOFT");
     g[4] = 1;
-    g[8..12].copy_from_slice(&4_000_000_000u32.to_le_bytes());
+    g[8..12].copy_from_slice(&pid.to_le_bytes());
     g[12..16].copy_from_slice(&id.to_le_bytes());
     g
 }
@@ -967,6 +1031,22 @@ fn made_up_address(id: u32) -> [u8; 16] {
 /// A stranger: connects to the device at `to`, says HELLO from a made-up
 /// address (no QP there is connected to it) and checks it is welcome.
 fn stranger(to: &[u8; 16], id: u32) -> std::os::unix::net::UnixStream {
+    let (s, welcome) = say_hello(to, &made_up_address(id));
+    assert_eq!(welcome[..9], [8, 0, 0, 0, 2, 0, 0, 0, 0], "welcomed");
+    s
+}
+
+/// The peer's `wire` answer: frames sent, frames received, links.
+fn peer_wire(peer: &mut PeerProcess) -> Vec<u64> {
+    peer.cmd("wire")
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+/// Connects to the device at `to` and says HELLO from the address `from`
+/// (no shared memory offered): the socket and the device's WELCOME.
+fn say_hello(to: &[u8; 16], from: &[u8; 16]) -> (std::os::unix::net::UnixStream, [u8; 16]) {
     use std::io::Read as _;
     use std::os::linux::net::SocketAddrExt;
     let a = std::os::unix::net::SocketAddr::from_abstract_name(unix_name(to)).unwrap();
@@ -975,13 +1055,70 @@ fn stranger(to: &[u8; 16], id: u32) -> std::os::unix::net::UnixStream {
     let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
     hello.extend_from_slice(b"M5SW");
     hello.extend_from_slice(&[2, 0, 0, 0]);
-    hello.extend_from_slice(&made_up_address(id));
+    hello.extend_from_slice(from);
     hello.extend_from_slice(to);
     s.write_all(&hello).unwrap();
     let mut welcome = [0u8; 16];
     s.read_exact(&mut welcome).unwrap();
-    assert_eq!(welcome[..9], [8, 0, 0, 0, 2, 0, 0, 0, 0], "welcomed");
-    s
+    (s, welcome)
+}
+
+/// A local process that announces the address of a device of another
+/// process (here: of the very device the peer's QP is connected to) is
+/// refused at the handshake (WELCOME status 2) and gets no link; the pair
+/// it posed as part of goes on.
+fn a_local_impostor_is_refused_at_the_handshake() {
+    let (mut me, mut peer) = setup("soft", &ConnectOpts::default());
+    let mine = me.qp.local_info(&ConnectOpts::default()).unwrap().gid;
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(0), b"up").signaled())
+        .unwrap();
+    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    let theirs = peer.infos[0].gid;
+    let links = peer_wire(&mut peer)[2];
+    // Posing as a device of another live process to the peer's device,
+    // and as the peer's own device to this process's.
+    // (Pid 1: a process that exists, and is neither of the two.)
+    for (to, from) in [(theirs, unix_address(1, 1)), (mine, theirs)] {
+        let (mut s, welcome) = say_hello(&to, &from);
+        assert_eq!(welcome[..10], [8, 0, 0, 0, 2, 0, 0, 0, 2, 0], "refused");
+        assert!(closed_within(&mut s, Duration::from_secs(5)));
+    }
+    assert_eq!(peer_wire(&mut peer)[2], links, "the peer adopted no link");
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(0), b"still").signaled())
+        .unwrap();
+    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+}
+
+/// A connector checks the listener too: an address whose abstract name is
+/// bound by another process than the one it names (a stale address whose
+/// name was taken) is refused at `connect`, with the reason.
+#[test]
+fn a_device_name_bound_by_another_process_is_refused_at_connect() {
+    use std::os::linux::net::SocketAddrExt;
+    // Pid 1 exists in every pid namespace and is not this process.
+    let gid = unix_address(1, 0x7f00_0101);
+    let a = std::os::unix::net::SocketAddr::from_abstract_name(unix_name(&gid)).unwrap();
+    let _l = std::os::unix::net::UnixListener::bind_addr(&a).unwrap();
+    let ctx = Context::soft(Progress::Background);
+    let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let info = mlx5::ConnInfo {
+        qpn: 0x100,
+        psn: 0,
+        lid: 0,
+        gid,
+    };
+    let e = me
+        .qp
+        .connect(&info, &ConnectOpts::default())
+        .expect_err("a listener that is not pid 1");
+    let e = e.to_string();
+    assert!(
+        e.contains("refusing software device") && e.contains("not pid 1 "),
+        "{e}"
+    );
+    assert_eq!(ctx.wire_stats().unwrap().links, 0);
 }
 
 /// Waits until the device closes `s` (EOF or reset), at most `within`.
@@ -1051,7 +1188,7 @@ fn a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout() {
     use std::io::Read as _;
     // A fake device: welcomes the connection, answers the first REQ with
     // a RESP one PSN ahead, then stays silent with the socket open.
-    let (gid, l) = fake_device(77);
+    let (gid, l, _owner) = fake_device(77);
     let fake = std::thread::spawn(move || {
         let mut s = accept_as_device(&l);
         let mut h = [0u8; 8];
@@ -1328,7 +1465,7 @@ fn a_qp_of_a_removed_link_keeps_failing_when_a_new_link_comes_up() {
 fn an_answer_on_another_link_completes_nothing() {
     use std::io::Read as _;
     // A fake device that takes a WRITE and never answers it.
-    let (gid, l) = fake_device(78);
+    let (gid, l, _owner) = fake_device(78);
     let fake = std::thread::spawn(move || {
         let mut s = accept_as_device(&l);
         let mut req = [0u8; 8 + 56 + 4];
@@ -1365,7 +1502,7 @@ fn an_answer_on_another_link_completes_nothing() {
 #[test]
 fn an_answer_for_a_destroyed_qp_completes_nothing_of_its_successor() {
     use std::io::Read as _;
-    let (gid, l) = fake_device(79);
+    let (gid, l, _owner) = fake_device(79);
     let (took, took_rx) = std::sync::mpsc::channel();
     let (answer, answer_rx) = std::sync::mpsc::channel::<()>();
     let fake = std::thread::spawn(move || {
@@ -1606,6 +1743,7 @@ over_both!(
     an_idle_linked_device_sleeps_and_a_frame_wakes_it,
     a_hostile_frame_header_allocates_nothing_and_other_links_keep_working,
     links_killed_by_bad_frames_are_removed,
+    a_local_impostor_is_refused_at_the_handshake,
     a_stranger_that_does_not_read_its_answers_is_cut_off,
     large_writes_and_reads_cross_the_link_whole,
     frames_of_many_sizes_cross_whole_four_in_flight,

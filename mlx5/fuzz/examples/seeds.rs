@@ -508,7 +508,7 @@ fn frame_seeds() -> Vec<(&'static str, u8, u16, Vec<u8>)> {
         frame::resp(V_QPN, 0, 2, 0, 0, 0, &[]),
     ]
     .concat();
-    let raw_hello = frame::hello(frame::fake_peer(), [0; 16]);
+    let raw_hello = frame::hello(frame::seed_peer(), [0; 16]);
     vec![
         ("handshake-only", 0, 0, Vec::new()),
         ("claim-peer-only", CLAIM_PEER, 0, Vec::new()),

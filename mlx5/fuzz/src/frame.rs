@@ -58,9 +58,14 @@ pub mod flags {
     pub const FIX_TO: u8 = 8;
 }
 
-/// The process id in the made-up devices' addresses (above any Linux
-/// `pid_max`, so no real device has it).
+/// The process id in the made-up devices' addresses as the seeds write
+/// them (above any Linux `pid_max`). A device refuses a local connector
+/// that is not the process its address names, so the harness claims the
+/// made-up devices as its own (see [`live`]).
 pub const FAKE_PID: u32 = 0x7fff_0001;
+/// The made-up devices' numbers in this process: seed device `n` is
+/// device `FAKE_ID_BASE + n` here, above any real device of the harness.
+pub const FAKE_ID_BASE: u32 = 0x7fff_0000;
 /// The QP number of `v`'s peer at `F`.
 pub const FAKE_QPN: u32 = 0x42;
 /// The number `v` gets (the second QP of the device; the first is the
@@ -96,14 +101,30 @@ pub fn unix_addr(pid: u32, id: u32) -> [u8; 16] {
     g
 }
 
+/// `F`, the device `v` is connected to, as the seeds write it.
+pub fn seed_peer() -> [u8; 16] {
+    unix_addr(FAKE_PID, 1)
+}
+
+/// The address a made-up address of the seeds (pid [`FAKE_PID`]) stands
+/// for in this process: this process's pid and device number
+/// `FAKE_ID_BASE + n`. Other addresses are left as they are.
+pub fn live(a: [u8; 16]) -> [u8; 16] {
+    if a[..8] != unix_addr(0, 0)[..8] || a[8..12] != FAKE_PID.to_le_bytes() {
+        return a;
+    }
+    let n = u32::from_le_bytes([a[12], a[13], a[14], a[15]]);
+    unix_addr(std::process::id(), FAKE_ID_BASE.wrapping_add(n))
+}
+
 /// `F`, the device `v` is connected to.
 pub fn fake_peer() -> [u8; 16] {
-    unix_addr(FAKE_PID, 1)
+    live(seed_peer())
 }
 
 /// A device no QP knows.
 pub fn stranger() -> [u8; 16] {
-    unix_addr(FAKE_PID, 2)
+    live(unix_addr(FAKE_PID, 2))
 }
 
 /// A frame: `body length u32 LE`, `kind`, 3 zero bytes, the body.
@@ -451,10 +472,17 @@ impl Fixture {
     /// thread reads them. If it accepts them, the link is adopted as any.
     fn raw_handshake(&self, s: &mut UnixStream, bytes: &[u8], fix_to: bool, links: usize) {
         let mut bytes = bytes.to_vec();
-        // The in-process peer's address would pass for it (the device
-        // trusts the address a connector announces: README, "Limits").
-        if bytes.get(16..32) == Some(&self.other_addr[..]) {
-            bytes[16..32].copy_from_slice(&stranger());
+        if bytes.len() >= 32 {
+            let mut from = [0u8; 16];
+            from.copy_from_slice(&bytes[16..32]);
+            // The in-process peer's address would pass for it (a device
+            // tells processes apart, not the devices of one process).
+            let from = if from == self.other_addr {
+                stranger()
+            } else {
+                live(from)
+            };
+            bytes[16..32].copy_from_slice(&from);
         }
         if fix_to && bytes.len() >= 48 {
             bytes[32..48].copy_from_slice(&self.addr);

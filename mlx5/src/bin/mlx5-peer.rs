@@ -29,7 +29,7 @@
 //! | `event MS` | `ok EVENT` (`Debug` of the next asynchronous event, spaces removed) within MS ms, or `ok none` |
 //! | `stream I N SEED MAXLEN WINDOW` | verifies N WRITE_IMMs on QP I (see `stream` below) |
 //! | `links` | `ok KIND@PEER ...`: the software device's links (`shm`, `unix` or `tcp`, and the peer's address) |
-//! | `wire` | `ok FRAMES_SENT FRAMES_RECEIVED`: the software device's `Context::wire_stats()` frame counts |
+//! | `wire` | `ok FRAMES_SENT FRAMES_RECEIVED LINKS`: the software device's `Context::wire_stats()` frame counts and links |
 //! | `corrupt-rings` | fault injection: `ok N` after sealing an impossible record in each of the N shared-memory rings this device sends on |
 //! | `malformed-large` | fault injection: `ok N` after publishing a 16 KiB REQ whose fixed part disagrees with its length in each of the N shared-memory rings this device sends on |
 //! | `corrupt-heads` | fault injection: `ok N`; from now on the device publishes impossible heads on the N shared-memory rings it reads |
@@ -275,7 +275,10 @@ impl Peer {
             }
             "wire" => {
                 let st = self.ctx.wire_stats().map_err(e)?;
-                Ok(format!("{} {}", st.frames_sent, st.frames_received))
+                Ok(format!(
+                    "{} {} {}",
+                    st.frames_sent, st.frames_received, st.links
+                ))
             }
             "corrupt-rings" => {
                 let n = self.ctx.faults().map_err(e)?.corrupt_shm_rings();

@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::bell::{self, EventFd};
+use super::cred;
 use super::requester::MAX_PARTS;
 use super::shm::{self, Corrupt, Offer, Pipe};
 use super::wire::{
@@ -1077,6 +1078,9 @@ const SHM_OFFER: [u8; 8] = *b"M5SHMOFR";
 const SHM_ACCEPT: [u8; 8] = *b"M5SHMACC";
 /// HELLO flag: the connector offers shared-memory rings.
 const HELLO_SHM: u16 = 1;
+/// WELCOME status: the connector is not the process its unix address
+/// names, or runs as another user.
+const WELCOME_NOT_YOU: u8 = 2;
 
 /// Connects to the device at `to` and performs the handshake, within
 /// [`HANDSHAKE`] in all. `shm`: this device wants a shared-memory link
@@ -1101,6 +1105,16 @@ pub(crate) fn connect(from: [u8; 16], to: Addr, shm: bool) -> Result<Conn, Strin
         }
     }
     .map_err(|e| format!("cannot reach software device {to}: {e} (is its process alive?)"))?;
+    if let Addr::Unix { pid, .. } = to {
+        // The name is abstract: whoever bound it answers. It must be the
+        // process the address names, of this user.
+        cred::check(stream.fd(), Some(pid)).map_err(|e| {
+            format!(
+                "refusing software device {to}: {e} (a stale address whose name another \
+                 process took?)"
+            )
+        })?;
+    }
     let mut s = stream;
     let fail = |e: io::Error| format!("handshake with software device {to} failed: {e}");
     s.set_blocking_timeout(Some(HANDSHAKE)).map_err(fail)?;
@@ -1120,11 +1134,20 @@ pub(crate) fn connect(from: [u8; 16], to: Addr, shm: bool) -> Result<Conn, Strin
             "handshake with software device {to} failed: not a software device"
         ));
     }
-    if w[HDR] != 0 {
-        return Err(format!(
-            "no software device {to} (the address is served by another device: a stale \
-             connection info?)"
-        ));
+    match w[HDR] {
+        0 => {}
+        WELCOME_NOT_YOU => {
+            return Err(format!(
+                "software device {to} refused this process: it is not the process of the \
+                 address it announced, or runs as another user"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "no software device {to} (the address is served by another device: a stale \
+                 connection info?)"
+            ));
+        }
     }
     let shm = if shm && w[HDR + 1] == 1 {
         Some(offer_shm(&mut s, deadline).map_err(|e| {
@@ -1211,12 +1234,25 @@ fn welcome(
     }
     let mut from = [0u8; 16];
     from.copy_from_slice(&b[8..24]);
-    let ok = b[24..40] == me && Addr::decode(&from).is_ok();
+    let claimed = Addr::decode(&from);
+    let mut status = u8::from(!(b[24..40] == me && claimed.is_ok()));
+    if status == 0 && matches!(s, Stream::Unix(_)) {
+        // A local connector must be the process its address names, and of
+        // this user (`cred`); over TCP the address is taken on trust.
+        let pid = match claimed {
+            Ok(Addr::Unix { pid, .. }) => Some(pid),
+            _ => None,
+        };
+        if cred::check(s.fd(), pid).is_err() {
+            status = WELCOME_NOT_YOU;
+        }
+    }
+    let ok = status == 0;
     let offered = u16::from_le_bytes([b[6], b[7]]) & HELLO_SHM != 0;
     let shm = shm && offered && ok && matches!(s, Stream::Unix(_));
     let mut w = [0u8; HDR + WELCOME_LEN];
     w[..HDR].copy_from_slice(&header(K_WELCOME, WELCOME_LEN));
-    w[HDR] = u8::from(!ok);
+    w[HDR] = status;
     w[HDR + 1] = u8::from(shm);
     s.write_all(&w)?;
     if !ok {

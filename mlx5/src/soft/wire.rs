@@ -35,7 +35,9 @@
 //!
 //! * `HELLO` (1): `"M5SW"`, version u16 = 2, flags u16 (bit 0: offers
 //!   shared-memory rings; unix sockets only), from `[16]`, to `[16]`.
-//! * `WELCOME` (2): status u8 (0 ok, 1 no such device), shared memory u8
+//! * `WELCOME` (2): status u8 (0 ok, 1 no such device, 2 refused: over a
+//!   unix socket, the connector is not the process whose pid its address
+//!   names, or runs as another user; see `cred`), shared memory u8
 //!   (1: taken), 6 zero bytes. When taken, the connector sends
 //!   `"M5SHMOFR"` with the memfd (`SCM_RIGHTS`), the acceptor answers
 //!   `"M5SHMACC"` once it checked and mapped it; after that only wake-up
