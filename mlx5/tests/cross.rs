@@ -1076,6 +1076,7 @@ fn a_local_impostor_is_refused_at_the_handshake() {
     ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
     let theirs = peer.infos[0].gid;
     let links = peer_wire(&mut peer)[2];
+    let my_links = me.ctx.wire_stats().unwrap().links;
     // Posing as a device of another live process to the peer's device,
     // and as the peer's own device to this process's.
     // (Pid 1: a process that exists, and is neither of the two.)
@@ -1085,10 +1086,48 @@ fn a_local_impostor_is_refused_at_the_handshake() {
         assert!(closed_within(&mut s, Duration::from_secs(5)));
     }
     assert_eq!(peer_wire(&mut peer)[2], links, "the peer adopted no link");
+    assert_eq!(
+        me.ctx.wire_stats().unwrap().links,
+        my_links,
+        "nor did this side"
+    );
     me.qp
         .post_and_ring(&Write::inline(peer.remote(0), b"still").signaled())
         .unwrap();
     ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+}
+
+/// A unix address names a process, which only a unix socket can check:
+/// announced over TCP it is refused (WELCOME status 2), and a device with
+/// a unix address does not try (its connect says why).
+#[test]
+fn a_unix_address_is_not_taken_over_tcp() {
+    use std::io::Read as _;
+    let mut peer = spawn("soft@tcp:127.0.0.1", 1, 4096, 8, 8);
+    let gid = peer.infos[0].gid;
+    assert_eq!(gid[..5], *b"SOFT\x02", "a TCP software device address");
+    let port = u16::from_be_bytes([gid[6], gid[7]]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
+    hello.extend_from_slice(b"M5SW");
+    hello.extend_from_slice(&[2, 0, 0, 0]);
+    hello.extend_from_slice(&made_up_address(3));
+    hello.extend_from_slice(&gid);
+    s.write_all(&hello).unwrap();
+    let mut welcome = [0u8; 16];
+    s.read_exact(&mut welcome).unwrap();
+    assert_eq!(welcome[..10], [8, 0, 0, 0, 2, 0, 0, 0, 2, 0], "refused");
+    assert_eq!(peer_wire(&mut peer)[2], 0, "the peer adopted no link");
+    let ctx = Context::soft(Progress::Background);
+    let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let e = me
+        .qp
+        .connect(&peer.infos[0], &ConnectOpts::default())
+        .expect_err("a unix device over TCP")
+        .to_string();
+    assert!(e.contains("over TCP") && e.contains("soft@tcp"), "{e}");
+    assert_eq!(ctx.wire_stats().unwrap().links, 0);
 }
 
 /// A connector checks the listener too: an address whose abstract name is

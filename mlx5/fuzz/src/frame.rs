@@ -66,6 +66,8 @@ pub const FAKE_PID: u32 = 0x7fff_0001;
 /// The made-up devices' numbers in this process: seed device `n` is
 /// device `FAKE_ID_BASE + n` here, above any real device of the harness.
 pub const FAKE_ID_BASE: u32 = 0x7fff_0000;
+/// How many made-up devices there can be (`n` below this).
+pub const FAKE_IDS: u32 = 0x1000;
 /// The QP number of `v`'s peer at `F`.
 pub const FAKE_QPN: u32 = 0x42;
 /// The number `v` gets (the second QP of the device; the first is the
@@ -106,15 +108,16 @@ pub fn seed_peer() -> [u8; 16] {
     unix_addr(FAKE_PID, 1)
 }
 
-/// The address a made-up address of the seeds (pid [`FAKE_PID`]) stands
-/// for in this process: this process's pid and device number
-/// `FAKE_ID_BASE + n`. Other addresses are left as they are.
+/// The address a made-up address of the seeds (pid [`FAKE_PID`], device
+/// number `n` below [`FAKE_IDS`]) stands for in this process: this
+/// process's pid and device number `FAKE_ID_BASE + n`. Other addresses
+/// are left as they are.
 pub fn live(a: [u8; 16]) -> [u8; 16] {
-    if a[..8] != unix_addr(0, 0)[..8] || a[8..12] != FAKE_PID.to_le_bytes() {
+    let n = u32::from_le_bytes([a[12], a[13], a[14], a[15]]);
+    if a[..8] != unix_addr(0, 0)[..8] || a[8..12] != FAKE_PID.to_le_bytes() || n >= FAKE_IDS {
         return a;
     }
-    let n = u32::from_le_bytes([a[12], a[13], a[14], a[15]]);
-    unix_addr(std::process::id(), FAKE_ID_BASE.wrapping_add(n))
+    unix_addr(std::process::id(), FAKE_ID_BASE + n)
 }
 
 /// `F`, the device `v` is connected to.
@@ -475,12 +478,14 @@ impl Fixture {
         if bytes.len() >= 32 {
             let mut from = [0u8; 16];
             from.copy_from_slice(&bytes[16..32]);
-            // The in-process peer's address would pass for it (a device
-            // tells processes apart, not the devices of one process).
-            let from = if from == self.other_addr {
+            // The addresses of the harness's real devices would pass for
+            // theirs (a device tells processes apart, not the devices of
+            // one process).
+            let from = live(from);
+            let from = if from == self.other_addr || from == self.addr {
                 stranger()
             } else {
-                live(from)
+                from
             };
             bytes[16..32].copy_from_slice(&from);
         }

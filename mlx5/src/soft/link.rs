@@ -1079,7 +1079,7 @@ const SHM_ACCEPT: [u8; 8] = *b"M5SHMACC";
 /// HELLO flag: the connector offers shared-memory rings.
 const HELLO_SHM: u16 = 1;
 /// WELCOME status: the connector is not the process its unix address
-/// names, or runs as another user.
+/// names, or runs as another user, or announced a unix address over TCP.
 const WELCOME_NOT_YOU: u8 = 2;
 
 /// Connects to the device at `to` and performs the handshake, within
@@ -1087,6 +1087,13 @@ const WELCOME_NOT_YOU: u8 = 2;
 /// with a device of this host (the acceptor may refuse: then the socket
 /// carries the frames).
 pub(crate) fn connect(from: [u8; 16], to: Addr, shm: bool) -> Result<Conn, String> {
+    if matches!(to, Addr::Tcp { .. }) && matches!(Addr::decode(&from), Ok(Addr::Unix { .. })) {
+        // The acceptor would refuse it: a unix address is checked only
+        // over a unix socket (`cred`).
+        return Err(format!(
+            "cannot link to software device {to} over TCP: this device has a unix address,              which a device accepts only over a unix socket (open both with soft@tcp)"
+        ));
+    }
     let deadline = Instant::now() + HANDSHAKE;
     let shm = shm && matches!(to, Addr::Unix { .. });
     let stream = match to {
@@ -1109,10 +1116,12 @@ pub(crate) fn connect(from: [u8; 16], to: Addr, shm: bool) -> Result<Conn, Strin
         // The name is abstract: whoever bound it answers. It must be the
         // process the address names, of this user.
         cred::check(stream.fd(), Some(pid)).map_err(|e| {
-            format!(
-                "refusing software device {to}: {e} (a stale address whose name another \
-                 process took?)"
-            )
+            let hint = if matches!(e, cred::Refused::Pid { .. }) {
+                " (a stale address whose name another process took?)"
+            } else {
+                ""
+            };
+            format!("refusing software device {to}: {e}{hint}")
         })?;
     }
     let mut s = stream;
@@ -1139,7 +1148,8 @@ pub(crate) fn connect(from: [u8; 16], to: Addr, shm: bool) -> Result<Conn, Strin
         WELCOME_NOT_YOU => {
             return Err(format!(
                 "software device {to} refused this process: it is not the process of the \
-                 address it announced, or runs as another user"
+                 address it announced (a device opened before a fork?), or runs as another \
+                 user, or announced a unix address over TCP"
             ));
         }
         _ => {
@@ -1236,14 +1246,20 @@ fn welcome(
     from.copy_from_slice(&b[8..24]);
     let claimed = Addr::decode(&from);
     let mut status = u8::from(!(b[24..40] == me && claimed.is_ok()));
-    if status == 0 && matches!(s, Stream::Unix(_)) {
+    if status == 0 {
         // A local connector must be the process its address names, and of
-        // this user (`cred`); over TCP the address is taken on trust.
+        // this user (`cred`); a unix address announced over TCP cannot be
+        // checked, so it is refused; a TCP address over TCP is taken on
+        // trust.
         let pid = match claimed {
             Ok(Addr::Unix { pid, .. }) => Some(pid),
             _ => None,
         };
-        if cred::check(s.fd(), pid).is_err() {
+        let refused = match s {
+            Stream::Unix(_) => cred::check(s.fd(), pid).is_err(),
+            Stream::Tcp(_) => pid.is_some(),
+        };
+        if refused {
             status = WELCOME_NOT_YOU;
         }
     }

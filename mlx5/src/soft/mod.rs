@@ -659,6 +659,24 @@ impl Device {
         }
         let budget = link::ack_budget(opts.timeout, opts.retry_cnt);
         let lock = || self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        // The number of a device of this process that is not listed.
+        let own = match to {
+            wire::Addr::Unix { pid, id } if pid == std::process::id() => Some(id),
+            _ => None,
+        };
+        let no_such =
+            |id| Error::InvalidAttr(format!("no software device soft{id} in this process"));
+        if let Some(id) = own {
+            // A device of this process that is not listed is gone, unless
+            // a connector of this process announced its address (a link is
+            // up; the acceptor checked it is this process: that is how a
+            // test poses as a device of another kind). Never connected to.
+            let mut guard = lock();
+            progress::adopt(&self.shared, &mut guard);
+            if !guard.links.iter().any(|l| l.is_up() && l.peer == r.gid) {
+                return Err(no_such(id));
+            }
+        }
         // A peer that connected to this device a moment ago (its QP was
         // connected first) may have its WELCOME while the acceptor thread
         // has not handed the link over yet: wait for that handover (briefly:
@@ -701,16 +719,11 @@ impl Device {
         let id = match existing {
             Some(id) => id,
             None => {
-                // A device of this process that is not listed: gone (a
-                // link from a connector of this process that announced its
-                // address was found above; that is how a test poses as a
-                // device of another kind).
-                if let wire::Addr::Unix { pid, id } = to
-                    && pid == std::process::id()
-                {
-                    return Err(Error::InvalidAttr(format!(
-                        "no software device soft{id} in this process"
-                    )));
+                // (Only with `Faults::fresh_link` for an address of this
+                // process: its link went meanwhile, or a fresh one was
+                // asked for; this process is never connected to.)
+                if let Some(id) = own {
+                    return Err(no_such(id));
                 }
                 // Connect without the engine lock (the handshake may take a
                 // while); a link another QP made meanwhile is harmless.

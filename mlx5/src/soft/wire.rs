@@ -37,7 +37,8 @@
 //!   shared-memory rings; unix sockets only), from `[16]`, to `[16]`.
 //! * `WELCOME` (2): status u8 (0 ok, 1 no such device, 2 refused: over a
 //!   unix socket, the connector is not the process whose pid its address
-//!   names, or runs as another user; see `cred`), shared memory u8
+//!   names, or runs as another user than the acceptor and root; over TCP,
+//!   it announced a unix address; see `cred`), shared memory u8
 //!   (1: taken), 6 zero bytes. When taken, the connector sends
 //!   `"M5SHMOFR"` with the memfd (`SCM_RIGHTS`), the acceptor answers
 //!   `"M5SHMACC"` once it checked and mapped it; after that only wake-up
