@@ -143,6 +143,16 @@ struct Peer {
     rkey: u32,
 }
 
+/// A call slot: the wire id of its call is `generation << 16 | index`
+/// (16 bits of generation, which wrap); `number` tells its calls apart
+/// for good (the endpoint's count of calls when it was issued), for the
+/// deadline queue, whose entries may outlive many generations.
+struct CallSlot<U> {
+    generation: u16,
+    number: u64,
+    state: Slot<U>,
+}
+
 struct EndpointState<U> {
     qp: Qp,
     send: Mr,
@@ -150,14 +160,18 @@ struct EndpointState<U> {
     conn: Conn,
     peer: Option<Peer>,
     failed: Option<EndpointError>,
-    slots: Vec<(u16, Slot<U>)>,
+    slots: Vec<CallSlot<U>>,
     free: Vec<u16>,
-    /// Calls in issue order with their deadlines (one timeout for all, so
-    /// they are sorted). Entries of calls already answered leave from the
-    /// front as answers come ([`EndpointState::prune_deadlines`]), so it
-    /// holds about the calls in flight, not every call of the last
-    /// `call_timeout`.
-    deadlines: VecDeque<(u32, Instant)>,
+    /// Calls issued so far (see [`CallSlot::number`]).
+    calls: u64,
+    /// Calls in issue order (slot index, call number) with their deadlines
+    /// (one timeout for all, so they are sorted). Entries of calls already
+    /// answered leave from the front as answers come
+    /// ([`EndpointState::prune_deadlines`]), and the whole queue is
+    /// compacted when a call held unanswered at its front keeps answered
+    /// ones behind it ([`EndpointState::push_deadline`]), so it holds about
+    /// the calls in flight, not every call of the last `call_timeout`.
+    deadlines: VecDeque<(u16, u64, Instant)>,
     unsignaled: u32,
     dirty: bool,
     /// User data of calls in flight when the endpoint failed, waiting to be
@@ -166,24 +180,28 @@ struct EndpointState<U> {
 }
 
 impl<U> EndpointState<U> {
-    /// Whether call `id` still waits for its answer.
-    fn waiting(&self, id: u32) -> bool {
-        self.slots
-            .get((id & 0xffff) as usize)
-            .is_some_and(|(generation, s)| {
-                u32::from(*generation) == id >> 16 && matches!(s, Slot::Waiting(_))
-            })
-    }
-
     /// Drops the deadlines of answered calls from the front (answers come
     /// mostly in call order): without this they would stay until their
     /// deadline passed, `call_timeout` worth of calls per endpoint.
     fn prune_deadlines(&mut self) {
-        while let Some(&(id, _)) = self.deadlines.front() {
-            if self.waiting(id) {
+        while let Some(&(idx, number, _)) = self.deadlines.front() {
+            if waiting(&self.slots, idx, number) {
                 break;
             }
             self.deadlines.pop_front();
+        }
+    }
+
+    /// Queues the deadline of call `number` in slot `idx`. A call left
+    /// unanswered keeps every later entry behind it in the queue; once the
+    /// queue holds twice as many entries as there are slots, the entries
+    /// of answered calls go (one per waiting call stays), so it stays
+    /// bounded at a cost of O(1) per call.
+    fn push_deadline(&mut self, idx: u16, number: u64, at: Instant) {
+        self.deadlines.push_back((idx, number, at));
+        if self.deadlines.len() > 2 * self.slots.len() + 16 {
+            let slots = &self.slots;
+            self.deadlines.retain(|&(i, n, _)| waiting(slots, i, n));
         }
     }
 
@@ -211,14 +229,21 @@ impl<U> EndpointState<U> {
         // Best effort: a QP already in ERROR stays there.
         let _ = self.qp.to_error();
         self.failed = Some(err);
-        for (_, s) in self.slots.iter_mut() {
-            if let Slot::Waiting(u) = std::mem::replace(s, Slot::Free) {
+        for s in self.slots.iter_mut() {
+            if let Slot::Waiting(u) = std::mem::replace(&mut s.state, Slot::Free) {
                 self.orphans.push(u);
             }
         }
         self.deadlines.clear();
         true
     }
+}
+
+/// Whether call `number` of slot `idx` still waits for its answer.
+fn waiting<U>(slots: &[CallSlot<U>], idx: u16, number: u64) -> bool {
+    slots
+        .get(usize::from(idx))
+        .is_some_and(|s| s.number == number && matches!(s.state, Slot::Waiting(_)))
 }
 
 /// A request handed out by [`Context::recv`]: its payload is read in place
@@ -249,8 +274,10 @@ impl std::fmt::Debug for Request {
 impl Request {
     /// The request's payload, in place in the receive ring.
     pub fn data(&self) -> &[u8] {
+        debug_assert!(self.offset as usize + self.len as usize <= self.ring.mr.len());
         // SAFETY: the range lies inside the ring (validated by the protocol
-        // when the batch arrived), the ring is kept alive by `self.ring`,
+        // when the batch arrived, from the one read of its header that the
+        // offset and length come from), the ring is kept alive by `self.ring`,
         // and its bytes are not released to the peer before this handle is
         // replied to or dropped, so a peer that follows the protocol does
         // not write them meanwhile (see the crate docs on trust).
@@ -427,8 +454,15 @@ impl<U> Context<U> {
             conn: Conn::new(self.cfg.limits)?,
             peer: None,
             failed: None,
-            slots: (0..k).map(|_| (0u16, Slot::Free)).collect(),
+            slots: (0..k)
+                .map(|_| CallSlot {
+                    generation: 0,
+                    number: 0,
+                    state: Slot::Free,
+                })
+                .collect(),
             free: (0..k as u16).rev().collect(),
+            calls: 0,
             deadlines: VecDeque::new(),
             unsignaled: 0,
             dirty: false,
@@ -528,7 +562,7 @@ impl<U> Context<U> {
             return refuse(CallErrorKind::NoRoom, user_data);
         };
         let slot = &mut e.slots[idx as usize];
-        let id = (u32::from(slot.0.wrapping_add(1)) << 16) | u32::from(idx);
+        let id = (u32::from(slot.generation.wrapping_add(1)) << 16) | u32::from(idx);
         let mut ring = e.send_ring();
         // Admission (room for the request and its reply) and the write, in
         // one: nothing is written when it refuses.
@@ -540,11 +574,14 @@ impl<U> Context<U> {
             return refuse(kind, user_data);
         }
         e.free.pop();
+        e.calls += 1;
+        let number = e.calls;
         let slot = &mut e.slots[idx as usize];
-        slot.0 = slot.0.wrapping_add(1);
-        slot.1 = Slot::Waiting(user_data);
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.number = number;
+        slot.state = Slot::Waiting(user_data);
         if let Some(t) = timeout {
-            e.deadlines.push_back((id, Instant::now() + t));
+            e.push_deadline(idx, number, Instant::now() + t);
         }
         if !e.dirty {
             e.dirty = true;
@@ -808,13 +845,13 @@ impl<U> Context<U> {
             // Answered calls first: the clock is read only for a front
             // call that still waits.
             e.prune_deadlines();
-            while let Some(&(id, deadline)) = e.deadlines.front() {
+            while let Some(&(idx, _, deadline)) = e.deadlines.front() {
                 let now = *now.get_or_insert_with(Instant::now);
                 if deadline > now {
                     break;
                 }
                 e.deadlines.pop_front();
-                let slot = &mut e.slots[(id & 0xffff) as usize].1;
+                let slot = &mut e.slots[usize::from(idx)].state;
                 if let Slot::Waiting(u) = std::mem::replace(slot, Slot::Abandoned) {
                     on_response(u, Err(RpcError::Timeout));
                 }
@@ -884,8 +921,10 @@ fn on_batch<U>(
             });
         }
     };
-    let batch = ring.bytes(parsed.offset as usize, parsed.len as usize);
-    for m in e.conn.messages(batch, parsed) {
+    // The messages as validated (the ring's bytes are not read again but
+    // for a response's payload, which lies inside the batch).
+    for i in 0..e.conn.messages().len() {
+        let m = e.conn.messages()[i];
         if !m.response {
             arrived.push_back(Arrived {
                 endpoint: ep,
@@ -897,8 +936,8 @@ fn on_batch<U>(
             continue;
         }
         let idx = (m.id & 0xffff) as usize;
-        let known = e.slots.get(idx).is_some_and(|(generation, s)| {
-            u32::from(*generation) == m.id >> 16 && !matches!(s, Slot::Free)
+        let known = e.slots.get(idx).is_some_and(|s| {
+            u32::from(s.generation) == m.id >> 16 && !matches!(s.state, Slot::Free)
         });
         if !known {
             return !e.fail(EndpointError::Protocol {
@@ -909,7 +948,7 @@ fn on_batch<U>(
                 ))),
             });
         }
-        let slot = std::mem::replace(&mut e.slots[idx].1, Slot::Free);
+        let slot = std::mem::replace(&mut e.slots[idx].state, Slot::Free);
         e.free.push(idx as u16);
         e.conn.call_done();
         e.prune_deadlines();
@@ -1061,5 +1100,91 @@ mod tests {
             assert!(queued <= 4, "{queued} deadlines queued after call {i}");
         }
         assert_eq!(answered, 2000);
+    }
+
+    /// `a` calls `held` (user data `u32::MAX`) and `b` keeps the request
+    /// unanswered; returns the handle (dropping it would answer it).
+    fn hold_a_call(a: &mut Context<u32>, b: &mut Context<u32>, ea: Endpoint) -> Request {
+        a.call(ea, b"held", u32::MAX).unwrap();
+        let start = Instant::now();
+        loop {
+            a.poll(|_, _| panic!("no answer expected")).unwrap();
+            b.poll(|_, _| {}).unwrap();
+            if let Some(r) = b.recv() {
+                return r;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "no progress");
+        }
+    }
+
+    /// One call and its answer (the echo of `i`), `b` answering whatever
+    /// else arrived too; the outcomes `a` saw, by user data.
+    fn one_call(
+        a: &mut Context<u32>,
+        b: &mut Context<u32>,
+        ea: Endpoint,
+        i: u32,
+        seen: &mut Vec<(u32, Result<(), RpcError>)>,
+    ) {
+        a.call(ea, &i.to_le_bytes(), i).unwrap();
+        let start = Instant::now();
+        while !seen.iter().any(|&(u, _)| u == i) {
+            a.poll(|u, r| seen.push((u, r.map(|_| ())))).unwrap();
+            b.poll(|_, _| {}).unwrap();
+            while let Some(req) = b.recv() {
+                let d = req.data().to_vec();
+                b.reply(req, &d).unwrap();
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "no progress");
+        }
+    }
+
+    /// A call held unanswered at the front of the deadline queue keeps the
+    /// answered calls behind it there; the queue is compacted, so it stays
+    /// bounded (it grew by one entry per call before: 10 s of calls).
+    #[test]
+    fn a_held_call_does_not_grow_the_deadline_queue() {
+        let (mut a, mut b, ea, _) = pair();
+        let _held = hold_a_call(&mut a, &mut b, ea);
+        let bound = 2 * a.eps[ea.idx as usize].slots.len() + 17;
+        let mut seen = Vec::new();
+        for i in 0..(2 * bound as u32 + 100) {
+            one_call(&mut a, &mut b, ea, i, &mut seen);
+            let queued = a.eps[ea.idx as usize].deadlines.len();
+            assert!(queued <= bound, "{queued} deadlines queued after call {i}");
+            seen.clear();
+        }
+    }
+
+    /// A deadline left in the queue by an answered call whose slot now
+    /// serves a call with the same wire id (its 16-bit generation wrapped,
+    /// simulated here by winding it back) must not time that call out: a
+    /// held call at the front kept the stale entry, and the new call was
+    /// issued long after it. Before, the entry was matched by wire id.
+    #[test]
+    fn a_stale_deadline_does_not_time_out_a_call_with_the_same_id() {
+        let (mut a, mut b, ea, _) = pair();
+        a.cfg.call_timeout = Some(Duration::from_millis(100));
+        let held = hold_a_call(&mut a, &mut b, ea);
+        let mut seen = Vec::new();
+        one_call(&mut a, &mut b, ea, 1, &mut seen);
+        assert!(matches!(seen[..], [(1, Ok(()))]), "{seen:?}");
+        seen.clear();
+        // The held call's deadline and call 1's pass.
+        std::thread::sleep(Duration::from_millis(150));
+        let e = &mut a.eps[ea.idx as usize];
+        let idx = *e.free.last().expect("a free slot");
+        let slot = &mut e.slots[idx as usize];
+        assert_eq!(slot.generation, 1, "call 1's slot is next");
+        slot.generation = 0;
+        // Call 2: the same slot and wire id as call 1; the held call times
+        // out, call 2 is answered.
+        one_call(&mut a, &mut b, ea, 2, &mut seen);
+        seen.sort_by_key(|&(u, _)| u);
+        assert!(
+            matches!(seen[..], [(2, Ok(())), (u32::MAX, Err(RpcError::Timeout))]),
+            "{seen:?}"
+        );
+        drop(held);
     }
 }

@@ -65,9 +65,11 @@
 //!
 //! The receive ring is registered for remote writes by the peer endpoint.
 //! Everything the peer writes is validated before use (lengths, counts,
-//! credit, call ids; a violation fails the endpoint), but RDMA lets a peer
-//! that ignores the protocol write into ring bytes a held [`Request`]
-//! views: connect only to peers running copyrpc.
+//! credit, call ids; a violation fails the endpoint), and each batch's
+//! headers are read once, so a peer that rewrites them after they were
+//! checked changes nothing that was checked; but RDMA lets a peer that
+//! ignores the protocol write into ring bytes a held [`Request`] views
+//! (the payload itself): connect only to peers running copyrpc.
 //!
 //! # Cost
 //!

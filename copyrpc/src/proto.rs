@@ -319,6 +319,10 @@ pub struct Conn {
     owe_real: bool,
     batches: VecDeque<InBatch>,
     first_seq: u64,
+    /// The messages of the last batch [`Conn::on_batch`] accepted, as it
+    /// validated them: read once from the ring, which the peer can still
+    /// write, and never read again.
+    msgs: Vec<Msg>,
     // -- calls --
     /// Calls in flight (replies owed to us), timed-out ones included.
     owed: u32,
@@ -347,6 +351,7 @@ impl Conn {
             owe_real: false,
             batches: VecDeque::new(),
             first_seq: 0,
+            msgs: Vec::new(),
             owed: 0,
         })
     }
@@ -576,9 +581,11 @@ impl Conn {
     }
 
     /// A batch of `imm` bytes arrived in the receive ring `ring`: validates
-    /// and parses its header. Its messages are then read with
-    /// [`Conn::messages`]; the batch stays unconsumed until every request
-    /// in it was released ([`Conn::release`]).
+    /// and parses it, header and messages, reading each byte once. Its
+    /// messages, as validated, are then in [`Conn::messages`] (never read
+    /// from the ring again: the peer may write it meanwhile); the batch
+    /// stays unconsumed until every request in it was released
+    /// ([`Conn::release`]).
     pub fn on_batch<R: Ring + ?Sized>(&mut self, ring: &R, imm: u32) -> Result<Parsed, ProtoError> {
         let len = u64::from(imm);
         if len < BATCH_HEADER || len > u64::from(self.lim.max_batch) || len % ALIGN != 0 {
@@ -615,6 +622,7 @@ impl Conn {
             )));
         }
         // Walk the messages once: they must tile the batch exactly.
+        self.msgs.clear();
         let mut p = BATCH_HEADER;
         let mut requests = 0u32;
         for _ in 0..count {
@@ -634,6 +642,7 @@ impl Conn {
                 )));
             }
             p += msg_wire(m.len);
+            self.msgs.push(m);
         }
         if p != len {
             return Err(ProtoError(format!(
@@ -656,15 +665,10 @@ impl Conn {
         })
     }
 
-    /// The messages of a parsed batch, in order (validated by
-    /// [`Conn::on_batch`]); `batch` is its `len` bytes at its offset.
-    pub fn messages<'r>(&self, batch: &'r [u8], b: Parsed) -> Messages<'r> {
-        Messages {
-            batch,
-            base: b.offset,
-            p: BATCH_HEADER,
-            left: b.count,
-        }
+    /// The messages of the batch [`Conn::on_batch`] accepted last, in
+    /// order, as it validated them (their payloads lie inside the batch).
+    pub fn messages(&self) -> &[Msg] {
+        &self.msgs
     }
 
     /// A response to call `id` arrived (or a call was abandoned for good):
@@ -744,32 +748,5 @@ fn decode_msg(h: &[u8], at: usize) -> Msg {
         dropped: w & DROPPED != 0,
         offset: (at + MSG_HEADER as usize) as u32,
         len: w & LEN_MASK,
-    }
-}
-
-/// Iterator over a parsed batch's messages.
-#[derive(Debug)]
-pub struct Messages<'r> {
-    batch: &'r [u8],
-    base: u32,
-    p: u64,
-    left: u16,
-}
-
-impl Iterator for Messages<'_> {
-    type Item = Msg;
-
-    fn next(&mut self) -> Option<Msg> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let at = self.p as usize;
-        let m = decode_msg(
-            &self.batch[at..at + MSG_HEADER as usize],
-            self.base as usize + at,
-        );
-        self.p += msg_wire(m.len);
-        Some(m)
     }
 }
