@@ -11,11 +11,32 @@
 //! cargo runs and names the Debian packages (libopenmpi-dev openmpi-bin
 //! libucx-dev libclang-dev).
 
-use std::path::PathBuf;
+//!
+//! It also records the git revision of the tree the binary is built from
+//! (`BENCHKV_GIT`, `git describe --always --dirty`): a report names the
+//! build it measured, not whatever the checkout holds when it runs. So it
+//! reruns when HEAD or the index moves or a source of the crates benchkv
+//! is built from changes; the UCX bindings are then kept unless UCX
+//! changed.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace crates benchkv is built from (their sources decide
+/// whether the build is `-dirty`).
+const CRATES: [&str; 7] = [
+    "benchkv",
+    "benchutil",
+    "copyrpc",
+    "inproc",
+    "ipc",
+    "ipc-derive",
+    "mlx5",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+    git_revision();
     let ucx = match pkg_config::Config::new()
         .atleast_version("1.11")
         .probe("ucx")
@@ -27,6 +48,15 @@ fn main() {
              Elsewhere: install UCX and set PKG_CONFIG_PATH to the directory of its ucx.pc.\n\n"
         ),
     };
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // The bindings of an earlier run of this script stay when UCX is the
+    // same (this script reruns for the git revision too).
+    let stamp = format!("{} {:?}", ucx.version, ucx.include_paths);
+    let stamp_file = out.join("ucx.stamp");
+    if out.join("ucx.rs").exists() && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
+    {
+        return;
+    }
     let bindings = bindgen::Builder::default()
         .header_contents("benchkv_ucx.h", "#include <ucp/api/ucp.h>\n")
         .clang_args(ucx.include_paths.iter().map(|p| format!("-I{}", p.display())))
@@ -42,8 +72,39 @@ fn main() {
         .unwrap_or_else(|e| {
             panic!("\n\nbindgen could not read the UCX headers ({e}); it needs libclang (apt-get install libclang-dev)\n\n")
         });
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     bindings
         .write_to_file(out.join("ucx.rs"))
         .expect("writing the UCX bindings");
+    std::fs::write(stamp_file, stamp).expect("writing the UCX bindings' stamp");
+}
+
+/// Sets `BENCHKV_GIT` to `git describe --always --dirty --abbrev=12` of
+/// the workspace, or `unknown` (no git, or not a checkout).
+fn git_revision() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let root = manifest.parent().unwrap_or(&manifest).to_path_buf();
+    let watch = |p: &Path| {
+        if p.exists() {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    };
+    for f in ["HEAD", "index", "refs", "packed-refs"] {
+        watch(&root.join(".git").join(f));
+    }
+    for c in CRATES {
+        watch(&root.join(c).join("src"));
+        watch(&root.join(c).join("Cargo.toml"));
+    }
+    let desc = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=BENCHKV_GIT={desc}");
 }

@@ -50,12 +50,22 @@ benchkv_missing || exit 1
 
 cargo build --release -q -p benchkv
 
-OUT=target/bench-summary/benchkv
-mkdir -p "$OUT"
 ARGS=("$@")
 if [ ${#ARGS[@]} -eq 0 ]; then
     ARGS=(--clients 1,2 --depths 1,8,32 --warmup 0.5 --duration 2)
 fi
+# The results go to target/bench-summary/benchkv unless the arguments name
+# a directory (--out DIR); the backends are the sweep's default (all three)
+# unless they name theirs.
+OUT=target/bench-summary/benchkv
+OUT_ARGS=(--out "$OUT")
+for ((i = 0; i < ${#ARGS[@]}; i++)); do
+    case "${ARGS[$i]}" in
+        --out) OUT="${ARGS[$((i + 1))]:-}"; OUT_ARGS=() ;;
+        --out=*) OUT="${ARGS[$i]#--out=}"; OUT_ARGS=() ;;
+    esac
+done
+mkdir -p "$OUT"
 # Both ranks on this host, each bound to CPUs of its own (half the
 # host's logical CPUs each, hardware threads counted as CPUs), as two nodes
 # would be: left free to use every core, the scheduler placed the ranks'
@@ -69,6 +79,6 @@ else
     PLACE=(--oversubscribe --bind-to none)
 fi
 MLX5_DEVICE=soft:manual mpirun -n 2 "${PLACE[@]}" \
-    target/release/benchkv sweep \
-    --backends copyrpc,ucx-am:tcp,ucx-am:shm --out "$OUT" "${ARGS[@]}"
+    target/release/benchkv sweep "${OUT_ARGS[@]}" "${ARGS[@]}"
+mkdir -p target/bench-summary
 cp "$OUT/sweep.md" target/bench-summary/benchkv.md

@@ -13,7 +13,12 @@ use crate::params::{self, Backend, Dist, IdleYield, Params};
 /// Two-node KV daemon benchmark, launched with mpirun: copyrpc against UCX
 /// active messages.
 #[derive(Debug, Parser)]
-#[command(name = "benchkv", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "benchkv",
+    version,
+    args_conflicts_with_subcommands = true,
+    allow_negative_numbers = true
+)]
 pub struct Cli {
     /// What to do (default: run).
     #[command(subcommand)]
@@ -27,9 +32,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one configuration (the default).
+    #[command(allow_negative_numbers = true)]
     Run(RunArgs),
     /// Run a matrix of backends × clients × queue depths; write the JSON of
     /// every point, a CSV of the rows and an SVG plot.
+    #[command(allow_negative_numbers = true)]
     Sweep(SweepArgs),
     /// A client process (`--client-procs`), started by its rank, which
     /// passes its spec in the environment and talks to it on stdin and

@@ -28,25 +28,11 @@ pub fn cpus_online() -> usize {
     usize::try_from(n).unwrap_or(1).max(1)
 }
 
-/// `git describe --always --dirty` of the tree benchkv was built from, or
-/// `unknown` (not a git checkout, or no git).
+/// `git describe --always --dirty` of the tree this binary was built
+/// from (recorded by build.rs at build time), or `unknown` (not a git
+/// checkout, or no git).
 pub fn git() -> String {
-    std::process::Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "describe",
-            "--always",
-            "--dirty",
-            "--abbrev=12",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    env!("BENCHKV_GIT").to_string()
 }
 
 /// An id for names this run creates on the host (ipc segments, the

@@ -107,11 +107,18 @@ struct DaemonStart<const N: usize> {
 
 fn daemon_thread<const N: usize>(s: DaemonStart<N>) -> Option<DaemonCounts> {
     let failures = s.failures.clone();
+    // The main thread takes a closed setup channel for a thread that ended
+    // without answering and looks for its recorded error then: keep the
+    // channels open until a failure is recorded (`serve` drops its own
+    // senders when it returns, before that).
+    let open = (s.blob_tx.clone(), s.ready_tx.clone());
     let r = match s.params.backend.clone() {
         Backend::Copyrpc => serve::<N, CopyrpcNet<Token>>(s, None),
         Backend::UcxAm { tls } => serve::<N, UcxNet<Token>>(s, tls),
     };
-    r.map_err(|e| failures.fail(e)).ok()
+    let r = r.map_err(|e| failures.fail(e)).ok();
+    drop(open);
+    r
 }
 
 fn serve<const N: usize, Net: Bootstrap + Network<Token>>(

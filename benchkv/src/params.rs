@@ -315,8 +315,11 @@ impl Params {
     /// parameter and the limit.
     pub fn check(&self, ranks: usize) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Params(m));
-        if ranks == 0 {
-            return bad("no ranks".into());
+        if ranks < 2 {
+            return bad(format!(
+                "{ranks} rank(s): benchkv measures requests between ranks, so it needs at least 2 \
+                 (launch it with mpirun -n 2; see benchkv/README.md)"
+            ));
         }
         if self.daemons == 0 || self.daemons > MAX_DAEMONS {
             return bad(format!(
@@ -457,9 +460,10 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_valid_on_one_and_two_ranks() {
-        Params::default().check(1).unwrap();
+    fn defaults_are_valid_on_two_ranks_and_one_rank_is_refused() {
         Params::default().check(2).unwrap();
+        Params::default().check(4).unwrap();
+        refused(Params::default(), 1, "at least 2");
     }
 
     fn refused(p: Params, ranks: usize, needle: &str) {

@@ -14,6 +14,28 @@ use crate::floor::{Canary, Floors};
 /// `benchkv/2` added the floors (`floors`, `canary`, `vs_floors`).
 pub const SCHEMA: &str = "benchkv/2";
 
+/// Fails at once when the report cannot be written to `path`: its
+/// directory is missing, or the path is a directory (checked before a run,
+/// which would otherwise be lost at its end).
+pub fn check_output_path(path: &std::path::Path) -> Result<(), crate::Error> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let why = if path.is_dir() {
+        "it is a directory"
+    } else if !dir.is_dir() {
+        "its directory does not exist"
+    } else {
+        return Ok(());
+    };
+    Err(crate::Error::Io {
+        op: "checking where the JSON report goes, before the run",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, why),
+    })
+}
+
 /// A histogram as (value, count) pairs of its recorded buckets: what
 /// travels over MPI.
 pub fn hist_pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {

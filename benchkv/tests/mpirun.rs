@@ -331,6 +331,7 @@ fn bad_parameters_fail_on_every_rank_before_any_work() {
         (&["--value-size", "5000"][..], "--value-size 5000"),
         (&["--backend", "rdma"][..], "unknown backend"),
         (&["--no-such-flag"][..], "--no-such-flag"),
+        (&["--clients", "-1"][..], "invalid value '-1'"),
         (&["--daemons", "0"][..], "--daemons 0"),
         (&["--read-ratio", "1.5"][..], "--read-ratio 1.5"),
         (&["--dist", "zipf:0"][..], "unknown key distribution"),
@@ -364,6 +365,47 @@ fn bad_parameters_fail_on_every_rank_before_any_work() {
         }
         assert!(!out.contains("| total |"), "{args:?} ran:\n{out}");
     }
+}
+
+/// A report path that cannot be written fails before the run (rank 0
+/// says why; before, the run went to its end and then failed to write);
+/// one rank alone (benchkv without mpirun) is refused: nothing would cross
+/// a network.
+#[test]
+fn an_unwritable_report_path_and_a_lone_rank_fail_before_any_work() {
+    let _g = serial();
+    let (status, out) = run(
+        &[
+            "--json",
+            "/nonexistent-benchkv-dir/x.json",
+            "--duration",
+            "1",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("benchkv (rank 0): error")
+            && l.contains("/nonexistent-benchkv-dir/x.json")
+            && l.contains("its directory does not exist")),
+        "{out}"
+    );
+    assert!(!out.contains("| total |"), "it ran:\n{out}");
+    let alone = Command::new(env!("CARGO_BIN_EXE_benchkv"))
+        .args(["--duration", "1"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("MLX5_DEVICE", "soft:manual")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running benchkv");
+    let err = String::from_utf8_lossy(&alone.stderr);
+    assert_eq!(alone.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("at least 2") && err.contains("mpirun -n 2"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&alone.stdout).contains("| total |"));
 }
 
 /// A short sweep writes every point's JSON, the CSV, the SVG of
@@ -471,6 +513,33 @@ fn without_a_device_the_floors_say_why_and_ucx_runs() {
     assert!(report["floors"]["cache_line_ns"].as_f64().unwrap() > 0.0);
     assert!(report["vs_floors"]["ops_vs_raw_rate"].is_null());
     let _ = std::fs::remove_file(json);
+}
+
+/// copyrpc without a device: every rank names the cause (the device that
+/// could not be opened), every time. Before, the main thread often saw the
+/// daemon's setup channel close before the daemon had recorded its error,
+/// and said only that a thread ended without answering.
+#[test]
+fn without_a_device_copyrpc_says_why_on_every_rank() {
+    let _g = serial();
+    for attempt in 0..3 {
+        let mut c = mpirun(&["--backend", "copyrpc", "--duration", "0.3"]);
+        c.env("MLX5_DEVICE", "mlx5_no_such_device");
+        let mut child = spawn(c);
+        let rx = lines(&mut child);
+        let (status, _) = wait(&mut child, Duration::from_secs(60), "copyrpc, no device");
+        let out = drain(&rx);
+        assert!(!status.success(), "{out}");
+        assert!(
+            !out.contains("without answering"),
+            "attempt {attempt}:\n{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("benchkv (rank ") && l.contains("mlx5_no_such_device")),
+            "attempt {attempt}:\n{out}"
+        );
+    }
 }
 
 /// A `--verify` mismatch fails the run (and a sweep) with a non-zero exit
