@@ -12,7 +12,9 @@
 //! instead of `n`.
 //!
 //! **Values become visible only at `publish`, and room only at `sync`.**
-//! The batch operations and the waiting operations do both; code that uses
+//! The batch operations and the waiting operations do both (`recv` syncs
+//! before it sleeps, and after each value it takes while the producer
+//! sleeps in `send` waiting for room); code that uses
 //! `try_send`/`try_recv` directly must call them.
 
 use std::mem::MaybeUninit;

@@ -58,8 +58,10 @@ pub struct Responder<T: Transport, Req: Send, Resp: Send> {
     /// Returns request slots at least this often, so a responder that is
     /// never idle does not starve its caller of room.
     sync_pace: Pace,
-    /// Publishes replies at least this often, so a responder that never
-    /// flushes still answers.
+    /// Publishes replies at least this often (a quarter of the response
+    /// queue), so a busy responder that never flushes is not held back for
+    /// long; a reply is published at once only by a flush (or a queue that
+    /// shows each value as it is sent): call it when idle.
     reply_pace: Pace,
 }
 

@@ -29,6 +29,12 @@ impl Signal {
         }
     }
 
+    /// Whether a thread sleeps (or is about to) waiting for this signal.
+    #[inline(always)]
+    pub(crate) fn sleeping(&self) -> bool {
+        self.sleeping.load(std_atomic::Ordering::Relaxed)
+    }
+
     /// Wakes the sleeper, if any. The SeqCst fence orders the caller's
     /// publication before the load of `sleeping`, pairing with the fence in
     /// `wait_until` (Dekker), so no wake-up is lost.
@@ -241,21 +247,30 @@ macro_rules! recv_deadline {
             deadline: Option<std::time::Instant>,
         ) -> Result<T, $crate::error::TryRecvError> {
             use $crate::error::TryRecvError;
-            match self.try_recv() {
-                Err(TryRecvError::Empty) => {}
-                done => return done,
+            let r = match self.try_recv() {
+                Err(TryRecvError::Empty) => {
+                    // The producer may be waiting for the room we made.
+                    self.sync();
+                    let inner = self.inner.clone();
+                    inner
+                        .ctl
+                        .data
+                        .wait_until(deadline, || match self.try_recv() {
+                            Err(TryRecvError::Empty) => None,
+                            done => Some(done),
+                        })
+                        .unwrap_or(Err(TryRecvError::Empty))
+                }
+                done => done,
+            };
+            if r.is_ok() && self.inner.ctl.space.sleeping() {
+                // A producer asleep in `send` waits for room, which a
+                // transport that batches it (Lamport) shows only at
+                // `sync`: hand back what was taken now, not once the
+                // queue is drained.
+                self.sync();
             }
-            // The producer may be waiting for the room we made.
-            self.sync();
-            let inner = self.inner.clone();
-            inner
-                .ctl
-                .data
-                .wait_until(deadline, || match self.try_recv() {
-                    Err(TryRecvError::Empty) => None,
-                    done => Some(done),
-                })
-                .unwrap_or(Err(TryRecvError::Empty))
+            r
         }
     };
 }

@@ -348,6 +348,38 @@ fn waiting_with_timeout<T: Transport>() {
     assert_eq!(t.join().unwrap(), Some(5));
 }
 
+/// A producer asleep in `send` on a full queue gets its room from a
+/// `recv` that takes one value, not only once the consumer drained the
+/// queue (Lamport shows room only at `sync`; its `recv` returned without
+/// one, so the producer slept until the queue was empty).
+fn a_blocked_send_gets_room_from_one_recv<T: Transport>() {
+    let (mut tx, mut rx) = T::channel::<u32>(8);
+    let cap = tx.capacity() as u32;
+    for i in 0..cap {
+        tx.try_send(i).unwrap();
+    }
+    tx.publish();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        // Full: this sleeps until the consumer makes room.
+        tx.send(cap).unwrap();
+        done_tx.send(()).unwrap();
+        tx
+    });
+    // Let the producer go to sleep (if it finds the queue full at once,
+    // nothing changes: the recv below is what must wake it).
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(rx.recv(), Some(0));
+    assert!(
+        done_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the blocked send did not complete after one recv"
+    );
+    let _tx = t.join().unwrap();
+    for i in 1..=cap {
+        assert_eq!(rx.recv(), Some(i));
+    }
+}
+
 macro_rules! transport_tests {
     ($($m:ident: $t:ty),*) => {$(
         mod $m {
@@ -357,6 +389,7 @@ macro_rules! transport_tests {
             #[test] fn stress_waiting_keeps_fifo() { stress_waiting::<$t>() }
             #[test] fn disconnection_is_observable_and_loses_nothing() { disconnection::<$t>() }
             #[test] fn waiting_receive_times_out_and_wakes() { waiting_with_timeout::<$t>() }
+            #[test] fn a_blocked_send_gets_room_from_one_recv() { super::a_blocked_send_gets_room_from_one_recv::<$t>() }
         }
     )*};
 }

@@ -29,8 +29,10 @@
 //!   is sealed against writable mappings and every memfd against shrinking
 //!   and growing, so it can neither stop the server with `SIGBUS` nor write
 //!   what other clients or the server read. Slots are owned by connections,
-//!   not by words in shared memory, so they cannot be squatted: the kernel
-//!   frees a slot when its client's process dies. What it writes into its
+//!   not by words in shared memory, so a dead client cannot keep one: the
+//!   kernel frees a slot when its client's process dies (a live process of
+//!   the server's user can still hold up to `max_clients` connections open
+//!   and idle; there is no per-process limit). What it writes into its
 //!   own region the server validates and never uses as an index; a client
 //!   whose ring holds what no correct client writes, or that sends stray
 //!   bytes on its connection, is evicted, told so ([`Error::Evicted`]) and

@@ -130,11 +130,14 @@ impl<T: IntoBytes + Immutable + Copy> Producer<T> {
     #[inline(always)]
     pub(crate) fn publish(&mut self, call_id: u32, value: &T) {
         let slot = self.ring.slot(self.pos);
-        // SAFETY: the slot is free (module doc), so nobody reads the payload
-        // while we write it; the pointer comes from a live slot, and `value`
-        // is a whole `T`. A plain copy (memcpy): a volatile write of a large
-        // `T` compiles to one store per byte (4096 for a 4 KiB payload), and
-        // the ordering comes from the Release below, not from the copy.
+        // SAFETY: the pointer comes from a live slot of the mapping and
+        // `value` is a whole `T`. The slot is free (module doc): a correct
+        // consumer does not read it now; a faulty peer process that reads or
+        // writes it meanwhile gets or leaves torn bytes in its own view,
+        // never anything of ours past the slot. A plain copy (memcpy): a
+        // volatile write of a large `T` compiles to one store per byte
+        // (4096 for a 4 KiB payload), and the ordering comes from the
+        // Release below, not from the copy.
         slot.payload
             .with_mut(|p| unsafe { ptr::copy_nonoverlapping(ptr::from_ref(value), p, 1) });
         // Relaxed: ordered before the consumer's read by the Release below.
@@ -211,14 +214,17 @@ impl<T: FromBytes + Copy> Consumer<T> {
         let slot = self.ring.slot(self.pos);
         // Relaxed: made visible by the caller's Acquire of `seq`.
         let call_id = slot.call_id.load(Ordering::Relaxed);
-        // SAFETY: the slot holds message `pos` (its sequence word said so),
-        // the producer will not touch it again until this read is
-        // acknowledged through the other ring, the slot's bytes are
-        // initialised (the segment is created zeroed), and `T: FromBytes`
-        // makes any bit pattern (even one a faulty peer wrote) a valid `T`.
-        // One plain copy out of the slot (memcpy), read nowhere else: what
-        // is validated and used is this copy. (A volatile read of a large
-        // `T` compiles to one load per byte: 4096 for a 4 KiB payload.)
+        // SAFETY: the pointer comes from a live slot of the mapping, whose
+        // bytes are initialised (the segment is created zeroed). The slot
+        // holds message `pos` (its sequence word said so) and a correct
+        // producer does not touch it until this read is acknowledged
+        // through the other ring; a faulty peer process (a client is
+        // untrusted) may write it during the copy, which then holds torn
+        // bytes: `T: FromBytes` makes any bit pattern a valid `T`. One plain
+        // copy out of the slot (memcpy) into our own memory, and the slot
+        // is read nowhere else: what the caller validates and uses is this
+        // copy. (A volatile read of a large `T` compiles to one load per
+        // byte: 4096 for a 4 KiB payload.)
         let value = slot.payload.with(|p| unsafe {
             let mut v = MaybeUninit::<T>::uninit();
             ptr::copy_nonoverlapping(p, v.as_mut_ptr(), 1);
