@@ -580,8 +580,9 @@ impl<U> Context<U> {
         slot.generation = slot.generation.wrapping_add(1);
         slot.number = number;
         slot.state = Slot::Waiting(user_data);
-        if let Some(t) = timeout {
-            e.push_deadline(idx, number, Instant::now() + t);
+        // A timeout past what the clock holds never expires.
+        if let Some(at) = timeout.and_then(|t| Instant::now().checked_add(t)) {
+            e.push_deadline(idx, number, at);
         }
         if !e.dirty {
             e.dirty = true;
@@ -1137,6 +1138,18 @@ mod tests {
             }
             assert!(start.elapsed() < Duration::from_secs(20), "no progress");
         }
+    }
+
+    /// A call timeout past what the clock holds never expires (before,
+    /// every call panicked adding it to the clock).
+    #[test]
+    fn a_call_timeout_past_the_clock_never_expires() {
+        let (mut a, mut b, ea, _) = pair();
+        a.cfg.call_timeout = Some(Duration::MAX);
+        let mut seen = Vec::new();
+        one_call(&mut a, &mut b, ea, 1, &mut seen);
+        assert!(matches!(seen[..], [(1, Ok(()))]), "{seen:?}");
+        assert!(a.eps[ea.idx as usize].deadlines.is_empty());
     }
 
     /// A call held unanswered at the front of the deadline queue keeps the

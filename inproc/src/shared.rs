@@ -235,7 +235,8 @@ macro_rules! waiting_receiver {
             &mut self,
             timeout: std::time::Duration,
         ) -> Result<T, $crate::error::TryRecvError> {
-            self.recv_deadline(Some(std::time::Instant::now() + timeout))
+            // A timeout past what the clock holds waits without one.
+            self.recv_deadline(std::time::Instant::now().checked_add(timeout))
         }
     };
 }

@@ -341,6 +341,9 @@ fn waiting_with_timeout<T: Transport>() {
         rx.recv_timeout(Duration::from_millis(10)),
         Err(TryRecvError::Empty)
     );
+    // A timeout past what the clock holds is no deadline, not a panic.
+    tx.send(4).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::MAX), Ok(4));
     // A consumer that went to sleep is woken by a later send.
     let t = std::thread::spawn(move || rx.recv());
     std::thread::sleep(Duration::from_millis(50));

@@ -59,9 +59,10 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         let mut backoff = Duration::from_micros(100);
         loop {
             let now = Instant::now();
-            let answer_by = deadline
-                .unwrap_or(now + Duration::from_secs(3600))
-                .max(now + cfg.server_timeout);
+            let answer_by = deadline.unwrap_or(now + Duration::from_secs(3600)).max(
+                now.checked_add(cfg.server_timeout)
+                    .unwrap_or(now + Duration::from_secs(3600)),
+            );
             match Self::attempt(name, &address, &cfg, answer_by) {
                 Err(e @ (Error::NotFound { .. } | Error::NoFreeSlot { .. })) => {
                     let now = Instant::now();

@@ -161,3 +161,22 @@ fn connect_to_a_server_that_never_answers_times_out() {
     );
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
+
+/// Timeouts longer than the clock can hold mean "no deadline": a client
+/// built with them connects and calls (before, `connect` panicked adding
+/// `server_timeout` to the clock).
+#[test]
+fn timeouts_past_the_clock_mean_no_deadline() {
+    let name = name("max-timeouts");
+    let server = ServerThread::start(&name, ServerConfig::new());
+    let got = within(Duration::from_secs(10), move || {
+        let cfg = ClientConfig::new()
+            .call_timeout(Duration::MAX)
+            .connect_timeout(Duration::MAX)
+            .server_timeout(Duration::MAX);
+        let mut c = Client::<Msg, Msg>::connect(&name, cfg).unwrap();
+        c.call(&[1, 2, 3, 0]).unwrap()
+    });
+    assert_eq!(got, answer(&[1, 2, 3, 0]));
+    server.stop();
+}

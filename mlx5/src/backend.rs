@@ -225,7 +225,7 @@ impl Backend {
     ) -> Result<(CqHandle, CqMem, u32), Error> {
         match self {
             Backend::Soft(d) => {
-                let (bufs, mem, cqn) = d.create_cq(entries, overrun.clone());
+                let (bufs, mem, cqn) = d.create_cq(entries, overrun.clone())?;
                 Ok((CqHandle::Soft { _bufs: bufs }, mem, cqn))
             }
             Backend::Hw(d) => {
@@ -253,7 +253,7 @@ impl Backend {
     ) -> Result<(SrqHandle, SrqMem, u32), Error> {
         match (self, pd) {
             (Backend::Soft(d), PdHandle::Soft(_)) => {
-                let (bufs, mem, srqn) = d.create_srq(depth, max_sge);
+                let (bufs, mem, srqn) = d.create_srq(depth, max_sge)?;
                 Ok((SrqHandle::Soft { _bufs: bufs }, mem, srqn))
             }
             (Backend::Hw(d), PdHandle::Hw(pd)) => {

@@ -47,7 +47,7 @@ impl Pd {
 
     /// Allocates `len` zeroed, page-aligned bytes and registers them.
     pub fn alloc_mr(&self, len: usize, access: Access) -> Result<Mr, Error> {
-        let buf = DmaBuf::zeroed(len);
+        let buf = DmaBuf::zeroed(len)?;
         let ptr = buf.as_ptr();
         // SAFETY: `buf` is owned by the returned Mr and outlives its
         // registration (Mr::drop deregisters before the buffer is freed).

@@ -501,7 +501,9 @@ fn a_qp_on_an_srq_entering_error_reports_last_wqe_reached() {
         &ConnectOpts::default(),
     );
     let ctx = b.ctx.clone();
-    let waiter = std::thread::spawn(move || ctx.wait_async_event(TIMEOUT).unwrap());
+    // (No practical deadline: a timeout past what the clock holds waits.)
+    let waiter =
+        std::thread::spawn(move || ctx.wait_async_event(std::time::Duration::MAX).unwrap());
     std::thread::sleep(std::time::Duration::from_millis(20));
     q.to_error().unwrap();
     assert_eq!(
@@ -516,6 +518,26 @@ fn a_qp_on_an_srq_entering_error_reports_last_wqe_reached() {
         None
     );
     assert!(t.elapsed() >= std::time::Duration::from_millis(30));
+}
+
+/// A region larger than memory, or than one allocation can describe, is an
+/// error: before, a length near `usize::MAX` wrapped when rounded up to a
+/// page (a zero-byte allocation behind an `Mr` that claimed the length,
+/// which safe accessors then wrote past) and one of 2^46 bytes aborted.
+#[test]
+fn a_region_too_large_to_allocate_is_an_error() {
+    let ctx = Context::soft(Progress::Manual);
+    let pd = mlx5::Pd::new(&ctx).unwrap();
+    for len in [usize::MAX, usize::MAX - 100, isize::MAX as usize, 1 << 46] {
+        let e = pd.alloc_mr(len, Access::ALL).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidAttr(m) if m.contains(&len.to_string())),
+            "{len}: {e}"
+        );
+    }
+    // The device goes on.
+    let mr = pd.alloc_mr(4096, Access::ALL).unwrap();
+    assert_eq!(mr.len(), 4096);
 }
 
 #[test]

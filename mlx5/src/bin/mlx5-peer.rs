@@ -113,8 +113,16 @@ impl Peer {
                     num(&mut it, "SQ_DEPTH")?,
                     num(&mut it, "RQ_DEPTH")?,
                 );
-                let cq = Cq::new(&self.ctx, ((sq + rq) * n as u32 * 2).next_power_of_two())
-                    .map_err(e)?;
+                // Room for every QP's sends and receives, twice; refused
+                // (by Cq::new) when that does not fit a CQ.
+                let entries = u32::try_from(n)
+                    .ok()
+                    .and_then(|n| sq.checked_add(rq)?.checked_mul(n)?.checked_mul(2))
+                    .and_then(u32::checked_next_power_of_two)
+                    .ok_or_else(|| {
+                        format!("{n} QPs of {sq} + {rq} WRs need more CQEs than a CQ has")
+                    })?;
+                let cq = Cq::new(&self.ctx, entries).map_err(e)?;
                 let caps = QpCaps {
                     max_send_wr: sq,
                     max_recv_wr: rq,
@@ -233,7 +241,9 @@ impl Peer {
             }
             "event" => {
                 let ms: u64 = num(&mut it, "MS")?;
-                let deadline = Instant::now() + Duration::from_millis(ms);
+                let deadline = Instant::now()
+                    .checked_add(Duration::from_millis(ms))
+                    .ok_or_else(|| format!("MS {ms} is too far away"))?;
                 loop {
                     if self.manual {
                         self.ctx.progress().map_err(e)?;
@@ -303,7 +313,13 @@ impl Peer {
 
     /// Message `k` of a stream: its length and its slot's offset.
     fn stream(&mut self, i: usize, n: u64, seed: u64, maxlen: usize, window: usize) -> Res {
-        self.range(0, maxlen * window)?;
+        if maxlen == 0 || window == 0 {
+            return Err("MAXLEN and WINDOW must be at least 1".into());
+        }
+        let span = maxlen
+            .checked_mul(window)
+            .ok_or_else(|| format!("{window} slots of {maxlen} bytes overflow"))?;
+        self.range(0, span)?;
         // WRITE_IMM needs receives without scatter entries; one per slot of
         // the window, reposted only after its message was checked, so the
         // sender never overwrites a slot that is not yet verified.

@@ -266,7 +266,12 @@ impl Device {
                 return None;
             }
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long for the clock waits as long as the clock goes.
+        let deadline = timeout.map(|t| {
+            let now = Instant::now();
+            now.checked_add(t)
+                .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+        });
         let mut s = self.shared.lock();
         loop {
             if let Some(e) = s.events.pop_front() {
@@ -341,10 +346,10 @@ impl Device {
         &self,
         entries: u32,
         overrun: Arc<AtomicBool>,
-    ) -> (QueueBufs, CqMem, u32) {
+    ) -> Result<(QueueBufs, CqMem, u32), Error> {
         let n = entries.next_power_of_two();
-        let buf = DmaBuf::zeroed(n as usize * CQE_SIZE);
-        let dbrec = DmaBuf::zeroed(64);
+        let buf = DmaBuf::zeroed(n as usize * CQE_SIZE)?;
+        let dbrec = DmaBuf::zeroed(64)?;
         for i in 0..n as usize {
             // SAFETY: i < n, inside the freshly allocated buffer.
             unsafe {
@@ -357,13 +362,13 @@ impl Device {
             dbrec: dbrec.as_ptr().cast(),
         };
         let cqn = self.add_cq(&mem, overrun);
-        (
+        Ok((
             QueueBufs {
                 _bufs: vec![buf, dbrec],
             },
             mem,
             cqn,
-        )
+        ))
     }
 
     fn add_cq(&self, mem: &CqMem, overrun: Arc<AtomicBool>) -> u32 {
@@ -392,12 +397,16 @@ impl Device {
     /// An SRQ with room for `depth` WQEs of `max_sge` entries, in memory
     /// the device allocates, its `next_wqe_index` links in ring order (as
     /// libmlx5 initialises them).
-    pub(crate) fn create_srq(&self, depth: u32, max_sge: u32) -> (QueueBufs, SrqMem, u32) {
+    pub(crate) fn create_srq(
+        &self,
+        depth: u32,
+        max_sge: u32,
+    ) -> Result<(QueueBufs, SrqMem, u32), Error> {
         // One WQE stays unposted (libmlx5 keeps the tail), hence +1.
         let wqe_cnt = (depth + 1).next_power_of_two();
         let stride = (wqe::SEG as u32 * (1 + max_sge)).next_power_of_two();
-        let buf = DmaBuf::zeroed((wqe_cnt * stride) as usize);
-        let dbrec = DmaBuf::zeroed(64);
+        let buf = DmaBuf::zeroed((wqe_cnt * stride) as usize)?;
+        let dbrec = DmaBuf::zeroed(64)?;
         for i in 0..wqe_cnt {
             let next = ((i + 1) & (wqe_cnt - 1)) as u16;
             // SAFETY: inside the buffer; bytes 2..4 of WQE i are its
@@ -414,13 +423,13 @@ impl Device {
             dbrec: dbrec.as_ptr().cast(),
         };
         let srqn = self.add_srq(&mem);
-        (
+        Ok((
             QueueBufs {
                 _bufs: vec![buf, dbrec],
             },
             mem,
             srqn,
-        )
+        ))
     }
 
     fn add_srq(&self, mem: &SrqMem) -> u32 {
@@ -452,9 +461,9 @@ impl Device {
         let sq_cnt = (caps.max_send_wr * max_wqebbs).next_power_of_two();
         let rq_stride = (wqe::SEG as u32 * caps.max_recv_sge.max(1)).next_power_of_two();
         let rq_cnt = caps.max_recv_wr.max(1).next_power_of_two();
-        let sq = DmaBuf::zeroed(sq_cnt as usize * wqe::WQEBB);
-        let rq = DmaBuf::zeroed((rq_cnt * rq_stride) as usize);
-        let dbrec = DmaBuf::zeroed(64);
+        let sq = DmaBuf::zeroed(sq_cnt as usize * wqe::WQEBB)?;
+        let rq = DmaBuf::zeroed((rq_cnt * rq_stride) as usize)?;
+        let dbrec = DmaBuf::zeroed(64)?;
         let mem = QpMem {
             sq_buf: sq.as_ptr(),
             sq_wqe_cnt: sq_cnt,
