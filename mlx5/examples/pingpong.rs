@@ -57,11 +57,35 @@ fn wait(s: &mut Side, kind: Kind) -> Result<u32, Error> {
     }
 }
 
-fn main() -> Result<(), Error> {
-    let iters: u32 = std::env::args()
-        .nth(1)
-        .map(|s| s.parse().expect("iterations: a number"))
-        .unwrap_or(10_000);
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let iters = match args[..] {
+        [] => 10_000,
+        [ref n] => match n.parse::<u32>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!(
+                    "pingpong: iterations must be a number from 1 to {}: {n:?}\nusage: pingpong [iterations]",
+                    u32::MAX
+                );
+                return std::process::ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("usage: pingpong [iterations]");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(iters) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pingpong: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(iters: u32) -> Result<(), Error> {
     let (ca, cb) = (Context::from_env()?, Context::from_env()?);
     println!("device: {}", ca.name());
     let (mut a, mut b) = (side(&ca)?, side(&cb)?);

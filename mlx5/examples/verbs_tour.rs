@@ -27,7 +27,18 @@ fn one(cq: &mut Cq) -> Result<Completion, Error> {
     Ok(c)
 }
 
-fn main() -> Result<(), Error> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Display, not Debug: it names what to do (MLX5_DEVICE=soft).
+            eprintln!("verbs_tour: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Error> {
     let ctx = Context::from_env()?;
     println!("device: {}", ctx.name());
     let pd = Pd::new(&ctx)?;

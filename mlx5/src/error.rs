@@ -10,7 +10,7 @@ use crate::prm::{QpState, Syndrome};
 pub enum Error {
     /// `MLX5_DEVICE` (or an explicit selection) names something unusable.
     #[error(
-        "invalid device selection {0:?}: expected `soft`, `soft:manual` or an mlx5 device name such as `mlx5_0`"
+        "invalid device selection {0:?}: expected `auto`, `soft`, `soft:manual`, either followed by `@tcp`, `@tcp:IP` or `@tcp:IP:PORT` (an IPv4 address, a port up to 65535), `hw`, or an mlx5 device name such as `mlx5_0`"
     )]
     InvalidSelection(String),
     /// Hardware was asked for but cannot be used here.

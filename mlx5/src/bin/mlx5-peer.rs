@@ -278,7 +278,9 @@ impl Peer {
                             LinkKind::Unix => "unix",
                             LinkKind::Tcp => "tcp",
                         };
-                        format!("{k}@{}", l.peer)
+                        // One word per link (a peer's address may print
+                        // with spaces, as a TCP one does).
+                        format!("{k}@{}", l.peer).replace(' ', "")
                     })
                     .collect::<Vec<_>>()
                     .join(" "))
