@@ -113,6 +113,13 @@ fn ok_one(e: &mut End, opcode: u8) {
     assert_eq!(c[0].kind, Kind::Send { opcode });
 }
 
+/// A signaled inline WRITE of `bytes` to `to`, completed without error.
+fn write_ok(e: &mut End, to: Remote, bytes: &[u8]) {
+    e.qp.post_and_ring(&Write::inline(to, bytes).signaled())
+        .unwrap();
+    ok_one(e, mlx5::wqe::opcode::RDMA_WRITE);
+}
+
 fn every_opcode(device: &str) {
     use mlx5::wqe::opcode;
     let (mut me, mut peer) = setup(device, &ConnectOpts::default());
@@ -506,10 +513,7 @@ fn partition_times_out_with_transport_retry_exceeded() {
         ..ConnectOpts::default()
     };
     let (mut me, peer) = setup("soft", &o);
-    me.qp
-        .post_and_ring(&Write::inline(peer.remote(0), b"ping").signaled())
-        .unwrap();
-    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    write_ok(&mut me, peer.remote(0), b"ping");
     let f = ctx_faults(&me);
     f.partition_peer(&peer.infos[0]).unwrap();
     let t = Instant::now();
@@ -611,10 +615,7 @@ fn a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link() {
         }
     }
     assert!(total <= 16);
-    me.qp
-        .post_and_ring(&Write::inline(peer.remote(0), b"still fine").signaled())
-        .unwrap();
-    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    write_ok(&mut me, peer.remote(0), b"still fine");
 }
 
 fn manual_progress_across_processes() {
@@ -825,19 +826,13 @@ fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
         Err(e) => panic!("the device did not close the link: {e}"),
     }
     // The device and its real link carry on.
-    me.qp
-        .post_and_ring(&Write::inline(peer.remote(8), b"alive").signaled())
-        .unwrap();
-    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    write_ok(&mut me, peer.remote(8), b"alive");
 }
 
 fn drop_peer_fails_the_qps_and_refuses_reconnecting() {
     // A peer in another process.
     let (mut me, peer) = setup("soft", &ConnectOpts::default());
-    me.qp
-        .post_and_ring(&Write::inline(peer.remote(0), b"before").signaled())
-        .unwrap();
-    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    write_ok(&mut me, peer.remote(0), b"before");
     ctx_faults(&me).drop_peer(&peer.infos[0]);
     me.qp
         .post_and_ring(&Write::inline(peer.remote(0), b"after").signaled())
@@ -1070,10 +1065,7 @@ fn say_hello(to: &[u8; 16], from: &[u8; 16]) -> (std::os::unix::net::UnixStream,
 fn a_local_impostor_is_refused_at_the_handshake() {
     let (mut me, mut peer) = setup("soft", &ConnectOpts::default());
     let mine = me.qp.local_info(&ConnectOpts::default()).unwrap().gid;
-    me.qp
-        .post_and_ring(&Write::inline(peer.remote(0), b"up").signaled())
-        .unwrap();
-    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    write_ok(&mut me, peer.remote(0), b"up");
     let theirs = peer.infos[0].gid;
     let links = peer_wire(&mut peer)[2];
     let my_links = me.ctx.wire_stats().unwrap().links;
@@ -1091,10 +1083,7 @@ fn a_local_impostor_is_refused_at_the_handshake() {
         my_links,
         "nor did this side"
     );
-    me.qp
-        .post_and_ring(&Write::inline(peer.remote(0), b"still").signaled())
-        .unwrap();
-    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    write_ok(&mut me, peer.remote(0), b"still");
 }
 
 /// A unix address names a process, which only a unix socket can check:
@@ -1189,10 +1178,7 @@ fn a_hostile_frame_header_allocates_nothing_and_other_links_keep_working() {
     // stranger on a second link into the peer's device announces the
     // largest frame the wire format can describe and sends nothing more.
     let (mut me, peer) = setup("soft", &ConnectOpts::default());
-    me.qp
-        .post_and_ring(&Write::inline(peer.remote(0), b"warm").signaled())
-        .unwrap();
-    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    write_ok(&mut me, peer.remote(0), b"warm");
     let pid = peer.child.id();
     let before = rss_kib(pid);
     let mut s = stranger(&peer.infos[0].gid, 1);
@@ -1272,10 +1258,7 @@ fn a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout() {
 fn links_killed_by_bad_frames_are_removed() {
     let (mut me, peer) = setup("soft", &ConnectOpts::default());
     let gid = me.qp.local_info(&ConnectOpts::default()).unwrap().gid;
-    me.qp
-        .post_and_ring(&Write::inline(peer.remote(0), b"up").signaled())
-        .unwrap();
-    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    write_ok(&mut me, peer.remote(0), b"up");
     // One link, or two if both ends connected at once.
     let live = me.ctx.wire_stats().unwrap().links;
     for i in 0..300 {
@@ -1287,10 +1270,7 @@ fn links_killed_by_bad_frames_are_removed() {
         );
     }
     // The device holds its one live link, and it works.
-    me.qp
-        .post_and_ring(&Write::inline(peer.remote(0), b"alive").signaled())
-        .unwrap();
-    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    write_ok(&mut me, peer.remote(0), b"alive");
     assert_eq!(me.ctx.wire_stats().unwrap().links, live);
 }
 
@@ -1325,10 +1305,7 @@ fn a_stranger_that_does_not_read_its_answers_is_cut_off() {
         cut,
         "the device took {sent} bytes of requests and kept the answers"
     );
-    me.qp
-        .post_and_ring(&Write::inline(peer.remote(0), b"alive").signaled())
-        .unwrap();
-    ok_one(&mut me, mlx5::wqe::opcode::RDMA_WRITE);
+    write_ok(&mut me, peer.remote(0), b"alive");
 }
 
 fn large_writes_and_reads_cross_the_link_whole() {
