@@ -32,6 +32,8 @@ impl Signal {
     /// Whether a thread sleeps (or is about to) waiting for this signal.
     #[inline(always)]
     pub(crate) fn sleeping(&self) -> bool {
+        // Relaxed: a hint (as in `notify_relaxed`): a sleeper seen late, or
+        // not at all, wakes on its own after at most `MAX_PARK`.
         self.sleeping.load(std_atomic::Ordering::Relaxed)
     }
 

@@ -975,6 +975,16 @@ fn fake_device(id: u32) -> ([u8; 16], std::os::unix::net::UnixListener, ChildGua
     (gid, std::os::unix::net::UnixListener::from(sock), child)
 }
 
+/// The connection info of QP 0x100 (PSN 0) of the fake device at `gid`.
+fn fake_qp(gid: [u8; 16]) -> mlx5::ConnInfo {
+    mlx5::ConnInfo {
+        qpn: 0x100,
+        psn: 0,
+        lid: 0,
+        gid,
+    }
+}
+
 /// Kills and reaps a child process when dropped.
 struct ChildGuard(std::process::Child);
 
@@ -1131,12 +1141,7 @@ fn a_device_name_bound_by_another_process_is_refused_at_connect() {
     let _l = std::os::unix::net::UnixListener::bind_addr(&a).unwrap();
     let ctx = Context::soft(Progress::Background);
     let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
-    let info = mlx5::ConnInfo {
-        qpn: 0x100,
-        psn: 0,
-        lid: 0,
-        gid,
-    };
+    let info = fake_qp(gid);
     let e = me
         .qp
         .connect(&info, &ConnectOpts::default())
@@ -1232,12 +1237,7 @@ fn a_resp_with_a_wrong_psn_does_not_stop_the_ack_timeout() {
     });
     let ctx = Context::soft(Progress::Background);
     let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
-    let info = mlx5::ConnInfo {
-        qpn: 0x100,
-        psn: 0,
-        lid: 0,
-        gid,
-    };
+    let info = fake_qp(gid);
     me.qp.connect(&info, &ConnectOpts::default()).unwrap();
     let t = Instant::now();
     me.qp
@@ -1491,12 +1491,7 @@ fn an_answer_on_another_link_completes_nothing() {
     let ctx = Context::soft(Progress::Background);
     let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
     let mine = me.qp.local_info(&ConnectOpts::default()).unwrap().gid;
-    let info = mlx5::ConnInfo {
-        qpn: 0x100,
-        psn: 0,
-        lid: 0,
-        gid,
-    };
+    let info = fake_qp(gid);
     me.qp.connect(&info, &ConnectOpts::default()).unwrap();
     me.qp
         .post_and_ring(&Write::inline(me.mr.remote(0), b"four").signaled())
@@ -1548,12 +1543,7 @@ fn an_answer_for_a_destroyed_qp_completes_nothing_of_its_successor() {
     let pd = mlx5::Pd::new(&ctx).unwrap();
     let mut cq = mlx5::Cq::new(&ctx, 64).unwrap();
     let mr = pd.alloc_mr(4096, Access::ALL).unwrap();
-    let info = mlx5::ConnInfo {
-        qpn: 0x100,
-        psn: 0,
-        lid: 0,
-        gid,
-    };
+    let info = fake_qp(gid);
     let o = ConnectOpts::default();
     let mut old = mlx5::Qp::builder(&pd, &cq, &cq)
         .caps(caps(8, 8))
