@@ -58,10 +58,16 @@
 //!   the peer can have reached — the larger of what has arrived and the
 //!   request limit our latest credit allowed it
 //!   (`credit + N - K·S - W - E`) — plus one `S` per reply we are owed
-//!   (this call's included) plus `W` stays within `consumed + N - E`. Then
-//!   the peer's reply is guaranteed to fit, whatever requests it sent
-//!   meanwhile; a held request handle shows up as back-pressure on new
-//!   calls, never as a reply without room;
+//!   (this call's included) plus `W` plus 24 bytes (a credit-only batch and
+//!   a wrap's skip) per batch with messages we sent that its credit does
+//!   not cover yet stays within `consumed + N - E`. The last term bounds
+//!   the credit-only batches the peer may have sent that have not arrived
+//!   (it sends one only after consuming such a batch of ours beyond its
+//!   last credit); credit-only batches themselves are bounded only by the
+//!   ring, so that credit always flows. Then the peer's reply is
+//!   guaranteed to fit, whatever requests and credit it sent meanwhile; a
+//!   held request handle shows up as back-pressure on new calls, never as
+//!   a reply without room;
 //! * a **reply** must then fit `U + wire <= N - E`; if it does not (the peer
 //!   broke the rules), or is larger than `max_reply`, it is an error for the
 //!   responder and nothing is written.
@@ -308,6 +314,10 @@ pub struct Conn {
     peer_consumed: u64,
     /// End of what the transport accepted.
     sent: u64,
+    /// Ends of the batches with messages the transport accepted that the
+    /// peer's credit does not cover yet: each may make the peer send one
+    /// credit-only batch this side has not seen (see [`Conn::can_call`]).
+    uncredited: VecDeque<u64>,
     // -- receive side --
     /// Where the next batch is expected.
     recv_pos: u64,
@@ -345,6 +355,7 @@ impl Conn {
             ready: VecDeque::new(),
             peer_consumed: 0,
             sent: 0,
+            uncredited: VecDeque::new(),
             recv_pos: 0,
             consumed: 0,
             advertised: 0,
@@ -411,12 +422,20 @@ impl Conn {
         if end - self.peer_consumed + self.request_margin > self.ring() {
             return Err(AppendError::NoRoom);
         }
-        // The worst place the peer can reach in our receive ring.
+        // The worst place the peer can reach in our receive ring: its
+        // requests up to the limit our credit allows, the replies we are
+        // owed, a wrap, and the credit-only batches it may have sent that
+        // have not arrived. Those are bounded by our batches with messages
+        // its credit does not cover yet (it sends one only after consuming
+        // such a batch beyond its last credit), not by the ring: without
+        // this term they could fill the space its replies need.
         let n = self.ring();
         let peer_request_limit = (self.advertised + n).saturating_sub(self.request_margin);
+        let credit_only = self.uncredited.len() as u64 * (BATCH_HEADER + ALIGN);
         let worst = self.recv_pos.max(peer_request_limit)
             + u64::from(self.owed + 1) * self.reply_slot
-            + u64::from(self.lim.max_batch);
+            + u64::from(self.lim.max_batch)
+            + credit_only;
         if worst > self.consumed + n - CREDIT_RESERVE {
             return Err(AppendError::NoRoom);
         }
@@ -565,6 +584,7 @@ impl Conn {
     pub fn flushed(&mut self, f: Flush) {
         let end = f.start + u64::from(f.len);
         if f.real {
+            self.uncredited.push_back(end);
             if self.ready.front().is_some_and(|b| b.start == f.start) {
                 self.ready.pop_front();
             } else if self.open.is_some_and(|b| b.start == f.start) {
@@ -650,6 +670,9 @@ impl Conn {
             )));
         }
         self.peer_consumed = credit;
+        while self.uncredited.front().is_some_and(|&end| end <= credit) {
+            self.uncredited.pop_front();
+        }
         self.recv_pos = start + len;
         let seq = self.first_seq + self.batches.len() as u64;
         self.batches.push_back(InBatch {

@@ -371,3 +371,104 @@ fn limits_that_cannot_work_are_refused() {
         assert!(bad.validate().is_err(), "{bad:?}");
     }
 }
+
+/// Credit-only batches against the reply reserve. Side 0 holds nothing and
+/// side 1 holds one request of side 0's, so side 1 consumes nothing more of
+/// side 0's ring. Side 0 fills its ring with calls that side 1 answers, a
+/// batch per reply, and returns credit for each reply batch with a
+/// credit-only batch still on the wire when side 1 makes every call it may
+/// to side 0. Side 1 cannot see those batches when it admits its calls:
+/// unless its admission counts the ones side 0 may have sent, they take
+/// the room of side 0's replies (`ReplyOverrun`, found by review). Swept
+/// over limits and over how many calls side 0 has in flight when its ring
+/// fills; everything must then drain.
+#[test]
+fn credit_only_batches_never_take_the_room_of_replies() {
+    let mut overrun_shape_reached = 0;
+    for k in [4u32, 8, 16, 32] {
+        for ring in [1024u32, 2048, 4096] {
+            for max_batch in [32u32, 64, 128] {
+                let lim = Limits {
+                    ring,
+                    max_inflight: k,
+                    max_call: 16,
+                    max_reply: 8,
+                    max_batch,
+                };
+                if lim.validate().is_err() {
+                    continue;
+                }
+                for per_round in 1..k {
+                    let mut w = World {
+                        s: [Side::new(lim), Side::new(lim)],
+                    };
+                    w.call(0, 12, 8);
+                    w.flush(0, true);
+                    w.deliver(0);
+                    assert_eq!(w.s[1].held.len(), 1);
+                    // Rounds of calls until side 0's ring refuses one;
+                    // side 1 answers all but the held one, side 0 returns
+                    // credit for each reply batch.
+                    let mut in_flight = 0;
+                    'fill: for _ in 0..1000 {
+                        in_flight = 0;
+                        for _ in 0..per_round {
+                            let before = w.s[0].sent_seq;
+                            w.call(0, 12, 8);
+                            if w.s[0].sent_seq == before {
+                                break 'fill;
+                            }
+                            in_flight += 1;
+                            w.flush(0, true);
+                            w.deliver(0);
+                        }
+                        answer_all_but_the_held_one(&mut w, true);
+                    }
+                    // The last calls' answers: side 0's credit for them
+                    // stays on the wire while side 1 calls.
+                    answer_all_but_the_held_one(&mut w, false);
+                    let mut admitted = 0;
+                    for _ in 0..k {
+                        let before = w.s[1].sent_seq;
+                        w.call(1, 12, 8);
+                        admitted += w.s[1].sent_seq - before;
+                        w.flush(1, true);
+                        w.deliver(1);
+                    }
+                    if in_flight > 2 && admitted > 0 {
+                        overrun_shape_reached += 1;
+                    }
+                    // Side 0 answers each call in a batch of its own
+                    // (`answer` panics on ReplyOverrun).
+                    while !w.s[0].held.is_empty() {
+                        w.answer(0, 0, false);
+                        w.flush(0, true);
+                    }
+                    w.drain();
+                    assert_eq!(w.s[0].sent_seq, w.s[0].answered);
+                    assert_eq!(w.s[1].sent_seq, w.s[1].answered);
+                }
+            }
+        }
+    }
+    assert!(
+        overrun_shape_reached > 20,
+        "the sweep rarely reached the shape: {overrun_shape_reached}"
+    );
+}
+
+/// Side 1 answers every request it holds but the first, a batch per
+/// reply; side 0 returns credit for each reply batch, delivered to side 1
+/// only if `deliver_credit`.
+fn answer_all_but_the_held_one(w: &mut World, deliver_credit: bool) {
+    while w.s[1].held.len() > 1 {
+        let last = w.s[1].held.len() - 1;
+        w.answer(1, last, false);
+        w.flush(1, true);
+        w.deliver(1);
+        w.flush(0, true);
+        if deliver_credit {
+            w.deliver(0);
+        }
+    }
+}
