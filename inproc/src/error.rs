@@ -62,10 +62,23 @@ pub enum CapacityError {
         /// The largest in-flight limit possible.
         max: usize,
     },
+    /// More Flux nodes than any mesh of these types can have: each node
+    /// keeps a caller and a responder entry for every node, and those
+    /// `n × n` entries alone would need more than `isize::MAX` bytes.
+    #[error(
+        "a Flux mesh of {requested} nodes is above the largest possible for these types ({max})"
+    )]
+    TooManyNodes {
+        /// The node count asked for.
+        requested: usize,
+        /// The most nodes a mesh of these types allows.
+        max: usize,
+    },
     /// The allocator refused the memory.
     #[error("out of memory for capacity {requested} ({bytes} bytes)")]
     OutOfMemory {
-        /// The capacity asked for.
+        /// The capacity asked for (the node count, for a Flux mesh's
+        /// per-node tables).
         requested: usize,
         /// The bytes that could not be allocated.
         bytes: usize,

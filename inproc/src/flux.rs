@@ -53,6 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{CapacityError, Disconnected, TryRecvError};
 use crate::rpc::{self, CallError, Caller, ReplyToken, Responder};
+use crate::shared::new_slots;
 use crate::{Transport, TrySendError};
 
 /// Per-peer limits.
@@ -148,25 +149,48 @@ pub fn mesh<T: Transport, Req: Send, Resp: Send, U>(
     }
 }
 
-/// Like [`mesh`], or why a pair's queues cannot be made with `cfg`
-/// ([`rpc::try_pair`]).
+/// Like [`mesh`], or why it cannot be made:
+///
+/// * [`CapacityError::TooManyNodes`] when `n` is above the largest mesh
+///   possible: every node keeps a caller and a responder entry for each
+///   node, and those `n × n` entries must fit in `isize::MAX` bytes (some
+///   2 × 10^8 nodes on 64-bit targets). Checked before anything is
+///   allocated, so an absurd `n` costs nothing;
+/// * [`CapacityError::OutOfMemory`] when the allocator refuses a node's
+///   tables;
+/// * why a pair's queues cannot be made with `cfg` ([`rpc::try_pair`]).
 pub fn try_mesh<T: Transport, Req: Send, Resp: Send, U>(
     n: usize,
     cfg: FluxConfig,
 ) -> Result<Vec<FluxNode<T, Req, Resp, U>>, CapacityError> {
+    let entry =
+        size_of::<Option<Caller<T, Req, Resp, U>>>() + size_of::<Option<Responder<T, Req, Resp>>>();
+    // n ≤ max exactly when n × n × entry ≤ isize::MAX, found without a
+    // product that could overflow; it also keeps every size below in range.
+    let max = ((isize::MAX as usize) / entry.max(1)).isqrt();
+    if n > max {
+        return Err(CapacityError::TooManyNodes { requested: n, max });
+    }
     // Relaxed: only uniqueness matters, and every read-modify-write of one
     // atomic sees a value of its own, whatever the ordering.
     let mesh = MESHES.fetch_add(1, Ordering::Relaxed);
-    let mut nodes: Vec<FluxNode<T, Req, Resp, U>> = (0..n)
-        .map(|id| FluxNode {
+    let mut nodes = Vec::new();
+    nodes
+        .try_reserve_exact(n)
+        .map_err(|_| CapacityError::OutOfMemory {
+            requested: n,
+            bytes: n * size_of::<FluxNode<T, Req, Resp, U>>(),
+        })?;
+    for id in 0..n {
+        nodes.push(FluxNode {
             mesh,
             id,
-            callers: (0..n).map(|_| None).collect(),
-            responders: (0..n).map(|_| None).collect(),
+            callers: new_slots(n, n, || None)?.into_vec(),
+            responders: new_slots(n, n, || None)?.into_vec(),
             cursor: 0,
             replies: 0,
-        })
-        .collect();
+        });
+    }
     for i in 0..n {
         for j in 0..n {
             if i != j {

@@ -133,6 +133,58 @@ fn flux_and_rpc_refuse_impossible_sizes<T: Transport>() {
     );
 }
 
+/// 2^40 nodes would keep 2^80 peer-table entries: refused for its node
+/// count before anything is allocated, whatever the queues ask for (it
+/// once aborted the process, failing to allocate the nodes).
+fn an_absurd_node_count_is_refused_before_allocating<T: Transport>() {
+    let n = 1usize << 40;
+    let huge_queue = FluxConfig {
+        capacity: usize::MAX,
+        max_in_flight: 4,
+    };
+    for cfg in [FluxConfig::default(), huge_queue] {
+        let err = flux::try_mesh::<T, u64, u64, ()>(n, cfg).err();
+        let Some(CapacityError::TooManyNodes { requested, max }) = err else {
+            panic!("{}: {n} nodes: {err:?}", T::NAME);
+        };
+        assert_eq!(requested, n);
+        // Far beyond any thread count, far below 2^40.
+        assert!((1 << 20..n).contains(&max), "max {max}");
+        assert_eq!(
+            err.unwrap().to_string(),
+            format!(
+                "a Flux mesh of {n} nodes is above the largest possible for these types ({max})"
+            )
+        );
+    }
+    let msg = panic_message(|| {
+        flux::mesh::<T, u64, u64, ()>(n, FluxConfig::default());
+    });
+    assert!(
+        msg.starts_with(&format!(
+            "flux::mesh({n}, capacity 256, max_in_flight 64) over {}: a Flux mesh of {n} nodes is above the largest possible",
+            T::NAME
+        )),
+        "{msg:?}"
+    );
+}
+
+/// `max` is the exact boundary, checked before the first allocation.
+fn one_node_more_than_max_is_refused<T: Transport>() {
+    let Some(CapacityError::TooManyNodes { max, .. }) =
+        flux::try_mesh::<T, u64, u64, ()>(usize::MAX, FluxConfig::default()).err()
+    else {
+        panic!("{}: usize::MAX nodes accepted", T::NAME);
+    };
+    assert_eq!(
+        flux::try_mesh::<T, u64, u64, ()>(max + 1, FluxConfig::default()).err(),
+        Some(CapacityError::TooManyNodes {
+            requested: max + 1,
+            max
+        })
+    );
+}
+
 macro_rules! capacity_tests {
     ($($m:ident: $t:ty),*) => {$(
         mod $m {
@@ -143,6 +195,8 @@ macro_rules! capacity_tests {
             #[test] fn a_possible_capacity_is_still_rounded_up() { super::a_possible_capacity_is_still_rounded_up::<$t>() }
             #[test] fn channel_panics_naming_transport_capacity_and_reason() { super::channel_panics_naming_transport_capacity_and_reason::<$t>() }
             #[test] fn flux_and_rpc_refuse_impossible_sizes() { super::flux_and_rpc_refuse_impossible_sizes::<$t>() }
+            #[test] fn an_absurd_node_count_is_refused_before_allocating() { super::an_absurd_node_count_is_refused_before_allocating::<$t>() }
+            #[test] fn one_node_more_than_max_is_refused() { super::one_node_more_than_max_is_refused::<$t>() }
         }
     )*};
 }
