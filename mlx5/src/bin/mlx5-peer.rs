@@ -18,7 +18,7 @@
 //!
 //! | command | answer / effect |
 //! |---|---|
-//! | `setup QPS MR_LEN SQ_DEPTH RQ_DEPTH` | `ok ADDR RKEY INFO...`: QPs on one CQ, one MR (all rights); INFO is each QP's connection info, hex |
+//! | `setup QPS MR_LEN SQ_DEPTH RQ_DEPTH` | `ok ADDR RKEY INFO...`: QPs on one CQ, one MR (all rights); INFO is each QP's connection info, hex; once per process (a refused setup leaves nothing behind) |
 //! | `connect I INFO [MIN_RNR_TIMER]` | connects QP I to INFO |
 //! | `fill OFF LEN SEED` / `hash OFF LEN` | writes the test pattern / `ok FNV1A64` of the bytes |
 //! | `hex OFF LEN` / `get64 OFF` / `set64 OFF V` | bytes in hex / a u64 (host order) |
@@ -34,7 +34,7 @@
 //! | `malformed-large` | fault injection: `ok N` after publishing a 16 KiB REQ whose fixed part disagrees with its length in each of the N shared-memory rings this device sends on |
 //! | `corrupt-heads` | fault injection: `ok N`; from now on the device publishes impossible heads on the N shared-memory rings it reads |
 //! | `echo ADDR RKEY` | answers every WRITE_IMM with a WRITE_IMM of the same length and immediate to ADDR on the same QP, until immediate `0xffffffff`; `ok COUNT` |
-//! | `quit` | exits |
+//! | `quit` | exits with status 0 (as the end of stdin does) |
 
 use std::io::{BufRead, Write as _};
 use std::sync::mpsc;
@@ -113,6 +113,10 @@ impl Peer {
                     num(&mut it, "SQ_DEPTH")?,
                     num(&mut it, "RQ_DEPTH")?,
                 );
+                // One setup per process: QP indexes and `poll` refer to it.
+                if self.cq.is_some() {
+                    return Err("already set up".into());
+                }
                 // Room for every QP's sends and receives, twice; refused
                 // (by Cq::new) when that does not fit a CQ.
                 let entries = u32::try_from(n)
@@ -128,6 +132,9 @@ impl Peer {
                     max_recv_wr: rq,
                     ..QpCaps::default()
                 };
+                // Kept only once all of it was made: a refused setup
+                // leaves no QP behind to shift the next one's indexes.
+                let mut qps = Vec::new();
                 let mut out = Vec::new();
                 for _ in 0..n {
                     let qp = Qp::builder(&self.pd, &cq, &cq)
@@ -138,10 +145,11 @@ impl Peer {
                         .local_info(&ConnectOpts::default())
                         .map_err(e)?
                         .encode()));
-                    self.qps.push(qp);
+                    qps.push(qp);
                 }
                 let mr = self.pd.alloc_mr(len, Access::ALL).map_err(e)?;
                 let r = format!("{} {} {}", mr.addr(), mr.rkey(), out.join(" "));
+                self.qps = qps;
                 self.cq = Some(cq);
                 self.mr = Some(mr);
                 Ok(r)
@@ -490,10 +498,15 @@ fn main() {
     // Commands arrive on a thread so a manual device keeps progressing
     // while none is pending.
     let (tx, rx) = mpsc::channel::<String>();
+    // A line that is not UTF-8 is still a line: answered `err`, not taken
+    // for the end of input.
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
+        for line in std::io::stdin().lock().split(b'\n') {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
+            if tx
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
                 break;
             }
         }
