@@ -66,8 +66,9 @@ pub(crate) enum QpHandle {
 
 /// What a QP rings after updating its doorbell record.
 pub(crate) enum Doorbell {
-    /// Wakes the software device's progress if it sleeps.
-    Soft(Arc<soft::Bell>),
+    /// Wakes the software device's progress if it sleeps, and kicks the
+    /// device (its flag: its next pass looks at its QPs).
+    Soft(Arc<soft::Bell>, Arc<std::sync::atomic::AtomicBool>),
     /// The QP's UAR/BlueFlame register, shared with the other QPs of the
     /// device that libmlx5 put on it (its lock and current half with them).
     Hw(Arc<hw::BlueFlame>),
@@ -303,7 +304,7 @@ impl Backend {
                     QpHandle::Soft { _bufs: bufs },
                     mem,
                     qpn,
-                    Doorbell::Soft(d.bell()),
+                    Doorbell::Soft(d.bell(), d.kick()),
                 ))
             }
             (Backend::Hw(d), PdHandle::Hw(pd), CqHandle::Hw(scq), CqHandle::Hw(rcq)) => {
@@ -396,10 +397,13 @@ impl Doorbell {
         single: usize,
     ) {
         match self {
-            Doorbell::Soft(b) => {
+            Doorbell::Soft(b, kick) => {
                 // Release: the device reads the WQEs after it sees the
                 // counter.
                 db.store(counter.to_be(), std::sync::atomic::Ordering::Release);
+                // Release: a pass that takes the kick (an acquiring swap)
+                // sees the counter.
+                kick.store(true, std::sync::atomic::Ordering::Release);
                 b.ring();
             }
             // SAFETY: the caller's contract.
@@ -410,7 +414,9 @@ impl Doorbell {
     /// Wakes the software device to flush receives posted to a QP in ERROR
     /// (a NIC needs no doorbell for receives).
     pub(crate) fn wake_for_recv(&self) {
-        if let Doorbell::Soft(b) = self {
+        if let Doorbell::Soft(b, kick) = self {
+            // Release: as for the send doorbell.
+            kick.store(true, std::sync::atomic::Ordering::Release);
             b.ring();
         }
     }

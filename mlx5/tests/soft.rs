@@ -1380,3 +1380,44 @@ fn the_send_queue_stays_within_the_16_bit_wqe_counter() {
     }
     assert_eq!(read(&b, 0, 200), data);
 }
+
+/// A manual device whose pass found nothing to do skips its next passes
+/// until something changes: each kind of change must still reach it. A
+/// doorbell; a request of another device of this process that moves its
+/// QP to ERROR (its receives must then be flushed, by its own pass); a
+/// receive posted to that QP afterwards (flushed too).
+#[test]
+fn a_quiet_manual_device_still_sees_every_kind_of_new_work() {
+    let (mut a, mut b) = pair(Progress::Manual);
+    b.qp.post_recv(&[b.mr.sge(0, 16)]).unwrap();
+    let quiet = |e: &mut End| {
+        for _ in 0..3 {
+            assert!(e.drain().is_empty());
+        }
+    };
+    quiet(&mut b);
+    let sge = [b.mr.sge(64, 8)];
+    b.qp.post_and_ring(&Write::new(a.mr.remote(0), &sge).signaled())
+        .unwrap();
+    assert_eq!(b.expect(1)[0].status(), Ok(()), "a doorbell");
+    quiet(&mut b);
+    quiet(&mut a);
+    let mut r = b.mr.remote(0);
+    r.rkey ^= 0xff;
+    a.qp.post_and_ring(&Write::inline(r, b"x")).unwrap();
+    assert_eq!(first_error(&mut a).syndrome, Some(Syndrome::RemoteAccess));
+    let flushed = b.expect(1);
+    assert_eq!(
+        (flushed[0].kind, flushed[0].syndrome),
+        (Kind::RecvError, Some(Syndrome::WrFlush)),
+        "the receive of a QP another device's request moved to ERROR"
+    );
+    quiet(&mut b);
+    b.qp.post_recv(&[]).unwrap();
+    let flushed = b.expect(1);
+    assert_eq!(
+        (flushed[0].kind, flushed[0].syndrome),
+        (Kind::RecvError, Some(Syndrome::WrFlush)),
+        "a receive posted to a QP in ERROR"
+    );
+}

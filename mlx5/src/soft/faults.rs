@@ -14,7 +14,7 @@ use crate::error::Error;
 impl Device {
     /// Fault: the peer device at `addr` is gone.
     pub(crate) fn drop_peer(&self, addr: [u8; 16]) {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut eng = self.shared.engine_outside();
         if !eng.faults.dropped.contains(&addr) {
             eng.faults.dropped.push(addr);
         }
@@ -35,7 +35,7 @@ impl Device {
 
     /// Fault: frames to and from `addr` vanish. False if no link is up.
     pub(crate) fn partition_peer(&self, addr: [u8; 16]) -> bool {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut eng = self.shared.engine_outside();
         let mut any = false;
         for l in eng.links.iter_mut().filter(|l| l.is_up() && l.peer == addr) {
             l.blackhole = true;
@@ -47,13 +47,13 @@ impl Device {
     /// Fault: the next connect opens its own link (see
     /// `Faults::open_a_second_link_on_next_connect`).
     pub(crate) fn fresh_link_next(&self) {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut eng = self.shared.engine_outside();
         eng.faults.fresh_link = true;
     }
 
     /// Fault: hold every frame sent for `d`.
     pub(crate) fn set_delay(&self, d: Duration) {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut eng = self.shared.engine_outside();
         eng.faults.delay = d;
         for l in &mut eng.links {
             l.delay = d;
@@ -63,7 +63,7 @@ impl Device {
     /// Fault: seals an impossible record in every shared-memory ring this
     /// device produces. Returns how many.
     pub(crate) fn corrupt_shm_rings(&self) -> usize {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut eng = self.shared.engine_outside();
         eng.links
             .iter_mut()
             .map(Link::corrupt_ring)
@@ -74,7 +74,7 @@ impl Device {
     /// Fault: a malformed large REQ into every shared-memory ring this
     /// device produces. Returns how many.
     pub(crate) fn send_malformed_large_frames(&self) -> usize {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut eng = self.shared.engine_outside();
         eng.links
             .iter_mut()
             .filter(|l| l.is_up())
@@ -86,7 +86,7 @@ impl Device {
     /// Fault: impossible heads on every shared-memory ring this device
     /// reads. Returns how many.
     pub(crate) fn corrupt_shm_heads(&self) -> usize {
-        let mut eng = self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut eng = self.shared.engine_outside();
         eng.links
             .iter_mut()
             .map(Link::corrupt_head)

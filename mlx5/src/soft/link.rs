@@ -593,6 +593,28 @@ impl Link {
         self.kind
     }
 
+    /// Whether a pass would find nothing to do on this link now, judged
+    /// without a system call: a shared-memory link that is up, has no
+    /// frame arriving, nothing to send, no control-socket look asked for,
+    /// and no sealed record waiting in its ring. A socket link is never
+    /// quiet (only a `recv` can tell).
+    pub(crate) fn quiet(&self) -> bool {
+        self.dead.is_none()
+            && !self.check_now
+            && !self.peer_closed
+            && self.rx_head == self.rx_tail
+            && self.tx.len() == self.tx_head
+            && self.staged == 0
+            && self.early == (0, 0, 0)
+            && self.held.is_empty()
+            && self.shm.as_ref().is_some_and(|p| !p.may_have_bytes())
+    }
+
+    /// When a pass looks at a shared-memory link's control socket next.
+    pub(crate) fn next_check(&self) -> Instant {
+        self.next_check
+    }
+
     /// Whether the socket has bytes to take (a shared-memory link never
     /// waits for its socket to take bytes: its peer's wake-up does that).
     pub(crate) fn wants_write(&self) -> bool {

@@ -22,6 +22,14 @@
 //! WQE it executes, for a peer in this process too, run under that one
 //! acquisition (no lock per WQE, no order between two devices' locks).
 //!
+//! A pass that found nothing to do and left nothing pending marks the
+//! device *quiet* (`Engine::quiet`): the passes after it look only at
+//! what can bring work (the device's kick flag, which doorbells, changes
+//! of its state outside a pass and requests of other devices of this
+//! process set; the seal of the next record on each shared-memory link; a
+//! connection to adopt; the earliest deadline) and return at once while
+//! none did. A socket link is never quiet (only a `recv` can tell).
+//!
 //! Phase 2 is a function of (request, payload) → response. For a peer in
 //! this process it runs in line; for a peer in another process or host
 //! (over a [`link`]) phase 1 appends a `REQ` frame to the link and moves on (the
@@ -175,8 +183,10 @@ impl Device {
             None => Arc::new(Bell::new()?),
         };
         let has_events = Arc::new(AtomicBool::new(false));
+        let kick = Arc::new(AtomicBool::new(true));
         let state = State {
             has_events: has_events.clone(),
+            kick: kick.clone(),
             ..State::default()
         };
         let dev = fabric().insert(u64::from(id), addr.encode(), bell.clone(), state);
@@ -192,6 +202,7 @@ impl Device {
             shm_links,
             dev,
             lock_free_events: has_events,
+            kick,
             engine: Mutex::new(Engine::default()),
             bell,
         });
@@ -219,6 +230,11 @@ impl Device {
 
     pub(crate) fn bell(&self) -> Arc<Bell> {
         self.shared.bell.clone()
+    }
+
+    /// The flag a doorbell sets (see `Shared::kick`).
+    pub(crate) fn kick(&self) -> Arc<AtomicBool> {
+        self.shared.kick.clone()
     }
 
     /// The device address carried in [`ConnInfo::gid`]; a unix-address
@@ -272,8 +288,13 @@ impl Device {
             now.checked_add(t)
                 .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
         });
-        let mut s = self.shared.lock();
+        // The fabric's lock, not `Shared::lock`: taking an event gives the
+        // device no work (no kick), and the wait gives the lock up.
+        let mut fab = fabric();
         loop {
+            let s = fab
+                .state(self.shared.dev)
+                .expect("a device's state lives as long as the device");
             if let Some(e) = s.events.pop_front() {
                 if s.events.is_empty() {
                     // Relaxed: under the lock that every push takes.
@@ -286,8 +307,8 @@ impl Device {
                 return None;
             }
             let cv = s.events_cv.clone();
-            s.fabric = cv
-                .wait_timeout(s.fabric, left)
+            fab = cv
+                .wait_timeout(fab, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -667,7 +688,7 @@ impl Device {
             });
         }
         let budget = link::ack_budget(opts.timeout, opts.retry_cnt);
-        let lock = || self.shared.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = || self.shared.engine_outside();
         // The number of a device of this process that is not listed.
         let own = match to {
             wire::Addr::Unix { pid, id } if pid == std::process::id() => Some(id),

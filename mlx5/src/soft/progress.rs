@@ -58,6 +58,16 @@ pub(crate) fn adopt(shared: &Shared, eng: &mut Engine) {
 pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     let mut guard = shared.engine.lock().unwrap_or_else(|e| e.into_inner());
     let eng = &mut *guard;
+    if let Some(until) = eng.quiet {
+        if still_quiet(shared, eng, until) {
+            return 0;
+        }
+        eng.quiet = None;
+    }
+    // Acquire: pairs with a doorbell's Release (the counters it published
+    // are visible to the scan below); a kick after this is for the next
+    // pass.
+    shared.kick.swap(false, Ordering::Acquire);
     eng.next_timer = None;
     adopt(shared, eng);
     let mut done = 0;
@@ -65,7 +75,7 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     // VM): the links' deadlines and control checks share it.
     let now = (!eng.links.is_empty()).then(Instant::now);
     // One lock for every frame and WQE this pass handles (see `Fabric`).
-    let mut st = shared.lock();
+    let mut st = shared.lock_in_pass();
     if let Some(now) = now {
         done += receive(eng, now, &mut st);
     }
@@ -86,6 +96,7 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
             }
         }
     }
+    let idle_qps = eng.work.is_empty();
     for i in 0..eng.work.len() {
         let qpn = eng.work[i];
         done += process_qp(shared, eng, &mut st.fabric, qpn);
@@ -98,7 +109,28 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     } else {
         set_answers_held(shared, false);
     }
+    if done == 0 && idle_qps && eng.links.iter().all(Link::quiet) {
+        // Nothing to do and nothing left over: until something changes
+        // (see `Engine::quiet`), a pass would do the same nothing.
+        let checks = eng.links.iter().map(Link::next_check).min();
+        eng.quiet = Some(match (eng.next_timer, checks) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        });
+    }
     done
+}
+
+/// Whether a device the last full pass found quiet still is: not kicked,
+/// no connection to adopt, nothing arrived on its links, its deadline not
+/// reached. A few loads (and a clock read when a deadline is set).
+fn still_quiet(shared: &Shared, eng: &Engine, until: Option<Instant>) -> bool {
+    // Relaxed: hints; a full pass takes the kick with Acquire, and adopts
+    // under its lock.
+    !shared.kick.load(Ordering::Relaxed)
+        && !shared.has_pending.load(Ordering::Relaxed)
+        && eng.links.iter().all(Link::quiet)
+        && until.is_none_or(|t| Instant::now() < t)
 }
 
 /// Records whether answers wait for the next pass (`Device::answers_held`),
@@ -471,7 +503,7 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) {
     }
     set_answers_held(shared, held);
     if !dead.is_empty() {
-        let mut s = shared.lock();
+        let mut s = shared.lock_in_pass();
         for &id in dead.iter() {
             fail_link_qps(&mut s, id, sges);
         }

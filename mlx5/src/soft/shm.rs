@@ -408,6 +408,20 @@ impl Consumer {
         Ok(len)
     }
 
+    /// Whether bytes may be waiting: some of the current record, or a seal
+    /// on the next one (one load; [`Consumer::current`] checks what it
+    /// finds).
+    fn may_have_bytes<B: Bytes>(&self, ring: &B) -> bool {
+        if self.head < self.end {
+            return true;
+        }
+        let pos = (self.end + 15) & !15;
+        let at = (pos & (ring.len() as u64 - 1)) as usize;
+        // Relaxed: a hint; the pass that follows reads the seal again with
+        // Acquire.
+        ring.word(at).load(Ordering::Relaxed) == pos ^ SEAL
+    }
+
     /// Returns the space consumed so far to the producer: up to the head,
     /// or, with the record used up, its padding too (else a producer that
     /// needs that much would wait for a consumer waiting for it); and the
@@ -788,6 +802,12 @@ impl Pipe {
 
     /// Whether reads returned space to the producer since the last call
     /// (bytes taken, or a lap a rewind record skipped).
+    /// Whether the peer may have published bytes this side has not read
+    /// (a hint for a pass that would otherwise do nothing).
+    pub(crate) fn may_have_bytes(&self) -> bool {
+        self.consumer.may_have_bytes(&self.inn)
+    }
+
     pub(crate) fn take_freed(&mut self) -> bool {
         std::mem::take(&mut self.freed)
     }

@@ -239,6 +239,9 @@ pub(crate) struct State {
     /// Whether `events` may hold something: lets a poll for events skip
     /// the lock when there are none (it is asked on every idle poll).
     pub(crate) has_events: Arc<AtomicBool>,
+    /// `Shared::kick`: a pass of another device of this process that
+    /// executed a request on this one sets it (see `Engine::quiet`).
+    pub(crate) kick: Arc<AtomicBool>,
     pub(crate) next_pd: u32,
     /// The last [`SoftQp::incarnation`] given out.
     pub(crate) next_incarnation: u64,
@@ -359,16 +362,43 @@ pub(crate) struct Shared {
     pub(crate) dev: DevRef,
     /// `State::has_events`, readable without the lock.
     pub(crate) lock_free_events: Arc<AtomicBool>,
+    /// Something may have given the device work since its last full pass:
+    /// a doorbell, a change of its state outside a pass, a request another
+    /// device of this process executed on it. A pass that finds the device
+    /// quiet (see `Engine::quiet`) and this unset returns at once.
+    pub(crate) kick: Arc<AtomicBool>,
     pub(crate) engine: Mutex<Engine>,
     pub(crate) bell: Arc<Bell>,
 }
 
 impl Shared {
-    /// This device's state, with the fabric locked.
+    /// This device's state, with the fabric locked, outside a progress
+    /// pass: whatever the caller changes, the next pass looks at all of it
+    /// (the guard kicks the device as it unlocks).
     pub(crate) fn lock(&self) -> StateGuard {
         StateGuard {
             fabric: fabric(),
             dev: self.dev,
+            kick: Some(self.kick.clone()),
+        }
+    }
+
+    /// This device's state, with the fabric locked, for a progress pass.
+    pub(crate) fn lock_in_pass(&self) -> StateGuard {
+        StateGuard {
+            fabric: fabric(),
+            dev: self.dev,
+            kick: None,
+        }
+    }
+
+    /// The engine, locked outside a progress pass: a change to its links
+    /// is work for the next pass (the guard kicks the device as it
+    /// unlocks).
+    pub(crate) fn engine_outside(&self) -> EngineGuard<'_> {
+        EngineGuard {
+            engine: self.engine.lock().unwrap_or_else(|e| e.into_inner()),
+            kick: &self.kick,
         }
     }
 
@@ -467,6 +497,9 @@ impl Fabric {
     /// Wakes device `d`'s progress (lock-free; harmless if it is gone).
     pub(crate) fn ring(&mut self, d: DevRef) {
         if let Some(s) = self.slot(d) {
+            // Relaxed: the fabric's lock, held, publishes what changed
+            // (see `StateGuard`).
+            s.state.kick.store(true, Ordering::Relaxed);
             s.bell.ring();
         }
     }
@@ -485,6 +518,47 @@ impl Fabric {
 pub(crate) struct StateGuard {
     pub(crate) fabric: MutexGuard<'static, Fabric>,
     pub(crate) dev: DevRef,
+    /// Set as the guard goes, outside a pass (see [`Shared::lock`]).
+    kick: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for StateGuard {
+    fn drop(&mut self) {
+        if let Some(k) = &self.kick {
+            // Relaxed, before the fabric unlocks (the fields drop after
+            // this): a pass that sees the kick takes the fabric's lock
+            // after this holder's changes; one that does not sees it at
+            // its next pass.
+            k.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The engine locked outside a pass (see [`Shared::engine_outside`]).
+pub(crate) struct EngineGuard<'a> {
+    engine: MutexGuard<'a, Engine>,
+    kick: &'a AtomicBool,
+}
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        // Relaxed, with the engine still locked (passes run under that
+        // lock): as for `StateGuard`.
+        self.kick.store(true, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for EngineGuard<'_> {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl std::ops::DerefMut for EngineGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
 }
 
 impl std::ops::Deref for StateGuard {
@@ -561,6 +635,13 @@ pub(crate) struct Engine {
     /// The earliest timer (RNR retry, delayed frames, answer deadline):
     /// background mode sleeps until it.
     pub(crate) next_timer: Option<Instant>,
+    /// The last full pass found nothing to do and left nothing pending:
+    /// until the device is kicked, a record arrives on one of its links,
+    /// a connection waits to be adopted or the deadline here passes, a
+    /// pass has nothing to do either and returns at once (`Some(None)`:
+    /// no deadline). A pass on an idle device then costs a few loads, not
+    /// a walk over its QPs and links.
+    pub(crate) quiet: Option<Option<Instant>>,
     /// Sockets to devices in other processes.
     pub(crate) links: Vec<Link>,
     pub(crate) next_link: u64,
