@@ -47,27 +47,29 @@
 //!
 //! Let `K` be the calls one side may have in flight, `S` the wire size of
 //! the largest reply in its own batch (`16 + 8 + align8(max_reply)`), `W`
-//! the largest batch (the most a wrap can skip) and `E` a reserve for
-//! credit-only batches. With `U` the unconsumed bytes of our send ring (as
-//! far as the peer's credit tells us):
+//! the largest batch (the most a wrap can skip), `C` = 24 the most a
+//! credit-only batch takes (its header and a wrap's skip) and `E` a
+//! reserve for credit-only batches. With `U` the unconsumed bytes of our
+//! send ring (as far as the peer's credit tells us):
 //!
-//! * a **request** is appended only if `U + wire + W + E <= N - K·S`: the
-//!   peer's replies to our calls, and our replies to its calls, always have
-//!   `K·S` left;
+//! * a **request** is appended only if `U + wire + W + E <= N - K·(S + C)`:
+//!   the peer's replies to our calls, and our replies to its calls, always
+//!   have `K·S` left, and `K·C` stays back for credit-only batches;
 //! * a **call** is admitted only if, in our *receive* ring, the worst place
 //!   the peer can have reached — the larger of what has arrived and the
 //!   request limit our latest credit allowed it
-//!   (`credit + N - K·S - W - E`) — plus one `S` per reply we are owed
-//!   (this call's included) plus `W` plus 24 bytes (a credit-only batch and
-//!   a wrap's skip) per batch with messages we sent that its credit does
-//!   not cover yet stays within `consumed + N - E`. The last term bounds
-//!   the credit-only batches the peer may have sent that have not arrived
-//!   (it sends one only after consuming such a batch of ours beyond its
-//!   last credit); credit-only batches themselves are bounded only by the
-//!   ring, so that credit always flows. Then the peer's reply is
-//!   guaranteed to fit, whatever requests and credit it sent meanwhile; a
-//!   held request handle shows up as back-pressure on new calls, never as
-//!   a reply without room;
+//!   (`credit + N - K·(S + C) - W - E`) — plus one `S` per reply we are
+//!   owed (this call's included) plus `W` plus `C` per batch of replies
+//!   only that we sent and its credit does not cover yet stays within
+//!   `consumed + N - E`. The last term bounds the credit-only batches the
+//!   peer may have sent that have not arrived: it sends one only after
+//!   consuming a batch of ours beyond its last credit with nothing of its
+//!   own to send, and a batch with requests is consumed when the last of
+//!   them is replied to, so the reply carries that credit. Credit-only
+//!   batches themselves are bounded only by the ring, so that credit
+//!   always flows. Then the peer's reply is guaranteed to fit, whatever
+//!   requests and credit it sent meanwhile; a held request handle shows up
+//!   as back-pressure on new calls, never as a reply without room;
 //! * a **reply** must then fit `U + wire <= N - E`; if it does not (the peer
 //!   broke the rules), or is larger than `max_reply`, it is an error for the
 //!   responder and nothing is written.
@@ -114,6 +116,9 @@ const DROPPED: u32 = 1 << 30;
 const LEN_MASK: u32 = DROPPED - 1;
 /// Reserve for credit-only batches (each 16 bytes, plus a wrap).
 const CREDIT_RESERVE: u64 = 4 * BATCH_HEADER;
+/// The most ring bytes one credit-only batch takes: its header, and the
+/// skip of a wrap (batches are 8-byte aligned, so at most 8).
+const CREDIT_ONLY: u64 = BATCH_HEADER + ALIGN;
 
 /// `x` rounded up to [`ALIGN`].
 pub const fn align(x: u64) -> u64 {
@@ -193,7 +198,7 @@ impl Limits {
                 "max_batch must be a multiple of 8 holding the largest message ({biggest} bytes)"
             ));
         }
-        let reserved = u64::from(self.max_inflight) * self.reply_slot();
+        let reserved = u64::from(self.max_inflight) * (self.reply_slot() + CREDIT_ONLY);
         let request_room = n.saturating_sub(reserved + 2 * batch + CREDIT_RESERVE);
         if request_room < BATCH_HEADER + msg_wire(self.max_call) {
             return bad(format!(
@@ -246,6 +251,8 @@ pub struct Flush {
     start: u64,
     credit: u64,
     real: bool,
+    /// It carries a request (see [`Conn::flushed`]).
+    requests: bool,
 }
 
 /// A batch being filled or waiting to be flushed.
@@ -255,6 +262,8 @@ struct OutBatch {
     len: u64,
     count: u16,
     wrapped: bool,
+    /// It carries a request.
+    requests: bool,
 }
 
 /// A received batch not yet fully released.
@@ -303,7 +312,7 @@ pub struct Conn {
     lim: Limits,
     mask: u64,
     reply_slot: u64,
-    /// Request limit margin: `K·S + W + E`.
+    /// Request limit margin: `K·(S + C) + W + E`.
     request_margin: u64,
     // -- send side --
     /// End of what was written into the send ring (open batch included).
@@ -314,9 +323,10 @@ pub struct Conn {
     peer_consumed: u64,
     /// End of what the transport accepted.
     sent: u64,
-    /// Ends of the batches with messages the transport accepted that the
-    /// peer's credit does not cover yet: each may make the peer send one
-    /// credit-only batch this side has not seen (see [`Conn::can_call`]).
+    /// Ends of the batches with messages and no request (replies only)
+    /// the transport accepted that the peer's credit does not cover yet:
+    /// each may make the peer send one credit-only batch this side has not
+    /// seen (see [`Conn::can_call`]).
     uncredited: VecDeque<u64>,
     // -- receive side --
     /// Where the next batch is expected.
@@ -347,7 +357,7 @@ impl Conn {
             lim,
             mask: u64::from(lim.ring) - 1,
             reply_slot,
-            request_margin: u64::from(lim.max_inflight) * reply_slot
+            request_margin: u64::from(lim.max_inflight) * (reply_slot + CREDIT_ONLY)
                 + u64::from(lim.max_batch)
                 + CREDIT_RESERVE,
             written: 0,
@@ -425,13 +435,14 @@ impl Conn {
         // The worst place the peer can reach in our receive ring: its
         // requests up to the limit our credit allows, the replies we are
         // owed, a wrap, and the credit-only batches it may have sent that
-        // have not arrived. Those are bounded by our batches with messages
-        // its credit does not cover yet (it sends one only after consuming
-        // such a batch beyond its last credit), not by the ring: without
-        // this term they could fill the space its replies need.
+        // have not arrived. Those are bounded by our reply-only batches
+        // its credit does not cover yet (see `flushed`), not by the ring:
+        // without this term they could fill the space its replies need.
+        // The request limit keeps `K·C` back for them, so up to `K` of
+        // them leave the `K`-th call admissible.
         let n = self.ring();
         let peer_request_limit = (self.advertised + n).saturating_sub(self.request_margin);
-        let credit_only = self.uncredited.len() as u64 * (BATCH_HEADER + ALIGN);
+        let credit_only = self.uncredited.len() as u64 * CREDIT_ONLY;
         let worst = self.recv_pos.max(peer_request_limit)
             + u64::from(self.owed + 1) * self.reply_slot
             + u64::from(self.lim.max_batch)
@@ -510,6 +521,7 @@ impl Conn {
                 len: BATCH_HEADER,
                 count: 0,
                 wrapped,
+                requests: false,
             });
         }
         let at = ((end - wire) & self.mask) as usize;
@@ -526,6 +538,7 @@ impl Conn {
         let b = self.open.as_mut().expect("opened above");
         b.len += wire;
         b.count += 1;
+        b.requests |= kind & RESPONSE == 0;
         self.written = end;
     }
 
@@ -559,6 +572,7 @@ impl Conn {
                 len: BATCH_HEADER,
                 count: 0,
                 wrapped,
+                requests: false,
             };
             (b, false)
         } else {
@@ -577,14 +591,21 @@ impl Conn {
             start: b.start,
             credit: self.consumed,
             real,
+            requests: b.requests,
         })
     }
 
     /// The transport accepted `f` (the WRITE_IMM is posted): commit it.
     pub fn flushed(&mut self, f: Flush) {
         let end = f.start + u64::from(f.len);
-        if f.real {
+        if f.real && !f.requests {
+            // Only a batch without requests can make the peer send a
+            // credit-only batch: the peer consumes one with requests when
+            // it releases the last of them, right after queueing its
+            // reply, and that reply's batch carries the credit.
             self.uncredited.push_back(end);
+        }
+        if f.real {
             if self.ready.front().is_some_and(|b| b.start == f.start) {
                 self.ready.pop_front();
             } else if self.open.is_some_and(|b| b.start == f.start) {

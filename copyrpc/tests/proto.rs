@@ -457,6 +457,50 @@ fn credit_only_batches_never_take_the_room_of_replies() {
     );
 }
 
+/// `max_inflight` calls, each flushed in a batch of its own, while the
+/// peer answers none of them: every one is admitted (a review found the
+/// first version of the credit-only bound refusing the last one whenever
+/// an earlier call had been flushed alone). Also with the peer's credit
+/// for `K` batches of replies still on the wire.
+#[test]
+fn max_inflight_calls_flushed_one_by_one_are_all_admitted() {
+    for k in [1u32, 2, 8, 64] {
+        let lim = Limits {
+            ring: 1 << 16,
+            max_inflight: k,
+            max_call: 16,
+            max_reply: 16,
+            max_batch: 256,
+        };
+        let mut w = World {
+            s: [Side::new(lim), Side::new(lim)],
+        };
+        // Side 1 calls side 0 k times; side 0 answers each in a batch of
+        // its own, whose credit side 1 keeps on the wire.
+        for _ in 0..k {
+            w.call(1, 12, 8);
+            w.flush(1, true);
+            w.deliver(1);
+        }
+        for _ in 0..k {
+            w.answer(0, 0, false);
+            w.flush(0, true);
+            w.deliver(0);
+        }
+        w.flush(1, true);
+        assert_eq!(w.s[1].answered, u64::from(k));
+        for i in 0..k {
+            let before = w.s[0].sent_seq;
+            w.call(0, 12, 8);
+            assert_eq!(w.s[0].sent_seq, before + 1, "k {k}: call {i} refused");
+            w.flush(0, true);
+            w.deliver(0);
+        }
+        w.drain();
+        assert_eq!(w.s[0].sent_seq, w.s[0].answered);
+    }
+}
+
 /// Side 1 answers every request it holds but the first, a batch per
 /// reply; side 0 returns credit for each reply batch, delivered to side 1
 /// only if `deliver_credit`.
