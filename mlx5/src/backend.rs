@@ -402,8 +402,11 @@ impl Doorbell {
                 // counter.
                 db.store(counter.to_be(), std::sync::atomic::Ordering::Release);
                 // Release: a pass that takes the kick (an acquiring swap)
-                // sees the counter.
-                kick.store(true, std::sync::atomic::Ordering::Release);
+                // sees the counter. A swap, not a store: every kick is a
+                // read-modify-write, so another thread's kick landing
+                // after this one continues its release sequence, and the
+                // pass that takes the later kick sees this counter too.
+                kick.swap(true, std::sync::atomic::Ordering::Release);
                 b.ring();
             }
             // SAFETY: the caller's contract.
@@ -415,8 +418,8 @@ impl Doorbell {
     /// (a NIC needs no doorbell for receives).
     pub(crate) fn wake_for_recv(&self) {
         if let Doorbell::Soft(b, kick) = self {
-            // Release: as for the send doorbell.
-            kick.store(true, std::sync::atomic::Ordering::Release);
+            // Release, and a swap: as for the send doorbell.
+            kick.swap(true, std::sync::atomic::Ordering::Release);
             b.ring();
         }
     }

@@ -80,9 +80,14 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
         done += receive(eng, now, &mut st);
     }
     eng.work.clear();
+    // A QP in ERROR that flushes its own receive queue: a receive posted
+    // by a thread that saw the QP still in RTS rings no doorbell, so a
+    // device with such a QP is never quiet (its scan finds the receive).
+    let mut flushes_rq = false;
     {
         let s: &State = &st;
         for qp in s.qps.iter().flatten() {
+            flushes_rq |= qp.state == QpState::Error && qp.srq.is_none();
             let pi = qp.sq_pi();
             let send = match qp.state {
                 QpState::Rts => pi != qp.sq_sent as u16,
@@ -96,7 +101,7 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
             }
         }
     }
-    let idle_qps = eng.work.is_empty();
+    let idle_qps = eng.work.is_empty() && !flushes_rq;
     for i in 0..eng.work.len() {
         let qpn = eng.work[i];
         done += process_qp(shared, eng, &mut st.fabric, qpn);

@@ -800,14 +800,14 @@ impl Pipe {
         Ok(n)
     }
 
-    /// Whether reads returned space to the producer since the last call
-    /// (bytes taken, or a lap a rewind record skipped).
     /// Whether the peer may have published bytes this side has not read
     /// (a hint for a pass that would otherwise do nothing).
     pub(crate) fn may_have_bytes(&self) -> bool {
         self.consumer.may_have_bytes(&self.inn)
     }
 
+    /// Whether reads returned space to the producer since the last call
+    /// (bytes taken, or a lap a rewind record skipped).
     pub(crate) fn take_freed(&mut self) -> bool {
         std::mem::take(&mut self.freed)
     }

@@ -499,7 +499,7 @@ impl Fabric {
         if let Some(s) = self.slot(d) {
             // Relaxed: the fabric's lock, held, publishes what changed
             // (see `StateGuard`).
-            s.state.kick.store(true, Ordering::Relaxed);
+            s.state.kick.swap(true, Ordering::Relaxed);
             s.bell.ring();
         }
     }
@@ -528,8 +528,9 @@ impl Drop for StateGuard {
             // Relaxed, before the fabric unlocks (the fields drop after
             // this): a pass that sees the kick takes the fabric's lock
             // after this holder's changes; one that does not sees it at
-            // its next pass.
-            k.store(true, Ordering::Relaxed);
+            // its next pass. A swap (as every kick is) keeps a doorbell's
+            // release sequence unbroken (see `Doorbell::ring_sq`).
+            k.swap(true, Ordering::Relaxed);
         }
     }
 }
@@ -544,7 +545,7 @@ impl Drop for EngineGuard<'_> {
     fn drop(&mut self) {
         // Relaxed, with the engine still locked (passes run under that
         // lock): as for `StateGuard`.
-        self.kick.store(true, Ordering::Relaxed);
+        self.kick.swap(true, Ordering::Relaxed);
     }
 }
 
