@@ -49,7 +49,7 @@ impl Faults {
     /// its own even if one to that device is up, as two devices that
     /// connect to each other at the same moment do (each side's connect
     /// finds no link and opens one): the case where both sides must choose
-    /// the same link to send on.
+    /// the same link to send on. A connect that fails does not spend this.
     pub fn open_a_second_link_on_next_connect(&self) {
         self.dev.fresh_link_next();
     }

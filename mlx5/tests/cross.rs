@@ -739,6 +739,25 @@ fn two_links_to_one_peer_still_carry_each_ack_with_a_request() {
     );
 }
 
+/// `open_a_second_link_on_next_connect` is for the next connect that
+/// makes a link: one that fails (a device the peer process does not have)
+/// leaves it for the next.
+fn a_failed_connect_does_not_spend_the_second_link_asked_for() {
+    let o = ConnectOpts::default();
+    let ctx = Context::open(Selection::parse("soft:manual").expect("selection")).expect("device");
+    let mut me = end(&ctx, caps(64, 64), 256, 1 << 20, Access::ALL);
+    let mut other = end(&ctx, caps(64, 64), 256, 1 << 20, Access::ALL);
+    let mut peer = spawn("soft:manual", 1, 1 << 20, 64, 64);
+    peer.connect(0, &me.qp.local_info(&o).expect("info"));
+    ctx.faults().unwrap().open_a_second_link_on_next_connect();
+    let mut missing = peer.infos[0];
+    missing.gid[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = other.qp.connect(&missing, &o).expect_err("no such device");
+    assert_eq!(ctx.wire_stats().unwrap().links, 1, "{err}");
+    me.qp.connect(&peer.infos[0], &o).expect("connect");
+    assert_eq!(ctx.wire_stats().unwrap().links, 2);
+}
+
 /// RNR NAKs with WRITE_IMMs pipelined over two links to one peer: every
 /// WQE still completes, in order, round after round. (The QP here moves
 /// to the other link only when this process's device has the higher
@@ -1742,6 +1761,7 @@ over_both!(
     manual_progress_across_processes,
     a_manual_ping_pong_sends_each_ack_with_the_next_request,
     two_links_to_one_peer_still_carry_each_ack_with_a_request,
+    a_failed_connect_does_not_spend_the_second_link_asked_for,
     rnr_over_two_links_retries_in_order,
     a_dropped_manual_device_sends_the_acks_it_deferred,
     a_malformed_frame_after_the_handshake_closes_that_link_only,

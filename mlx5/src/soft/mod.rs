@@ -720,7 +720,7 @@ impl Device {
         while self.shared.accepting.load(Ordering::Acquire) > 0 && Instant::now() < wait_until {
             std::thread::yield_now();
         }
-        let existing = {
+        let (fresh, existing) = {
             let mut guard = lock();
             let eng = &mut *guard;
             if eng.faults.dropped.contains(&r.gid) {
@@ -729,7 +729,11 @@ impl Device {
                 )));
             }
             progress::adopt(&self.shared, eng);
-            if std::mem::take(&mut eng.faults.fresh_link) {
+            // The knob is for a device of another process, and is spent
+            // only by the link it makes (a connect that fails below puts
+            // it back).
+            let fresh = own.is_none() && std::mem::take(&mut eng.faults.fresh_link);
+            let found = if fresh {
                 None
             } else {
                 eng.preferred_link(self.shared.addr, r.gid)
@@ -744,29 +748,38 @@ impl Device {
                         l.timeout = l.timeout.min(budget);
                         l.id
                     })
-            }
+            };
+            (fresh, found)
         };
         let id = match existing {
             Some(id) => id,
             None => {
-                // (Only with `Faults::fresh_link` for an address of this
-                // process: its link went meanwhile, or a fresh one was
-                // asked for; this process is never connected to.)
+                // (An address of this process: its link went meanwhile;
+                // this process is never connected to.)
                 if let Some(id) = own {
                     return Err(no_such(id));
                 }
                 // Connect without the engine lock (the handshake may take a
                 // while); a link another QP made meanwhile is harmless.
-                let c = link::connect(self.shared.addr, to, self.shared.shm_links)
-                    .map_err(Error::InvalidAttr)?;
+                let made = link::connect(self.shared.addr, to, self.shared.shm_links)
+                    .map_err(Error::InvalidAttr);
                 let mut guard = lock();
-                let l = progress::add_link(&mut guard, r.gid, c, true).ok_or_else(|| {
-                    Error::InvalidAttr(format!(
-                        "software device {to} was dropped by fault injection"
-                    ))
-                })?;
-                l.timeout = budget;
-                l.id
+                let added = made.and_then(|c| {
+                    progress::add_link(&mut guard, r.gid, c, true)
+                        .map(|l| {
+                            l.timeout = budget;
+                            l.id
+                        })
+                        .ok_or_else(|| {
+                            Error::InvalidAttr(format!(
+                                "software device {to} was dropped by fault injection"
+                            ))
+                        })
+                });
+                if added.is_err() && fresh {
+                    guard.faults.fresh_link = true;
+                }
+                added?
             }
         };
         // The device thread must watch the new socket.
