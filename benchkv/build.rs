@@ -88,8 +88,26 @@ fn git_revision() {
             println!("cargo:rerun-if-changed={}", p.display());
         }
     };
-    for f in ["HEAD", "index", "refs", "packed-refs"] {
-        watch(&root.join(".git").join(f));
+    // The git directories as git names them (a worktree's HEAD and index
+    // are not in the checkout's .git, which is then a file).
+    let rev_parse = |what: &str| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(["rev-parse", "--path-format=absolute", what])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| PathBuf::from(s.trim()))
+    };
+    let git_dir = rev_parse("--git-dir").unwrap_or_else(|| root.join(".git"));
+    let common = rev_parse("--git-common-dir").unwrap_or_else(|| git_dir.clone());
+    for f in ["HEAD", "index"] {
+        watch(&git_dir.join(f));
+    }
+    for f in ["refs", "packed-refs"] {
+        watch(&common.join(f));
     }
     for c in CRATES {
         watch(&root.join(c).join("src"));
@@ -107,4 +125,6 @@ fn git_revision() {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=BENCHKV_GIT={desc}");
+    // For the test that checks the two agree.
+    println!("cargo:rustc-env=BENCHKV_BUILT_FROM={}", CRATES.join(","));
 }

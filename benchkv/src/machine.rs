@@ -43,3 +43,47 @@ pub(crate) fn unique_id() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64);
     (u64::from(std::process::id()) << 32) ^ nanos
 }
+
+#[cfg(test)]
+mod tests {
+    /// The revision build.rs recorded names the checkout's HEAD (the
+    /// build script reruns when HEAD moves), and says `-dirty` whenever
+    /// a source of a crate benchkv is built from differs from HEAD (it
+    /// reruns when one changes); `unknown` only where git cannot name
+    /// HEAD.
+    #[test]
+    fn the_recorded_revision_is_the_head_this_was_built_from() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(root)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let recorded = super::git();
+        let Some(head) = git(&["rev-parse", "HEAD"]) else {
+            assert_eq!(recorded, "unknown");
+            return;
+        };
+        let hash = recorded.strip_suffix("-dirty").unwrap_or(&recorded);
+        assert!(
+            hash.len() >= 12 && head.starts_with(hash),
+            "recorded {recorded}, HEAD is {head}"
+        );
+        let watched: Vec<String> = env!("BENCHKV_BUILT_FROM")
+            .split(',')
+            .flat_map(|c| [format!("{c}/src"), format!("{c}/Cargo.toml")])
+            .collect();
+        let mut args = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+        args.extend(watched.iter().map(String::as_str));
+        let changed = git(&args).expect("git status");
+        assert!(
+            changed.is_empty() || recorded.ends_with("-dirty"),
+            "recorded {recorded} although these differ from HEAD: {changed}"
+        );
+    }
+}
