@@ -98,8 +98,9 @@ pub enum CallErrorKind {
         max: u32,
     },
     /// Not now: `max_inflight` calls are in flight, or the rings have no
-    /// room (the peer has not released enough, or requests held on this
-    /// side block the reply space). Poll, then retry.
+    /// room (the peer has not released enough, requests held on this side
+    /// block the reply space, or empty credit batches the peer may have
+    /// sent have not arrived). Poll, then retry.
     #[error("no room: too many calls in flight or the rings are full")]
     NoRoom,
     /// The endpoint is not connected yet.

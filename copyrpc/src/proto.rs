@@ -202,8 +202,8 @@ impl Limits {
         let request_room = n.saturating_sub(reserved + 2 * batch + CREDIT_RESERVE);
         if request_room < BATCH_HEADER + msg_wire(self.max_call) {
             return bad(format!(
-                "ring too small: {} in-flight replies of up to {} bytes reserve {reserved} bytes, \
-                 two batches of {batch} and the credit reserve leave no room for a request",
+                "ring too small: {} in-flight replies of up to {} bytes and their empty \
+                 credit batches reserve {reserved} bytes, two batches of {batch} and the credit reserve leave no room for a request",
                 self.max_inflight, self.max_reply
             ));
         }

@@ -131,8 +131,8 @@ const REPLY_FLUSH: u32 = 16;
 ///
 /// # Panics
 ///
-/// When [`try_mesh`] refuses `cfg`, with a message naming the sizes and the
-/// reason.
+/// When [`try_mesh`] refuses `n` or `cfg`, with a message naming the sizes
+/// and the reason.
 #[track_caller]
 pub fn mesh<T: Transport, Req: Send, Resp: Send, U>(
     n: usize,

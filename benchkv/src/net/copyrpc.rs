@@ -17,8 +17,9 @@ pub struct CopyrpcNet<U> {
     selection: String,
 }
 
-/// Ring and message limits for a run: messages of one value, rings large
-/// enough for `max_inflight` reserved replies and as many requests again.
+/// Ring and message limits for a run: messages of one value, rings that
+/// pass [`Limits::validate`] and hold at least twice `max_inflight` calls
+/// of `max_call` bytes with their headers.
 pub fn limits(setup: &NetSetup) -> Result<Limits, NetError> {
     let align8 = |x: usize| (x as u32).next_multiple_of(8);
     let mut l = Limits {

@@ -22,7 +22,9 @@
 //! WQE it executes, for a peer in this process too, run under that one
 //! acquisition (no lock per WQE, no order between two devices' locks).
 //!
-//! A pass that found nothing to do and left nothing pending marks the
+//! A pass that found nothing to do and left nothing pending, on a device
+//! with no QP in ERROR on a receive queue of its own (a receive posted by
+//! a thread that read the QP in RTS rings no doorbell), marks the
 //! device *quiet* (`Engine::quiet`): the passes after it look only at
 //! what can bring work (the device's kick flag, which doorbells, changes
 //! of its state outside a pass and requests of other devices of this

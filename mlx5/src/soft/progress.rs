@@ -53,8 +53,9 @@ pub(crate) fn adopt(shared: &Shared, eng: &mut Engine) {
     }
 }
 
-/// One pass: receive from links, execute every QP with work, send.
-/// Returns the work done (WQEs executed, frames handled).
+/// One pass: receive from links, execute every QP with work, send; on a
+/// quiet device (`Engine::quiet`), only the few checks of what could have
+/// brought work, and a return while none did. Returns the work done (WQEs executed, frames handled).
 pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     let mut guard = shared.engine.lock().unwrap_or_else(|e| e.into_inner());
     let eng = &mut *guard;

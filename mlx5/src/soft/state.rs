@@ -239,8 +239,10 @@ pub(crate) struct State {
     /// Whether `events` may hold something: lets a poll for events skip
     /// the lock when there are none (it is asked on every idle poll).
     pub(crate) has_events: Arc<AtomicBool>,
-    /// `Shared::kick`: a pass of another device of this process that
-    /// executed a request on this one sets it (see `Engine::quiet`).
+    /// `Shared::kick`, set by doorbells, by changes to the device's state
+    /// outside a pass and, through this copy, by a pass of another device
+    /// of this process that executed a request on this one (see
+    /// `Engine::quiet`).
     pub(crate) kick: Arc<AtomicBool>,
     pub(crate) next_pd: u32,
     /// The last [`SoftQp::incarnation`] given out.
@@ -494,7 +496,8 @@ impl Fabric {
         self.slot(d).map(|s| &mut s.state)
     }
 
-    /// Wakes device `d`'s progress (lock-free; harmless if it is gone).
+    /// Kicks device `d` out of quiet and wakes its progress (lock-free;
+    /// harmless if it is gone).
     pub(crate) fn ring(&mut self, d: DevRef) {
         if let Some(s) = self.slot(d) {
             // Relaxed: the fabric's lock, held, publishes what changed
@@ -636,7 +639,8 @@ pub(crate) struct Engine {
     /// The earliest timer (RNR retry, delayed frames, answer deadline):
     /// background mode sleeps until it.
     pub(crate) next_timer: Option<Instant>,
-    /// The last full pass found nothing to do and left nothing pending:
+    /// The last full pass found nothing to do and left nothing pending,
+    /// and no QP is in ERROR on a receive queue of its own:
     /// until the device is kicked, a record arrives on one of its links,
     /// a connection waits to be adopted or the deadline here passes, a
     /// pass has nothing to do either and returns at once (`Some(None)`:
