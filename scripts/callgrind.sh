@@ -84,6 +84,13 @@ tsv() {
         }' >>"$TSV"
 }
 
+# per_op SMALL_IR LARGE_IR: instructions per operation, the difference of
+# the two counts over the difference of their operation counts.
+per_op() {
+    awk -v a="$1" -v b="$2" -v n="$SMALL" -v m="$LARGE" \
+        'BEGIN { printf "%.1f", (b - a) / (m - n) }'
+}
+
 ROWS=()
 # row LABEL FUNCTION OP: one table row from runs at SMALL and LARGE.
 row() {
@@ -98,8 +105,7 @@ row() {
         exit 1
     fi
     local per fixed
-    per="$(awk -v a="$small" -v b="$large" -v n="$SMALL" -v m="$LARGE" \
-        'BEGIN { printf "%.1f", (b - a) / (m - n) }')"
+    per="$(per_op "$small" "$large")"
     fixed="$(awk -v a="$small" -v p="$per" -v n="$SMALL" 'BEGIN { printf "%.0f", a - p * n }')"
     ROWS+=("| $label | $per | $fixed | $small | $large |")
 }
@@ -144,8 +150,7 @@ for shape in depth1 8x256; do
     small="$(ir measured_ "$SMALL" "$shape")"
     large="$(ir measured_ "$LARGE" "$shape")"
     tsv copyrpc "RPC of 32 bytes, $shape" "$small" "$large" "$WORK/callgrind.out.$shape.measured_.$LARGE"
-    per="$(awk -v a="$small" -v b="$large" -v n="$SMALL" -v m="$LARGE" \
-        'BEGIN { printf "%.1f", (b - a) / (m - n) }')"
+    per="$(per_op "$small" "$large")"
     CROWS+=("| $shape | $per | $small | $large |")
 done
 CREPORT=target/bench-summary/copyrpc-instr.md
@@ -178,8 +183,7 @@ shm_row() {
     echo "== $suite $label: measured_*, N = $SMALL and $LARGE" >&2
     small="$(ir measured_ "$SMALL" "$op")"
     large="$(ir measured_ "$LARGE" "$op")"
-    per="$(awk -v a="$small" -v b="$large" -v n="$SMALL" -v m="$LARGE" \
-        'BEGIN { printf "%.1f", (b - a) / (m - n) }')"
+    per="$(per_op "$small" "$large")"
     tsv "$suite" "$label" "$small" "$large" "$WORK/callgrind.out.$op.measured_.$LARGE"
     SROWS+=("| $suite | $label | $per | $small | $large |")
 }
