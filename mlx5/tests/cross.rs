@@ -1526,6 +1526,97 @@ fn an_answer_on_another_link_completes_nothing() {
     assert_eq!(c[0].status(), Err(Syndrome::TransportRetryExceeded));
 }
 
+/// A link that dies in the write of a pass (its peer shut its reading
+/// side: `EPIPE`) fails the oldest request of each QP on it; the passes
+/// right after flush the rest of the send queue and the receives, as a
+/// ConnectX does at once. (A device that marked itself quiet after that
+/// write waited for the link's ACK deadline, here half a minute, for
+/// them.) (A fake device that refuses rings: one link kind.)
+#[test]
+fn a_link_that_dies_in_a_write_has_its_qps_flushed_at_once() {
+    use std::io::Read as _;
+    let ctx = Context::open(Selection::parse("soft:manual").expect("selection")).expect("device");
+    let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let (dst_qpn, target) = (me.qp.qpn(), me.mr.remote(0));
+    let (gid, l, _owner) = fake_device(81);
+    let (shut, shut_rx) = std::sync::mpsc::channel::<()>();
+    let fake = std::thread::spawn(move || {
+        let mut s = accept_as_device(&l);
+        for _ in 0..2 {
+            let mut h = [0u8; 8];
+            s.read_exact(&mut h).unwrap();
+            assert_eq!(h[4], 3, "a REQ");
+            let mut body = vec![0u8; u32::from_le_bytes(h[..4].try_into().unwrap()) as usize];
+            s.read_exact(&mut body).unwrap();
+        }
+        // A WRITE of 8 bytes to the device's QP: QPN 0x100 to it, PSN 0,
+        // epoch 0.
+        let mut req = vec![64, 0, 0, 0, 3, 0, 0, 0];
+        req.extend_from_slice(&0x100u32.to_le_bytes());
+        req.extend_from_slice(&dst_qpn.to_le_bytes());
+        req.extend_from_slice(&[0u8; 8]); // PSN, epoch
+        req.extend_from_slice(&[mlx5::wqe::opcode::RDMA_WRITE, 0, 0, 0]);
+        req.extend_from_slice(&target.rkey.to_le_bytes());
+        req.extend_from_slice(&target.addr.to_le_bytes());
+        req.extend_from_slice(&8u32.to_le_bytes());
+        req.extend_from_slice(&[0u8; 20]); // immediate, swap/add, compare
+        req.extend_from_slice(&u64::MAX.to_le_bytes());
+        s.write_all(&req).unwrap();
+        shut_rx.recv().unwrap();
+        s.shutdown(std::net::Shutdown::Read).unwrap();
+        s
+    });
+    let o = ConnectOpts {
+        timeout: 20,
+        ..ConnectOpts::default()
+    };
+    me.qp.connect(&fake_qp(gid), &o).unwrap();
+    me.qp.post_recv(&[]).unwrap();
+    for w in [b"first!!!", b"second!!"] {
+        me.qp
+            .post_and_ring(&Write::inline(target, w).signaled())
+            .unwrap();
+    }
+    // The pass after which the WRITE has landed is the one that executed
+    // it, and holds its ACK for the next.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "the fake's WRITE did not land");
+        ctx.progress().unwrap();
+        if me
+            .mr
+            .atomic_u64(0)
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == u64::MAX
+        {
+            break;
+        }
+    }
+    assert!(ctx.answers_held(), "the WRITE's ACK is held");
+    shut.send(()).unwrap();
+    let _open = fake.join().expect("the fake device");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while got.len() < 3 && Instant::now() < deadline {
+        got.extend(me.drain());
+    }
+    // (Receive or send, syndrome), the sends in order.
+    let mut kinds: Vec<_> = got
+        .iter()
+        .map(|c| (c.kind == Kind::RecvError, c.syndrome))
+        .collect();
+    kinds.sort_by_key(|k| k.0);
+    assert_eq!(
+        kinds,
+        [
+            (false, Some(Syndrome::TransportRetryExceeded)),
+            (false, Some(Syndrome::WrFlush)),
+            (true, Some(Syndrome::WrFlush)),
+        ],
+        "within 2 s of the link's death: {got:?}"
+    );
+}
+
 /// A QP destroyed with a request in flight, and a new QP that reuses its
 /// number on the same link: the old request's answer must not complete
 /// the new QP's (both start at PSN 0; the epoch tells them apart).

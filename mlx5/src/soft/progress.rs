@@ -111,7 +111,9 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     if let Some(now) = now
         && !eng.links.is_empty()
     {
-        send(shared, eng, now);
+        // A link that died in its write failed QPs whose flushes the next
+        // pass does: work, so this pass does not mark the device quiet.
+        done += send(shared, eng, now);
     } else {
         set_answers_held(shared, false);
     }
@@ -478,7 +480,8 @@ pub(crate) fn fail_link(s: &mut State, link: u64) {
 }
 
 /// Writes what the links have to send (one `write` per link per pass).
-fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) {
+/// Returns the number of QPs failed because their link died meanwhile.
+fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) -> usize {
     let Engine {
         links,
         sges,
@@ -508,14 +511,16 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) {
         }
     }
     set_answers_held(shared, held);
+    let mut failed = 0;
     if !dead.is_empty() {
         let mut s = shared.lock_in_pass();
         for &id in dead.iter() {
-            fail_link_qps(&mut s, id, sges);
+            failed += fail_link_qps(&mut s, id, sges);
         }
         drop(s);
         remove_dead_links(links);
     }
+    failed
 }
 
 /// How long the device thread spins after the last work before sleeping.
