@@ -258,8 +258,10 @@ impl<Req: Message, Resp: Message, U> Conn<Req, Resp, U> {
         drop((header_fd, region_fd));
         let header = HeaderMap(header);
         let ident = &header.header().ident.0;
-        // Acquire: pairs with the server's Release of the magic.
-        if ident.magic.load(Ordering::Acquire) != MAGIC
+        // Relaxed: the header is mapped read-only, where only Relaxed
+        // loads are documented as allowed; the descriptor's passage over
+        // the socket already orders the server's writes before this.
+        if ident.magic.load(Ordering::Relaxed) != MAGIC
             || ident.version.load(Ordering::Relaxed) != VERSION
         {
             return Err(malformed("the header memfd has no valid magic".into()));

@@ -95,6 +95,8 @@ impl ServerConfig {
     /// clock of one kernel tick: 1–4 ms, 10 ms with HZ=100), so a killed client's slot is free again
     /// within about this time plus one clock tick while the server polls. A
     /// server blocked in [`wait`](crate::Server::wait) sees them at once.
+    /// An interval past the clock's range (`Duration::MAX`) means never
+    /// while polling: only `wait` and `refresh` see the connections.
     pub fn liveness_interval(mut self, every: Duration) -> Self {
         self.liveness_interval = every;
         self

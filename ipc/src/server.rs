@@ -83,7 +83,9 @@ struct Attached<Req, Resp> {
 struct SlotState<Req, Resp> {
     conn: Conn<Req, Resp>,
     /// Attaches and releases of this slot so far; tokens carry it.
-    attach: u32,
+    /// Attaches so far (64 bits: a counter that wrapped would let a
+    /// token of a departed client match a later occupant).
+    attach: u64,
 }
 
 /// The server end of a segment.
@@ -445,7 +447,8 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
         if self.hellos > 0 {
             self.expire_hellos(now);
         }
-        self.next_look_ns = now.saturating_add(self.cfg.liveness_interval.as_nanos() as u64);
+        let every = u64::try_from(self.cfg.liveness_interval.as_nanos()).unwrap_or(u64::MAX);
+        self.next_look_ns = now.saturating_add(every);
     }
 
     fn accept_all(&mut self) {

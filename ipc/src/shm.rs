@@ -34,17 +34,19 @@ impl Mapping {
     /// Maps the memfd `fd`, which must be exactly `len` bytes and sealed
     /// against shrinking, read-write or read-only.
     pub(crate) fn open(fd: &OwnedFd, len: usize, writable: bool) -> io::Result<Self> {
+        // The seal first: a size read from a file that can still shrink
+        // says nothing of the size at the first access (a SIGBUS).
+        if sys::seals(fd)? & libc::F_SEAL_SHRINK == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "memfd is not sealed against shrinking",
+            ));
+        }
         let found = sys::file_len(fd)?;
         if found != len as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("memfd is {found} bytes, expected {len}"),
-            ));
-        }
-        if sys::seals(fd)? & libc::F_SEAL_SHRINK == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "memfd is not sealed against shrinking",
             ));
         }
         let opts = {
@@ -126,5 +128,27 @@ impl RegionMap {
     /// Start and length of the whole region in this process.
     pub(crate) fn bytes(&self) -> (*mut u8, usize) {
         (self.map.base(), self.map.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a peer hands over is mapped only if it is sealed against
+    /// shrinking (checked before its size: the size of a file that can
+    /// still shrink says nothing) and exactly as long as expected.
+    #[test]
+    fn an_unsealed_or_wrongly_sized_memfd_is_refused() {
+        let unsealed = sys::memfd("ipc-test", 4096).unwrap();
+        let e = Mapping::open(&unsealed, 4096, false)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("not sealed"), "{e}");
+        let sealed = sys::memfd("ipc-test", 4096).unwrap();
+        sys::add_seals(&sealed, libc::F_SEAL_SHRINK).unwrap();
+        let e = Mapping::open(&sealed, 8192, false).err().expect("refused");
+        assert!(e.to_string().contains("4096 bytes, expected 8192"), "{e}");
+        assert_eq!(Mapping::open(&sealed, 4096, true).unwrap().len(), 4096);
     }
 }

@@ -12,7 +12,7 @@ pub struct RequestToken {
     pub(crate) client: u32,
     /// The slot's attach count when the request was taken: a reply never
     /// reaches a later occupant of the slot.
-    pub(crate) attach: u32,
+    pub(crate) attach: u64,
     pub(crate) call_id: u32,
 }
 
