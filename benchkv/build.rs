@@ -33,6 +33,15 @@ const CRATES: [&str; 7] = [
     "mlx5",
 ];
 
+/// Files of the workspace root that change the build (watched, and checked
+/// by the test that the recorded revision is dirty when they differ).
+const WORKSPACE_FILES: [&str; 4] = [
+    "Cargo.toml",
+    "Cargo.lock",
+    "rust-toolchain.toml",
+    ".cargo/config.toml",
+];
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
@@ -113,6 +122,11 @@ fn git_revision() {
         watch(&root.join(c).join("src"));
         watch(&root.join(c).join("Cargo.toml"));
     }
+    // What else decides the binary: the workspace's profiles, the locked
+    // dependency versions, the toolchain, cargo's configuration.
+    for f in WORKSPACE_FILES {
+        watch(&root.join(f));
+    }
     let desc = std::process::Command::new("git")
         .arg("-C")
         .arg(&root)
@@ -126,5 +140,10 @@ fn git_revision() {
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=BENCHKV_GIT={desc}");
     // For the test that checks the two agree.
-    println!("cargo:rustc-env=BENCHKV_BUILT_FROM={}", CRATES.join(","));
+    let paths: Vec<String> = CRATES
+        .iter()
+        .flat_map(|c| [format!("{c}/src"), format!("{c}/Cargo.toml")])
+        .chain(WORKSPACE_FILES.iter().map(|f| f.to_string()))
+        .collect();
+    println!("cargo:rustc-env=BENCHKV_BUILT_FROM={}", paths.join(","));
 }

@@ -47,6 +47,34 @@ pub enum Error {
         /// The first few, one per line.
         first: String,
     },
+    /// Responses with a status other than OK (a malformed request, a key
+    /// out of range, a failed store), verify mode or not.
+    #[error("{count} response(s) with an error status; first ones: {first}")]
+    BadStatus {
+        /// Such responses over every rank and run.
+        count: u64,
+        /// The first few (with any mismatches), one per line.
+        first: String,
+    },
+    /// A rank completed no operation in a run's measured window (a
+    /// duration shorter than an operation takes): its figures would be
+    /// zeros, not a measurement.
+    #[error(
+        "rank {rank} completed no operation in the measured window of run {run}: the duration is too short for this point"
+    )]
+    EmptyWindow {
+        /// The run, from 0.
+        run: u32,
+        /// The rank.
+        rank: u32,
+    },
+    /// A rank other than 0 of a sweep: rank 0 found a point failed and
+    /// stopped the sweep there (its own error says why).
+    #[error("the sweep stopped at point {point}: rank 0 found it failed (its error says why)")]
+    SweepStopped {
+        /// The point, from 1.
+        point: usize,
+    },
     /// The run stopped because another part of it failed (a daemon, a
     /// client, or a rank that stopped answering).
     #[error("rank {rank}: {reason}")]

@@ -65,7 +65,13 @@ fn with_mpi(f: impl FnOnce(&Mpi) -> Result<(), Error>) -> ExitCode {
             ExitCode::SUCCESS
         }
         // Every rank reaches these in the same state: finalise cleanly.
-        Err(e @ (Error::Params(_) | Error::Verify { .. })) => {
+        Err(
+            e @ (Error::Params(_)
+            | Error::Verify { .. }
+            | Error::BadStatus { .. }
+            | Error::EmptyWindow { .. }
+            | Error::SweepStopped { .. }),
+        ) => {
             say(format!("benchkv (rank {rank}): error: {e}\n"));
             mpi.finalize();
             ExitCode::from(e.exit_code() as u8)
@@ -104,11 +110,8 @@ fn run(mpi: &Mpi, args: &RunArgs) -> Result<(), Error> {
         source,
     })?;
     println!("JSON: {}", args.json.display());
-    if report.mismatches > 0 || report.bad_status > 0 {
-        return Err(Error::Verify {
-            count: report.mismatches + report.bad_status,
-            first: report.examples.join("\n  "),
-        });
+    match report.failure() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }

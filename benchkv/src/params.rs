@@ -371,6 +371,12 @@ impl Params {
         if self.runs == 0 {
             return bad("--runs 0: at least one run".into());
         }
+        if self.verify && self.read_ratio == 0.0 {
+            return bad(
+                "--verify checks what GETs return, and --read-ratio 0 issues none: nothing would be checked"
+                    .into(),
+            );
+        }
         if self.verify {
             // Each client owns the keys whose slot in their shard is its id
             // modulo the number of clients (see `route::Ownership`): every
@@ -520,6 +526,15 @@ mod tests {
             "--duration",
         );
         refused(Params { runs: 0, ..d() }, 2, "--runs 0");
+        refused(
+            Params {
+                verify: true,
+                read_ratio: 0.0,
+                ..d()
+            },
+            2,
+            "--read-ratio 0 issues none",
+        );
         refused(Params { keys: 0, ..d() }, 2, "--keys 0");
         refused(
             Params {

@@ -45,7 +45,7 @@ pub struct Row {
     /// 99.9th percentile, ns.
     pub p999_ns: u64,
     /// ops/s ÷ raw WRITE_IMM round trips per second.
-    pub ops_vs_raw_rate: Option<f64>,
+    pub remote_ops_vs_raw_rate: Option<f64>,
     /// p50 ÷ raw WRITE_IMM round trip.
     pub p50_vs_raw_round_trip: Option<f64>,
     /// p99 ÷ raw WRITE_IMM round trip.
@@ -64,7 +64,7 @@ impl Row {
     fn of(p: &Params, r: &Report, json: PathBuf) -> Row {
         let q = r.vs_floors.as_ref();
         Row {
-            ops_vs_raw_rate: q.and_then(|q| q.ops_vs_raw_rate),
+            remote_ops_vs_raw_rate: q.and_then(|q| q.remote_ops_vs_raw_rate),
             p50_vs_raw_round_trip: q.and_then(|q| q.p50_vs_raw_round_trip),
             p99_vs_raw_round_trip: q.and_then(|q| q.p99_vs_raw_round_trip),
             p50_vs_cache_line: q.map(|q| q.p50_vs_cache_line),
@@ -96,6 +96,7 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
             path: out.clone(),
             source,
         })?;
+        clear_earlier(out)?;
     }
     // Collectives, like the canaries: every rank takes part.
     let floors = floor::measure(mpi, "once per sweep, before the first point")?;
@@ -124,14 +125,14 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
             )?;
             let row = Row::of(p, &r, path);
             println!(
-                "point {}/{}: {} clients {} depth {}: {} ops/s ({} the raw WRITE_IMM rate), p50 {} ({} the raw round trip), p99 {}, p99.9 {}{}",
+                "point {}/{}: {} clients {} depth {}: {} ops/s (remote ones {} the raw WRITE_IMM rate), p50 {} ({} the raw round trip), p99 {}, p99.9 {}{}",
                 i + 1,
                 points.len(),
                 row.backend,
                 row.clients,
                 row.depth,
                 rate(row.ops_per_s),
-                times(row.ops_vs_raw_rate),
+                times(row.remote_ops_vs_raw_rate),
                 ns(row.p50_ns),
                 times(row.p50_vs_raw_round_trip),
                 ns(row.p99_ns),
@@ -142,19 +143,11 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
                     ""
                 }
             );
-            if r.mismatches > 0 || r.bad_status > 0 {
-                failure = Some(Error::Verify {
-                    count: r.mismatches + r.bad_status,
-                    first: r.examples.join("\n  "),
-                });
-            }
+            failure = r.failure();
             rows.push((row, r));
         }
         if mpi.broadcast_u64(u64::from(failure.is_some())) != 0 {
-            return Err(failure.unwrap_or_else(|| Error::Verify {
-                count: 1,
-                first: format!("rank 0 found mismatches at point {}", i + 1),
-            }));
+            return Err(failure.unwrap_or(Error::SweepStopped { point: i + 1 }));
         }
     }
     if mpi.rank() != 0 {
@@ -171,6 +164,31 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
     let text = summary(&rows, reports.first(), floors.as_ref(), &csv, &svg);
     print!("{text}");
     write(&out.join("sweep.md"), text.as_bytes())
+}
+
+/// Removes what an earlier sweep wrote into `out` (its points, CSV, plot
+/// and summary), so that the directory holds this sweep's files only: a
+/// smaller or failed sweep would otherwise leave older points beside its
+/// own, which the analysis report reads as one sweep. Other files stay.
+pub fn clear_earlier(out: &Path) -> Result<usize, Error> {
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { op, path, source }
+    };
+    let mut removed = 0;
+    for entry in std::fs::read_dir(out).map_err(io("reading the sweep directory", out))? {
+        let entry = entry.map_err(io("reading the sweep directory", out))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = (name.starts_with("point-") && name.ends_with(".json"))
+            || ["sweep.csv", "sweep.svg", "sweep.md"].contains(&&*name);
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(io("removing an earlier sweep's file", &path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
@@ -207,7 +225,7 @@ pub fn csv_text(rows: &[Row]) -> String {
             r.p50_ns,
             r.p99_ns,
             r.p999_ns,
-            ratio(r.ops_vs_raw_rate),
+            ratio(r.remote_ops_vs_raw_rate),
             ratio(r.p50_vs_raw_round_trip),
             ratio(r.p99_vs_raw_round_trip),
             ratio(r.p50_vs_cache_line),
@@ -225,7 +243,7 @@ pub fn csv_text(rows: &[Row]) -> String {
 
 /// The CSV's header line: the ratios are the point's total figures over
 /// the sweep's floors (empty when there is no such floor).
-pub const CSV_HEADER: &str = "backend,transport,clients,depth,ops_per_s,p50_ns,p99_ns,p999_ns,ops_vs_raw_rate,p50_vs_raw_round_trip,p99_vs_raw_round_trip,p50_vs_cache_line,canary_before_ns,canary_after_ns,slow_phase,note,json";
+pub const CSV_HEADER: &str = "backend,transport,clients,depth,ops_per_s,p50_ns,p99_ns,p999_ns,remote_ops_vs_raw_rate,p50_vs_raw_round_trip,p99_vs_raw_round_trip,p50_vs_cache_line,canary_before_ns,canary_after_ns,slow_phase,note,json";
 
 /// The printed summary: the machine once, a table of the points, the
 /// files.
@@ -266,7 +284,7 @@ fn summary(
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| backend | transport | clients | depth | ops/s | ÷ raw rate | p50 | ÷ raw RTT | ÷ line | p99 | ÷ raw RTT | p99.9 | canary |"
+        "| backend | transport | clients | depth | ops/s | remote ÷ raw rate | p50 | ÷ raw RTT | ÷ line | p99 | ÷ raw RTT | p99.9 | canary |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
@@ -286,7 +304,7 @@ fn summary(
             r.clients,
             r.depth,
             rate(r.ops_per_s),
-            times(r.ops_vs_raw_rate),
+            times(r.remote_ops_vs_raw_rate),
             ns(r.p50_ns),
             times(r.p50_vs_raw_round_trip),
             times(r.p50_vs_cache_line),
@@ -298,7 +316,7 @@ fn summary(
     }
     let _ = writeln!(
         s,
-        "\n÷ raw rate: ops/s over the raw WRITE_IMM round trips per second; ÷ raw RTT: latency over the raw WRITE_IMM round trip (p50); ÷ line: p50 over the cache-line round trip; canary: rank 0's cache-line canary before/after the point (slow: over {}× the floors' one).",
+        "\nremote ÷ raw rate: the ops/s that crossed ranks (the daemons' remote share) over the raw WRITE_IMM round trips per second; ÷ raw RTT: latency over the raw WRITE_IMM round trip (p50); ÷ line: p50 over the cache-line round trip; canary: rank 0's cache-line canary before/after the point (slow: over {}× the floors' one).",
         floor::SLOW_FACTOR
     );
     let mut notes: Vec<(usize, &str)> = Vec::new();
@@ -357,7 +375,10 @@ pub fn plot(path: &Path, rows: &[Row], floors: Option<&Floors>) -> Result<(), St
             |w| {
                 (
                     w.round_trips_per_s,
-                    format!("raw WRITE_IMM rate, {} in flight (floor)", w.depth),
+                    format!(
+                        "raw WRITE_IMM rate, {} in flight (floor of the remote ops)",
+                        w.depth
+                    ),
                 )
             },
         ),
@@ -445,7 +466,7 @@ mod tests {
             p50_ns: 1000,
             p99_ns: 5000,
             p999_ns: 9000,
-            ops_vs_raw_rate: Some(0.5),
+            remote_ops_vs_raw_rate: Some(0.5),
             p50_vs_raw_round_trip: Some(2.0),
             p99_vs_raw_round_trip: None,
             p50_vs_cache_line: Some(12.5),
@@ -506,7 +527,7 @@ mod tests {
             Path::new("p.svg"),
         );
         assert!(s.contains("floors (measured once per sweep, before the first point): cache-line round trip 80 ns"), "{s}");
-        assert!(s.contains("| ÷ raw rate |"), "{s}");
+        assert!(s.contains("| remote ÷ raw rate |"), "{s}");
         assert!(
             s.contains("| 0.50× | 1.0 µs | 2.00× | 12.5× | 5.0 µs | - |"),
             "{s}"
@@ -535,6 +556,31 @@ mod tests {
         let s = series(&rows, |r| r.ops_per_s);
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].1, vec![(1.0, 1.0), (8.0, 2.0)]);
+    }
+
+    #[test]
+    fn an_earlier_sweeps_files_are_removed_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("benchkv-clear-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ours = [
+            "point-01-copyrpc-c1-q1.json",
+            "point-07-ucx-am-shm-c2-q8.json",
+            "sweep.csv",
+            "sweep.svg",
+            "sweep.md",
+        ];
+        let others = ["notes.md", "point-01.txt", "run.json"];
+        for f in ours.iter().chain(&others) {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        assert_eq!(clear_earlier(&dir).unwrap(), ours.len());
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.md", "point-01.txt", "run.json"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -574,7 +620,7 @@ mod tests {
         assert!(svg.contains("copyrpc ×1 clients"));
         assert!(svg.contains("ucx-am:tcp ×1 clients"));
         assert!(svg.contains("p99 latency"));
-        assert!(svg.contains("raw WRITE_IMM rate, 64 in flight (floor)"));
+        assert!(svg.contains("raw WRITE_IMM rate, 64 in flight (floor of the remote ops)"));
         assert!(svg.contains("raw WRITE_IMM round trip, p50 (floor)"));
         let _ = std::fs::remove_dir_all(dir);
     }

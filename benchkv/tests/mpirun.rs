@@ -151,7 +151,7 @@ fn smoke_with(
     assert!(out.contains("verify: 0 mismatch(es)"), "{out}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
-    assert_eq!(report["schema"], "benchkv/2");
+    assert_eq!(report["schema"], "benchkv/3");
     // The floors of the same run, and the figures against them.
     let floors = &report["floors"];
     assert!(floors["cache_line_ns"].as_f64().unwrap() > 0.0, "{floors}");
@@ -159,7 +159,12 @@ fn smoke_with(
     assert!(raw["round_trip_p50_ns"].as_u64().unwrap() > 0, "{floors}");
     assert!(raw["round_trips_per_s"].as_f64().unwrap() > 0.0, "{floors}");
     assert_eq!(raw["selection"], "soft:manual");
-    assert!(report["vs_floors"]["ops_vs_raw_rate"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["vs_floors"]["remote_ops_vs_raw_rate"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     assert!(report["canary"]["before_ns"].as_f64().unwrap() > 0.0);
     assert!(
         out.contains("floors (measured before the run): cache-line round trip"),
@@ -511,7 +516,7 @@ fn without_a_device_the_floors_say_why_and_ucx_runs() {
         serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
     assert!(report["floors"]["write_imm"].is_null());
     assert!(report["floors"]["cache_line_ns"].as_f64().unwrap() > 0.0);
-    assert!(report["vs_floors"]["ops_vs_raw_rate"].is_null());
+    assert!(report["vs_floors"]["remote_ops_vs_raw_rate"].is_null());
     let _ = std::fs::remove_file(json);
 }
 

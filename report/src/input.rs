@@ -300,10 +300,11 @@ pub fn parse_c2c(text: &str) -> C2c {
 }
 
 /// The `schema` of the benchkv point JSON this report reads.
-pub const BENCHKV_SCHEMA: &str = "benchkv/2";
+pub const BENCHKV_SCHEMA: &str = "benchkv/3";
 
 /// The fields the report uses from one benchkv point's JSON (another
-/// schema, or a field missing, is an error: nothing is guessed).
+/// schema, a field missing, or a run that failed its checks is an error:
+/// nothing is guessed).
 pub fn kv_point(v: &serde_json::Value) -> Result<KvPoint, String> {
     if v["schema"].as_str() != Some(BENCHKV_SCHEMA) {
         return Err(format!(
@@ -342,6 +343,17 @@ pub fn kv_point(v: &serde_json::Value) -> Result<KvPoint, String> {
             })
             .collect()
     };
+    // A run that failed its checks wrote its JSON for inspection; its
+    // figures measured a broken run.
+    let (mismatches, bad) = (
+        u(&v["mismatches"], "mismatches")?,
+        u(&v["bad_status"], "bad_status")?,
+    );
+    if mismatches > 0 || bad > 0 {
+        return Err(format!(
+            "a failed run ({mismatches} verify mismatch(es), {bad} bad status(es)): not a measurement"
+        ));
+    }
     let total = &v["total"];
     let (mut local, mut flux, mut remote) = (0, 0, 0);
     for rank in v["daemons"].as_array().ok_or("no daemons")? {

@@ -29,6 +29,18 @@ fn a_real_point_parses_into_its_figures() {
     assert_eq!(p.device_selection, "soft:manual");
 }
 
+/// benchkv writes the JSON of a run that failed `--verify` or got bad
+/// statuses (to look at), and exits non-zero; its figures are not read.
+#[test]
+fn a_point_of_a_failed_run_is_refused() {
+    for field in ["mismatches", "bad_status"] {
+        let mut v = fixture();
+        v[field] = 3.into();
+        let e = kv_point(&v).unwrap_err();
+        assert!(e.contains("failed run"), "{field}: {e}");
+    }
+}
+
 #[test]
 fn another_schema_or_a_missing_field_is_refused() {
     let mut v = fixture();
@@ -40,6 +52,7 @@ fn another_schema_or_a_missing_field_is_refused() {
         (&["metadata", "mpi"][..], "metadata.mpi"),
         (&["total", "p99_ns"][..], "total.p99_ns"),
         (&["daemons"][..], "daemons"),
+        (&["mismatches"][..], "mismatches"),
     ] {
         let mut v = fixture();
         let (last, parents) = path.split_last().unwrap();
