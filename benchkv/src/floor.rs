@@ -274,12 +274,47 @@ fn cache_line(mpi: &Mpi) -> Result<(f64, String), Error> {
         reason: reason.into(),
     })?;
     mpi.barrier("cache-line floor", DEADLINE, || Ok(()))?;
-    let between = if cpus.len() >= 2 {
-        format!("ranks 0 and 1 (processes) on cores {c0} and {c1}")
-    } else {
-        "ranks 0 and 1 (processes), each on the one core mpirun bound it to".into()
+    // Each rank says where it ran (rank 1 pinned to the second CPU of its
+    // own set, which need not be the second of rank 0's).
+    let mine = format!(
+        "{core} {}",
+        if cpus.len() >= 2 { "pinned" } else { "bound" }
+    );
+    let between = mpi.gather_bytes(mine.as_bytes()).map(|all| {
+        let words: Vec<String> = all
+            .iter()
+            .take(2)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        line_between(&words[0], &words[1])
+    });
+    Ok((ns, between.unwrap_or_default()))
+}
+
+/// What the cache-line floor between ranks 0 and 1 ran between, from
+/// what each said: `"CPU pinned"` (this floor's thread pinned there) or
+/// `"CPU bound"` (mpirun bound the rank to that one CPU).
+fn line_between(rank0: &str, rank1: &str) -> String {
+    let split = |s: &str| {
+        let mut w = s.split(' ');
+        (
+            w.next().unwrap_or("?").to_string(),
+            w.next() == Some("bound"),
+        )
     };
-    Ok((ns, between))
+    let ((a, a_bound), (b, b_bound)) = (split(rank0), split(rank1));
+    let how = match (a_bound, b_bound) {
+        (true, true) => "each on the one CPU mpirun bound it to",
+        (false, false) => "each pinned there",
+        _ => "one pinned, one bound there by mpirun",
+    };
+    if a == b {
+        format!(
+            "ranks 0 and 1 (processes) both on CPU {a}, {how}: a hand-off through the scheduler, not a cache-line round trip"
+        )
+    } else {
+        format!("ranks 0 and 1 (processes) on CPUs {a} and {b}, {how}")
+    }
 }
 
 /// A [`Bounce`] in a file of `/dev/shm` that both ranks map.
@@ -680,6 +715,23 @@ fn raw_echo(e: &mut RawEnd, to: Remote, deadline: Instant) -> Result<(), String>
 
 #[cfg(test)]
 mod tests {
+    use super::line_between;
+
+    /// The label names the CPUs each rank said it ran on, and says when
+    /// both were the same (no cache line crossed cores).
+    #[test]
+    fn the_line_floor_names_both_ranks_cpus() {
+        assert_eq!(
+            line_between("0 pinned", "3 pinned"),
+            "ranks 0 and 1 (processes) on CPUs 0 and 3, each pinned there"
+        );
+        assert_eq!(
+            line_between("2 bound", "5 bound"),
+            "ranks 0 and 1 (processes) on CPUs 2 and 5, each on the one CPU mpirun bound it to"
+        );
+        assert!(line_between("1 bound", "1 bound").contains("both on CPU 1"));
+    }
+
     use super::*;
 
     fn floors() -> Floors {

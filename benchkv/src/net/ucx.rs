@@ -77,6 +77,15 @@ fn check(status: sys::ucs_status_t, what: &str) -> Result<(), NetError> {
     }
 }
 
+/// Whether `tls` lists a shared-memory transport (among others, when peer
+/// failure detection is on: UCX may then leave it out, and the transport
+/// line says so).
+pub fn names_a_shared_memory_transport(tls: &str) -> bool {
+    tls.split(',')
+        .map(str::trim)
+        .any(|t| !t.is_empty() && !peer_failure_detection(Some(t)))
+}
+
 /// Whether UCX can detect the failure of a peer with these transports:
 /// not when all of them are shared-memory ones (see the module docs).
 pub fn peer_failure_detection(tls: Option<&str>) -> bool {
@@ -487,10 +496,12 @@ impl<U> Bootstrap for UcxNet<U> {
             peer_errors,
             transport: format!(
                 "UCX {version}, UCX_TLS={tls}, peer failure detection {}",
-                if peer_errors {
-                    "on"
-                } else {
+                if !peer_errors {
                     "off (shared-memory transports have none)"
+                } else if names_a_shared_memory_transport(&tls) {
+                    "on (so UCX may leave out the shared-memory transports asked for: they cannot detect it)"
+                } else {
+                    "on"
                 }
             ),
         };
@@ -803,6 +814,14 @@ mod tests {
         let e = crate::net::testing::error_within(&mut a, std::time::Duration::from_secs(10))
             .expect("no error 10 s after the peer went away");
         assert!(!e.is_empty());
+    }
+
+    #[test]
+    fn a_shared_memory_transport_among_others_is_noticed() {
+        assert!(names_a_shared_memory_transport("tcp,shm"));
+        assert!(names_a_shared_memory_transport("shm"));
+        assert!(!names_a_shared_memory_transport("tcp"));
+        assert!(!names_a_shared_memory_transport("all (UCX default)"));
     }
 
     #[test]
