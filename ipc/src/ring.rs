@@ -118,6 +118,46 @@ pub(crate) struct Producer<T> {
 // another thread moves that role with it.
 unsafe impl<T: Send> Send for Producer<T> {}
 
+/// Copies `value` into a slot's payload (`shmcopy`; a plain copy in the
+/// loom model, which tracks the cell's accesses itself).
+///
+/// # Safety
+///
+/// `p` is a live slot's payload, writable, of one `T`.
+#[inline(always)]
+unsafe fn copy_to_slot<T>(p: *mut T, value: &T) {
+    #[cfg(not(ipc_loom))]
+    // SAFETY: `p` holds one `T` (the caller's contract); `value` is ours.
+    unsafe {
+        shmcopy::to_shared(p.cast(), ptr::from_ref(value).cast(), size_of::<T>());
+    }
+    #[cfg(ipc_loom)]
+    // SAFETY: as above.
+    unsafe {
+        ptr::copy_nonoverlapping(ptr::from_ref(value), p, 1);
+    }
+}
+
+/// Copies a slot's payload out into `dst` (`shmcopy`; a plain copy in the
+/// loom model).
+///
+/// # Safety
+///
+/// `p` is a live slot's payload of one `T`; `dst` is ours, room for one.
+#[inline(always)]
+unsafe fn copy_from_slot<T>(dst: *mut T, p: *const T) {
+    #[cfg(not(ipc_loom))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        shmcopy::from_shared(dst.cast(), p.cast(), size_of::<T>());
+    }
+    #[cfg(ipc_loom)]
+    // SAFETY: as above.
+    unsafe {
+        ptr::copy_nonoverlapping(p, dst, 1);
+    }
+}
+
 impl<T: IntoBytes + Immutable + Copy> Producer<T> {
     pub(crate) fn new(ring: RingRef<T>) -> Self {
         Self { ring, pos: 0 }
@@ -134,12 +174,11 @@ impl<T: IntoBytes + Immutable + Copy> Producer<T> {
         // `value` is a whole `T`. The slot is free (module doc): a correct
         // consumer does not read it now; a faulty peer process that reads or
         // writes it meanwhile gets or leaves torn bytes in its own view,
-        // never anything of ours past the slot. A plain copy (memcpy): a
-        // volatile write of a large `T` compiles to one store per byte
-        // (4096 for a 4 KiB payload), and the ordering comes from the
-        // Release below, not from the copy.
-        slot.payload
-            .with_mut(|p| unsafe { ptr::copy_nonoverlapping(ptr::from_ref(value), p, 1) });
+        // never anything of ours past the slot. A copy the compiler cannot
+        // look into (`shmcopy`, no data race for a racing peer to make),
+        // not a volatile write, which for a large `T` compiles to one store
+        // per byte; the ordering comes from the Release below.
+        slot.payload.with_mut(|p| unsafe { copy_to_slot(p, value) });
         // Relaxed: ordered before the consumer's read by the Release below.
         slot.call_id.store(call_id, Ordering::Relaxed);
         // Release: makes the payload and call id visible to the consumer
@@ -220,14 +259,15 @@ impl<T: FromBytes + Copy> Consumer<T> {
         // producer does not touch it until this read is acknowledged
         // through the other ring; a faulty peer process (a client is
         // untrusted) may write it during the copy, which then holds torn
-        // bytes: `T: FromBytes` makes any bit pattern a valid `T`. One plain
-        // copy out of the slot (memcpy) into our own memory, and the slot
-        // is read nowhere else: what the caller validates and uses is this
+        // bytes: `T: FromBytes` makes any bit pattern a valid `T`. One copy
+        // out of the slot into our own memory, which the compiler cannot
+        // look into or repeat (`shmcopy`: no data race), and the slot is
+        // read nowhere else: what the caller validates and uses is this
         // copy. (A volatile read of a large `T` compiles to one load per
         // byte: 4096 for a 4 KiB payload.)
         let value = slot.payload.with(|p| unsafe {
             let mut v = MaybeUninit::<T>::uninit();
-            ptr::copy_nonoverlapping(p, v.as_mut_ptr(), 1);
+            copy_from_slot(v.as_mut_ptr(), p);
             v.assume_init()
         });
         self.pos += 1;
