@@ -312,7 +312,7 @@ fn ranks_bound_to_one_core_each_run_and_say_so() {
     assert!(note.contains("may run on only 1 CPU") || cpus < 2, "{note}");
     assert!(note.contains("idle threads yield their core"), "{note}");
     assert!(
-        out.contains("each on the one core mpirun bound it to"),
+        out.contains("each on the one CPU mpirun bound it to"),
         "{out}"
     );
     // The canary's two threads share rank 0's one CPU: said so.
