@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 /// The workspace crates benchkv is built from (their sources decide
 /// whether the build is `-dirty`).
-const CRATES: [&str; 7] = [
+const CRATES: [&str; 8] = [
     "benchkv",
     "benchutil",
     "copyrpc",
@@ -31,6 +31,7 @@ const CRATES: [&str; 7] = [
     "ipc",
     "ipc-derive",
     "mlx5",
+    "shmcopy",
 ];
 
 /// Files of the workspace root that change the build (watched, and checked

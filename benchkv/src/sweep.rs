@@ -44,7 +44,8 @@ pub struct Row {
     pub p99_ns: u64,
     /// 99.9th percentile, ns.
     pub p999_ns: u64,
-    /// ops/s ÷ raw WRITE_IMM round trips per second.
+    /// The ops/s that crossed ranks (the daemons' remote share) ÷ raw
+    /// WRITE_IMM round trips per second.
     pub remote_ops_vs_raw_rate: Option<f64>,
     /// p50 ÷ raw WRITE_IMM round trip.
     pub p50_vs_raw_round_trip: Option<f64>,
@@ -96,7 +97,13 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
             path: out.clone(),
             source,
         })?;
-        clear_earlier(out)?;
+        let removed = clear_earlier(out)?;
+        if removed > 0 {
+            println!(
+                "removed {removed} file(s) of an earlier sweep from {}",
+                out.display()
+            );
+        }
     }
     // Collectives, like the canaries: every rank takes part.
     let floors = floor::measure(mpi, "once per sweep, before the first point")?;
@@ -166,6 +173,23 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
     write(&out.join("sweep.md"), text.as_bytes())
 }
 
+/// Whether `name` has the form of a sweep's point file:
+/// `point-NN-BACKEND-cN-qN.json`.
+fn is_point_file(name: &str) -> bool {
+    let Some(mid) = name
+        .strip_prefix("point-")
+        .and_then(|n| n.strip_suffix(".json"))
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = mid.split('-').collect();
+    let num = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    parts.len() >= 4
+        && num(parts[0])
+        && parts[parts.len() - 2].strip_prefix('c').is_some_and(num)
+        && parts[parts.len() - 1].strip_prefix('q').is_some_and(num)
+}
+
 /// Removes what an earlier sweep wrote into `out` (its points, CSV, plot
 /// and summary), so that the directory holds this sweep's files only: a
 /// smaller or failed sweep would otherwise leave older points beside its
@@ -180,8 +204,7 @@ pub fn clear_earlier(out: &Path) -> Result<usize, Error> {
         let entry = entry.map_err(io("reading the sweep directory", out))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = (name.starts_with("point-") && name.ends_with(".json"))
-            || ["sweep.csv", "sweep.svg", "sweep.md"].contains(&&*name);
+        let ours = is_point_file(&name) || ["sweep.csv", "sweep.svg", "sweep.md"].contains(&&*name);
         if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
             let path = entry.path();
             std::fs::remove_file(&path).map_err(io("removing an earlier sweep's file", &path))?;
@@ -241,8 +264,9 @@ pub fn csv_text(rows: &[Row]) -> String {
     s
 }
 
-/// The CSV's header line: the ratios are the point's total figures over
-/// the sweep's floors (empty when there is no such floor).
+/// The CSV's header line: the ratios are the point's total figures (for
+/// the raw rate, the ops that crossed ranks) over the sweep's floors
+/// (empty when there is no such floor).
 pub const CSV_HEADER: &str = "backend,transport,clients,depth,ops_per_s,p50_ns,p99_ns,p999_ns,remote_ops_vs_raw_rate,p50_vs_raw_round_trip,p99_vs_raw_round_trip,p50_vs_cache_line,canary_before_ns,canary_after_ns,slow_phase,note,json";
 
 /// The printed summary: the machine once, a table of the points, the
@@ -569,7 +593,13 @@ mod tests {
             "sweep.svg",
             "sweep.md",
         ];
-        let others = ["notes.md", "point-01.txt", "run.json"];
+        let others = [
+            "notes.md",
+            "point-01.txt",
+            "run.json",
+            "point-cloud.json",
+            "point-01-x-c1.json",
+        ];
         for f in ours.iter().chain(&others) {
             std::fs::write(dir.join(f), b"x").unwrap();
         }
@@ -579,7 +609,16 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["notes.md", "point-01.txt", "run.json"]);
+        assert_eq!(
+            left,
+            [
+                "notes.md",
+                "point-01-x-c1.json",
+                "point-01.txt",
+                "point-cloud.json",
+                "run.json"
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -119,19 +119,20 @@ pub(crate) struct Producer<T> {
 unsafe impl<T: Send> Send for Producer<T> {}
 
 /// Copies `value` into a slot's payload (`shmcopy`; a plain copy in the
-/// loom model, which tracks the cell's accesses itself).
+/// loom model, which tracks the cell's accesses itself, and under the
+/// fuzzer, whose AddressSanitizer does not see into inline assembly).
 ///
 /// # Safety
 ///
 /// `p` is a live slot's payload, writable, of one `T`.
 #[inline(always)]
 unsafe fn copy_to_slot<T>(p: *mut T, value: &T) {
-    #[cfg(not(ipc_loom))]
+    #[cfg(not(any(ipc_loom, fuzzing)))]
     // SAFETY: `p` holds one `T` (the caller's contract); `value` is ours.
     unsafe {
         shmcopy::to_shared(p.cast(), ptr::from_ref(value).cast(), size_of::<T>());
     }
-    #[cfg(ipc_loom)]
+    #[cfg(any(ipc_loom, fuzzing))]
     // SAFETY: as above.
     unsafe {
         ptr::copy_nonoverlapping(ptr::from_ref(value), p, 1);
@@ -139,19 +140,19 @@ unsafe fn copy_to_slot<T>(p: *mut T, value: &T) {
 }
 
 /// Copies a slot's payload out into `dst` (`shmcopy`; a plain copy in the
-/// loom model).
+/// loom model and under the fuzzer).
 ///
 /// # Safety
 ///
 /// `p` is a live slot's payload of one `T`; `dst` is ours, room for one.
 #[inline(always)]
 unsafe fn copy_from_slot<T>(dst: *mut T, p: *const T) {
-    #[cfg(not(ipc_loom))]
+    #[cfg(not(any(ipc_loom, fuzzing)))]
     // SAFETY: the caller's contract.
     unsafe {
         shmcopy::from_shared(dst.cast(), p.cast(), size_of::<T>());
     }
-    #[cfg(ipc_loom)]
+    #[cfg(any(ipc_loom, fuzzing))]
     // SAFETY: as above.
     unsafe {
         ptr::copy_nonoverlapping(p, dst, 1);

@@ -354,6 +354,16 @@ pub fn kv_point(v: &serde_json::Value) -> Result<KvPoint, String> {
             "a failed run ({mismatches} verify mismatch(es), {bad} bad status(es)): not a measurement"
         ));
     }
+    for run in v["runs"].as_array().ok_or("no runs")? {
+        for rank in run["ranks"].as_array().ok_or("runs: no ranks")? {
+            if u(&rank["ops"], "runs.ranks.ops")? == 0 {
+                return Err(format!(
+                    "a failed run (rank {} completed no operation in run {}): not a measurement",
+                    rank["rank"], run["run"]
+                ));
+            }
+        }
+    }
     let total = &v["total"];
     let (mut local, mut flux, mut remote) = (0, 0, 0);
     for rank in v["daemons"].as_array().ok_or("no daemons")? {

@@ -39,6 +39,10 @@ fn a_point_of_a_failed_run_is_refused() {
         let e = kv_point(&v).unwrap_err();
         assert!(e.contains("failed run"), "{field}: {e}");
     }
+    let mut v = fixture();
+    v["runs"][0]["ranks"][1]["ops"] = 0.into();
+    let e = kv_point(&v).unwrap_err();
+    assert!(e.contains("completed no operation"), "{e}");
 }
 
 #[test]
