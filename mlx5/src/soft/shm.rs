@@ -626,8 +626,10 @@ impl Bytes for Ring {
     fn put(&self, at: usize, src: &[u8]) {
         assert!(at + src.len() <= self.len);
         // SAFETY: inside the ring (checked above). The consumer does not
-        // read these bytes before the seal publishes them.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(at), src.len()) };
+        // read these bytes before the seal publishes them; a peer that
+        // breaks the protocol and reads or writes them anyway races only
+        // with a copy the compiler cannot look into (`shmcopy`).
+        unsafe { shmcopy::to_shared(self.base.add(at), src.as_ptr(), src.len()) };
     }
     fn put_data(&self, at: usize, src: Data<'_>) {
         assert!(at + src.len() <= self.len);
@@ -640,8 +642,10 @@ impl Bytes for Ring {
         assert!(at + dst.len() <= self.len);
         // SAFETY: inside the ring (checked above), published by the
         // producer's seal. A peer that breaks the protocol and writes here
-        // anyway only changes bytes this side validates as frames.
-        unsafe { std::ptr::copy_nonoverlapping(self.base.add(at), dst.as_mut_ptr(), dst.len()) };
+        // anyway only changes bytes this side validates as frames, and
+        // makes no data race: `shmcopy` copies with moves the compiler
+        // cannot look into or repeat.
+        unsafe { shmcopy::from_shared(dst.as_mut_ptr(), self.base.add(at), dst.len()) };
     }
     fn word(&self, at: usize) -> &AtomicU64 {
         assert!(at + 8 <= self.len && at.is_multiple_of(8));

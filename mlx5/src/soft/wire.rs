@@ -304,8 +304,10 @@ impl<'a> Data<'a> {
     /// `dst..dst + len` is writable and does not overlap the bytes.
     pub(crate) unsafe fn copy_to(self, dst: *mut u8) {
         // SAFETY: the source is readable (type invariant); the caller
-        // vouches for the destination.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr, dst, self.len) };
+        // vouches for the destination. Either side may be memory another
+        // process or the application writes during the copy (a ring span,
+        // a registered region): `shmcopy` makes that no data race.
+        unsafe { shmcopy::from_shared(dst, self.ptr, self.len) };
     }
 }
 
