@@ -16,12 +16,46 @@ use crate::wqe::{Sge, read_data};
 /// Scatter entries a receive WQE can hold (the SRQ limit is 30).
 pub(crate) const MAX_RECV_SGE: usize = 32;
 
-/// A receive WQE taken from an RQ or SRQ.
+/// A receive WQE taken from an RQ or SRQ: its index and where its
+/// scatter list lies. The list is read only by what scatters into it
+/// ([`RecvWqe::sges`], SEND); a WRITE_IMM only completes the WQE, so it
+/// reads none of it (hardware fetches the list only to scatter, too).
 struct RecvWqe {
     index: u16,
     srqn: u32,
-    sges: [Sge; MAX_RECV_SGE],
-    n: usize,
+    /// The WQE's first data segment.
+    segs: *const u8,
+    /// Data segments the WQE's stride has room for (at most
+    /// [`MAX_RECV_SGE`]); the poster ends a shorter list with an invalid
+    /// lkey.
+    max_sge: usize,
+}
+
+impl RecvWqe {
+    /// The scatter list: the WQE's data segments up to the first with an
+    /// invalid lkey (the entries and their count).
+    fn sges(&self) -> ([Sge; MAX_RECV_SGE], usize) {
+        let mut out = [Sge {
+            addr: 0,
+            len: 0,
+            lkey: INVALID_LKEY,
+        }; MAX_RECV_SGE];
+        let mut n = 0;
+        while n < self.max_sge {
+            let mut b = [0u8; SEG];
+            // SAFETY: segment n of the WQE lies within its stride (`max_sge`
+            // was bounded by it in `take_recv`); the WQE stays posted memory
+            // of its queue until its completion is pushed, after this.
+            unsafe { std::ptr::copy_nonoverlapping(self.segs.add(n * SEG), b.as_mut_ptr(), SEG) };
+            let sge = read_data(&b);
+            if sge.lkey == INVALID_LKEY {
+                break;
+            }
+            out[n] = sge;
+            n += 1;
+        }
+        (out, n)
+    }
 }
 
 /// Takes the next receive WQE of QP `qpn`, if one is posted.
@@ -30,30 +64,21 @@ fn take_recv(s: &mut State, qpn: u32) -> Option<RecvWqe> {
     if qp.withhold_recv {
         return None;
     }
-    let mut r = RecvWqe {
-        index: 0,
-        srqn: 0,
-        sges: [Sge {
-            addr: 0,
-            len: 0,
-            lkey: INVALID_LKEY,
-        }; MAX_RECV_SGE],
-        n: 0,
-    };
-    let (base, max_sge): (*const u8, usize) = match qp.srq {
+    match qp.srq {
         None => {
             if qp.rq_pi() == qp.rq_ci as u16 || qp.rq_cnt == 0 {
                 return None;
             }
-            r.index = qp.rq_ci as u16;
+            let index = qp.rq_ci as u16;
             let slot = qp.rq_ci & (qp.rq_cnt - 1);
             qp.rq_ci = qp.rq_ci.wrapping_add(1);
-            let max = (qp.rq_stride as usize / SEG).min(MAX_RECV_SGE);
-            // SAFETY: slot < rq_cnt, inside the RQ buffer.
-            (
-                unsafe { qp.rq_buf.add((slot * qp.rq_stride) as usize) },
-                max,
-            )
+            Some(RecvWqe {
+                index,
+                srqn: 0,
+                // SAFETY: slot < rq_cnt, inside the RQ buffer.
+                segs: unsafe { qp.rq_buf.add((slot * qp.rq_stride) as usize) },
+                max_sge: (qp.rq_stride as usize / SEG).min(MAX_RECV_SGE),
+            })
         }
         Some(srqn) => {
             let srq = s.srq(srqn)?;
@@ -72,27 +97,17 @@ fn take_recv(s: &mut State, qpn: u32) -> Option<RecvWqe> {
             unsafe { std::ptr::copy_nonoverlapping(wqe.add(2), next.as_mut_ptr(), 2) };
             srq.cur = u16::from_be_bytes(next);
             srq.ci = srq.ci.wrapping_add(1);
-            r.index = idx as u16;
-            r.srqn = srqn;
-            // As far as the stride has room (after the next segment), as
-            // hardware reads it; the poster terminates shorter lists.
-            let max = ((srq.mem.stride as usize - SEG) / SEG).min(MAX_RECV_SGE);
-            // SAFETY: the data segments follow the 16-byte next segment.
-            (unsafe { wqe.add(SEG) }, max)
+            Some(RecvWqe {
+                index: idx as u16,
+                srqn,
+                // SAFETY: the data segments follow the 16-byte next segment.
+                segs: unsafe { wqe.add(SEG) },
+                // As far as the stride has room (after the next segment),
+                // as hardware reads it; the poster terminates shorter lists.
+                max_sge: ((srq.mem.stride as usize - SEG) / SEG).min(MAX_RECV_SGE),
+            })
         }
-    };
-    for i in 0..max_sge {
-        let mut b = [0u8; SEG];
-        // SAFETY: segment i of the WQE lies within its stride.
-        unsafe { std::ptr::copy_nonoverlapping(base.add(i * SEG), b.as_mut_ptr(), SEG) };
-        let sge = read_data(&b);
-        if sge.lkey == INVALID_LKEY {
-            break;
-        }
-        r.sges[i] = sge;
-        r.n = i + 1;
     }
-    Some(r)
 }
 
 /// Moves a responder QP to ERROR with an error receive completion.
@@ -310,13 +325,14 @@ fn send(s: &mut State, t: &Target, req: &Request, payload: Data<'_>) -> Response
     let Some(recv) = take_recv(s, t.qpn) else {
         return t.rnr();
     };
-    let capacity: u64 = recv.sges[..recv.n].iter().map(|g| u64::from(g.len)).sum();
+    let (sges, count) = recv.sges();
+    let capacity: u64 = sges[..count].iter().map(|g| u64::from(g.len)).sum();
     if capacity < payload.len() as u64 {
         responder_error(s, t.qpn, &recv, Syndrome::LocalLength);
         return Response::Nak(Syndrome::RemoteInvalRequest);
     }
     let mut rest = payload;
-    for g in &recv.sges[..recv.n] {
+    for g in &sges[..count] {
         if rest.is_empty() {
             break;
         }
