@@ -72,9 +72,10 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     eng.next_timer = None;
     adopt(shared, eng);
     let mut done = 0;
-    // One clock read per pass (a few percent of a cross-process pass on a
-    // VM): the links' deadlines and control checks share it.
-    let now = (!eng.links.is_empty()).then(Instant::now);
+    // One clock read per pass, and none at all within a few thousand TSC
+    // ticks of the last (`clock.rs`): the links' deadlines and control
+    // checks share it.
+    let now = (!eng.links.is_empty()).then(|| eng.clock.now());
     // One lock for every frame and WQE this pass handles (see `Fabric`).
     let mut st = shared.lock_in_pass();
     if let Some(now) = now {
@@ -131,14 +132,15 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
 
 /// Whether a device the last full pass found quiet still is: not kicked,
 /// no connection to adopt, nothing arrived on its links, its deadline not
-/// reached. A few loads (and a clock read when a deadline is set).
-fn still_quiet(shared: &Shared, eng: &Engine, until: Option<Instant>) -> bool {
+/// reached. A few loads (and, when a deadline is set, the pass clock: a
+/// TSC read, and a clock read now and then).
+fn still_quiet(shared: &Shared, eng: &mut Engine, until: Option<Instant>) -> bool {
     // Relaxed: hints; a full pass takes the kick with Acquire, and adopts
     // under its lock.
     !shared.kick.load(Ordering::Relaxed)
         && !shared.has_pending.load(Ordering::Relaxed)
         && eng.links.iter().all(Link::quiet)
-        && until.is_none_or(|t| Instant::now() < t)
+        && until.is_none_or(|t| eng.clock.now() < t)
 }
 
 /// Records whether answers wait for the next pass (`Device::answers_held`),
