@@ -23,13 +23,14 @@ use std::path::{Path, PathBuf};
 
 /// The workspace crates benchkv is built from (their sources decide
 /// whether the build is `-dirty`).
-const CRATES: [&str; 8] = [
+const CRATES: [&str; 9] = [
     "benchkv",
     "benchutil",
     "copyrpc",
     "inproc",
     "ipc",
     "ipc-derive",
+    "lazyclock",
     "mlx5",
     "shmcopy",
 ];

@@ -45,7 +45,10 @@ pub struct Config {
     /// A call without a reply after this long comes back with
     /// [`RpcError::Timeout`] (`None`: never; a dead peer is still detected
     /// by the transport). Deadlines are looked at in every poll that finds
-    /// no completion and in every 64th that does.
+    /// no completion and in every 64th that does, by a clock that reuses
+    /// its last reading for a few microseconds (`lazyclock`): a call
+    /// times out no earlier than this after it was made, and up to
+    /// `lazyclock::MAX_STALE` (10 µs) later.
     pub call_timeout: Option<Duration>,
     /// QP attributes for connecting.
     pub connect: ConnectOpts,
@@ -344,6 +347,10 @@ pub struct Context<U> {
     /// [`EXPIRE_EVERY`].
     busy_polls: u32,
     signal_every: u32,
+    /// Deadlines' clock: the last instant read, again, for a few thousand
+    /// TSC ticks (a clock read orders itself after the poll's loads and
+    /// cost an idle poll with a call in flight more than half its time).
+    clock: lazyclock::LazyClock,
 }
 
 impl<U> std::fmt::Debug for Context<U> {
@@ -404,6 +411,7 @@ impl<U> Context<U> {
             idle_polls: ASYNC_EVERY - 1,
             busy_polls: 0,
             signal_every: (cfg.sq_depth / 4).max(1),
+            clock: lazyclock::LazyClock::default(),
             cfg,
         })
     }
@@ -551,6 +559,15 @@ impl<U> Context<U> {
         let Some(i) = self.slot(ep) else {
             return refuse(CallErrorKind::NotConnected, user_data);
         };
+        // A timeout past what the clock holds never expires. The lazy
+        // instant may be behind by up to MAX_STALE, added so that the call
+        // never times out early.
+        let clock = &mut self.clock;
+        let deadline = timeout.and_then(|t| {
+            clock
+                .now()
+                .checked_add(t.saturating_add(lazyclock::MAX_STALE))
+        });
         let e = &mut self.eps[i];
         if let Some(err) = &e.failed {
             return refuse(CallErrorKind::Endpoint(err.clone()), user_data);
@@ -580,8 +597,7 @@ impl<U> Context<U> {
         slot.generation = slot.generation.wrapping_add(1);
         slot.number = number;
         slot.state = Slot::Waiting(user_data);
-        // A timeout past what the clock holds never expires.
-        if let Some(at) = timeout.and_then(|t| Instant::now().checked_add(t)) {
+        if let Some(at) = deadline {
             e.push_deadline(idx, number, at);
         }
         if !e.dirty {
@@ -842,12 +858,13 @@ impl<U> Context<U> {
     /// Calls whose deadline passed come back with [`RpcError::Timeout`].
     fn expire(&mut self, on_response: &mut impl FnMut(U, Result<&[u8], RpcError>)) {
         let mut now = None;
+        let clock = &mut self.clock;
         for e in &mut self.eps {
             // Answered calls first: the clock is read only for a front
             // call that still waits.
             e.prune_deadlines();
             while let Some(&(idx, _, deadline)) = e.deadlines.front() {
-                let now = *now.get_or_insert_with(Instant::now);
+                let now = *now.get_or_insert_with(|| clock.now());
                 if deadline > now {
                     break;
                 }

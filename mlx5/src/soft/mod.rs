@@ -75,7 +75,6 @@
 //! | this module, [`faults`] | the device's verbs for the backend: open, PD, MR, CQ, SRQ, QP, connect; fault knobs |
 
 mod bell;
-mod clock;
 mod cred;
 mod faults;
 mod link;

@@ -73,7 +73,7 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     adopt(shared, eng);
     let mut done = 0;
     // One clock read per pass, and none at all within a few thousand TSC
-    // ticks of the last (`clock.rs`): the links' deadlines and control
+    // ticks of the last (`lazyclock`): the links' deadlines and control
     // checks share it.
     let now = (!eng.links.is_empty()).then(|| eng.clock.now());
     // One lock for every frame and WQE this pass handles (see `Fabric`).
@@ -132,7 +132,7 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
 
 /// Whether a device the last full pass found quiet still is: not kicked,
 /// no connection to adopt, nothing arrived on its links, its deadline not
-/// reached. A few loads (and, when a deadline is set, the pass clock: a
+/// reached. A few loads (and, when a deadline is set, the lazy clock: a
 /// TSC read, and a clock read now and then).
 fn still_quiet(shared: &Shared, eng: &mut Engine, until: Option<Instant>) -> bool {
     // Relaxed: hints; a full pass takes the kick with Acquire, and adopts

@@ -647,8 +647,8 @@ pub(crate) struct Engine {
     /// no deadline). A pass on an idle device then costs a few loads, not
     /// a walk over its QPs and links.
     pub(crate) quiet: Option<Option<Instant>>,
-    /// The passes' clock (see `clock.rs`).
-    pub(crate) clock: super::clock::PassClock,
+    /// The passes' clock (`lazyclock`: reused for a few TSC ticks).
+    pub(crate) clock: lazyclock::LazyClock,
     /// Sockets to devices in other processes.
     pub(crate) links: Vec<Link>,
     pub(crate) next_link: u64,

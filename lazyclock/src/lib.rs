@@ -1,47 +1,68 @@
-//! The clock of a device's passes: `Instant::now()`, unless the last one
+//! The clock of a polling loop: `Instant::now()`, unless the last instant
 //! read is at most [`REUSE`] time-stamp-counter ticks old, in which case
 //! that one again.
 //!
-//! A pass reads the clock for its links' deadlines and timers, and a quiet
-//! pass with a deadline reads it to see whether the deadline passed. On
-//! x86-64 `Instant::now()` is `clock_gettime` in the vDSO, whose ordered
-//! TSC read waits for every load before it, cache misses included: a pass
-//! that has just read the line another process wrote pays for the miss
-//! again in the clock read instead of overlapping it with its work
-//! (measured in the commit that introduced this: the cross-process
-//! ping-pong's round trip and the idle pass both dropped by about a fifth
-//! to three fifths). `rdtsc` alone is not ordered and costs a few cycles.
+//! A loop that polls for work checks deadlines on every turn: the software
+//! device's passes (its links' deadlines and timers), copyrpc's polls (its
+//! calls' timeouts). On x86-64 `Instant::now()` is `clock_gettime` in the
+//! vDSO, whose ordered TSC read waits for every load before it, cache
+//! misses included: a turn that has just read a line another core wrote
+//! pays for the miss again in the clock read instead of overlapping it
+//! with its work, and an idle turn costs about twice what it would. `rdtsc`
+//! alone is not ordered and costs a few cycles.
 //!
 //! The instant returned is never later than the true time and at most
 //! `REUSE` ticks earlier: 4096 ticks, about 1–4 µs at the 1–4 GHz TSCs of
-//! x86-64 CPUs, under the shortest timer the device keeps (an RNR delay of
-//! at least 10 µs; ACK and control-check deadlines are milliseconds). A
-//! deadline is seen at most that much late, never early. The counter is
-//! used only where the CPU says it is invariant (it runs at one rate in
-//! every power state, CPUID leaf 0x8000_0007, EDX bit 8): there a delta
-//! below `REUSE` ticks is a short time whatever happened in between
-//! (a sleep, a migration between cores whose counters the kernel keeps in
-//! step). A delta that went backwards (cores out of step) reads as huge,
-//! so it reads the clock. Elsewhere, and on other architectures, every
-//! call reads the clock.
+//! x86-64 CPUs, under the shortest timer its users keep (the software
+//! device's RNR delay of at least 10 µs; ACK, control-check and call
+//! deadlines are milliseconds or more). A deadline is seen at most that
+//! much late, never early.
+//!
+//! The counter is used only where the CPU says it is invariant (it runs at
+//! one rate in every power state, CPUID leaf 0x8000_0007, EDX bit 8):
+//! there a delta below `REUSE` ticks is a short time whatever happened in
+//! between (a sleep, a migration between cores whose counters the kernel
+//! keeps in step). A delta that went backwards (cores out of step) reads
+//! as huge, so it reads the clock. Elsewhere, and on other architectures,
+//! every call reads the clock.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//!
+//! let mut clock = lazyclock::LazyClock::default();
+//! let deadline = Instant::now() + Duration::from_millis(1);
+//! while clock.now() < deadline {
+//!     // poll for work
+//! }
+//! assert!(Instant::now() >= deadline);
+//! ```
+
+#![deny(missing_docs)]
 
 use std::time::Instant;
 
 /// Ticks for which an instant read is reused.
-pub(crate) const REUSE: u64 = 4096;
+pub const REUSE: u64 = 4096;
 
-/// A pass clock (see the module doc). `Default` has read nothing yet.
+/// The most an instant from [`LazyClock::now`] is behind the true time:
+/// [`REUSE`] ticks of a TSC of 410 MHz or faster (x86-64 CPUs with an
+/// invariant TSC run it at their base frequency, above 1 GHz). A deadline
+/// that must not pass early, set from a lazy instant, adds this.
+pub const MAX_STALE: std::time::Duration = std::time::Duration::from_micros(10);
+
+/// A clock for one polling loop (see the crate doc). `Default` has read
+/// nothing yet.
 #[derive(Debug, Default)]
-pub(crate) struct PassClock {
+pub struct LazyClock {
     /// The counter and the instant at the last clock read.
     last: Option<(u64, Instant)>,
 }
 
-impl PassClock {
+impl LazyClock {
     /// Now, or the instant last read if that was at most [`REUSE`] ticks
     /// ago.
     #[inline]
-    pub(crate) fn now(&mut self) -> Instant {
+    pub fn now(&mut self) -> Instant {
         let Some(t) = ticks() else {
             return Instant::now();
         };
@@ -98,18 +119,18 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// The instant a pass clock returns is never later than the true time
+    /// The instant a lazy clock returns is never later than the true time
     /// and, after a pause far longer than `REUSE` ticks, is fresh again.
     #[test]
     fn never_ahead_and_fresh_after_a_pause() {
-        let mut c = PassClock::default();
+        let mut c = LazyClock::default();
         for _ in 0..10_000 {
             let before = Instant::now();
             let got = c.now();
             let after = Instant::now();
             assert!(got <= after);
-            // At most REUSE ticks stale: well under a millisecond on any
-            // TSC of 100 MHz or more.
+            // At most REUSE ticks stale (MAX_STALE on this machine's TSC;
+            // a preemption between the two reads can add to it).
             assert!(before.saturating_duration_since(got) < Duration::from_millis(1));
         }
         let first = c.now();
@@ -122,7 +143,7 @@ mod tests {
     /// one where the counter is used (the point of the cache).
     #[test]
     fn monotonic_and_reused_where_the_counter_is_invariant() {
-        let mut c = PassClock::default();
+        let mut c = LazyClock::default();
         let mut last = c.now();
         let mut reused = 0;
         for _ in 0..10_000 {
