@@ -8,6 +8,9 @@
 //! * `rate/inproc-copyrpc-8x256-eager`: the same with [`Context::flush`]
 //!   after every call (one WRITE_IMM per call: what adaptive doorbells
 //!   save).
+//! * `poll/idle-inflight`: one [`Context::poll`] that finds nothing, with a
+//!   call in flight under the default `call_timeout` (its deadline watched
+//!   on every idle poll; the peer is never stepped, so it never answers).
 //!
 //! `inproc`: both ends in this process on two software devices with manual
 //! progress, stepped by the measuring thread (the device's and copyrpc's
@@ -369,6 +372,43 @@ fn copyrpc_echo_role(args: &[String]) {
     }
 }
 
+// ---------------------------------------------------------- idle poll ----
+
+/// A context with one call in flight that is never answered, and the
+/// peer context that keeps the endpoint connected.
+struct IdlePoll {
+    ctx: Context<u64>,
+    _peer: Context<()>,
+}
+
+impl IdlePoll {
+    fn new() -> IdlePoll {
+        let cfg = Config::default();
+        let mut a = Context::new(&mlx5::Context::soft(Progress::Manual), cfg).expect("ctx");
+        let mut b = Context::new(&mlx5::Context::soft(Progress::Manual), cfg).expect("ctx");
+        let (ea, eb) = (a.endpoint().unwrap(), b.endpoint().unwrap());
+        let (ia, ib) = (a.local_info(ea).unwrap(), b.local_info(eb).unwrap());
+        a.connect(ea, &ib).unwrap();
+        b.connect(eb, &ia).unwrap();
+        a.call(ea, &[7u8; PAYLOAD], 0).expect("call");
+        // The request leaves in the first idle polls.
+        for _ in 0..16 {
+            a.poll(|_, _| {}).expect("poll");
+        }
+        assert_eq!(a.in_flight(ea), 1);
+        IdlePoll { ctx: a, _peer: b }
+    }
+
+    fn rate(&mut self, iters: u64) -> Duration {
+        let t = Instant::now();
+        for _ in 0..iters {
+            let n = self.ctx.poll(|_, _| {}).expect("poll");
+            std::hint::black_box(n);
+        }
+        t.elapsed()
+    }
+}
+
 // -------------------------------------------------------------- main ----
 
 type RunFn = Rc<RefCell<dyn FnMut(u64) -> Duration>>;
@@ -426,6 +466,13 @@ fn figures() -> Vec<SharedFigure> {
         200_000,
         Rc::new(RefCell::new(move |n| eager.borrow_mut().rate(n))),
     ));
+    let idle = Rc::new(RefCell::new(IdlePoll::new()));
+    v.push(fig(
+        "poll/idle-inflight".into(),
+        FigKind::Latency,
+        2_000_000,
+        Rc::new(RefCell::new(move |n| idle.borrow_mut().rate(n))),
+    ));
     v
 }
 
@@ -467,7 +514,9 @@ fn main() {
         (raw != id).then(|| m.get(&raw)).flatten().map(|f| f.ns)
     };
     for f in &m.figures {
-        let value = if f.kind == FigKind::Latency {
+        let value = if f.id.starts_with("poll/") {
+            format!("{:.0} ns", f.ns)
+        } else if f.kind == FigKind::Latency {
             format!("{:.2} µs", f.ns / 1e3)
         } else {
             format!("{:.2} M calls/s", f.per_second() / 1e6)
@@ -478,7 +527,9 @@ fn main() {
             Some(raw) => format!("{:.2}× the time", f.ns / raw),
             None => String::new(),
         };
-        let note = if f.id.contains("raw") {
+        let note = if f.id.starts_with("poll/") {
+            "one poll that finds nothing, a call in flight (default call_timeout)"
+        } else if f.id.contains("raw") {
             "32-byte WRITE_IMM each way"
         } else if f.id.ends_with("eager") {
             "32-byte calls, flush after every call"

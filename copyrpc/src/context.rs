@@ -47,8 +47,8 @@ pub struct Config {
     /// by the transport). Deadlines are looked at in every poll that finds
     /// no completion and in every 64th that does, by a clock that reuses
     /// its last reading for a few microseconds (`lazyclock`): a call
-    /// times out no earlier than this after it was made, and up to
-    /// `lazyclock::MAX_STALE` (10 µs) later.
+    /// times out no earlier than this after it was made, at the first such
+    /// poll after that, up to twice `lazyclock::MAX_STALE` (20 µs) late.
     pub call_timeout: Option<Duration>,
     /// QP attributes for connecting.
     pub connect: ConnectOpts,

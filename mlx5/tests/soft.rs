@@ -662,6 +662,81 @@ fn after_an_error_every_later_wqe_and_receive_is_flushed() {
     assert_eq!(a.qp.sq_free(), empty, "flush completions retire every WQE");
 }
 
+/// A scatter list a WRITE_IMM cannot use: an lkey no region has, a length
+/// past any region.
+fn garbage_sge() -> mlx5::wqe::Sge {
+    mlx5::wqe::Sge {
+        addr: 0xdead_0000,
+        len: u32::MAX,
+        lkey: 0x00ab_cd01,
+    }
+}
+
+/// A WRITE_IMM only completes its receive WQE (its data goes where the
+/// request says): a garbage scatter list there is never looked at, on an
+/// RQ or an SRQ; a SEND into the same kind of WQE fails with a local
+/// protection error (the list is read where it is used).
+#[test]
+fn write_imm_ignores_the_receive_scatter_list_send_checks_it() {
+    // A QP with its own receive queue.
+    let (mut a, mut b) = pair(Progress::Manual);
+    b.qp.post_recv(&[garbage_sge()]).unwrap();
+    a.qp.post_and_ring(&WriteImm::inline(b.mr.remote(64), b"imm", 5).signaled())
+        .unwrap();
+    assert_eq!(a.expect(1)[0].status(), Ok(()));
+    let c = b.expect(1);
+    assert_eq!(
+        (c[0].kind, c[0].status(), c[0].byte_len),
+        (Kind::RecvWriteImm, Ok(()), 3)
+    );
+    assert_eq!(read(&b, 64, 3), b"imm");
+    b.qp.post_recv(&[garbage_sge()]).unwrap();
+    a.qp.post_and_ring(&Send::inline(b"send").signaled())
+        .unwrap();
+    assert!(first_error(&mut a).kind.is_error());
+    let c = b.expect(1);
+    assert_eq!(
+        (c[0].kind, c[0].syndrome),
+        (Kind::RecvError, Some(Syndrome::LocalProt))
+    );
+
+    // A QP on an SRQ.
+    let (a, b) = pair(Progress::Manual);
+    let cq = Cq::new(&b.ctx, 16).unwrap();
+    let mut srq = Srq::new(&b.pd, 16, 1).unwrap();
+    let mut q = srq_qp(&b, &cq, &srq);
+    let mut p = Qp::builder(&a.pd, &a.cq, &a.cq).build().unwrap();
+    let o = ConnectOpts::default();
+    connect(&mut p, &mut q, &o, &o);
+    let mut cq = cq;
+    let mut recv_cqe = || {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while got.is_empty() && std::time::Instant::now() < deadline {
+            a.ctx.progress().unwrap();
+            b.ctx.progress().unwrap();
+            cq.poll(16, |c| got.push(*c)).unwrap();
+        }
+        got
+    };
+    srq.post_recv(&[garbage_sge()]).unwrap();
+    p.post_and_ring(&WriteImm::inline(b.mr.remote(128), b"srq", 9))
+        .unwrap();
+    let c = recv_cqe();
+    assert_eq!(
+        (c[0].kind, c[0].status(), c[0].srqn),
+        (Kind::RecvWriteImm, Ok(()), srq.srqn())
+    );
+    assert_eq!(read(&b, 128, 3), b"srq");
+    srq.post_recv(&[garbage_sge()]).unwrap();
+    p.post_and_ring(&Send::inline(b"send")).unwrap();
+    let c = recv_cqe();
+    assert_eq!(
+        (c[0].kind, c[0].syndrome),
+        (Kind::RecvError, Some(Syndrome::LocalProt))
+    );
+}
+
 #[test]
 fn receive_too_small_fails_both_sides() {
     let (mut a, mut b) = pair(Progress::Manual);

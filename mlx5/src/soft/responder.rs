@@ -19,7 +19,7 @@ pub(crate) const MAX_RECV_SGE: usize = 32;
 /// A receive WQE taken from an RQ or SRQ: its index and where its
 /// scatter list lies. The list is read only by what scatters into it
 /// ([`RecvWqe::sges`], SEND); a WRITE_IMM only completes the WQE, so it
-/// reads none of it (hardware fetches the list only to scatter, too).
+/// reads none of it.
 struct RecvWqe {
     index: u16,
     srqn: u32,
@@ -34,7 +34,13 @@ struct RecvWqe {
 impl RecvWqe {
     /// The scatter list: the WQE's data segments up to the first with an
     /// invalid lkey (the entries and their count).
-    fn sges(&self) -> ([Sge; MAX_RECV_SGE], usize) {
+    ///
+    /// # Safety
+    ///
+    /// The queue the WQE was taken from still exists (its buffer is
+    /// mapped): called under the same state lock as `take_recv`, before
+    /// the QP or SRQ can be destroyed.
+    unsafe fn sges(&self) -> ([Sge; MAX_RECV_SGE], usize) {
         let mut out = [Sge {
             addr: 0,
             len: 0,
@@ -44,8 +50,8 @@ impl RecvWqe {
         while n < self.max_sge {
             let mut b = [0u8; SEG];
             // SAFETY: segment n of the WQE lies within its stride (`max_sge`
-            // was bounded by it in `take_recv`); the WQE stays posted memory
-            // of its queue until its completion is pushed, after this.
+            // was bounded by it in `take_recv`), in a queue buffer that is
+            // still mapped (the caller's contract).
             unsafe { std::ptr::copy_nonoverlapping(self.segs.add(n * SEG), b.as_mut_ptr(), SEG) };
             let sge = read_data(&b);
             if sge.lkey == INVALID_LKEY {
@@ -325,7 +331,8 @@ fn send(s: &mut State, t: &Target, req: &Request, payload: Data<'_>) -> Response
     let Some(recv) = take_recv(s, t.qpn) else {
         return t.rnr();
     };
-    let (sges, count) = recv.sges();
+    // SAFETY: taken just above, under the same `&mut State`.
+    let (sges, count) = unsafe { recv.sges() };
     let capacity: u64 = sges[..count].iter().map(|g| u64::from(g.len)).sum();
     if capacity < payload.len() as u64 {
         responder_error(s, t.qpn, &recv, Syndrome::LocalLength);
