@@ -6,7 +6,7 @@
 //! | state      | entered when                                   | left when |
 //! |------------|------------------------------------------------|-----------|
 //! | `Free`     | start; the client's connection closed or it was evicted | a connection is accepted into it |
-//! | `Hello`    | accepted (its uid is the server's)             | its hello arrives (→ `Attached`), is wrong, or 2 s pass (→ `Free`) |
+//! | `Hello`    | accepted (its uid is the server's)             | its hello arrives (→ `Attached`), is wrong or comes with descriptors (refused), its connection closes, or 2 s pass (→ `Free`) |
 //! | `Attached` | the welcome and both memfds were sent          | its connection reads end-of-file (it detached or died), it sent a stray byte or its ring went bad (evicted) (→ `Free`) |
 //!
 //! Each attach gets a fresh region memfd, so nothing a departed or evicted
@@ -513,7 +513,12 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                     Ok(0) => self.release(i),
                     Ok(n) => {
                         *got += n;
-                        if *got == Hello::LEN {
+                        if !fds.is_empty() {
+                            // No correct client sends descriptors: refuse
+                            // it (they are closed as `fds` drops).
+                            let why = "it sent descriptors with its hello".to_owned();
+                            self.finish_hello(i, Err(why));
+                        } else if *got == Hello::LEN {
                             let hello = Hello::parse(&buf[..]);
                             self.finish_hello(i, hello);
                         }
@@ -703,5 +708,122 @@ impl<Req: Message, Resp: Message> Drop for Server<Req, Resp> {
                 wake(&a.region);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+    use crate::ServerConfig;
+
+    type Msg = [u64; 2];
+
+    /// A server whose connections accept descriptors, as every socket does
+    /// on kernels before 6.16 (no `SO_PASSRIGHTS`): what a client sends
+    /// reaches it, and it must refuse the client and close them itself.
+    fn server_taking_descriptors(tag: &str) -> Server<Msg, Msg> {
+        let name = format!("ipc-rights-{}-{tag}", std::process::id());
+        let server = Server::create(&name, ServerConfig::new().max_clients(2)).unwrap();
+        // Fails only where the option does not exist, which is the same.
+        let _ = sys::pass_rights(&server.listener, true);
+        server
+    }
+
+    /// A raw connection to `server`, its hello (or part) sent with `fds`,
+    /// the server's answer read.
+    fn hello_with(server: &mut Server<Msg, Msg>, hello: &[u8], fds: &[i32]) -> (Vec<u8>, OwnedFd) {
+        let addr = wire::address(sys::euid(), &server.name);
+        let sock = sys::connect(&sys::AbstractAddr::new(&addr).unwrap()).unwrap();
+        assert_eq!(sys::send(&sock, hello, fds).unwrap(), hello.len());
+        server.refresh();
+        let mut answer = vec![0u8; 4096];
+        let mut got = Vec::new();
+        let n = sys::recv(&sock, &mut answer, &mut got).unwrap_or(0);
+        answer.truncate(n);
+        (answer, sock)
+    }
+
+    /// Whether every copy of the pipe's write end is closed (the server's
+    /// included, so it kept none).
+    fn writers_gone(r: &std::io::PipeReader) -> bool {
+        let mut p = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; no waiting.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n == 1 && p.revents & libc::POLLHUP != 0
+    }
+
+    #[test]
+    fn a_hello_with_descriptors_is_refused_and_they_are_closed() {
+        let mut server = server_taking_descriptors("hello");
+        let (r, w) = std::io::pipe().unwrap();
+        let (answer, _sock) =
+            hello_with(&mut server, Hello::new(false).as_bytes(), &[w.as_raw_fd()]);
+        drop(w);
+        let welcome = Welcome::parse(&answer[..Welcome::LEN]).unwrap();
+        assert_eq!(welcome.status(), Ok(Status::BadHello));
+        assert_eq!(server.attached_clients(), 0);
+        assert!(writers_gone(&r), "the server kept the descriptor");
+    }
+
+    #[test]
+    fn a_client_sending_descriptors_after_its_hello_is_evicted_and_they_are_closed() {
+        let mut server = server_taking_descriptors("later");
+        let (answer, sock) = hello_with(&mut server, Hello::new(false).as_bytes(), &[]);
+        let welcome = Welcome::parse(&answer[..Welcome::LEN]).unwrap();
+        assert_eq!(welcome.status(), Ok(Status::Attached));
+        let (r, w) = std::io::pipe().unwrap();
+        assert_eq!(sys::send(&sock, &[WAKE], &[w.as_raw_fd()]).unwrap(), 1);
+        drop(w);
+        server.refresh();
+        assert_eq!(server.evictions(), 1);
+        assert!(writers_gone(&r), "the server kept the descriptor");
+    }
+
+    /// A socket set to linger, with a full send queue its peer never reads,
+    /// blocks the `close` of its last descriptor for the linger time; the
+    /// server defuses it (linger off) before closing it.
+    #[test]
+    fn closing_a_lingering_socket_a_client_sent_does_not_block_the_server() {
+        let mut server = server_taking_descriptors("linger");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_peer, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        while s.write(&[0u8; 65536]).is_ok() {}
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 3,
+        };
+        // SAFETY: `linger` is a valid option value of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let addr = wire::address(sys::euid(), &server.name);
+        let sock = sys::connect(&sys::AbstractAddr::new(&addr).unwrap()).unwrap();
+        let hello = Hello::new(false);
+        sys::send(&sock, hello.as_bytes(), &[s.as_raw_fd()]).unwrap();
+        // The server's copy is the last.
+        drop(s);
+        let t0 = Instant::now();
+        server.refresh();
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the server was stuck {:?} closing it",
+            t0.elapsed()
+        );
     }
 }

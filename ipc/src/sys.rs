@@ -184,15 +184,57 @@ fn stream_socket() -> io::Result<OwnedFd> {
 }
 
 /// A non-blocking listening socket bound to `addr`. `AddrInUse` when a live
-/// socket holds the name.
+/// socket holds the name. Its connections refuse descriptors where the
+/// kernel can ([`pass_rights`]).
 pub(crate) fn listen(addr: &AbstractAddr, backlog: u32) -> io::Result<OwnedFd> {
     let fd = stream_socket()?;
+    // Before `listen`, so no connection is ever without it. Kernels before
+    // 6.16 lack the option; `recv` defuses what reaches us there.
+    let _ = pass_rights(&fd, false);
     // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
     check(unsafe { libc::bind(fd.as_raw_fd(), addr.ptr(), addr.len) })?;
     let backlog = backlog.min(libc::c_int::MAX as u32) as libc::c_int;
     // SAFETY: listen on a bound socket we own.
     check(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
     Ok(fd)
+}
+
+/// `SO_PASSRIGHTS` (Linux 6.16) in the asm-generic numbering, which the
+/// `libc` crate does not export yet; MIPS and SPARC number it otherwise,
+/// and go without.
+const SO_PASSRIGHTS: Option<libc::c_int> = if cfg!(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)) {
+    None
+} else {
+    Some(83)
+};
+
+/// Whether `sock` accepts descriptors (`SCM_RIGHTS`); a listener's setting
+/// carries over to the connections it accepts. Refused, a peer's `sendmsg`
+/// with descriptors fails (EPERM) and nothing reaches us: nothing to close,
+/// and closing a peer's descriptor can block (a socket it set to linger
+/// with unsent data, a FUSE file whose daemon never answers the flush).
+/// `ENOPROTOOPT` before Linux 6.16.
+pub(crate) fn pass_rights(sock: &OwnedFd, allow: bool) -> io::Result<()> {
+    let Some(option) = SO_PASSRIGHTS else {
+        return Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT));
+    };
+    let v = libc::c_int::from(allow);
+    // SAFETY: `v` is a valid int option value for the call.
+    check(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const v).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
 }
 
 /// Accepts one pending connection, non-blocking and close-on-exec.
@@ -300,7 +342,10 @@ pub(crate) fn send(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<us
 }
 
 /// Receives into `buf` without blocking; descriptors that arrive with the
-/// bytes are appended to `fds` (close-on-exec). `Ok(0)` is end of stream.
+/// bytes are appended to `fds` (close-on-exec), each a socket's linger
+/// switched off: a peer's socket set to linger, with data its own peer
+/// never reads, would block our `close` of it for the linger time.
+/// `Ok(0)` is end of stream.
 pub(crate) fn recv(sock: &OwnedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -335,13 +380,36 @@ pub(crate) fn recv(sock: &OwnedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io
                 for i in 0..count {
                     let fd = data.add(i).read_unaligned();
                     // The kernel installed this descriptor for us.
-                    fds.push(OwnedFd::from_raw_fd(fd));
+                    let fd = OwnedFd::from_raw_fd(fd);
+                    // ENOTSOCK for what is no socket, as expected.
+                    let _ = set_linger_off(&fd);
+                    fds.push(fd);
                 }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
     Ok(n as usize)
+}
+
+/// Makes closing the socket `fd` return at once, its unsent data left to
+/// the kernel.
+fn set_linger_off(fd: &OwnedFd) -> io::Result<()> {
+    let off = libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    };
+    // SAFETY: `off` is a valid linger value of the size given.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const off).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
 }
 
 /// Waits until `sock` is readable (or hung up) for at most `timeout`.

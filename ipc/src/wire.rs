@@ -13,9 +13,15 @@
 //!
 //! The server refuses connections from other user ids (`SO_PEERCRED`), the
 //! way a 0600 file would. A client that sends anything but wake bytes after
-//! its hello is evicted. All integers are little-endian; the fixed parts
-//! are `zerocopy` structs with explicit byte order, so parsing any input is
-//! total (every function here returns an error, never panics).
+//! its hello is evicted. No client message carries descriptors: the
+//! server's sockets refuse them where the kernel can (`SO_PASSRIGHTS`,
+//! Linux 6.16), so a client's `sendmsg` with any fails; on older kernels a
+//! hello that comes with any is refused, a client that sends any later is
+//! evicted, and the server closes them (closing a peer's descriptor can
+//! block: see [`crate::sys::pass_rights`]). All integers are
+//! little-endian; the fixed parts are `zerocopy` structs with explicit byte
+//! order, so parsing any input is total (every function here returns an
+//! error, never panics).
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};

@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{
-    Msg, Peer, START, ServerThread, answer, assert_ok, attach_while_serving, connect_retrying,
-    name, spawn_server,
+    Msg, Peer, START, ServerThread, address, answer, assert_ok, attach_while_serving,
+    connect_retrying, name, spawn_server,
 };
 use ipc::{AsyncClient, Client, ClientConfig, Error, Server, ServerConfig, WaitStrategy};
 
@@ -206,12 +206,6 @@ fn a_dead_servers_name_is_free_at_once_and_a_live_ones_is_refused() {
     drop(client);
     server.stop();
     assert_nobody_serves(&name);
-}
-
-/// The abstract socket address a segment `name` of this user listens on.
-fn address(name: &str) -> String {
-    // SAFETY: geteuid cannot fail.
-    format!("ipc.{}.{name}", unsafe { libc::geteuid() })
 }
 
 /// A listener on segment `name`'s address that is not an ipc server: it

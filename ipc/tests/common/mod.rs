@@ -284,3 +284,237 @@ impl Caller {
         }
     }
 }
+
+// ------------------------------------------------ raw peers of the protocol
+
+/// The abstract socket address a segment `name` of this user listens on.
+pub fn address(name: &str) -> String {
+    // SAFETY: geteuid cannot fail.
+    format!("ipc.{}.{name}", unsafe { libc::geteuid() })
+}
+
+/// A valid hello (magic "CPRCIPC2", protocol version 2, no flags), as a raw
+/// client sends it.
+pub const HELLO: [u8; 16] = *b"CPRCIPC2\x02\0\0\0\0\0\0\0";
+/// Length of a welcome's fixed part, and where its fields lie.
+pub const WELCOME_LEN: usize = 80;
+pub mod welcome {
+    //! Byte offsets of the welcome's little-endian fields (`wire::Welcome`).
+    pub const VERSION: usize = 8;
+    pub const STATUS: usize = 12;
+    pub const SLOT: usize = 16;
+    pub const MAX_CLIENTS: usize = 20;
+    pub const DEPTH: usize = 24;
+    pub const REGION_LEN: usize = 40;
+    pub const REQ_SLOT: usize = 64;
+    pub const TEXT_LEN: usize = 72;
+}
+
+/// The welcome's `u32` field at `at`.
+pub fn field(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
+/// A connection to segment `name` that speaks raw bytes (blocking, with a
+/// read timeout, so a silent peer fails the test instead of hanging it).
+pub fn raw_connect(name: &str) -> std::os::unix::net::UnixStream {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(address(name)).unwrap();
+    let s = std::os::unix::net::UnixStream::connect_addr(&addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Sends `bytes` with `fds` attached as `SCM_RIGHTS` (what `std` cannot do
+/// on stable). Returns the bytes the kernel took.
+pub fn send_with_fds(
+    sock: &impl std::os::fd::AsRawFd,
+    bytes: &[u8],
+    fds: &[std::os::fd::RawFd],
+) -> std::io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    let payload = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: msg_control points to `space` writable bytes, room for one
+        // header and `fds`; CMSG_FIRSTHDR/CMSG_DATA stay inside them.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(payload) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(c).cast::<std::os::fd::RawFd>(),
+                fds.len(),
+            );
+        }
+    }
+    // SAFETY: `msg` points to live buffers for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Receives into `buf` (blocking, per the socket's timeout) and appends
+/// the descriptors that came with the bytes to `fds`. `Ok(0)`: end of stream.
+pub fn recv_with_fds(
+    sock: &impl std::os::fd::AsRawFd,
+    buf: &mut [u8],
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+) -> std::io::Result<usize> {
+    use std::os::fd::FromRawFd;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for 64 descriptors: more than any peer here sends.
+    let mut cbuf = [0u64; 40];
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: `msg` points to live buffers for the duration of the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled msg_control with well-formed cmsgs; the
+    // CMSG_* walk stays inside them, and each descriptor it installed is
+    // ours to own.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<std::os::fd::RawFd>();
+                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(
+                        data.add(i).read_unaligned(),
+                    ));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(n as usize)
+}
+
+/// Reads until the peer closes (or the socket's timeout passes, which
+/// fails the test): every byte and every descriptor that came.
+pub fn read_to_close(
+    sock: &std::os::unix::net::UnixStream,
+) -> (Vec<u8>, Vec<std::os::fd::OwnedFd>) {
+    let (mut bytes, mut fds) = (Vec::new(), Vec::new());
+    loop {
+        let mut buf = [0u8; 4096];
+        match recv_with_fds(sock, &mut buf, &mut fds) {
+            Ok(0) => return (bytes, fds),
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("waiting for the peer to close: {e}"),
+        }
+    }
+}
+
+/// A new memfd named `tag` (it shows as `/memfd:TAG` in `/proc/*/fd`) of
+/// `len` bytes holding `contents` at its start, with `seals` added.
+pub fn memfd(tag: &str, len: u64, contents: &[u8], seals: libc::c_int) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::fs::FileExt;
+    let cname = std::ffi::CString::new(tag).unwrap();
+    // SAFETY: `cname` is a valid NUL-terminated string for the call.
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel just returned this descriptor; nobody else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let file = std::fs::File::from(fd);
+    file.set_len(len).unwrap();
+    file.write_all_at(contents, 0).unwrap();
+    let fd = std::os::fd::OwnedFd::from(file);
+    // SAFETY: fcntl on a descriptor we own.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    assert_eq!(r, 0, "F_ADD_SEALS: {}", std::io::Error::last_os_error());
+    fd
+}
+
+/// What process `pid`'s descriptors are: (number, link target), sorted.
+pub fn open_fds(pid: u32) -> Vec<(u32, String)> {
+    let mut v: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list /proc/PID/fd")
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse().ok()?;
+            // A descriptor closed between the listing and here is gone.
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((n, target.to_string_lossy().into_owned()))
+        })
+        // The listing's own descriptor, when a process lists itself.
+        .filter(|(_, target)| *target != format!("/proc/{pid}/fd"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits (at most `within`) until process `pid` holds exactly the
+/// descriptors `expected` (a server closes a connection at its next look).
+pub fn wait_for_fds(pid: u32, expected: &[(u32, String)], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = open_fds(pid);
+        if now == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} holds descriptors {now:?}, expected {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reads exactly `n` bytes (the descriptors that come with them go to
+/// `fds`); fails the test if the peer closes first.
+pub fn recv_exact(
+    sock: &std::os::unix::net::UnixStream,
+    n: usize,
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match recv_with_fds(sock, &mut buf[got..], fds) {
+            Ok(0) => panic!("the peer closed after {got} of {n} bytes"),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("after {got} of {n} bytes: {e}"),
+        }
+    }
+    buf
+}
+
+/// Reads a whole welcome (fixed part and type text) and its descriptors.
+pub fn recv_welcome(sock: &std::os::unix::net::UnixStream) -> (Vec<u8>, Vec<std::os::fd::OwnedFd>) {
+    let mut fds = Vec::new();
+    let mut bytes = recv_exact(sock, WELCOME_LEN, &mut fds);
+    let text = field(&bytes, welcome::TEXT_LEN) as usize;
+    bytes.extend(recv_exact(sock, text, &mut fds));
+    (bytes, fds)
+}

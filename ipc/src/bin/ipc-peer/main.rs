@@ -293,10 +293,13 @@ fn attack(a: &Args) -> Result<(), String> {
     }
     println!("ready {}", client.slot());
     let (base, len) = client.own_region_for_fault_injection();
-    let reach = attack::Reach::gather(&a.name, base, len);
+    let kept = attack::Kept::attach(&a.name)?;
+    let reach = attack::Reach::gather(&a.name, base, len, &kept);
     eprintln!("ipc-peer attack: reach: {}", reach.describe());
-    let (landed, tried) = reach.attack(&a.kind)?;
-    println!("attacked {}: {landed} landed, {tried} tried", a.kind);
+    let tally = reach.attack(&a.kind)?;
+    // Done with the kept attach: its slot is free again.
+    drop((reach, kept));
+    println!("attacked {}: {tally}", a.kind);
     match client.call(&[0, 7, 7, 0]) {
         Ok(r) if r[2] == 22 => println!("after: ok"),
         Ok(r) => println!("after: wrong answer {r:?}"),
