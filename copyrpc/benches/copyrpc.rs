@@ -8,7 +8,7 @@
 //! * `rate/inproc-copyrpc-8x256-eager`: the same with [`Context::flush`]
 //!   after every call (one WRITE_IMM per call: what adaptive doorbells
 //!   save).
-//! * `poll/idle-inflight`: one [`Context::poll`] that finds nothing, with a
+//! * `poll/idle-call-waiting`: one [`Context::poll`] that finds nothing, with a
 //!   call in flight under the default `call_timeout` (its deadline watched
 //!   on every idle poll; the peer is never stepped, so it never answers).
 //!
@@ -468,7 +468,7 @@ fn figures() -> Vec<SharedFigure> {
     ));
     let idle = Rc::new(RefCell::new(IdlePoll::new()));
     v.push(fig(
-        "poll/idle-inflight".into(),
+        "poll/idle-call-waiting".into(),
         FigKind::Latency,
         2_000_000,
         Rc::new(RefCell::new(move |n| idle.borrow_mut().rate(n))),

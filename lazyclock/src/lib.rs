@@ -9,7 +9,7 @@
 //! misses included: a turn that has just read a line another core wrote
 //! pays for the miss again in the clock read instead of overlapping it
 //! with its work. On the 2-vCPU AMD EPYC VM this was written on, copyrpc's
-//! `poll/idle-inflight` figure (`cargo bench -p copyrpc`: an idle poll with
+//! `poll/idle-call-waiting` figure (`cargo bench -p copyrpc`: an idle poll with
 //! a call in flight, whose deadline the poll and the device's quiet pass
 //! each looked at) read 41 ns with clock reads and 19–21 ns with this, in
 //! interleaved runs. `rdtsc` alone
