@@ -8,12 +8,12 @@
 //! vDSO, whose ordered TSC read waits for every load before it, cache
 //! misses included: a turn that has just read a line another core wrote
 //! pays for the miss again in the clock read instead of overlapping it
-//! with its work. On the 2-vCPU AMD EPYC VM this was written on, copyrpc's
-//! `poll/idle-call-waiting` figure (`cargo bench -p copyrpc`: an idle poll with
-//! a call in flight, whose deadline the poll and the device's quiet pass
-//! each looked at) read 41 ns with clock reads and 19–21 ns with this, in
-//! interleaved runs. `rdtsc` alone
-//! is not ordered: some 20–40 cycles, where a hypervisor does not trap it.
+//! with its work. On the 2-vCPU AMD EPYC VM this was written on,
+//! copyrpc's `poll/idle-call-waiting` figure (`cargo bench -p copyrpc`: an
+//! idle poll with a call in flight, whose deadline the poll and the
+//! device's quiet pass each looked at) read 41 ns with clock reads and
+//! 19–21 ns with this, in interleaved runs. `rdtsc` alone is not ordered:
+//! some 20–40 cycles, where a hypervisor does not trap it.
 //!
 //! The instant returned is never later than the true time and at most
 //! `REUSE` ticks earlier: 4096 ticks, about 1–4 µs at the 1–4 GHz TSCs of
