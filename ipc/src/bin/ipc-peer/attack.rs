@@ -368,7 +368,7 @@ impl Kept {
         let mut want = WELCOME_LEN;
         while got.len() < want {
             let mut buf = [0u8; 4096];
-            let n = recv_fds(&conn, &mut buf[..want - got.len()], &mut fds)
+            let n = crate::rawsock::recv_with_fds(&conn, &mut buf[..want - got.len()], &mut fds)
                 .map_err(|e| format!("receive the welcome: {e}"))?;
             if n == 0 {
                 return Err(format!("the server closed after {} bytes", got.len()));
@@ -409,45 +409,6 @@ fn connect_abstract(address: &str, timeout: std::time::Duration) -> Result<UnixS
     Ok(s)
 }
 
-/// Receives into `buf` (blocking, up to the socket's timeout); descriptors
-/// that come with the bytes are appended to `fds`. `Ok(0)`: end of stream.
-fn recv_fds(s: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let mut cbuf = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: all-zero is a valid msghdr.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: `msg` points to live buffers for the duration of the call.
-    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel filled msg_control with well-formed cmsgs; the
-    // CMSG_* walk stays inside them, and each descriptor it installed is
-    // ours to own.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<i32>();
-                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok(n as usize)
-}
-
 /// `ipc-peer probe ADDRESS HEX`: connects to the abstract unix socket
 /// ADDRESS, sends the bytes HEX, and reports what comes back until the
 /// other end closes or is quiet for a second: `status S, N descriptors, M
@@ -466,7 +427,7 @@ pub fn probe(address: &str, hex: &str) -> Result<(), String> {
     let mut fds: Vec<OwnedFd> = Vec::new();
     loop {
         let mut buf = [0u8; 4096];
-        match recv_fds(&s, &mut buf, &mut fds) {
+        match crate::rawsock::recv_with_fds(&s, &mut buf, &mut fds) {
             Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
             _ => break,
         }

@@ -23,6 +23,7 @@
 //! raw bytes to an abstract socket address (see `attack::probe`).
 
 mod attack;
+mod rawsock;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
