@@ -11,9 +11,10 @@
 //! with its work. On the 2-vCPU AMD EPYC VM this was written on,
 //! copyrpc's `poll/idle-call-waiting` figure (`cargo bench -p copyrpc`: an
 //! idle poll with a call in flight, whose deadline the poll and the
-//! device's quiet pass each looked at) read 41 ns with clock reads and
-//! 19–21 ns with this, in interleaved runs. `rdtsc` alone is not ordered:
-//! some 20–40 cycles, where a hypervisor does not trap it.
+//! device's quiet pass each looked at) read 41 ns with clock reads (this
+//! bench file built against git `bda4147`, before this crate) and 19–21 ns
+//! with this, in interleaved runs. `rdtsc` alone is not ordered, and cheap
+//! where a hypervisor does not trap it.
 //!
 //! The instant returned is never later than the true time and at most
 //! `REUSE` ticks earlier: 4096 ticks, about 1–4 µs at the 1–4 GHz TSCs of
