@@ -39,9 +39,21 @@
 //! once every request in it was replied to or dropped (responses are
 //! consumed when delivered), so a zero-copy view of a held request is never
 //! overwritten. The consumed position rides on every batch the receiver
-//! sends; with nothing to send but credit owed for a batch that carried
-//! messages, it sends an empty batch (never for a batch that was itself
+//! sends. With nothing to send, it sends an empty (credit-only) batch only
+//! once what it consumed since its last credit exceeds the *credit lag*
+//! `G = (N - K·(S + C) - 3·W - E) / 2` (0 when that is negative), and only
+//! for batches that carried messages (never for a batch that was itself
 //! empty, so empty batches do not bounce). No RDMA READ is ever needed.
+//!
+//! Holding credit back costs the peer nothing it needs: its replies fit
+//! by the credit its requests carried (below), and its requests are
+//! refused only when `U + W + W + E > N - K·(S + C)` (a request and a
+//! wrap's skip take at most `2·W`): once this side has consumed
+//! everything the peer sent, the peer's `U` is this side's unsent credit,
+//! so a peer refused for lack of credit is owed more than `2·G` and gets
+//! it. In a request/reply exchange every request carries the credit for
+//! the replies before it, and no empty batch (nor the ACK the transport
+//! sends for it) is ever written.
 //!
 //! # Admission: replies never fail for lack of space
 //!
@@ -171,6 +183,16 @@ impl Limits {
     /// The wire size of the largest reply in a batch of its own (`S`).
     pub fn reply_slot(&self) -> u64 {
         BATCH_HEADER + msg_wire(self.max_reply)
+    }
+
+    /// The credit lag `G` (see the module doc): consumed bytes a side may
+    /// leave unreported while it has nothing else to send.
+    pub fn credit_lag(&self) -> u64 {
+        let n = u64::from(self.ring);
+        let margin = u64::from(self.max_inflight) * (self.reply_slot() + CREDIT_ONLY)
+            + 3 * u64::from(self.max_batch)
+            + CREDIT_RESERVE;
+        n.saturating_sub(margin) / 2
     }
 
     /// Checks that the sizes admit at least one call of each size.
@@ -337,6 +359,9 @@ pub struct Conn {
     advertised: u64,
     /// A batch with messages was consumed since the last credit went out.
     owe_real: bool,
+    /// The credit lag `G` (see the module doc): how far `consumed` may run
+    /// ahead of `advertised` before a credit-only batch goes.
+    credit_lag: u64,
     batches: VecDeque<InBatch>,
     first_seq: u64,
     /// The messages of the last batch [`Conn::on_batch`] accepted, as it
@@ -370,6 +395,7 @@ impl Conn {
             consumed: 0,
             advertised: 0,
             owe_real: false,
+            credit_lag: lim.credit_lag(),
             batches: VecDeque::new(),
             first_seq: 0,
             msgs: Vec::new(),
@@ -548,8 +574,10 @@ impl Conn {
         self.open.is_some() || !self.ready.is_empty() || self.owes_credit()
     }
 
+    /// Whether a credit-only batch is due: batches with messages were
+    /// consumed and the credit not sent exceeds the lag.
     fn owes_credit(&self) -> bool {
-        self.owe_real && self.consumed > self.advertised
+        self.owe_real && self.consumed.saturating_sub(self.advertised) > self.credit_lag
     }
 
     /// The next batch to write, its header filled in (credit, length,

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use copyrpc::proto::{AppendError, Conn, Flush, Limits};
+use copyrpc::proto::{AppendError, BATCH_HEADER, Conn, Flush, Limits, msg_wire};
 use proptest::prelude::*;
 
 /// One side of the model: its protocol state, its two rings, its calls in
@@ -233,19 +233,47 @@ impl World {
 
 /// Tiny rings (a few batches per lap), 1 to 8 calls in flight, requests
 /// and replies of equal or very different sizes; only valid combinations.
+/// Both credit modes occur: rings with no room to spare send credit for
+/// every reply batch (lag 0), the others hold it back (see
+/// `tiny_limits_cover_both_credit_modes`).
 fn tiny() -> impl Strategy<Value = Limits> {
-    (0..3u32, 1..=8u32, 0..3usize, 0..2u32)
-        .prop_map(|(ring, inflight, asym, batch)| {
-            let (max_call, max_reply) = [(24, 24), (16, 120), (120, 16)][asym];
-            Limits {
-                ring: 1024 << ring,
-                max_inflight: inflight,
-                max_call,
-                max_reply,
-                max_batch: [160, 320][batch as usize],
-            }
-        })
+    (0..3u32, 1..=8u32, 0..3usize, 0..2usize)
+        .prop_map(|(ring, inflight, asym, batch)| tiny_limits(ring, inflight, asym, batch))
         .prop_filter("valid limits", |l| l.validate().is_ok())
+}
+
+fn tiny_limits(ring: u32, inflight: u32, asym: usize, batch: usize) -> Limits {
+    let (max_call, max_reply) = [(24, 24), (16, 120), (120, 16)][asym];
+    Limits {
+        ring: 1024 << ring,
+        max_inflight: inflight,
+        max_call,
+        max_reply,
+        max_batch: [160, 320][batch],
+    }
+}
+
+#[test]
+fn tiny_limits_cover_both_credit_modes() {
+    let mut lags = Vec::new();
+    for ring in 0..3 {
+        for inflight in 1..=8 {
+            for asym in 0..3 {
+                for batch in 0..2 {
+                    let l = tiny_limits(ring, inflight, asym, batch);
+                    if l.validate().is_ok() {
+                        lags.push(l.credit_lag());
+                    }
+                }
+            }
+        }
+    }
+    let zero = lags.iter().filter(|&&g| g == 0).count();
+    assert!(
+        zero >= 8 && lags.len() - zero >= 8,
+        "{zero} of {} with lag 0",
+        lags.len()
+    );
 }
 
 proptest! {
@@ -381,13 +409,15 @@ fn limits_that_cannot_work_are_refused() {
 /// unless its admission counts the ones side 0 may have sent, they take
 /// the room of side 0's replies (`ReplyOverrun`, found by review). Swept
 /// over limits and over how many calls side 0 has in flight when its ring
-/// fills; everything must then drain.
+/// fills; everything must then drain. Counted only where side 0's
+/// credit-only batches are on the wire (its credit lag is small enough
+/// for those rounds' replies to exceed it).
 #[test]
 fn credit_only_batches_never_take_the_room_of_replies() {
     let mut overrun_shape_reached = 0;
     for k in [4u32, 8, 16, 32] {
-        for ring in [1024u32, 2048, 4096] {
-            for max_batch in [32u32, 64, 128] {
+        for ring in [1024u32, 2048, 4096, 8192] {
+            for max_batch in [32u32, 64, 128, 256, 384, 512] {
                 let lim = Limits {
                     ring,
                     max_inflight: k,
@@ -427,6 +457,11 @@ fn credit_only_batches_never_take_the_room_of_replies() {
                     // The last calls' answers: side 0's credit for them
                     // stays on the wire while side 1 calls.
                     answer_all_but_the_held_one(&mut w, false);
+                    let credit_on_wire = w.s[0]
+                        .wire
+                        .iter()
+                        .filter(|f| u64::from(f.len) == BATCH_HEADER)
+                        .count();
                     let mut admitted = 0;
                     for _ in 0..k {
                         let before = w.s[1].sent_seq;
@@ -435,7 +470,7 @@ fn credit_only_batches_never_take_the_room_of_replies() {
                         w.flush(1, true);
                         w.deliver(1);
                     }
-                    if in_flight > 2 && admitted > 0 {
+                    if in_flight > 2 && admitted > 0 && credit_on_wire > 0 {
                         overrun_shape_reached += 1;
                     }
                     // Side 0 answers each call in a batch of its own
@@ -515,4 +550,119 @@ fn answer_all_but_the_held_one(w: &mut World, deliver_credit: bool) {
             w.deliver(0);
         }
     }
+}
+
+/// Flushes every batch side `side` has and delivers it; returns how many
+/// of them were credit-only (empty).
+fn flush_all(w: &mut World, side: usize) -> usize {
+    let mut empty = 0;
+    loop {
+        let before = w.s[side].wire.len();
+        w.flush(side, true);
+        if w.s[side].wire.len() == before {
+            break;
+        }
+        empty += usize::from(u64::from(w.s[side].wire.back().unwrap().len) == BATCH_HEADER);
+    }
+    while !w.s[side].wire.is_empty() {
+        w.deliver(side);
+    }
+    empty
+}
+
+/// Call, reply, call, reply...: each request carries the credit for the
+/// reply before it, so with room to spare in the ring (a credit lag) no
+/// credit-only batch is ever written, in either direction; with none
+/// (lag 0) every reply batch is followed by one, as before the lag.
+#[test]
+fn request_reply_streams_write_no_credit_only_batches() {
+    let roomy = Limits::default();
+    assert!(roomy.credit_lag() > 0);
+    let tight = Limits {
+        ring: 1024,
+        max_inflight: 4,
+        max_call: 64,
+        max_reply: 64,
+        max_batch: 176,
+    };
+    tight.validate().unwrap();
+    assert_eq!(tight.credit_lag(), 0);
+    for (lim, want_empty) in [(roomy, false), (tight, true)] {
+        let mut w = World {
+            s: [Side::new(lim), Side::new(lim)],
+        };
+        let (mut empty, rounds) = (0, 1000);
+        for i in 0..rounds {
+            let (caller, callee) = if i % 3 == 2 { (1, 0) } else { (0, 1) };
+            w.call(caller, 40, 40);
+            empty += flush_all(&mut w, caller);
+            w.answer(callee, 0, false);
+            empty += flush_all(&mut w, callee);
+            empty += flush_all(&mut w, caller);
+        }
+        w.drain();
+        assert_eq!(w.s[0].answered + w.s[1].answered, rounds as u64);
+        if want_empty {
+            assert_eq!(empty, rounds, "lag 0: one credit-only batch per reply");
+        } else {
+            assert_eq!(empty, 0, "lag {}: no credit-only batch", lim.credit_lag());
+        }
+    }
+}
+
+/// A side that consumed replies and has nothing to send holds their
+/// credit back up to the lag, and sends a credit-only batch as soon as
+/// it is over: after `n` replies of one batch each, it owes a flush
+/// exactly when `n` reply batches exceed the lag. The peer can then still
+/// make every call it may.
+#[test]
+fn credit_past_the_lag_goes_in_an_empty_batch() {
+    let lim = Limits {
+        ring: 4096,
+        max_inflight: 8,
+        max_call: 24,
+        max_reply: 120,
+        max_batch: 160,
+    };
+    lim.validate().unwrap();
+    let reply_batch = BATCH_HEADER + msg_wire(lim.max_reply);
+    let lag = lim.credit_lag();
+    assert!(lag > 0 && u64::from(lim.max_inflight) * reply_batch > lag);
+    let mut owed_seen = [false; 2];
+    for n in 1..=u64::from(lim.max_inflight) {
+        let mut w = World {
+            s: [Side::new(lim), Side::new(lim)],
+        };
+        for _ in 0..n {
+            w.call(0, 24, lim.max_reply);
+        }
+        flush_all(&mut w, 0);
+        for _ in 0..n {
+            w.answer(1, 0, false);
+            flush_all(&mut w, 1);
+        }
+        assert_eq!(w.s[0].answered, n);
+        let over = n * reply_batch > lag;
+        assert_eq!(
+            w.s[0].conn.dirty(),
+            over,
+            "{n} replies of {reply_batch} bytes, lag {lag}"
+        );
+        owed_seen[usize::from(over)] = true;
+        assert_eq!(flush_all(&mut w, 0), usize::from(over));
+        assert!(!w.s[0].conn.dirty());
+        for i in 0..lim.max_inflight {
+            let before = w.s[1].sent_seq;
+            w.call(1, 24, lim.max_reply);
+            assert_eq!(
+                w.s[1].sent_seq,
+                before + 1,
+                "n {n}: side 1's call {i} refused"
+            );
+            flush_all(&mut w, 1);
+        }
+        w.drain();
+        assert_eq!(w.s[1].answered, u64::from(lim.max_inflight));
+    }
+    assert_eq!(owed_seen, [true, true]);
 }
