@@ -138,9 +138,19 @@ impl Backend {
         Ok(d.progress())
     }
 
-    /// Whether a manual software device holds answers for its next step.
+    /// Whether a manual software device holds answers for a later step.
     pub(crate) fn answers_held(&self) -> bool {
         self.soft_device().is_some_and(|d| d.answers_held())
+    }
+
+    /// A step of a software device that sends every answer held back.
+    pub(crate) fn progress_sending_all(&self) -> Result<usize, Error> {
+        let Some(d) = self.soft_device() else {
+            return Err(Error::SoftOnly(
+                "stepping the device (hardware progresses by itself)",
+            ));
+        };
+        Ok(d.progress_sending_all())
     }
 
     /// The software device's address, printable.

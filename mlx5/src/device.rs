@@ -171,27 +171,33 @@ impl Context {
     }
 
     /// Whether a manual software device holds answers (ACKs, short READ
-    /// data), as its last step left them, back for its next
-    /// [`Context::progress`], which sends them
-    /// whatever it does (see [`Progress::Manual`]): what is posted before
-    /// that step leaves with them, in one ring record or `write`. A caller
-    /// that batches its posts may post now rather than after the step.
-    /// Always false on hardware and with background progress.
+    /// data), as its last step left them, back for a later
+    /// [`Context::progress`]: the next one, which sends them whatever it
+    /// does, or, for plain ACKs of requests that asked for no completion,
+    /// one up to 20 µs later (see [`Progress::Manual`]). What is posted
+    /// before that step leaves with them, in one ring record or `write`. A
+    /// caller that batches its posts may post now rather than after the
+    /// step. Always false on hardware and with background progress.
     pub fn answers_held(&self) -> bool {
         self.inner.backend.answers_held()
     }
 
-    /// Calls [`Context::progress`] until it reports no work (its last step
-    /// sends the answers the steps before deferred).
+    /// Calls [`Context::progress`] until it reports no work, then, if
+    /// answers are still held back ([`Context::answers_held`]), makes one
+    /// more step that sends them all.
     pub fn progress_until_idle(&self) -> Result<usize, Error> {
         let mut total = 0;
         loop {
             let n = self.progress()?;
             if n == 0 {
-                return Ok(total);
+                break;
             }
             total += n;
         }
+        if self.answers_held() {
+            total += self.inner.backend.progress_sending_all()?;
+        }
+        Ok(total)
     }
 
     /// The software device's address as peers reach it (`unix:@…` or

@@ -76,6 +76,15 @@ impl Faults {
         self.dev.set_delay(d);
     }
 
+    /// Holds the plain ACKs of requests that asked for none at once
+    /// (unsignaled WRITEs and SENDs from a peer process) up to `d` instead
+    /// of 20 µs, waiting for a frame of this device's to ride with: a
+    /// responder that coalesces ACKs that long. A hold longer than a
+    /// peer's ACK timeout times that peer out, as a NIC's would.
+    pub fn hold_acks_for(&self, d: Duration) {
+        self.dev.set_ack_hold(d);
+    }
+
     /// Seals a record no producer can have written (longer than the ring)
     /// at the next record's place of every shared-memory ring this device
     /// sends on, as a peer process that scribbles over the rings would:

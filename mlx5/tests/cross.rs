@@ -714,6 +714,81 @@ fn a_manual_ping_pong_sends_each_ack_with_the_next_request() {
     );
 }
 
+/// The plain ACKs of requests that asked for no completion wait on the
+/// link for the next request: unsignaled WRITE_IMMs (every 16th
+/// signaled, so the send queue retires) to the echoing peer, each round
+/// with three idle steps between the echo and the next request; the
+/// one-pass deferral alone would send each echo's ACK by itself in the
+/// first of them. (The hold is made a second here, so that a test thread
+/// preempted between two steps does not end it; it is 20 µs.) Then, with
+/// no request to come: `progress_until_idle` sends a held ACK at once,
+/// and plain steps send one by itself once its hold ends.
+fn unsignaled_acks_wait_for_the_next_request() {
+    const N: u32 = 300;
+    let (mut me, mut peer) = echo_setup();
+    let faults = ctx_faults(&me);
+    faults.hold_acks_for(Duration::from_secs(1));
+    let writes = |me: &End| me.ctx.wire_stats().unwrap().writes;
+    let to = peer.remote(0);
+    let echo = |me: &mut End, i: u32| {
+        let bytes = i.to_le_bytes();
+        let w = WriteImm::inline(to, &bytes, i);
+        let signaled = i % 16 == 15;
+        if signaled {
+            me.qp.post_and_ring(&w.signaled()).unwrap();
+        } else {
+            me.qp.post_and_ring(&w).unwrap();
+        }
+        for c in me.expect(1 + usize::from(signaled)) {
+            assert_eq!(c.status(), Ok(()), "{c:?}");
+            if c.kind == Kind::RecvWriteImm {
+                assert_eq!(c.imm, i);
+                me.qp.post_recv(&[]).unwrap();
+            }
+        }
+    };
+    let before = writes(&me);
+    for i in 0..N {
+        echo(&mut me, i);
+        for _ in 0..3 {
+            me.ctx.progress().unwrap();
+        }
+    }
+    let stores = writes(&me) - before;
+    // The peer signals every 16th echo: its ACK is wanted at once (and
+    // goes by itself at the first idle step); the others ride with the
+    // next request.
+    assert_eq!(
+        stores,
+        u64::from(N + N / 16),
+        "stores for {N} requests: each unsignaled echo's ACK goes with the next"
+    );
+    // The peer echoes unsignaled (but every 16th): this echo's ACK is
+    // held, and `progress_until_idle` sends it.
+    echo(&mut me, N);
+    assert!(me.ctx.answers_held());
+    let w = writes(&me);
+    me.ctx.progress_until_idle().unwrap();
+    assert!(!me.ctx.answers_held());
+    assert_eq!(writes(&me), w + 1, "the held ACK, alone");
+    // Steps alone send the next held ACK once its hold ends.
+    faults.hold_acks_for(Duration::from_millis(20));
+    echo(&mut me, N + 1);
+    let w = writes(&me);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while writes(&me) == w {
+        assert!(Instant::now() < deadline, "the held ACK never left");
+        me.ctx.progress().unwrap();
+    }
+    assert!(!me.ctx.answers_held());
+    me.qp
+        .post_and_ring(&WriteImm::inline(peer.remote(0), b"stop", u32::MAX).signaled())
+        .unwrap();
+    let c = me.expect(1);
+    assert_eq!(c[0].status(), Ok(()));
+    assert_eq!(peer.line(), format!("ok {}", N + 2));
+}
+
 /// Two devices that connect to each other at the same moment each open a
 /// link (forced here: this side opens a second one after the peer's): both
 /// then send on the link whose connector has the lower address, so the
@@ -1851,6 +1926,7 @@ over_both!(
     a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link,
     manual_progress_across_processes,
     a_manual_ping_pong_sends_each_ack_with_the_next_request,
+    unsignaled_acks_wait_for_the_next_request,
     two_links_to_one_peer_still_carry_each_ack_with_a_request,
     a_failed_connect_does_not_spend_the_second_link_asked_for,
     rnr_over_two_links_retries_in_order,

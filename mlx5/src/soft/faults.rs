@@ -60,6 +60,15 @@ impl Device {
         }
     }
 
+    /// Fault: hold plain ACKs nobody waits for up to `d`.
+    pub(crate) fn set_ack_hold(&self, d: Duration) {
+        let mut eng = self.shared.engine_outside();
+        eng.faults.ack_hold = Some(d);
+        for l in &mut eng.links {
+            l.ack_hold = d;
+        }
+    }
+
     /// Fault: seals an impossible record in every shared-memory ring this
     /// device produces. Returns how many.
     pub(crate) fn corrupt_shm_rings(&self) -> usize {

@@ -240,8 +240,19 @@ pub(crate) const DIRECT_MIN: usize = 16 << 10;
 /// pass's flush.
 const EAGER: usize = 64 << 10;
 /// The most answer bytes a manual device's pass defers (ACKs and short READ
-/// data; more goes at once).
+/// data; more goes at once), and the most plain ACKs a link holds.
 const DEFER_MAX: usize = 4 << 10;
+
+/// The longest a link holds plain ACKs of requests that did not ask for
+/// them at once, waiting for a frame of its own to send them with (see
+/// [`Link::hold_answers`]). Far below any ACK timeout a link holds them
+/// under (see [`ACK_AT_ONCE_BELOW`]).
+pub(crate) const ACK_HOLD: Duration = Duration::from_micros(20);
+
+/// A link whose ACK timeout is shorter asks for every answer at once
+/// (its requests' `ack_now`): an answer held back must never be what
+/// times a link out.
+pub(crate) const ACK_AT_ONCE_BELOW: Duration = Duration::from_millis(1);
 
 /// How often a busy shared-memory link looks at its control socket for
 /// the peer's death (a sleeping one is woken by it at once).
@@ -315,6 +326,9 @@ pub(crate) struct Link {
     pub(crate) blackhole: bool,
     /// Fault: hold what is sent for this long.
     pub(crate) delay: Duration,
+    /// How long plain ACKs nobody waits for may be held ([`ACK_HOLD`]
+    /// unless a fault says otherwise).
+    pub(crate) ack_hold: Duration,
     /// A REQ was queued since the last flush.
     req_queued: bool,
     /// An answer was queued since the last flush.
@@ -322,6 +336,16 @@ pub(crate) struct Link {
     /// The answers in `tx` were kept back by the last pass (see
     /// [`Link::defer_answers`]): the next flush sends them.
     answers_deferred: bool,
+    /// An answer queued since the last flush must leave at this pass's end
+    /// (or, on a manual device, the next pass's): not a plain ACK, or one
+    /// its request asked for at once.
+    urgent: bool,
+    /// When the pass that first held the answers in `tx` back ran (see
+    /// [`Link::hold_answers`]); `None` while none are held.
+    hold_from: Option<Instant>,
+    /// The last pass held this link's answers back: the link is quiet
+    /// nonetheless (the pass's timer ends the hold).
+    holding: bool,
 }
 
 /// Why the next frame cannot be taken.
@@ -388,6 +412,10 @@ impl Link {
             req_queued: false,
             answered: false,
             answers_deferred: false,
+            urgent: false,
+            hold_from: None,
+            holding: false,
+            ack_hold: ACK_HOLD,
         }
     }
 
@@ -475,10 +503,12 @@ impl Link {
             if self.stage(&[Data::slice(&h), Data::slice(&fixed), data]) {
                 st.frames_sent += 1;
                 self.answered = true;
+                self.urgent = true;
                 return;
             }
         }
         let plain = r == (Response::Ack { orig: 0 }) && data.is_empty();
+        self.urgent |= !plain || req.ack_now;
         // A plain ACK after a plain ACK still queued (not yet written, not
         // held back by a delay) rides in it.
         if plain
@@ -595,15 +625,16 @@ impl Link {
 
     /// Whether a pass would find nothing to do on this link now, judged
     /// without a system call: a shared-memory link that is up, has no
-    /// frame arriving, nothing to send, no control-socket look asked for,
-    /// and no sealed record waiting in its ring. A socket link is never
+    /// frame arriving, nothing to send (but answers the last pass held
+    /// back, whose end is the pass's timer), no control-socket look asked
+    /// for, and no sealed record waiting in its ring. A socket link is never
     /// quiet (only a `recv` can tell).
     pub(crate) fn quiet(&self) -> bool {
         self.dead.is_none()
             && !self.check_now
             && !self.peer_closed
             && self.rx_head == self.rx_tail
-            && self.tx.len() == self.tx_head
+            && (self.tx.len() == self.tx_head || self.holding)
             && self.staged == 0
             && self.early == (0, 0, 0)
             && self.held.is_empty()
@@ -937,6 +968,9 @@ impl Link {
         self.req_queued = false;
         self.answered = false;
         self.answers_deferred = false;
+        self.urgent = false;
+        self.hold_from = None;
+        self.holding = false;
         if self.blackhole {
             self.tx.clear();
             self.tx_head = 0;
@@ -1051,8 +1085,16 @@ impl Link {
     /// pass: the next pass sends them whatever it does, and dropping the
     /// device sends what is left.
     pub(crate) fn defer_answers(&mut self) -> bool {
-        let defer = !self.answers_deferred
-            && self.answered
+        let defer = !self.answers_deferred && self.answers_only();
+        self.answers_deferred = defer;
+        defer
+    }
+
+    /// Whether all this link has to send is answers queued since its last
+    /// flush (at most [`DEFER_MAX`] bytes: ACKs, short READ data; no
+    /// request, nothing a full ring or socket left over, no fault).
+    fn answers_only(&self) -> bool {
+        self.answered
             && !self.req_queued
             && self.staged == 0
             && self.tx_head == self.tx_ready
@@ -1060,9 +1102,25 @@ impl Link {
             && self.backlog() <= DEFER_MAX
             && self.delay.is_zero()
             && self.held.is_empty()
-            && !self.blackhole;
-        self.answers_deferred = defer;
-        defer
+            && !self.blackhole
+    }
+
+    /// Whether a pass (at `now`) holds this link's answers back, and until
+    /// when: when they are only plain ACKs of requests that did not ask
+    /// for them at once (unsignaled WRITEs and SENDs: their ACKs complete
+    /// nothing the peer's application sees), for at most [`ACK_HOLD`]
+    /// (`ack_hold`) from the pass that first held them. The first frame this side
+    /// sends to the peer takes them along (one store or `write`), so an
+    /// exchange of requests in both directions sends no ACK of its own.
+    /// Any other answer, and the end of the hold, sends them all.
+    pub(crate) fn hold_answers(&mut self, now: Instant) -> Option<Instant> {
+        self.holding = false;
+        if self.urgent || !self.answers_only() {
+            return None;
+        }
+        let until = *self.hold_from.get_or_insert(now) + self.ack_hold;
+        self.holding = now < until;
+        self.holding.then_some(until)
     }
 
     /// Drops the bytes written from the front of `tx`.
@@ -1088,7 +1146,7 @@ impl Drop for Link {
     fn drop(&mut self) {
         // Answers a manual device's last pass deferred: their requests
         // were executed, so the peer's WQEs complete.
-        if self.answers_deferred && self.is_up() {
+        if (self.answers_deferred || self.holding) && self.is_up() {
             self.flush(Instant::now(), &mut WireStats::default());
         }
     }
@@ -1491,6 +1549,7 @@ mod tests {
             swap_add: 0,
             compare: 0,
             solicited: false,
+            ack_now: false,
         }
     }
 
@@ -1676,6 +1735,52 @@ mod tests {
             src_qpn: qpn,
             ..read_request(0, psn)
         }
+    }
+
+    /// Plain ACKs of requests that did not ask for them at once are held
+    /// for `ACK_HOLD` from the pass that first held them (a later one does
+    /// not extend it), over shared memory the link stays quiet meanwhile,
+    /// and a request to send, an ACK asked for at once or any other answer
+    /// ends the hold.
+    #[test]
+    fn plain_acks_nobody_waits_for_are_held_until_a_frame_goes_or_the_hold_ends() {
+        let (mut l, _far, _ctl) = shm_link();
+        let mut st = WireStats::default();
+        let ack = Response::Ack { orig: 0 };
+        let no = Data::slice(&[]);
+        let t0 = Instant::now();
+        l.put_resp(&write_request(0x100, 7), 1, ack, no, &mut st);
+        assert_eq!(l.hold_answers(t0), Some(t0 + ACK_HOLD));
+        assert!(l.quiet(), "holding, with nothing else to do");
+        l.put_resp(&write_request(0x100, 8), 1, ack, no, &mut st);
+        let later = t0 + ACK_HOLD / 2;
+        assert_eq!(l.hold_answers(later), Some(t0 + ACK_HOLD));
+        assert_eq!(l.hold_answers(t0 + ACK_HOLD), None, "the hold is over");
+        assert!(!l.quiet());
+        l.flush(t0 + ACK_HOLD, &mut st);
+        assert_eq!(l.backlog(), 0);
+        let mut asked = write_request(0x100, 9);
+        asked.ack_now = true;
+        let nak = Response::Nak(crate::prm::Syndrome::RemoteAccess);
+        let read = read_request(8, 11);
+        let data = [7u8; 8];
+        for (req, r, d) in [
+            (&asked, ack, no),
+            (&write_request(0x100, 10), nak, no),
+            (&read, ack, Data::slice(&data)),
+        ] {
+            l.put_resp(&write_request(0x100, 6), 1, ack, no, &mut st);
+            assert!(l.hold_answers(t0).is_some());
+            l.put_resp(req, 1, r, d, &mut st);
+            assert_eq!(l.hold_answers(t0), None, "{r:?} ends the hold");
+            l.flush(t0, &mut st);
+        }
+        l.put_resp(&write_request(0x100, 12), 1, ack, no, &mut st);
+        assert!(l.hold_answers(t0).is_some());
+        l.put_req(&write_request(0x200, 0), 0, &[]);
+        assert_eq!(l.hold_answers(t0), None, "a request takes the ACK along");
+        l.flush(t0, &mut st);
+        assert_eq!(l.backlog(), 0);
     }
 
     #[test]

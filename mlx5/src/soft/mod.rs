@@ -116,10 +116,13 @@ pub enum Progress {
     /// the device deterministically, and one-thread applications poll it.
     /// Across processes such a device answers (ACKs) a peer's requests at
     /// the pass that executes them or at the next one (sent with the
-    /// requests the application posts in between): keep stepping it, or
-    /// call [`crate::Context::progress_until_idle`] before blocking on
-    /// something else, so the peer's WQEs complete; dropping the device
-    /// sends what is left.
+    /// requests the application posts in between); the plain ACKs of
+    /// requests that asked for no completion (unsignaled WRITEs and SENDs)
+    /// at a step up to 20 µs later, or with the first request to that peer
+    /// before. Keep stepping it, or call
+    /// [`crate::Context::progress_until_idle`] before blocking on
+    /// something else (it sends everything held back), so the peer's WQEs
+    /// complete; dropping the device sends what is left.
     Manual,
 }
 
@@ -271,6 +274,12 @@ impl Device {
 
     pub(crate) fn progress(&self) -> usize {
         progress(&self.shared)
+    }
+
+    /// A step that also sends every answer held back (see
+    /// [`Device::answers_held`]).
+    pub(crate) fn progress_sending_all(&self) -> usize {
+        progress::progress_sending_all(&self.shared)
     }
 
     /// The next asynchronous event, waiting up to `timeout` for one.
@@ -795,8 +804,8 @@ impl Device {
 }
 
 impl Device {
-    /// Whether a manual device keeps answers for its next pass (see
-    /// `Link::defer_answers`).
+    /// Whether the device's last pass kept answers back for a later one
+    /// (see `Link::hold_answers` and `Link::defer_answers`).
     pub(crate) fn answers_held(&self) -> bool {
         // Relaxed: a hint for the thread that steps the device (the flag is
         // written at the end of its own passes); nothing is published

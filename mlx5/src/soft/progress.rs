@@ -32,6 +32,9 @@ pub(crate) fn add_link(
     eng.next_link += 1;
     let mut l = Link::new(eng.next_link, peer, c);
     l.delay = eng.faults.delay;
+    if let Some(h) = eng.faults.ack_hold {
+        l.ack_hold = h;
+    }
     l.outgoing = outgoing;
     if eng.links.iter().any(|o| o.is_up() && o.peer == peer) {
         eng.dup_links = true;
@@ -57,10 +60,21 @@ pub(crate) fn adopt(shared: &Shared, eng: &mut Engine) {
 /// quiet device (`Engine::quiet`), only the few checks of what could have
 /// brought work, and a return while none did. Returns the work done (WQEs executed, frames handled).
 pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
+    pass(shared, false)
+}
+
+/// A full pass that sends every answer its links hold or deferred (see
+/// `send`): what a manual device's last step before the application
+/// stops stepping it must do. Returns the work done.
+pub(crate) fn progress_sending_all(shared: &Arc<Shared>) -> usize {
+    pass(shared, true)
+}
+
+fn pass(shared: &Arc<Shared>, all: bool) -> usize {
     let mut guard = shared.engine.lock().unwrap_or_else(|e| e.into_inner());
     let eng = &mut *guard;
     if let Some(until) = eng.quiet {
-        if still_quiet(shared, eng, until) {
+        if !all && still_quiet(shared, eng, until) {
             return 0;
         }
         eng.quiet = None;
@@ -114,7 +128,7 @@ pub(crate) fn progress(shared: &Arc<Shared>) -> usize {
     {
         // A link that died in its write failed QPs whose flushes the next
         // pass does: work, so this pass does not mark the device quiet.
-        done += send(shared, eng, now);
+        done += send(shared, eng, now, all);
     } else {
         set_answers_held(shared, false);
     }
@@ -482,9 +496,11 @@ pub(crate) fn fail_link(s: &mut State, link: u64) {
     fail_link_qps(s, link, &mut Vec::new());
 }
 
-/// Writes what the links have to send (one `write` per link per pass).
-/// Returns the number of QPs failed because their link died meanwhile.
-fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) -> usize {
+/// Writes what the links have to send (one `write` per link per pass),
+/// but answers a link holds back (see `Link::hold_answers`) or a manual
+/// device defers; with `all`, everything. Returns the number of QPs
+/// failed because their link died meanwhile.
+fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant, all: bool) -> usize {
     let Engine {
         links,
         sges,
@@ -496,10 +512,20 @@ fn send(shared: &Arc<Shared>, eng: &mut Engine, now: Instant) -> usize {
     dead.clear();
     let mut held = false;
     for link in links.iter_mut() {
-        // A manual device's answers may wait for the next pass (see
-        // `Link::defer_answers`).
-        let defer = shared.manual && link.is_up() && link.defer_answers();
-        held |= defer;
+        // Plain ACKs nobody waits for may wait for a frame to ride with,
+        // a little while; a manual device's other answers, for the next
+        // pass (see `Link::hold_answers` and `Link::defer_answers`).
+        let hold = if link.is_up() && !all {
+            link.hold_answers(now)
+        } else {
+            None
+        };
+        if let Some(t) = hold {
+            min_timer(next_timer, t);
+        }
+        let defer =
+            hold.is_some() || (shared.manual && !all && link.is_up() && link.defer_answers());
+        held |= defer && shared.manual;
         if !defer
             && link.is_up()
             && let Some(t) = link.flush(now, stats)

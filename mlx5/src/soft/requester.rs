@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use super::link::ACK_AT_ONCE_BELOW;
 use super::responder::respond_in_process;
 use super::state::{Engine, Fabric, Inflight, Rnr, Shared, State, Target, rnr_delay, wqebbs_of};
 use super::wire::{Data, Request, Response};
@@ -175,6 +176,7 @@ pub(crate) fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qp
                     };
                     let mut parts = [Data::slice(&[]); MAX_PARTS];
                     let n = payload_parts(&eng.scratch, &eng.segs, &mut parts);
+                    f.req.ack_now |= link.timeout < ACK_AT_ONCE_BELOW;
                     link.put_req(&f.req, epoch, &parts[..n]);
                     eng.stats.frames_sent += 1;
                     let qp = s.qp(qpn).expect("present");
@@ -553,6 +555,14 @@ fn local_phase(s: &mut State, qpn: u32, src: [u8; 16], eng: &mut Engine) -> Step
         swap_add: 0,
         compare: 0,
         solicited: w.flags & flags::SOLICITED != 0,
+        // A completion to write, or data or an original value to bring
+        // back: the answer is wanted at once (see `wire`). The link may
+        // ask for it on every request (a short ACK timeout).
+        ack_now: w.flags & flags::SIGNALED != 0
+            || !matches!(
+                w.opcode,
+                opcode::RDMA_WRITE | opcode::RDMA_WRITE_IMM | opcode::SEND | opcode::SEND_IMM
+            ),
     };
     let Some(payload_at) = address_segments(w, &mut req) else {
         return fail(Syndrome::LocalQpOp);

@@ -666,6 +666,8 @@ pub(crate) struct FaultState {
     pub(crate) dropped: Vec<[u8; 16]>,
     /// Hold every frame sent for this long.
     pub(crate) delay: Duration,
+    /// Hold plain ACKs nobody waits for this long (`None`: `ACK_HOLD`).
+    pub(crate) ack_hold: Option<Duration>,
     /// The next connect opens a link of its own.
     pub(crate) fresh_link: bool,
 }

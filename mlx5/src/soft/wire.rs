@@ -44,7 +44,8 @@
 //!   `"M5SHMACC"` once it checked and mapped it; after that only wake-up
 //!   bytes (any value, sent to a peer found asleep) cross the socket.
 //! * `REQ` (3): src QPN u32, dst QPN u32, PSN u32, epoch u32, opcode u8,
-//!   flags u8 (bit 0: solicited event), 2 zero bytes, rkey u32, remote
+//!   flags u8 (bit 0: solicited event; bit 1: ACK at once, see below), 2
+//!   zero bytes, rkey u32, remote
 //!   address u64, length u32, immediate u32, swap/add u64, compare u64
 //!   (56 bytes), then the payload (WRITE and SEND only; `length` bytes).
 //! * `RESP` (4): requester QPN u32, epoch u32, PSN u32, status u8 (0 ACK,
@@ -65,6 +66,18 @@
 //! progress. `more` on anything but a plain ACK is a malformed frame. Progress, which restarts the ACK
 //! clock of a link with requests outstanding, is an answer to that oldest
 //! request, or bytes of a frame still arriving (a large one takes a while).
+//!
+//! When answers leave is the responder's choice, as a NIC coalesces ACKs:
+//! an answer that is not a plain ACK, or answers a `REQ` with the *ACK at
+//! once* flag, leaves at the end of the pass that executed it (a manual
+//! device may keep it for one more pass, see `Link::defer_answers`);
+//! plain ACKs of the other `REQ`s may wait on the link for
+//! `link::ACK_HOLD`, and leave earlier with the first frame that goes to
+//! that peer (a request, most often, in the same store or `write`). A
+//! requester sets the flag on a WQE that asked for a completion, on
+//! every READ and atomic, and on every `REQ` of a link whose ACK timeout
+//! is under `link::ACK_AT_ONCE_BELOW`; an unsignaled WRITE or SEND's ACK
+//! completes nothing the application sees.
 //!
 
 use std::marker::PhantomData;
@@ -176,6 +189,9 @@ pub(crate) struct Request {
     pub(crate) compare: u64,
     /// The WQE asked for a solicited event at the responder.
     pub(crate) solicited: bool,
+    /// The requester wants the answer at once (flags bit 1): the responder
+    /// does not hold it back (see the module doc).
+    pub(crate) ack_now: bool,
 }
 
 /// The responder's answer.
@@ -221,7 +237,7 @@ pub(crate) fn req_fixed(req: &Request, epoch: u32) -> [u8; REQ_LEN] {
     b[8..12].copy_from_slice(&req.psn.to_le_bytes());
     b[12..16].copy_from_slice(&epoch.to_le_bytes());
     b[16] = req.opcode;
-    b[17] = u8::from(req.solicited);
+    b[17] = u8::from(req.solicited) | (u8::from(req.ack_now) << 1);
     b[20..24].copy_from_slice(&req.remote.rkey.to_le_bytes());
     b[24..32].copy_from_slice(&req.remote.addr.to_le_bytes());
     b[32..36].copy_from_slice(&req.len.to_le_bytes());
@@ -347,6 +363,7 @@ pub(crate) fn req_from<'a>(
         swap_add: le64(body, 40),
         compare: le64(body, 48),
         solicited: body[17] & 1 != 0,
+        ack_now: body[17] & 2 != 0,
     };
     let carries = matches!(
         req.opcode,
@@ -483,4 +500,40 @@ pub(crate) fn resp_from<'a>(body: &[u8], data: Data<'a>) -> Result<Resp<'a>, &'s
         data,
         more,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The REQ flags byte: solicited event (bit 0) and ACK at once (bit 1)
+    /// each travel on their own; other bits are ignored.
+    #[test]
+    fn req_flags_round_trip() {
+        for (solicited, ack_now) in [(false, false), (true, false), (false, true), (true, true)] {
+            let req = Request {
+                opcode: opcode::RDMA_WRITE,
+                src: [9; 16],
+                src_qpn: 0x100,
+                psn: 3,
+                dst_qpn: 0x101,
+                remote: Remote {
+                    addr: 0x1000,
+                    rkey: 7,
+                },
+                len: 0,
+                imm: 0,
+                swap_add: 0,
+                compare: 0,
+                solicited,
+                ack_now,
+            };
+            let mut b = req_fixed(&req, 5);
+            assert_eq!(b[17], u8::from(solicited) | u8::from(ack_now) << 1);
+            b[17] |= 0xf0;
+            let (got, epoch, _) = req_from(&b, Data::slice(&[]), [9; 16]).expect("valid");
+            assert_eq!(epoch, 5);
+            assert_eq!((got.solicited, got.ack_now), (solicited, ack_now));
+        }
+    }
 }
