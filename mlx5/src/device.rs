@@ -174,7 +174,7 @@ impl Context {
     /// data), as its last step left them, back for a later
     /// [`Context::progress`]: the next one, which sends them whatever it
     /// does, or, for plain ACKs of requests that asked for no completion,
-    /// one up to 20 µs later (see [`Progress::Manual`]). What is posted
+    /// one about 20 µs later (see [`Progress::Manual`]). What is posted
     /// before that step leaves with them, in one ring record or `write`. A
     /// caller that batches its posts may post now rather than after the
     /// step. Always false on hardware and with background progress.

@@ -118,7 +118,7 @@ pub enum Progress {
     /// the pass that executes them or at the next one (sent with the
     /// requests the application posts in between); the plain ACKs of
     /// requests that asked for no completion (unsignaled WRITEs and SENDs)
-    /// at a step up to 20 µs later, or with the first request to that peer
+    /// at a step about 20 µs later, or with the first request to that peer
     /// before. Keep stepping it, or call
     /// [`crate::Context::progress_until_idle`] before blocking on
     /// something else (it sends everything held back), so the peer's WQEs
