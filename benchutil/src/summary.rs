@@ -531,7 +531,13 @@ fn write_summary_file(file: &str, text: &str) {
 pub fn keep_rounds(canaries: &[f64]) -> Vec<bool> {
     let best = canaries.iter().copied().fold(f64::INFINITY, f64::min);
     let limit = (SLOW_FACTOR * best).max(median(canaries));
-    canaries.iter().map(|&c| c <= limit).collect()
+    let kept: Vec<bool> = canaries.iter().map(|&c| c <= limit).collect();
+    if kept.contains(&true) {
+        kept
+    } else {
+        // Only canaries that are no number (a broken canary): keep all.
+        vec![true; canaries.len()]
+    }
 }
 
 /// Measures every item once per round, in the order given, for
@@ -765,6 +771,7 @@ mod tests {
         assert_eq!(keep_rounds(&[500.0, 520.0, 510.0]), [true, true, true]);
         let kept = keep_rounds(&[10.0, 1000.0, 1100.0, 1200.0]);
         assert!(kept.iter().filter(|&&k| k).count() >= 2, "{kept:?}");
+        assert_eq!(keep_rounds(&[f64::NAN, f64::NAN]), [true, true]);
     }
 
     #[test]

@@ -53,7 +53,11 @@
 //! so a peer refused for lack of credit is owed more than `2·G` and gets
 //! it. In a request/reply exchange every request carries the credit for
 //! the replies before it, and no empty batch (nor the ACK the transport
-//! sends for it) is ever written.
+//! sends for it) is ever written. The one cost: a side that holds some
+//! of the peer's requests unanswered keeps up to `G` of credit for what
+//! it consumed before them, so the peer's calls may meet `NoRoom` sooner
+//! (never with the default limits, whose `K` requests fit well within
+//! `G`); answering the held requests sends it.
 //!
 //! # Admission: replies never fail for lack of space
 //!

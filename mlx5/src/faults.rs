@@ -79,8 +79,9 @@ impl Faults {
     /// Holds the plain ACKs of requests that asked for none at once
     /// (unsignaled WRITEs and SENDs from a peer process) up to `d` instead
     /// of 20 µs, waiting for a frame of this device's to ride with: a
-    /// responder that coalesces ACKs that long. A hold longer than a
-    /// peer's ACK timeout times that peer out, as a NIC's would.
+    /// responder that coalesces ACKs that long (at most an hour). A hold
+    /// longer than a peer's ACK timeout times that peer out, as a NIC's
+    /// would.
     pub fn hold_acks_for(&self, d: Duration) {
         self.dev.set_ack_hold(d);
     }

@@ -60,8 +60,10 @@ impl Device {
         }
     }
 
-    /// Fault: hold plain ACKs nobody waits for up to `d`.
+    /// Fault: hold plain ACKs nobody waits for up to `d` (at most an hour,
+    /// so that a deadline never overflows).
     pub(crate) fn set_ack_hold(&self, d: Duration) {
+        let d = d.min(Duration::from_secs(3600));
         let mut eng = self.shared.engine_outside();
         eng.faults.ack_hold = Some(d);
         for l in &mut eng.links {

@@ -1085,7 +1085,9 @@ impl Link {
     /// pass: the next pass sends them whatever it does, and dropping the
     /// device sends what is left.
     pub(crate) fn defer_answers(&mut self) -> bool {
-        let defer = !self.answers_deferred && self.answers_only();
+        // Only answers wanted at once: the others are held
+        // (`hold_answers`), and go as soon as their hold ends.
+        let defer = !self.answers_deferred && self.urgent && self.answers_only();
         self.answers_deferred = defer;
         defer
     }
@@ -1654,6 +1656,8 @@ mod tests {
         }
     }
 
+    /// (The answers here are ones wanted at once, `urgent`: the others are
+    /// held instead, see the hold's test.)
     #[test]
     fn answers_are_deferred_one_pass_at_most() {
         let (mut l, mut peer) = link();
@@ -1663,11 +1667,13 @@ mod tests {
         assert!(!l.defer_answers());
         l.tx.extend_from_slice(b"ack one");
         l.on_answer(&mut st);
+        l.urgent = true;
         assert!(l.defer_answers());
         assert!(received(&mut peer).is_empty(), "kept back");
         // The next pass sends them, with whatever it added.
         l.tx.extend_from_slice(b" ack two");
         l.on_answer(&mut st);
+        l.urgent = true;
         assert!(!l.defer_answers(), "deferred once already");
         l.flush(now, &mut st);
         assert_eq!(received(&mut peer), b"ack one ack two");
@@ -1675,6 +1681,7 @@ mod tests {
         // Answers after the flush may be deferred again.
         l.tx.extend_from_slice(b"three");
         l.on_answer(&mut st);
+        l.urgent = true;
         assert!(l.defer_answers());
         l.flush(now, &mut st);
         assert_eq!(received(&mut peer), b"three");
@@ -1723,6 +1730,7 @@ mod tests {
         let (mut l, mut peer) = link();
         l.tx.extend_from_slice(b"last ack");
         l.on_answer(&mut WireStats::default());
+        l.urgent = true;
         assert!(l.defer_answers());
         drop(l);
         assert_eq!(received(&mut peer), b"last ack");
@@ -1756,6 +1764,10 @@ mod tests {
         let later = t0 + ACK_HOLD / 2;
         assert_eq!(l.hold_answers(later), Some(t0 + ACK_HOLD));
         assert_eq!(l.hold_answers(t0 + ACK_HOLD), None, "the hold is over");
+        assert!(
+            !l.defer_answers(),
+            "an ended hold goes now, not a pass later"
+        );
         assert!(!l.quiet());
         l.flush(t0 + ACK_HOLD, &mut st);
         assert_eq!(l.backlog(), 0);
