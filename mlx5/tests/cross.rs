@@ -1601,6 +1601,71 @@ fn an_answer_on_another_link_completes_nothing() {
     assert_eq!(c[0].status(), Err(Syndrome::TransportRetryExceeded));
 }
 
+/// The requester's "ACK at once" flag (REQ flags bit 1), read off the
+/// wire by a fake device: clear on an unsignaled WRITE (its ACK may be
+/// held), set on a signaled WRITE and on a READ, and set on every request
+/// of a link whose ACK timeout is under a millisecond (`ConnectOpts`
+/// timeout 4: 65.5 µs per try, 8 tries), so that no held ACK can time a
+/// link out. (Fake devices refuse rings: one link kind.)
+#[test]
+fn the_ack_at_once_flag_follows_the_wqe_and_the_link_timeout() {
+    use std::io::Read as _;
+    /// Reads `n` REQ frames; returns each one's flags byte.
+    fn flags_of(l: std::os::unix::net::UnixListener, n: usize) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut s = accept_as_device(&l);
+            (0..n)
+                .map(|_| {
+                    let mut h = [0u8; 8];
+                    s.read_exact(&mut h).unwrap();
+                    assert_eq!(h[4], 3, "a REQ");
+                    let len = u32::from_le_bytes(h[..4].try_into().unwrap()) as usize;
+                    let mut body = vec![0u8; len];
+                    s.read_exact(&mut body).unwrap();
+                    body[17]
+                })
+                .collect()
+        })
+    }
+    let ctx = Context::open(Selection::parse("soft:manual").expect("selection")).expect("device");
+    let steps = |ctx: &Context| {
+        for _ in 0..8 {
+            ctx.progress().unwrap();
+        }
+    };
+    // Default timeout: the flag follows the WQE.
+    let mut me = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let (gid, l, _owner) = fake_device(82);
+    let fake = flags_of(l, 3);
+    me.qp
+        .connect(&fake_qp(gid), &ConnectOpts::default())
+        .unwrap();
+    let to = mlx5::Remote { addr: 0, rkey: 1 };
+    me.qp.post(&Write::inline(to, b"unsig")).unwrap();
+    me.qp
+        .post(&Write::inline(to, b"signaled").signaled())
+        .unwrap();
+    me.qp.post(&Read::new(to, &[me.mr.sge(0, 8)])).unwrap();
+    me.qp.ring_doorbell();
+    steps(&ctx);
+    assert_eq!(fake.join().expect("fake device"), [0, 2, 2]);
+    // A short ACK timeout: every request asks for its ACK at once.
+    let mut short = end(&ctx, caps(8, 8), 64, 4096, Access::ALL);
+    let (gid, l, _owner2) = fake_device(83);
+    let fake = flags_of(l, 1);
+    let o = ConnectOpts {
+        timeout: 4,
+        ..ConnectOpts::default()
+    };
+    short.qp.connect(&fake_qp(gid), &o).unwrap();
+    short
+        .qp
+        .post_and_ring(&Write::inline(to, b"unsig"))
+        .unwrap();
+    steps(&ctx);
+    assert_eq!(fake.join().expect("fake device"), [2]);
+}
+
 /// A link that dies in the write of a pass (its peer shut its reading
 /// side: `EPIPE`) fails the oldest request of each QP on it; the passes
 /// right after flush the rest of the send queue and the receives, as a

@@ -1736,6 +1736,26 @@ mod tests {
         assert_eq!(received(&mut peer), b"last ack");
     }
 
+    /// A link dropped while it holds plain ACKs back sends them (the
+    /// peer's WQEs were executed, and must complete).
+    #[test]
+    fn a_dropped_link_sends_the_acks_it_holds() {
+        let (mut l, mut peer) = link();
+        let mut st = WireStats::default();
+        let no = Data::slice(&[]);
+        l.put_resp(
+            &write_request(0x100, 3),
+            1,
+            Response::Ack { orig: 0 },
+            no,
+            &mut st,
+        );
+        assert!(l.hold_answers(Instant::now()).is_some());
+        assert!(received(&mut peer).is_empty(), "held");
+        drop(l);
+        assert_eq!(received(&mut peer).len(), HDR + RESP_LEN);
+    }
+
     /// A WRITE request of `qpn` at `psn`.
     fn write_request(qpn: u32, psn: u32) -> Request {
         Request {
