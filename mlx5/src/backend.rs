@@ -129,13 +129,16 @@ impl Backend {
 
     /// One step of the software device.
     pub(crate) fn progress(&self) -> Result<usize, Error> {
-        // The error only when there is one: this runs every poll.
-        let Some(d) = self.soft_device() else {
-            return Err(Error::SoftOnly(
-                "stepping the device (hardware progresses by itself)",
-            ));
-        };
-        Ok(d.progress())
+        Ok(self.steppable()?.progress())
+    }
+
+    /// The software device, to step; hardware steps itself.
+    fn steppable(&self) -> Result<&Arc<soft::Device>, Error> {
+        // A static message: nothing is built for the error on this path,
+        // which runs every poll.
+        self.soft_device().ok_or(Error::SoftOnly(
+            "stepping the device (hardware progresses by itself)",
+        ))
     }
 
     /// Whether a manual software device holds answers for a later step.
@@ -145,12 +148,7 @@ impl Backend {
 
     /// A step of a software device that sends every answer held back.
     pub(crate) fn progress_sending_all(&self) -> Result<usize, Error> {
-        let Some(d) = self.soft_device() else {
-            return Err(Error::SoftOnly(
-                "stepping the device (hardware progresses by itself)",
-            ));
-        };
-        Ok(d.progress_sending_all())
+        Ok(self.steppable()?.progress_sending_all())
     }
 
     /// The software device's address, printable.
