@@ -25,7 +25,10 @@
 //! ```
 //!
 //! The caller makes N calls of 32 bytes, one at a time, checks every
-//! reply, prints the median round trip, and tells the server to stop.
+//! reply, prints the median round trip, and tells the server to stop. A
+//! server whose caller dies without saying so exits with an error within
+//! seconds: the endpoint's keepalive probe (`Config::keepalive`) finds the
+//! peer gone.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -149,6 +152,11 @@ fn session(role: &str, n: u64, dir: Option<&Path>) -> Result<(), String> {
         eprintln!("serving on {}", dev.name());
         loop {
             ctx.poll(|_, _| {}).map_err(|x| e(&x))?;
+            // A caller that died without its "stop" shows up here, through
+            // the endpoint's keepalive probe (`Config::keepalive`).
+            if let Some(err) = ctx.endpoint_error(ep) {
+                return Err(format!("the caller is gone: {err}"));
+            }
             while let Some(req) = ctx.recv() {
                 if req.data() == b"stop" {
                     ctx.reply(req, b"bye").map_err(|x| e(&x))?;

@@ -20,7 +20,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlx5::wqe::WriteImm;
+use mlx5::wqe::{Write, WriteImm};
 use mlx5::{Access, ConnectOpts, Cq, Kind, Mr, Pd, Progress, Qp, QpCaps, Remote, Srq, Syndrome};
 
 use crate::error::{CallError, CallErrorKind, EndpointError, Error, ReplyError, RpcError};
@@ -57,6 +57,22 @@ pub struct Config {
     /// itself (as the instruction-count example does, to leave the
     /// device's work out of copyrpc's count).
     pub step_manual_device: bool,
+    /// An endpoint that neither sent nor received anything for this long
+    /// is probed: a signaled zero-length RDMA WRITE, which the peer's NIC
+    /// must acknowledge and its application never sees. A dead peer then
+    /// fails the endpoint (`EndpointError::Completion` with
+    /// `TransportRetryExceeded`, see [`Context::endpoint_error`]) within
+    /// about twice this plus the ACK timeout, also on an endpoint that
+    /// only waits for requests (without it, such an endpoint learns it at
+    /// its next send, as an RC QP does). Looked at in every 64th poll.
+    /// Only an endpoint that has heard from its peer is probed (a probe to
+    /// a QP not yet connected on the other side would fail the endpoint):
+    /// a peer that dies before it sent anything is not noticed this way.
+    /// `None`: no probes. On a software device with manual progress the
+    /// peer's device answers a probe only when its application steps it:
+    /// a peer that stops polling for longer than the ACK timeout fails the
+    /// link (as it does whenever a call is in flight).
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for Config {
@@ -70,6 +86,7 @@ impl Default for Config {
             call_timeout: Some(Duration::from_secs(10)),
             connect: ConnectOpts::default(),
             step_manual_device: true,
+            keepalive: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -177,6 +194,12 @@ struct EndpointState<U> {
     deadlines: VecDeque<(u16, u64, Instant)>,
     unsignaled: u32,
     dirty: bool,
+    /// It posted or received a batch since the last keepalive check (see
+    /// [`Config::keepalive`]): no probe needed.
+    active: bool,
+    /// A batch from the peer arrived once: its QP is connected, so a probe
+    /// cannot find it not yet ready (see [`Config::keepalive`]).
+    heard: bool,
     /// User data of calls in flight when the endpoint failed, waiting to be
     /// handed back by the next poll.
     orphans: Vec<U>,
@@ -351,6 +374,9 @@ pub struct Context<U> {
     /// TSC ticks (a clock read orders itself after the poll's loads and
     /// cost an idle poll with a call in flight more than half its time).
     clock: lazyclock::LazyClock,
+    /// When the next keepalive check is due (`None` until the first poll
+    /// that looks).
+    next_probe: Option<Instant>,
 }
 
 impl<U> std::fmt::Debug for Context<U> {
@@ -412,6 +438,7 @@ impl<U> Context<U> {
             busy_polls: 0,
             signal_every: (cfg.sq_depth / 4).max(1),
             clock: lazyclock::LazyClock::default(),
+            next_probe: None,
             cfg,
         })
     }
@@ -474,6 +501,8 @@ impl<U> Context<U> {
             deadlines: VecDeque::new(),
             unsignaled: 0,
             dirty: false,
+            active: false,
+            heard: false,
             orphans: Vec::new(),
         });
         Ok(Endpoint {
@@ -689,6 +718,38 @@ impl<U> Context<U> {
         }
     }
 
+    /// Probes the endpoints that neither sent nor received anything since
+    /// the last check, once [`Config::keepalive`] has passed since it.
+    /// Returns whether a probe was posted.
+    fn keepalive(&mut self) -> bool {
+        let Some(period) = self.cfg.keepalive else {
+            return false;
+        };
+        let now = self.clock.now();
+        match self.next_probe {
+            Some(t) if now < t => return false,
+            // The first look only starts the clock: a new endpoint gets a
+            // whole period before its first probe.
+            None => {
+                self.next_probe = now.checked_add(period);
+                return false;
+            }
+            _ => {}
+        }
+        self.next_probe = now.checked_add(period);
+        let mut probed = false;
+        for (i, e) in self.eps.iter_mut().enumerate() {
+            if std::mem::take(&mut e.active) || e.failed.is_some() || !e.heard {
+                continue;
+            }
+            probed |= probe(e, i as u32);
+            if e.failed.is_some() && !e.orphans.is_empty() && !self.failing.contains(&(i as u32)) {
+                self.failing.push(i as u32);
+            }
+        }
+        probed
+    }
+
     /// Progress: reads completions (responses go to `on_response` with
     /// their user data; requests queue for [`Context::recv`]; errors fail
     /// their endpoint, whose calls in flight come back with the error),
@@ -733,6 +794,8 @@ impl<U> Context<U> {
             let e = &mut eps[ep as usize];
             match (c.kind, c.status()) {
                 (Kind::RecvWriteImm, Ok(())) => {
+                    e.active = true;
+                    e.heard = true;
                     if e.failed.is_none() && !on_batch(e, ep, c.imm, arrived, &mut on_response) {
                         failing.push(ep);
                     }
@@ -800,7 +863,8 @@ impl<U> Context<U> {
             }
             let flushing = !self.dirty.is_empty();
             self.flush();
-            if flushing && self.step_device {
+            let probing = self.idle_polls.is_multiple_of(ASYNC_EVERY) && self.keepalive();
+            if (flushing || probing) && self.step_device {
                 // A manual device executes what was posted only when
                 // stepped: step it now, so an idle loop's batches leave in
                 // this poll, not the next one (the caller may yield its
@@ -815,8 +879,11 @@ impl<U> Context<U> {
             if !self.dirty.is_empty() && self.busy_polls.is_multiple_of(FLUSH_EVERY) {
                 self.flush();
             }
-            if self.cfg.call_timeout.is_some() && self.busy_polls.is_multiple_of(EXPIRE_EVERY) {
-                self.expire(&mut on_response);
+            if self.busy_polls.is_multiple_of(EXPIRE_EVERY) {
+                if self.cfg.call_timeout.is_some() {
+                    self.expire(&mut on_response);
+                }
+                self.keepalive();
             }
         }
         for ep in self.failing.drain(..) {
@@ -1057,9 +1124,42 @@ fn flush_endpoint<U>(e: &mut EndpointState<U>, ep: u32, cfg: &Config, signal_eve
         }
     }
     if posted {
+        e.active = true;
         e.qp.ring_doorbell();
     }
     done
+}
+
+/// Posts a keepalive probe on a connected endpoint (see
+/// [`Config::keepalive`]): a signaled zero-length RDMA WRITE to the start
+/// of the peer's ring, which changes nothing there and completes only once
+/// the peer's NIC acknowledged it. A full send queue has WQEs in flight
+/// that probe the peer as well: nothing is posted then. Returns whether it
+/// posted.
+fn probe<U>(e: &mut EndpointState<U>, ep: u32) -> bool {
+    let Some(peer) = &e.peer else { return false };
+    let remote = Remote {
+        addr: peer.addr,
+        rkey: peer.rkey,
+    };
+    if e.qp.sq_free() == 0 {
+        return false;
+    }
+    match e.qp.post(&Write::new(remote, &[]).signaled()) {
+        Ok(_) => {
+            e.unsignaled = 0;
+            e.qp.ring_doorbell();
+            true
+        }
+        Err(mlx5::Error::SendQueueFull { .. }) => false,
+        Err(err) => {
+            e.fail(EndpointError::Post {
+                endpoint: ep,
+                error: err.to_string().into(),
+            });
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1086,6 +1186,63 @@ mod tests {
         a.connect(ea, &ib).unwrap();
         b.connect(eb, &ia).unwrap();
         (a, b, ea, eb)
+    }
+
+    /// A keepalive probe goes only to a peer this side has heard from: the
+    /// peer's QP may not be connected yet, and a probe it refuses fails
+    /// the endpoint (as the second half shows, hearing forced).
+    #[test]
+    fn keepalive_probes_only_a_peer_it_has_heard_from() {
+        let cfg = Config {
+            keepalive: Some(Duration::from_millis(5)),
+            ..Config::default()
+        };
+        let half_connected = |forced: bool, wait: Duration| {
+            let (da, db) = (
+                mlx5::Context::soft(Progress::Manual),
+                mlx5::Context::soft(Progress::Manual),
+            );
+            let mut a: Context<u32> = Context::new(&da, cfg).unwrap();
+            let mut b: Context<u32> = Context::new(&db, cfg).unwrap();
+            let (ea, eb) = (a.endpoint().unwrap(), b.endpoint().unwrap());
+            let (ia, ib) = (a.local_info(ea).unwrap(), b.local_info(eb).unwrap());
+            a.connect(ea, &ib).unwrap();
+            a.eps[ea.idx as usize].heard = forced;
+            let start = Instant::now();
+            while start.elapsed() < wait && a.endpoint_error(ea).is_none() {
+                a.poll(|_, _| {}).unwrap();
+                b.poll(|_, _| {}).unwrap();
+            }
+            (a, b, ea, eb, ia)
+        };
+        let (mut a, mut b, ea, eb, ia) = half_connected(false, Duration::from_millis(700));
+        assert_eq!(a.endpoint_error(ea), None);
+        // Connected at last: calls work, and the answer makes the peer heard.
+        b.connect(eb, &ia).unwrap();
+        a.call(ea, b"ping", 7).unwrap();
+        let mut got = None;
+        let start = Instant::now();
+        while got.is_none() {
+            a.poll(|u, r| got = Some((u, r.map(<[u8]>::to_vec))))
+                .unwrap();
+            b.poll(|_, _| {}).unwrap();
+            while let Some(req) = b.recv() {
+                b.reply(req, b"pong").unwrap();
+            }
+            assert!(start.elapsed() < Duration::from_secs(10));
+        }
+        assert_eq!(got, Some((7, Ok(b"pong".to_vec()))));
+        assert!(a.eps[ea.idx as usize].heard);
+        // A peer QP not yet ready answers no request: the probe fails the
+        // endpoint, as it would a call.
+        let (a, _, ea, ..) = half_connected(true, Duration::from_secs(5));
+        assert_eq!(
+            a.endpoint_error(ea),
+            Some(&EndpointError::Completion {
+                endpoint: 0,
+                syndrome: Syndrome::TransportRetryExceeded
+            })
+        );
     }
 
     /// Answered calls leave the deadline queue as their answers come, not

@@ -194,6 +194,86 @@ fn a_killed_peer_returns_every_call_with_transport_retry_exceeded() {
     }
 }
 
+/// An endpoint that only waits for requests learns that its peer died
+/// from its keepalive probe, with no call of its own.
+#[test]
+fn a_killed_peer_fails_an_endpoint_that_only_waits_for_requests() {
+    let cfg = Config {
+        keepalive: Some(Duration::from_millis(50)),
+        ..Config::default()
+    };
+    let (mut ctx, eps, mut peer) = setup(cfg, 1);
+    stream(&mut ctx, &eps, 20, 4);
+    peer.child.kill().unwrap();
+    peer.child.wait().unwrap();
+    let start = Instant::now();
+    while ctx.endpoint_error(eps[0]).is_none() {
+        ctx.poll(|u, r| panic!("nothing was in flight, yet {u}: {r:?}"))
+            .unwrap();
+        assert!(start.elapsed() < TIMEOUT, "the endpoint never failed");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        ctx.endpoint_error(eps[0]),
+        Some(&EndpointError::Completion {
+            endpoint: 0,
+            syndrome: Syndrome::TransportRetryExceeded
+        })
+    );
+    // Without probes an idle endpoint never finds out (as an RC QP).
+    let cfg = Config {
+        keepalive: None,
+        ..Config::default()
+    };
+    let (mut ctx, eps, mut peer) = setup(cfg, 1);
+    stream(&mut ctx, &eps, 20, 4);
+    peer.child.kill().unwrap();
+    peer.child.wait().unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(300) {
+        ctx.poll(|u, r| panic!("nothing was in flight, yet {u}: {r:?}"))
+            .unwrap();
+    }
+    assert_eq!(ctx.endpoint_error(eps[0]), None);
+}
+
+/// Probes go out while an endpoint is idle, only then, and leave a live
+/// peer's endpoint working: its calls before and after come back intact.
+#[test]
+fn keepalive_probes_an_idle_endpoint_and_leaves_a_live_one_alone() {
+    let idle_frames = |keepalive| {
+        let cfg = Config {
+            keepalive,
+            ..Config::default()
+        };
+        let (mut ctx, eps, _peer) = setup(cfg, 2);
+        stream(&mut ctx, &eps, 50, 4);
+        let before = ctx.device().wire_stats().unwrap().frames_sent;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(400) {
+            ctx.poll(|u, r| panic!("nothing was in flight, yet {u}: {r:?}"))
+                .unwrap();
+        }
+        let frames = ctx.device().wire_stats().unwrap().frames_sent - before;
+        assert_eq!(ctx.endpoint_error(eps[0]), None);
+        assert_eq!(ctx.endpoint_error(eps[1]), None);
+        stream(&mut ctx, &eps, 50, 4);
+        frames
+    };
+    // 400 ms at one probe per 20 ms or more, on each of two endpoints; the
+    // first look only starts the clock.
+    let probed = idle_frames(Some(Duration::from_millis(20)));
+    assert!(probed >= 8, "{probed} frames sent while idle");
+    // Without probes, at most the ACKs the device held when the calls
+    // stopped.
+    let quiet = idle_frames(None);
+    assert!(quiet <= 2, "{quiet} frames sent while idle");
+}
+
 #[test]
 fn a_partitioned_peer_fails_calls_after_the_ack_timeout() {
     // 4.096 µs × 2^10 × (retry_cnt 1 + 1): about 8 ms.

@@ -188,6 +188,44 @@ fn a_device_that_cannot_be_opened_is_an_error_with_status_1() {
     assert!(err.contains("rpc_pingpong: error:"), "stderr {err:?}");
 }
 
+/// A server whose caller is killed mid-run (no "stop" ever comes) exits
+/// with an error within seconds, found by its keepalive probe: it does not
+/// wait forever for requests.
+#[test]
+fn serve_exits_with_an_error_when_its_caller_is_killed() {
+    let dir = scratch("killed-caller");
+    let d = dir.to_str().expect("utf-8 path");
+    let serve = start(&["serve", "--dir", d], Stdio::null());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut call = start(&["call", "1000000000", "--dir", d], Stdio::null());
+    // Until the caller is calling: its info file is there once it has its
+    // endpoint (it then takes the server's, there already, and connects),
+    // then half a second of calls.
+    let start_wait = Instant::now();
+    while !dir.join("call.info").exists() {
+        assert!(start_wait.elapsed() < DEADLINE, "the caller never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    call.kill().expect("kill the caller");
+    call.wait().expect("reap the caller");
+    let killed = Instant::now();
+    let out = finish(serve);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "serve: stderr {err}");
+    assert!(err.contains("the caller is gone"), "serve: stderr {err}");
+    assert!(
+        err.contains("TransportRetryExceeded"),
+        "serve: stderr {err}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "serve took {:?} to notice",
+        killed.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An empty directory of this test's own under the target directory.
 fn scratch(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
