@@ -245,15 +245,20 @@ fn copyrpc_on_the_software_device_verifies() {
     }
 }
 
+/// The transport line names the lanes UCX chose, not only what was asked.
 #[test]
 fn ucx_over_tcp_verifies() {
     let report = smoke_with("ucx-am:tcp", "UCX_TLS=tcp", &[], None);
     assert!(report["daemons"][0][0].get("rounds").is_none());
+    let t = report["metadata"]["transport"].to_string();
+    assert!(t.contains("lanes tcp/"), "{t}");
 }
 
 #[test]
 fn ucx_over_shared_memory_verifies() {
-    smoke("ucx-am:shm", "UCX_TLS=shm", &[]);
+    let report = smoke_with("ucx-am:shm", "UCX_TLS=shm", &[], None);
+    let t = report["metadata"]["transport"].to_string();
+    assert!(t.contains("lanes ") && !t.contains("tcp/"), "{t}");
 }
 
 /// Clients as processes of their own: the ipc layer crossed between

@@ -176,6 +176,89 @@ pub struct UcxNet<U> {
     transport: String,
 }
 
+unsafe extern "C" {
+    /// UCP's description of an endpoint: its lanes and the transport of
+    /// each (`ucp/api/ucp.h`; not bound by bindgen, whose `FILE` would be
+    /// its own type).
+    fn ucp_ep_print_info(ep: sys::ucp_ep_h, stream: *mut libc::FILE);
+}
+
+/// The lanes of an endpoint as `ucp_ep_print_info` describes them, one
+/// entry per transport with what UCX uses it for, as in
+/// `sysv/memory (am, am_bw) + cma/memory (rma_bw)`, read from lines such
+/// as `lane[0]:  0:sysv/memory.0 md[0] -> md[0]/sysv/sysdev[255] am
+/// am_bw#0`. `unknown` when the text has no lane this reads.
+pub fn lanes(info: &str) -> String {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for line in info.lines() {
+        let Some((_, rest)) = line.split_once("lane[") else {
+            continue;
+        };
+        let Some((_, rest)) = rest.split_once("]:") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        // `INDEX:TRANSPORT/DEVICE.PATH`
+        let Some(tl) = words
+            .next()
+            .and_then(|w| w.split_once(':'))
+            .map(|(_, t)| t.rsplit_once('.').map_or(t, |(t, _)| t).to_string())
+        else {
+            continue;
+        };
+        // After `-> REMOTE`: what the lane is for.
+        let uses: Vec<String> = words
+            .skip_while(|w| *w != "->")
+            .skip(2)
+            .map(|w| w.split('#').next().unwrap_or(w).to_string())
+            .collect();
+        match out.iter_mut().find(|(t, _)| *t == tl) {
+            Some((_, u)) => u.extend(
+                uses.into_iter()
+                    .filter(|x| !u.contains(x))
+                    .collect::<Vec<_>>(),
+            ),
+            None => out.push((tl, uses)),
+        }
+    }
+    if out.is_empty() {
+        return "unknown".into();
+    }
+    out.iter()
+        .map(|(t, u)| {
+            if u.is_empty() {
+                t.clone()
+            } else {
+                format!("{t} ({})", u.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// What `ucp_ep_print_info` writes for `ep`.
+fn ep_info(ep: sys::ucp_ep_h) -> String {
+    let mut buf: *mut libc::c_char = ptr::null_mut();
+    let mut len: libc::size_t = 0;
+    // SAFETY: out-pointers for the stream's buffer; the stream is closed
+    // (which sets them) before they are read, and the buffer freed once.
+    unsafe {
+        let f = libc::open_memstream(&mut buf, &mut len);
+        if f.is_null() {
+            return String::new();
+        }
+        ucp_ep_print_info(ep, f);
+        libc::fclose(f);
+        if buf.is_null() {
+            return String::new();
+        }
+        let text =
+            String::from_utf8_lossy(std::slice::from_raw_parts(buf.cast::<u8>(), len)).into_owned();
+        libc::free(buf.cast());
+        text
+    }
+}
+
 unsafe extern "C" fn on_am(
     arg: *mut c_void,
     header: *const c_void,
@@ -614,6 +697,22 @@ impl<U> Bootstrap for UcxNet<U> {
             let status = unsafe { sys::ucp_ep_create(self.worker, &params, &mut self.eps[j]) };
             check(status, &format!("ucp_ep_create to {}", self.where_(j)))?;
         }
+        // What UCX chose, not only what was asked: the lanes of every
+        // endpoint (the same, unless peers differ).
+        let mut chosen: Vec<String> = Vec::new();
+        for &ep in self.eps.iter().filter(|e| !e.is_null()) {
+            let l = lanes(&ep_info(ep));
+            if !chosen.contains(&l) {
+                chosen.push(l);
+            }
+        }
+        if !chosen.is_empty() {
+            self.transport = self.transport.replacen(
+                ", peer failure",
+                &format!(", lanes {}, peer failure", chosen.join(" | ")),
+                1,
+            );
+        }
         Ok(())
     }
 }
@@ -745,6 +844,22 @@ mod tests {
             max_inflight: 4,
             ucx_tls: Some(tls.into()),
         }
+    }
+
+    /// The lanes as UCX 1.13.1 printed them for two endpoints of this
+    /// benchmark (`UCX_TLS=shm`, then `tcp`), and text with none.
+    #[test]
+    fn lanes_are_read_off_the_endpoint_description() {
+        let shm = "#\n# UCP endpoint \n#\n#               peer: <no debug data>\n\
+            #                 lane[0]:  0:sysv/memory.0 md[0]           -> md[0]/sysv/sysdev[255] am am_bw#0\n\
+            #                 lane[1]:  2:cma/memory.0 md[2]            -> md[2]/cma/sysdev[255] rma_bw#0\n\
+            #\n#                 am_send: 0..<egr/short>..93..<egr/bcopy>..8256..<rndv>..(inf)\n";
+        assert_eq!(lanes(shm), "sysv/memory (am, am_bw) + cma/memory (rma_bw)");
+        let tcp = "#                 lane[0]:  1:tcp/lo.0 md[1]      -> md[1]/tcp/sysdev[255] am am_bw#0 keepalive\n\
+            #                 lane[1]:  1:tcp/lo.0 md[1]      -> md[1]/tcp/sysdev[255] wireup\n";
+        assert_eq!(lanes(tcp), "tcp/lo (am, am_bw, keepalive, wireup)");
+        assert_eq!(lanes("# no lanes here\n"), "unknown");
+        assert_eq!(lanes("lane[0]: garbage"), "unknown");
     }
 
     /// Two workers in one process over the shared-memory transports: calls
