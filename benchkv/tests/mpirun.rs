@@ -251,14 +251,20 @@ fn ucx_over_tcp_verifies() {
     let report = smoke_with("ucx-am:tcp", "UCX_TLS=tcp", &[], None);
     assert!(report["daemons"][0][0].get("rounds").is_none());
     let t = report["metadata"]["transport"].to_string();
-    assert!(t.contains("lanes tcp/"), "{t}");
+    assert!(
+        t.contains("lanes tcp/") && !t.contains("lanes unknown"),
+        "{t}"
+    );
 }
 
 #[test]
 fn ucx_over_shared_memory_verifies() {
     let report = smoke_with("ucx-am:shm", "UCX_TLS=shm", &[], None);
     let t = report["metadata"]["transport"].to_string();
-    assert!(t.contains("lanes ") && !t.contains("tcp/"), "{t}");
+    assert!(
+        t.contains("lanes ") && t.contains("/memory") && !t.contains("tcp/"),
+        "{t}"
+    );
 }
 
 /// Clients as processes of their own: the ipc layer crossed between

@@ -43,6 +43,9 @@ fn pair(qps: usize, depth: u32) -> Pair {
         cq_depth: 1 << 15,
         sq_depth: 256,
         call_timeout: None,
+        // No clock reads in the counted polls (neither timeouts nor
+        // keepalive probes look at it).
+        keepalive: None,
         step_manual_device: false,
         ..Config::default()
     };

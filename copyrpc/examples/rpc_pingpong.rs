@@ -26,9 +26,9 @@
 //!
 //! The caller makes N calls of 32 bytes, one at a time, checks every
 //! reply, prints the median round trip, and tells the server to stop. A
-//! server whose caller dies without saying so exits with an error within
-//! seconds: the endpoint's keepalive probe (`Config::keepalive`) finds the
-//! peer gone.
+//! server whose caller dies without saying so, after its first call
+//! arrived, exits with an error within seconds: the endpoint's keepalive
+//! probe (`Config::keepalive`) finds the peer gone.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -150,6 +150,7 @@ fn session(role: &str, n: u64, dir: Option<&Path>) -> Result<(), String> {
 
     if role == "serve" {
         eprintln!("serving on {}", dev.name());
+        let mut first = true;
         loop {
             ctx.poll(|_, _| {}).map_err(|x| e(&x))?;
             // A caller that died without its "stop" shows up here, through
@@ -158,6 +159,10 @@ fn session(role: &str, n: u64, dir: Option<&Path>) -> Result<(), String> {
                 return Err(format!("the caller is gone: {err}"));
             }
             while let Some(req) = ctx.recv() {
+                if first {
+                    first = false;
+                    eprintln!("the caller's first call arrived");
+                }
                 if req.data() == b"stop" {
                     ctx.reply(req, b"bye").map_err(|x| e(&x))?;
                     // Let the reply leave before the process exits.

@@ -13,6 +13,11 @@
 //! under load, calls made between two flushes (idle polls, and every
 //! fourth poll that finds completions) share one WRITE_IMM.
 //! [`Context::flush`] flushes explicitly.
+//!
+//! Keepalive: an endpoint that has heard from its peer and saw no traffic
+//! for [`Config::keepalive`] posts one more WQE, a signaled zero-length
+//! RDMA WRITE to the start of the peer's ring (no receive WQE, no ring
+//! byte, no protocol state), so that a dead peer fails it as a call would.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -57,21 +62,25 @@ pub struct Config {
     /// itself (as the instruction-count example does, to leave the
     /// device's work out of copyrpc's count).
     pub step_manual_device: bool,
-    /// An endpoint that neither sent nor received anything for this long
-    /// is probed: a signaled zero-length RDMA WRITE, which the peer's NIC
-    /// must acknowledge and its application never sees. A dead peer then
-    /// fails the endpoint (`EndpointError::Completion` with
-    /// `TransportRetryExceeded`, see [`Context::endpoint_error`]) within
-    /// about twice this plus the ACK timeout, also on an endpoint that
-    /// only waits for requests (without it, such an endpoint learns it at
-    /// its next send, as an RC QP does). Looked at in every 64th poll.
-    /// Only an endpoint that has heard from its peer is probed (a probe to
-    /// a QP not yet connected on the other side would fail the endpoint):
-    /// a peer that dies before it sent anything is not noticed this way.
+    /// An endpoint that has heard from its peer and neither sent nor
+    /// received anything for this long is probed: a signaled zero-length
+    /// RDMA WRITE, which the peer's NIC must acknowledge and its
+    /// application never sees. A dead peer then fails the endpoint
+    /// (`EndpointError::Completion` with `TransportRetryExceeded`, see
+    /// [`Context::endpoint_error`]) within about twice this plus the
+    /// transport's retry budget (the ACK timeout times `retry_cnt + 1` of
+    /// [`Config::connect`], about 0.54 s with the default), also on an
+    /// endpoint that only waits for requests (without probes such an
+    /// endpoint learns it at its next send, as an RC QP does). Looked at
+    /// in every 64th poll; a period under 1 ms is taken as 1 ms. Only an
+    /// endpoint that has heard from its peer is probed (a probe to a QP
+    /// not yet connected on the other side would fail the endpoint): a
+    /// peer that dies before it sent anything is not noticed this way.
     /// `None`: no probes. On a software device with manual progress the
-    /// peer's device answers a probe only when its application steps it:
-    /// a peer that stops polling for longer than the ACK timeout fails the
-    /// link (as it does whenever a call is in flight).
+    /// peer's device answers a probe only when its application steps it: a
+    /// peer that stops stepping for longer than the retry budget while a
+    /// probe (or a call) is in flight fails the link between the two
+    /// processes, and with it every endpoint between them.
     pub keepalive: Option<Duration>,
 }
 
@@ -725,6 +734,7 @@ impl<U> Context<U> {
         let Some(period) = self.cfg.keepalive else {
             return false;
         };
+        let period = period.max(Duration::from_millis(1));
         let now = self.clock.now();
         match self.next_probe {
             Some(t) if now < t => return false,
@@ -759,7 +769,9 @@ impl<U> Context<U> {
     /// time, so constant load does not hold batches or deadlines). On a
     /// manual software device that holds answers for its next step, dirty
     /// endpoints are flushed before that step, so their batches leave with
-    /// the answers. Returns the completions handled.
+    /// the answers. Every 64th poll also looks at the keepalive clock
+    /// ([`Config::keepalive`]). Returns the completions handled (a
+    /// keepalive probe's included).
     pub fn poll(
         &mut self,
         mut on_response: impl FnMut(U, Result<&[u8], RpcError>),

@@ -269,9 +269,10 @@ fn keepalive_probes_an_idle_endpoint_and_leaves_a_live_one_alone() {
     let probed = idle_frames(Some(Duration::from_millis(20)));
     assert!(probed >= 8, "{probed} frames sent while idle");
     // Without probes, at most the ACKs the device held when the calls
-    // stopped.
+    // stopped, and the ACK of a probe from the peer (which keeps the
+    // default period of 1 s: it may fall in the idle time).
     let quiet = idle_frames(None);
-    assert!(quiet <= 2, "{quiet} frames sent while idle");
+    assert!(quiet <= 3, "{quiet} frames sent while idle");
 }
 
 #[test]

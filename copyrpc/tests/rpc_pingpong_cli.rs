@@ -193,25 +193,49 @@ fn a_device_that_cannot_be_opened_is_an_error_with_status_1() {
 /// wait forever for requests.
 #[test]
 fn serve_exits_with_an_error_when_its_caller_is_killed() {
+    use std::io::BufRead as _;
     let dir = scratch("killed-caller");
     let d = dir.to_str().expect("utf-8 path");
-    let serve = start(&["serve", "--dir", d], Stdio::null());
+    let mut serve = start(&["serve", "--dir", d], Stdio::null());
+    // The server's stderr, line by line as it comes.
+    let err = serve.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     std::thread::sleep(Duration::from_millis(300));
-    let mut call = start(&["call", "1000000000", "--dir", d], Stdio::null());
-    // Until the caller is calling: its info file is there once it has its
-    // endpoint (it then takes the server's, there already, and connects),
-    // then half a second of calls.
-    let start_wait = Instant::now();
-    while !dir.join("call.info").exists() {
-        assert!(start_wait.elapsed() < DEADLINE, "the caller never started");
-        std::thread::sleep(Duration::from_millis(10));
+    let mut call = start(&["call", "1000000", "--dir", d], Stdio::null());
+    // Until a call reached the server: only an endpoint that has heard
+    // from its peer is probed.
+    let mut said = Vec::new();
+    let waiting = Instant::now();
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("first call arrived"))
+    {
+        let left = DEADLINE.saturating_sub(waiting.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => said.push(line),
+            Err(_) => {
+                let _ = call.kill();
+                let _ = serve.kill();
+                panic!("no call reached the server; it said {said:?}");
+            }
+        }
     }
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        call.try_wait().expect("try_wait").is_none(),
+        "the caller ended before it was killed"
+    );
     call.kill().expect("kill the caller");
     call.wait().expect("reap the caller");
     let killed = Instant::now();
     let out = finish(serve);
-    let err = String::from_utf8_lossy(&out.stderr);
+    reader.join().expect("stderr reader");
+    said.extend(rx.try_iter());
+    let err = said.join("\n");
     assert_eq!(out.status.code(), Some(1), "serve: stderr {err}");
     assert!(err.contains("the caller is gone"), "serve: stderr {err}");
     assert!(

@@ -173,7 +173,13 @@ pub struct UcxNet<U> {
     failed: Option<String>,
     quiet: bool,
     peer_errors: bool,
-    transport: String,
+    /// What was asked: UCX's version and `UCX_TLS`.
+    asked: String,
+    /// The lanes UCX chose at endpoint creation (see [`lanes`]); empty
+    /// before `connect`.
+    lanes: String,
+    /// Whether peer failure detection is on, and why.
+    detection: &'static str,
 }
 
 unsafe extern "C" {
@@ -183,13 +189,29 @@ unsafe extern "C" {
     fn ucp_ep_print_info(ep: sys::ucp_ep_h, stream: *mut libc::FILE);
 }
 
+/// What a UCP lane can be for, as `ucp_ep_print_info` names it.
+const LANE_USES: [&str; 10] = [
+    "am",
+    "am_bw",
+    "rma",
+    "rma_bw",
+    "amo",
+    "rkey_ptr",
+    "tag",
+    "tag_offload",
+    "keepalive",
+    "wireup",
+];
+
 /// The lanes of an endpoint as `ucp_ep_print_info` describes them, one
 /// entry per transport with what UCX uses it for, as in
 /// `sysv/memory (am, am_bw) + cma/memory (rma_bw)`, read from lines such
 /// as `lane[0]:  0:sysv/memory.0 md[0] -> md[0]/sysv/sysdev[255] am
-/// am_bw#0`. `unknown` when the text has no lane this reads.
+/// am_bw#0`. Only the uses in [`LANE_USES`] are kept (`#N` and `{...}`
+/// suffixes dropped; other words, such as a segment size newer UCX
+/// prints, skipped). `unknown` when the text has no lane this reads.
 pub fn lanes(info: &str) -> String {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut out: Vec<(String, Vec<&str>)> = Vec::new();
     for line in info.lines() {
         let Some((_, rest)) = line.split_once("lane[") else {
             continue;
@@ -207,18 +229,19 @@ pub fn lanes(info: &str) -> String {
             continue;
         };
         // After `-> REMOTE`: what the lane is for.
-        let uses: Vec<String> = words
-            .skip_while(|w| *w != "->")
-            .skip(2)
-            .map(|w| w.split('#').next().unwrap_or(w).to_string())
-            .collect();
+        let uses = words.skip_while(|w| *w != "->").skip(2).filter_map(|w| {
+            let w = w.split(['#', '{']).next().unwrap_or(w);
+            LANE_USES.iter().copied().find(|u| *u == w)
+        });
         match out.iter_mut().find(|(t, _)| *t == tl) {
-            Some((_, u)) => u.extend(
-                uses.into_iter()
-                    .filter(|x| !u.contains(x))
-                    .collect::<Vec<_>>(),
-            ),
-            None => out.push((tl, uses)),
+            Some((_, u)) => {
+                for x in uses {
+                    if !u.contains(&x) {
+                        u.push(x);
+                    }
+                }
+            }
+            None => out.push((tl, uses.collect())),
         }
     }
     if out.is_empty() {
@@ -577,16 +600,15 @@ impl<U> Bootstrap for UcxNet<U> {
             failed: None,
             quiet: false,
             peer_errors,
-            transport: format!(
-                "UCX {version}, UCX_TLS={tls}, peer failure detection {}",
-                if !peer_errors {
-                    "off (shared-memory transports have none)"
-                } else if names_a_shared_memory_transport(&tls) {
-                    "on (so UCX may leave out the shared-memory transports asked for: they cannot detect it)"
-                } else {
-                    "on"
-                }
-            ),
+            asked: format!("UCX {version}, UCX_TLS={tls}"),
+            lanes: String::new(),
+            detection: if !peer_errors {
+                "off (shared-memory transports have none)"
+            } else if names_a_shared_memory_transport(&tls) {
+                "on (so UCX may leave out the shared-memory transports asked for: they cannot detect it)"
+            } else {
+                "on"
+            },
         };
         // Dropping `net` on an error below releases what was made.
         let mut config: *mut sys::ucp_config_t = ptr::null_mut();
@@ -698,7 +720,7 @@ impl<U> Bootstrap for UcxNet<U> {
             check(status, &format!("ucp_ep_create to {}", self.where_(j)))?;
         }
         // What UCX chose, not only what was asked: the lanes of every
-        // endpoint (the same, unless peers differ).
+        // endpoint as created (the same, unless peers differ).
         let mut chosen: Vec<String> = Vec::new();
         for &ep in self.eps.iter().filter(|e| !e.is_null()) {
             let l = lanes(&ep_info(ep));
@@ -706,13 +728,7 @@ impl<U> Bootstrap for UcxNet<U> {
                 chosen.push(l);
             }
         }
-        if !chosen.is_empty() {
-            self.transport = self.transport.replacen(
-                ", peer failure",
-                &format!(", lanes {}, peer failure", chosen.join(" | ")),
-                1,
-            );
-        }
+        self.lanes = chosen.join(" | ");
         Ok(())
     }
 }
@@ -777,7 +793,14 @@ impl<U> Network<U> for UcxNet<U> {
     }
 
     fn transport(&self) -> String {
-        self.transport.clone()
+        if self.lanes.is_empty() {
+            format!("{}, peer failure detection {}", self.asked, self.detection)
+        } else {
+            format!(
+                "{}, lanes {}, peer failure detection {}",
+                self.asked, self.lanes, self.detection
+            )
+        }
     }
 }
 
@@ -858,6 +881,14 @@ mod tests {
         let tcp = "#                 lane[0]:  1:tcp/lo.0 md[1]      -> md[1]/tcp/sysdev[255] am am_bw#0 keepalive\n\
             #                 lane[1]:  1:tcp/lo.0 md[1]      -> md[1]/tcp/sysdev[255] wireup\n";
         assert_eq!(lanes(tcp), "tcp/lo (am, am_bw, keepalive, wireup)");
+        // Newer UCX adds a segment size after the remote; a wireup lane
+        // names its auxiliary transport in braces.
+        let newer = "lane[0]:  3:rc_mlx5/mlx5_0:1.0 md[3] -> md[3]/ib/sysdev[255] seg 8256 am am_bw#0\n\
+            lane[1]:  4:ud_mlx5/mlx5_0:1.0 md[3] -> md[3]/ib/sysdev[255] seg 4096 wireup{ud_mlx5/mlx5_0:1}\n";
+        assert_eq!(
+            lanes(newer),
+            "rc_mlx5/mlx5_0:1 (am, am_bw) + ud_mlx5/mlx5_0:1 (wireup)"
+        );
         assert_eq!(lanes("# no lanes here\n"), "unknown");
         assert_eq!(lanes("lane[0]: garbage"), "unknown");
     }
