@@ -895,7 +895,7 @@ fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
     let from = made_up_address(1);
     let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
     hello.extend_from_slice(b"M5SW");
-    hello.extend_from_slice(&[2, 0, 0, 0]);
+    hello.extend_from_slice(&[3, 0, 0, 0]);
     hello.extend_from_slice(&from);
     hello.extend_from_slice(&info.gid);
     s.write_all(&hello).unwrap();
@@ -1147,19 +1147,49 @@ fn peer_wire(peer: &mut PeerProcess) -> Vec<u64> {
 /// (no shared memory offered): the socket and the device's WELCOME.
 fn say_hello(to: &[u8; 16], from: &[u8; 16]) -> (std::os::unix::net::UnixStream, [u8; 16]) {
     use std::io::Read as _;
+    let mut s = send_hello(to, from, 3);
+    let mut welcome = [0u8; 16];
+    s.read_exact(&mut welcome).unwrap();
+    (s, welcome)
+}
+
+/// Connects to the device at `to` and sends a HELLO of wire `version` from
+/// `from` (no shared memory offered).
+fn send_hello(to: &[u8; 16], from: &[u8; 16], version: u16) -> std::os::unix::net::UnixStream {
     use std::os::linux::net::SocketAddrExt;
     let a = std::os::unix::net::SocketAddr::from_abstract_name(unix_name(to)).unwrap();
     let mut s = std::os::unix::net::UnixStream::connect_addr(&a).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
     hello.extend_from_slice(b"M5SW");
-    hello.extend_from_slice(&[2, 0, 0, 0]);
+    hello.extend_from_slice(&version.to_le_bytes());
+    hello.extend_from_slice(&[0, 0]);
     hello.extend_from_slice(from);
     hello.extend_from_slice(to);
     s.write_all(&hello).unwrap();
-    let mut welcome = [0u8; 16];
-    s.read_exact(&mut welcome).unwrap();
-    (s, welcome)
+    s
+}
+
+/// A HELLO of another wire version (2: REQs without the "ACK at once"
+/// flag, whose requester would wait up to the ACK hold for ACKs it asked
+/// a completion for) gets no WELCOME and no link: the device closes the
+/// socket, and the pair goes on.
+fn a_hello_of_another_wire_version_is_refused() {
+    let (mut me, mut peer) = setup("soft", &ConnectOpts::default());
+    write_ok(&mut me, peer.remote(0), b"up");
+    let links = peer_wire(&mut peer)[2];
+    for version in [2, 4] {
+        let mut s = send_hello(&peer.infos[0].gid, &made_up_address(7), version);
+        // Closed with nothing said: no WELCOME byte.
+        let mut buf = [0u8; 16];
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("version {version}: {other:?}, {buf:?}"),
+        }
+    }
+    assert_eq!(peer_wire(&mut peer)[2], links, "the peer adopted no link");
+    write_ok(&mut me, peer.remote(0), b"still");
 }
 
 /// A local process that announces the address of a device of another
@@ -1204,7 +1234,7 @@ fn a_unix_address_is_not_taken_over_tcp() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
     hello.extend_from_slice(b"M5SW");
-    hello.extend_from_slice(&[2, 0, 0, 0]);
+    hello.extend_from_slice(&[3, 0, 0, 0]);
     hello.extend_from_slice(&made_up_address(3));
     hello.extend_from_slice(&gid);
     s.write_all(&hello).unwrap();
@@ -2002,6 +2032,7 @@ over_both!(
     a_hostile_frame_header_allocates_nothing_and_other_links_keep_working,
     links_killed_by_bad_frames_are_removed,
     a_local_impostor_is_refused_at_the_handshake,
+    a_hello_of_another_wire_version_is_refused,
     a_stranger_that_does_not_read_its_answers_is_cut_off,
     large_writes_and_reads_cross_the_link_whole,
     frames_of_many_sizes_cross_whole_four_in_flight,

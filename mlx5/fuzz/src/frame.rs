@@ -143,7 +143,7 @@ pub fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
 pub fn hello(from: [u8; 16], to: [u8; 16]) -> Vec<u8> {
     let mut b = Vec::with_capacity(40);
     b.extend_from_slice(b"M5SW");
-    b.extend_from_slice(&2u16.to_le_bytes()); // the wire version (mlx5/src/soft/wire.rs)
+    b.extend_from_slice(&3u16.to_le_bytes()); // the wire version (mlx5/src/soft/wire.rs)
     b.extend_from_slice(&[0, 0]);
     b.extend_from_slice(&from);
     b.extend_from_slice(&to);

@@ -33,7 +33,7 @@
 //! 8-byte header (`body length u32 LE`, `kind u8`, 3 zero bytes) and a body
 //! (all integers little-endian):
 //!
-//! * `HELLO` (1): `"M5SW"`, version u16 = 2, flags u16 (bit 0: offers
+//! * `HELLO` (1): `"M5SW"`, version u16 = 3, flags u16 (bit 0: offers
 //!   shared-memory rings; unix sockets only), from `[16]`, to `[16]`.
 //! * `WELCOME` (2): status u8 (0 ok, 1 no such device, 2 refused: over a
 //!   unix socket, the connector is not the process whose pid its address
@@ -169,7 +169,7 @@ pub(crate) const RESP_LEN: usize = 32;
 /// The RC message limit: the most a REQ payload or READ can carry.
 pub(crate) const MAX_MSG: u64 = 1 << 31;
 pub(crate) const WIRE_MAGIC: [u8; 4] = *b"M5SW";
-pub(crate) const WIRE_VERSION: u16 = 2;
+pub(crate) const WIRE_VERSION: u16 = 3;
 
 /// A request as it travels from requester to responder.
 #[derive(Clone, Copy, Debug)]
