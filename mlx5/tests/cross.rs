@@ -789,6 +789,45 @@ fn unsignaled_acks_wait_for_the_next_request() {
     assert_eq!(peer.line(), format!("ok {}", N + 2));
 }
 
+/// A NOP, and then a WQE that fails locally, posted behind unsignaled
+/// WRITEs complete a round trip later, not when the peer's ACK hold ends
+/// (400 ms here, under this side's ACK timeout): the requester asks for
+/// the held answers with an ACKREQ frame, as a NIC sets AckReq.
+fn a_wqe_that_completes_locally_asks_for_the_acks_it_waits_for() {
+    use mlx5::wqe::{Nop, opcode};
+    let (mut me, mut peer) = setup("soft", &ConnectOpts::default());
+    peer.cmd("hold-acks 400");
+    write_ok(&mut me, peer.remote(0), b"up");
+    let unsignaled = |me: &mut End| {
+        for i in 0..4 {
+            me.qp
+                .post_and_ring(&Write::inline(peer.remote(64 * i), b"unsignaled"))
+                .unwrap();
+        }
+    };
+    unsignaled(&mut me);
+    let t = Instant::now();
+    me.qp.post_and_ring(&Nop::new().signaled()).unwrap();
+    ok_one(&mut me, opcode::NOP);
+    let nop = t.elapsed();
+    unsignaled(&mut me);
+    let bad = mlx5::wqe::Sge {
+        lkey: 0xdead_beef,
+        ..me.mr.sge(0, 8)
+    };
+    let t = Instant::now();
+    me.qp
+        .post_and_ring(&Write::new(peer.remote(0), &[bad]).signaled())
+        .unwrap();
+    let c = me.expect(1);
+    let failed = t.elapsed();
+    assert_eq!(c[0].status(), Err(Syndrome::LocalProt), "{c:?}");
+    assert!(
+        nop < Duration::from_millis(150) && failed < Duration::from_millis(150),
+        "NOP after {nop:?}, local failure after {failed:?}: they waited for the ACK hold"
+    );
+}
+
 /// Two devices that connect to each other at the same moment each open a
 /// link (forced here: this side opens a second one after the peer's): both
 /// then send on the link whose connector has the lower address, so the
@@ -2033,6 +2072,7 @@ over_both!(
     links_killed_by_bad_frames_are_removed,
     a_local_impostor_is_refused_at_the_handshake,
     a_hello_of_another_wire_version_is_refused,
+    a_wqe_that_completes_locally_asks_for_the_acks_it_waits_for,
     a_stranger_that_does_not_read_its_answers_is_cut_off,
     large_writes_and_reads_cross_the_link_whole,
     frames_of_many_sizes_cross_whole_four_in_flight,

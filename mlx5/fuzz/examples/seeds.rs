@@ -607,6 +607,15 @@ fn frame_seeds() -> Vec<(&'static str, u8, u16, Vec<u8>)> {
             0,
             frame::req(&with_len(to_v(5, opcode::RDMA_WRITE), 1), b"x"),
         ),
+        // ACK requests (kind 5): bare, between requests (the held ACKs
+        // leave), and one with a body (malformed: the link dies).
+        (
+            "ack-requests",
+            CLAIM_PEER,
+            0,
+            [frame::frame(5, &[]), three.clone(), frame::frame(5, &[])].concat(),
+        ),
+        ("ack-request-with-a-body", CLAIM_PEER, 0, frame::frame(5, &[0])),
         ("three-requests", CLAIM_PEER, 0, three.clone()),
         ("three-requests-split-mid-frame", CLAIM_PEER, 70, three),
         ("stranger-request-refused", 0, 0, write16.clone()),

@@ -25,6 +25,7 @@
 //! | `recv I N OFF LEN` | posts N receives on QP I scattering to OFF..OFF+LEN (LEN 0: none) |
 //! | `poll N MS` | `ok KIND/QPN/INDEX/LEN/IMM/STATUS ...` for N completions within MS ms (`STATUS+se` when the sender solicited an event) |
 //! | `withhold I 0\|1` | fault injection: QP I answers RNR while on |
+//! | `hold-acks MS` | fault injection: the device holds plain ACKs nobody asked for at once up to MS ms (`Faults::hold_acks_for`) |
 //! | `state I` | `ok STATE` of QP I (`Rts`, `Error`, ...) |
 //! | `event MS` | `ok EVENT` (`Debug` of the next asynchronous event, spaces removed) within MS ms, or `ok none` |
 //! | `stream I N SEED MAXLEN WINDOW` | verifies N WRITE_IMMs on QP I (see `stream` below) |
@@ -241,6 +242,12 @@ impl Peer {
                 let (i, on): (usize, u8) = (num(&mut it, "I")?, num(&mut it, "ON")?);
                 let f = self.ctx.faults().map_err(e)?;
                 f.withhold_recv(self.qp(i)?, on != 0).map_err(e)?;
+                Ok(String::new())
+            }
+            "hold-acks" => {
+                let ms: u64 = num(&mut it, "MS")?;
+                let f = self.ctx.faults().map_err(e)?;
+                f.hold_acks_for(Duration::from_millis(ms));
                 Ok(String::new())
             }
             "state" => {

@@ -48,8 +48,8 @@ use super::cred;
 use super::requester::MAX_PARTS;
 use super::shm::{self, Corrupt, Offer, Pipe};
 use super::wire::{
-    self, Addr, Data, HDR, HELLO_LEN, K_HELLO, K_REQ, K_RESP, K_WELCOME, REQ_LEN, RESP_LEN,
-    Request, Resp, Response, WELCOME_LEN, WIRE_MAGIC, WIRE_VERSION, header, le32,
+    self, Addr, Data, HDR, HELLO_LEN, K_ACKREQ, K_HELLO, K_REQ, K_RESP, K_WELCOME, REQ_LEN,
+    RESP_LEN, Request, Resp, Response, WELCOME_LEN, WIRE_MAGIC, WIRE_VERSION, header, le32,
 };
 use crate::error::Error;
 use crate::prm::opcode;
@@ -483,6 +483,24 @@ impl Link {
         }
     }
 
+    /// Appends an ACKREQ frame (see `wire::K_ACKREQ`): it leaves with this
+    /// pass's flush, as a request does.
+    pub(crate) fn put_ack_request(&mut self) {
+        self.req_queued = true;
+        let h = wire::header(K_ACKREQ, 0);
+        if self.can_stage() && self.stage(&[Data::slice(&h)]) {
+            return;
+        }
+        self.last_ack = None;
+        self.tx.extend_from_slice(&h);
+    }
+
+    /// The peer asked for the answers held back here (an ACKREQ arrived):
+    /// they leave at the end of this pass, as answers wanted at once do.
+    pub(crate) fn answers_wanted(&mut self) {
+        self.urgent = true;
+    }
+
     /// Appends the RESP answering `req` (with `data`, a READ's, copied
     /// once): over shared memory with nothing queued ahead, READ data of
     /// [`DIRECT_MIN`] bytes or more goes straight into the ring, not
@@ -903,6 +921,8 @@ impl Link {
                 "RESP longer than any READ in flight on its link",
             )),
             k @ (K_REQ | K_RESP) => Ok((k, len)),
+            K_ACKREQ if len == 0 => Ok((K_ACKREQ, 0)),
+            K_ACKREQ => Err(Bad::Frame("ACKREQ with a body")),
             _ => Err(Bad::Frame("malformed frame header")),
         }
     }
@@ -1597,6 +1617,33 @@ mod tests {
             .unwrap();
         l.fill(&mut st, Instant::now());
         assert!(matches!(l.next_frame(), Some(Err(Bad::Frame(_)))));
+    }
+
+    /// An ACKREQ is a bare header: one with a body is malformed. Read, it
+    /// makes the answers held back leave (`hold_answers` holds none).
+    #[test]
+    fn an_ack_request_has_no_body_and_releases_held_answers() {
+        let (mut l, mut peer) = link();
+        let mut st = WireStats::default();
+        peer.write_all(&frame_header(K_ACKREQ, 1)).unwrap();
+        l.fill(&mut st, Instant::now());
+        assert_eq!(l.next_frame(), Some(Err(Bad::Frame("ACKREQ with a body"))));
+        let (mut l, mut peer) = link();
+        peer.write_all(&frame_header(K_ACKREQ, 0)).unwrap();
+        l.fill(&mut st, Instant::now());
+        assert!(matches!(l.next_frame(), Some(Ok((K_ACKREQ, _, _)))));
+        // A plain ACK nobody asked for at once is held, until an ACKREQ.
+        let now = Instant::now();
+        l.put_resp(
+            &read_request(0, 0),
+            0,
+            Response::Ack { orig: 0 },
+            Data::slice(&[]),
+            &mut st,
+        );
+        assert!(l.hold_answers(now).is_some());
+        l.answers_wanted();
+        assert_eq!(l.hold_answers(now), None);
     }
 
     #[test]

@@ -570,6 +570,7 @@ impl Device {
             inflight_sges: VecDeque::new(),
             fail_next: None,
             withhold_recv: false,
+            answers_asked: false,
         };
         qp.track.set_state(QpState::Reset);
         if i == s.qps.len() {
@@ -637,6 +638,7 @@ impl Device {
                 qp.inflight_sges.clear();
                 qp.fail_next = None;
                 qp.withhold_recv = false;
+                qp.answers_asked = false;
                 // SAFETY: the two doorbell-record words; verbs zeroes them
                 // on RESET as well.
                 unsafe {

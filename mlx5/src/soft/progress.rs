@@ -293,7 +293,9 @@ fn handle_frames(
             let body = &rx[a..b];
             stats.frames_received += 1;
             done += 1;
-            if kind == wire::K_REQ {
+            if kind == wire::K_ACKREQ {
+                link.answers_wanted();
+            } else if kind == wire::K_REQ {
                 let (req, epoch, payload) = match wire::get_req(body, link.peer) {
                     Ok(r) => r,
                     Err(e) => {
@@ -453,6 +455,7 @@ fn on_resp(s: &mut State, r: &wire::Resp<'_>, sges: &mut Vec<Sge>, timer: &mut O
         return;
     }
     let f = qp.inflight.pop_front().expect("checked");
+    qp.answers_asked = false;
     sges.clear();
     sges.extend(qp.inflight_sges.drain(..f.nsges));
     if complete(s, r.qpn, &f, r.resp, r.data, sges, timer) {

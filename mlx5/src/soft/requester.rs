@@ -77,7 +77,10 @@ pub(crate) fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qp
         match local_phase(s, qpn, shared.addr, eng) {
             // Completions are in order: these wait for the requests in
             // flight to be answered.
-            Step::Nop { .. } | Step::Fail { .. } if busy => break,
+            Step::Nop { .. } | Step::Fail { .. } if busy => {
+                ask_for_answers(s, qpn, eng);
+                break;
+            }
             Step::Nop {
                 index,
                 wqebbs,
@@ -191,6 +194,26 @@ pub(crate) fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qp
         }
     }
     done
+}
+
+/// A WQE that completes locally waits behind requests in flight on a
+/// link: unless each of them asked for its ACK at once, the link is asked
+/// (`wire::K_ACKREQ`, once per answer awaited) to have the peer send the
+/// answers it holds back, so the WQE waits a round trip, not the peer's
+/// ACK hold.
+fn ask_for_answers(s: &mut State, qpn: u32, eng: &mut Engine) {
+    let Some(qp) = s.qp(qpn) else { return };
+    if qp.answers_asked || qp.inflight.iter().all(|f| f.req.ack_now) {
+        return;
+    }
+    let Some(Target::Link(id)) = qp.peer.as_ref().map(|p| p.target) else {
+        return;
+    };
+    if let Some(link) = eng.links.iter_mut().find(|l| l.id == id && l.is_up()) {
+        link.put_ack_request();
+        eng.stats.frames_sent += 1;
+        qp.answers_asked = true;
+    }
 }
 
 /// Completes the WQE at the QP's consumer position with an error, moves the

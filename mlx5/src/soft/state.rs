@@ -160,6 +160,10 @@ pub(crate) struct SoftQp {
     pub(crate) fail_next: Option<Syndrome>,
     /// Fault injection: act as if no receive WQE were posted (RNR).
     pub(crate) withhold_recv: bool,
+    /// A WQE that completes locally waits behind `inflight`, and the link
+    /// was asked for the answers (`wire::K_ACKREQ`); cleared by each
+    /// answer.
+    pub(crate) answers_asked: bool,
 }
 
 impl SoftQp {

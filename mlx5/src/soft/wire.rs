@@ -54,6 +54,12 @@
 //!   syndrome), more u16, atomic original value u64, data length u32,
 //!   0 u32 (32 bytes), then the READ data.
 //!
+//! * `ACKREQ` (5): no body. The requester has a WQE that completes
+//!   locally (a NOP, a local failure) waiting behind requests whose
+//!   answers the responder may hold back (below): those leave at the end
+//!   of the pass that reads it (a NIC's AckReq bit). Sent once per answer
+//!   awaited, at most.
+//!
 //! The responder answers every `REQ`, in the order the requests arrived,
 //! so a link's answers come in the order its requests were sent. Each
 //! answer is one `RESP`, except that consecutive *plain* ACKs (status 0,
@@ -162,6 +168,9 @@ pub(crate) const K_HELLO: u8 = 1;
 pub(crate) const K_WELCOME: u8 = 2;
 pub(crate) const K_REQ: u8 = 3;
 pub(crate) const K_RESP: u8 = 4;
+/// An ACK request: no body; the answers the receiver holds back on the
+/// link go at the end of the pass that reads it.
+pub(crate) const K_ACKREQ: u8 = 5;
 pub(crate) const HELLO_LEN: usize = 40;
 pub(crate) const WELCOME_LEN: usize = 8;
 pub(crate) const REQ_LEN: usize = 56;
