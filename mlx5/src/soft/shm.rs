@@ -23,7 +23,10 @@
 //! the consumer polls. (A tail index, as the first version of this link
 //! had, costs every message a second line on each side: the producer takes
 //! the tail's line back from the consumer that polls it, and the consumer
-//! misses on the tail and then, in sequence, on the bytes.) A stale word
+//! misses on the tail and then, in sequence, on the bytes.) The check for
+//! a seal ([`Consumer::may_have_bytes`], a quiet device's pass) prefetches
+//! the rest of a small record as soon as it sees one, so its other lines
+//! cross while the pass that copies them starts. A stale word
 //! left by an earlier lap cannot pass for a seal: it names a position a
 //! whole ring earlier.
 //!
@@ -169,7 +172,15 @@ pub(crate) trait Bytes {
     fn get(&self, at: usize, dst: &mut [u8]);
     /// The header word at ring offset `at` (a multiple of 8).
     fn word(&self, at: usize) -> &Self::W;
+    /// Asks the CPU to fetch the lines of ring offsets `at..at + len` (at
+    /// most [`PREFETCH_MAX`] bytes; a hint: never faults, changes nothing).
+    fn prefetch(&self, _at: usize, _len: usize) {}
 }
+
+/// The most of a record [`Consumer::may_have_bytes`] prefetches: a small
+/// frame's lines (a larger one is copied in bulk, which the hardware
+/// prefetcher follows).
+const PREFETCH_MAX: usize = 256;
 
 /// The peer broke the ring's protocol (an index it cannot have published).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,7 +430,22 @@ impl Consumer {
         let at = (pos & (ring.len() as u64 - 1)) as usize;
         // Relaxed: a hint; the pass that follows reads the seal again with
         // Acquire.
-        ring.word(at).load(Ordering::Relaxed) == pos ^ SEAL
+        if ring.word(at).load(Ordering::Relaxed) != pos ^ SEAL {
+            return false;
+        }
+        // The seal's line is here: ask for the record's other lines now,
+        // so that they cross while the pass that reads them starts (a
+        // length the peer lies about only prefetches other ring lines).
+        let len = ring.word(at + 8).load(Ordering::Relaxed);
+        if len != REWIND {
+            ring.prefetch(
+                at + 64,
+                len.saturating_add(REC)
+                    .saturating_sub(64)
+                    .min(PREFETCH_MAX as u64) as usize,
+            );
+        }
+        true
     }
 
     /// Returns the space consumed so far to the producer: up to the head,
@@ -646,6 +672,25 @@ impl Bytes for Ring {
         // makes no data race: `shmcopy` copies with moves the compiler
         // cannot look into or repeat.
         unsafe { shmcopy::from_shared(dst.as_mut_ptr(), self.base.add(at), dst.len()) };
+    }
+    fn prefetch(&self, at: usize, len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let end = (at + len.min(PREFETCH_MAX)).min(self.len);
+            let mut p = at & !63;
+            while p < end {
+                // SAFETY: `p` is inside the ring (below `end`); a prefetch
+                // reads nothing into the program and cannot fault.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        self.base.add(p).cast(),
+                    );
+                }
+                p += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (at, len);
     }
     fn word(&self, at: usize) -> &AtomicU64 {
         assert!(at + 8 <= self.len && at.is_multiple_of(8));
@@ -1224,6 +1269,32 @@ mod tests {
             c.pop(&head, &ring, &mut buf).is_err(),
             "a rewind to a rewind"
         );
+    }
+
+    /// A seal's length word is the peer's: whatever it says, looking for
+    /// bytes (which prefetches the record's lines) only says yes, near the
+    /// ring's end too; reading then refuses a record that cannot be.
+    #[test]
+    fn a_lying_length_only_prefetches() {
+        let mut buf = [0u8; 64];
+        let head = AtomicU64::new(0);
+        for len in [1, 63, 200, 1 << 40, u64::MAX - 1, u64::MAX >> 1] {
+            for pos in [0u64, 224, 240] {
+                let (_mem, ring) = heap(256);
+                let mut c = Consumer {
+                    head: pos,
+                    end: pos,
+                    released: pos,
+                };
+                let at = pos as usize;
+                ring.word(at + 8).store(len, Ordering::Relaxed);
+                ring.word(at).store(pos ^ SEAL, Ordering::Release);
+                assert!(c.may_have_bytes(&ring), "len {len} at {pos}");
+                if len > 256 {
+                    assert!(c.pop(&head, &ring, &mut buf).is_err(), "len {len} at {pos}");
+                }
+            }
+        }
     }
 
     #[test]
