@@ -81,7 +81,8 @@ impl Faults {
     /// of 20 µs, waiting for a frame of this device's to ride with: a
     /// responder that coalesces ACKs that long (at most an hour). A hold
     /// longer than a peer's ACK timeout times that peer out, as a NIC's
-    /// would.
+    /// would; a peer whose NOP or locally failing WQE waits for the held
+    /// ACKs asks for them (an ACKREQ), which ends the hold.
     pub fn hold_acks_for(&self, d: Duration) {
         self.dev.set_ack_hold(d);
     }

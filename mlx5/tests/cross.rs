@@ -19,6 +19,9 @@ use mlx5::{
     Syndrome,
 };
 
+/// The software device's wire version (`mlx5/src/soft/wire.rs`).
+const WIRE: u16 = 3;
+
 const PEER: &str = env!("CARGO_BIN_EXE_mlx5-peer");
 
 thread_local! {
@@ -798,18 +801,39 @@ fn a_wqe_that_completes_locally_asks_for_the_acks_it_waits_for() {
     let (mut me, mut peer) = setup("soft", &ConnectOpts::default());
     peer.cmd("hold-acks 400");
     write_ok(&mut me, peer.remote(0), b"up");
+    let to = peer.remote(0);
     let unsignaled = |me: &mut End| {
         for i in 0..4 {
+            let at = Remote {
+                addr: to.addr + 64 * i,
+                ..to
+            };
             me.qp
-                .post_and_ring(&Write::inline(peer.remote(64 * i), b"unsignaled"))
+                .post_and_ring(&Write::inline(at, b"unsignaled"))
                 .unwrap();
         }
     };
+    // Behind signaled WRITEs, whose ACKs come at once, no ACKREQ.
+    let received = |peer: &mut PeerProcess| peer_wire(peer)[1];
+    let before = received(&mut peer);
+    for i in 0..4 {
+        me.qp
+            .post_and_ring(&Write::inline(peer.remote(64 * i), b"signaled").signaled())
+            .unwrap();
+    }
+    me.qp.post_and_ring(&Nop::new().signaled()).unwrap();
+    assert_eq!(me.expect(5).len(), 5);
+    assert_eq!(received(&mut peer), before + 4, "four REQs, no ACKREQ");
     unsignaled(&mut me);
     let t = Instant::now();
     me.qp.post_and_ring(&Nop::new().signaled()).unwrap();
     ok_one(&mut me, opcode::NOP);
     let nop = t.elapsed();
+    assert_eq!(
+        received(&mut peer),
+        before + 4 + 5,
+        "four REQs and one ACKREQ"
+    );
     unsignaled(&mut me);
     let bad = mlx5::wqe::Sge {
         lkey: 0xdead_beef,
@@ -934,7 +958,8 @@ fn a_malformed_frame_after_the_handshake_closes_that_link_only() {
     let from = made_up_address(1);
     let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
     hello.extend_from_slice(b"M5SW");
-    hello.extend_from_slice(&[3, 0, 0, 0]);
+    hello.extend_from_slice(&WIRE.to_le_bytes());
+    hello.extend_from_slice(&[0, 0]);
     hello.extend_from_slice(&from);
     hello.extend_from_slice(&info.gid);
     s.write_all(&hello).unwrap();
@@ -1186,7 +1211,7 @@ fn peer_wire(peer: &mut PeerProcess) -> Vec<u64> {
 /// (no shared memory offered): the socket and the device's WELCOME.
 fn say_hello(to: &[u8; 16], from: &[u8; 16]) -> (std::os::unix::net::UnixStream, [u8; 16]) {
     use std::io::Read as _;
-    let mut s = send_hello(to, from, 3);
+    let mut s = send_hello(to, from, WIRE);
     let mut welcome = [0u8; 16];
     s.read_exact(&mut welcome).unwrap();
     (s, welcome)
@@ -1211,13 +1236,13 @@ fn send_hello(to: &[u8; 16], from: &[u8; 16], version: u16) -> std::os::unix::ne
 
 /// A HELLO of another wire version (2: REQs without the "ACK at once"
 /// flag, whose requester would wait up to the ACK hold for ACKs it asked
-/// a completion for) gets no WELCOME and no link: the device closes the
-/// socket, and the pair goes on.
+/// a completion for, and no ACKREQ frame) gets no WELCOME and no link:
+/// the device closes the socket, and the pair goes on.
 fn a_hello_of_another_wire_version_is_refused() {
     let (mut me, mut peer) = setup("soft", &ConnectOpts::default());
     write_ok(&mut me, peer.remote(0), b"up");
     let links = peer_wire(&mut peer)[2];
-    for version in [2, 4] {
+    for version in [WIRE - 1, WIRE + 1] {
         let mut s = send_hello(&peer.infos[0].gid, &made_up_address(7), version);
         // Closed with nothing said: no WELCOME byte.
         let mut buf = [0u8; 16];
@@ -1273,7 +1298,8 @@ fn a_unix_address_is_not_taken_over_tcp() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut hello = vec![40, 0, 0, 0, 1, 0, 0, 0];
     hello.extend_from_slice(b"M5SW");
-    hello.extend_from_slice(&[3, 0, 0, 0]);
+    hello.extend_from_slice(&WIRE.to_le_bytes());
+    hello.extend_from_slice(&[0, 0]);
     hello.extend_from_slice(&made_up_address(3));
     hello.extend_from_slice(&gid);
     s.write_all(&hello).unwrap();

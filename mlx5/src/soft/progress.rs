@@ -358,6 +358,8 @@ fn handle_direct(
     next_timer: &mut Option<Instant>,
     now: Instant,
 ) {
+    // Only REQs and RESPs are long enough to be read in place.
+    debug_assert!(kind == wire::K_REQ || kind == wire::K_RESP);
     let fixed_len = if kind == wire::K_REQ {
         wire::REQ_LEN
     } else {
@@ -455,7 +457,11 @@ fn on_resp(s: &mut State, r: &wire::Resp<'_>, sges: &mut Vec<Sge>, timer: &mut O
         return;
     }
     let f = qp.inflight.pop_front().expect("checked");
-    qp.answers_asked = false;
+    // One ACKREQ covers every request in flight (a QP waiting on a local
+    // completion sends no more): ask again only for a new flight.
+    if qp.inflight.is_empty() {
+        qp.answers_asked = false;
+    }
     sges.clear();
     sges.extend(qp.inflight_sges.drain(..f.nsges));
     if complete(s, r.qpn, &f, r.resp, r.data, sges, timer) {
@@ -466,6 +472,7 @@ fn on_resp(s: &mut State, r: &wire::Resp<'_>, sges: &mut Vec<Sge>, timer: &mut O
         qp.psn = f.req.psn;
         qp.inflight.clear();
         qp.inflight_sges.clear();
+        qp.answers_asked = false;
     }
 }
 

@@ -198,9 +198,9 @@ pub(crate) fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qp
 
 /// A WQE that completes locally waits behind requests in flight on a
 /// link: unless each of them asked for its ACK at once, the link is asked
-/// (`wire::K_ACKREQ`, once per answer awaited) to have the peer send the
-/// answers it holds back, so the WQE waits a round trip, not the peer's
-/// ACK hold.
+/// (`wire::K_ACKREQ`, once per flight: the QP sends nothing more while it
+/// waits) to have the peer send the answers it holds back, so the WQE
+/// waits a round trip, not the peer's ACK hold.
 fn ask_for_answers(s: &mut State, qpn: u32, eng: &mut Engine) {
     let Some(qp) = s.qp(qpn) else { return };
     if qp.answers_asked || qp.inflight.iter().all(|f| f.req.ack_now) {

@@ -161,8 +161,8 @@ pub(crate) struct SoftQp {
     /// Fault injection: act as if no receive WQE were posted (RNR).
     pub(crate) withhold_recv: bool,
     /// A WQE that completes locally waits behind `inflight`, and the link
-    /// was asked for the answers (`wire::K_ACKREQ`); cleared by each
-    /// answer.
+    /// was asked for the answers (`wire::K_ACKREQ`); cleared once nothing
+    /// is in flight (or an RNR NAK rewinds the queue).
     pub(crate) answers_asked: bool,
 }
 

@@ -25,7 +25,7 @@
 //! Two devices talk over one stream socket (a *link*), whichever side
 //! connected, shared by all their QPs. The connector sends `HELLO` (its
 //! address and the address it wants), the acceptor answers `WELCOME` with a
-//! status; then both sides send `REQ` and `RESP` frames, through the
+//! status; then both sides send `REQ`, `RESP` and `ACKREQ` frames, through the
 //! socket or, when the connector offered shared memory (`HELLO` flag) and
 //! the acceptor took it (`WELCOME` byte 1), through the two byte rings of
 //! a memfd passed over the socket ([`super::shm`]): the same bytes either
@@ -57,8 +57,9 @@
 //! * `ACKREQ` (5): no body. The requester has a WQE that completes
 //!   locally (a NOP, a local failure) waiting behind requests whose
 //!   answers the responder may hold back (below): those leave at the end
-//!   of the pass that reads it (a NIC's AckReq bit). Sent once per answer
-//!   awaited, at most.
+//!   of the pass that reads it, as answers wanted at once do (a manual
+//!   device may keep them one more pass; a full ring or socket, longer).
+//!   A NIC's AckReq bit. At most one per flight of requests.
 //!
 //! The responder answers every `REQ`, in the order the requests arrived,
 //! so a link's answers come in the order its requests were sent. Each
