@@ -246,6 +246,9 @@ impl Cq {
             n += 1;
             f(&c);
         }
+        if n > 0 {
+            crate::trace::ev(crate::trace::Ev::Polled);
+        }
         Ok(n)
     }
 

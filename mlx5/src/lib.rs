@@ -103,6 +103,7 @@ mod qp;
 mod queue;
 mod soft;
 mod srq;
+pub mod trace;
 pub mod wqe;
 
 pub use cq::{Completion, Cq};

@@ -479,6 +479,7 @@ impl Qp {
     /// pending, else the 8-byte doorbell, under the register's lock when
     /// it has BlueFlame buffers; see `hw/doorbell.rs`).
     pub fn ring_doorbell(&mut self) {
+        crate::trace::ev(crate::trace::Ev::Doorbell);
         let pi = self.sq.ring.pi();
         if pi == self.sq.rung {
             return;

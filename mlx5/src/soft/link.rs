@@ -1070,6 +1070,9 @@ impl Link {
                 }
             }
         }
+        if sent {
+            crate::trace::ev(crate::trace::Ev::Published);
+        }
         if sent && self.wake_peer() {
             st.wakeups += 1;
         }

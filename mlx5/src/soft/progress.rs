@@ -15,6 +15,7 @@ use super::state::{Engine, Shared, State, Target};
 use super::wire;
 use crate::error::Error;
 use crate::prm::{Access, QpState, Syndrome};
+use crate::trace::{self, Ev};
 use crate::wqe::Sge;
 
 /// Adds a link to `peer` over `s`; `None` (and `s` closed) if fault
@@ -79,6 +80,7 @@ fn pass(shared: &Arc<Shared>, all: bool) -> usize {
         }
         eng.quiet = None;
     }
+    trace::ev(Ev::PassStart);
     // Acquire: pairs with a doorbell's Release (the counters it published
     // are visible to the scan below); a kick after this is for the next
     // pass.
@@ -92,9 +94,15 @@ fn pass(shared: &Arc<Shared>, all: bool) -> usize {
     let now = (!eng.links.is_empty()).then(|| eng.clock.now());
     // One lock for every frame and WQE this pass handles (see `Fabric`).
     let mut st = shared.lock_in_pass();
+    trace::ev(Ev::Locked);
     if let Some(now) = now {
-        done += receive(eng, now, &mut st);
+        let got = receive(eng, now, &mut st);
+        if got > 0 {
+            trace::ev(Ev::Received);
+        }
+        done += got;
     }
+    trace::ev(Ev::ReceiveDone);
     eng.work.clear();
     // A QP in ERROR that flushes its own receive queue: a receive posted
     // by a thread that saw the QP still in RTS rings no doorbell, so a
@@ -122,6 +130,7 @@ fn pass(shared: &Arc<Shared>, all: bool) -> usize {
         let qpn = eng.work[i];
         done += process_qp(shared, eng, &mut st.fabric, qpn);
     }
+    trace::ev(Ev::QpsDone);
     drop(st);
     if let Some(now) = now
         && !eng.links.is_empty()
@@ -208,6 +217,9 @@ fn receive(eng: &mut Engine, now: Instant, s: &mut State) -> usize {
         } else {
             0
         };
+        if got > 0 {
+            trace::ev(Ev::Filled);
+        }
         if got > 0 && link.kind() == link::LinkKind::Shm {
             // Bytes taken from a ring are work even when no frame is whole
             // yet: a ring has no readiness to poll, so a thread that slept

@@ -325,6 +325,7 @@ impl State {
         if let Some(cq) = self.cq(cqn) {
             cq.push(c);
         }
+        crate::trace::ev(crate::trace::Ev::Cqe);
     }
 }
 
