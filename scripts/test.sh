@@ -10,6 +10,8 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+# The mlx5 trace feature's code (scripts/trace-pingpong.sh) too.
+cargo clippy -p mlx5 --features trace --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace
