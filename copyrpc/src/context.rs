@@ -715,9 +715,7 @@ impl<U> Context<U> {
             let ep = self.dirty[i];
             let e = &mut self.eps[ep as usize];
             let done = flush_endpoint(e, ep, &self.cfg, self.signal_every);
-            if e.failed.is_some() && !e.orphans.is_empty() && !self.failing.contains(&ep) {
-                self.failing.push(ep);
-            }
+            hand_back_if_failed(&mut self.failing, e, ep);
             if done {
                 self.eps[ep as usize].dirty = false;
                 self.dirty.swap_remove(i);
@@ -753,9 +751,7 @@ impl<U> Context<U> {
                 continue;
             }
             probed |= probe(e, i as u32);
-            if e.failed.is_some() && !e.orphans.is_empty() && !self.failing.contains(&(i as u32)) {
-                self.failing.push(i as u32);
-            }
+            hand_back_if_failed(&mut self.failing, e, i as u32);
         }
         probed
     }
@@ -1140,6 +1136,14 @@ fn flush_endpoint<U>(e: &mut EndpointState<U>, ep: u32, cfg: &Config, signal_eve
         e.qp.ring_doorbell();
     }
     done
+}
+
+/// Lists endpoint `ep` for the poll to hand its calls back if a post just
+/// failed it (its calls in flight are orphans now).
+fn hand_back_if_failed<U>(failing: &mut Vec<u32>, e: &EndpointState<U>, ep: u32) {
+    if e.failed.is_some() && !e.orphans.is_empty() && !failing.contains(&ep) {
+        failing.push(ep);
+    }
 }
 
 /// Posts a keepalive probe on a connected endpoint (see

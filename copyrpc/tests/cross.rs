@@ -194,18 +194,26 @@ fn a_killed_peer_returns_every_call_with_transport_retry_exceeded() {
     }
 }
 
-/// An endpoint that only waits for requests learns that its peer died
-/// from its keepalive probe, with no call of its own.
-#[test]
-fn a_killed_peer_fails_an_endpoint_that_only_waits_for_requests() {
+/// An endpoint with `keepalive`, after some calls, whose peer process was
+/// then killed: nothing is in flight.
+fn idle_endpoint_of_a_killed_peer(keepalive: Option<Duration>) -> (Context<u64>, Endpoint) {
     let cfg = Config {
-        keepalive: Some(Duration::from_millis(50)),
+        keepalive,
         ..Config::default()
     };
     let (mut ctx, eps, mut peer) = setup(cfg, 1);
     stream(&mut ctx, &eps, 20, 4);
     peer.child.kill().unwrap();
     peer.child.wait().unwrap();
+    (ctx, eps[0])
+}
+
+/// An endpoint that only waits for requests learns that its peer died
+/// from its keepalive probe, with no call of its own.
+#[test]
+fn a_killed_peer_fails_an_endpoint_that_only_waits_for_requests() {
+    let (mut ctx, ep) = idle_endpoint_of_a_killed_peer(Some(Duration::from_millis(50)));
+    let eps = [ep];
     let start = Instant::now();
     while ctx.endpoint_error(eps[0]).is_none() {
         ctx.poll(|u, r| panic!("nothing was in flight, yet {u}: {r:?}"))
@@ -225,14 +233,8 @@ fn a_killed_peer_fails_an_endpoint_that_only_waits_for_requests() {
         })
     );
     // Without probes an idle endpoint never finds out (as an RC QP).
-    let cfg = Config {
-        keepalive: None,
-        ..Config::default()
-    };
-    let (mut ctx, eps, mut peer) = setup(cfg, 1);
-    stream(&mut ctx, &eps, 20, 4);
-    peer.child.kill().unwrap();
-    peer.child.wait().unwrap();
+    let (mut ctx, ep) = idle_endpoint_of_a_killed_peer(None);
+    let eps = [ep];
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(300) {
         ctx.poll(|u, r| panic!("nothing was in flight, yet {u}: {r:?}"))

@@ -846,6 +846,12 @@ fn a_wqe_that_completes_locally_asks_for_the_acks_it_waits_for() {
     let c = me.expect(1);
     let failed = t.elapsed();
     assert_eq!(c[0].status(), Err(Syndrome::LocalProt), "{c:?}");
+    // The failed WRITE never left: four REQs and one ACKREQ again.
+    assert_eq!(
+        received(&mut peer),
+        before + 4 + 5 + 5,
+        "four REQs and one ACKREQ"
+    );
     assert!(
         nop < Duration::from_millis(150) && failed < Duration::from_millis(150),
         "NOP after {nop:?}, local failure after {failed:?}: they waited for the ACK hold"

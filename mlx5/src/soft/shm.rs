@@ -436,6 +436,8 @@ impl Consumer {
         // The seal's line is here: ask for the record's other lines now,
         // so that they cross while the pass that reads them starts (a
         // length the peer lies about only prefetches other ring lines).
+        // Relaxed: the length only steers a prefetch; `current` reads it
+        // again after the seal's Acquire.
         let len = ring.word(at + 8).load(Ordering::Relaxed);
         if len != REWIND {
             ring.prefetch(
