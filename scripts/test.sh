@@ -56,6 +56,9 @@ echo "== fuzz targets (mlx5/fuzz): replay of the committed seeds"
 # Each seed once, no fuzzing (scripts/fuzz.sh without --replay fuzzes).
 scripts/fuzz.sh --replay
 
+echo "== the mlx5 trace: a traced cross-process ping-pong, both processes' events matched (scripts/trace-pingpong.sh)"
+"$ROOT/scripts/trace-pingpong.sh"
+
 echo "== the benchmark pipeline, briefly (scripts/bench.sh --quick): every suite, callgrind,"
 echo "   the benchkv sweep, the report, and bench-report check --strict on it"
 "$ROOT/scripts/bench.sh" --quick

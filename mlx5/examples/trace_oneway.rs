@@ -38,8 +38,10 @@ fn main() -> ExitCode {
     };
     // A message and its answer take a few microseconds; one over 20 000
     // ticks had another message's events in between.
+    let mut matched = true;
     for (name, from, to) in [("A -> B", &a, &b), ("B -> A", &b, &a)] {
         let (med, n) = one_way(from, to, 20_000);
+        matched &= n > 0;
         println!("{name}: {n} messages, medians");
         for (step, t) in STEPS.iter().zip(med) {
             println!("  {step:<40} {:>6.0} ns", t as f64 / ghz);
@@ -50,6 +52,10 @@ fn main() -> ExitCode {
             "sum of the medians",
             sum as f64 / ghz
         );
+    }
+    if !matched {
+        eprintln!("trace_oneway: no message matched in one direction (not a ping-pong's events?)");
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }

@@ -70,7 +70,9 @@ pub fn ev(e: Ev) {
             b.1 = true;
             let mut text = String::with_capacity(CAPACITY * 16);
             for (t, id) in &b.0 {
-                text.push_str(&format!("{t} {id}\n"));
+                use std::fmt::Write as _;
+                // Writing into a String cannot fail.
+                let _ = writeln!(text, "{t} {id}");
             }
             let path = format!("{prefix}.{}", std::process::id());
             if let Err(err) = std::fs::write(&path, text) {
