@@ -189,7 +189,8 @@ pub struct ConnectOpts {
     pub mtu: Mtu,
     /// RNR NAK timer this QP asks senders to wait (IB encoding, 0..=31).
     pub min_rnr_timer: u8,
-    /// Local ACK timeout (IB encoding: 4.096 µs × 2^timeout).
+    /// Local ACK timeout (IB encoding: 4.096 µs × 2^timeout; 0 waits
+    /// forever).
     pub timeout: u8,
     /// Transport retries.
     pub retry_cnt: u8,

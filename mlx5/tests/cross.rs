@@ -532,6 +532,36 @@ fn partition_times_out_with_transport_retry_exceeded() {
     assert_eq!(me.qp.state(), QpState::Error);
 }
 
+/// An ACK timeout attribute of 0 waits for the answer forever (IBA's
+/// "infinite", as on hardware; the software device once read it as
+/// 4.096 µs): a partitioned peer never fails the WRITE, a killed one
+/// still does (its link closes).
+fn an_ack_timeout_of_zero_waits_until_the_peer_dies() {
+    let o = ConnectOpts {
+        timeout: 0,
+        retry_cnt: 0,
+        ..ConnectOpts::default()
+    };
+    let (mut me, mut peer) = setup("soft", &o);
+    write_ok(&mut me, peer.remote(0), b"ping");
+    ctx_faults(&me).partition_peer(&peer.infos[0]).unwrap();
+    me.qp
+        .post_and_ring(&Write::inline(peer.remote(0), b"lost").signaled())
+        .unwrap();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(300) {
+        let c = me.drain();
+        assert!(c.is_empty(), "{c:?} after {:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(me.qp.state(), QpState::Rts);
+    peer.child.kill().expect("SIGKILL the peer");
+    assert_eq!(
+        me.expect(1)[0].status(),
+        Err(Syndrome::TransportRetryExceeded)
+    );
+}
+
 fn ctx_faults(e: &End) -> mlx5::Faults {
     e.ctx.faults().expect("software device")
 }
@@ -2087,6 +2117,7 @@ over_both!(
     many_qps_share_one_link,
     long_run_wraps_queues_and_checks_every_byte,
     partition_times_out_with_transport_retry_exceeded,
+    an_ack_timeout_of_zero_waits_until_the_peer_dies,
     delayed_delivery_still_in_order,
     fail_next_forces_the_syndrome_then_flushes,
     a_dead_peer_is_refused_at_connect_and_garbage_kills_only_its_link,

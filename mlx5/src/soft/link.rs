@@ -365,9 +365,20 @@ pub(crate) struct Sent {
     pub(crate) psn: u32,
 }
 
-/// The default time without an answer before a link is declared dead:
-/// the default QP attributes' `4.096 µs × 2^timeout × (retry_cnt + 1)`.
+/// The ACK timeout of a QP whose `timeout` attribute is 0: IBA's
+/// "infinite", wait for the answer as long as it takes (about 136 years, a
+/// deadline that `Instant` arithmetic still holds and no run reaches). A
+/// peer that dies still fails the QP: its link closes.
+pub(crate) const FOREVER: Duration = Duration::from_secs(1 << 32);
+
+/// The time without an answer before a link is declared dead (and a lost
+/// request is resent): `4.096 µs × 2^timeout × (retry_cnt + 1)`, the
+/// default QP attributes' when a link is made; [`FOREVER`] for
+/// `timeout` 0, as on hardware.
 pub(crate) fn ack_budget(timeout: u8, retry_cnt: u8) -> Duration {
+    if timeout == 0 {
+        return FOREVER;
+    }
     let one = Duration::from_nanos(4096u64 << u32::from(timeout.min(31)));
     one * (u32::from(retry_cnt.min(7)) + 1)
 }
@@ -485,6 +496,28 @@ impl Link {
 
     /// Appends an ACKREQ frame (see `wire::K_ACKREQ`): it leaves with this
     /// pass's flush, as a request does.
+    /// A QP with ACK timeout `budget` sends on this link: the link's
+    /// timeout becomes at most that. Requests already in flight were sent
+    /// under the old one; when the new one wants every answer at once
+    /// ([`ACK_AT_ONCE_BELOW`]) and the old did not, the peer may hold
+    /// theirs back for up to its ACK hold, so it is asked for them now
+    /// (an ACKREQ) and the new timeout counts from now. True if the
+    /// ACKREQ was queued (a frame to count).
+    pub(crate) fn lower_timeout(&mut self, budget: Duration) -> bool {
+        let was = self.timeout;
+        self.timeout = was.min(budget);
+        if was >= ACK_AT_ONCE_BELOW
+            && self.timeout < ACK_AT_ONCE_BELOW
+            && self.outstanding() > 0
+            && self.is_up()
+        {
+            self.last_progress = Instant::now();
+            self.put_ack_request();
+            return true;
+        }
+        false
+    }
+
     pub(crate) fn put_ack_request(&mut self) {
         self.req_queued = true;
         let h = wire::header(K_ACKREQ, 0);
@@ -1647,6 +1680,48 @@ mod tests {
         assert!(l.hold_answers(now).is_some());
         l.answers_wanted();
         assert_eq!(l.hold_answers(now), None);
+    }
+
+    /// A link's ACK timeout only goes down; crossing below
+    /// [`ACK_AT_ONCE_BELOW`] with requests in flight (sent without asking
+    /// for their answers at once) asks the peer for them, once, and
+    /// restarts the clock the new timeout runs on.
+    #[test]
+    fn a_timeout_lowered_below_a_millisecond_asks_for_the_answers_in_flight() {
+        let ms = Duration::from_millis;
+        // Nothing in flight: nothing to ask for.
+        let (mut l, _peer) = link();
+        assert!(!l.lower_timeout(ms(2)));
+        assert!(!l.lower_timeout(Duration::from_micros(600)));
+        assert_eq!(l.timeout, Duration::from_micros(600));
+        assert!(!l.lower_timeout(ms(5)), "never raised");
+        assert_eq!(l.timeout, Duration::from_micros(600));
+        // A WRITE in flight: asked for once, when the timeout crosses.
+        let (mut l, mut peer) = link();
+        l.put_req(&write_request(0x100, 0), 0, &[]);
+        let sent_at = l.last_progress;
+        assert!(!l.lower_timeout(ms(2)), "still a millisecond or more");
+        std::thread::sleep(ms(2));
+        assert!(l.lower_timeout(Duration::from_micros(600)));
+        assert!(
+            l.last_progress >= sent_at + ms(2),
+            "the new timeout runs from now"
+        );
+        assert!(
+            !l.lower_timeout(Duration::from_micros(300)),
+            "asked already"
+        );
+        let mut st = WireStats::default();
+        l.flush(Instant::now(), &mut st);
+        let mut got = vec![0u8; HDR + REQ_LEN + HDR];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(got[4], K_REQ);
+        assert_eq!(&got[HDR + REQ_LEN..], &wire::header(K_ACKREQ, 0));
+        peer.set_nonblocking(true).unwrap();
+        assert!(
+            peer.read(&mut [0u8; 1]).is_err(),
+            "one ACKREQ, nothing more"
+        );
     }
 
     #[test]

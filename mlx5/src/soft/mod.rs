@@ -758,7 +758,9 @@ impl Device {
                     })
                     .and_then(|id| eng.links.iter_mut().find(|l| l.id == id))
                     .map(|l| {
-                        l.timeout = l.timeout.min(budget);
+                        if l.lower_timeout(budget) {
+                            eng.stats.frames_sent += 1;
+                        }
                         l.id
                     })
             };

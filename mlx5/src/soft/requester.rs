@@ -160,8 +160,9 @@ pub(crate) fn process_qp(shared: &Shared, eng: &mut Engine, fab: &mut Fabric, qp
                             .map(|q| q.ack_timeout * (u32::from(q.retry_cnt.min(7)) + 1));
                         if let (Some(b), Some(l)) =
                             (budget, eng.links.iter_mut().find(|l| l.id == p))
+                            && l.lower_timeout(b)
                         {
-                            l.timeout = l.timeout.min(b);
+                            eng.stats.frames_sent += 1;
                         }
                         id = p;
                         if let Some(q) = s.qp(qpn).and_then(|q| q.peer.as_mut()) {
