@@ -32,35 +32,29 @@ struct RecvWqe {
 }
 
 impl RecvWqe {
-    /// The scatter list: the WQE's data segments up to the first with an
-    /// invalid lkey (the entries and their count).
+    /// The scatter list, read from the WQE as it is walked: its data
+    /// segments up to the first with an invalid lkey (at most `max_sge`).
+    /// Nothing is copied up front (a SEND to a WQE of one segment reads one
+    /// segment, not a table of [`MAX_RECV_SGE`]).
     ///
     /// # Safety
     ///
     /// The queue the WQE was taken from still exists (its buffer is
-    /// mapped): called under the same state lock as `take_recv`, before
-    /// the QP or SRQ can be destroyed.
-    unsafe fn sges(&self) -> ([Sge; MAX_RECV_SGE], usize) {
-        let mut out = [Sge {
-            addr: 0,
-            len: 0,
-            lkey: INVALID_LKEY,
-        }; MAX_RECV_SGE];
-        let mut n = 0;
-        while n < self.max_sge {
-            let mut b = [0u8; SEG];
-            // SAFETY: segment n of the WQE lies within its stride (`max_sge`
-            // was bounded by it in `take_recv`), in a queue buffer that is
-            // still mapped (the caller's contract).
-            unsafe { std::ptr::copy_nonoverlapping(self.segs.add(n * SEG), b.as_mut_ptr(), SEG) };
-            let sge = read_data(&b);
-            if sge.lkey == INVALID_LKEY {
-                break;
-            }
-            out[n] = sge;
-            n += 1;
-        }
-        (out, n)
+    /// mapped) while the iterator is used: under the same state lock as
+    /// `take_recv`, before the QP or SRQ can be destroyed.
+    unsafe fn sges(&self) -> impl Iterator<Item = Sge> + '_ {
+        (0..self.max_sge)
+            .map(|n| {
+                let mut b = [0u8; SEG];
+                // SAFETY: segment n of the WQE lies within its stride
+                // (`max_sge` was bounded by it in `take_recv`), in a queue
+                // buffer that is still mapped (the caller's contract).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(self.segs.add(n * SEG), b.as_mut_ptr(), SEG)
+                };
+                read_data(&b)
+            })
+            .take_while(|g| g.lkey != INVALID_LKEY)
     }
 }
 
@@ -331,15 +325,15 @@ fn send(s: &mut State, t: &Target, req: &Request, payload: Data<'_>) -> Response
     let Some(recv) = take_recv(s, t.qpn) else {
         return t.rnr();
     };
-    // SAFETY: taken just above, under the same `&mut State`.
-    let (sges, count) = unsafe { recv.sges() };
-    let capacity: u64 = sges[..count].iter().map(|g| u64::from(g.len)).sum();
+    // SAFETY (both walks): taken just above, under the same `&mut State`.
+    let capacity: u64 = unsafe { recv.sges() }.map(|g| u64::from(g.len)).sum();
     if capacity < payload.len() as u64 {
         responder_error(s, t.qpn, &recv, Syndrome::LocalLength);
         return Response::Nak(Syndrome::RemoteInvalRequest);
     }
     let mut rest = payload;
-    for g in &sges[..count] {
+    // SAFETY: as above.
+    for g in unsafe { recv.sges() } {
         if rest.is_empty() {
             break;
         }
