@@ -325,8 +325,10 @@ fn send(s: &mut State, t: &Target, req: &Request, payload: Data<'_>) -> Response
     let Some(recv) = take_recv(s, t.qpn) else {
         return t.rnr();
     };
-    // SAFETY (both walks): taken just above, under the same `&mut State`.
-    let capacity: u64 = unsafe { recv.sges() }.map(|g| u64::from(g.len)).sum();
+    // SAFETY: taken just above, under the same `&mut State` (the QP or
+    // SRQ cannot go while it is held).
+    let listed = unsafe { recv.sges() };
+    let capacity: u64 = listed.map(|g| u64::from(g.len)).sum();
     if capacity < payload.len() as u64 {
         responder_error(s, t.qpn, &recv, Syndrome::LocalLength);
         return Response::Nak(Syndrome::RemoteInvalRequest);
