@@ -1204,6 +1204,39 @@ mod tests {
         (a, b, ea, eb)
     }
 
+    /// A keepalive period under a millisecond is taken as one: an idle
+    /// endpoint whose peer was heard from is probed at most once a
+    /// millisecond however fast it is polled (every 64th poll would
+    /// probe otherwise, thousands in the time).
+    #[test]
+    fn a_keepalive_under_a_millisecond_probes_once_a_millisecond() {
+        let (mut a, mut b, ea, _) = pair();
+        a.cfg.keepalive = Some(Duration::from_micros(1));
+        a.call(ea, b"ping", 1).unwrap();
+        let mut answered = false;
+        while !answered {
+            a.poll(|_, r| answered = r.is_ok()).unwrap();
+            b.poll(|_, _| {}).unwrap();
+            while let Some(req) = b.recv() {
+                b.reply(req, b"pong").unwrap();
+            }
+        }
+        assert!(a.eps[ea.idx as usize].heard);
+        let (mut probes, mut polls) = (0, 0u64);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(100) {
+            probes += a.poll(|_, _| {}).unwrap();
+            b.poll(|_, _| {}).unwrap();
+            polls += 1;
+        }
+        let elapsed_ms = start.elapsed().as_millis() as usize;
+        assert_eq!(a.endpoint_error(ea), None);
+        assert!(
+            probes >= 1 && probes <= elapsed_ms + 2,
+            "{probes} probes in {elapsed_ms} ms ({polls} polls)"
+        );
+    }
+
     /// A keepalive probe goes only to a peer this side has heard from: the
     /// peer's QP may not be connected yet, and a probe it refuses fails
     /// the endpoint (as the second half shows, hearing forced).
