@@ -888,6 +888,41 @@ fn a_wqe_that_completes_locally_asks_for_the_acks_it_waits_for() {
     );
 }
 
+/// An RNR NAK rewinds the flight an ACKREQ was sent for: the resent
+/// requests are a new flight, whose held ACKs the waiting NOP asks for
+/// again (without that it would wait out the peer's 400 ms hold once
+/// receives are there).
+fn an_rnr_rewind_asks_again_for_the_acks_of_the_resent_flight() {
+    use mlx5::wqe::{Nop, opcode};
+    let (mut me, mut peer) = rnr_setup(false);
+    peer.cmd("hold-acks 400");
+    for i in 0..2u32 {
+        me.qp
+            .post(&WriteImm::inline(
+                peer.remote(u64::from(i) * 8),
+                &i.to_le_bytes(),
+                i,
+            ))
+            .unwrap();
+    }
+    me.qp.post(&Nop::new().signaled()).unwrap();
+    me.qp.ring_doorbell();
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(me.drain().is_empty(), "the NOP waits behind RNR NAKs");
+    let t = Instant::now();
+    peer.cmd("recv 0 2 0 0");
+    ok_one(&mut me, opcode::NOP);
+    let waited = t.elapsed();
+    assert!(
+        waited < Duration::from_millis(150),
+        "NOP after {waited:?}: the resent flight's ACKs were not asked for"
+    );
+    for k in 0..2 {
+        let c = peer.cmd("poll 1 5000");
+        assert!(c.ends_with(&format!("/4/{k}/ok")), "{c}");
+    }
+}
+
 /// Two devices that connect to each other at the same moment each open a
 /// link (forced here: this side opens a second one after the peer's): both
 /// then send on the link whose connector has the lower address, so the
@@ -2136,6 +2171,7 @@ over_both!(
     a_local_impostor_is_refused_at_the_handshake,
     a_hello_of_another_wire_version_is_refused,
     a_wqe_that_completes_locally_asks_for_the_acks_it_waits_for,
+    an_rnr_rewind_asks_again_for_the_acks_of_the_resent_flight,
     a_stranger_that_does_not_read_its_answers_is_cut_off,
     large_writes_and_reads_cross_the_link_whole,
     frames_of_many_sizes_cross_whole_four_in_flight,
