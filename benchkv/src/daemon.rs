@@ -72,27 +72,39 @@ pub struct DaemonCounts {
 }
 
 /// What a daemon's rounds cost (`--round-costs`): rounds that did
-/// something and rounds that found nothing, and the time each kind took in
-/// all, over the daemon's whole run (warm-up included). Read with the
-/// CPU's time-stamp counter (scaled to ns over the run) where there is one,
-/// else the monotonic clock; the two reads per round count in the times.
+/// something and rounds that found nothing, the time each kind took in
+/// all, and the part of it spent in the network backend's poll (the only
+/// part of a round that differs between backends), over the daemon's whole
+/// run (warm-up included). Read with the CPU's time-stamp counter (scaled
+/// to ns over the run) where there is one, else the monotonic clock; the
+/// two reads per round count in the round times, the two around the poll
+/// in the poll's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RoundCosts {
     /// Rounds that did some work.
     pub busy_rounds: u64,
     /// Their time in all, ns.
     pub busy_ns: u64,
+    /// Of that, the network poll's, ns.
+    #[serde(default)]
+    pub busy_net_ns: u64,
     /// Rounds that found nothing to do.
     pub idle_rounds: u64,
     /// Their time in all, ns.
     pub idle_ns: u64,
+    /// Of that, the network poll's, ns.
+    #[serde(default)]
+    pub idle_net_ns: u64,
 }
 
 /// Times rounds in ticks of [`ticks`], scaled to ns at the end.
 struct RoundClock {
     start: (std::time::Instant, u64),
-    busy: (u64, u64),
-    idle: (u64, u64),
+    /// Rounds, their ticks and the network poll's ticks in them.
+    busy: (u64, u64, u64),
+    idle: (u64, u64, u64),
+    /// The current round's network poll.
+    net: u64,
 }
 
 /// A cheap monotonic tick: the time-stamp counter on x86-64.
@@ -114,8 +126,9 @@ impl RoundClock {
     fn new() -> RoundClock {
         RoundClock {
             start: (std::time::Instant::now(), ticks()),
-            busy: (0, 0),
-            idle: (0, 0),
+            busy: (0, 0, 0),
+            idle: (0, 0, 0),
+            net: 0,
         }
     }
 
@@ -127,8 +140,10 @@ impl RoundClock {
         RoundCosts {
             busy_rounds: self.busy.0,
             busy_ns: ns(self.busy.1),
+            busy_net_ns: ns(self.busy.2),
             idle_rounds: self.idle.0,
             idle_ns: ns(self.idle.1),
+            idle_net_ns: ns(self.idle.2),
         }
     }
 }
@@ -318,6 +333,7 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
             let kind = if work > 0 { &mut c.busy } else { &mut c.idle };
             kind.0 += 1;
             kind.1 += dt;
+            kind.2 += std::mem::take(&mut c.net);
         }
         Ok(work)
     }
@@ -333,7 +349,12 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
             work += 1;
         }
         work += self.flux_round()?;
+        // With `--round-costs`, the network poll's part of the round.
+        let t0 = self.clock.is_some().then(ticks);
         work += self.net_round()?;
+        if let (Some(t0), Some(c)) = (t0, &mut self.clock) {
+            c.net = ticks().wrapping_sub(t0);
+        }
         if self.waiting > 0 {
             work += self.retry_waiting()?;
         }

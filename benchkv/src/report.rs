@@ -462,18 +462,21 @@ impl Report {
                 let Some(r) = c.rounds else { continue };
                 if s.is_empty() {
                     s += "daemon rounds (--round-costs; over the whole run, warm-up included; \
-                          each round's two counter reads included):\n";
+                          each round's two counter reads included; \"net\": the network poll's \
+                          part):\n";
                 }
                 let mean = |t: u64, n: u64| ns(t / n.max(1));
                 let handled = c.local + c.flux + c.remote + c.served_flux + c.served_remote;
                 let _ = writeln!(
                     s,
-                    "rank {rank} daemon {d}: {} busy rounds of {} on average, {} idle rounds of {}; \
-                     busy time per request handled {}",
+                    "rank {rank} daemon {d}: {} busy rounds of {} on average (net {}), {} idle \
+                     rounds of {} (net {}); busy time per request handled {}",
                     rate(r.busy_rounds as f64),
                     mean(r.busy_ns, r.busy_rounds),
+                    mean(r.busy_net_ns, r.busy_rounds),
                     rate(r.idle_rounds as f64),
                     mean(r.idle_ns, r.idle_rounds),
+                    mean(r.idle_net_ns, r.idle_rounds),
                     mean(r.busy_ns, handled),
                 );
             }
@@ -760,8 +763,10 @@ mod tests {
             rounds: Some(crate::daemon::RoundCosts {
                 busy_rounds: 500,
                 busy_ns: 1_000_000,
+                busy_net_ns: 600_000,
                 idle_rounds: 2000,
                 idle_ns: 400_000,
+                idle_net_ns: 300_000,
             }),
             ..Counts::default()
         };
@@ -769,8 +774,8 @@ mod tests {
         let t = timed.table();
         assert!(
             t.contains(
-                "rank 1 daemon 0: 500 busy rounds of 2.0 µs on average, 2.0 k idle rounds of \
-                 200 ns; busy time per request handled 1.0 µs"
+                "rank 1 daemon 0: 500 busy rounds of 2.0 µs on average (net 1.2 µs), 2.0 k \
+                 idle rounds of 200 ns (net 150 ns); busy time per request handled 1.0 µs"
             ),
             "{t}"
         );

@@ -238,9 +238,21 @@ fn copyrpc_on_the_software_device_verifies() {
     for rank in 0..2 {
         for d in report["daemons"][rank].as_array().unwrap() {
             let r = &d["rounds"];
-            for k in ["busy_rounds", "busy_ns", "idle_rounds", "idle_ns"] {
+            for k in [
+                "busy_rounds",
+                "busy_ns",
+                "busy_net_ns",
+                "idle_rounds",
+                "idle_ns",
+                "idle_net_ns",
+            ] {
                 assert!(r[k].as_u64().unwrap() > 0, "rounds.{k}: {d}");
             }
+            let part = |net: &str, all: &str| r[net].as_u64().unwrap() <= r[all].as_u64().unwrap();
+            assert!(
+                part("busy_net_ns", "busy_ns") && part("idle_net_ns", "idle_ns"),
+                "{d}"
+            );
         }
     }
 }
