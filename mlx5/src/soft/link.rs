@@ -494,8 +494,6 @@ impl Link {
         }
     }
 
-    /// Appends an ACKREQ frame (see `wire::K_ACKREQ`): it leaves with this
-    /// pass's flush, as a request does.
     /// A QP with ACK timeout `budget` sends on this link: the link's
     /// timeout becomes at most that. Requests already in flight were sent
     /// under the old one; when the new one wants every answer at once
@@ -518,6 +516,8 @@ impl Link {
         false
     }
 
+    /// Appends an ACKREQ frame (see `wire::K_ACKREQ`): it leaves with this
+    /// pass's flush, as a request does.
     pub(crate) fn put_ack_request(&mut self) {
         self.req_queued = true;
         let h = wire::header(K_ACKREQ, 0);
