@@ -321,6 +321,10 @@ pub(crate) struct Link {
     /// The last answer, or when `sent` stopped being empty.
     pub(crate) last_progress: Instant,
     /// No answer for this long with requests outstanding: the peer is gone.
+    /// The smallest ACK budget of the QPs that send on the link (each
+    /// lowers it as it connects or moves here; see [`Link::lower_timeout`]);
+    /// [`FOREVER`] until one does, so a link the peer opened holds no
+    /// default a QP with `timeout` 0 would inherit.
     pub(crate) timeout: Duration,
     /// Fault: discard everything sent and received.
     pub(crate) blackhole: bool,
@@ -416,7 +420,7 @@ impl Link {
             req_limit: 0,
             vouched: false,
             last_progress: Instant::now(),
-            timeout: ack_budget(14, 7),
+            timeout: FOREVER,
             blackhole: false,
             delay: Duration::ZERO,
             peer_closed: false,
