@@ -73,26 +73,28 @@ pub struct DaemonCounts {
 
 /// What a daemon's rounds cost (`--round-costs`): rounds that did
 /// something and rounds that found nothing, the time each kind took in
-/// all, and the part of it spent in the network backend's poll (the only
-/// part of a round that differs between backends), over the daemon's whole
-/// run (warm-up included). Read with the CPU's time-stamp counter (scaled
-/// to ns over the run) where there is one, else the monotonic clock; the
-/// two reads per round count in the round times, the two around the poll
-/// in the poll's.
+/// all, and the part of it spent in the network backend (its calls and
+/// its poll, with the work the poll calls back: serving the other rank's
+/// requests from the store, replying to clients, which is the same for
+/// every backend), over the daemon's whole run (warm-up included). Read
+/// with the CPU's time-stamp counter (scaled to ns over the run) where
+/// there is one, else the monotonic clock; the two reads per round count
+/// in the round times, the reads around the backend's calls and poll in
+/// its part.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RoundCosts {
     /// Rounds that did some work.
     pub busy_rounds: u64,
     /// Their time in all, ns.
     pub busy_ns: u64,
-    /// Of that, the network poll's, ns.
+    /// Of that, the network backend's (calls and poll), ns.
     #[serde(default)]
     pub busy_net_ns: u64,
     /// Rounds that found nothing to do.
     pub idle_rounds: u64,
     /// Their time in all, ns.
     pub idle_ns: u64,
-    /// Of that, the network poll's, ns.
+    /// Of that, the network backend's (calls and poll), ns.
     #[serde(default)]
     pub idle_net_ns: u64,
 }
@@ -100,10 +102,10 @@ pub struct RoundCosts {
 /// Times rounds in ticks of [`ticks`], scaled to ns at the end.
 struct RoundClock {
     start: (std::time::Instant, u64),
-    /// Rounds, their ticks and the network poll's ticks in them.
+    /// Rounds, their ticks and the network backend's ticks in them.
     busy: (u64, u64, u64),
     idle: (u64, u64, u64),
-    /// The current round's network poll.
+    /// The current round's time in the network backend.
     net: u64,
 }
 
@@ -349,11 +351,11 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
             work += 1;
         }
         work += self.flux_round()?;
-        // With `--round-costs`, the network poll's part of the round.
+        // With `--round-costs`, the network backend's part of the round.
         let t0 = self.clock.is_some().then(ticks);
         work += self.net_round()?;
         if let (Some(t0), Some(c)) = (t0, &mut self.clock) {
-            c.net = ticks().wrapping_sub(t0);
+            c.net += ticks().wrapping_sub(t0);
         }
         if self.waiting > 0 {
             work += self.retry_waiting()?;
@@ -402,7 +404,7 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
         self.counts.remote += 1;
         let to = self.routing.daemon_id(p.rank, p.daemon);
         if self.net_wait[to].is_empty() {
-            match self.net.call(to, req.wire(), token) {
+            match self.net_call(to, &req, token) {
                 Ok(()) => return Ok(()),
                 Err(Refused::Busy(token)) => {
                     self.counts.waited += 1;
@@ -415,6 +417,21 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
         }
         self.waiting += 1;
         Ok(())
+    }
+
+    /// Hands `req` to the network backend (timed into the round's
+    /// network part with `--round-costs`: a backend may send in its call,
+    /// as UCX does, or only queue there and send in its poll, as copyrpc
+    /// does).
+    #[inline]
+    fn net_call(&mut self, to: usize, req: &KvReq<N>, token: Token) -> Result<(), Refused<Token>> {
+        let Some(c) = &mut self.clock else {
+            return self.net.call(to, req.wire(), token);
+        };
+        let t0 = ticks();
+        let r = self.net.call(to, req.wire(), token);
+        c.net += ticks().wrapping_sub(t0);
+        r
     }
 
     fn flux_failed<V>(&self, to: usize, e: &FluxError<V>) -> Error {
@@ -527,7 +544,7 @@ impl<const N: usize, Net: Network<Token>> Daemon<N, Net> {
         }
         for to in 0..self.net_wait.len() {
             while let Some((req, token)) = self.net_wait[to].pop_front() {
-                match self.net.call(to, req.wire(), token) {
+                match self.net_call(to, &req, token) {
                     Ok(()) => sent += 1,
                     Err(Refused::Busy(token)) => {
                         self.net_wait[to].push_front((req, token));

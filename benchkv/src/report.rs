@@ -462,8 +462,8 @@ impl Report {
                 let Some(r) = c.rounds else { continue };
                 if s.is_empty() {
                     s += "daemon rounds (--round-costs; over the whole run, warm-up included; \
-                          each round's two counter reads included; \"net\": the network poll's \
-                          part):\n";
+                          each round's two counter reads included; \"net\": the network backend's \
+                          part, its calls and poll):\n";
                 }
                 let mean = |t: u64, n: u64| ns(t / n.max(1));
                 let handled = c.local + c.flux + c.remote + c.served_flux + c.served_remote;
