@@ -78,7 +78,8 @@ pub struct WorkloadArgs {
     pub verify: bool,
     /// Time every daemon round (two reads of the CPU's time-stamp counter
     /// each, counted in the times) and print what busy and idle rounds
-    /// cost: where a daemon's time goes.
+    /// cost, and the network backend's part of it: where a daemon's time
+    /// goes.
     #[arg(long)]
     pub round_costs: bool,
     /// Daemon threads per rank.

@@ -88,10 +88,8 @@ fn with_mpi(f: impl FnOnce(&Mpi) -> Result<(), Error>) -> ExitCode {
 fn run(mpi: &Mpi, args: &RunArgs) -> Result<(), Error> {
     let params = args.params()?;
     params.check(mpi.size() as usize)?;
-    if mpi.rank() == 0 {
-        // Before any work: a run that cannot write its report is wasted.
-        benchkv::report::check_output_path(&args.json)?;
-    }
+    // Before any work: a run that cannot write its report is wasted.
+    mpi.rank0_check(|| benchkv::report::check_output_path(&args.json))?;
     // The floors and canaries are collectives: every rank takes part.
     let floors = floor::measure(mpi, "before the run")?;
     let before = floor::canary(mpi, "canary before the run")?;

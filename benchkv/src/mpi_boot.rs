@@ -145,6 +145,27 @@ impl Mpi {
         Some(split(&buf, &counts))
     }
 
+    /// Runs `check` on rank 0 alone (it looks at what only rank 0 writes:
+    /// the report's path, the sweep's directory) and makes its failure
+    /// every rank's, as a bad parameter: each rank returns the same
+    /// [`Error::Params`], so all stop before any work, say why, and exit
+    /// with status 2. A collective: every rank calls it.
+    pub fn rank0_check(&self, check: impl FnOnce() -> Result<(), Error>) -> Result<(), Error> {
+        let why = if self.rank == 0 {
+            check().err().map(|e| e.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let all = self.all_gather_bytes(why.as_bytes());
+        match all.first() {
+            Some(w) if !w.is_empty() => Err(Error::Params(format!(
+                "rank 0: {}",
+                String::from_utf8_lossy(w)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Rank 0's `value` on every rank.
     pub fn broadcast_u64(&self, value: u64) -> u64 {
         let mut v = value;

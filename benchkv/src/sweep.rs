@@ -91,7 +91,7 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
         p.check(mpi.size() as usize)?;
     }
     let out = &args.out;
-    if mpi.rank() == 0 {
+    mpi.rank0_check(|| {
         std::fs::create_dir_all(out).map_err(|source| Error::Io {
             op: "creating the sweep directory",
             path: out.clone(),
@@ -104,7 +104,8 @@ pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
                 out.display()
             );
         }
-    }
+        Ok(())
+    })?;
     // Collectives, like the canaries: every rank takes part.
     let floors = floor::measure(mpi, "once per sweep, before the first point")?;
     let mut rows = Vec::new();

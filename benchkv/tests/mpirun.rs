@@ -395,30 +395,54 @@ fn bad_parameters_fail_on_every_rank_before_any_work() {
     }
 }
 
-/// A report path that cannot be written fails before the run (rank 0
-/// says why; before, the run went to its end and then failed to write);
-/// one rank alone (benchkv without mpirun) is refused: nothing would cross
-/// a network.
+/// A report path (or sweep directory) that cannot be written fails before
+/// the run, on every rank, with status 2, as any bad parameter (rank 0
+/// finds it and tells the others; once the run went to its end and then
+/// failed to write, later rank 0 alone failed, with status 1); one rank
+/// alone (benchkv without mpirun) is refused: nothing would cross a
+/// network.
 #[test]
 fn an_unwritable_report_path_and_a_lone_rank_fail_before_any_work() {
     let _g = serial();
-    let (status, out) = run(
-        &[
-            "--json",
-            "/nonexistent-benchkv-dir/x.json",
-            "--duration",
-            "1",
-        ],
-        Duration::from_secs(60),
-    );
-    assert!(!status.success(), "{out}");
-    assert!(
-        out.lines().any(|l| l.starts_with("benchkv (rank 0): error")
-            && l.contains("/nonexistent-benchkv-dir/x.json")
-            && l.contains("its directory does not exist")),
-        "{out}"
-    );
-    assert!(!out.contains("| total |"), "it ran:\n{out}");
+    let blocker = std::env::temp_dir().join(format!("benchkv-file-{}", std::process::id()));
+    std::fs::write(&blocker, b"a file, not a directory").unwrap();
+    let under_a_file = blocker.join("sweep");
+    for (args, needle) in [
+        (
+            vec![
+                "--json",
+                "/nonexistent-benchkv-dir/x.json",
+                "--duration",
+                "1",
+            ],
+            "its directory does not exist".to_string(),
+        ),
+        (
+            vec![
+                "sweep",
+                "--out",
+                under_a_file.to_str().unwrap(),
+                "--depths",
+                "1",
+                "--clients",
+                "1",
+            ],
+            "creating the sweep directory".to_string(),
+        ),
+    ] {
+        let (status, out) = run(&args, Duration::from_secs(60));
+        assert_eq!(status.code(), Some(2), "{args:?}: exit status\n{out}");
+        for rank in 0..2 {
+            let line = format!("benchkv (rank {rank}): error");
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(&line) && l.contains(needle.as_str())),
+                "{args:?}: rank {rank} did not say {needle:?}:\n{out}"
+            );
+        }
+        assert!(!out.contains("| total |"), "it ran:\n{out}");
+    }
+    let _ = std::fs::remove_file(&blocker);
     let alone = Command::new(env!("CARGO_BIN_EXE_benchkv"))
         .args(["--duration", "1"])
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
