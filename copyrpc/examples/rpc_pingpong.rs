@@ -130,6 +130,7 @@ fn run() -> Result<Result<(), String>, Usage> {
                 )));
             }
         },
+        [] => return Err(Usage("say serve or call".into())),
         _ => return Err(Usage(format!("unexpected arguments {rest:?}"))),
     };
     let r = session(role, n, dir.as_deref());

@@ -122,7 +122,7 @@ const USAGE: &str = "usage: rpc_pingpong serve|call [N] [--dir DIR]";
 fn bad_command_lines_print_the_usage_and_exit_2() {
     let n_refused = "N must be a number of calls, at least 1";
     for (args, why) in [
-        (&[][..], "unexpected arguments []"),
+        (&[][..], "say serve or call"),
         (&["bogus"][..], "unexpected arguments [\"bogus\"]"),
         (&["serve", "5"][..], "unexpected arguments"),
         (&["call", "1", "2"][..], "unexpected arguments"),
