@@ -151,16 +151,20 @@ impl Mpi {
     /// [`Error::Params`], so all stop before any work, say why, and exit
     /// with status 2. A collective: every rank calls it.
     pub fn rank0_check(&self, check: impl FnOnce() -> Result<(), Error>) -> Result<(), Error> {
-        let why = if self.rank == 0 {
-            check().err().map(|e| e.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let all = self.all_gather_bytes(why.as_bytes());
-        match all.first() {
-            Some(w) if !w.is_empty() => Err(Error::Params(format!(
+        // One status byte first (`!` failed): MPI refuses a gather of
+        // nothing but empty buffers.
+        let mut mine = vec![b'.'];
+        if self.rank == 0
+            && let Err(e) = check()
+        {
+            mine[0] = b'!';
+            mine.extend_from_slice(e.to_string().as_bytes());
+        }
+        let all = self.all_gather_bytes(&mine);
+        match all.first().map(Vec::as_slice) {
+            Some([b'!', why @ ..]) => Err(Error::Params(format!(
                 "rank 0: {}",
-                String::from_utf8_lossy(w)
+                String::from_utf8_lossy(why)
             ))),
             _ => Ok(()),
         }
