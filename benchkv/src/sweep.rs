@@ -88,7 +88,15 @@ impl Row {
 pub fn run(mpi: &Mpi, args: &SweepArgs) -> Result<(), Error> {
     let points = args.points()?;
     for p in &points {
-        p.check(mpi.size() as usize)?;
+        // Which point of the matrix, since the lists give `--depths 1,0`
+        // but the check speaks of one point's `--depth 0`.
+        p.check(mpi.size() as usize).map_err(|e| match e {
+            Error::Params(m) => Error::Params(format!(
+                "the sweep's point {} clients {} depth {}: {m}",
+                p.backend, p.clients, p.depth
+            )),
+            e => e,
+        })?;
     }
     let out = &args.out;
     mpi.rank0_check(|| {

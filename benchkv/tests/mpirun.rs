@@ -371,7 +371,7 @@ fn bad_parameters_fail_on_every_rank_before_any_work() {
         ),
         (
             &["sweep", "--depths", "8,100000"][..],
-            "larger than the ipc ring",
+            "point copyrpc clients 1 depth 100000: --depth 100000 is larger than the ipc ring",
         ),
         (
             &["--verify", "--keys", "2", "--clients", "4"][..],
