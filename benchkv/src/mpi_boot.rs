@@ -116,6 +116,11 @@ impl Mpi {
             .all_gather_into(&(mine.len() as Count), &mut counts[..]);
         let displs = displacements(&counts);
         let total: usize = counts.iter().map(|&c| c as usize).sum();
+        if total == 0 {
+            // Every rank knows the counts: all skip the gather alike (Open
+            // MPI refuses one of nothing but empty buffers, MPI_ERR_ARG).
+            return vec![Vec::new(); n];
+        }
         let mut buf = vec![0u8; total];
         {
             let mut part = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
@@ -151,8 +156,7 @@ impl Mpi {
     /// [`Error::Params`], so all stop before any work, say why, and exit
     /// with status 2. A collective: every rank calls it.
     pub fn rank0_check(&self, check: impl FnOnce() -> Result<(), Error>) -> Result<(), Error> {
-        // One status byte first (`!` failed): MPI refuses a gather of
-        // nothing but empty buffers.
+        // One status byte first (`!` failed), the message after it.
         let mut mine = vec![b'.'];
         if self.rank == 0
             && let Err(e) = check()
