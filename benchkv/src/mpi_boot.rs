@@ -131,17 +131,23 @@ impl Mpi {
 
     /// Every rank's `mine` on rank 0, in rank order; `None` elsewhere.
     pub fn gather_bytes(&self, mine: &[u8]) -> Option<Vec<Vec<u8>>> {
+        // The lengths go to every rank, not only to rank 0: a gather of
+        // nothing at all must be skipped by every rank alike (see
+        // `all_gather_bytes`), and only ranks that know the total can.
+        let n = self.size as usize;
+        let mut counts = vec![0 as Count; n];
+        self.world
+            .all_gather_into(&(mine.len() as Count), &mut counts[..]);
+        let total: usize = counts.iter().map(|&c| c as usize).sum();
+        if total == 0 {
+            return (self.rank == 0).then(|| vec![Vec::new(); n]);
+        }
         let root = self.world.process_at_rank(0);
-        let len = mine.len() as Count;
         if self.rank != 0 {
-            root.gather_into(&len);
             root.gather_varcount_into(mine);
             return None;
         }
-        let mut counts = vec![0 as Count; self.size as usize];
-        root.gather_into_root(&len, &mut counts[..]);
         let displs = displacements(&counts);
-        let total: usize = counts.iter().map(|&c| c as usize).sum();
         let mut buf = vec![0u8; total];
         {
             let mut part = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
