@@ -44,6 +44,9 @@
 //! `G = (N - K·(S + C) - 3·W - E) / 2` (0 when that is negative), and only
 //! for batches that carried messages (never for a batch that was itself
 //! empty, so empty batches do not bounce). No RDMA READ is ever needed.
+//! The receiver of an empty batch checks this: one that returns no more
+//! than `G` of credit is a protocol error (a peer could otherwise send
+//! them without end, each taking a receive of the context's shared SRQ).
 //!
 //! Holding credit back costs the peer nothing it needs: its replies fit
 //! by the credit its requests carried (below), and its requests are
@@ -692,6 +695,20 @@ impl Conn {
             return Err(ProtoError(format!(
                 "credit {credit} outside {}..={} (what was sent)",
                 self.peer_consumed, self.sent
+            )));
+        }
+        // A batch without messages only returns credit, and a peer sends
+        // one only when it owes more than the credit lag (see
+        // `owes_credit`). One that returned less could be sent without
+        // end, each taking a receive of the SRQ that every endpoint of the
+        // context shares (the other endpoints' peers would then meet
+        // receiver-not-ready NAKs): it is refused.
+        if count == 0 && credit - self.peer_consumed <= self.credit_lag {
+            return Err(ProtoError(format!(
+                "a batch without messages returns {} bytes of credit, not more than the \
+                 credit lag {}",
+                credit - self.peer_consumed,
+                self.credit_lag
             )));
         }
         // Walk the messages once: they must tile the batch exactly.

@@ -90,6 +90,9 @@ fn every_malformed_batch_is_refused_with_what_is_wrong() {
     refused(&batch(0, 1, 4, &[(7, 5, b"hello")]), n, "flags");
     // Credit for bytes this side never sent.
     refused(&batch(8, 1, 0, &[(7, 5, b"hello")]), n, "credit 8");
+    // A batch without messages that returns no credit (a peer could send
+    // those without end, each taking a receive of the shared SRQ).
+    refused(&batch(0, 0, 0, &[]), 16, "without messages");
     // Messages that do not tile the batch: too few, too many.
     refused(
         &batch(0, 2, 0, &[(7, 5, b"hello")]),
