@@ -55,7 +55,9 @@ pub struct Config {
     /// times out no earlier than this after it was made, at the first such
     /// poll after that, up to twice `lazyclock::MAX_STALE` (20 µs) late.
     pub call_timeout: Option<Duration>,
-    /// QP attributes for connecting.
+    /// QP attributes for connecting. The default is mlx5's, but the peer
+    /// may only WRITE (copyrpc needs nothing else of it): no remote READ
+    /// or atomic reaches this side's memory through an endpoint's QP.
     pub connect: ConnectOpts,
     /// On a software device with manual progress, step it once in every
     /// [`Context::poll`] (the default). Off, the caller steps the device
@@ -93,7 +95,10 @@ impl Default for Config {
             sq_depth: 128,
             inline_max: 128,
             call_timeout: Some(Duration::from_secs(10)),
-            connect: ConnectOpts::default(),
+            connect: ConnectOpts {
+                access: Access::REMOTE_WRITE,
+                ..ConnectOpts::default()
+            },
             step_manual_device: true,
             keepalive: Some(Duration::from_secs(1)),
         }
@@ -505,7 +510,9 @@ impl<U> Context<U> {
                     state: Slot::Free,
                 })
                 .collect(),
-            free: (0..k as u16).rev().collect(),
+            // `k` is at most 2^16 (`Limits::validate`): every slot number
+            // fits a u16 (`k as u16` would make 2^16 slots none).
+            free: (0..k).rev().map(|i| i as u16).collect(),
             calls: 0,
             deadlines: VecDeque::new(),
             unsignaled: 0,
@@ -556,6 +563,18 @@ impl<U> Context<U> {
             return Err(Error::BadInfo(format!(
                 "the peer's limits {:?} differ from ours {:?}",
                 remote.limits, limits
+            )));
+        }
+        // Every WRITE goes to `ring_addr` plus an offset within the ring:
+        // a ring that would end past the address space is no ring.
+        if remote
+            .ring_addr
+            .checked_add(u64::from(limits.ring))
+            .is_none()
+        {
+            return Err(Error::BadInfo(format!(
+                "the peer's ring at {:#x} ({} bytes) ends past the address space",
+                remote.ring_addr, limits.ring
             )));
         }
         e.qp.connect(&remote.qp, &opts)?;

@@ -71,6 +71,16 @@
 //! ignores the protocol write into ring bytes a held [`Request`] views
 //! (the payload itself): connect only to peers running copyrpc.
 //!
+//! The endpoints of a [`Context`] share one protection domain (and its
+//! SRQ), and a memory key is no secret (on the software device, as on a
+//! ConnectX, it is a table index and a small tag): a peer that ignores
+//! the protocol and guesses the key of another endpoint's receive ring
+//! can write into that ring too, which nothing on this side can notice.
+//! Peers that must not reach each other's traffic belong in different
+//! contexts, each with its own protection domain. An endpoint's QP lets
+//! its peer only WRITE (the default [`Config::connect`]): no remote READ
+//! or atomic.
+//!
 //! # Cost
 //!
 //! `cargo bench -p copyrpc` measures ping-pong and pipelined calls against

@@ -390,6 +390,32 @@ fn calls_beyond_max_inflight_are_refused_until_replies_arrive() {
     a.ctx.call(a.eps[0], b"x", 4).unwrap();
 }
 
+/// The largest `max_inflight` the limits accept (2^16) gives every call
+/// id a slot (the slot list was once built with the count cast to u16:
+/// none, and every call refused).
+#[test]
+fn the_largest_max_inflight_carries_calls() {
+    let lim = Limits {
+        ring: 4 << 20,
+        max_inflight: 1 << 16,
+        max_call: 8,
+        max_reply: 8,
+        max_batch: 4096,
+    };
+    lim.validate().unwrap();
+    let (mut a, mut b) = pair::<u32>(Progress::Manual, 1, config(lim));
+    for i in 0..1000u32 {
+        a.ctx.call(a.eps[0], &i.to_le_bytes(), i).unwrap();
+    }
+    run(&mut a, &mut b, |d| d.to_vec(), |a, _| a.done.len() == 1000);
+    for (i, (u, r)) in a.done.iter().enumerate() {
+        assert_eq!(
+            (*u, r.as_deref()),
+            (i as u32, Ok(&(i as u32).to_le_bytes()[..]))
+        );
+    }
+}
+
 #[test]
 fn malformed_endpoint_info_and_mismatched_limits_are_clear_errors() {
     use copyrpc::{EndpointInfo, Error};
@@ -429,6 +455,16 @@ fn malformed_endpoint_info_and_mismatched_limits_are_clear_errors() {
     let e = a.ctx.connect(ep, &other).unwrap_err();
     assert!(
         matches!(&e, Error::BadInfo(m) if m.contains("limits")),
+        "{e}"
+    );
+    // So is a ring that would end past the address space (each WRITE goes
+    // to the ring's address plus an offset: this overflowed, a panic in
+    // a debug build).
+    let mut past = good;
+    past.ring_addr = u64::MAX - 8;
+    let e = a.ctx.connect(ep, &past).unwrap_err();
+    assert!(
+        matches!(&e, Error::BadInfo(m) if m.contains("address space")),
         "{e}"
     );
     // Connecting twice is refused; so is an endpoint of nobody.
