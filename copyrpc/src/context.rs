@@ -184,6 +184,9 @@ struct Peer {
 struct CallSlot<U> {
     generation: u16,
     number: u64,
+    /// Where the call's request ends in the send ring: a reply is taken
+    /// only once the request has left ([`Conn::sent`] past it).
+    ends: u64,
     state: Slot<U>,
 }
 
@@ -507,6 +510,7 @@ impl<U> Context<U> {
                 .map(|_| CallSlot {
                     generation: 0,
                     number: 0,
+                    ends: 0,
                     state: Slot::Free,
                 })
                 .collect(),
@@ -653,6 +657,7 @@ impl<U> Context<U> {
         let slot = &mut e.slots[idx as usize];
         slot.generation = slot.generation.wrapping_add(1);
         slot.number = number;
+        slot.ends = e.conn.written();
         slot.state = Slot::Waiting(user_data);
         if let Some(at) = deadline {
             e.push_deadline(idx, number, at);
@@ -1048,14 +1053,21 @@ fn on_batch<U>(
             continue;
         }
         let idx = (m.id & 0xffff) as usize;
-        let known = e.slots.get(idx).is_some_and(|s| {
-            u32::from(s.generation) == m.id >> 16 && !matches!(s.state, Slot::Free)
-        });
-        if !known {
+        let slot = e
+            .slots
+            .get(idx)
+            .filter(|s| u32::from(s.generation) == m.id >> 16 && !matches!(s.state, Slot::Free));
+        let wrong = match slot {
+            None => Some("which is not in flight"),
+            // A peer that guessed the id of a call still queued here.
+            Some(s) if s.ends > e.conn.sent() => Some("whose request has not been sent"),
+            Some(_) => None,
+        };
+        if let Some(wrong) = wrong {
             return !e.fail(EndpointError::Protocol {
                 endpoint: ep,
                 error: Arc::new(crate::proto::ProtoError(format!(
-                    "response to call {:#x}, which is not in flight",
+                    "response to call {:#x}, {wrong}",
                     m.id
                 ))),
             });

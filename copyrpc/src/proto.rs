@@ -420,6 +420,19 @@ impl Conn {
         self.owed
     }
 
+    /// The send ring's position after the last message appended: a call's
+    /// request ends here right after [`Conn::call`].
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The end of what the transport accepted ([`Conn::flushed`]): a
+    /// request that ends past it has not left, and no reply to it can
+    /// have come back.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
     fn ring(&self) -> u64 {
         u64::from(self.lim.ring)
     }

@@ -264,3 +264,28 @@ fn a_peer_that_breaks_the_protocol_fails_only_its_endpoint() {
         assert!(b.ctx.endpoint_error(good_b).is_none());
     }
 }
+
+/// A response to a call still queued here (its request never left: the
+/// peer guessed the call's id) is a protocol error, not the call's answer;
+/// before, the call completed with what the peer made up.
+#[test]
+fn a_response_to_a_call_not_yet_sent_fails_the_endpoint() {
+    let limits = copyrpc::Limits::default();
+    let (mut a, _b) = pair::<u32>(Progress::Manual, 1, config(limits));
+    let (bad, mut raw) = RawPeer::connect(&mut a);
+    // The first call takes slot 0 with generation 1: id 0x1_0000.
+    a.ctx.call(bad, b"never sent", 1).unwrap();
+    let forged = batch(0, 1, 0, &[(0x1_0000, RESPONSE | 2, b"hi")]);
+    raw.send(&forged, forged.len() as u32);
+    let start = Instant::now();
+    while a.done.is_empty() {
+        a.poll();
+        assert!(start.elapsed() < TIMEOUT, "the endpoint never failed");
+    }
+    match &a.done[..] {
+        [(1, Err(RpcError::Endpoint(EndpointError::Protocol { error, .. })))] => {
+            assert!(error.to_string().contains("not been sent"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
