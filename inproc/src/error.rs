@@ -74,6 +74,22 @@ pub enum CapacityError {
         /// The most nodes a mesh of these types allows.
         max: usize,
     },
+    /// A Flux mesh needs more memory than the machine (or the cgroup this
+    /// process runs in) has at all: its `n × (n − 1)` call/reply pairs
+    /// would be allocated and written one by one, and the kernel, which
+    /// lets each allocation through, would kill the process part way.
+    #[error(
+        "a Flux mesh of {nodes} nodes needs about {bytes} bytes (its n × (n − 1) queue pairs), \
+         more than this machine's {memory} bytes of memory"
+    )]
+    MeshTooLarge {
+        /// The node count asked for.
+        nodes: usize,
+        /// About the bytes the mesh would take (a lower bound).
+        bytes: usize,
+        /// The memory the machine or the process's cgroup has.
+        memory: u64,
+    },
     /// The allocator refused the memory.
     #[error("out of memory for capacity {requested} ({bytes} bytes)")]
     OutOfMemory {

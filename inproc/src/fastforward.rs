@@ -106,6 +106,10 @@ impl Transport for FastForward {
     type Consumer<T: Send> = FfConsumer<T>;
     const NAME: &'static str = "fastforward";
 
+    fn channel_bytes<T: Send>(capacity: usize) -> usize {
+        crate::ring::queue_bytes::<Inner<T>, Slot<T>>(capacity)
+    }
+
     fn try_channel<T: Send>(
         capacity: usize,
     ) -> Result<(FfProducer<T>, FfConsumer<T>), CapacityError> {

@@ -156,6 +156,15 @@ pub fn mesh<T: Transport, Req: Send, Resp: Send, U>(
 ///   node, and those `n × n` entries must fit in `isize::MAX` bytes (some
 ///   2 × 10^8 nodes on 64-bit targets). Checked before anything is
 ///   allocated, so an absurd `n` costs nothing;
+/// * [`CapacityError::MeshTooLarge`] when the mesh's `n × (n − 1)`
+///   call/reply pairs (about [`Transport::channel_bytes`] for each of
+///   their queues) and tables would take more than the machine's memory,
+///   or the memory limit of the process's cgroup (Linux; read from
+///   `/proc/meminfo` and `/sys/fs/cgroup/memory.max`): checked once the
+///   first pair is made (a configuration no pair can have is refused as
+///   [`rpc::try_pair`] refuses it), before anything else is allocated. A
+///   mesh that fits in the machine's memory but not in what is free can
+///   still exhaust it;
 /// * [`CapacityError::OutOfMemory`] when the allocator refuses a node's
 ///   tables;
 /// * why a pair's queues cannot be made with `cfg` ([`rpc::try_pair`]).
@@ -170,6 +179,29 @@ pub fn try_mesh<T: Transport, Req: Send, Resp: Send, U>(
     let max = ((isize::MAX as usize) / entry.max(1)).isqrt();
     if n > max {
         return Err(CapacityError::TooManyNodes { requested: n, max });
+    }
+    // The first pair first: a configuration no pair can have is refused
+    // for what it is (`rpc::try_pair`), not as a mesh too large.
+    let mut first = if n > 1 {
+        Some(rpc::try_pair::<T, Req, Resp, U>(
+            cfg.capacity,
+            cfg.max_in_flight,
+        )?)
+    } else {
+        None
+    };
+    // Below `max`, n × n × entry fits in isize: only the pairs saturate.
+    let bytes = (n * n * entry).saturating_add((n * n.saturating_sub(1)).saturating_mul(
+        rpc::pair_bytes::<T, Req, Resp, U>(cfg.capacity, cfg.max_in_flight),
+    ));
+    if let Some(memory) = memory_limit()
+        && bytes as u64 > memory
+    {
+        return Err(CapacityError::MeshTooLarge {
+            nodes: n,
+            bytes,
+            memory,
+        });
     }
     // Relaxed: only uniqueness matters, and every read-modify-write of one
     // atomic sees a value of its own, whatever the ordering.
@@ -194,14 +226,35 @@ pub fn try_mesh<T: Transport, Req: Send, Resp: Send, U>(
     for i in 0..n {
         for j in 0..n {
             if i != j {
-                let (caller, responder) =
-                    rpc::try_pair::<T, Req, Resp, U>(cfg.capacity, cfg.max_in_flight)?;
+                let (caller, responder) = match first.take() {
+                    Some(pair) => pair,
+                    None => rpc::try_pair::<T, Req, Resp, U>(cfg.capacity, cfg.max_in_flight)?,
+                };
                 nodes[i].callers[j] = Some(caller);
                 nodes[j].responders[i] = Some(responder);
             }
         }
     }
     Ok(nodes)
+}
+
+/// The memory this process can have at most: the machine's (`MemTotal`),
+/// or its cgroup's limit where that is lower; `None` where neither can be
+/// read (then no mesh is refused for its size).
+fn memory_limit() -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        let kib = t.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+        kib.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+    });
+    let total = total.map(|kib| kib.saturating_mul(1024));
+    // cgroup v2: a number of bytes, or "max".
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    match (total, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// A request taken by [`FluxNode::try_recv`].

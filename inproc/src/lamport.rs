@@ -83,6 +83,10 @@ impl Transport for Lamport {
     type Consumer<T: Send> = LamportConsumer<T>;
     const NAME: &'static str = "lamport";
 
+    fn channel_bytes<T: Send>(capacity: usize) -> usize {
+        crate::ring::queue_bytes::<Inner<T>, UnsafeCell<MaybeUninit<T>>>(capacity)
+    }
+
     fn try_channel<T: Send>(
         capacity: usize,
     ) -> Result<(LamportProducer<T>, LamportConsumer<T>), CapacityError> {

@@ -110,6 +110,10 @@ impl Transport for Onesided {
     type Consumer<T: Send> = OnesidedConsumer<T>;
     const NAME: &'static str = "onesided";
 
+    fn channel_bytes<T: Send>(capacity: usize) -> usize {
+        crate::ring::queue_bytes::<Inner<T>, Slot<T>>(capacity)
+    }
+
     fn try_channel<T: Send>(
         capacity: usize,
     ) -> Result<(OnesidedProducer<T>, OnesidedConsumer<T>), CapacityError> {

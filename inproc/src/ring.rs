@@ -28,6 +28,24 @@ pub(crate) const LINE_PAIR: usize = 128;
 /// consumer has left while the consumer reads the next ones.
 const HAND_BACK: usize = 64;
 
+/// The slots of a ring asked to hold `capacity` values, as [`Ring::new`]
+/// rounds it (`usize::MAX` where no such ring exists).
+pub(crate) fn slots_for(capacity: usize) -> usize {
+    capacity
+        .max(2)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX)
+}
+
+/// About the bytes of a queue whose ends share an `Arc<I>` owning a ring of
+/// `capacity` slots of `S` (saturating): what
+/// [`Transport::channel_bytes`](crate::Transport::channel_bytes) says.
+pub(crate) fn queue_bytes<I, S>(capacity: usize) -> usize {
+    // The Arc's two counts, then the shared state, then the slots.
+    (2 * size_of::<usize>() + size_of::<I>())
+        .saturating_add(slots_for(capacity).saturating_mul(size_of::<S>()))
+}
+
 /// A power of two of `S`, aligned to [`LINE_PAIR`], owned.
 pub(crate) struct Ring<S> {
     ptr: NonNull<S>,

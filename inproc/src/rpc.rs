@@ -127,6 +127,18 @@ pub fn pair<T: Transport, Req: Send, Resp: Send, U>(
     }
 }
 
+/// About the bytes [`try_pair`] allocates for these sizes (saturating):
+/// its two queues and the caller's call table.
+pub(crate) fn pair_bytes<T: Transport, Req: Send, Resp: Send, U>(
+    capacity: usize,
+    max_in_flight: usize,
+) -> usize {
+    let m = max_in_flight.max(1);
+    T::channel_bytes::<(u32, Req)>(capacity.max(m))
+        .saturating_add(T::channel_bytes::<(u32, Resp)>(m))
+        .saturating_add(m.saturating_mul(size_of::<Option<U>>() + size_of::<u32>()))
+}
+
 /// Like [`pair`], or why it cannot be made: `max_in_flight` above
 /// [`MAX_IN_FLIGHT`], or a queue or the call table refused
 /// ([`Transport::try_channel`]).

@@ -24,6 +24,15 @@ pub trait Transport: 'static {
     /// refuses the memory.
     fn try_channel<T: Send>(capacity: usize) -> Result<Channel<Self, T>, CapacityError>;
 
+    /// About the bytes a queue of `capacity` values of `T` allocates: its
+    /// slots (`capacity` rounded as [`try_channel`](Self::try_channel)
+    /// rounds it) and the state its two ends share; saturating. Sizing
+    /// checks use it ([`crate::flux::try_mesh`] refuses a mesh larger than
+    /// the machine's memory). The default counts the slots alone.
+    fn channel_bytes<T: Send>(capacity: usize) -> usize {
+        crate::ring::slots_for(capacity).saturating_mul(size_of::<T>())
+    }
+
     /// A queue holding at least `capacity` values (rounded up to a power of
     /// two; at least 2).
     ///

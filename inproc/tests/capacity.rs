@@ -169,6 +169,42 @@ fn an_absurd_node_count_is_refused_before_allocating<T: Transport>() {
     );
 }
 
+/// A mesh whose queue pairs need more memory than the machine has is
+/// refused before anything is allocated, naming the bytes (a 3000-node
+/// mesh of the default configuration was killed by the kernel on a 24 GiB
+/// machine, having allocated its pairs one by one; `TooManyNodes` only
+/// looks at the address space).
+#[cfg(target_os = "linux")]
+fn a_mesh_larger_than_memory_is_refused<T: Transport>() {
+    // 2^40 queue pairs: more bytes than any machine has.
+    let n = 1 << 20;
+    let err = flux::try_mesh::<T, u64, u64, ()>(n, FluxConfig::default()).err();
+    let Some(CapacityError::MeshTooLarge {
+        nodes,
+        bytes,
+        memory,
+    }) = err
+    else {
+        panic!("{}: {n} nodes: {err:?}", T::NAME);
+    };
+    assert_eq!(nodes, n);
+    assert!(bytes as u64 > memory, "{bytes} {memory}");
+    assert!(
+        err.unwrap()
+            .to_string()
+            .contains("more than this machine's"),
+        "{}",
+        err.unwrap()
+    );
+    // A small mesh is still made.
+    assert_eq!(
+        flux::try_mesh::<T, u64, u64, ()>(8, FluxConfig::default())
+            .unwrap()
+            .len(),
+        8
+    );
+}
+
 /// `max` is the exact boundary, checked before the first allocation.
 fn one_node_more_than_max_is_refused<T: Transport>() {
     let Some(CapacityError::TooManyNodes { max, .. }) =
@@ -197,6 +233,8 @@ macro_rules! capacity_tests {
             #[test] fn flux_and_rpc_refuse_impossible_sizes() { super::flux_and_rpc_refuse_impossible_sizes::<$t>() }
             #[test] fn an_absurd_node_count_is_refused_before_allocating() { super::an_absurd_node_count_is_refused_before_allocating::<$t>() }
             #[test] fn one_node_more_than_max_is_refused() { super::one_node_more_than_max_is_refused::<$t>() }
+            #[cfg(target_os = "linux")]
+            #[test] fn a_mesh_larger_than_memory_is_refused() { super::a_mesh_larger_than_memory_is_refused::<$t>() }
         }
     )*};
 }
