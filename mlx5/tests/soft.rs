@@ -1216,6 +1216,20 @@ fn selection_parses_names_and_rejects_garbage() {
         Selection::parse("mlx5 0; rm"),
         Err(Error::InvalidSelection(_))
     ));
+    // A NIC name that names nothing here: whatever stops it (no library,
+    // no RDMA in the kernel, no such device), the error names the device
+    // asked for and the software device as the alternative.
+    match Context::open(Selection::parse("bogus").unwrap()) {
+        Err(e @ Error::NoDevice { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("\"bogus\"") && msg.contains("MLX5_DEVICE=soft"),
+                "{msg}"
+            );
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a NIC named bogus opened"),
+    }
     use std::net::{Ipv4Addr, SocketAddrV4};
     let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
     assert_eq!(

@@ -147,8 +147,20 @@ fn access_bits(a: Access) -> u32 {
 }
 
 impl Device {
-    /// Opens `name`, or the first mlx5 device.
+    /// Opens `name`, or the first mlx5 device. Every reason it cannot
+    /// names the device asked for.
     pub(crate) fn open(name: Option<&str>) -> Result<Arc<Device>, Error> {
+        Self::open_any(name).map_err(|e| match (e, name) {
+            (Error::NoDevice { reason }, Some(w)) if !reason.contains(&format!("{w:?}")) => {
+                Error::NoDevice {
+                    reason: format!("the NIC named {w:?} cannot be opened: {reason}"),
+                }
+            }
+            (e, _) => e,
+        })
+    }
+
+    fn open_any(name: Option<&str>) -> Result<Arc<Device>, Error> {
         // First: on a target without the doorbell barriers, say so rather
         // than a missing library.
         let arch = Arch::check()?;
