@@ -19,6 +19,12 @@ use std::time::Duration;
 
 use copyrpc::{Config, Context, EndpointInfo, Limits};
 
+const USAGE: &str = "usage: copyrpc-peer [--device SELECTION] [--endpoints N] [--ring BYTES] \
+     [--inflight N] [--max-call BYTES] [--max-reply BYTES] [--max-batch BYTES]
+an echo responder driven over stdin/stdout: it prints `info HEX...`, reads
+`connect HEX...`, answers `ok`, then echoes every request (each byte plus
+one); commands: stall, resume, quit";
+
 fn die(msg: impl std::fmt::Display) -> ! {
     println!("err {msg}");
     std::process::exit(1);
@@ -43,6 +49,10 @@ fn main() {
             "--max-call" => limits.max_call = val("--max-call"),
             "--max-reply" => limits.max_reply = val("--max-reply"),
             "--max-batch" => limits.max_batch = val("--max-batch"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
             other => die(format!("unknown argument {other:?}")),
         }
     }

@@ -312,6 +312,10 @@ fn attack(a: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    if matches!(std::env::args().nth(1).as_deref(), Some("-h" | "--help")) {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
